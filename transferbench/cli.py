@@ -1,0 +1,184 @@
+"""The `transferbench` command: a thin layer over the package's functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+from . import __version__
+from .errors import TransferbenchError
+
+log = logging.getLogger("transferbench")
+
+
+def _parse_set(items: list[str]) -> dict:
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise TransferbenchError(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    return overrides
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .records import existing_record, result_path
+    from .runner import RunContext, make_spec, resolve_checkpoint, run
+
+    overrides = _parse_set(args.set)
+    for name in ("epochs", "lr", "batch_size", "weight_decay", "momentum", "solver", "image_size",
+                 "interpolation"):
+        value = getattr(args, name)
+        if value is not None:
+            overrides[name] = value
+    ref = resolve_checkpoint(args.method, args.sparsity, args.arch, args.checkpoint, args.checkpoint_dir)
+    spec = make_spec(args.task, args.mode, args.seed, ref, overrides)
+    ctx = RunContext(out=args.out, data_root=args.data_root, cache_dir=args.cache_dir,
+                     checkpoint_dir=args.checkpoint_dir, device=args.device, force=args.force,
+                     verify_md5=args.verify_md5, allow_sparsity_gap=args.allow_sparsity_gap,
+                     **({"num_workers": args.workers} if args.workers is not None else {}))
+    if not args.force and existing_record(spec, args.out) is not None:
+        print(f"already done: {result_path(spec, args.out)} (use --force to run it again)")
+        return 0
+    path = run(spec, ctx)
+    record = json.loads(path.read_text())
+    m = record["metrics"]
+    print(f"{spec.run_key}: top1={m['top1']:.4f} mean_per_class_acc={m['mean_per_class_acc']:.4f}")
+    print(f"record: {path}")
+    return 0
+
+
+def cmd_tasks_list(args: argparse.Namespace) -> int:
+    from .tasks import list_tasks
+
+    rows = [(t.name, t.num_classes, t.train_size or "?", t.test_size, t.metric, t.full_lr, t.title)
+            for t in list_tasks()]
+    _print_table(("task", "classes", "train", "test", "metric", "full_lr", "dataset"), rows)
+    return 0
+
+
+def cmd_tasks_show(args: argparse.Namespace) -> int:
+    from .tasks import get_task
+
+    task = get_task(args.task)
+    print(yaml.safe_dump({
+        "name": task.name, "title": task.title, "num_classes": task.num_classes,
+        "split": task.split_rule, "train_size": task.train_size, "test_size": task.test_size,
+        "metric": task.metric, "full_lr": task.full_lr,
+        "normalization": {"mean": list(task.normalization.mean), "std": list(task.normalization.std)},
+        "looked_for_in": [f"<data-root>/{d}" for d in task.dirnames] + ["<data-root>"],
+        "layouts": {"folders": f"{task.folders.train}/<class>/*, {task.folders.test}/<class>/*",
+                    "official": task.official.description},
+        "notes": task.notes,
+    }, sort_keys=False, width=110), end="")
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from .tasks import check_data
+
+    print(json.dumps(check_data(args.task, args.data_root, strict=args.strict, verify_md5=args.verify_md5)))
+    return 0
+
+
+def cmd_checkpoints_list(args: argparse.Namespace) -> int:
+    from .checkpoints import list_checkpoints
+
+    rows = [(c.method, f"{c.sparsity:g}", c.arch, c.format,
+             "-" if c.upstream_top1 is None else f"{c.upstream_top1:.2f}", c.name)
+            for c in list_checkpoints()
+            if (args.method is None or c.method == args.method) and (args.arch is None or c.arch == args.arch)]
+    _print_table(("method", "sparsity", "arch", "format", "imagenet_top1", "name"), rows)
+    return 0
+
+
+def _print_table(header: tuple, rows: list[tuple]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    for row in (header, *rows):
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)).rstrip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="transferbench", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"transferbench {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run one transfer experiment and write its result record")
+    run.add_argument("--task", required=True, help="downstream task (see `transferbench tasks list`)")
+    run.add_argument("--mode", choices=("linear", "full"), default="linear")
+    run.add_argument("--method", help="upstream pruning method (see `transferbench checkpoints list`)")
+    run.add_argument("--sparsity", type=float, help="target sparsity, as 0.9 or 90")
+    run.add_argument("--arch", help="architecture (default: the registry's, or read from --checkpoint)")
+    run.add_argument("--checkpoint", type=Path, help="use this local checkpoint file instead of the registry's")
+    run.add_argument("--checkpoint-dir", type=Path,
+                     help="where registered checkpoints live (default $TRANSFERBENCH_CHECKPOINTS or "
+                          "~/.cache/transferbench/checkpoints)")
+    run.add_argument("--data-root", type=Path, help="folder holding the downstream datasets")
+    run.add_argument("--seed", type=int, default=21, help="seed (the paper used 21 51 81 111 141)")
+    run.add_argument("--out", type=Path, default=Path("results"), help="results root (default results/)")
+    run.add_argument("--cache-dir", type=Path, help="feature cache (default <out>/cache/features)")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    run.add_argument("--workers", type=int, help="data-loading worker processes (default min(4, cores))")
+    run.add_argument("--epochs", type=int, help="override the protocol's 150 epochs")
+    run.add_argument("--lr", type=float, help="override the protocol's learning rate")
+    run.add_argument("--batch-size", type=int, help="override the protocol's batch size of 64")
+    run.add_argument("--weight-decay", type=float, help="override the protocol's weight decay 5e-4")
+    run.add_argument("--momentum", type=float, help="override the protocol's momentum 0.9")
+    run.add_argument("--solver", choices=("sgd", "lbfgs"), help="linear head solver (default sgd, the paper's)")
+    run.add_argument("--image-size", type=int, help="override the 224 px input (tests and demos only)")
+    run.add_argument("--interpolation", choices=("bilinear", "bicubic"),
+                     help="override the architecture's resize interpolation")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override any hyper-parameter, e.g. --set lr_decay_after=[30,60]")
+    run.add_argument("--force", action="store_true", help="run again even if the record exists")
+    run.add_argument("--verify-md5", action="store_true", help="also check official archives' md5 sums")
+    run.add_argument("--allow-sparsity-gap", action="store_true",
+                     help="accept a checkpoint whose measured sparsity is >0.5 points off its target")
+    run.set_defaults(func=cmd_run)
+
+    tasks = sub.add_parser("tasks", help="the task registry").add_subparsers(dest="tasks_cmd", required=True)
+    tasks.add_parser("list", help="list the 12 tasks").set_defaults(func=cmd_tasks_list)
+    show = tasks.add_parser("show", help="show one task card")
+    show.add_argument("task")
+    show.set_defaults(func=cmd_tasks_show)
+
+    data = sub.add_parser("data", help="datasets on disk").add_subparsers(dest="data_cmd", required=True)
+    check = data.add_parser("check", help="check a task's data and print its layout and split sizes as JSON")
+    check.add_argument("--task", required=True)
+    check.add_argument("--data-root", type=Path, required=True)
+    check.add_argument("--strict", action="store_true", help="also require the paper's exact split sizes")
+    check.add_argument("--verify-md5", action="store_true", help="also check official archives' md5 sums")
+    check.set_defaults(func=cmd_data_check)
+
+    ckpts = sub.add_parser("checkpoints", help="the checkpoint registry").add_subparsers(dest="ck_cmd",
+                                                                                          required=True)
+    lst = ckpts.add_parser("list", help="list registered upstream checkpoints")
+    lst.add_argument("--method")
+    lst.add_argument("--arch")
+    lst.set_defaults(func=cmd_checkpoints_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .progress import setup_logging
+
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except TransferbenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Frozen-backbone feature extraction, cached on disk and shared by every seed and rerun (pitfall P2)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..atomic import torch_save
+from ..progress import progress
+
+log = logging.getLogger("transferbench")
+
+
+@dataclass
+class Features:
+    features: torch.Tensor  # [N, D] float32, on CPU
+    labels: torch.Tensor  # [N] int64
+    seconds: float  # time spent extracting (0.0 when read from the cache)
+    cached: bool
+    path: Path | None
+
+
+def feature_cache_key(checkpoint_sha256: str, task: str, split: str, transform: dict, data: dict) -> str:
+    material = {"checkpoint": checkpoint_sha256, "task": task, "split": split, "transform": transform,
+                "data": data}
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:24]
+
+
+@torch.inference_mode()
+def extract(model: torch.nn.Module, dataset: Dataset, batch_size: int, device: torch.device,
+            num_workers: int, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the backbone in eval mode (BN uses the upstream running statistics) over ``dataset`` in order."""
+    model.eval().to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda", persistent_workers=False)
+    feats, labels = [], []
+    for images, targets in progress(loader, desc=desc, unit="batch"):
+        images = images.to(device, non_blocking=True)
+        if device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        feats.append(model.forward_features(images).float().cpu())
+        labels.append(targets)
+    return torch.cat(feats), torch.cat(labels).long()
+
+
+def cached_features(cache_dir: Path | None, key: str, compute) -> Features:
+    """Load the features stored under ``key``, or compute and store them (atomically)."""
+    path = cache_dir / f"{key}.pt" if cache_dir is not None else None
+    if path is not None and path.exists():
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            log.info("features: reusing %s", path)
+            return Features(blob["features"], blob["labels"], 0.0, True, path)
+        except Exception as exc:  # a cache entry is disposable: recompute rather than fail
+            log.warning("features: ignoring unreadable cache entry %s (%s)", path, exc)
+    start = time.perf_counter()
+    features, labels = compute()
+    seconds = time.perf_counter() - start
+    if path is not None:
+        torch_save(path, {"features": features, "labels": labels})
+        log.info("features: cached %s (%d x %d, %.1f s)", path, *features.shape, seconds)
+    return Features(features, labels, seconds, False, path)

@@ -1,0 +1,146 @@
+"""Full fine-tuning with the upstream sparsity mask held fixed (transfer_protocol.md §4, pitfalls P5-P8).
+
+Every backbone conv/linear weight is masked (the checkpoint's stored mask, else ``weight != 0``); the mask is
+applied after every optimizer step, so momentum and weight decay never revive a pruned weight. The new head
+is dense. BatchNorm trains (train mode). The run saves its state atomically after every epoch and resumes
+from it: each epoch's shuffling and augmentation are seeded from (seed, epoch) alone, so a resumed run
+produces exactly the numbers of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from ..atomic import torch_save
+from ..errors import TransferbenchError
+from ..metrics import accuracy_metrics
+from ..progress import progress
+from ..runspec import HParams
+from ..sparsity import apply_masks, check_masks, measure_sparsity
+from .schedule import lr_at_epoch, should_evaluate
+
+log = logging.getLogger("transferbench")
+
+STATE_FILE = "train_state.pt"
+
+
+@dataclass
+class FullResult:
+    test_logits: np.ndarray
+    test_labels: np.ndarray
+    top1: float
+    mean_per_class_acc: float
+    curve: list[dict]
+    sparsity_before: dict
+    sparsity_after: dict
+    train_seconds: float
+    resumed_from_epoch: int
+    best_epoch: int
+    best_top1: float
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch) % (2**63 - 1)
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    model.eval()
+    logits, labels = [], []
+    for images, targets in loader:
+        logits.append(model(images.to(device, non_blocking=True)).float().cpu())
+        labels.append(targets)
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+
+
+def finetune_full(
+    model: torch.nn.Module,
+    masks: dict[str, torch.Tensor],
+    train_set: Dataset,
+    test_set: Dataset,
+    num_classes: int,
+    hp: HParams,
+    seed: int,
+    work_dir: Path,
+    device: torch.device,
+    num_workers: int = 0,
+    eval_batch_size: int = 128,
+) -> FullResult:
+    """Fine-tune ``model`` (whose head is already the new, dense one) with ``masks`` held fixed."""
+    model.to(device)
+    masks = {name: m.to(device) for name, m in masks.items()}
+    apply_masks(model, masks)
+    before = measure_sparsity(model, include_head=False)
+    # Weight decay on every parameter, BN and biases included (pitfall P5): one param group.
+    opt = torch.optim.SGD(model.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+    state_path = work_dir / STATE_FILE
+    curve: list[dict] = []
+    start_epoch, train_seconds = 0, 0.0
+    if state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        curve, start_epoch, train_seconds = state["curve"], state["epoch"], state["train_seconds"]
+        log.info("full: resuming from %s after epoch %d", state_path, start_epoch)
+
+    test_loader = DataLoader(test_set, batch_size=eval_batch_size, shuffle=False, num_workers=num_workers,
+                             pin_memory=device.type == "cuda")
+    for epoch in progress(range(start_epoch, hp.epochs), desc="full fine-tuning", unit="epoch",
+                          initial=start_epoch, total=hp.epochs):
+        t0 = time.perf_counter()
+        lr = lr_at_epoch(hp, epoch)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        torch.manual_seed(_epoch_seed(seed, epoch))  # augmentation draws in the main process
+        loader = DataLoader(train_set, batch_size=hp.batch_size, shuffle=True, num_workers=num_workers,
+                            generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch)),
+                            pin_memory=device.type == "cuda")
+        model.train()  # BN statistics adapt to the downstream data (pitfall P6)
+        loss_sum, steps = 0.0, 0
+        for images, targets in progress(loader, desc=f"epoch {epoch + 1}", unit="batch"):
+            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            loss = F.cross_entropy(model(images), targets)
+            if not torch.isfinite(loss):
+                raise TransferbenchError(
+                    f"full fine-tuning loss became NaN/inf at epoch {epoch} step {steps} (lr={lr:g}); "
+                    "lower --lr or check the checkpoint and the data"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            apply_masks(model, masks)  # pitfall P7: pruned weights stay exactly zero
+            loss_sum += float(loss)
+            steps += 1
+        point = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / max(steps, 1)}
+        if should_evaluate(hp, epoch):
+            logits, labels = evaluate(model, test_loader, device)
+            point.update(accuracy_metrics(logits, labels, num_classes))
+        train_seconds += time.perf_counter() - t0
+        curve.append(point)
+        torch_save(state_path, {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                "curve": curve, "train_seconds": train_seconds})
+        log.info("full epoch %d/%d lr=%g loss=%.4f%s", epoch + 1, hp.epochs, lr, point["train_loss"],
+                 f" top1={point['top1']:.4f}" if "top1" in point else "")
+
+    logits, labels = evaluate(model, test_loader, device)
+    revived = check_masks(model, masks)
+    after = measure_sparsity(model, include_head=False)
+    if revived or after.zeros < before.zeros:
+        raise RuntimeError(f"mask violated after fine-tuning: {revived} pruned weights are non-zero")
+    metrics = accuracy_metrics(logits, labels, num_classes)
+    evaluated = [p for p in curve if "top1" in p]
+    best = max(evaluated, key=lambda p: p["top1"])
+    return FullResult(
+        test_logits=logits, test_labels=labels, top1=metrics["top1"],
+        mean_per_class_acc=metrics["mean_per_class_acc"], curve=curve,
+        sparsity_before=before.to_dict(), sparsity_after=after.to_dict(), train_seconds=train_seconds,
+        resumed_from_epoch=start_epoch, best_epoch=best["epoch"], best_top1=best["top1"],
+    )

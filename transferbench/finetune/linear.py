@@ -1,0 +1,171 @@
+"""Linear probes on cached features.
+
+SGD heads follow the paper (transfer_protocol.md §3): a fresh ``nn.Linear`` per seed, SGD(lr 0.01, momentum
+0.9, weight decay 5e-4 on weight and bias), batch 64, 150 epochs, LR × 0.1 after epochs 50 and 100.
+All seeds are trained in one batched pass: their parameters are stacked and SGD is element-wise, so each
+seed's slice follows exactly the update it would get alone, while the features are read once.
+
+``--solver lbfgs`` is the protocol of Kornblith et al.: L2-regularised multinomial logistic regression, its
+inverse regularisation strength C chosen on a held-out part of the training set, then refit on all of it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import TransferbenchError
+from ..metrics import accuracy_metrics
+from ..progress import progress
+from ..runspec import HParams
+from .schedule import lr_at_epoch, should_evaluate
+
+log = logging.getLogger("transferbench")
+
+
+@dataclass
+class HeadResult:
+    seed: int
+    test_logits: np.ndarray  # [N_test, C] of the final head
+    top1: float
+    mean_per_class_acc: float
+    curve: list[dict] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+
+def _init_head(seed: int, dim: int, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    head = nn.Linear(dim, num_classes)  # PyTorch default init, as the paper's fresh head
+    return head.weight.detach().t().contiguous(), head.bias.detach().clone()
+
+
+def _batched_metrics(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                     num_classes: int) -> tuple[torch.Tensor, list[dict[str, float]]]:
+    logits = torch.baddbmm(bias.unsqueeze(1), x.unsqueeze(0).expand(weight.shape[0], -1, -1), weight)
+    y_np = y.cpu().numpy()
+    metrics = [accuracy_metrics(lg.cpu().numpy(), y_np, num_classes) for lg in logits]
+    return logits, metrics
+
+
+def train_sgd_heads(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    num_classes: int,
+    seeds: list[int],
+    hp: HParams,
+    device: torch.device | str = "cpu",
+) -> list[HeadResult]:
+    device = torch.device(device)
+    train_x, train_y = train_x.to(device), train_y.to(device)
+    test_x, test_y = test_x.to(device), test_y.to(device)
+    n, dim = train_x.shape
+    s = len(seeds)
+    inits = [_init_head(seed, dim, num_classes) for seed in seeds]
+    weight = torch.stack([w for w, _ in inits]).to(device).requires_grad_()  # [S, D, C]
+    bias = torch.stack([b for _, b in inits]).to(device).requires_grad_()  # [S, C]
+    opt = torch.optim.SGD([weight, bias], lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    curves: list[list[dict]] = [[] for _ in seeds]
+
+    epochs = progress(range(hp.epochs), desc=f"linear heads x{s}", unit="epoch")
+    for epoch in epochs:
+        lr = lr_at_epoch(hp, epoch)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        order = torch.stack([torch.randperm(n, generator=g) for g in generators]).to(device)  # [S, N]
+        loss_sum = torch.zeros(s, device=device)
+        steps = 0
+        for start in range(0, n, hp.batch_size):
+            idx = order[:, start:start + hp.batch_size]  # [S, B]
+            logits = torch.baddbmm(bias.unsqueeze(1), train_x[idx], weight)  # [S, B, C]
+            per_seed = F.cross_entropy(logits.flatten(0, 1), train_y[idx].flatten(), reduction="none")
+            per_seed = per_seed.view(s, -1).mean(dim=1)
+            opt.zero_grad(set_to_none=True)
+            per_seed.sum().backward()  # each seed's slice receives the gradient of its own mean loss
+            opt.step()
+            loss_sum += per_seed.detach()
+            steps += 1
+        train_loss = (loss_sum / steps).cpu()
+        if not torch.isfinite(train_loss).all():
+            bad = [seeds[i] for i in range(s) if not torch.isfinite(train_loss[i])]
+            raise TransferbenchError(
+                f"linear head loss became NaN/inf at epoch {epoch} (seeds {bad}, lr={lr:g}); "
+                "lower --lr or check the features for NaNs"
+            )
+        test_metrics = None
+        if should_evaluate(hp, epoch):
+            with torch.no_grad():
+                _, test_metrics = _batched_metrics(weight, bias, test_x, test_y, num_classes)
+        for i in range(s):
+            point = {"epoch": epoch, "lr": lr, "train_loss": float(train_loss[i])}
+            if test_metrics is not None:
+                point.update(test_metrics[i])
+            curves[i].append(point)
+        if test_metrics is not None:
+            log.info("linear epoch %d/%d lr=%g loss=%s top1=%s", epoch + 1, hp.epochs, lr,
+                     " ".join(f"{v:.4f}" for v in train_loss.tolist()),
+                     " ".join(f"{m['top1']:.4f}" for m in test_metrics))
+
+    with torch.no_grad():
+        logits, final = _batched_metrics(weight, bias, test_x, test_y, num_classes)
+    results = []
+    for i, seed in enumerate(seeds):
+        evaluated = [p for p in curves[i] if "top1" in p]
+        best = max(evaluated, key=lambda p: p["top1"])
+        results.append(HeadResult(
+            seed=seed,
+            test_logits=logits[i].cpu().numpy(),
+            top1=final[i]["top1"],
+            mean_per_class_acc=final[i]["mean_per_class_acc"],
+            curve=curves[i],
+            extra={"best_epoch": best["epoch"], "best_top1": best["top1"]},
+        ))
+    return results
+
+
+def train_lbfgs_head(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    num_classes: int,
+    seed: int,
+    hp: HParams,
+) -> HeadResult:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
+
+    x, y = train_x.double().numpy(), train_y.numpy()
+    counts = np.bincount(y)
+    splitter_cls = StratifiedShuffleSplit if counts[counts > 0].min() >= 2 else ShuffleSplit
+    fit_idx, val_idx = next(splitter_cls(n_splits=1, test_size=hp.lbfgs_holdout, random_state=seed).split(x, y))
+    search = []
+    for c in progress(sorted(hp.lbfgs_c_grid), desc="L-BFGS C search", unit="C"):
+        clf = LogisticRegression(C=c, max_iter=hp.lbfgs_max_iter, random_state=seed)
+        clf.fit(x[fit_idx], y[fit_idx])
+        acc = float(np.mean(clf.predict(x[val_idx]) == y[val_idx]))
+        search.append({"C": c, "holdout_top1": acc})
+        log.info("lbfgs C=%g holdout top1=%.4f", c, acc)
+    best_c = max(search, key=lambda r: (r["holdout_top1"], -r["C"]))["C"]  # ties → stronger regularisation
+    clf = LogisticRegression(C=best_c, max_iter=hp.lbfgs_max_iter, random_state=seed).fit(x, y)
+    scores = clf.decision_function(test_x.double().numpy())
+    if scores.ndim == 1:  # binary problems return one column
+        scores = np.stack([-scores, scores], axis=1)
+    logits = np.full((len(test_y), num_classes), np.finfo(np.float32).min / 2, dtype=np.float64)
+    logits[:, clf.classes_] = scores  # classes absent from train can never be predicted
+    metrics = accuracy_metrics(logits, test_y.numpy(), num_classes)
+    return HeadResult(
+        seed=seed,
+        test_logits=logits.astype(np.float32),
+        top1=metrics["top1"],
+        mean_per_class_acc=metrics["mean_per_class_acc"],
+        curve=search,
+        extra={"chosen_C": best_c, "n_iter": int(np.max(clf.n_iter_))},
+    )

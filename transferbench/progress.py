@@ -1,0 +1,31 @@
+"""Progress bars for people, grep-able log lines for clusters."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterable
+from typing import TypeVar
+
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+
+
+def interactive() -> bool:
+    return sys.stderr.isatty() and not os.environ.get("CI") and not os.environ.get("SLURM_JOB_ID")
+
+
+def progress(iterable: Iterable[T], **kwargs) -> Iterable[T]:
+    """tqdm when attached to a terminal; silent in CI, SLURM jobs and pipes."""
+    return tqdm(iterable, disable=not interactive(), leave=False, dynamic_ncols=True, **kwargs)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s transferbench %(levelname)s %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+        stream=sys.stderr,
+    )

@@ -1,0 +1,311 @@
+"""From a RunSpec to a result record: resolve the checkpoint, read the data, run the protocol, write."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .checkpoints import find_checkpoint, load_checkpoint, local_path
+from .errors import TransferbenchError
+from .finetune.features import cached_features, extract, feature_cache_key
+from .finetune.full import finetune_full
+from .finetune.linear import HeadResult, train_lbfgs_head, train_sgd_heads
+from .records import existing_record, hardware, result_path, write_result
+from .runspec import CheckpointRef, RunSpec, resolve_hparams
+from .tasks import Transformed, get_task, load_split
+from .transforms import build_transform, protocol_transform
+
+log = logging.getLogger("transferbench")
+
+
+@dataclass
+class RunContext:
+    """Where and how runs execute; nothing here changes a run's numbers."""
+
+    out: Path = Path("results")
+    data_root: Path | None = None
+    cache_dir: Path | None = None  # feature cache; default <out>/cache/features
+    checkpoint_dir: Path | None = None
+    device: str = "auto"
+    num_workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    extract_batch_size: int = 128
+    force: bool = False
+    verify_md5: bool = False
+    allow_sparsity_gap: bool = False
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise TransferbenchError(f"--device {self.device} requested but no CUDA GPU is visible; use --device cpu")
+        return torch.device(self.device)
+
+    def feature_cache(self) -> Path:
+        return self.cache_dir if self.cache_dir is not None else Path(self.out) / "cache" / "features"
+
+
+def resolve_checkpoint(method: str | None, sparsity: float | None, arch: str | None,
+                       checkpoint: str | Path | None, checkpoint_dir: Path | None = None) -> CheckpointRef:
+    """A registry entry (method + sparsity [+ arch]) or a local file (--checkpoint PATH)."""
+    if checkpoint is not None:
+        from .atomic import sha256_file
+
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            raise TransferbenchError(f"checkpoint file {path} does not exist (--checkpoint)")
+        if sparsity is None:
+            raise TransferbenchError(
+                f"--checkpoint {path} needs --sparsity (its registered/target sparsity, e.g. 0.9), which is "
+                "checked against the measured sparsity"
+            )
+        if arch is None:
+            arch = _arch_from_file(path)
+        return CheckpointRef(method=method or "custom", sparsity=_fraction(sparsity), arch=arch,
+                             identity=f"sha256:{sha256_file(path)}", path=str(path))
+    if method is None or sparsity is None:
+        raise TransferbenchError("name an upstream checkpoint with --method and --sparsity, or --checkpoint PATH")
+    spec = find_checkpoint(method, sparsity, arch)
+    return CheckpointRef(method=spec.method, sparsity=spec.sparsity, arch=spec.arch, identity=spec.name,
+                         path=str(local_path(spec, checkpoint_dir)))
+
+
+def _fraction(sparsity: float) -> float:
+    sparsity = float(sparsity)
+    return sparsity / 100 if sparsity > 1 else sparsity
+
+
+def _arch_from_file(path: Path) -> str:
+    from .checkpoints import peek_arch
+
+    arch = peek_arch(path)
+    if arch is None:
+        raise TransferbenchError(f"{path} does not name its architecture; pass --arch (e.g. resnet50)")
+    return arch
+
+
+def make_spec(task: str, mode: str, seed: int, checkpoint: CheckpointRef,
+              overrides: dict | None = None) -> RunSpec:
+    task_spec = get_task(task)
+    if mode not in ("linear", "full"):
+        raise TransferbenchError(f"--mode must be linear or full, not {mode!r}")
+    hp = resolve_hparams(mode, task_spec.full_lr, overrides)
+    return RunSpec(task=task_spec.name, mode=mode, seed=seed, checkpoint=checkpoint, hparams=hp)
+
+
+def _registered(ref: CheckpointRef):
+    return None if ref.identity.startswith("sha256:") else find_checkpoint(ref.method, ref.sparsity, ref.arch)
+
+
+def _load(ref: CheckpointRef, ctx: RunContext):
+    registered = _registered(ref)
+    if registered is not None and registered.oneshot:
+        raise TransferbenchError(
+            f"{registered.name} is a CrAM model that must be one-shot pruned to {ref.sparsity:g} and "
+            "BN-recalibrated first; produce that checkpoint with transferbench's CrAM pruning and pass --checkpoint"
+        )
+    return load_checkpoint(
+        ref.path, arch=ref.arch, expected_sha256=registered.sha256 if registered else None,
+        target_sparsity=ref.sparsity, allow_sparsity_gap=ctx.allow_sparsity_gap,
+    )
+
+
+def _data_info(split, other) -> dict:
+    return {"layout": split.layout, "root": str(split.root), "train_size": len(split), "test_size": len(other),
+            "num_classes": len(split.classes), "paper_split": split.paper_split}
+
+
+def _require_data_root(ctx: RunContext) -> Path:
+    if ctx.data_root is None:
+        raise TransferbenchError("--data-root is required: the folder that holds the downstream datasets")
+    return ctx.data_root
+
+
+def _check_heads(loaded, spec: RunSpec) -> None:
+    if loaded.arch != spec.checkpoint.arch:
+        raise TransferbenchError(
+            f"checkpoint {loaded.path} is a {loaded.arch} but the run asks for {spec.checkpoint.arch}; pass --arch "
+            f"{loaded.arch}"
+        )
+
+
+def run_linear_group(specs: list[RunSpec], ctx: RunContext) -> list[Path]:
+    """Linear probes of one (checkpoint, task): features are extracted once and shared by every spec."""
+    first = specs[0]
+    assert all(s.task == first.task and s.checkpoint == first.checkpoint and s.mode == "linear" for s in specs)
+    todo = [s for s in specs if ctx.force or existing_record(s, ctx.out) is None]
+    if not todo:
+        return [result_path(s, ctx.out) for s in specs]
+    t_start = time.perf_counter()
+    task = get_task(first.task)
+    data_root = _require_data_root(ctx)
+    train, test = (load_split(task, sp, data_root, ctx.verify_md5) for sp in ("train", "test"))
+    loaded = _load(first.checkpoint, ctx)
+    _check_heads(loaded, first)
+    t_loaded = time.perf_counter()
+    device = ctx.torch_device()
+    interpolation = first.hparams.interpolation or loaded.model.interpolation
+    tcfg = protocol_transform(task, "linear", train=False, interpolation=interpolation,
+                              image_size=first.hparams.image_size)
+    feats = {}
+    for name, split in (("train", train), ("test", test)):
+        key = feature_cache_key(loaded.sha256, task.name, name, tcfg.to_dict(),
+                                {"layout": split.layout, "size": len(split), "arch": loaded.arch})
+        dataset = Transformed(split.dataset, build_transform(tcfg))
+        feats[name] = cached_features(
+            ctx.feature_cache(), key,
+            lambda d=dataset, n=name: extract(loaded.model, d, ctx.extract_batch_size, device, ctx.num_workers,
+                                              desc=f"features {task.name}/{n}"),
+        )
+    t_features = time.perf_counter()
+    num_classes = task.num_classes
+    results: dict[RunSpec, HeadResult] = {}
+    seconds: dict[RunSpec, float] = {}
+    sgd_groups: dict[object, list[RunSpec]] = {}
+    for spec in todo:
+        if spec.hparams.solver == "sgd":
+            sgd_groups.setdefault(spec.hparams, []).append(spec)
+    for hp, group in sgd_groups.items():
+        t0 = time.perf_counter()
+        heads = train_sgd_heads(feats["train"].features, feats["train"].labels, feats["test"].features,
+                                feats["test"].labels, num_classes, [s.seed for s in group], hp, device)
+        for spec, head in zip(group, heads, strict=True):
+            results[spec] = head
+            seconds[spec] = (time.perf_counter() - t0) / len(group)
+    for spec in todo:
+        if spec.hparams.solver == "lbfgs":
+            t0 = time.perf_counter()
+            results[spec] = train_lbfgs_head(feats["train"].features, feats["train"].labels,
+                                             feats["test"].features, feats["test"].labels, num_classes,
+                                             spec.seed, spec.hparams)
+            seconds[spec] = time.perf_counter() - t0
+    paths = []
+    for spec in todo:
+        head = results[spec]
+        record = {
+            "checkpoint": _checkpoint_info(loaded, spec),
+            "sparsity": {
+                "upstream_measured": loaded.sparsity.overall,
+                "backbone_before": loaded.backbone_sparsity.overall,
+                "backbone_after": loaded.backbone_sparsity.overall,  # frozen backbone: unchanged
+                "per_layer": loaded.backbone_sparsity.per_layer,
+            },
+            "config": {
+                "hparams": spec.hparams.to_dict(),
+                "transform_train": tcfg.to_dict(),
+                "transform_test": tcfg.to_dict(),
+                "data": _data_info(train, test),
+                "device": str(device),
+                "feature_cache": {n: str(f.path) if f.path else None for n, f in feats.items()},
+            },
+            "metrics": _metrics(task, head.top1, head.mean_per_class_acc, head.extra),
+            "curve": head.curve,
+            "timings": {
+                "checkpoint_load_s": t_loaded - t_start,
+                "extraction_s": sum(f.seconds for f in feats.values()),
+                "features_cached": all(f.cached for f in feats.values()),
+                "training_s": seconds[spec],
+                "group_size": len(todo),
+                "total_s": time.perf_counter() - t_start,
+            },
+            "hardware": hardware(str(device)),
+        }
+        paths.append(write_result(spec, ctx.out, record, head.test_logits, feats["test"].labels.numpy()))
+        log.info("run %s: top1=%.4f mean_per_class=%.4f → %s", spec.run_key, head.top1,
+                 head.mean_per_class_acc, paths[-1])
+    return [result_path(s, ctx.out) for s in specs]
+
+
+def run_full(spec: RunSpec, ctx: RunContext) -> Path:
+    if not ctx.force and existing_record(spec, ctx.out) is not None:
+        return result_path(spec, ctx.out)
+    t_start = time.perf_counter()
+    task = get_task(spec.task)
+    data_root = _require_data_root(ctx)
+    train, test = (load_split(task, sp, data_root, ctx.verify_md5) for sp in ("train", "test"))
+    loaded = _load(spec.checkpoint, ctx)
+    _check_heads(loaded, spec)
+    t_loaded = time.perf_counter()
+    device = ctx.torch_device()
+    model = loaded.model
+    torch.manual_seed(spec.seed)
+    model.reset_head(task.num_classes)  # the upstream head is never reused (pitfall P8)
+    interpolation = spec.hparams.interpolation or model.interpolation
+    train_cfg = protocol_transform(task, "full", train=True, interpolation=interpolation,
+                                   image_size=spec.hparams.image_size)
+    test_cfg = protocol_transform(task, "full", train=False, interpolation=interpolation,
+                                  image_size=spec.hparams.image_size)
+    work = spec.work_dir(ctx.out)
+    if ctx.force and work.exists():
+        shutil.rmtree(work)
+    try:
+        result = finetune_full(
+            model, loaded.masks,
+            Transformed(train.dataset, build_transform(train_cfg)),
+            Transformed(test.dataset, build_transform(test_cfg)),
+            task.num_classes, spec.hparams, spec.seed, work, device, ctx.num_workers, ctx.extract_batch_size,
+        )
+    except TransferbenchError:
+        shutil.rmtree(work, ignore_errors=True)  # a diverged run is not resumable
+        raise
+    record = {
+        "checkpoint": _checkpoint_info(loaded, spec),
+        "sparsity": {
+            "upstream_measured": loaded.sparsity.overall,
+            "backbone_before": result.sparsity_before["overall"],
+            "backbone_after": result.sparsity_after["overall"],
+            "per_layer": result.sparsity_after["per_layer"],
+        },
+        "config": {
+            "hparams": spec.hparams.to_dict(),
+            "transform_train": train_cfg.to_dict(),
+            "transform_test": test_cfg.to_dict(),
+            "data": _data_info(train, test),
+            "device": str(device),
+            "num_workers": ctx.num_workers,
+        },
+        "metrics": _metrics(task, result.top1, result.mean_per_class_acc,
+                            {"best_epoch": result.best_epoch, "best_top1": result.best_top1}),
+        "curve": result.curve,
+        "timings": {
+            "checkpoint_load_s": t_loaded - t_start,
+            "extraction_s": 0.0,
+            "training_s": result.train_seconds,
+            "resumed_from_epoch": result.resumed_from_epoch,
+            "total_s": time.perf_counter() - t_start,
+        },
+        "hardware": hardware(str(device)),
+    }
+    path = write_result(spec, ctx.out, record, result.test_logits, result.test_labels)
+    shutil.rmtree(work, ignore_errors=True)
+    log.info("run %s: top1=%.4f mean_per_class=%.4f → %s", spec.run_key, result.top1,
+             result.mean_per_class_acc, path)
+    return path
+
+
+def _metrics(task, top1: float, mpc: float, extra: dict) -> dict:
+    primary = top1 if task.metric == "top1" else mpc
+    return {"top1": top1, "mean_per_class_acc": mpc, "primary_metric": task.metric, "primary": primary, **extra}
+
+
+def _checkpoint_info(loaded, spec: RunSpec) -> dict:
+    return {"identity": spec.checkpoint.identity, "path": str(loaded.path), "sha256": loaded.sha256,
+            "format": loaded.format, "arch": loaded.arch}
+
+
+def run(spec: RunSpec, ctx: RunContext) -> Path:
+    """Run one spec (a no-op returning the record's path when it is already complete)."""
+    configure_determinism()
+    if spec.mode == "linear":
+        return run_linear_group([spec], ctx)[0]
+    return run_full(spec, ctx)
+
+
+def configure_determinism() -> None:
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False

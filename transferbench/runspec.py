@@ -1,0 +1,123 @@
+"""RunSpec: a frozen, hashable description of one transfer run, and its run key.
+
+Everything that can change a run's numbers is in the spec (and so in its key); things that cannot
+(paths, worker counts, progress bars) live in RunContext.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import TransferbenchError
+
+SCHEMA_VERSION = 1
+
+# The paper's protocol (transfer_protocol.md §3-4). The LR is multiplied by lr_gamma *after* the listed
+# 0-based epoch indices (50 and 100 → 51/50/49 epochs at LR, LR/10, LR/100; pitfall P4).
+PAPER_EPOCHS = 150
+PAPER_DECAY_AFTER = (50, 100)
+
+
+@dataclass(frozen=True)
+class HParams:
+    epochs: int = PAPER_EPOCHS
+    batch_size: int = 64
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4  # on every parameter, BN and biases included (pitfall P5)
+    lr_decay_after: tuple[int, ...] = PAPER_DECAY_AFTER
+    lr_gamma: float = 0.1
+    solver: str = "sgd"  # linear only: "sgd" (the paper) or "lbfgs" (Kornblith et al.)
+    lbfgs_c_grid: tuple[float, ...] = tuple(10.0**k for k in range(-6, 6))
+    lbfgs_holdout: float = 0.2
+    lbfgs_max_iter: int = 1000
+    image_size: int = 224  # anything but 224 departs from the protocol (tests and demos only)
+    interpolation: str = ""  # "" = the architecture's (bicubic for RigL, pitfall P9)
+    eval_every: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_hparams(mode: str, task_full_lr: float, overrides: dict[str, Any] | None = None) -> HParams:
+    """Paper defaults for ``mode``, then user overrides.
+
+    When only ``epochs`` is overridden, the decay points keep their relative position (50/150, 100/150), so a
+    shortened run still sees the three LR phases.
+    """
+    overrides = dict(overrides or {})
+    names = {f.name for f in fields(HParams)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise TransferbenchError(
+            f"unknown hyper-parameter {', '.join(unknown)} (--set); known: {', '.join(sorted(names))}"
+        )
+    base = HParams(lr=0.01 if mode == "linear" else task_full_lr)
+    for key in ("lr_decay_after", "lbfgs_c_grid"):
+        if key in overrides and not isinstance(overrides[key], tuple | list):
+            overrides[key] = (overrides[key],)
+        if key in overrides:
+            overrides[key] = tuple(overrides[key])
+    if "epochs" in overrides and "lr_decay_after" not in overrides:
+        e = int(overrides["epochs"])
+        overrides["lr_decay_after"] = tuple(round(d * e / PAPER_EPOCHS) for d in PAPER_DECAY_AFTER)
+    try:
+        hp = replace(base, **overrides)
+    except TypeError as exc:
+        raise TransferbenchError(f"bad hyper-parameter override: {exc}") from None
+    if hp.solver not in ("sgd", "lbfgs"):
+        raise TransferbenchError(f"--solver must be sgd or lbfgs, not {hp.solver!r}")
+    if hp.solver == "lbfgs" and mode != "linear":
+        raise TransferbenchError("--solver lbfgs applies to --mode linear only")
+    if hp.epochs < 1 or hp.batch_size < 1 or hp.lr <= 0:
+        raise TransferbenchError("--epochs, --batch-size and --lr must be positive")
+    return hp
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """Which upstream checkpoint a run uses: a registry entry or a local file identified by its sha256."""
+
+    method: str
+    sparsity: float  # the target (registered) sparsity, as a fraction
+    arch: str
+    identity: str  # registry name, or "sha256:<hex>" for --checkpoint PATH
+    path: str = field(default="", compare=False)  # where it was found; not part of the identity
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    task: str
+    mode: str  # "linear" | "full"
+    seed: int
+    checkpoint: CheckpointRef
+    hparams: HParams
+
+    def key_material(self) -> dict[str, Any]:
+        ck = self.checkpoint
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "task": self.task,
+            "mode": self.mode,
+            "seed": self.seed,
+            "checkpoint": {"identity": ck.identity, "method": ck.method, "sparsity": ck.sparsity,
+                           "arch": ck.arch},
+            "hparams": self.hparams.to_dict(),
+        }
+
+    @property
+    def run_key(self) -> str:
+        digest = hashlib.sha256(json.dumps(self.key_material(), sort_keys=True).encode()).hexdigest()[:12]
+        sp = f"{round(self.checkpoint.sparsity * 100, 2):g}"
+        solver = "-lbfgs" if self.hparams.solver == "lbfgs" else ""
+        return f"{self.task}.{self.checkpoint.method}{sp}.{self.checkpoint.arch}.{self.mode}{solver}.s{self.seed}.{digest}"
+
+    def record_dir(self, out: str | Path) -> Path:
+        return Path(out) / "runs" / self.run_key
+
+    def work_dir(self, out: str | Path) -> Path:
+        return Path(out) / "work" / self.run_key

@@ -1,0 +1,61 @@
+"""The protocol's image transforms (transfer_protocol.md §2, pitfalls P1, P9, P12)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from torchvision import transforms as T
+
+from .tasks.spec import IMAGENET_NORMALIZATION, Normalization, TaskSpec
+
+_INTERPOLATIONS = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}
+
+
+@dataclass(frozen=True)
+class TransformConfig:
+    """Everything that determines the pixels a model sees; part of the feature-cache key."""
+
+    image_size: int = 224
+    resize_size: int = 256
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = IMAGENET_NORMALIZATION.mean
+    std: tuple[float, float, float] = IMAGENET_NORMALIZATION.std
+    augment: bool = False  # RandomResizedCrop + flip (full fine-tuning train split only)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def protocol_transform(
+    task: TaskSpec,
+    mode: str,
+    train: bool,
+    interpolation: str = "bilinear",
+    image_size: int = 224,
+) -> TransformConfig:
+    """The paper's transform for (mode, split).
+
+    Linear probes use ImageNet statistics and the test transform for both splits; full fine-tuning uses the
+    task's own statistics and augments the train split. ``image_size`` other than 224 is for tests/demos only;
+    the resize size keeps the protocol's 256/224 ratio.
+    """
+    if mode not in ("linear", "full"):
+        raise ValueError(f"mode must be 'linear' or 'full', not {mode!r}")
+    norm: Normalization = IMAGENET_NORMALIZATION if mode == "linear" else task.normalization
+    return TransformConfig(
+        image_size=image_size,
+        resize_size=round(image_size * 256 / 224),
+        interpolation=interpolation,
+        mean=tuple(norm.mean),
+        std=tuple(norm.std),
+        augment=(mode == "full" and train),
+    )
+
+
+def build_transform(cfg: TransformConfig) -> T.Compose:
+    interp = _INTERPOLATIONS[cfg.interpolation]
+    if cfg.augment:
+        spatial = [T.RandomResizedCrop(cfg.image_size, interpolation=interp), T.RandomHorizontalFlip()]
+    else:
+        spatial = [T.Resize(cfg.resize_size, interpolation=interp), T.CenterCrop(cfg.image_size)]
+    return T.Compose([*spatial, T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])
