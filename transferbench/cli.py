@@ -32,7 +32,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     overrides = _parse_set(args.set)
     for name in ("epochs", "lr", "batch_size", "weight_decay", "momentum", "solver", "image_size",
-                 "interpolation"):
+                 "interpolation", "precision"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--image-size", type=int, help="override the 224 px input (tests and demos only)")
     run.add_argument("--interpolation", choices=("bilinear", "bicubic"),
                      help="override the architecture's resize interpolation")
+    run.add_argument("--precision", choices=("fp32", "bf16"),
+                     help="fp32 (the paper's, default) or bf16 autocast (faster; not the protocol)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override any hyper-parameter, e.g. --set lr_decay_after=[30,60]")
     run.add_argument("--force", action="store_true", help="run again even if the record exists")

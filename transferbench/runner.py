@@ -137,7 +137,10 @@ def _check_heads(loaded, spec: RunSpec) -> None:
 def run_linear_group(specs: list[RunSpec], ctx: RunContext) -> list[Path]:
     """Linear probes of one (checkpoint, task): features are extracted once and shared by every spec."""
     first = specs[0]
-    assert all(s.task == first.task and s.checkpoint == first.checkpoint and s.mode == "linear" for s in specs)
+    same_features = {(s.task, s.checkpoint, s.mode, s.hparams.image_size, s.hparams.interpolation,
+                      s.hparams.precision) for s in specs}
+    if len(same_features) != 1 or first.mode != "linear":
+        raise ValueError("run_linear_group takes linear specs that share one feature extraction")
     todo = [s for s in specs if ctx.force or existing_record(s, ctx.out) is None]
     if not todo:
         return [result_path(s, ctx.out) for s in specs]
@@ -155,14 +158,15 @@ def run_linear_group(specs: list[RunSpec], ctx: RunContext) -> list[Path]:
     feats = {}
     for name, split in (("train", train), ("test", test)):
         key = feature_cache_key(loaded.sha256, task.name, name, tcfg.to_dict(),
-                                {"layout": split.layout, "size": len(split), "arch": loaded.arch})
+                                {"layout": split.layout, "size": len(split), "arch": loaded.arch,
+                                 "precision": first.hparams.precision})
         dataset = Transformed(split.dataset, build_transform(tcfg))
         feats[name] = cached_features(
             ctx.feature_cache(), key,
             lambda d=dataset, n=name: extract(loaded.model, d, ctx.extract_batch_size, device, ctx.num_workers,
-                                              desc=f"features {task.name}/{n}"),
+                                              desc=f"features {task.name}/{n}",
+                                              precision=first.hparams.precision),
         )
-    t_features = time.perf_counter()
     num_classes = task.num_classes
     results: dict[RunSpec, HeadResult] = {}
     seconds: dict[RunSpec, float] = {}

@@ -38,6 +38,7 @@ class HParams:
     image_size: int = 224  # anything but 224 departs from the protocol (tests and demos only)
     interpolation: str = ""  # "" = the architecture's (bicubic for RigL, pitfall P9)
     eval_every: int = 1
+    precision: str = "fp32"  # the paper's; "bf16" autocast is faster (see benchmarks/) but not the protocol
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,6 +74,8 @@ def resolve_hparams(mode: str, task_full_lr: float, overrides: dict[str, Any] | 
         raise TransferbenchError(f"--solver must be sgd or lbfgs, not {hp.solver!r}")
     if hp.solver == "lbfgs" and mode != "linear":
         raise TransferbenchError("--solver lbfgs applies to --mode linear only")
+    if hp.precision not in ("fp32", "bf16"):
+        raise TransferbenchError(f"--precision must be fp32 or bf16, not {hp.precision!r}")
     if hp.epochs < 1 or hp.batch_size < 1 or hp.lr <= 0:
         raise TransferbenchError("--epochs, --batch-size and --lr must be positive")
     return hp
@@ -112,9 +115,10 @@ class RunSpec:
     @property
     def run_key(self) -> str:
         digest = hashlib.sha256(json.dumps(self.key_material(), sort_keys=True).encode()).hexdigest()[:12]
-        sp = f"{round(self.checkpoint.sparsity * 100, 2):g}"
+        ck = self.checkpoint
+        sparsity = f"{round(ck.sparsity * 100, 2):g}"
         solver = "-lbfgs" if self.hparams.solver == "lbfgs" else ""
-        return f"{self.task}.{self.checkpoint.method}{sp}.{self.checkpoint.arch}.{self.mode}{solver}.s{self.seed}.{digest}"
+        return f"{self.task}.{ck.method}{sparsity}.{ck.arch}.{self.mode}{solver}.s{self.seed}.{digest}"
 
     def record_dir(self, out: str | Path) -> Path:
         return Path(out) / "runs" / self.run_key

@@ -51,12 +51,18 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % (2**63 - 1)
 
 
+def _autocast(device: torch.device, precision: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device,
+             precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
     model.eval()
     logits, labels = [], []
     for images, targets in loader:
-        logits.append(model(images.to(device, non_blocking=True)).float().cpu())
+        with _autocast(device, precision):
+            logits.append(model(images.to(device, non_blocking=True)).float().cpu())
         labels.append(targets)
     return torch.cat(logits).numpy(), torch.cat(labels).numpy()
 
@@ -107,7 +113,8 @@ def finetune_full(
         loss_sum, steps = 0.0, 0
         for images, targets in progress(loader, desc=f"epoch {epoch + 1}", unit="batch"):
             images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            loss = F.cross_entropy(model(images), targets)
+            with _autocast(device, hp.precision):
+                loss = F.cross_entropy(model(images).float(), targets)
             if not torch.isfinite(loss):
                 raise TransferbenchError(
                     f"full fine-tuning loss became NaN/inf at epoch {epoch} step {steps} (lr={lr:g}); "
@@ -117,11 +124,11 @@ def finetune_full(
             loss.backward()
             opt.step()
             apply_masks(model, masks)  # pitfall P7: pruned weights stay exactly zero
-            loss_sum += float(loss)
+            loss_sum += loss.item()
             steps += 1
         point = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / max(steps, 1)}
         if should_evaluate(hp, epoch):
-            logits, labels = evaluate(model, test_loader, device)
+            logits, labels = evaluate(model, test_loader, device, hp.precision)
             point.update(accuracy_metrics(logits, labels, num_classes))
         train_seconds += time.perf_counter() - t0
         curve.append(point)
@@ -130,11 +137,12 @@ def finetune_full(
         log.info("full epoch %d/%d lr=%g loss=%.4f%s", epoch + 1, hp.epochs, lr, point["train_loss"],
                  f" top1={point['top1']:.4f}" if "top1" in point else "")
 
-    logits, labels = evaluate(model, test_loader, device)
+    logits, labels = evaluate(model, test_loader, device, hp.precision)
     revived = check_masks(model, masks)
     after = measure_sparsity(model, include_head=False)
     if revived or after.zeros < before.zeros:
-        raise RuntimeError(f"mask violated after fine-tuning: {revived} pruned weights are non-zero")
+        raise RuntimeError(f"mask violated after fine-tuning: {revived} masked weights are non-zero, "
+                           f"backbone sparsity {before.overall:.6f} -> {after.overall:.6f}")
     metrics = accuracy_metrics(logits, labels, num_classes)
     evaluated = [p for p in curve if "top1" in p]
     best = max(evaluated, key=lambda p: p["top1"])

@@ -1,0 +1,150 @@
+"""End-to-end `transferbench run` on tiny real-format data and a real sparse checkpoint file."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fixtures_data import write_task
+from fixtures_models import write_pruned_checkpoint
+from PIL import Image
+
+from transferbench.cli import main
+
+pytestmark = pytest.mark.slow
+
+COLORS = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+                   [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 190]])
+
+
+def learnable_image(class_index: int, sample_index: int, rng: np.random.Generator) -> Image.Image:
+    """A class-coloured square with noise: easy enough that even a tiny sparse net transfers."""
+    base = COLORS[class_index % len(COLORS)] * (0.6 if class_index >= len(COLORS) else 1.0)
+    pixels = np.clip(base + rng.normal(0, 30, size=(16, 16, 3)), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    data = root / "data"
+    write_task("cifar10", data, "folders", train_per_class=12, test_per_class=6, image_size=16,
+               image_fn=learnable_image)
+    ckpt = root / "tiny_50.pth"
+    write_pruned_checkpoint(ckpt, sparsity=0.5)
+    return root, data, ckpt
+
+
+def _args(data, ckpt, out, *extra):
+    return ["run", "--checkpoint", str(ckpt), "--sparsity", "0.5", "--method", "magnitude", "--task",
+            "cifar10", "--data-root", str(data), "--out", str(out), "--image-size", "32", "--workers", "0",
+            *extra]
+
+
+def _record(out: Path) -> dict:
+    (path,) = (out / "runs").glob("*/result.json")
+    return json.loads(path.read_text())
+
+
+def test_linear_run_writes_one_complete_record_and_reruns_are_noops(setup, capsys):
+    root, data, ckpt = setup
+    out = root / "out_linear"
+    assert main(_args(data, ckpt, out, "--mode", "linear", "--epochs", "30", "--lr", "0.1")) == 0
+    rec = _record(out)
+    assert rec["status"] == "completed" and rec["schema_version"] == 1
+    assert (rec["task"], rec["mode"], rec["method"], rec["arch"], rec["seed"]) == (
+        "cifar10", "linear", "magnitude", "resnet_tiny", 21)
+    assert rec["target_sparsity"] == 0.5
+    assert rec["sparsity"]["upstream_measured"] == pytest.approx(0.5, abs=1e-3)
+    assert rec["sparsity"]["backbone_before"] == rec["sparsity"]["backbone_after"]
+    assert rec["metrics"]["top1"] > 0.5  # chance is 0.1
+    assert 0 <= rec["metrics"]["mean_per_class_acc"] <= 1
+    assert len(rec["curve"]) == 30 and rec["config"]["hparams"]["lr_decay_after"] == [10, 20]
+    assert rec["config"]["transform_train"]["mean"] == [0.485, 0.456, 0.406]  # ImageNet stats (P1)
+    assert rec["config"]["transform_train"]["augment"] is False
+    assert rec["config"]["data"] == {"layout": "folders", "root": str(data / "cifar10"), "train_size": 120,
+                                     "test_size": 60, "num_classes": 10, "paper_split": True}
+    assert {"torch", "torchvision", "numpy"} <= set(rec["versions"])
+    preds = np.load(out / "runs" / rec["run_key"] / "predictions.npz")
+    assert preds["logits"].shape == (60, 10) and preds["labels"].shape == (60,)
+    assert np.mean(preds["logits"].argmax(1) == preds["labels"]) == pytest.approx(rec["metrics"]["top1"])
+    assert not rec["timings"]["features_cached"]
+    capsys.readouterr()
+
+    # an identical rerun is a no-op that says where the record is
+    mtime = (out / "runs" / rec["run_key"] / "result.json").stat().st_mtime_ns
+    assert main(_args(data, ckpt, out, "--mode", "linear", "--epochs", "30", "--lr", "0.1")) == 0
+    assert "already done" in capsys.readouterr().out
+    assert (out / "runs" / rec["run_key"] / "result.json").stat().st_mtime_ns == mtime
+
+    # another seed reuses the cached features
+    assert main(_args(data, ckpt, out, "--mode", "linear", "--epochs", "30", "--lr", "0.1", "--seed", "51")) == 0
+    seeds = {json.loads(p.read_text())["seed"]: json.loads(p.read_text()) for p in out.glob("runs/*/result.json")}
+    assert set(seeds) == {21, 51}
+    assert seeds[51]["timings"]["features_cached"] and seeds[51]["timings"]["extraction_s"] == 0.0
+
+
+def test_lbfgs_solver_run(setup):
+    root, data, ckpt = setup
+    out = root / "out_lbfgs"
+    assert main(_args(data, ckpt, out, "--mode", "linear", "--solver", "lbfgs",
+                      "--set", "lbfgs_c_grid=[0.01,1.0,100.0]")) == 0
+    rec = _record(out)
+    assert ".linear-lbfgs." in rec["run_key"] and rec["metrics"]["chosen_C"] in (0.01, 1.0, 100.0)
+    assert rec["metrics"]["top1"] > 0.5
+
+
+def test_full_run_preserves_the_stored_mask(setup):
+    root, data, ckpt = setup
+    out = root / "out_full"
+    assert main(_args(data, ckpt, out, "--mode", "full", "--epochs", "3", "--lr", "0.05")) == 0
+    rec = _record(out)
+    sp = rec["sparsity"]
+    assert sp["backbone_before"] == sp["backbone_after"] > 0.45
+    assert rec["config"]["transform_train"]["augment"] is True
+    assert rec["config"]["transform_train"]["mean"] == [0.4914, 0.4822, 0.4465]  # CIFAR-10 stats (P1)
+    assert rec["config"]["hparams"]["lr"] == 0.05 and len(rec["curve"]) == 3
+    assert not (out / "work" / rec["run_key"]).exists()  # training state removed after success
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-c", "import sys; from transferbench.cli import main; sys.exit(main(sys.argv[1:]))",
+            *args]
+
+
+def test_full_run_resumes_after_sigkill_and_matches_an_uninterrupted_run(setup, tmp_path):
+    root, data, ckpt = setup
+    extra = ("--mode", "full", "--epochs", "4", "--lr", "0.05")
+    reference_out, killed_out = tmp_path / "ref", tmp_path / "killed"
+    assert main(_args(data, ckpt, reference_out, *extra)) == 0
+
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    proc = subprocess.Popen(_cli(*_args(data, ckpt, killed_out, *extra)), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(killed_out.glob("work/*/train_state.pt")):
+        assert proc.poll() is None, "run finished before it could be interrupted"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not list(killed_out.glob("runs/*/result.json"))  # nothing half-written in the results store
+
+    assert subprocess.run(_cli(*_args(data, ckpt, killed_out, *extra)), env=env).returncode == 0
+    ref, resumed = _record(reference_out), _record(killed_out)
+    assert resumed["timings"]["resumed_from_epoch"] >= 1
+    assert resumed["run_key"] == ref["run_key"]
+    assert resumed["metrics"] == ref["metrics"]
+    assert resumed["curve"] == ref["curve"]
+    assert resumed["sparsity"] == ref["sparsity"]
+    key = ref["run_key"]
+    a = np.load(reference_out / "runs" / key / "predictions.npz")
+    b = np.load(killed_out / "runs" / key / "predictions.npz")
+    np.testing.assert_array_equal(a["logits"], b["logits"])

@@ -1,0 +1,121 @@
+"""Sparsity bookkeeping shared by every module: which weights are prunable, how sparse they are, fixed masks.
+
+Prunable = the weight of every Conv2d and Linear (biases and BN never; pruning_methods.md §0.1). Sparsity is
+zeros / numel over those tensors. Masks are bool tensors keyed by parameter name (``layer1.0.conv1.weight``);
+True = kept. Fine-tuning keeps a fixed mask by re-applying it after every optimizer step (pitfall P7).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+DEFAULT_HEAD_NAME = "fc"
+
+
+def _is_head(name: str, head_name: str) -> bool:
+    return name == head_name or name.startswith(head_name + ".")
+
+
+def prunable_weights(model: nn.Module, include_head: bool = True) -> dict[str, torch.Tensor]:
+    """Every Conv2d/Linear ``.weight`` keyed by parameter name; the head is what sits under ``model.head_name``."""
+    head_name = getattr(model, "head_name", DEFAULT_HEAD_NAME)
+    weights = {}
+    for module_name, module in model.named_modules():
+        if not isinstance(module, nn.Conv2d | nn.Linear):
+            continue
+        if not include_head and _is_head(module_name, head_name):
+            continue
+        weights[f"{module_name}.weight" if module_name else "weight"] = module.weight
+    return weights
+
+
+def _prunable_in_state(state: Mapping[str, Any], include_head: bool, head_name: str) -> dict[str, torch.Tensor]:
+    """The state-dict view of ``prunable_weights``: ``*.weight`` tensors with ≥ 2 dims (BN weights are 1-d)."""
+    return {
+        key: value
+        for key, value in state.items()
+        if isinstance(value, torch.Tensor)
+        and (key == "weight" or key.endswith(".weight"))
+        and value.dim() >= 2
+        and (include_head or not _is_head(key, head_name))
+    }
+
+
+@dataclass
+class SparsityReport:
+    """Per-layer and overall zero counts over a set of prunable weights."""
+
+    per_layer: dict[str, dict] = field(default_factory=dict)  # name → {numel, zeros, sparsity}
+    total: int = 0
+    zeros: int = 0
+    overall: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _report(weights: Mapping[str, torch.Tensor]) -> SparsityReport:
+    report = SparsityReport()
+    for name, weight in weights.items():
+        numel = weight.numel()
+        zeros = int((weight.detach() == 0).sum())
+        report.per_layer[name] = {"numel": numel, "zeros": zeros, "sparsity": zeros / numel if numel else 0.0}
+        report.total += numel
+        report.zeros += zeros
+    report.overall = report.zeros / report.total if report.total else 0.0
+    return report
+
+
+def measure_sparsity(
+    model_or_state: nn.Module | Mapping[str, Any],
+    include_head: bool = True,
+    head_name: str | None = None,
+) -> SparsityReport:
+    """Sparsity of the prunable weights of a model, or of a state dict (``*.weight`` tensors with ≥ 2 dims).
+
+    ``head_name`` defaults to the model's own (``fc`` for a state dict).
+    """
+    if isinstance(model_or_state, nn.Module):
+        if head_name is not None and head_name != getattr(model_or_state, "head_name", DEFAULT_HEAD_NAME):
+            raise ValueError("head_name can only be overridden for a state dict")
+        return _report(prunable_weights(model_or_state, include_head))
+    return _report(_prunable_in_state(model_or_state, include_head, head_name or DEFAULT_HEAD_NAME))
+
+
+@torch.no_grad()
+def masks_from_zeros(model: nn.Module, include_head: bool = False) -> dict[str, torch.Tensor]:
+    """Fixed masks read off the current zeros: True where a prunable weight is non-zero (head excluded)."""
+    return {name: weight != 0 for name, weight in prunable_weights(model, include_head).items()}
+
+
+def _masked_parameters(model: nn.Module, masks: Mapping[str, torch.Tensor]):
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        if name not in params:
+            raise KeyError(f"mask for {name!r} matches no parameter of {type(model).__name__}")
+        param = params[name]
+        if mask.shape != param.shape:
+            raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, weight {tuple(param.shape)}")
+        yield param, mask
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+    """Zero every masked-out weight in place (call after each optimizer step to keep the mask fixed)."""
+    for param, mask in _masked_parameters(model, masks):
+        param.mul_(mask.to(device=param.device, dtype=param.dtype))
+
+
+@torch.no_grad()
+def check_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> int:
+    """Number of weights that the masks prune but that are non-zero (0 when the masks hold)."""
+    violations = 0
+    for param, mask in _masked_parameters(model, masks):
+        pruned = ~mask.to(device=param.device, dtype=torch.bool)
+        violations += int((param[pruned] != 0).sum())
+    return violations
