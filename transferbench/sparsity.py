@@ -7,7 +7,7 @@ True = kept. Fine-tuning keeps a fixed mask by re-applying it after every optimi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -58,17 +58,30 @@ class SparsityReport:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_counts(cls, counts: Mapping[str, tuple[int, int]]) -> SparsityReport:
+        """Build a report from ``name → (numel, zeros)``."""
+        report = cls()
+        for name, (numel, zeros) in counts.items():
+            report.per_layer[name] = {"numel": numel, "zeros": zeros, "sparsity": zeros / numel if numel else 0.0}
+            report.total += numel
+            report.zeros += zeros
+        report.overall = report.zeros / report.total if report.total else 0.0
+        return report
+
+    def select(self, names: Iterable[str]) -> SparsityReport:
+        """The report restricted to ``names`` (e.g. the backbone out of a report that includes the head)."""
+        return SparsityReport.from_counts(
+            {name: (self.per_layer[name]["numel"], self.per_layer[name]["zeros"]) for name in names}
+        )
+
 
 def _report(weights: Mapping[str, torch.Tensor]) -> SparsityReport:
-    report = SparsityReport()
+    counts = {}
     for name, weight in weights.items():
         numel = weight.numel()
-        zeros = int((weight.detach() == 0).sum())
-        report.per_layer[name] = {"numel": numel, "zeros": zeros, "sparsity": zeros / numel if numel else 0.0}
-        report.total += numel
-        report.zeros += zeros
-    report.overall = report.zeros / report.total if report.total else 0.0
-    return report
+        counts[name] = (numel, numel - int(torch.count_nonzero(weight.detach())))
+    return SparsityReport.from_counts(counts)
 
 
 def measure_sparsity(
@@ -93,7 +106,9 @@ def masks_from_zeros(model: nn.Module, include_head: bool = False) -> dict[str, 
     return {name: weight != 0 for name, weight in prunable_weights(model, include_head).items()}
 
 
-def _masked_parameters(model: nn.Module, masks: Mapping[str, torch.Tensor]):
+def _masked_parameters(
+    model: nn.Module, masks: Mapping[str, torch.Tensor]
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     params = dict(model.named_parameters())
     for name, mask in masks.items():
         if name not in params:
@@ -108,7 +123,9 @@ def _masked_parameters(model: nn.Module, masks: Mapping[str, torch.Tensor]):
 def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
     """Zero every masked-out weight in place (call after each optimizer step to keep the mask fixed)."""
     for param, mask in _masked_parameters(model, masks):
-        param.mul_(mask.to(device=param.device, dtype=param.dtype))
+        # A bool mask multiplies in place without a float copy; only a mask on another device is moved
+        # (keep masks on the model's device when calling this every step).
+        param.mul_(mask if mask.device == param.device else mask.to(param.device))
 
 
 @torch.no_grad()

@@ -33,8 +33,8 @@ FORMATS = ("plain", "rigl", "torch_prune", "ist", "str")
 _NESTING_KEYS = ("model_state_dict", "state_dict", "model")
 _DATA_PARALLEL_PREFIX = "module."
 
-# Suffix → (what it encodes, tensor it belongs to). Longest suffixes first, so "._layer.weight" is never
-# read as a plain ".weight".
+# Suffix → (what it encodes, tensor it belongs to). The IST wrapper's "._weight_mask" and torch.nn.utils.prune's
+# ".weight_mask" never overlap; keys with none of these suffixes are plain parameter/buffer names.
 _ENCODED_SUFFIXES = (
     ("._layer.weight", "value", "weight"),
     ("._layer.bias", "value", "bias"),
@@ -104,11 +104,11 @@ def _strip_data_parallel(state: Mapping[str, torch.Tensor], origin: str) -> dict
     return stripped
 
 
-def _split_suffix(key: str) -> tuple[str, str, str] | None:
-    """``conv1._layer.weight`` → (``conv1.weight``, "value", "weight"); None for a plain key."""
+def _split_suffix(key: str) -> tuple[str, str] | None:
+    """``conv1._layer.weight`` → (``conv1.weight``, "value"); None for a plain key."""
     for suffix, kind, tensor in _ENCODED_SUFFIXES:
         if key.endswith(suffix):
-            return f"{key[: -len(suffix)]}.{tensor}", kind, tensor
+            return f"{key[: -len(suffix)]}.{tensor}", kind
     return None
 
 
@@ -137,12 +137,14 @@ def decode_checkpoint(obj: Any, origin: str, fmt: str = "auto") -> DecodedCheckp
     plain state dict too).
     """
     if fmt != "auto" and fmt not in FORMATS:
-        raise TransferbenchError(f"unknown checkpoint format '{fmt}' (--format); choose auto, {', '.join(FORMATS)}")
+        raise TransferbenchError(f"unknown checkpoint format '{fmt}'; choose auto, {', '.join(FORMATS)}")
     tensors, config, is_ist = _unnest(obj, origin)
     tensors = _strip_data_parallel(tensors, origin)
     detected = detect_format(list(tensors), is_ist)
     if fmt not in ("auto", detected) and not (fmt == "plain" and detected == "rigl"):
-        raise TransferbenchError(f"{origin} is a '{detected}' checkpoint, not '{fmt}'; pass --format auto")
+        raise TransferbenchError(
+            f"{origin} is a '{detected}' checkpoint, not '{fmt}'; load it with format 'auto' (or '{detected}')"
+        )
 
     state: dict[str, torch.Tensor] = {}
     values: dict[str, torch.Tensor] = {}
@@ -154,7 +156,7 @@ def decode_checkpoint(obj: Any, origin: str, fmt: str = "auto") -> DecodedCheckp
         if decoded is None:
             state[key] = tensor
         else:
-            target, kind, _ = decoded
+            target, kind = decoded
             if target in buckets[kind]:
                 raise TransferbenchError(f"{origin} encodes '{target}' twice; re-save the checkpoint")
             buckets[kind][target] = tensor

@@ -23,8 +23,8 @@ class TransferModel(nn.Module):
     """A classification backbone whose head sits in the submodule named ``head_name``.
 
     Subclasses create their layers in ``__init__`` (with the head as ``self.<head_name>``) and implement
-    ``forward_features``. The class attributes are readable without building the model (the checkpoint
-    loader uses them to size the head before construction).
+    ``forward_features``. The class attributes describe the model without building it (the checkpoint
+    loader reads ``head_name`` to size the head from the file before construction).
     """
 
     arch: str = ""
@@ -39,19 +39,20 @@ class TransferModel(nn.Module):
         """Pooled backbone features, shape [N, feature_dim]."""
         raise NotImplementedError
 
-    @property
-    def head(self) -> nn.Module:
+    def head_module(self) -> nn.Module:
+        # A method, not a property: a property named like the head attribute would shadow the submodule.
         return getattr(self, self.head_name)
 
     @property
     def num_classes(self) -> int:
-        head = self.head
+        head = self.head_module()
         return head.out_channels if isinstance(head, nn.Conv2d) else head.out_features
 
     def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
+        head = self.head_module()
         if self.conv_head:
-            return self.head(feats[:, :, None, None]).flatten(1)
-        return self.head(feats)
+            return head(feats[:, :, None, None]).flatten(1)
+        return head(feats)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

@@ -42,6 +42,11 @@ class ResNetTiny(TransferModel):
         self.layer3 = _stage(WIDTHS[1], WIDTHS[2], 2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(self.feature_dim, num_classes)
+        # torchvision's ResNet init: with PyTorch's default conv init the activations shrink several-fold per
+        # layer, so a freshly built (untrained) tiny net would give near-constant features in demos and tests.
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

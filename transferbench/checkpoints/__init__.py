@@ -1,0 +1,37 @@
+"""Upstream checkpoints: the registry (published table + user-registered files) and a format-agnostic loader."""
+
+from .formats import FORMATS, DecodedCheckpoint, decode_checkpoint, detect_format, str_effective_weight
+from .load import LoadedCheckpoint, infer_arch, load_checkpoint, load_registered, peek_arch
+from .registry import (
+    CheckpointSpec,
+    arch_family,
+    checkpoint_dir,
+    find_checkpoint,
+    format_sparsity,
+    list_checkpoints,
+    local_path,
+    normalize_sparsity,
+    register_local,
+)
+
+__all__ = [
+    "FORMATS",
+    "CheckpointSpec",
+    "DecodedCheckpoint",
+    "LoadedCheckpoint",
+    "arch_family",
+    "checkpoint_dir",
+    "decode_checkpoint",
+    "detect_format",
+    "find_checkpoint",
+    "format_sparsity",
+    "infer_arch",
+    "list_checkpoints",
+    "load_checkpoint",
+    "load_registered",
+    "local_path",
+    "normalize_sparsity",
+    "peek_arch",
+    "register_local",
+    "str_effective_weight",
+]

@@ -1,0 +1,270 @@
+"""Load any supported checkpoint file into a TransferModel, with its fixed masks and measured sparsity.
+
+Files are always read with ``torch.load(..., weights_only=True)``: a checkpoint is data, and unpickling
+arbitrary objects from a downloaded file could run code. Every way a file can be wrong ends in a one-line
+TransferbenchError that names the file and the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..atomic import sha256_file
+from ..errors import TransferbenchError
+from ..models import TransferModel, create_model, list_archs, model_class
+from ..sparsity import SparsityReport, measure_sparsity, prunable_weights
+from .formats import decode_checkpoint
+from .registry import CheckpointSpec, format_sparsity, local_path, normalize_sha256, normalize_sparsity
+
+log = logging.getLogger("transferbench")
+
+_BN_COUNTER = "num_batches_tracked"  # absent from pre-0.4.1 checkpoints; BN works without it
+_UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+_EXAMPLES = 2
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A model with the upstream weights (and the upstream head, sized from the file), ready for transfer."""
+
+    model: TransferModel
+    masks: dict[str, torch.Tensor]  # every backbone Conv/Linear weight → bool mask (True = kept); head excluded
+    arch: str
+    format: str
+    sha256: str
+    path: Path
+    sparsity: SparsityReport  # all prunable weights, the stored upstream head included
+    backbone_sparsity: SparsityReport  # head excluded
+    config: dict[str, Any] | None = field(default=None)  # the IST model_config, when the file has one
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.num_classes
+
+
+def _read(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        message = str(exc)
+        if unsafe := _UNSAFE_GLOBAL.search(message):
+            raise TransferbenchError(
+                f"{path} contains pickled Python objects (e.g. {unsafe.group(1)}) that transferbench does not "
+                f"unpickle (weights_only=True); if you trust the file, re-save its tensors with "
+                f"torch.save(model.state_dict(), ...) and use that file"
+            ) from None
+        raise TransferbenchError(
+            f"{path} is not a readable PyTorch checkpoint (corrupt or not a torch.save file); download it again"
+        ) from None
+    except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:100]
+        raise TransferbenchError(
+            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt: {reason}); download it again"
+        ) from None
+
+
+def _verify_sha256(path: Path, digest: str, expected: str | None) -> None:
+    expected = normalize_sha256(expected, f"expected sha256 for {path}")
+    if expected and not digest.startswith(expected):
+        raise TransferbenchError(
+            f"checksum mismatch for {path}: sha256 is {digest[:16]}…, expected {expected}; the file is corrupt "
+            f"or a different checkpoint, download it again"
+        )
+
+
+@cache
+def _signature(arch: str) -> dict[str, tuple[int, ...]]:
+    """State-dict key → shape of ``arch`` (1000-way head), built on the meta device so it costs no memory."""
+    with torch.device("meta"):
+        model = create_model(arch)
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
+def _is_head_key(key: str, head_name: str) -> bool:
+    return key.startswith(head_name + ".")
+
+
+def _mismatch(state: dict[str, torch.Tensor], arch: str) -> str | None:
+    """Why ``state`` does not fit ``arch`` (None when it does); the head's class count may differ."""
+    expected = _signature(arch)
+    head_name = model_class(arch).head_name
+    missing = [k for k in expected if k not in state and not k.endswith(_BN_COUNTER)]
+    unexpected = [k for k in state if k not in expected]
+    shapes = []
+    for key in expected.keys() & state.keys():
+        have, want = tuple(state[key].shape), expected[key]
+        same = have[1:] == want[1:] if _is_head_key(key, head_name) and have else have == want
+        if not same:
+            shapes.append(f"{key} {have} vs {want}")
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:_EXAMPLES])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:_EXAMPLES])})")
+    if shapes:
+        problems.append(f"{len(shapes)} shapes differ (e.g. {', '.join(sorted(shapes)[:_EXAMPLES])})")
+    return "; ".join(problems) or None
+
+
+def infer_arch(state: dict[str, torch.Tensor]) -> list[str]:
+    """Every registered architecture whose keys and shapes ``state`` matches (head size aside)."""
+    return [arch for arch in list_archs() if _mismatch(state, arch) is None]
+
+
+def _resolve_arch(path: Path, arch: str | None, state: dict[str, torch.Tensor], config_arch: str | None) -> str:
+    if arch and config_arch and arch != config_arch:
+        raise TransferbenchError(
+            f"{path} was saved for arch '{config_arch}' (its model_config) but arch '{arch}' was requested; "
+            f"drop --arch or pass --arch {config_arch}"
+        )
+    chosen = arch or config_arch
+    if chosen:
+        if chosen not in list_archs():
+            origin = "its model_config names" if chosen == config_arch else "requested"
+            raise TransferbenchError(
+                f"{path}: {origin} arch '{chosen}', which transferbench does not know; known: "
+                f"{', '.join(list_archs())}"
+            )
+        return chosen
+    candidates = infer_arch(state)
+    if len(candidates) == 1:
+        return candidates[0]
+    if candidates:
+        raise TransferbenchError(f"{path} fits several architectures ({', '.join(candidates)}); pass --arch")
+    raise TransferbenchError(
+        f"cannot tell the architecture of {path}: its keys fit none of {', '.join(list_archs())}; "
+        f"pass --arch if it is one of them"
+    )
+
+
+def _check_fits(path: Path, arch: str, state: dict[str, torch.Tensor]) -> None:
+    problem = _mismatch(state, arch)
+    if problem is None:
+        return
+    others = [a for a in infer_arch(state) if a != arch]
+    hint = f"pass --arch {others[0]}" if others else f"pass --arch with the right one of {', '.join(list_archs())}"
+    raise TransferbenchError(f"{path} does not fit arch '{arch}': {problem}; {hint}")
+
+
+def _build(arch: str, state: dict[str, torch.Tensor]) -> TransferModel:
+    head_name = model_class(arch).head_name
+    model = create_model(arch, num_classes=int(state[f"{head_name}.weight"].shape[0]))
+    own = model.state_dict()
+    complete = {**{k: v for k, v in own.items() if k.endswith(_BN_COUNTER)}, **state}
+    try:
+        model.load_state_dict(complete, strict=True)
+    except RuntimeError as exc:  # e.g. a head whose weight and bias disagree on the class count
+        reason = " ".join(str(exc).split())[:160]
+        raise TransferbenchError(f"cannot load the weights into '{arch}': {reason}") from None
+    return model
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    arch: str | None = None,
+    fmt: str = "auto",
+    expected_sha256: str | None = None,
+    target_sparsity: float | None = None,
+    allow_sparsity_gap: bool = False,
+    max_gap: float = 0.005,
+) -> LoadedCheckpoint:
+    """Load ``path`` into a model of ``arch`` (default: from the file's model_config, else from its keys).
+
+    The head is sized from the stored one. Masks are the stored ones where the file has them, else
+    ``weight != 0``, for every backbone Conv/Linear weight. With ``expected_sha256`` (full or a ≥ 8-digit
+    prefix) the file's digest must match. With ``target_sparsity`` (0.9 or 90) the measured overall sparsity
+    (head included) must be within ``max_gap`` of it unless ``allow_sparsity_gap``.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        what = "is a directory, not a checkpoint file" if path.is_dir() else "does not exist"
+        raise TransferbenchError(f"checkpoint {path} {what}; check the path given to --checkpoint")
+    digest = sha256_file(path)
+    _verify_sha256(path, digest, expected_sha256)
+
+    decoded = decode_checkpoint(_read(path), origin=str(path), fmt=fmt)
+    chosen = _resolve_arch(path, arch, decoded.state, decoded.config_arch)
+    _check_fits(path, chosen, decoded.state)
+    model = _build(chosen, decoded.state)
+
+    # Stored masks were already multiplied into the weights by decode_checkpoint, and masks read off the zeros
+    # hold by construction, so W[mask == 0] == 0 holds for every mask returned here.
+    backbone = prunable_weights(model, include_head=False)
+    masks = {name: decoded.masks[name] if name in decoded.masks else weight.detach() != 0
+             for name, weight in backbone.items()}
+    sparsity = measure_sparsity(model, include_head=True)
+    backbone_sparsity = sparsity.select(backbone)
+
+    if target_sparsity is not None:
+        target = normalize_sparsity(target_sparsity)
+        gap = abs(sparsity.overall - target)
+        if gap > max_gap:
+            message = (
+                f"{path} has {sparsity.overall:.2%} zeros over its prunable weights (head included) but is "
+                f"registered as {format_sparsity(target)}: a gap of {gap * 100:.2f} pp > {max_gap * 100:.2f} pp"
+            )
+            if not allow_sparsity_gap:
+                raise TransferbenchError(
+                    f"{message}; check that this is the right file, or pass --allow-sparsity-gap"
+                )
+            log.warning("%s (allowed)", message)
+
+    log.info(
+        "checkpoint %s: arch %s, format %s, sparsity %.2f%% (backbone %.2f%%), %d classes in the stored head",
+        path, chosen, decoded.format, 100 * sparsity.overall, 100 * backbone_sparsity.overall, model.num_classes,
+    )
+    return LoadedCheckpoint(
+        model=model,
+        masks=masks,
+        arch=chosen,
+        format=decoded.format,
+        sha256=digest,
+        path=path,
+        sparsity=sparsity,
+        backbone_sparsity=backbone_sparsity,
+        config=decoded.config,
+    )
+
+
+def peek_arch(path: str | os.PathLike) -> str | None:
+    """The architecture a checkpoint file is for: its model_config's, else the one its keys fit; None if unclear.
+
+    Reads the file (weights_only) without building a model; unreadable files raise TransferbenchError.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise TransferbenchError(f"checkpoint {path} does not exist; check the path given to --checkpoint")
+    decoded = decode_checkpoint(_read(path), origin=str(path))
+    if decoded.config_arch:
+        return decoded.config_arch
+    candidates = infer_arch(decoded.state)
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def load_registered(
+    spec: CheckpointSpec,
+    directory: str | os.PathLike | None = None,
+    allow_sparsity_gap: bool = False,
+    max_gap: float = 0.005,
+) -> LoadedCheckpoint:
+    """Find ``spec``'s file and load it, checking its sha256 (when known), arch and registered sparsity.
+
+    One-shot rows (CrAM) are dense files, so their sparsity is checked by whoever prunes them, not here.
+    """
+    return load_checkpoint(
+        local_path(spec, directory),
+        arch=spec.arch,
+        expected_sha256=spec.sha256,
+        target_sparsity=None if spec.oneshot else spec.sparsity,
+        allow_sparsity_gap=allow_sparsity_gap,
+        max_gap=max_gap,
+    )

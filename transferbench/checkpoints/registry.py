@@ -1,0 +1,265 @@
+"""The checkpoint registry: published checkpoints (``table.yaml``) plus the user's own (``local.yaml``).
+
+Checkpoints are looked up by (method, sparsity, architecture family); files live in ``checkpoint_dir()``
+under the name the table gives, or wherever ``register_local`` recorded them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass, fields, replace
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..atomic import sha256_file, write_bytes
+from ..errors import TransferbenchError
+from ..models import model_class
+
+ENV_CHECKPOINTS = "TRANSFERBENCH_CHECKPOINTS"
+DEFAULT_CHECKPOINT_DIR = "~/.cache/transferbench/checkpoints"
+LOCAL_REGISTRY = "local.yaml"
+DEFAULT_FAMILY = "resnet50"
+# Architecture variants that share a family with their base arch: STR's 1×1-conv head, RigL's TF port.
+_VARIANT_SUFFIXES = ("_str", "_rigl")
+_SPARSITY_TOLERANCE = 5e-4
+_HEX = re.compile(r"^[0-9a-f]+$")
+MIN_SHA256_PREFIX = 8
+
+
+def arch_family(arch: str) -> str:
+    """``resnet50_rigl``/``resnet50_str`` → ``resnet50``; ``mobilenet_str`` → ``mobilenet``."""
+    for suffix in _VARIANT_SUFFIXES:
+        if arch.endswith(suffix):
+            return arch[: -len(suffix)]
+    return arch
+
+
+def normalize_sparsity(value: float | int | str) -> float:
+    """Accept a fraction (0.9) or a percentage (90) and return the fraction."""
+    try:
+        sparsity = float(value)
+    except (TypeError, ValueError):
+        raise TransferbenchError(f"sparsity must be a number like 0.9 or 90, not {value!r}") from None
+    if sparsity > 1:
+        sparsity /= 100
+    if not 0 <= sparsity < 1:
+        raise TransferbenchError(f"sparsity must be in [0, 1) or a percentage in [0, 100), not {value!r}")
+    return round(sparsity, 6)
+
+
+def format_sparsity(fraction: float) -> str:
+    return f"{round(fraction * 100, 2):g}%"
+
+
+def normalize_sha256(value: str | None, origin: str) -> str | None:
+    """Lower-case hex digest or prefix of ≥ 8 digits (None stays None)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TransferbenchError(f"{origin}: sha256 must be a quoted hex string, not {value!r}")
+    digest = value.strip().lower()
+    if not _HEX.match(digest) or not MIN_SHA256_PREFIX <= len(digest) <= 64:
+        raise TransferbenchError(
+            f"{origin}: sha256 {value!r} is not a hex digest or a prefix of at least {MIN_SHA256_PREFIX} digits"
+        )
+    return digest
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """One upstream checkpoint: what it is, where to get it, and what it should measure."""
+
+    name: str
+    method: str
+    sparsity: float  # target fraction of zeros over all prunable weights, head included
+    arch: str
+    format: str = "auto"
+    filename: str = ""
+    url: str | None = None  # None: not public
+    sha256: str | None = None  # full digest or a prefix of ≥ 8 hex digits; None: unknown
+    upstream_top1: float | None = None
+    oneshot: bool = False  # dense file; prune one-shot + recalibrate BN to reach `sparsity` (CrAM)
+    notes: str = ""
+    path: str | None = None  # absolute file of a user-registered checkpoint (local.yaml)
+    source: str = "table"  # "table" or "local"
+
+    @property
+    def family(self) -> str:
+        return arch_family(self.arch)
+
+    @property
+    def public(self) -> bool:
+        return self.url is not None
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} {format_sparsity(self.sparsity)} {self.arch} ({self.name})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_row(cls, row: Any, origin: str, source: str) -> CheckpointSpec:
+        """Validate one YAML row; any problem names ``origin`` (the YAML file)."""
+        if not isinstance(row, dict):
+            raise TransferbenchError(f"{origin}: every entry must be a mapping, found {row!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(row) - known)
+        missing = [k for k in ("name", "method", "sparsity", "arch") if row.get(k) in (None, "")]
+        if unknown or missing:
+            problem = f"unknown fields {unknown}" if unknown else f"missing {missing}"
+            raise TransferbenchError(f"{origin}: entry {row.get('name', '?')!r} has {problem}")
+        values = dict(row)
+        values["source"] = source
+        values["sparsity"] = normalize_sparsity(values["sparsity"])
+        values["sha256"] = normalize_sha256(values.get("sha256"), f"{origin} ({row['name']})")
+        values["filename"] = values.get("filename") or f"{row['name']}.pth"
+        values["notes"] = values.get("notes") or ""
+        return cls(**values)
+
+
+@cache
+def _table() -> tuple[CheckpointSpec, ...]:
+    entry = resources.files("transferbench.checkpoints") / "table.yaml"
+    rows = yaml.safe_load(entry.read_text())
+    specs = tuple(CheckpointSpec.from_row(row, "transferbench/checkpoints/table.yaml", "table") for row in rows)
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise TransferbenchError("transferbench/checkpoints/table.yaml has duplicate names")
+    return specs
+
+
+def checkpoint_dir() -> Path:
+    """Where registry checkpoints are expected: $TRANSFERBENCH_CHECKPOINTS or ~/.cache/transferbench/checkpoints."""
+    return Path(os.environ.get(ENV_CHECKPOINTS) or DEFAULT_CHECKPOINT_DIR).expanduser()
+
+
+def _local_registry_path() -> Path:
+    return checkpoint_dir() / LOCAL_REGISTRY
+
+
+def _local() -> list[CheckpointSpec]:
+    path = _local_registry_path()
+    if not path.exists():
+        return []
+    try:
+        rows = yaml.safe_load(path.read_text()) or []
+    except (OSError, yaml.YAMLError) as exc:
+        raise TransferbenchError(f"cannot read {path} ({exc.__class__.__name__}); fix or delete it") from None
+    if not isinstance(rows, list):
+        raise TransferbenchError(f"{path} must hold a list of checkpoint entries; fix or delete it")
+    return [CheckpointSpec.from_row(row, str(path), "local") for row in rows]
+
+
+def list_checkpoints(include_local: bool = True) -> list[CheckpointSpec]:
+    """Published checkpoints, then (if ``include_local``) the user's registered ones."""
+    return [*_table(), *(_local() if include_local else [])]
+
+
+def _arch_matches(spec: CheckpointSpec, arch: str) -> bool:
+    # A family name (resnet50, mobilenet) selects every variant of it; a variant name selects only itself.
+    return spec.family == arch if arch_family(arch) == arch else spec.arch == arch
+
+
+def find_checkpoint(method: str, sparsity: float | int | str, arch: str | None = None) -> CheckpointSpec:
+    """The checkpoint of ``method`` at ``sparsity`` (0.9 or 90) for ``arch`` (default: the resnet50 family).
+
+    User-registered checkpoints (``local.yaml``) take precedence, the most recently registered first.
+    """
+    target = normalize_sparsity(sparsity)
+    arch = arch or DEFAULT_FAMILY
+    local = _local()
+    candidates = [*reversed(local), *_table()]
+    methods = sorted({s.method for s in candidates})
+    if method not in methods:
+        raise TransferbenchError(f"unknown method '{method}' (--method); known: {', '.join(methods)}")
+    same_method = [s for s in candidates if s.method == method]
+    for_arch = [s for s in same_method if _arch_matches(s, arch)]
+    if not for_arch:
+        archs = sorted({s.arch for s in same_method})
+        raise TransferbenchError(
+            f"no '{method}' checkpoint for arch '{arch}'; '{method}' exists for: {', '.join(archs)} (--arch)"
+        )
+    for spec in for_arch:
+        if abs(spec.sparsity - target) < _SPARSITY_TOLERANCE:
+            return spec
+    available = sorted({s.sparsity for s in for_arch})
+    raise TransferbenchError(
+        f"no '{method}' checkpoint at {format_sparsity(target)} sparsity for '{arch}'; available: "
+        f"{', '.join(format_sparsity(s) for s in available)} (--sparsity)"
+    )
+
+
+def _torch_hub_file(filename: str) -> Path | None:
+    """torchvision's own download cache, so an already-downloaded dense ResNet-50 is found where it is."""
+    try:
+        import torch.hub
+
+        candidate = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    except Exception:  # the hub dir is a convenience only; never fail a lookup because of it
+        return None
+    return candidate if candidate.is_file() else None
+
+
+def local_path(spec: CheckpointSpec, directory: str | os.PathLike | None = None) -> Path:
+    """The file of ``spec`` on this machine, or a TransferbenchError saying where to put it and where to get it."""
+    if spec.path:
+        path = Path(spec.path)
+        if path.is_file():
+            return path
+        raise TransferbenchError(
+            f"checkpoint {spec.label} was registered at {path}, which no longer exists; register it again "
+            f"(register_local) or pass --checkpoint PATH"
+        )
+    folder = Path(directory).expanduser() if directory is not None else checkpoint_dir()
+    path = folder / spec.filename
+    if path.is_file():
+        return path
+    if (hub_file := _torch_hub_file(spec.filename)) is not None:
+        return hub_file
+    where = f"expected {path} (another directory: --checkpoint-dir or ${ENV_CHECKPOINTS})"
+    if spec.url is None:
+        raise TransferbenchError(
+            f"checkpoint {spec.label} is not publicly available; {where}. Put your copy there, register it "
+            f"with register_local, or pass --checkpoint PATH"
+        )
+    if spec.url.endswith("/"):  # a shared folder: the user picks the file and names it
+        how = f"download the {spec.method} {format_sparsity(spec.sparsity)} file from {spec.url} and save it as {path}"
+    else:
+        how = f"download {spec.url} to {path}"
+    raise TransferbenchError(f"checkpoint {spec.label} not found: {where}; {how}, or pass --checkpoint PATH")
+
+
+def register_local(spec: CheckpointSpec, path: str | os.PathLike) -> CheckpointSpec:
+    """Record ``path`` as the file of ``spec`` in ``<checkpoint_dir>/local.yaml`` (atomically).
+
+    The file's sha256 is computed and stored (a known digest or prefix in ``spec`` must match). An entry with
+    the same name is replaced. Returns the registered spec, which ``find_checkpoint`` now prefers.
+    """
+    file = Path(path).expanduser().resolve()
+    if not file.is_file():
+        raise TransferbenchError(f"cannot register {file}: no such file")
+    model_class(spec.arch)  # unknown arch → TransferbenchError listing the known ones
+    digest = sha256_file(file)
+    expected = normalize_sha256(spec.sha256, spec.name)
+    if expected and not digest.startswith(expected):
+        raise TransferbenchError(
+            f"cannot register {file} as {spec.label}: its sha256 {digest[:16]}… does not match {expected}"
+        )
+    registered = replace(
+        spec,
+        sparsity=normalize_sparsity(spec.sparsity),
+        sha256=digest,
+        filename=file.name,
+        path=str(file),
+        source="local",
+    )
+    entries = [s for s in _local() if s.name != registered.name] + [registered]
+    rows = [{k: v for k, v in s.to_dict().items() if k != "source"} for s in entries]
+    write_bytes(_local_registry_path(), yaml.safe_dump(rows, sort_keys=False, allow_unicode=True).encode())
+    return registered
