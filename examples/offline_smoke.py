@@ -32,6 +32,7 @@ def write_digits_as_cifar10(root: Path, test_fraction: float = 1 / 6) -> None:
     images = (digits.images / 16.0 * 255).astype(np.uint8)  # [N, 8, 8]
     images = np.kron(images, np.ones((1, 4, 4), dtype=np.uint8))  # 32×32, nearest neighbour
     rgb = np.repeat(images[:, None], 3, axis=1).reshape(len(images), -1)  # CIFAR rows: RRR..GGG..BBB..
+    # Keys are str, as the real (Python 2) pickles read under torchvision's encoding="latin1".
     labels = digits.target.tolist()
     order = np.random.default_rng(0).permutation(len(images))
     n_test = int(len(images) * test_fraction)
@@ -39,10 +40,10 @@ def write_digits_as_cifar10(root: Path, test_fraction: float = 1 / 6) -> None:
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
     for i, chunk in enumerate(np.array_split(train, 5), start=1):
-        batch = {b"data": rgb[chunk], b"labels": [labels[j] for j in chunk], b"batch_label": b"digits"}
+        batch = {"data": rgb[chunk], "labels": [labels[j] for j in chunk], "batch_label": "digits"}
         (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch))
-    (folder / "test_batch").write_bytes(pickle.dumps({b"data": rgb[test], b"labels": [labels[j] for j in test]}))
-    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [str(d).encode() for d in range(10)]}))
+    (folder / "test_batch").write_bytes(pickle.dumps({"data": rgb[test], "labels": [labels[j] for j in test]}))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [str(d) for d in range(10)]}))
 
 
 def write_sparse_checkpoint(path: Path, sparsity: float = 0.9, seed: int = 0) -> None:
@@ -78,8 +79,9 @@ def main() -> int:
         write_sparse_checkpoint(ckpt)
     common = ["run", "--checkpoint", str(ckpt), "--method", "magnitude", "--sparsity", "0.9", "--task",
               "cifar10", "--data-root", str(data_root), "--out", str(args.out), "--image-size", "32",
-              "--epochs", str(args.epochs), "--workers", "0"]
-    for extra in (["--mode", "linear"], ["--mode", "full", "--lr", "0.05"]):
+              "--workers", "0"]
+    for extra in (["--mode", "linear", "--epochs", str(5 * args.epochs)],
+                  ["--mode", "full", "--epochs", str(args.epochs), "--lr", "0.05"]):
         if transferbench([*common, *extra]) != 0:
             return 1
     for record in sorted((args.out / "runs").glob("*/result.json")):

@@ -120,7 +120,7 @@ def _cli(*args: str) -> list[str]:
 
 
 def test_full_run_resumes_after_sigkill_and_matches_an_uninterrupted_run(setup, tmp_path):
-    root, data, ckpt = setup
+    _, data, ckpt = setup
     extra = ("--mode", "full", "--epochs", "4", "--lr", "0.05")
     reference_out, killed_out = tmp_path / "ref", tmp_path / "killed"
     assert main(_args(data, ckpt, reference_out, *extra)) == 0
@@ -148,3 +148,20 @@ def test_full_run_resumes_after_sigkill_and_matches_an_uninterrupted_run(setup, 
     a = np.load(reference_out / "runs" / key / "predictions.npz")
     b = np.load(killed_out / "runs" / key / "predictions.npz")
     np.testing.assert_array_equal(a["logits"], b["logits"])
+
+
+def test_rigl_resnet50_checkpoint_runs_end_to_end_with_bicubic_resizing(setup, tmp_path):
+    """A real-size RigL TF-port ResNet50 (plain state_dict with its own names), 90% sparse."""
+    _, data, _ = setup
+    ckpt = tmp_path / "rigl_90.pth"
+    write_pruned_checkpoint(ckpt, arch="resnet50_rigl", sparsity=0.9, ist_format=False)
+    out = tmp_path / "out"
+    args = ["run", "--checkpoint", str(ckpt), "--sparsity", "0.9", "--method", "rigl_erk5x", "--task", "cifar10",
+            "--data-root", str(data), "--out", str(out), "--image-size", "32", "--workers", "0", "--epochs", "2"]
+    assert main(args) == 0
+    rec = _record(out)
+    assert rec["arch"] == "resnet50_rigl" and rec["checkpoint"]["format"] in ("rigl", "plain")
+    assert rec["config"]["transform_test"]["interpolation"] == "bicubic"
+    assert rec["sparsity"]["upstream_measured"] == pytest.approx(0.9, abs=1e-4)
+    preds = np.load(out / "runs" / rec["run_key"] / "predictions.npz")
+    assert preds["logits"].shape == (60, 10)

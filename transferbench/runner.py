@@ -71,6 +71,11 @@ def resolve_checkpoint(method: str | None, sparsity: float | None, arch: str | N
     if method is None or sparsity is None:
         raise TransferbenchError("name an upstream checkpoint with --method and --sparsity, or --checkpoint PATH")
     spec = find_checkpoint(method, sparsity, arch)
+    if spec.oneshot:
+        raise TransferbenchError(
+            f"{spec.name} is a dense CrAM model that must be one-shot pruned to {spec.sparsity:g} and "
+            "BN-recalibrated before transfer; produce that checkpoint first and pass it with --checkpoint"
+        )
     return CheckpointRef(method=spec.method, sparsity=spec.sparsity, arch=spec.arch, identity=spec.name,
                          path=str(local_path(spec, checkpoint_dir)))
 
@@ -104,11 +109,6 @@ def _registered(ref: CheckpointRef):
 
 def _load(ref: CheckpointRef, ctx: RunContext):
     registered = _registered(ref)
-    if registered is not None and registered.oneshot:
-        raise TransferbenchError(
-            f"{registered.name} is a CrAM model that must be one-shot pruned to {ref.sparsity:g} and "
-            "BN-recalibrated first; produce that checkpoint with transferbench's CrAM pruning and pass --checkpoint"
-        )
     return load_checkpoint(
         ref.path, arch=ref.arch, expected_sha256=registered.sha256 if registered else None,
         target_sparsity=ref.sparsity, allow_sparsity_gap=ctx.allow_sparsity_gap,

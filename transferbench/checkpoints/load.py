@@ -66,7 +66,8 @@ def _read(path: Path) -> Any:
             f"{path} is not a readable PyTorch checkpoint (corrupt or not a torch.save file); download it again"
         ) from None
     except Exception as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:100]
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = first_line.split(". ")[0].rstrip(".")  # torch appends internal-assert boilerplate
         raise TransferbenchError(
             f"{path} is not a readable PyTorch checkpoint (truncated or corrupt: {reason}); download it again"
         ) from None

@@ -228,8 +228,8 @@ def local_path(spec: CheckpointSpec, directory: str | os.PathLike | None = None)
             f"checkpoint {spec.label} is not publicly available; {where}. Put your copy there, register it "
             f"with register_local, or pass --checkpoint PATH"
         )
-    if spec.url.endswith("/"):  # a shared folder: the user picks the file and names it
-        how = f"download the {spec.method} {format_sparsity(spec.sparsity)} file from {spec.url} and save it as {path}"
+    if not spec.url.endswith((".pth", ".pt", ".tar", ".ckpt", ".bin")):  # a folder or a project page
+        how = f"get the {spec.method} {format_sparsity(spec.sparsity)} file from {spec.url} and save it as {path}"
     else:
         how = f"download {spec.url} to {path}"
     raise TransferbenchError(f"checkpoint {spec.label} not found: {where}; {how}, or pass --checkpoint PATH")

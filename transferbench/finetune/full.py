@@ -24,7 +24,7 @@ from ..errors import TransferbenchError
 from ..metrics import accuracy_metrics
 from ..progress import progress
 from ..runspec import HParams
-from ..sparsity import apply_masks, check_masks, measure_sparsity
+from ..sparsity import FixedMasks, check_masks, measure_sparsity
 from .schedule import lr_at_epoch, should_evaluate
 
 log = logging.getLogger("transferbench")
@@ -83,7 +83,8 @@ def finetune_full(
     """Fine-tune ``model`` (whose head is already the new, dense one) with ``masks`` held fixed."""
     model.to(device)
     masks = {name: m.to(device) for name, m in masks.items()}
-    apply_masks(model, masks)
+    keeper = FixedMasks(model, masks)
+    keeper.apply()
     before = measure_sparsity(model, include_head=False)
     # Weight decay on every parameter, BN and biases included (pitfall P5): one param group.
     opt = torch.optim.SGD(model.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
@@ -123,7 +124,7 @@ def finetune_full(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            apply_masks(model, masks)  # pitfall P7: pruned weights stay exactly zero
+            keeper.apply()  # pitfall P7: pruned weights stay exactly zero
             loss_sum += loss.item()
             steps += 1
         point = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / max(steps, 1)}

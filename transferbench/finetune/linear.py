@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import TransferbenchError
@@ -38,15 +37,38 @@ class HeadResult:
     extra: dict = field(default_factory=dict)
 
 
+class _StackedSGD:
+    """torch.optim.SGD's update (momentum, dampening 0, weight decay added to the gradient, no Nesterov),
+    applied in place to stacked per-seed tensors. Element-wise, so every seed's slice evolves alone."""
+
+    def __init__(self, params: list[torch.Tensor], momentum: float, weight_decay: float):
+        self.params, self.momentum, self.weight_decay = params, momentum, weight_decay
+        self.buffers: list[torch.Tensor] | None = None
+
+    def step(self, grads: list[torch.Tensor], lr: float) -> None:
+        if self.weight_decay:
+            torch._foreach_add_(grads, self.params, alpha=self.weight_decay)
+        if self.momentum:
+            if self.buffers is None:  # torch initialises the buffer with the first gradient
+                self.buffers = [g.clone() for g in grads]
+            else:
+                torch._foreach_mul_(self.buffers, self.momentum)
+                torch._foreach_add_(self.buffers, grads)
+            grads = self.buffers
+        torch._foreach_add_(self.params, grads, alpha=-lr)
+
+
 def _init_head(seed: int, dim: int, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     torch.manual_seed(seed)
     head = nn.Linear(dim, num_classes)  # PyTorch default init, as the paper's fresh head
-    return head.weight.detach().t().contiguous(), head.bias.detach().clone()
+    return head.weight.detach().clone(), head.bias.detach().clone()
 
 
+@torch.no_grad()
 def _batched_metrics(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                      num_classes: int) -> tuple[torch.Tensor, list[dict[str, float]]]:
-    logits = torch.baddbmm(bias.unsqueeze(1), x.unsqueeze(0).expand(weight.shape[0], -1, -1), weight)
+    logits = torch.baddbmm(bias.unsqueeze(1), x.unsqueeze(0).expand(weight.shape[0], -1, -1),
+                           weight.transpose(1, 2))
     y_np = y.cpu().numpy()
     metrics = [accuracy_metrics(lg.cpu().numpy(), y_np, num_classes) for lg in logits]
     return logits, metrics
@@ -63,34 +85,37 @@ def train_sgd_heads(
     device: torch.device | str = "cpu",
 ) -> list[HeadResult]:
     device = torch.device(device)
-    train_x, train_y = train_x.to(device), train_y.to(device)
-    test_x, test_y = test_x.to(device), test_y.to(device)
+    train_x, train_y = train_x.to(device).float(), train_y.to(device)
+    test_x, test_y = test_x.to(device).float(), test_y.to(device)
     n, dim = train_x.shape
     s = len(seeds)
     inits = [_init_head(seed, dim, num_classes) for seed in seeds]
-    weight = torch.stack([w for w, _ in inits]).to(device).requires_grad_()  # [S, D, C]
-    bias = torch.stack([b for _, b in inits]).to(device).requires_grad_()  # [S, C]
-    opt = torch.optim.SGD([weight, bias], lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+    # [S, C, D], nn.Linear's layout: measured 2-5x faster than [S, D, C] for the small-C products here.
+    weight = torch.stack([w for w, _ in inits]).to(device)
+    bias = torch.stack([b for _, b in inits]).to(device)  # [S, C]
+    sgd = _StackedSGD([weight, bias], hp.momentum, hp.weight_decay)
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     curves: list[list[dict]] = [[] for _ in seeds]
 
     epochs = progress(range(hp.epochs), desc=f"linear heads x{s}", unit="epoch")
     for epoch in epochs:
         lr = lr_at_epoch(hp, epoch)
-        for group in opt.param_groups:
-            group["lr"] = lr
         order = torch.stack([torch.randperm(n, generator=g) for g in generators]).to(device)  # [S, N]
         loss_sum = torch.zeros(s, device=device)
         steps = 0
         for start in range(0, n, hp.batch_size):
             idx = order[:, start:start + hp.batch_size]  # [S, B]
-            logits = torch.baddbmm(bias.unsqueeze(1), train_x[idx], weight)  # [S, B, C]
-            per_seed = F.cross_entropy(logits.flatten(0, 1), train_y[idx].flatten(), reduction="none")
-            per_seed = per_seed.view(s, -1).mean(dim=1)
-            opt.zero_grad(set_to_none=True)
-            per_seed.sum().backward()  # each seed's slice receives the gradient of its own mean loss
-            opt.step()
-            loss_sum += per_seed.detach()
+            xb = train_x.index_select(0, idx.flatten()).view(s, -1, dim)  # [S, B, D]
+            yb = train_y[idx].unsqueeze(2)  # [S, B, 1]
+            # Closed-form gradient of the mean cross-entropy of a linear softmax head (no autograd on the
+            # hot path): d loss / d logits = (softmax - onehot) / B.
+            log_probs = torch.baddbmm(bias.unsqueeze(1), xb, weight.transpose(1, 2)).log_softmax(dim=2)
+            loss_sum -= log_probs.gather(2, yb).squeeze(2).mean(dim=1)
+            grad_logits = log_probs.exp_()
+            grad_logits.scatter_add_(2, yb, torch.full_like(yb, -1, dtype=grad_logits.dtype))
+            grad_logits /= xb.shape[1]
+            grad_weight = torch.bmm(grad_logits.transpose(1, 2).contiguous(), xb)  # [S, C, D]
+            sgd.step([grad_weight, grad_logits.sum(dim=1)], lr)
             steps += 1
         train_loss = (loss_sum / steps).cpu()
         if not torch.isfinite(train_loss).all():
@@ -101,8 +126,7 @@ def train_sgd_heads(
             )
         test_metrics = None
         if should_evaluate(hp, epoch):
-            with torch.no_grad():
-                _, test_metrics = _batched_metrics(weight, bias, test_x, test_y, num_classes)
+            _, test_metrics = _batched_metrics(weight, bias, test_x, test_y, num_classes)
         for i in range(s):
             point = {"epoch": epoch, "lr": lr, "train_loss": float(train_loss[i])}
             if test_metrics is not None:
@@ -113,8 +137,7 @@ def train_sgd_heads(
                      " ".join(f"{v:.4f}" for v in train_loss.tolist()),
                      " ".join(f"{m['top1']:.4f}" for m in test_metrics))
 
-    with torch.no_grad():
-        logits, final = _batched_metrics(weight, bias, test_x, test_y, num_classes)
+    logits, final = _batched_metrics(weight, bias, test_x, test_y, num_classes)
     results = []
     for i, seed in enumerate(seeds):
         evaluated = [p for p in curves[i] if "top1" in p]

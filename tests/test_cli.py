@@ -1,0 +1,208 @@
+"""The command line: listings, `data check`, and the bad-input catalogue of `transferbench run`.
+
+Every bad input must end with exit status 2, one line on stderr naming the problem and the fix, no
+traceback, and nothing written to the results store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from fixtures_data import write_task
+from fixtures_models import write_pruned_checkpoint
+
+from transferbench.checkpoints import find_checkpoint, register_local
+from transferbench.cli import main
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    data = root / "data"
+    write_task("cifar10", data, "folders", train_per_class=3, test_per_class=2, image_size=8)
+    official = root / "official"
+    write_task("cifar10", official, "official", train_per_class=3, test_per_class=2, image_size=8)
+    three = root / "three_classes" / "cifar10"
+    for split in ("train", "test"):
+        for cls in ("a", "b", "c"):
+            src = next((data / "cifar10" / split).iterdir())
+            (three / split / cls).mkdir(parents=True)
+            img = next(src.iterdir())
+            (three / split / cls / img.name).write_bytes(img.read_bytes())
+    ckpt = root / "tiny_50.pth"
+    write_pruned_checkpoint(ckpt, sparsity=0.5)
+    return {"root": root, "data": data, "official": official, "three": three.parent, "ckpt": ckpt}
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    code = main(list(map(str, args)))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _run_args(world, out, *extra, checkpoint=None, data=None):
+    return ["run", "--checkpoint", checkpoint or world["ckpt"], "--sparsity", "0.5", "--task", "cifar10",
+            "--data-root", data or world["data"], "--out", out, "--image-size", "32", "--epochs", "1",
+            "--workers", "0", *extra]
+
+
+def assert_clean_failure(code, err, out_dir: Path, *needles: str):
+    lines = [line for line in err.splitlines() if not line[:4].isdigit()]  # drop timestamped log lines
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    assert not (out_dir / "runs").exists() or not any((out_dir / "runs").iterdir())
+
+
+def test_tasks_list_shows_all_twelve(capsys):
+    code, out, _ = run_cli(capsys, "tasks", "list")
+    names = [line.split()[0] for line in out.splitlines()[1:]]
+    assert code == 0 and names == ["aircraft", "birds", "caltech101", "caltech256", "cars", "cifar10", "cifar100",
+                                   "dtd", "flowers", "food101", "pets", "sun397"]
+    code, out, _ = run_cli(capsys, "tasks", "show", "dtd")
+    assert code == 0 and "train1 + val1" in out and "0.5322" in out
+
+
+def test_checkpoints_list(capsys):
+    code, out, _ = run_cli(capsys, "checkpoints", "list")
+    methods = {line.split()[0] for line in out.splitlines()[1:]}
+    assert code == 0
+    assert {"dense", "acdc", "rigl_erk1x", "rigl_erk5x", "str", "woodfisher", "lth_t", "gmp", "cram",
+            "mfac"} <= methods
+    code, out, _ = run_cli(capsys, "checkpoints", "list", "--method", "acdc", "--arch", "mobilenet")
+    assert [line.split()[1] for line in out.splitlines()[1:]] == ["0.3", "0.4", "0.5", "0.75", "0.9"]
+
+
+@pytest.mark.parametrize("layout", ["data", "official"])
+def test_data_check_prints_one_json_object(capsys, world, layout):
+    code, out, _ = run_cli(capsys, "data", "check", "--task", "cifar10", "--data-root", world[layout])
+    assert code == 0
+    assert json.loads(out) == {"task": "cifar10", "layout": "folders" if layout == "data" else "official",
+                               "num_classes": 10, "train_size": 30, "test_size": 20}
+
+
+def test_data_check_fails_naming_the_missing_file(capsys, world, tmp_path):
+    code, _, err = run_cli(capsys, "data", "check", "--task", "cifar10", "--data-root", tmp_path)
+    assert code == 2 and "cifar-10-batches-py/batches.meta" in err and "train/<class>" in err
+    code, _, err = run_cli(capsys, "data", "check", "--task", "cifar10", "--data-root", world["data"],
+                           "--strict")
+    assert code == 2 and "50000" in err.replace(",", "")
+
+
+def test_bad_input_missing_data_root(capsys, world, tmp_path):
+    code, _, err = run_cli(capsys, *_run_args(world, tmp_path, data=tmp_path / "nope"))
+    assert_clean_failure(code, err, tmp_path, str(tmp_path / "nope"), "--data-root")
+
+
+def test_bad_input_missing_split_file(capsys, world, tmp_path):
+    broken = tmp_path / "broken"
+    write_task("cifar10", broken, "official", train_per_class=1, test_per_class=1)
+    (next(broken.rglob("test_batch"))).unlink()
+    code, _, err = run_cli(capsys, *_run_args(world, tmp_path, data=broken))
+    assert_clean_failure(code, err, tmp_path, "test_batch")
+
+
+@pytest.mark.parametrize(("flag", "value", "needle"), [
+    ("--task", "imagenet-r", "unknown task 'imagenet-r'"),
+])
+def test_bad_input_unknown_task(capsys, world, tmp_path, flag, value, needle):
+    args = _run_args(world, tmp_path)
+    args[args.index(flag) + 1] = value
+    code, _, err = run_cli(capsys, *args)
+    assert_clean_failure(code, err, tmp_path, needle, "tasks list")
+
+
+def test_bad_input_unknown_method_and_missing_registered_file(capsys, world, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
+    base = ["run", "--task", "cifar10", "--data-root", world["data"], "--out", tmp_path]
+    code, _, err = run_cli(capsys, *base, "--method", "snip", "--sparsity", "0.9")
+    assert_clean_failure(code, err, tmp_path, "unknown method 'snip'", "acdc")
+    code, _, err = run_cli(capsys, *base, "--method", "acdc", "--sparsity", "0.85")
+    assert_clean_failure(code, err, tmp_path, "available", "90%")
+    code, _, err = run_cli(capsys, *base, "--method", "acdc", "--sparsity", "0.9")
+    assert_clean_failure(code, err, tmp_path, str(tmp_path / "ckpts"), "seafile.ist.ac.at", "--checkpoint")
+
+
+def test_bad_input_wrong_architecture(capsys, world, tmp_path):
+    code, _, err = run_cli(capsys, *_run_args(world, tmp_path, "--arch", "resnet50"))
+    assert_clean_failure(code, err, tmp_path, "resnet")
+
+
+@pytest.mark.parametrize("damage", ["random", "truncated", "not_a_checkpoint"])
+def test_bad_input_corrupt_checkpoints(capsys, world, tmp_path, damage):
+    bad = tmp_path / f"{damage}.pth"
+    blob = world["ckpt"].read_bytes()
+    if damage == "random":
+        bad.write_bytes(os.urandom(4096))
+    elif damage == "truncated":
+        bad.write_bytes(blob[: len(blob) // 2])
+    else:
+        torch.save({"hello": "world", "numbers": [1, 2, 3]}, bad)
+    code, _, err = run_cli(capsys, *_run_args(world, tmp_path, "--arch", "resnet_tiny", checkpoint=bad))
+    assert_clean_failure(code, err, tmp_path, str(bad))
+
+
+def test_bad_input_checksum_mismatch(capsys, world, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
+    mine = tmp_path / "mine.pth"
+    mine.write_bytes(world["ckpt"].read_bytes())
+    template = find_checkpoint("acdc", 0.9)
+    from dataclasses import replace
+
+    register_local(replace(template, name="mine_tiny_50", method="mine", sparsity=0.5, arch="resnet_tiny",
+                           sha256=None, url=None), mine)
+    base = ["run", "--method", "mine", "--sparsity", "0.5", "--arch", "resnet_tiny", "--task", "cifar10",
+            "--data-root", world["data"], "--out", tmp_path, "--image-size", "32", "--epochs", "1",
+            "--workers", "0"]
+    with mine.open("ab") as f:  # the registered file changed after registration
+        f.write(b"\0")
+    code, _, err = run_cli(capsys, *base)
+    assert_clean_failure(code, err, tmp_path, "sha256", str(mine))
+
+
+def test_bad_input_class_count_mismatch(capsys, world, tmp_path):
+    code, _, err = run_cli(capsys, *_run_args(world, tmp_path, data=world["three"]))
+    assert_clean_failure(code, err, tmp_path, "3 classes", "10")
+
+
+@pytest.mark.parametrize("mode", ["linear", "full"])
+def test_bad_input_nan_loss(capsys, world, tmp_path, mode):
+    code, _, err = run_cli(capsys, *_run_args(world, tmp_path, "--mode", mode, "--lr", "1e30", "--epochs", "4"))
+    assert_clean_failure(code, err, tmp_path, "NaN", "--lr")
+    assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())
+
+
+def test_bad_input_sparsity_gap_and_its_override(capsys, world, tmp_path):
+    args = _run_args(world, tmp_path)
+    args[args.index("--sparsity") + 1] = "0.9"
+    code, _, err = run_cli(capsys, *args)
+    assert_clean_failure(code, err, tmp_path, "--allow-sparsity-gap", "90%")
+    code, _, _ = run_cli(capsys, *args, "--allow-sparsity-gap")
+    assert code == 0
+
+
+def test_bad_input_checkpoint_without_sparsity(capsys, world, tmp_path):
+    args = _run_args(world, tmp_path)
+    i = args.index("--sparsity")
+    del args[i:i + 2]
+    code, _, err = run_cli(capsys, *args)
+    assert_clean_failure(code, err, tmp_path, "--sparsity")
+
+
+def test_the_installed_command_prints_no_traceback(world, tmp_path):
+    """The real console entry point, in a fresh interpreter, on a corrupt checkpoint."""
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    cmd = [sys.executable, "-m", "transferbench", *map(str, _run_args(world, tmp_path, "--arch", "resnet_tiny",
+                                                                      checkpoint=bad))]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: ") and "Traceback" not in proc.stderr
