@@ -11,14 +11,14 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import find_checkpoint, load_checkpoint, local_path
+from .checkpoints import LoadedCheckpoint, find_checkpoint, load_checkpoint, local_path
 from .errors import TransferbenchError
 from .finetune.features import cached_features, extract, feature_cache_key
 from .finetune.full import finetune_full
 from .finetune.linear import HeadResult, train_lbfgs_head, train_sgd_heads
 from .records import existing_record, hardware, result_path, write_result
 from .runspec import CheckpointRef, RunSpec, resolve_hparams
-from .tasks import Transformed, get_task, load_split
+from .tasks import Split, TaskSpec, Transformed, get_task, load_split
 from .transforms import build_transform, protocol_transform
 
 log = logging.getLogger("transferbench")
@@ -126,12 +126,31 @@ def _require_data_root(ctx: RunContext) -> Path:
     return ctx.data_root
 
 
-def _check_heads(loaded, spec: RunSpec) -> None:
+@dataclass
+class _Prepared:
+    task: TaskSpec
+    train: Split
+    test: Split
+    loaded: LoadedCheckpoint
+    device: torch.device
+    interpolation: str
+    load_seconds: float
+
+
+def _prepare(spec: RunSpec, ctx: RunContext) -> _Prepared:
+    """Read the data first (cheap, most likely to be wrong), then load and check the checkpoint."""
+    start = time.perf_counter()
+    task = get_task(spec.task)
+    data_root = _require_data_root(ctx)
+    train, test = (load_split(task, split, data_root, ctx.verify_md5) for split in ("train", "test"))
+    loaded = _load(spec.checkpoint, ctx)
     if loaded.arch != spec.checkpoint.arch:
         raise TransferbenchError(
             f"checkpoint {loaded.path} is a {loaded.arch} but the run asks for {spec.checkpoint.arch}; pass --arch "
             f"{loaded.arch}"
         )
+    return _Prepared(task, train, test, loaded, ctx.torch_device(),
+                     spec.hparams.interpolation or loaded.model.interpolation, time.perf_counter() - start)
 
 
 def run_linear_group(specs: list[RunSpec], ctx: RunContext) -> list[Path]:
@@ -145,15 +164,9 @@ def run_linear_group(specs: list[RunSpec], ctx: RunContext) -> list[Path]:
     if not todo:
         return [result_path(s, ctx.out) for s in specs]
     t_start = time.perf_counter()
-    task = get_task(first.task)
-    data_root = _require_data_root(ctx)
-    train, test = (load_split(task, sp, data_root, ctx.verify_md5) for sp in ("train", "test"))
-    loaded = _load(first.checkpoint, ctx)
-    _check_heads(loaded, first)
-    t_loaded = time.perf_counter()
-    device = ctx.torch_device()
-    interpolation = first.hparams.interpolation or loaded.model.interpolation
-    tcfg = protocol_transform(task, "linear", train=False, interpolation=interpolation,
+    prep = _prepare(first, ctx)
+    task, train, test, loaded, device = prep.task, prep.train, prep.test, prep.loaded, prep.device
+    tcfg = protocol_transform(task, "linear", train=False, interpolation=prep.interpolation,
                               image_size=first.hparams.image_size)
     feats = {}
     for name, split in (("train", train), ("test", test)):
@@ -188,7 +201,6 @@ def run_linear_group(specs: list[RunSpec], ctx: RunContext) -> list[Path]:
                                              feats["test"].features, feats["test"].labels, num_classes,
                                              spec.seed, spec.hparams)
             seconds[spec] = time.perf_counter() - t0
-    paths = []
     for spec in todo:
         head = results[spec]
         record = {
@@ -210,7 +222,7 @@ def run_linear_group(specs: list[RunSpec], ctx: RunContext) -> list[Path]:
             "metrics": _metrics(task, head.top1, head.mean_per_class_acc, head.extra),
             "curve": head.curve,
             "timings": {
-                "checkpoint_load_s": t_loaded - t_start,
+                "checkpoint_load_s": prep.load_seconds,
                 "extraction_s": sum(f.seconds for f in feats.values()),
                 "features_cached": all(f.cached for f in feats.values()),
                 "training_s": seconds[spec],
@@ -219,9 +231,9 @@ def run_linear_group(specs: list[RunSpec], ctx: RunContext) -> list[Path]:
             },
             "hardware": hardware(str(device)),
         }
-        paths.append(write_result(spec, ctx.out, record, head.test_logits, feats["test"].labels.numpy()))
-        log.info("run %s: top1=%.4f mean_per_class=%.4f → %s", spec.run_key, head.top1,
-                 head.mean_per_class_acc, paths[-1])
+        path = write_result(spec, ctx.out, record, head.test_logits, feats["test"].labels.numpy())
+        log.info("run %s: top1=%.4f mean_per_class=%.4f → %s", spec.run_key, head.top1, head.mean_per_class_acc,
+                 path)
     return [result_path(s, ctx.out) for s in specs]
 
 
@@ -229,20 +241,14 @@ def run_full(spec: RunSpec, ctx: RunContext) -> Path:
     if not ctx.force and existing_record(spec, ctx.out) is not None:
         return result_path(spec, ctx.out)
     t_start = time.perf_counter()
-    task = get_task(spec.task)
-    data_root = _require_data_root(ctx)
-    train, test = (load_split(task, sp, data_root, ctx.verify_md5) for sp in ("train", "test"))
-    loaded = _load(spec.checkpoint, ctx)
-    _check_heads(loaded, spec)
-    t_loaded = time.perf_counter()
-    device = ctx.torch_device()
+    prep = _prepare(spec, ctx)
+    task, train, test, loaded, device = prep.task, prep.train, prep.test, prep.loaded, prep.device
     model = loaded.model
     torch.manual_seed(spec.seed)
     model.reset_head(task.num_classes)  # the upstream head is never reused (pitfall P8)
-    interpolation = spec.hparams.interpolation or model.interpolation
-    train_cfg = protocol_transform(task, "full", train=True, interpolation=interpolation,
+    train_cfg = protocol_transform(task, "full", train=True, interpolation=prep.interpolation,
                                    image_size=spec.hparams.image_size)
-    test_cfg = protocol_transform(task, "full", train=False, interpolation=interpolation,
+    test_cfg = protocol_transform(task, "full", train=False, interpolation=prep.interpolation,
                                   image_size=spec.hparams.image_size)
     work = spec.work_dir(ctx.out)
     if ctx.force and work.exists():
@@ -277,7 +283,7 @@ def run_full(spec: RunSpec, ctx: RunContext) -> Path:
                             {"best_epoch": result.best_epoch, "best_top1": result.best_top1}),
         "curve": result.curve,
         "timings": {
-            "checkpoint_load_s": t_loaded - t_start,
+            "checkpoint_load_s": prep.load_seconds,
             "extraction_s": 0.0,
             "training_s": result.train_seconds,
             "resumed_from_epoch": result.resumed_from_epoch,
