@@ -64,11 +64,15 @@ def assert_clean_failure(code, err, out_dir: Path, *needles: str):
 
 def test_tasks_list_shows_all_twelve(capsys):
     code, out, _ = run_cli(capsys, "tasks", "list")
-    names = [line.split()[0] for line in out.splitlines()[1:]]
+    paper, _, mini = out.partition("offline mini-tasks")
+    names = [line.split()[0] for line in paper.strip().splitlines()[1:]]
+    assert [line.split()[0] for line in mini.strip().splitlines()[2:]] == ["digits", "textures"]
     assert code == 0 and names == ["aircraft", "birds", "caltech101", "caltech256", "cars", "cifar10", "cifar100",
                                    "dtd", "flowers", "food101", "pets", "sun397"]
     code, out, _ = run_cli(capsys, "tasks", "show", "dtd")
     assert code == 0 and "train1 + val1" in out and "0.5322" in out
+    code, out, _ = run_cli(capsys, "tasks", "show", "digits")
+    assert code == 0 and "built in" in out
 
 
 def test_checkpoints_list(capsys):

@@ -59,6 +59,10 @@ def cmd_tasks_list(args: argparse.Namespace) -> int:
     rows = [(t.name, t.num_classes, t.train_size or "?", t.test_size, t.metric, t.full_lr, t.title)
             for t in list_tasks()]
     _print_table(("task", "classes", "train", "test", "metric", "full_lr", "dataset"), rows)
+    print("\noffline mini-tasks (no data root needed):")
+    _print_table(("task", "classes", "train", "test", "metric", "full_lr", "dataset"),
+                 [(t.name, t.num_classes, t.train_size, t.test_size, t.metric, t.full_lr, t.title)
+                  for t in list_tasks("mini")])
     return 0
 
 
@@ -71,9 +75,11 @@ def cmd_tasks_show(args: argparse.Namespace) -> int:
         "split": task.split_rule, "train_size": task.train_size, "test_size": task.test_size,
         "metric": task.metric, "full_lr": task.full_lr,
         "normalization": {"mean": list(task.normalization.mean), "std": list(task.normalization.std)},
-        "looked_for_in": [f"<data-root>/{d}" for d in task.dirnames] + ["<data-root>"],
-        "layouts": {"folders": f"{task.folders.train}/<class>/*, {task.folders.test}/<class>/*",
-                    "official": task.official.description},
+        "looked_for_in": ([f"<data-root>/{d}" for d in task.dirnames] + ["<data-root>"]) if task.folders else
+                         "built in (no data root needed)",
+        "layouts": ({"folders": f"{task.folders.train}/<class>/*, {task.folders.test}/<class>/*",
+                     "official": task.official.description} if task.folders and task.official else
+                    {"builtin": task.builtin}),
         "notes": task.notes,
     }, sort_keys=False, width=110), end="")
     return 0
@@ -153,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="datasets on disk").add_subparsers(dest="data_cmd", required=True)
     check = data.add_parser("check", help="check a task's data and print its layout and split sizes as JSON")
     check.add_argument("--task", required=True)
-    check.add_argument("--data-root", type=Path, required=True)
+    check.add_argument("--data-root", type=Path, help="folder holding the datasets (not needed for mini-tasks)")
     check.add_argument("--strict", action="store_true", help="also require the paper's exact split sizes")
     check.add_argument("--verify-md5", action="store_true", help="also check official archives' md5 sums")
     check.set_defaults(func=cmd_data_check)

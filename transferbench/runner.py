@@ -99,6 +99,9 @@ def make_spec(task: str, mode: str, seed: int, checkpoint: CheckpointRef,
     task_spec = get_task(task)
     if mode not in ("linear", "full"):
         raise TransferbenchError(f"--mode must be linear or full, not {mode!r}")
+    overrides = dict(overrides or {})
+    if task_spec.image_size != 224:  # mini-tasks run at their native resolution unless overridden
+        overrides.setdefault("image_size", task_spec.image_size)
     hp = resolve_hparams(mode, task_spec.full_lr, overrides)
     return RunSpec(task=task_spec.name, mode=mode, seed=seed, checkpoint=checkpoint, hparams=hp)
 
@@ -120,12 +123,6 @@ def _data_info(split, other) -> dict:
             "num_classes": len(split.classes), "paper_split": split.paper_split}
 
 
-def _require_data_root(ctx: RunContext) -> Path:
-    if ctx.data_root is None:
-        raise TransferbenchError("--data-root is required: the folder that holds the downstream datasets")
-    return ctx.data_root
-
-
 @dataclass
 class _Prepared:
     task: TaskSpec
@@ -141,8 +138,7 @@ def _prepare(spec: RunSpec, ctx: RunContext) -> _Prepared:
     """Read the data first (cheap, most likely to be wrong), then load and check the checkpoint."""
     start = time.perf_counter()
     task = get_task(spec.task)
-    data_root = _require_data_root(ctx)
-    train, test = (load_split(task, split, data_root, ctx.verify_md5) for split in ("train", "test"))
+    train, test = (load_split(task, split, ctx.data_root, ctx.verify_md5) for split in ("train", "test"))
     loaded = _load(spec.checkpoint, ctx)
     if loaded.arch != spec.checkpoint.arch:
         raise TransferbenchError(

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import TransferbenchError
+from .builtin import load_builtin
 from .data import Split, Transformed
 from .folders import list_classes, read_folders
 from .official import READERS
@@ -38,8 +39,9 @@ def _cards() -> dict[str, TaskSpec]:
     return dict(sorted(specs.items()))
 
 
-def list_tasks() -> list[TaskSpec]:
-    return list(_cards().values())
+def list_tasks(kind: str | None = "paper") -> list[TaskSpec]:
+    """The paper's 12 tasks (default), the offline mini-tasks (``kind="mini"``), or all (``None``)."""
+    return [t for t in _cards().values() if kind is None or t.kind == kind]
 
 
 def get_task(name: str) -> TaskSpec:
@@ -78,12 +80,19 @@ def detect_layout(task: TaskSpec, data_root: str | Path) -> tuple[str, Path]:
 
 
 def load_split(
-    task: TaskSpec | str, split: str, data_root: str | Path, verify_md5: bool = False
+    task: TaskSpec | str, split: str, data_root: str | Path | None, verify_md5: bool = False
 ) -> Split:
     """Load the paper's ``split`` ("train" or "test") of a task from whichever layout is on disk."""
     task = get_task(task) if isinstance(task, str) else task
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    if task.builtin is not None:
+        return load_builtin(task.builtin, split)
+    if data_root is None:
+        raise TransferbenchError(
+            f"--data-root is required for {task.name}: the folder that holds '{task.dirnames[0]}/' "
+            f"(see `transferbench tasks show {task.name}`)"
+        )
     layout, base = detect_layout(task, data_root)
     if layout == "folders":
         train_classes = list_classes(base / task.folders.train)

@@ -43,20 +43,23 @@ class TaskSpec:
     normalization: Normalization  # per-dataset statistics, used by full fine-tuning (pitfall P1)
     full_lr: float  # full fine-tuning base LR (0.01 for aircraft and cars, else 0.001; pitfall P3)
     dirnames: tuple[str, ...]  # folder names under --data-root where the task is looked for
-    official: OfficialLayout
-    folders: FoldersLayout
+    official: OfficialLayout | None
+    folders: FoldersLayout | None
     split_rule: str  # human-readable statement of the paper's split
-    paper_label: str  # the name used in the paper's raw results
+    paper_label: str  # the name used in the paper's raw results ("" for mini-tasks)
     notes: str = ""
+    kind: str = "paper"  # "paper": one of the 12 tasks; "mini": built-in offline mini-task
+    builtin: str | None = None  # generator of a mini-task's data (transferbench/tasks/builtin.py)
+    image_size: int = 224  # the protocol's input size; mini-tasks run at their native 32 px
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_card(cls, card: dict[str, Any]) -> TaskSpec:
         norm = card["normalization"]
-        layouts = card["layouts"]
+        layouts = card.get("layouts", {})
         known = {
             "name", "title", "num_classes", "train_size", "test_size", "metric", "normalization",
-            "full_lr", "dirnames", "layouts", "split_rule", "paper_label", "notes",
+            "full_lr", "dirnames", "layouts", "split_rule", "paper_label", "notes", "kind", "builtin", "image_size",
         }
         return cls(
             name=card["name"],
@@ -67,11 +70,14 @@ class TaskSpec:
             metric=card["metric"],
             normalization=Normalization(tuple(norm["mean"]), tuple(norm["std"])),
             full_lr=float(card["full_lr"]),
-            dirnames=tuple(card["dirnames"]),
-            official=OfficialLayout(**layouts["official"]),
-            folders=FoldersLayout(**layouts.get("folders", {})),
+            dirnames=tuple(card.get("dirnames", ())),
+            official=OfficialLayout(**layouts["official"]) if "official" in layouts else None,
+            folders=FoldersLayout(**layouts.get("folders", {})) if "builtin" not in card else None,
             split_rule=card["split_rule"],
-            paper_label=card["paper_label"],
+            paper_label=card.get("paper_label", ""),
             notes=card.get("notes", ""),
+            kind=card.get("kind", "paper"),
+            builtin=card.get("builtin"),
+            image_size=int(card.get("image_size", 224)),
             extra={k: v for k, v in card.items() if k not in known},
         )
