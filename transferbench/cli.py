@@ -28,7 +28,7 @@ def _parse_set(items: list[str]) -> dict:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .records import existing_record, result_path
-    from .runner import RunContext, make_spec, resolve_checkpoint, run
+    from .runner import RunContext, make_spec, resolve_checkpoint, resolve_mini_checkpoint, run
 
     overrides = _parse_set(args.set)
     for name in ("epochs", "lr", "batch_size", "weight_decay", "momentum", "solver", "image_size",
@@ -36,7 +36,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
-    ref = resolve_checkpoint(args.method, args.sparsity, args.arch, args.checkpoint, args.checkpoint_dir)
+    from .tasks import get_task
+
+    if get_task(args.task).kind == "mini" and args.checkpoint is None and args.method is not None:
+        ref = resolve_mini_checkpoint(args.method, args.sparsity, args.arch)
+    else:
+        ref = resolve_checkpoint(args.method, args.sparsity, args.arch, args.checkpoint, args.checkpoint_dir)
     spec = make_spec(args.task, args.mode, args.seed, ref, overrides)
     ctx = RunContext(out=args.out, data_root=args.data_root, cache_dir=args.cache_dir,
                      checkpoint_dir=args.checkpoint_dir, device=args.device, force=args.force,
@@ -50,6 +55,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     m = record["metrics"]
     print(f"{spec.run_key}: top1={m['top1']:.4f} mean_per_class_acc={m['mean_per_class_acc']:.4f}")
     print(f"record: {path}")
+    return 0
+
+
+def cmd_upstream(args: argparse.Namespace) -> int:
+    from .upstream import train_upstream
+
+    results = train_upstream(args.method, args.sparsity, arch=args.arch, dataset=args.dataset, recipe=args.recipe,
+                             data_root=args.data_root, seed=args.seed, device=args.device, out_dir=args.out)
+    _print_table(("method", "sparsity", "measured", "upstream_top1", "checkpoint"),
+                 [(r.spec.method, f"{r.spec.sparsity:g}", f"{r.sparsity:.4f}", f"{r.top1:.4f}", r.path)
+                  for r in results])
+    print("registered: run them with `transferbench run --method "
+          f"{args.method} --sparsity {args.sparsity[0]:g} --arch {results[0].spec.arch} --task ...`")
     return 0
 
 
@@ -149,6 +167,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--allow-sparsity-gap", action="store_true",
                      help="accept a checkpoint whose measured sparsity is >0.5 points off its target")
     run.set_defaults(func=cmd_run)
+
+    up = sub.add_parser("upstream", help="train/prune an upstream model and register its checkpoint(s)")
+    up.add_argument("--method", required=True,
+                    help="dense, magnitude, gmp, woodfisher, rigl, lth, acdc, cram, cram_nm")
+    up.add_argument("--sparsity", type=float, nargs="+", default=[0.9],
+                    help="target sparsity (several for cram: one candidate each)")
+    up.add_argument("--arch", help="architecture (default: the recipe's)")
+    up.add_argument("--dataset", help="upstream data: shapes (procedural, offline) or imagenet (default: recipe's)")
+    up.add_argument("--recipe", default="small_cpu", help="small_cpu, imagenet_resnet50, or a recipe .yaml file")
+    up.add_argument("--data-root", type=Path, help="ImageNet folder with train/ and val/ (for --dataset imagenet)")
+    up.add_argument("--seed", type=int, default=0)
+    up.add_argument("--device", default="auto")
+    up.add_argument("--out", type=Path, help="where to write the checkpoints (default <checkpoint dir>/upstream)")
+    up.set_defaults(func=cmd_upstream)
 
     tasks = sub.add_parser("tasks", help="the task registry").add_subparsers(dest="tasks_cmd", required=True)
     tasks.add_parser("list", help="list the 12 tasks").set_defaults(func=cmd_tasks_list)

@@ -80,6 +80,27 @@ def resolve_checkpoint(method: str | None, sparsity: float | None, arch: str | N
                          path=str(local_path(spec, checkpoint_dir)))
 
 
+MINI_ARCH, MINI_RECIPE, MINI_DEFAULT_SPARSITY = "resnet_tiny", "small_cpu", 0.9
+
+
+def resolve_mini_checkpoint(method: str, sparsity: float | None, arch: str | None) -> CheckpointRef:
+    """For the offline mini-tasks: the registered upstream model of ``method``, trained on first use."""
+    from .upstream import train_upstream
+
+    arch = arch or MINI_ARCH
+    if sparsity is None:
+        sparsity = 0.0 if method == "dense" else MINI_DEFAULT_SPARSITY
+    try:
+        return resolve_checkpoint(method, sparsity, arch, None)
+    except TransferbenchError as exc:
+        if "not found" not in str(exc) and "no '" not in str(exc):
+            raise
+    log.info("no %s upstream model at %s for %s yet: training one with the %s recipe (cached for later runs)",
+             method, sparsity, arch, MINI_RECIPE)
+    train_upstream(method, [_fraction(sparsity)], arch=arch, recipe=MINI_RECIPE)
+    return resolve_checkpoint(method, sparsity, arch, None)
+
+
 def _fraction(sparsity: float) -> float:
     sparsity = float(sparsity)
     return sparsity / 100 if sparsity > 1 else sparsity

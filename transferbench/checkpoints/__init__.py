@@ -13,6 +13,7 @@ from .registry import (
     normalize_sparsity,
     register_local,
 )
+from .save import save_checkpoint, wrapped_state_dict
 
 __all__ = [
     "FORMATS",
@@ -33,5 +34,7 @@ __all__ = [
     "normalize_sparsity",
     "peek_arch",
     "register_local",
+    "save_checkpoint",
     "str_effective_weight",
+    "wrapped_state_dict",
 ]

@@ -1,0 +1,95 @@
+"""BatchNorm running statistics: freeze them for CrAM's second pass, re-estimate them after one-shot pruning.
+
+Pruning a trained model in one shot changes every layer's activation statistics, so the stored running mean/var
+no longer match; re-estimating them on a few calibration batches (BN tuning, "BNT") recovers most of the loss
+(pruning_methods.md §6.3, §6.5). CrAM's compressed forward pass must not touch them at all (§6.1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+# The momentum the recalibration uses (§6.5: ``m.momentum = 0.1``), PyTorch's default.
+RECALIBRATION_MOMENTUM = 0.1
+
+
+def batchnorm_modules(model: nn.Module) -> list[_BatchNorm]:
+    """Every BatchNorm layer (1d/2d/3d, SyncBatchNorm) that keeps running statistics."""
+    return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+
+
+@contextmanager
+def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
+    """Forward passes inside leave the BN running statistics untouched (CrAM's ``disable_running_stats``, §6.1).
+
+    Train-mode BN still normalises with the batch statistics; momentum 0 makes the running-stat update a no-op
+    (``(1 - 0) * running + 0 * batch``). ``num_batches_tracked`` is restored as well, so a CrAM step leaves the
+    BN buffers exactly as one clean forward would, and a ``momentum=None`` (cumulative average) layer is not
+    skewed by the extra count.
+    """
+    saved = [(m, m.momentum, m.num_batches_tracked.clone()) for m in batchnorm_modules(model)]
+    for m, _, _ in saved:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, momentum, tracked in saved:
+                m.momentum = momentum
+                m.num_batches_tracked.copy_(tracked)
+
+
+def _inputs(batch: Any) -> Any:
+    # Calibration loaders are usually the (x, y) training loader; the labels are not needed.
+    return batch[0] if isinstance(batch, tuple | list) else batch
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    tensor = next(model.parameters(), None)
+    if tensor is None:
+        tensor = next(model.buffers(), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def bn_recalibrate(model: nn.Module, loader: Iterable[Any], iters: int,
+                   device: torch.device | str | None = None) -> nn.Module:
+    """Re-estimate BN running statistics on ``iters`` calibration batches (§6.5); returns ``model`` in eval mode.
+
+    Every BN layer's running stats are reset and re-accumulated with momentum 0.1 from train-mode forwards under
+    ``no_grad``, cycling over ``loader`` (batches are ``x`` or ``(x, y, ...)``) until ``iters`` batches have been
+    seen. Only the running statistics change: parameters are untouched (no gradients) and each layer's momentum
+    is put back afterwards. Afterwards ``num_batches_tracked == iters`` for every BN layer.
+    """
+    if iters < 1:
+        raise ValueError(f"iters must be >= 1, got {iters}")
+    device = torch.device(device) if device is not None else _model_device(model)
+    layers = batchnorm_modules(model)
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = RECALIBRATION_MOMENTUM
+    model.train()
+    seen = 0
+    try:
+        while seen < iters:
+            progressed = False
+            for batch in loader:
+                if seen == iters:
+                    break
+                model(_inputs(batch).to(device))
+                seen += 1
+                progressed = True
+            if not progressed:  # an empty loader would otherwise loop forever
+                raise ValueError("the calibration loader yielded no batches")
+    finally:
+        for m, momentum in zip(layers, momenta, strict=True):
+            m.momentum = momentum
+        model.eval()
+    return model

@@ -1,0 +1,145 @@
+"""Lottery tickets by iterative magnitude pruning with rewinding (pruning_methods.md §4).
+
+Generic IMP (§4.1, Frankle et al.): train, prune 20% of the remaining weights globally, rewind the survivors to an
+early-training snapshot θ_k, retrain, repeat. LTH-T (§4.2, Chen et al. CVPR 2021): the same with the rewind point
+= the pre-trained weights θ_p, pruning every Conv2d except the stem (conv1 and fc dense); the transferred ticket is
+θ_p ⊙ m. Both are ``LTHPruner`` driven by an ordinary loop of ``rounds × steps_per_round`` steps.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import masks as M
+from .base import Pruner
+from .magnitude import magnitude_masks
+
+LTH_RATE = 0.2  # §4.1/§4.2: each round removes 20% of the weights still unpruned
+
+
+def lth_sparsity(rounds: int, rate: float = LTH_RATE) -> float:
+    """Sparsity after ``rounds`` prunes of ``rate`` of the remaining weights: ``1 − (1 − rate)^rounds`` (§4.2)."""
+    return 1.0 - (1.0 - rate) ** rounds
+
+
+def rounds_for_sparsity(target: float, rate: float = LTH_RATE, at_least: bool = False) -> int:
+    """Number of rounds whose sparsity ``1 − (1 − rate)^r`` is closest to ``target`` (§4.2 maps 80/90/95% to
+    rounds 7/10/13: 79.0/89.3/94.5%); with ``at_least`` the fewest rounds that reach ``target``."""
+    if not 0.0 <= target < 1.0 or not 0.0 < rate < 1.0:
+        raise ValueError(f"need 0 ≤ target < 1 and 0 < rate < 1, got target={target}, rate={rate}")
+    exact = math.log(1.0 - target) / math.log(1.0 - rate)
+    if at_least:
+        return math.ceil(exact - 1e-9)  # 1e-9: a target that is exactly reachable must not round up a round
+    lo, hi = math.floor(exact), math.ceil(exact)
+    return min((lo, hi), key=lambda r: (abs(lth_sparsity(r, rate) - target), r))
+
+
+class LTHPruner(Pruner):
+    """Iterative magnitude pruning with weight rewinding as training-loop hooks (§4.1, §4.2).
+
+    The run is ``rounds`` training rounds of ``steps_per_round`` steps. After the last step of round r (in
+    ``after_step``) the pruner
+
+    1. prunes globally to ``lth_sparsity(r + 1, rate)`` of the prunable set, choosing among the weights still kept
+       by their *trained* magnitude (nested masks; exactly ``N − floor(s·N)`` kept, so the final sparsity is
+       ``1 − (1 − rate)^rounds`` to the weight);
+    2. rewinds the whole model state (weights, biases, BN statistics — Chen et al. reload θ_p, OpenLTH the full
+       state) to the snapshot and re-applies the mask;
+    3. clears the optimizer state, which is what IMP's fresh optimizer per round amounts to (momentum buffers empty).
+
+    The snapshot is the model state at construction (``rewind_step=None``: the pre-trained θ_p of LTH-T, or θ_0) or
+    the state before the update of step ``rewind_step`` of the first round (θ_k, Frankle et al.'s rewinding).
+    ``prune_at_start`` is LTH-T's state 0: the first 20% is cut from the untrained θ_p before step 0, so the run
+    has ``rounds − 1`` training rounds and ends with the ticket θ_p ⊙ m. Steps past ``total_steps`` train the
+    final ticket with the mask fixed (IMP's last retraining). Restart the LR schedule where ``is_round_start``.
+
+    Defaults follow LTH-T: Conv2d weights only (``conv_only``), stem ``conv1`` and the head dense.
+    """
+
+    method = "lth"
+
+    def __init__(self, model: nn.Module, rounds: int, steps_per_round: int, rate: float = LTH_RATE,
+                 rewind_step: int | None = None, prune_at_start: bool = False, conv_only: bool = True,
+                 include_head: bool = False, exclude: tuple[str, ...] = ("conv1",)):
+        if rounds < 1 or steps_per_round < 1:
+            raise ValueError(f"need rounds ≥ 1 and steps_per_round ≥ 1, got {rounds}, {steps_per_round}")
+        if rewind_step is not None and (prune_at_start or not 0 <= rewind_step < steps_per_round):
+            raise ValueError("rewind_step must lie in the first training round (and cannot be combined with "
+                             "prune_at_start, which rewinds to the starting weights)")
+        self.rounds, self.steps_per_round, self.rate = int(rounds), int(steps_per_round), float(rate)
+        self.prune_at_start = bool(prune_at_start)
+        training_rounds = self.rounds - int(self.prune_at_start)
+        super().__init__(model, lth_sparsity(self.rounds, self.rate), training_rounds * self.steps_per_round,
+                         include_head=include_head, exclude=exclude)
+        if conv_only:
+            self.params = {name: p for name, p in self.params.items()
+                           if isinstance(model.get_submodule(name.rpartition(".")[0]), nn.Conv2d)}
+            self.masks = M.dense_masks(self.params)
+        if not self.params:
+            raise ValueError("LTHPruner: no prunable weights left after conv_only/include_head/exclude")
+        self.rewind_step = rewind_step
+        self.snapshot: dict[str, torch.Tensor] | None = self._state() if rewind_step is None else None
+        self.pruned_rounds = 0
+        # after_step of the last step of each training round prunes; the keys are the round's prune number
+        offset = 1 + int(self.prune_at_start)
+        self._prune_after = {(j + 1) * self.steps_per_round - 1: j + offset for j in range(training_rounds)}
+
+    @property
+    def prune_steps(self) -> list[int]:
+        """Steps after whose update a round ends with prune + rewind (LTH-T's start prune comes before step 0)."""
+        return sorted(self._prune_after)
+
+    def is_round_start(self, step: int) -> bool:
+        """True at the first step of every training round: where IMP restarts the LR schedule (§4.2)."""
+        return step % self.steps_per_round == 0 and step < self.total_steps
+
+    def round_sparsities(self) -> list[float]:
+        return [lth_sparsity(r, self.rate) for r in range(1, self.rounds + 1)]
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    @torch.no_grad()
+    def prune_and_rewind(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """One IMP round boundary: prune 20% of the remaining weights, rewind, fresh optimizer state."""
+        if self.snapshot is None:
+            raise RuntimeError("LTHPruner: no rewind snapshot yet (rewind_step was never reached)")
+        k = self.pruned_rounds + 1
+        self.masks = magnitude_masks(self.params, lth_sparsity(k, self.rate), "global", within=self.masks)
+        # load_state_dict copies into the existing tensors, so the optimizer keeps pointing at the live parameters
+        self.model.load_state_dict(self.snapshot)
+        M.apply(self.params, self.masks)
+        if optimizer is not None:
+            optimizer.state.clear()
+        self.pruned_rounds = k
+
+    def before_step(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> None:
+        if step == 0 and self.prune_at_start and self.pruned_rounds == 0:
+            self.prune_and_rewind(optimizer)
+        if step == self.rewind_step and self.snapshot is None:
+            self.snapshot = self._state()
+
+    def after_step(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> None:
+        super().after_step(step, optimizer)
+        if self._prune_after.get(step) == self.pruned_rounds + 1:
+            self.prune_and_rewind(optimizer)
+
+    def finalize(self) -> None:
+        super().finalize()
+        if self.pruned_rounds < self.rounds:
+            warnings.warn(f"LTH stopped after {self.pruned_rounds} of {self.rounds} rounds "
+                          f"(sparsity {self.sparsity:.4f} < {self.target_sparsity:.4f})", stacklevel=2)
+
+    def state_dict(self) -> dict[str, Any]:
+        snapshot = None if self.snapshot is None else {k: v.cpu() for k, v in self.snapshot.items()}
+        return {**super().state_dict(), "snapshot": snapshot, "pruned_rounds": self.pruned_rounds}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.pruned_rounds = int(state["pruned_rounds"])
+        self.snapshot = state["snapshot"]

@@ -1,0 +1,238 @@
+"""`transferbench upstream`: train/prune an upstream model with a method and register the checkpoint(s).
+
+One loop serves every method and recipe: pruners are hooks (pruning/base.py), CrAM is an optimizer wrapper.
+The result is written in the project's checkpoint format (checkpoints/save.py) and registered in the user's
+local registry, so ``transferbench run --method M --sparsity S`` finds it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from . import __version__, synthetic
+from .checkpoints import CheckpointSpec, checkpoint_dir, register_local, save_checkpoint
+from .checkpoints.registry import format_sparsity
+from .errors import TransferbenchError
+from .models import create_model
+from .progress import progress
+from .pruning.factory import METHODS, build
+from .sparsity import measure_sparsity
+from .tasks import IMAGENET_NORMALIZATION, Transformed
+from .tasks.builtin import ArrayDataset
+from .transforms import TransformConfig, build_transform
+
+log = logging.getLogger("transferbench")
+
+
+def load_recipe(recipe: str | Path) -> dict[str, Any]:
+    """A shipped recipe by name (``small_cpu``, ``imagenet_resnet50``) or a YAML file."""
+    path = Path(recipe)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise TransferbenchError(f"recipe file {path} does not exist (--recipe)")
+        return yaml.safe_load(path.read_text())
+    entry = resources.files("transferbench.recipes") / f"{recipe}.yaml"
+    if not entry.is_file():
+        known = sorted(p.name[:-5] for p in resources.files("transferbench.recipes").iterdir()
+                       if p.name.endswith(".yaml"))
+        raise TransferbenchError(f"unknown recipe '{recipe}' (--recipe); shipped: {', '.join(known)}, or a .yaml file")
+    return yaml.safe_load(entry.read_text())
+
+
+def upstream_datasets(recipe: dict, data_root: Path | None) -> tuple[Dataset, Dataset]:
+    size = int(recipe["image_size"])
+    if recipe["dataset"] == "shapes":
+        train = ArrayDataset(*synthetic.make_shapes(int(recipe["train_size"]), size=size, seed=0))
+        test = ArrayDataset(*synthetic.make_shapes(int(recipe["test_size"]), size=size, seed=1))
+        cfg = TransformConfig(image_size=size, resize_size=size, mean=(0.2, 0.2, 0.2), std=(0.3, 0.3, 0.3))
+        train_cfg = cfg
+    elif recipe["dataset"] == "imagenet":
+        from torchvision.datasets import ImageFolder
+
+        if data_root is None or not (Path(data_root) / "train").is_dir():
+            raise TransferbenchError(
+                "--dataset imagenet needs --data-root DIR with DIR/train/<wnid>/ and DIR/val/<wnid>/"
+            )
+        cfg = TransformConfig(image_size=size, mean=IMAGENET_NORMALIZATION.mean, std=IMAGENET_NORMALIZATION.std)
+        train_cfg = TransformConfig(**{**cfg.to_dict(), "augment": True})
+        train, test = ImageFolder(Path(data_root) / "train"), ImageFolder(Path(data_root) / "val")
+    else:
+        raise TransferbenchError(f"unknown upstream dataset '{recipe['dataset']}' (--dataset); use shapes or imagenet")
+    return Transformed(train, build_transform(train_cfg)), Transformed(test, build_transform(cfg))
+
+
+def lr_at(schedule: dict, epoch: float, base_lr: float, total_epochs: int) -> float:
+    """The recipe's LR at a (fractional) epoch: cosine with linear warm-up (§0.5), or WoodFisher's step decay
+    (constant until ``constant_until``, then × ``gamma`` every ``every`` epochs; §2.3)."""
+    if schedule.get("kind", "cosine") == "step":
+        if epoch < schedule["constant_until"]:
+            return base_lr
+        return base_lr * schedule["gamma"] ** (1 + (epoch - schedule["constant_until"]) // schedule["every"])
+    warm = schedule.get("warmup_epochs", 0)
+    if epoch < warm:
+        return base_lr * (epoch + 1) / (warm + 1)
+    return 0.5 * (1 + math.cos(math.pi * (epoch - warm) / max(total_epochs - warm, 1))) * base_lr
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 256) -> float:
+    model.eval()
+    correct = total = 0
+    for x, y in DataLoader(dataset, batch_size=batch_size):
+        correct += int((model(x.to(device)).argmax(1).cpu() == y).sum())
+        total += len(y)
+    return correct / max(total, 1)
+
+
+@dataclass
+class UpstreamResult:
+    path: Path
+    spec: CheckpointSpec
+    top1: float
+    sparsity: float
+
+
+def train_loop(model, optimizer, pruner, loader: DataLoader, recipe: dict, epochs: int, device: torch.device,
+               base_lr: float, schedule_epochs: int | None = None, desc: str = "upstream") -> int:
+    """Ordinary SGD training with the pruner's hooks; returns the number of steps taken.
+
+    The LR schedule spans ``schedule_epochs`` (default: the whole run) and restarts after each such period
+    (IMP's per-round restart).
+    """
+    step = 0
+    period = schedule_epochs or epochs
+    smoothing = float(recipe.get("label_smoothing", 0.0))
+    steps_per_epoch = len(loader)
+    for epoch in progress(range(epochs), desc=desc, unit="epoch"):
+        model.train()
+        losses = []
+        for i, (x, y) in enumerate(loader):
+            lr = lr_at(recipe["schedule"], epoch % period + i / steps_per_epoch, base_lr, period)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y = x.to(device), y.to(device)
+            pruner.before_step(step, optimizer)
+
+            def closure(x=x, y=y):
+                optimizer.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(model(x), y, label_smoothing=smoothing)
+                loss.backward()
+                return loss
+
+            if getattr(optimizer, "needs_closure", False):
+                loss = optimizer.step(closure)
+            else:
+                loss = closure()
+                pruner.after_backward(step)
+                optimizer.step()
+            pruner.after_step(step, optimizer)
+            if not torch.isfinite(loss):
+                raise TransferbenchError(f"upstream loss became NaN at step {step}; lower the recipe's lr")
+            losses.append(loss.item())
+            step += 1
+        log.info("%s epoch %d/%d loss=%.4f sparsity=%.4f", desc, epoch + 1, epochs, float(np.mean(losses)),
+                 pruner.sparsity)
+    pruner.finalize()
+    return step
+
+
+def train_upstream(method: str, sparsities: list[float], arch: str | None = None, dataset: str | None = None,
+                   recipe: str | Path = "small_cpu", data_root: Path | None = None, seed: int = 0,
+                   device: str = "auto", out_dir: Path | None = None) -> list[UpstreamResult]:
+    """Train ``method`` with ``recipe`` and write + register one checkpoint per requested sparsity.
+
+    Every method but CrAM takes exactly one sparsity. CrAM trains one dense model and produces one candidate per
+    sparsity by one-shot pruning and BN recalibration (§6.3).
+    """
+    rec = load_recipe(recipe)
+    if arch:
+        rec["arch"] = arch
+    if dataset:
+        rec["dataset"] = dataset
+    if method not in METHODS:
+        raise TransferbenchError(f"unknown pruning method '{method}' (--method); choose one of: {', '.join(METHODS)}")
+    knobs = dict(rec["methods"].get(method, {}))
+    rec["schedule"] = knobs.pop("schedule", rec["schedule"])  # a method may bring its own schedule (WoodFisher)
+    if method == "cram_nm" and sparsities != [0.5]:
+        raise TransferbenchError("cram_nm produces 2:4 models: pass --sparsity 0.5")
+    if method != "cram" and len(sparsities) != 1:
+        raise TransferbenchError(f"--sparsity takes one value for {method} (only cram accepts several)")
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    torch.manual_seed(seed)
+    train_set, test_set = upstream_datasets(rec, data_root)
+    num_classes = 16 if rec["dataset"] == "shapes" else 1000
+    model = create_model(rec["arch"], num_classes=num_classes).to(dev)
+    loader = DataLoader(train_set, batch_size=int(rec["batch_size"]), shuffle=True,
+                        generator=torch.Generator().manual_seed(seed), drop_last=True)
+    opt_cfg = {**rec["optimizer"], **knobs.pop("optimizer", {})}
+    base = torch.optim.SGD(model.parameters(), lr=opt_cfg["lr"], momentum=opt_cfg["momentum"],
+                           weight_decay=opt_cfg["weight_decay"])
+    start = time.perf_counter()
+    context = {"recipe": rec, "loader": loader, "device": dev, "seed": seed, "train_set": train_set,
+               "base_lr": opt_cfg["lr"], "dense_model": (lambda: dense_upstream(rec, recipe, data_root, seed, device))}
+    if knobs.pop("init", None) == "dense":  # start from the recipe's dense model (WoodFisher §2.3)
+        from .checkpoints import load_checkpoint
+
+        model.load_state_dict(load_checkpoint(context["dense_model"]()).model.state_dict())
+    pruner, optimizer, epochs = build(method, model, base, sparsities[0], knobs, context)
+    train_loop(model, optimizer, pruner, loader, rec, epochs, dev, opt_cfg["lr"],
+               schedule_epochs=context.get("schedule_epochs"), desc=f"upstream {method}")
+    seconds = time.perf_counter() - start
+    candidates = [(sparsities[0], model, pruner.masks)]
+    if method in ("cram", "cram_nm"):
+        from .pruning.bn import bn_recalibrate
+        from .pruning.oneshot import one_shot_prune
+
+        calib = rec.get("calibration", {})
+        calib_loader = DataLoader(Subset(train_set, range(min(len(train_set), 1000))),
+                                  batch_size=int(calib.get("batch_size", 128)), shuffle=True,
+                                  generator=torch.Generator().manual_seed(42))
+        candidates = []
+        for sp in sparsities:
+            pruned = copy.deepcopy(model)
+            masks = one_shot_prune(pruned, "2:4" if method == "cram_nm" else sp)
+            bn_recalibrate(pruned, calib_loader, iters=int(calib.get("batches", 20)), device=dev)
+            candidates.append((sp, pruned, masks))
+    results = []
+    folder = out_dir or checkpoint_dir() / "upstream"
+    for sp, net, masks in candidates:
+        top1 = evaluate(net, test_set, dev)
+        measured = measure_sparsity(net, include_head=True).overall
+        name = f"{rec['arch']}_{method}_{format_sparsity(sp).rstrip('%')}_{rec['name']}_s{seed}"
+        path = folder / f"{name}.pth"
+        metadata = {"method": method, "target_sparsity": float(sp), "measured_sparsity": measured,
+                    "recipe": rec["name"], "recipe_config": yaml.safe_dump(rec), "upstream_dataset": rec["dataset"],
+                    "upstream_top1": top1, "seed": seed, "train_seconds": seconds,
+                    "transferbench_version": __version__}
+        digest = save_checkpoint(path, net, masks, arch=rec["arch"], dataset=rec["dataset"], metadata=metadata)
+        spec = register_local(CheckpointSpec(
+            name=name, method=method, sparsity=float(sp), arch=rec["arch"], format="ist", filename=path.name,
+            sha256=digest, upstream_top1=round(100 * top1, 2),
+            notes=f"trained by transferbench upstream ({rec['name']} recipe, {rec['dataset']}, seed {seed})"), path)
+        log.info("upstream %s %s: top1=%.4f sparsity=%.4f → %s", method, format_sparsity(sp), top1, measured, path)
+        results.append(UpstreamResult(path, spec, top1, measured))
+    return results
+
+
+def dense_upstream(rec: dict, recipe: str | Path, data_root: Path | None, seed: int, device: str) -> Path:
+    """The registered dense model of this recipe (trained on first use): LTH-T rewinds to it."""
+    from .checkpoints import find_checkpoint, local_path
+
+    try:
+        return local_path(find_checkpoint("dense", 0.0, rec["arch"]))
+    except TransferbenchError:
+        return train_upstream("dense", [0.0], rec["arch"], rec["dataset"], recipe, data_root, seed, device)[0].path
