@@ -36,9 +36,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
-    from .tasks import get_task
+    from .tasks import detect_layout, get_task, load_split
 
-    if get_task(args.task).kind == "mini" and args.checkpoint is None and args.method is not None:
+    task = get_task(args.task)
+    if task.kind == "paper":  # missing data is reported before anything about checkpoints
+        if args.data_root is None:
+            load_split(task, "test", None)  # raises: where the data is expected and how to get it
+        detect_layout(task, args.data_root)
+    if task.kind == "mini" and args.checkpoint is None and args.method is not None:
         ref = resolve_mini_checkpoint(args.method, args.sparsity, args.arch)
     else:
         ref = resolve_checkpoint(args.method, args.sparsity, args.arch, args.checkpoint, args.checkpoint_dir)

@@ -188,7 +188,10 @@ def train_upstream(method: str, sparsities: list[float], arch: str | None = None
         from .checkpoints import load_checkpoint
 
         model.load_state_dict(load_checkpoint(context["dense_model"]()).model.state_dict())
-    pruner, optimizer, epochs = build(method, model, base, sparsities[0], knobs, context)
+    try:
+        pruner, optimizer, epochs = build(method, model, base, sparsities[0], knobs, context)
+    except (ValueError, TypeError) as exc:  # knobs that do not fit the method or the run length
+        raise TransferbenchError(f"recipe {rec['name']}, method {method}: {exc}; fix the recipe's knobs") from None
     train_loop(model, optimizer, pruner, loader, rec, epochs, dev, opt_cfg["lr"],
                schedule_epochs=context.get("schedule_epochs"), desc=f"upstream {method}")
     seconds = time.perf_counter() - start

@@ -75,7 +75,7 @@ def detect_layout(task: TaskSpec, data_root: str | Path) -> tuple[str, Path]:
         f"no {task.name} data under {data_root}: expected either the pre-split folders "
         f"{first}/{task.folders.train}/<class>/ and {first}/{task.folders.test}/<class>/, or the official "
         f"layout with {first}/{task.official.marker} ({task.official.description}); "
-        f"missing: {first / task.official.marker}"
+        f"missing: {first / task.official.marker}; get it from {task.download}"
     )
 
 
@@ -90,8 +90,9 @@ def load_split(
         return load_builtin(task.builtin, split)
     if data_root is None:
         raise TransferbenchError(
-            f"--data-root is required for {task.name}: the folder that holds '{task.dirnames[0]}/' "
-            f"(see `transferbench tasks show {task.name}`)"
+            f"{task.name} needs its data: pass --data-root DIR, where DIR/{task.dirnames[0]}/ holds the pre-split "
+            f"train/ and {task.folders.test}/ folders or the official layout ({task.official.description}); "
+            f"get it from {task.download}"
         )
     layout, base = detect_layout(task, data_root)
     if layout == "folders":

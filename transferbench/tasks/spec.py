@@ -51,6 +51,7 @@ class TaskSpec:
     kind: str = "paper"  # "paper": one of the 12 tasks; "mini": built-in offline mini-task
     builtin: str | None = None  # generator of a mini-task's data (transferbench/tasks/builtin.py)
     image_size: int = 224  # the protocol's input size; mini-tasks run at their native 32 px
+    download: str = ""  # where the official data comes from (printed when the data is missing)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -60,6 +61,7 @@ class TaskSpec:
         known = {
             "name", "title", "num_classes", "train_size", "test_size", "metric", "normalization",
             "full_lr", "dirnames", "layouts", "split_rule", "paper_label", "notes", "kind", "builtin", "image_size",
+            "download",
         }
         return cls(
             name=card["name"],
@@ -79,5 +81,6 @@ class TaskSpec:
             kind=card.get("kind", "paper"),
             builtin=card.get("builtin"),
             image_size=int(card.get("image_size", 224)),
+            download=card.get("download", ""),
             extra={k: v for k, v in card.items() if k not in known},
         )
