@@ -76,6 +76,16 @@ def cmd_upstream(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DemoPlan, run_demo
+
+    if not args.verbose:  # per-epoch lines of ~100 runs would drown the demo's own progress
+        logging.getLogger("transferbench").setLevel(logging.WARNING)
+    run_demo(args.out, DemoPlan.quick() if args.quick else DemoPlan())
+    print(f"see {args.out / 'leaderboards'} and {args.out / 'figures'}")
+    return 0
+
+
 def cmd_tasks_list(args: argparse.Namespace) -> int:
     from .tasks import list_tasks
 
@@ -186,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--device", default="auto")
     up.add_argument("--out", type=Path, help="where to write the checkpoints (default <checkpoint dir>/upstream)")
     up.set_defaults(func=cmd_upstream)
+
+    demo = sub.add_parser("demo", help="offline end-to-end demo: upstream pruning, transfer, leaderboard, figures")
+    demo.add_argument("--out", type=Path, default=Path("results/demo"))
+    demo.add_argument("--quick", action="store_true", help="a smaller plan (3 methods, 1 task, short training)")
+    demo.set_defaults(func=cmd_demo)
 
     tasks = sub.add_parser("tasks", help="the task registry").add_subparsers(dest="tasks_cmd", required=True)
     tasks.add_parser("list", help="list the 12 tasks").set_defaults(func=cmd_tasks_list)

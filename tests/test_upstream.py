@@ -1,0 +1,80 @@
+"""`transferbench upstream`: every method trains, writes a loadable checkpoint at the exact sparsity, and
+registers it so that `transferbench run --method M --sparsity S` finds it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from transferbench.checkpoints import find_checkpoint, list_checkpoints, load_checkpoint
+from transferbench.cli import main
+from transferbench.upstream import load_recipe
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
+    recipe = load_recipe("small_cpu")
+    recipe.update(name="tiny", train_size=512, test_size=128, batch_size=64, epochs=10)
+    recipe["methods"]["woodfisher"].update(num_grads=4, grad_batch_size=8, block_size=64)
+    recipe["methods"]["rigl"]["update_every"] = 10
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.mark.parametrize("method", ["magnitude", "gmp", "woodfisher", "rigl", "lth", "acdc"])
+def test_each_method_writes_a_registered_checkpoint_at_the_exact_sparsity(tiny_recipe, method, capsys):
+    assert main(["upstream", "--method", method, "--sparsity", "0.8", "--recipe", str(tiny_recipe)]) == 0
+    spec = find_checkpoint(method, 0.8, "resnet_tiny")
+    assert spec.source == "local" and spec.upstream_top1 is not None and spec.sha256
+    loaded = load_checkpoint(spec.path, expected_sha256=spec.sha256, target_sparsity=0.8)
+    tolerance = 0.002 if method == "rigl" else 1e-4  # ERK rounds each layer's count
+    assert loaded.sparsity.overall == pytest.approx(0.8, abs=tolerance)
+    assert loaded.format == "ist" and loaded.arch == "resnet_tiny"
+    blob = torch.load(spec.path, map_location="cpu", weights_only=True)
+    assert blob["metadata"]["method"] == method and blob["metadata"]["recipe"] == "tiny"
+    # the stored masks are the zeros: transfer keeps exactly this pattern
+    for name, mask in loaded.masks.items():
+        weight = dict(loaded.model.named_parameters())[name]
+        assert torch.all(weight[~mask] == 0)
+
+
+def test_cram_gives_one_candidate_per_sparsity_from_one_model(tiny_recipe):
+    assert main(["upstream", "--method", "cram", "--sparsity", "0.5", "0.9", "--recipe", str(tiny_recipe)]) == 0
+    specs = {s.sparsity: s for s in list_checkpoints() if s.method == "cram" and s.source == "local"}
+    assert set(specs) == {0.5, 0.9}
+    for sparsity, spec in specs.items():
+        assert load_checkpoint(spec.path).sparsity.overall == pytest.approx(sparsity, abs=1e-4)
+
+
+def test_bad_recipe_knobs_are_one_line_errors(tiny_recipe, tmp_path, capsys):
+    recipe = yaml.safe_load(tiny_recipe.read_text())
+    recipe["epochs"] = 4  # too short for the eight AC/DC phases
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(recipe))
+    assert main(["upstream", "--method", "acdc", "--sparsity", "0.9", "--recipe", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: recipe tiny, method acdc") and "Traceback" not in "".join(err)
+    assert main(["upstream", "--method", "snip", "--sparsity", "0.9"]) == 2
+    assert main(["upstream", "--method", "gmp", "--recipe", "nonexistent"]) == 2
+
+
+def test_run_on_a_mini_task_builds_and_caches_the_upstream_model(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
+    args = ["run", "--method", "acdc", "--task", "digits", "--out", str(tmp_path / "out"), "--epochs", "20",
+            "--workers", "0"]
+    assert main(args) == 0
+    (spec,) = [s for s in list_checkpoints() if s.source == "local"]
+    assert (spec.method, spec.sparsity, spec.arch) == ("acdc", 0.9, "resnet_tiny")
+    mtime = (tmp_path / "ckpts" / "upstream").stat().st_mtime_ns
+    record = json.loads(next((tmp_path / "out").glob("runs/*/result.json")).read_text())
+    assert record["metrics"]["top1"] > 0.3  # 10 classes: chance is 0.1
+    assert main([*args, "--seed", "51"]) == 0  # reuses the registered model
+    assert len([s for s in list_checkpoints() if s.source == "local"]) == 1
+    assert (tmp_path / "ckpts" / "upstream").stat().st_mtime_ns == mtime
