@@ -23,9 +23,12 @@ def progress(iterable: Iterable[T], **kwargs) -> Iterable[T]:
 
 
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s transferbench %(levelname)s %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S",
-        stream=sys.stderr,
-    )
+    """transferbench's own lines only (libraries such as fontTools log at INFO too)."""
+    logger = logging.getLogger("transferbench")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s transferbench %(levelname)s %(message)s",
+                                               datefmt="%Y-%m-%dT%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -1,0 +1,52 @@
+"""Reports from a results store: collect the records, then leaderboards (Markdown/CSV/LaTeX) and figures.
+
+    from transferbench.report import collect, leaderboard, write_leaderboards, write_figures
+
+    runs = collect("results").runs
+    print(leaderboard(runs, "resnet50", "linear").to_markdown())
+
+Needs the ``report`` extra (pandas, pyarrow, seaborn).
+"""
+
+from .collect import Collection, collect, parse_record
+from .figstyle import FigureNotApplicable, SavedFigure
+from .figures import (
+    accuracy_vs_sparsity_figure,
+    delta_heatmap_figure,
+    linear_vs_full_ranks_figure,
+    plot_accuracy_vs_sparsity,
+    plot_delta_heatmap,
+    plot_linear_vs_full_ranks,
+    plot_upstream_vs_transfer,
+    upstream_vs_transfer_figure,
+    write_figures,
+)
+from .leaderboard import DELTA, MEAN, Leaderboard, leaderboard, write_leaderboards
+from .palette import METHOD_ORDER, MethodStyle, method_color, method_colors, method_style
+
+__all__ = [
+    "DELTA",
+    "MEAN",
+    "METHOD_ORDER",
+    "Collection",
+    "FigureNotApplicable",
+    "Leaderboard",
+    "MethodStyle",
+    "SavedFigure",
+    "accuracy_vs_sparsity_figure",
+    "collect",
+    "delta_heatmap_figure",
+    "leaderboard",
+    "linear_vs_full_ranks_figure",
+    "method_color",
+    "method_colors",
+    "method_style",
+    "parse_record",
+    "plot_accuracy_vs_sparsity",
+    "plot_delta_heatmap",
+    "plot_linear_vs_full_ranks",
+    "plot_upstream_vs_transfer",
+    "upstream_vs_transfer_figure",
+    "write_figures",
+    "write_leaderboards",
+]

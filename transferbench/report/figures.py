@@ -1,0 +1,274 @@
+"""Paper figures from the collected runs (seaborn/matplotlib, headless; PNG at dpi 200 and PDF).
+
+Each figure has a builder (``*_figure``, returns the matplotlib Figure) and a ``plot_*`` function that builds it
+and writes ``<stem>.png`` and ``<stem>.pdf``, returning the paths (a list) with the Figure as ``.figure``.
+Every number comes from :func:`leaderboard`, so figures and tables always agree. Methods keep one colour,
+marker and line style everywhere (``palette.method_style``); artists drawn for a method carry
+``gid="method:<name>"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .figstyle import COLUMN_WIDTH_IN, PAGE_WIDTH_IN, FigureNotApplicable, SavedFigure, new_figure, paper_style, save
+from .leaderboard import DENSE, MEAN, leaderboard
+from .palette import DENSE_LINESTYLE, method_style, order_methods
+from .select import METRIC_LABELS, metric_column, report_groups, safe_name
+
+log = logging.getLogger("transferbench")
+
+LEGEND_COLUMNS = 3
+
+
+def _label(metric: str) -> str:
+    return METRIC_LABELS[metric_column(metric)]
+
+
+def _pct(sparsity: float) -> str:
+    return f"{sparsity * 100:g}%"
+
+
+def _row_label(method: str, sparsity: float) -> str:
+    return method if method == DENSE else f"{method} {_pct(sparsity)}"
+
+
+def _title(arch: str, mode: str, solver: str | None) -> str:
+    return f"{arch} · {mode}" + (f" ({solver})" if solver else "")
+
+
+def _legend_below(fig: Figure, ax, n_entries: int) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(LEGEND_COLUMNS, max(n_entries, 1)),
+               frameon=False, handlelength=2.2, columnspacing=1.0)
+
+
+def _warn_incomplete(lb, what: str) -> None:
+    missing = lb.table.index[lb.table[(MEAN, "mean")].isna()]
+    if len(missing):
+        log.warning("%s: %s leaves out %d (method, sparsity) row(s) with a missing task: %s", _title(
+            lb.arch, lb.mode, lb.solver), what, len(missing), ", ".join(_row_label(m, s) for m, s in missing))
+
+
+def accuracy_vs_sparsity_figure(
+    runs: pd.DataFrame, arch: str, mode: str, *, metric: str = "primary", solver: str | None = None
+) -> Figure:
+    """x = target sparsity, y = mean over tasks of the per-task mean, one line per method (± the std over seeds
+    of the per-seed task mean); dense as a dashed horizontal line with its ± as a band."""
+    lb = leaderboard(runs, arch, mode, metric, solver=solver)
+    _warn_incomplete(lb, "accuracy vs sparsity")
+    agg = lb.table[MEAN].dropna(subset=["mean"])
+    if agg.empty:
+        raise FigureNotApplicable(f"{_title(arch, mode, solver)}: no (method, sparsity) has every task")
+    methods = order_methods(agg.index.get_level_values("method"))
+    with paper_style():
+        fig = new_figure(COLUMN_WIDTH_IN, 2.3 + 0.15 * math.ceil(len(methods) / LEGEND_COLUMNS))
+        ax = fig.add_subplot()
+        xs: set[float] = set()
+        for method in methods:
+            sub = agg.xs(method, level="method")
+            style = method_style(method)
+            if method == DENSE:
+                mean, std = float(sub["mean"].iloc[0]), float(sub["std"].iloc[0])
+                ax.axhline(mean, color=style.color, linestyle=DENSE_LINESTYLE, label=DENSE, zorder=1,
+                           gid="method:dense")
+                if math.isfinite(std):
+                    ax.axhspan(mean - std, mean + std, color=style.color, alpha=0.15, linewidth=0, zorder=0)
+                continue
+            x = sub.index.to_numpy() * 100
+            xs.update(x.tolist())
+            bars = ax.errorbar(x, sub["mean"], yerr=sub["std"].fillna(0.0).to_numpy(), color=style.color,
+                               marker=style.marker, linestyle=style.linestyle, capsize=2, elinewidth=0.7,
+                               label=method, zorder=2)
+            bars.lines[0].set_gid(f"method:{method}")
+        if xs:
+            ticks = sorted(xs)
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.set_xlabel("Target sparsity (%)")
+        ax.set_ylabel(f"Mean {_label(metric)} over {len(lb.tasks)} tasks (%)")
+        ax.set_title(_title(arch, mode, solver))
+        _legend_below(fig, ax, len(methods))
+    return fig
+
+
+def plot_accuracy_vs_sparsity(
+    runs: pd.DataFrame, arch: str, mode: str, out_path_stem: str | Path, *, metric: str = "primary",
+    solver: str | None = None,
+) -> SavedFigure:
+    return save(accuracy_vs_sparsity_figure(runs, arch, mode, metric=metric, solver=solver), out_path_stem)
+
+
+def delta_heatmap_figure(
+    runs: pd.DataFrame, arch: str, mode: str, *, metric: str = "primary", solver: str | None = None
+) -> Figure:
+    """Per-task (and mean) Δ vs dense in percentage points for each sparse (method, sparsity) row."""
+    import seaborn as sns
+
+    lb = leaderboard(runs, arch, mode, metric, solver=solver, allow_incomplete_mean=False)
+    means = lb.table.xs("mean", level="stat", axis=1)[[*lb.tasks, MEAN]]
+    dense_rows = [r for r in means.index if r[0] == DENSE]
+    if not dense_rows:
+        raise FigureNotApplicable(f"{_title(arch, mode, solver)}: no dense runs to compare with")
+    delta = means.drop(index=dense_rows) - means.loc[dense_rows[0]]
+    if delta.empty or delta.isna().all().all():
+        raise FigureNotApplicable(f"{_title(arch, mode, solver)}: no sparse row shares a task with dense")
+    delta.index = [_row_label(m, s) for m, s in delta.index]
+    vmax = float(np.nanmax(np.abs(delta.to_numpy()))) or 1.0
+    with paper_style():
+        width = min(PAGE_WIDTH_IN, max(COLUMN_WIDTH_IN, 1.9 + 0.42 * delta.shape[1]))
+        fig = new_figure(width, max(1.8, 1.0 + 0.2 * len(delta)))
+        ax = fig.add_subplot()
+        sns.heatmap(delta, ax=ax, cmap="RdBu", center=0.0, vmin=-vmax, vmax=vmax, annot=True, fmt="+.1f",
+                    annot_kws={"fontsize": 7}, linewidths=0.5, linecolor="white",
+                    cbar_kws={"label": "Δ vs dense (pp)", "pad": 0.02})
+        ax.axvline(len(lb.tasks), color="black", linewidth=1.0)
+        ax.set_xlabel("")
+        ax.set_ylabel("")
+        ax.tick_params(axis="both", length=0)
+        ax.tick_params(axis="x", rotation=45)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
+            label.set_rotation_mode("anchor")
+        ax.set_title(f"{_title(arch, mode, solver)}: {_label(metric)} − dense (pp)")
+    return fig
+
+
+def plot_delta_heatmap(
+    runs: pd.DataFrame, arch: str, mode: str, out_path_stem: str | Path, *, metric: str = "primary",
+    solver: str | None = None,
+) -> SavedFigure:
+    return save(delta_heatmap_figure(runs, arch, mode, metric=metric, solver=solver), out_path_stem)
+
+
+def _spearman(x, y) -> tuple[float, float]:
+    from scipy.stats import spearmanr
+
+    if len(x) < 3:
+        return math.nan, math.nan
+    result = spearmanr(x, y)
+    return float(result.statistic), float(result.pvalue)
+
+
+def linear_vs_full_ranks_figure(
+    runs: pd.DataFrame, arch: str, *, metric: str = "primary", linear_solver: str | None = None
+) -> Figure:
+    """Slopegraph: the rank (1 = best mean accuracy) of each (method, sparsity) under linear and full transfer."""
+    lin = leaderboard(runs, arch, "linear", metric, solver=linear_solver).table[(MEAN, "mean")]
+    full = leaderboard(runs, arch, "full", metric).table[(MEAN, "mean")]
+    both = pd.concat({"linear": lin, "full": full}, axis=1).dropna()
+    if len(both) < 2:
+        raise FigureNotApplicable(f"{arch}: fewer than two (method, sparsity) rows complete in both modes")
+    ranks = both.rank(ascending=False, method="min")
+    rho, _ = _spearman(both["linear"], both["full"])
+    rows = sorted(ranks.index, key=lambda r: (ranks.loc[r, "linear"], r[1]))
+    with paper_style():
+        fig = new_figure(COLUMN_WIDTH_IN, max(2.0, 0.8 + 0.16 * len(rows)))
+        ax = fig.add_subplot()
+        for method, sparsity in rows:
+            r_lin, r_full = ranks.loc[(method, sparsity), "linear"], ranks.loc[(method, sparsity), "full"]
+            style = method_style(method)
+            ax.plot([0, 1], [r_lin, r_full], color=style.color, marker=style.marker, linestyle=style.linestyle,
+                    gid=f"method:{method}")
+            label = _row_label(method, sparsity)
+            ax.text(-0.08, r_lin, f"{label}  {r_lin:g}", ha="right", va="center", fontsize=7)
+            ax.text(1.08, r_full, f"{r_full:g}  {label}", ha="left", va="center", fontsize=7)
+        ax.set_xlim(-1.25, 2.25)
+        ax.set_ylim(len(rows) + 0.5, 0.5)
+        ax.set_xticks([0, 1], [f"linear{f' ({linear_solver})' if linear_solver else ''}", "full"])
+        ax.xaxis.tick_top()
+        ax.set_yticks([])
+        ax.grid(False)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        rho_text = "n/a" if math.isnan(rho) else f"{rho:.2f}"
+        ax.set_title(f"{arch}: rank by mean {_label(metric)} (1 = best); Spearman ρ = {rho_text}")
+    return fig
+
+
+def plot_linear_vs_full_ranks(
+    runs: pd.DataFrame, arch: str, out_path_stem: str | Path, *, metric: str = "primary",
+    linear_solver: str | None = None,
+) -> SavedFigure:
+    return save(linear_vs_full_ranks_figure(runs, arch, metric=metric, linear_solver=linear_solver), out_path_stem)
+
+
+def upstream_transfer_points(
+    runs: pd.DataFrame, arch: str, mode: str, *, metric: str = "primary", solver: str | None = None
+) -> pd.DataFrame:
+    """Per (method, sparsity): ``upstream`` ImageNet top-1 (%) and ``transfer`` task-mean accuracy (%), both
+    known. The upstream top-1 is a property of the checkpoint, so it is read from the arch's runs of any mode."""
+    transfer = leaderboard(runs, arch, mode, metric, solver=solver).table[(MEAN, "mean")]
+    own = runs[runs["arch"] == arch]
+    upstream = (own.assign(sparsity=own["target_sparsity"].round(6))
+                .groupby(["method", "sparsity"])["upstream_top1"].mean() * 100)
+    return pd.concat({"upstream": upstream, "transfer": transfer}, axis=1).dropna()
+
+
+def upstream_vs_transfer_figure(
+    runs: pd.DataFrame, arch: str, mode: str, *, metric: str = "primary", solver: str | None = None
+) -> Figure:
+    """Scatter of ImageNet top-1 vs task-mean transfer accuracy, one point per (method, sparsity); the title has
+    the Spearman rank correlation."""
+    pts = upstream_transfer_points(runs, arch, mode, metric=metric, solver=solver)
+    if len(pts) < 3:
+        raise FigureNotApplicable(f"{_title(arch, mode, solver)}: upstream top-1 known for {len(pts)} complete "
+                                  "(method, sparsity) row(s); 3 needed")
+    rho, p = _spearman(pts["upstream"], pts["transfer"])
+    methods = order_methods(pts.index.get_level_values("method"))
+    with paper_style():
+        fig = new_figure(COLUMN_WIDTH_IN, 2.5 + 0.15 * math.ceil(len(methods) / LEGEND_COLUMNS))
+        ax = fig.add_subplot()
+        for method in methods:
+            sub = pts.xs(method, level="method")
+            style = method_style(method)
+            ax.scatter(sub["upstream"], sub["transfer"], color=style.color, marker=style.marker, s=18,
+                       label=method, zorder=2, gid=f"method:{method}")
+            if method != DENSE:
+                for sparsity, row in sub.iterrows():
+                    ax.annotate(f"{sparsity * 100:g}", (row["upstream"], row["transfer"]), xytext=(3, 2),
+                                textcoords="offset points", fontsize=7, color="0.3")
+        ax.set_xlabel("ImageNet top-1 (%)")
+        ax.set_ylabel(f"Mean transfer {_label(metric)} (%)")
+        ax.set_title(f"{_title(arch, mode, solver)}: Spearman ρ = {rho:.2f} (p = {p:.2g}, n = {len(pts)})")
+        _legend_below(fig, ax, len(methods))
+    return fig
+
+
+def plot_upstream_vs_transfer(
+    runs: pd.DataFrame, arch: str, mode: str, out_path_stem: str | Path, *, metric: str = "primary",
+    solver: str | None = None,
+) -> SavedFigure:
+    return save(upstream_vs_transfer_figure(runs, arch, mode, metric=metric, solver=solver), out_path_stem)
+
+
+def write_figures(runs: pd.DataFrame, out_dir: str | Path, metric: str = "primary") -> list[Path]:
+    """Every applicable figure for every (arch, mode) in ``runs``; figures that do not apply are logged."""
+    out = Path(out_dir)
+    paths: list[Path] = []
+
+    def attempt(name: str, fn, *args, **kwargs) -> None:
+        try:
+            paths.extend(fn(*args, **kwargs))
+        except FigureNotApplicable as exc:
+            log.info("figure %s skipped: %s", name, exc)
+        except ValueError as exc:
+            log.warning("figure %s not drawn: %s", name, exc)
+
+    groups = report_groups(runs)
+    for g in groups:
+        for name, fn in (("accuracy_vs_sparsity", plot_accuracy_vs_sparsity), ("delta_heatmap", plot_delta_heatmap),
+                         ("upstream_vs_transfer", plot_upstream_vs_transfer)):
+            stem = f"{g.stem}_{name}"
+            attempt(stem, fn, runs, g.arch, g.mode, out / stem, metric=metric, solver=g.solver)
+    for g in groups:
+        if g.mode == "linear" and any(f.arch == g.arch and f.mode == "full" for f in groups):
+            stem = "_".join(safe_name(p) for p in (g.arch, *([g.solver] if g.solver else []))) + "_linear_vs_full_ranks"
+            attempt(stem, plot_linear_vs_full_ranks, runs, g.arch, out / stem, metric=metric, linear_solver=g.solver)
+    log.info("wrote %d figure file(s) to %s", len(paths), out)
+    return paths

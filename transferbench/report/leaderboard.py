@@ -1,0 +1,166 @@
+"""Leaderboards: one row per (method, target sparsity), one column per task, plus the task mean and Δ vs dense.
+
+Cells are the mean ± std over seeds (ddof=1; none for a single seed) with the seed count, in percent. The task
+mean is the mean over tasks of the per-task means; its ± is the std over seeds of the per-seed task mean, over
+the seeds that completed every task of the row (its n). A row with a missing task has no mean unless
+``allow_incomplete_mean`` (then it averages the tasks it has). Δ vs dense is the row mean minus the mean of the
+``dense`` row. The best entry of each column (at the displayed precision, ties included) is flagged.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..atomic import write_bytes
+from . import render
+from .palette import method_sort_key
+from .select import METRIC_LABELS, metric_column, report_groups, select_runs, split_duplicates
+
+log = logging.getLogger("transferbench")
+
+MEAN = "mean"
+DELTA = "Δ vs dense"
+STATS = ("mean", "std", "n")
+DENSE = "dense"
+
+
+@dataclass(frozen=True)
+class Leaderboard:
+    arch: str
+    mode: str
+    metric: str
+    tasks: list[str]
+    table: pd.DataFrame  # index (method, sparsity); columns (column, stat), stat in mean/std/n; values in %
+    best: pd.DataFrame  # bool, index as table, one column per column of the leaderboard
+    allow_incomplete_mean: bool = False
+    solver: str | None = None
+    duplicates: pd.DataFrame = field(default_factory=pd.DataFrame)  # runs left out as repeats of a seed
+
+    @property
+    def columns(self) -> list[str]:
+        return [*self.tasks, MEAN, DELTA]
+
+    @property
+    def title(self) -> str:
+        solver = f" ({self.solver})" if self.solver else ""
+        label = METRIC_LABELS.get(metric_column(self.metric), self.metric)
+        primary = " (the metric each task reports)" if self.metric == "primary" else ""
+        return f"{self.arch} · {self.mode}{solver} · {label}{primary}"
+
+    def cell(self, row: tuple[str, float], column: str) -> tuple[float, float, float]:
+        """(mean, std, n) of one cell."""
+        return tuple(float(self.table.loc[row, (column, s)]) for s in STATS)  # type: ignore[return-value]
+
+    def to_frame(self) -> pd.DataFrame:
+        """The leaderboard in long form: one row per (method, sparsity, column) with mean, std, n, best."""
+        out = []
+        for (method, sparsity), _ in self.table.iterrows():
+            for col in self.columns:
+                mean, std, n = self.cell((method, sparsity), col)
+                out.append({"arch": self.arch, "mode": self.mode, "solver": self.solver, "metric": self.metric,
+                            "method": method, "sparsity": sparsity, "column": col, "mean": mean, "std": std,
+                            "n": n, "best": bool(self.best.loc[(method, sparsity), col]),
+                            "text": render.cell_text(mean, std, n, delta=col == DELTA)})
+        return pd.DataFrame(out)
+
+    def to_markdown(self) -> str:
+        return render.markdown(self)
+
+    def to_latex(self) -> str:
+        return render.latex(self)
+
+    def to_csv(self, path: str | Path) -> Path:
+        return write_bytes(path, self.to_frame().to_csv(index=False).encode())
+
+
+def leaderboard(
+    runs: pd.DataFrame,
+    arch: str,
+    mode: str,
+    metric: str = "primary",
+    tasks: list[str] | None = None,
+    allow_incomplete_mean: bool = False,
+    *,
+    solver: str | None = None,
+) -> Leaderboard:
+    """The leaderboard of ``arch`` under ``mode`` for ``metric`` (primary, top1 or mean_per_class_acc).
+
+    ``tasks`` fixes the columns and their order (default: every task present, sorted); ``solver`` chooses the
+    linear solver where the runs have several (otherwise a ValueError)."""
+    col = metric_column(metric)
+    df = select_runs(runs, arch, mode, solver, tasks)
+    df = df[df[col].notna()]
+    if df.empty:
+        raise ValueError(f"no completed runs with metric {metric!r} for {arch}/{mode}"
+                         + (f" (solver {solver})" if solver else ""))
+    df, duplicates = split_duplicates(df)
+    task_list = list(tasks) if tasks is not None else sorted(df["task"].unique())
+    rows = sorted(set(zip(df["method"], df["sparsity"], strict=True)), key=lambda r: (method_sort_key(r[0]), r[1]))
+    index = pd.MultiIndex.from_tuples(rows, names=["method", "sparsity"])
+
+    stats = df.groupby(["method", "sparsity", "task"])[col].agg(["mean", "std", "count"])
+    per_task = {s: stats[s].unstack("task").reindex(index=index, columns=task_list) for s in ("mean", "std", "count")}
+    means, stds = per_task["mean"] * 100, per_task["std"] * 100
+    counts = per_task["count"].fillna(0)
+
+    complete = means.notna().all(axis=1)
+    row_mean = means.mean(axis=1, skipna=True).where(complete | allow_incomplete_mean)
+    per_seed = df.pivot_table(index=["method", "sparsity", "seed"], columns="task", values=col, aggfunc="mean")
+    per_seed = per_seed.reindex(columns=task_list) * 100
+    row_std, row_n = [], []
+    for row in rows:
+        used = [t for t in task_list if pd.notna(means.loc[row, t])]
+        seeds = per_seed.loc[row, used].dropna() if used else per_seed.iloc[0:0]
+        seed_means = seeds.mean(axis=1)
+        ok = pd.notna(row_mean.loc[row])
+        row_std.append(float(seed_means.std(ddof=1)) if ok and len(seeds) > 1 else np.nan)
+        row_n.append(float(len(seeds)) if ok else 0.0)
+
+    dense_rows = [r for r in rows if r[0] == DENSE]
+    dense_mean = row_mean.loc[dense_rows[0]] if dense_rows else np.nan
+    if len(dense_rows) > 1:
+        log.warning("%s/%s: several dense rows (sparsity %s); Δ vs dense uses the first",
+                    arch, mode, ", ".join(str(r[1]) for r in dense_rows))
+
+    data: dict[tuple[str, str], pd.Series] = {}
+    for t in task_list:
+        data[(t, "mean")], data[(t, "std")], data[(t, "n")] = means[t], stds[t], counts[t].astype(float)
+    data[(MEAN, "mean")] = row_mean
+    data[(MEAN, "std")] = pd.Series(row_std, index=index)
+    data[(MEAN, "n")] = pd.Series(row_n, index=index)
+    data[(DELTA, "mean")] = row_mean - dense_mean
+    data[(DELTA, "std")] = pd.Series(np.nan, index=index)
+    data[(DELTA, "n")] = pd.Series(np.nan, index=index)
+    table = pd.DataFrame(data, index=index)
+    table.columns = pd.MultiIndex.from_tuples(list(data), names=["column", "stat"])
+
+    best = pd.DataFrame(False, index=index, columns=[*task_list, MEAN, DELTA])
+    for c in best.columns:
+        shown = table[(c, "mean")].round(2)
+        if shown.notna().any():
+            best[c] = shown == shown.max()
+    return Leaderboard(arch=arch, mode=mode, metric=metric, tasks=task_list, table=table, best=best,
+                       allow_incomplete_mean=allow_incomplete_mean, solver=solver, duplicates=duplicates)
+
+
+def write_leaderboards(runs: pd.DataFrame, out_dir: str | Path, metric: str = "primary") -> list[Path]:
+    """``leaderboard_<arch>_<mode>[_<solver>].{md,csv,tex}`` for every (arch, mode) in ``runs``."""
+    out = Path(out_dir)
+    paths: list[Path] = []
+    for group in report_groups(runs):
+        try:
+            lb = leaderboard(runs, group.arch, group.mode, metric, solver=group.solver)
+        except ValueError as exc:
+            log.warning("no leaderboard for %s: %s", group.stem, exc)
+            continue
+        stem = f"leaderboard_{group.stem}"
+        paths.append(write_bytes(out / f"{stem}.md", lb.to_markdown().encode()))
+        paths.append(lb.to_csv(out / f"{stem}.csv"))
+        paths.append(write_bytes(out / f"{stem}.tex", lb.to_latex().encode()))
+    log.info("wrote %d leaderboard file(s) to %s", len(paths), out)
+    return paths

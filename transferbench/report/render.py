@@ -1,0 +1,113 @@
+"""Text renderings of a Leaderboard: Markdown and LaTeX (booktabs). Values are percentages with 2 decimals."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .leaderboard import Leaderboard
+
+MISSING = "—"
+LATEX_MISSING = "---"
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def fmt_sparsity(s: float) -> str:
+    """A target fraction with at least 2 decimals: 0.90, 0.95, 0.975."""
+    text = f"{s:.4f}".rstrip("0")
+    head, _, tail = text.partition(".")
+    return f"{head}.{tail.ljust(2, '0')}"
+
+
+def _parts(mean: float, std: float, n: float, delta: bool) -> tuple[str, str] | None:
+    """(value text, seed-count text) of a cell, or None when it is missing."""
+    if math.isnan(mean):
+        return None
+    if delta:
+        return f"{mean:+.2f}", ""
+    value = f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+    return value, f"n={int(n)}" if not math.isnan(n) else ""
+
+
+def cell_text(mean: float, std: float, n: float, delta: bool = False) -> str:
+    parts = _parts(mean, std, n, delta)
+    if parts is None:
+        return MISSING
+    return f"{parts[0]} ({parts[1]})" if parts[1] else parts[0]
+
+
+def _rows(lb: Leaderboard):
+    from .leaderboard import DELTA
+
+    for method, sparsity in lb.table.index:
+        cells = []
+        for col in lb.columns:
+            mean, std, n = lb.cell((method, sparsity), col)
+            cells.append((_parts(mean, std, n, delta=col == DELTA), bool(lb.best.loc[(method, sparsity), col])))
+        yield method, sparsity, cells
+
+
+def _note(lb: Leaderboard) -> str:
+    if lb.allow_incomplete_mean:
+        incomplete = "the tasks it has"
+    else:
+        incomplete = f"the {len(lb.tasks)} tasks (none if one is missing)"
+    return (f"{lb.title}, in %: mean ± std over seeds (n = seeds; std with ddof=1). mean = mean over {incomplete}; "
+            "its ± is the std over seeds of the per-seed task mean. Δ vs dense = mean − the dense row's mean. "
+            f"Best per column in bold; {MISSING} = no completed run.")
+
+
+def markdown(lb: Leaderboard) -> str:
+    header = ["method", "sparsity", *lb.columns]
+    lines = ["| " + " | ".join(header) + " |", "|:--|--:|" + "--:|" * len(lb.columns)]
+    for method, sparsity, cells in _rows(lb):
+        texts = []
+        for parts, best in cells:
+            if parts is None:
+                texts.append(MISSING)
+                continue
+            value = f"**{parts[0]}**" if best else parts[0]
+            texts.append(f"{value} ({parts[1]})" if parts[1] else value)
+        lines.append("| " + " | ".join([method, fmt_sparsity(sparsity), *texts]) + " |")
+    return "\n".join(lines) + f"\n\n_{_note(lb)}_\n"
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def _latex_header(name: str) -> str:
+    from .leaderboard import DELTA
+
+    return r"$\Delta$ vs dense" if name == DELTA else latex_escape(name)
+
+
+def latex(lb: Leaderboard) -> str:
+    header = ["method", "sparsity", *(_latex_header(c) for c in lb.columns)]
+    lines = [
+        "% " + latex_escape(_note(lb)).replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("−", "-")
+        .replace(MISSING, LATEX_MISSING),
+        r"% requires \usepackage{booktabs}",
+        r"\begin{tabular}{ll" + "r" * len(lb.columns) + "}",
+        r"\toprule",
+        " & ".join(header) + r" \\",
+        r"\midrule",
+    ]
+    previous = None
+    for method, sparsity, cells in _rows(lb):
+        if previous == "dense" and method != "dense":
+            lines.append(r"\midrule")
+        previous = method
+        texts = []
+        for parts, best in cells:
+            if parts is None:
+                texts.append(LATEX_MISSING)
+                continue
+            value = parts[0].replace(" ± ", r" $\pm$ ").replace("+", "$+$").replace("-", "$-$")
+            value = rf"\textbf{{{value}}}" if best else value
+            texts.append(rf"{value} {{\scriptsize ({parts[1]})}}" if parts[1] else value)
+        lines.append(" & ".join([latex_escape(method), fmt_sparsity(sparsity), *texts]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
