@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -65,7 +64,8 @@ def _truth() -> pd.DataFrame:
 
 
 def _record(row: dict, i: int) -> dict:
-    key = f"{row['task']}.{row['method']}{int(row['target_sparsity'] * 100)}.{ARCH}.{row['mode']}.s{row['seed']}.{i:04x}"
+    cell = f"{row['method']}{int(row['target_sparsity'] * 100)}"
+    key = f"{row['task']}.{cell}.{ARCH}.{row['mode']}.s{row['seed']}.{i:04x}"
     upstream = UPSTREAM.get((row["method"], row["target_sparsity"]))
     metric = "mean_per_class" if row["task"] == "pets" else "top1"
     rec = {
@@ -341,11 +341,11 @@ def test_accuracy_figure_legend_and_colors(figures, store):
     assert set(up) == {m for m, _ in UPSTREAM}
     for method in up:
         assert up[method] == acc[method]
-    dense = [ln for ln in fig.axes[0].lines if ln.get_gid() == "method:dense"][0]
+    dense = next(ln for ln in fig.axes[0].lines if ln.get_gid() == "method:dense")
     assert dense.get_linestyle() == "--"
     # the plotted means are the leaderboard's task means
     lb = leaderboard(store["runs"], ARCH, "full")
-    line = [ln for ln in fig.axes[0].lines if ln.get_gid() == "method:acdc"][0]
+    line = next(ln for ln in fig.axes[0].lines if ln.get_gid() == "method:acdc")
     assert np.allclose(line.get_ydata(), lb.table[(MEAN, "mean")].loc["acdc"].to_numpy())
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -124,10 +125,13 @@ def delta_heatmap_figure(
         width = min(PAGE_WIDTH_IN, max(COLUMN_WIDTH_IN, 1.9 + 0.42 * delta.shape[1]))
         fig = new_figure(width, max(1.8, 1.0 + 0.2 * len(delta)))
         ax = fig.add_subplot()
-        sns.heatmap(delta, ax=ax, cmap="RdBu", center=0.0, vmin=-vmax, vmax=vmax, annot=True, fmt="+.1f",
-                    annot_kws={"fontsize": 7}, linewidths=0.5, linecolor="white",
-                    cbar_kws={"label": "Δ vs dense (pp)", "pad": 0.02})
+        with warnings.catch_warnings():  # seaborn 0.13 calls Colormap.set_bad, deprecated in matplotlib 3.11
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            sns.heatmap(delta, ax=ax, cmap="RdBu", center=0.0, vmin=-vmax, vmax=vmax, annot=True, fmt="+.1f",
+                        annot_kws={"fontsize": 7}, linewidths=0.5, linecolor="white",
+                        cbar_kws={"label": "Δ vs dense (pp)", "pad": 0.02})
         ax.axvline(len(lb.tasks), color="black", linewidth=1.0)
+        ax.grid(False)  # missing cells stay blank
         ax.set_xlabel("")
         ax.set_ylabel("")
         ax.tick_params(axis="both", length=0)
@@ -187,7 +191,7 @@ def linear_vs_full_ranks_figure(
         for spine in ax.spines.values():
             spine.set_visible(False)
         rho_text = "n/a" if math.isnan(rho) else f"{rho:.2f}"
-        ax.set_title(f"{arch}: rank by mean {_label(metric)} (1 = best); Spearman ρ = {rho_text}")
+        ax.set_title(f"{arch}: rank by mean {_label(metric)} (1 = best)\nSpearman ρ = {rho_text}")
     return fig
 
 

@@ -53,7 +53,8 @@ def _note(lb: Leaderboard) -> str:
     if lb.allow_incomplete_mean:
         incomplete = "the tasks it has"
     else:
-        incomplete = f"the {len(lb.tasks)} tasks (none if one is missing)"
+        n = len(lb.tasks)
+        incomplete = f"the {n} task{'s' if n != 1 else ''} (none if one is missing)"
     return (f"{lb.title}, in %: mean ± std over seeds (n = seeds; std with ddof=1). mean = mean over {incomplete}; "
             "its ± is the std over seeds of the per-seed task mean. Δ vs dense = mean − the dense row's mean. "
             f"Best per column in bold; {MISSING} = no completed run.")
