@@ -321,8 +321,10 @@ def _metrics(task, top1: float, mpc: float, extra: dict) -> dict:
 
 
 def _checkpoint_info(loaded, spec: RunSpec) -> dict:
+    registered = _registered(spec.checkpoint)
     return {"identity": spec.checkpoint.identity, "path": str(loaded.path), "sha256": loaded.sha256,
-            "format": loaded.format, "arch": loaded.arch}
+            "format": loaded.format, "arch": loaded.arch,
+            "upstream_top1": registered.upstream_top1 if registered else None}
 
 
 def run(spec: RunSpec, ctx: RunContext) -> Path:

@@ -4,8 +4,6 @@
 
     runs = collect("results").runs
     print(leaderboard(runs, "resnet50", "linear").to_markdown())
-
-Needs the ``report`` extra (pandas, pyarrow, seaborn).
 """
 
 from .collect import Collection, collect, parse_record
