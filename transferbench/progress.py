@@ -25,10 +25,12 @@ def progress(iterable: Iterable[T], **kwargs) -> Iterable[T]:
 def setup_logging(verbose: bool = False) -> None:
     """transferbench's own lines only (libraries such as fontTools log at INFO too)."""
     logger = logging.getLogger("transferbench")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s transferbench %(levelname)s %(message)s",
-                                               datefmt="%Y-%m-%dT%H:%M:%S"))
-        logger.addHandler(handler)
-        logger.propagate = False
+    for old in [h for h in logger.handlers if getattr(h, "_transferbench", False)]:
+        logger.removeHandler(old)  # bound to an earlier sys.stderr (a second main() in one process)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._transferbench = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter("%(asctime)s transferbench %(levelname)s %(message)s",
+                                           datefmt="%Y-%m-%dT%H:%M:%S"))
+    logger.addHandler(handler)
+    logger.propagate = False
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -75,6 +75,7 @@ def _woodfisher(model, opt, sparsity, knobs, ctx) -> Built:
         fisher_batches=_fisher_batches(ctx, knobs.get("num_grads", 32), knobs.get("grad_batch_size", 16)),
         loss_fn=F.cross_entropy, num_grads=knobs.get("num_grads", 32), block_size=knobs.get("block_size", 256),
         damp=knobs.get("damp", 1e-4), initial_sparsity=knobs.get("initial_sparsity", 0.0),
+        fisher_dtype=getattr(torch, knobs.get("fisher_dtype", "float64")),
     )
     return pruner, opt, epochs
 
@@ -88,23 +89,34 @@ def _rigl(model, opt, sparsity, knobs, ctx) -> Built:
 
 
 def _lth(model, opt, sparsity, knobs, ctx) -> Built:
-    """LTH-T (§4.2): tickets found by IMP from the dense upstream model and rewound to it.
+    """Iterative magnitude pruning with rewinding (§4).
 
+    ``rewind: pretrained`` (default) is LTH-T (§4.2): tickets found from the dense upstream model and rewound
+    to it; the checkpoint is the ticket θ_p ⊙ m (§10 item 3 leaves open whether the paper's were retrained).
+    ``rewind: <fraction>`` is Frankle et al.'s rewinding: IMP from scratch, rewinding to the weights at that
+    fraction of the first round, and the final ticket is retrained for one more round.
     Rounds remove a fixed fraction of the remaining weights; the rate is set just below 20% so that the last
-    round lands exactly on the requested sparsity (20% rounds alone reach 89.3%, not 90%).
+    round lands exactly on the requested sparsity (20% rounds reach 89.3%).
     """
     from ..checkpoints import load_checkpoint
 
-    dense = load_checkpoint(ctx["dense_model"]())
-    model.load_state_dict(dense.model.state_dict())
     rounds = rounds_for_sparsity(sparsity, knobs.get("rate", 0.2), at_least=True)
     rate = 1.0 - (1.0 - sparsity) ** (1.0 / rounds)
     per_round = knobs.get("epochs_per_round", 1)
-    pruner = LTHPruner(model, rounds=rounds, steps_per_round=per_round * len(ctx["loader"]), rate=rate,
-                       prune_at_start=True, conv_only=knobs.get("conv_only", False),
-                       include_head=knobs.get("include_head", True), exclude=tuple(knobs.get("exclude", ())))
+    steps_per_round = per_round * len(ctx["loader"])
+    rewind = knobs.get("rewind", "pretrained")
+    if rewind == "pretrained":
+        model.load_state_dict(load_checkpoint(ctx["dense_model"]()).model.state_dict())
+        rewind_step, training_rounds = None, rounds - 1
+    else:
+        # the extra round trains the final ticket (steps past the pruner's last round keep the mask fixed)
+        rewind_step, training_rounds = math.floor(float(rewind) * steps_per_round), rounds + 1
+    pruner = LTHPruner(model, rounds=rounds, steps_per_round=steps_per_round, rate=rate,
+                       rewind_step=rewind_step, prune_at_start=rewind == "pretrained",
+                       conv_only=knobs.get("conv_only", False), include_head=knobs.get("include_head", True),
+                       exclude=tuple(knobs.get("exclude", ())))
     ctx["schedule_epochs"] = per_round  # IMP restarts the LR schedule every round
-    return pruner, opt, (rounds - 1) * per_round
+    return pruner, opt, training_rounds * per_round
 
 
 def _acdc(model, opt, sparsity, knobs, ctx) -> Built:
