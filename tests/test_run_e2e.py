@@ -66,7 +66,7 @@ def test_linear_run_writes_one_complete_record_and_reruns_are_noops(setup, capsy
     assert rec["sparsity"]["backbone_before"] == rec["sparsity"]["backbone_after"]
     assert rec["metrics"]["top1"] > 0.5  # chance is 0.1
     assert 0 <= rec["metrics"]["mean_per_class_acc"] <= 1
-    assert len(rec["curve"]) == 30 and rec["config"]["hparams"]["lr_decay_after"] == [10, 20]
+    assert len(rec["curve"]) == 30 and rec["config"]["hparams"]["lr_decay_after"] == [9, 19]
     assert rec["config"]["transform_train"]["mean"] == [0.485, 0.456, 0.406]  # ImageNet stats (P1)
     assert rec["config"]["transform_train"]["augment"] is False
     assert rec["config"]["data"] == {"layout": "folders", "root": str(data / "cifar10"), "train_size": 120,

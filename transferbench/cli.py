@@ -29,6 +29,7 @@ def _parse_set(items: list[str]) -> dict:
 def cmd_run(args: argparse.Namespace) -> int:
     from .records import existing_record, result_path
     from .runner import RunContext, make_spec, resolve_checkpoint, resolve_mini_checkpoint, run
+    from .runspec import CheckpointRef
 
     overrides = _parse_set(args.set)
     for name in ("epochs", "lr", "batch_size", "weight_decay", "momentum", "solver", "image_size",
@@ -39,6 +40,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .tasks import detect_layout, get_task, load_split
 
     task = get_task(args.task)
+    make_spec(task.name, args.mode, args.seed, CheckpointRef("check", 0.0, "check", "check"), overrides)  # validates
     if task.kind == "paper":  # missing data is reported before anything about checkpoints
         if args.data_root is None:
             load_split(task, "test", None)  # raises: where the data is expected and how to get it

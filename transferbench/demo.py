@@ -22,7 +22,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .progress import interactive
-from .runner import RunContext, make_spec, resolve_checkpoint, run_full, run_linear_group
+from .runner import RunContext, configure_determinism, make_spec, resolve_checkpoint, run_full, run_linear_group
 from .runspec import RunSpec
 
 log = logging.getLogger("transferbench")
@@ -95,6 +95,7 @@ def run_demo(out: Path = Path("results/demo"), plan: DemoPlan | None = None) -> 
 
 
 def _run(out: Path, plan: DemoPlan) -> dict[str, list[Path]]:
+    configure_determinism()
     start = time.perf_counter()
     _build_upstream(plan)
     print(f"[demo] upstream models ready ({time.perf_counter() - start:.0f} s)", flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -9,9 +10,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from .checkpoints import LoadedCheckpoint, find_checkpoint, load_checkpoint, local_path
+from .atomic import sha256_file
+from .checkpoints import LoadedCheckpoint, find_checkpoint, list_checkpoints, load_checkpoint, local_path
+from .checkpoints.registry import normalize_sparsity
 from .errors import TransferbenchError
 from .finetune.features import cached_features, extract, feature_cache_key
 from .finetune.full import finetune_full
@@ -40,22 +44,32 @@ class RunContext:
     allow_sparsity_gap: bool = False
 
     def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise TransferbenchError(f"--device {self.device} requested but no CUDA GPU is visible; use --device cpu")
-        return torch.device(self.device)
+        return resolve_device(self.device)
 
     def feature_cache(self) -> Path:
         return self.cache_dir if self.cache_dir is not None else Path(self.out) / "cache" / "features"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (a GPU when one is visible), ``cpu``, ``cuda`` or ``cuda:N``; anything else is a one-line error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise TransferbenchError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise TransferbenchError(f"--device {name} requested but {torch.cuda.device_count()} CUDA GPU(s) are "
+                                 "visible; use --device cpu or a visible index")
+    if device.type not in ("cpu", "cuda"):
+        raise TransferbenchError(f"--device {name}: only cpu and cuda are supported")
+    return device
 
 
 def resolve_checkpoint(method: str | None, sparsity: float | None, arch: str | None,
                        checkpoint: str | Path | None, checkpoint_dir: Path | None = None) -> CheckpointRef:
     """A registry entry (method + sparsity [+ arch]) or a local file (--checkpoint PATH)."""
     if checkpoint is not None:
-        from .atomic import sha256_file
-
         path = Path(checkpoint).expanduser()
         if not path.is_file():
             raise TransferbenchError(f"checkpoint file {path} does not exist (--checkpoint)")
@@ -66,7 +80,7 @@ def resolve_checkpoint(method: str | None, sparsity: float | None, arch: str | N
             )
         if arch is None:
             arch = _arch_from_file(path)
-        return CheckpointRef(method=method or "custom", sparsity=_fraction(sparsity), arch=arch,
+        return CheckpointRef(method=method or "custom", sparsity=normalize_sparsity(sparsity), arch=arch,
                              identity=f"sha256:{sha256_file(path)}", path=str(path))
     if method is None or sparsity is None:
         raise TransferbenchError("name an upstream checkpoint with --method and --sparsity, or --checkpoint PATH")
@@ -76,8 +90,11 @@ def resolve_checkpoint(method: str | None, sparsity: float | None, arch: str | N
             f"{spec.name} is a dense CrAM model that must be one-shot pruned to {spec.sparsity:g} and "
             "BN-recalibrated before transfer; produce that checkpoint first and pass it with --checkpoint"
         )
-    return CheckpointRef(method=spec.method, sparsity=spec.sparsity, arch=spec.arch, identity=spec.name,
-                         path=str(local_path(spec, checkpoint_dir)))
+    path = local_path(spec, checkpoint_dir)
+    # The file's digest is part of the identity: a re-trained or re-downloaded file under the same registry name
+    # is a different run (sha256_file is memoised, so the checkpoint is hashed once per process).
+    return CheckpointRef(method=spec.method, sparsity=spec.sparsity, arch=spec.arch,
+                         identity=f"{spec.name}@sha256:{sha256_file(path)}", path=str(path))
 
 
 MINI_ARCH, MINI_RECIPE, MINI_DEFAULT_SPARSITY = "resnet_tiny", "small_cpu", 0.9
@@ -97,13 +114,8 @@ def resolve_mini_checkpoint(method: str, sparsity: float | None, arch: str | Non
             raise
     log.info("no %s upstream model at %s for %s yet: training one with the %s recipe (cached for later runs)",
              method, sparsity, arch, MINI_RECIPE)
-    train_upstream(method, [_fraction(sparsity)], arch=arch, recipe=MINI_RECIPE)
+    train_upstream(method, [normalize_sparsity(sparsity)], arch=arch, recipe=MINI_RECIPE)
     return resolve_checkpoint(method, sparsity, arch, None)
-
-
-def _fraction(sparsity: float) -> float:
-    sparsity = float(sparsity)
-    return sparsity / 100 if sparsity > 1 else sparsity
 
 
 def _arch_from_file(path: Path) -> str:
@@ -128,7 +140,11 @@ def make_spec(task: str, mode: str, seed: int, checkpoint: CheckpointRef,
 
 
 def _registered(ref: CheckpointRef):
-    return None if ref.identity.startswith("sha256:") else find_checkpoint(ref.method, ref.sparsity, ref.arch)
+    """The registry row a run's checkpoint came from (by name), or None for --checkpoint PATH."""
+    if ref.identity.startswith("sha256:"):
+        return None
+    name = ref.identity.partition("@")[0]
+    return next(s for s in reversed(list_checkpoints()) if s.name == name)  # local.yaml rows last, newest last
 
 
 def _load(ref: CheckpointRef, ctx: RunContext):
@@ -142,6 +158,13 @@ def _load(ref: CheckpointRef, ctx: RunContext):
 def _data_info(split, other) -> dict:
     return {"layout": split.layout, "root": str(split.root), "train_size": len(split), "test_size": len(other),
             "num_classes": len(split.classes), "paper_split": split.paper_split}
+
+
+FEATURES_VERSION = 1  # bump when extraction or a built-in task's data generator changes what features hold
+
+
+def _digest(values: list[int]) -> str:
+    return hashlib.sha256(np.asarray(values, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
 @dataclass
@@ -188,8 +211,9 @@ def run_linear_group(specs: list[RunSpec], ctx: RunContext) -> list[Path]:
     feats = {}
     for name, split in (("train", train), ("test", test)):
         key = feature_cache_key(loaded.sha256, task.name, name, tcfg.to_dict(),
-                                {"layout": split.layout, "size": len(split), "arch": loaded.arch,
-                                 "precision": first.hparams.precision})
+                                {"layout": split.layout, "root": str(split.root), "size": len(split),
+                                 "labels": _digest(split.labels), "arch": loaded.arch,
+                                 "precision": first.hparams.precision, "version": FEATURES_VERSION})
         dataset = Transformed(split.dataset, build_transform(tcfg))
         feats[name] = cached_features(
             ctx.feature_cache(), key,

@@ -58,27 +58,37 @@ def resolve_hparams(mode: str, task_full_lr: float, overrides: dict[str, Any] | 
             f"unknown hyper-parameter {', '.join(unknown)} (--set); known: {', '.join(sorted(names))}"
         )
     base = HParams(lr=0.01 if mode == "linear" else task_full_lr)
-    for key in ("lr_decay_after", "lbfgs_c_grid"):
-        if key in overrides and not isinstance(overrides[key], tuple | list):
-            overrides[key] = (overrides[key],)
-        if key in overrides:
-            overrides[key] = tuple(overrides[key])
+    overrides = {key: _coerce(key, value, type(getattr(base, key))) for key, value in overrides.items()}
     if "epochs" in overrides and "lr_decay_after" not in overrides:
-        e = int(overrides["epochs"])
-        overrides["lr_decay_after"] = tuple(round(d * e / PAPER_EPOCHS) for d in PAPER_DECAY_AFTER)
-    try:
-        hp = replace(base, **overrides)
-    except TypeError as exc:
-        raise TransferbenchError(f"bad hyper-parameter override: {exc}") from None
+        # keep the paper's three phases in proportion: 51/50/49 of 150 epochs
+        e = overrides["epochs"]
+        overrides["lr_decay_after"] = tuple((d + 1) * e // PAPER_EPOCHS - 1 for d in PAPER_DECAY_AFTER)
+    hp = replace(base, **overrides)
     if hp.solver not in ("sgd", "lbfgs"):
         raise TransferbenchError(f"--solver must be sgd or lbfgs, not {hp.solver!r}")
     if hp.solver == "lbfgs" and mode != "linear":
         raise TransferbenchError("--solver lbfgs applies to --mode linear only")
     if hp.precision not in ("fp32", "bf16"):
         raise TransferbenchError(f"--precision must be fp32 or bf16, not {hp.precision!r}")
-    if hp.epochs < 1 or hp.batch_size < 1 or hp.lr <= 0:
-        raise TransferbenchError("--epochs, --batch-size and --lr must be positive")
+    if hp.interpolation not in ("", "bilinear", "bicubic"):
+        raise TransferbenchError(f"--interpolation must be bilinear or bicubic, not {hp.interpolation!r}")
+    if min(hp.epochs, hp.batch_size, hp.image_size, hp.eval_every) < 1 or hp.lr <= 0:
+        raise TransferbenchError("--epochs, --batch-size, --image-size, eval_every and --lr must be positive")
     return hp
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    """An override as its field's type (YAML reads ``1e-3`` as a string), or a one-line error."""
+    try:
+        if kind is tuple:
+            items = value if isinstance(value, list | tuple) else str(value).strip("[]() ").split(",")
+            return tuple(float(v) if key == "lbfgs_c_grid" else int(v) for v in items if str(v).strip())
+        if kind is bool:
+            return bool(value)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise TransferbenchError(f"bad value {value!r} for hyper-parameter {key} (--set {key}=...): "
+                                 f"expected {kind.__name__}") from None
 
 
 @dataclass(frozen=True)

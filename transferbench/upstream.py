@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import __version__, synthetic
 from .checkpoints import CheckpointSpec, checkpoint_dir, register_local, save_checkpoint
-from .checkpoints.registry import format_sparsity
+from .checkpoints.registry import format_sparsity, normalize_sparsity
 from .errors import TransferbenchError
 from .models import create_model
 from .progress import progress
@@ -77,13 +77,12 @@ def upstream_datasets(recipe: dict, data_root: Path | None) -> tuple[Dataset, Da
 def lr_at(schedule: dict, epoch: float, base_lr: float, total_epochs: int) -> float:
     """The recipe's LR at a (fractional) epoch: cosine with linear warm-up (§0.5), or WoodFisher's step decay
     (constant until ``constant_until``, then × ``gamma`` every ``every`` epochs; §2.3)."""
-    if schedule.get("kind", "cosine") == "step":
-        if epoch < schedule["constant_until"]:
-            return base_lr
-        return base_lr * schedule["gamma"] ** (1 + (epoch - schedule["constant_until"]) // schedule["every"])
+    if schedule.get("kind", "cosine") == "step":  # decays at the END of epochs until, until+every, ..., last
+        points = range(schedule["constant_until"], schedule.get("last", 10**9) + 1, schedule["every"])
+        return base_lr * schedule["gamma"] ** sum(epoch >= k + 1 for k in points)
     warm = schedule.get("warmup_epochs", 0)
-    if epoch < warm:
-        return base_lr * (epoch + 1) / (warm + 1)
+    if epoch < warm:  # §0.5: base·(e+1)/W for the integer epoch e
+        return base_lr * (math.floor(epoch) + 1) / warm
     return 0.5 * (1 + math.cos(math.pi * (epoch - warm) / max(total_epochs - warm, 1))) * base_lr
 
 
@@ -157,6 +156,13 @@ def train_upstream(method: str, sparsities: list[float], arch: str | None = None
     Every method but CrAM takes exactly one sparsity. CrAM trains one dense model and produces one candidate per
     sparsity by one-shot pruning and BN recalibration (§6.3).
     """
+    sparsities = [0.0] if method == "dense" and sparsities in ([0.9], [0.0]) else sparsities
+    try:
+        sparsities = [normalize_sparsity(sp) for sp in sparsities]
+    except (ValueError, TransferbenchError) as exc:
+        raise TransferbenchError(f"bad --sparsity {sparsities}: {exc}") from None
+    if method == "dense" and sparsities != [0.0]:
+        raise TransferbenchError("--method dense trains a dense model: drop --sparsity (or pass 0)")
     rec = load_recipe(recipe)
     if arch:
         rec["arch"] = arch
@@ -170,8 +176,9 @@ def train_upstream(method: str, sparsities: list[float], arch: str | None = None
         raise TransferbenchError("cram_nm produces 2:4 models: pass --sparsity 0.5")
     if method != "cram" and len(sparsities) != 1:
         raise TransferbenchError(f"--sparsity takes one value for {method} (only cram accepts several)")
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    from .runner import resolve_device
+
+    dev = resolve_device(device)
     torch.manual_seed(seed)
     train_set, test_set = upstream_datasets(rec, data_root)
     num_classes = 16 if rec["dataset"] == "shapes" else 1000
@@ -215,7 +222,7 @@ def train_upstream(method: str, sparsities: list[float], arch: str | None = None
     for sp, net, masks in candidates:
         top1 = evaluate(net, test_set, dev)
         measured = measure_sparsity(net, include_head=True).overall
-        name = f"{rec['arch']}_{method}_{format_sparsity(sp).rstrip('%')}_{rec['name']}_s{seed}"
+        name = _checkpoint_name(rec, method, sp, seed)
         path = folder / f"{name}.pth"
         metadata = {"method": method, "target_sparsity": float(sp), "measured_sparsity": measured,
                     "recipe": rec["name"], "recipe_config": yaml.safe_dump(rec), "upstream_dataset": rec["dataset"],
@@ -233,9 +240,14 @@ def train_upstream(method: str, sparsities: list[float], arch: str | None = None
 
 def dense_upstream(rec: dict, recipe: str | Path, data_root: Path | None, seed: int, device: str) -> Path:
     """The registered dense model of this recipe (trained on first use): LTH-T rewinds to it."""
-    from .checkpoints import find_checkpoint, local_path
+    from .checkpoints import list_checkpoints, local_path
 
-    try:
-        return local_path(find_checkpoint("dense", 0.0, rec["arch"]))
-    except TransferbenchError:
-        return train_upstream("dense", [0.0], rec["arch"], rec["dataset"], recipe, data_root, seed, device)[0].path
+    name = _checkpoint_name(rec, "dense", 0.0, seed)
+    for spec in reversed(list_checkpoints()):
+        if spec.name == name:
+            return local_path(spec)
+    return train_upstream("dense", [0.0], rec["arch"], rec["dataset"], recipe, data_root, seed, device)[0].path
+
+
+def _checkpoint_name(rec: dict, method: str, sparsity: float, seed: int) -> str:
+    return f"{rec['arch']}_{method}_{format_sparsity(sparsity).rstrip('%')}_{rec['name']}_s{seed}"

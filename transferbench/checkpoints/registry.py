@@ -6,6 +6,7 @@ under the name the table gives, or wherever ``register_local`` recorded them.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 from dataclasses import asdict, dataclass, fields, replace
@@ -259,7 +260,11 @@ def register_local(spec: CheckpointSpec, path: str | os.PathLike) -> CheckpointS
         path=str(file),
         source="local",
     )
-    entries = [s for s in _local() if s.name != registered.name] + [registered]
-    rows = [{k: v for k, v in s.to_dict().items() if k != "source"} for s in entries]
-    write_bytes(_local_registry_path(), yaml.safe_dump(rows, sort_keys=False, allow_unicode=True).encode())
+    lock_path = _local_registry_path().with_suffix(".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:  # concurrent registrations (e.g. a job array) must not drop each other
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        entries = [s for s in _local() if s.name != registered.name] + [registered]
+        rows = [{k: v for k, v in s.to_dict().items() if k != "source"} for s in entries]
+        write_bytes(_local_registry_path(), yaml.safe_dump(rows, sort_keys=False, allow_unicode=True).encode())
     return registered

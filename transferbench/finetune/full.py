@@ -128,7 +128,7 @@ def finetune_full(
             loss_sum += loss.item()
             steps += 1
         point = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / max(steps, 1)}
-        if should_evaluate(hp, epoch):
+        if should_evaluate(hp, epoch):  # always true for the last epoch, whose logits are the result
             logits, labels = evaluate(model, test_loader, device, hp.precision)
             point.update(accuracy_metrics(logits, labels, num_classes))
         train_seconds += time.perf_counter() - t0
@@ -138,7 +138,8 @@ def finetune_full(
         log.info("full epoch %d/%d lr=%g loss=%.4f%s", epoch + 1, hp.epochs, lr, point["train_loss"],
                  f" top1={point['top1']:.4f}" if "top1" in point else "")
 
-    logits, labels = evaluate(model, test_loader, device, hp.precision)
+    if start_epoch >= hp.epochs or "top1" not in curve[-1]:  # resumed after the last epoch, or never evaluated
+        logits, labels = evaluate(model, test_loader, device, hp.precision)
     revived = check_masks(model, masks)
     after = measure_sparsity(model, include_head=False)
     if revived or after.zeros < before.zeros:

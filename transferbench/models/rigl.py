@@ -8,7 +8,7 @@ from torch import nn
 from .base import TransferModel
 from .registry import register_model
 
-# The TF port keeps TF's batch-norm epsilon and PyTorch's default momentum.
+# BatchNorm eps 1e-5 and momentum 0.1, as the paper's port (transfer_protocol.md §5; PyTorch's defaults).
 _BN_EPS = 1e-5
 _BN_MOMENTUM = 0.1
 

@@ -23,11 +23,12 @@ from typing import Any
 import pandas as pd
 
 from ..atomic import write_bytes
+from ..errors import TransferbenchError
+from ..records import RESULT_FILE
+from ..runspec import SCHEMA_VERSION as KNOWN_SCHEMA_VERSION
 
 log = logging.getLogger("transferbench")
 
-KNOWN_SCHEMA_VERSION = 1
-RESULT_FILE = "result.json"
 
 RUN_COLUMNS: tuple[str, ...] = (
     "run_key", "task", "method", "arch", "mode", "seed", "target_sparsity", "measured_sparsity",
@@ -87,7 +88,8 @@ def collect(results_dir: str | Path) -> Collection:
     ``runs/`` folder). Unfinished runs (training state in ``work/<run_key>/`` and no record) count as failed."""
     root = Path(results_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"no results folder at {root}")
+        raise TransferbenchError(f"no results folder at {root} (--results); run some experiments first or point "
+                                 "--results at the folder that holds runs/")
     runs_dir = root / "runs" if (root / "runs").is_dir() else root
     rows: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
