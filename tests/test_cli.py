@@ -210,3 +210,48 @@ def test_the_installed_command_prints_no_traceback(world, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: ") and "Traceback" not in proc.stderr
+
+
+def test_set_values_are_typed_and_bad_ones_are_one_line_errors(capsys, world, tmp_path):
+    code, _, err = run_cli(capsys, *_run_args(world, tmp_path, "--set", "lbfgs_max_iter=abc"))
+    assert_clean_failure(code, err, tmp_path, "lbfgs_max_iter", "int")
+    code, _, err = run_cli(capsys, *_run_args(world, tmp_path, "--set", "eval_every=0"))
+    assert_clean_failure(code, err, tmp_path, "eval_every")
+    code, _, _ = run_cli(capsys, *_run_args(world, tmp_path, "--set", "lr=1e-3", "--set", "lr_decay_after=0,1"))
+    assert code == 0
+    record = json.loads(next(tmp_path.glob("runs/*/result.json")).read_text())
+    assert record["config"]["hparams"]["lr"] == 0.001 and record["config"]["hparams"]["lr_decay_after"] == [0, 1]
+
+
+def test_records_are_readable_by_collaborators(capsys, world, tmp_path):
+    old = os.umask(0o022)
+    try:
+        assert run_cli(capsys, *_run_args(world, tmp_path))[0] == 0
+    finally:
+        os.umask(old)
+    for path in tmp_path.glob("runs/*/*"):
+        assert path.stat().st_mode & 0o777 == 0o644, path
+
+
+def test_a_changed_registered_file_is_a_new_run(capsys, world, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
+    mine = tmp_path / "mine.pth"
+    spec = replace(find_checkpoint("acdc", 0.9), name="mine_tiny_50", method="mine", sparsity=0.5,
+                   arch="resnet_tiny", sha256=None, url=None)
+    args = ["run", "--method", "mine", "--sparsity", "0.5", "--arch", "resnet_tiny", "--task", "cifar10",
+            "--data-root", world["data"], "--out", tmp_path / "out", "--image-size", "32", "--epochs", "1",
+            "--workers", "0"]
+    for seed in (0, 1):  # the same registry name, re-registered with a different file
+        write_pruned_checkpoint(mine, sparsity=0.5, seed=seed)
+        register_local(spec, mine)
+        assert run_cli(capsys, *args)[0] == 0
+    records = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("runs/*/result.json")]
+    assert len(records) == 2 and len({r["checkpoint"]["sha256"] for r in records}) == 2
+
+
+def test_collect_and_figures_without_results_are_one_line_errors(capsys, tmp_path):
+    for command in ("collect", "figures"):
+        code, _, err = run_cli(capsys, command, "--results", tmp_path / "nothing")
+        assert code == 2 and err.strip().startswith("error: no results folder")

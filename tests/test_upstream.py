@@ -108,3 +108,10 @@ def test_the_imagenet_recipe_builds_every_method_on_resnet50(tmp_path):
             assert pruner.sparsity == pytest.approx(0.9, abs=1e-3)  # ERK masks at the target from step 0
         if method.startswith("cram"):
             assert optimizer.needs_closure
+
+
+def test_dense_upstream_is_registered_as_dense(tiny_recipe):
+    assert main(["upstream", "--method", "dense", "--recipe", str(tiny_recipe)]) == 0
+    spec = find_checkpoint("dense", 0.0, "resnet_tiny")
+    assert load_checkpoint(spec.path, target_sparsity=0.0).sparsity.overall == 0.0
+    assert main(["upstream", "--method", "dense", "--sparsity", "0.5", "--recipe", str(tiny_recipe)]) == 2
