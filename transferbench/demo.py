@@ -43,7 +43,7 @@ class DemoPlan:
     def quick(cls) -> DemoPlan:
         """A smaller plan for tests and smoke checks (same code paths)."""
         return cls(methods=("gmp", "acdc", "cram"), sparsities=(0.8, 0.9), tasks=("digits",), seeds=(21, 51),
-                   full_epochs=2, linear_epochs=20)
+                   full_epochs=6, linear_epochs=20)
 
 
 def _build_upstream(plan: DemoPlan) -> None:

@@ -62,7 +62,7 @@ def resolve_hparams(mode: str, task_full_lr: float, overrides: dict[str, Any] | 
     if "epochs" in overrides and "lr_decay_after" not in overrides:
         # keep the paper's three phases in proportion: 51/50/49 of 150 epochs
         e = overrides["epochs"]
-        overrides["lr_decay_after"] = tuple((d + 1) * e // PAPER_EPOCHS - 1 for d in PAPER_DECAY_AFTER)
+        overrides["lr_decay_after"] = tuple(max(0, round((d + 1) * e / PAPER_EPOCHS) - 1) for d in PAPER_DECAY_AFTER)
     hp = replace(base, **overrides)
     if hp.solver not in ("sgd", "lbfgs"):
         raise TransferbenchError(f"--solver must be sgd or lbfgs, not {hp.solver!r}")
