@@ -237,7 +237,7 @@ def upstream_vs_transfer_figure(
                 for sparsity, row in sub.iterrows():
                     ax.annotate(f"{sparsity * 100:g}", (row["upstream"], row["transfer"]), xytext=(3, 2),
                                 textcoords="offset points", fontsize=7, color="0.3")
-        ax.set_xlabel("ImageNet top-1 (%)")
+        ax.set_xlabel("Upstream top-1 (%)")  # ImageNet for the paper's checkpoints
         ax.set_ylabel(f"Mean transfer {_label(metric)} (%)")
         ax.set_title(f"{_title(arch, mode, solver)}: Spearman ρ = {rho:.2f} (p = {p:.2g}, n = {len(pts)})")
         _legend_below(fig, ax, len(methods))
