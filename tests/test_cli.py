@@ -255,3 +255,17 @@ def test_collect_and_figures_without_results_are_one_line_errors(capsys, tmp_pat
     for command in ("collect", "figures"):
         code, _, err = run_cli(capsys, command, "--results", tmp_path / "nothing")
         assert code == 2 and err.strip().startswith("error: no results folder")
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_a_corrupt_image_is_a_one_line_error(capsys, world, tmp_path, workers):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(world["data"], data)
+    victim = next((data / "cifar10" / "test").rglob("*.jpg"))
+    victim.write_bytes(b"this is not a jpeg")
+    args = _run_args(world, tmp_path / "out", data=data)
+    args[args.index("--workers") + 1] = workers
+    code, _, err = run_cli(capsys, *args)
+    assert_clean_failure(code, err, tmp_path / "out", str(victim), "re-extract")

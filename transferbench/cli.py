@@ -262,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except TransferbenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # raised in a DataLoader worker, the message carries the worker's traceback: keep the original line
+        print(f"error: {str(exc).rsplit('TransferbenchError: ', 1)[-1]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -10,6 +10,8 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..errors import TransferbenchError
+
 
 @dataclass
 class Split:
@@ -41,9 +43,12 @@ class ImageListDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         path, label = self.samples[index]
-        with Image.open(path) as img:
-            img.load()
-            return img, label
+        try:
+            with Image.open(path) as img:
+                img.load()
+                return img, label
+        except (OSError, SyntaxError) as exc:  # PIL raises both for truncated or non-image files
+            raise TransferbenchError(f"cannot read image {path} ({exc}); re-extract the dataset") from None
 
 
 class Transformed(Dataset):
