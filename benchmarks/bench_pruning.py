@@ -13,10 +13,9 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 from transferbench.models import create_model
-from transferbench.pruning.base import Pruner
+from transferbench.pruning.base import Pruner, training_step
 from transferbench.pruning.cram import CrAM
 from transferbench.pruning.gmp import GMPPruner
 from transferbench.pruning.rigl import RigLPruner
@@ -45,15 +44,7 @@ def time_steps(step_fn, reps: int = REPS) -> float:
 
 
 def hooked_step(model, opt, pruner, x, y):
-    def step(i):
-        pruner.before_step(i, opt)
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        pruner.after_backward(i)
-        opt.step()
-        pruner.after_step(i, opt)
-    return step
+    return lambda i: training_step(model, opt, pruner, x, y, i)
 
 
 def main() -> None:
@@ -96,15 +87,7 @@ def main() -> None:
     cram = CrAM(model, opt, model, rho=0.1, sparsities=(0.5, 0.7, 0.9), plus=True, sparse_grad=True,
                 generator=torch.Generator().manual_seed(0))
 
-    def cram_step(i):
-        def closure():
-            cram.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            return loss
-        cram.step(closure)
-
-    t = time_steps(cram_step)
+    t = time_steps(hooked_step(model, cram, Pruner(model), x, y))
     rows.append(("CrAM+-Multi step (two forward/backward passes)", t, t))
 
     print("\n| step | s/step | ratio to SGD | amortised over the recipe |\n|---|---|---|---|")

@@ -7,11 +7,11 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from transferbench.models import create_model
 from transferbench.pruning import masks as M
+from transferbench.pruning.base import training_step
 from transferbench.pruning.rigl import RigLPruner, cosine_drop_fraction, erk_densities
 
 
@@ -160,13 +160,7 @@ def test_rigl_in_an_sgd_loop_keeps_counts_and_follows_the_schedule():
     for step in range(steps):
         x, y = torch.randn(8, 3, 16, 16, generator=gen), torch.randint(10, (8,), generator=gen)
         before = {n: m.clone() for n, m in pruner.masks.items()}
-        pruner.before_step(step, opt)
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        pruner.after_backward(step)
-        opt.step()
-        pruner.after_step(step, opt)
+        training_step(model, opt, pruner, x, y, step)
         changed = any(not torch.equal(before[n], pruner.masks[n]) for n in before)
         updated = step % update_every == 0 and step <= t_end
         assert changed == (updated and step < t_end)  # f(T_end) = 0: the last update moves nothing

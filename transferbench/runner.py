@@ -14,7 +14,14 @@ import numpy as np
 import torch
 
 from .atomic import sha256_file
-from .checkpoints import LoadedCheckpoint, find_checkpoint, list_checkpoints, load_checkpoint, local_path
+from .checkpoints import (
+    CheckpointSpec,
+    LoadedCheckpoint,
+    find_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    local_path,
+)
 from .checkpoints.registry import normalize_sparsity
 from .errors import TransferbenchError
 from .finetune.features import cached_features, extract, feature_cache_key
@@ -147,8 +154,7 @@ def _registered(ref: CheckpointRef):
     return next(s for s in reversed(list_checkpoints()) if s.name == name)  # local.yaml rows last, newest last
 
 
-def _load(ref: CheckpointRef, ctx: RunContext):
-    registered = _registered(ref)
+def _load(ref: CheckpointRef, registered, ctx: RunContext):
     return load_checkpoint(
         ref.path, arch=ref.arch, expected_sha256=registered.sha256 if registered else None,
         target_sparsity=ref.sparsity, allow_sparsity_gap=ctx.allow_sparsity_gap,
@@ -173,6 +179,7 @@ class _Prepared:
     train: Split
     test: Split
     loaded: LoadedCheckpoint
+    registered: CheckpointSpec | None  # the registry row of the checkpoint (None for --checkpoint PATH)
     device: torch.device
     interpolation: str
     load_seconds: float
@@ -183,13 +190,14 @@ def _prepare(spec: RunSpec, ctx: RunContext) -> _Prepared:
     start = time.perf_counter()
     task = get_task(spec.task)
     train, test = (load_split(task, split, ctx.data_root, ctx.verify_md5) for split in ("train", "test"))
-    loaded = _load(spec.checkpoint, ctx)
+    registered = _registered(spec.checkpoint)
+    loaded = _load(spec.checkpoint, registered, ctx)
     if loaded.arch != spec.checkpoint.arch:
         raise TransferbenchError(
             f"checkpoint {loaded.path} is a {loaded.arch} but the run asks for {spec.checkpoint.arch}; pass --arch "
             f"{loaded.arch}"
         )
-    return _Prepared(task, train, test, loaded, ctx.torch_device(),
+    return _Prepared(task, train, test, loaded, registered, ctx.torch_device(),
                      spec.hparams.interpolation or loaded.model.interpolation, time.perf_counter() - start)
 
 
@@ -245,7 +253,7 @@ def run_linear_group(specs: list[RunSpec], ctx: RunContext) -> list[Path]:
     for spec in todo:
         head = results[spec]
         record = {
-            "checkpoint": _checkpoint_info(loaded, spec),
+            "checkpoint": _checkpoint_info(prep, spec),
             "sparsity": {
                 "upstream_measured": loaded.sparsity.overall,
                 "backbone_before": loaded.backbone_sparsity.overall,
@@ -305,7 +313,7 @@ def run_full(spec: RunSpec, ctx: RunContext) -> Path:
         shutil.rmtree(work, ignore_errors=True)  # a diverged run is not resumable
         raise
     record = {
-        "checkpoint": _checkpoint_info(loaded, spec),
+        "checkpoint": _checkpoint_info(prep, spec),
         "sparsity": {
             "upstream_measured": loaded.sparsity.overall,
             "backbone_before": result.sparsity_before["overall"],
@@ -344,11 +352,11 @@ def _metrics(task, top1: float, mpc: float, extra: dict) -> dict:
     return {"top1": top1, "mean_per_class_acc": mpc, "primary_metric": task.metric, "primary": primary, **extra}
 
 
-def _checkpoint_info(loaded, spec: RunSpec) -> dict:
-    registered = _registered(spec.checkpoint)
+def _checkpoint_info(prep: _Prepared, spec: RunSpec) -> dict:
+    loaded = prep.loaded
     return {"identity": spec.checkpoint.identity, "path": str(loaded.path), "sha256": loaded.sha256,
             "format": loaded.format, "arch": loaded.arch,
-            "upstream_top1": registered.upstream_top1 if registered else None}
+            "upstream_top1": prep.registered.upstream_top1 if prep.registered else None}
 
 
 def run(spec: RunSpec, ctx: RunContext) -> Path:

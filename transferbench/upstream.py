@@ -28,6 +28,7 @@ from .checkpoints.registry import format_sparsity, normalize_sparsity
 from .errors import TransferbenchError
 from .models import create_model
 from .progress import progress
+from .pruning.base import training_step
 from .pruning.factory import METHODS, build
 from .sparsity import measure_sparsity
 from .tasks import IMAGENET_NORMALIZATION, Transformed
@@ -122,22 +123,9 @@ def train_loop(model, optimizer, pruner, loader: DataLoader, recipe: dict, epoch
             lr = lr_at(recipe["schedule"], epoch % period + i / steps_per_epoch, base_lr, period)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x, y = x.to(device), y.to(device)
-            pruner.before_step(step, optimizer)
-
-            def closure(x=x, y=y):
-                optimizer.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(model(x), y, label_smoothing=smoothing)
-                loss.backward()
-                return loss
-
-            if getattr(optimizer, "needs_closure", False):
-                loss = optimizer.step(closure)
-            else:
-                loss = closure()
-                pruner.after_backward(step)
-                optimizer.step()
-            pruner.after_step(step, optimizer)
+            loss = training_step(model, optimizer, pruner, x.to(device), y.to(device), step,
+                                 loss_fn=lambda logits, target: F.cross_entropy(logits, target,
+                                                                                label_smoothing=smoothing))
             if not torch.isfinite(loss):
                 raise TransferbenchError(f"upstream loss became NaN at step {step}; lower the recipe's lr")
             losses.append(loss.item())

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import masks as M
@@ -65,6 +66,28 @@ class Pruner:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.set_masks(state["masks"])
+
+
+def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, pruner: Pruner, x: torch.Tensor,
+                  y: torch.Tensor, step: int, loss_fn=F.cross_entropy) -> torch.Tensor:
+    """One step of the protocol in the module docstring (an optimizer wrapper with ``needs_closure`` gets the
+    closure); returns the loss."""
+    pruner.before_step(step, optimizer)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        return loss
+
+    if getattr(optimizer, "needs_closure", False):
+        loss = optimizer.step(closure)
+    else:
+        loss = closure()
+        pruner.after_backward(step)
+        optimizer.step()
+    pruner.after_step(step, optimizer)
+    return loss
 
 
 def reset_momentum(optimizer: torch.optim.Optimizer) -> None:
