@@ -12,6 +12,7 @@ import yaml
 
 from . import __version__
 from .errors import TransferbenchError
+from .report.cli import add_report_commands
 
 log = logging.getLogger("transferbench")
 
@@ -85,26 +86,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         logging.getLogger("transferbench").setLevel(logging.WARNING)
     run_demo(args.out, DemoPlan.quick() if args.quick else DemoPlan())
     print(f"see {args.out / 'leaderboards'} and {args.out / 'figures'}")
-    return 0
-
-
-def cmd_collect(args: argparse.Namespace) -> int:
-    from .report import collect, write_leaderboards
-
-    collection = collect(args.results)
-    written = collection.write(args.results)
-    written += write_leaderboards(collection.runs, args.results / "leaderboards")
-    print(collection.summary())
-    for path in written:
-        print(path)
-    return 0
-
-
-def cmd_figures(args: argparse.Namespace) -> int:
-    from .report import collect, write_figures
-
-    for path in write_figures(collect(args.results).runs, args.results / "figures"):
-        print(path)
     return 0
 
 
@@ -224,12 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="a smaller plan (3 methods, 1 task, short training)")
     demo.set_defaults(func=cmd_demo)
 
-    col = sub.add_parser("collect", help="read every run record into runs.parquet/csv and write leaderboards")
-    col.add_argument("--results", type=Path, default=Path("results"), help="results root (default results/)")
-    col.set_defaults(func=cmd_collect)
-    fig = sub.add_parser("figures", help="draw the figures (PNG and PDF) from the run records")
-    fig.add_argument("--results", type=Path, default=Path("results"), help="results root (default results/)")
-    fig.set_defaults(func=cmd_figures)
+    add_report_commands(sub)
 
     tasks = sub.add_parser("tasks", help="the task registry").add_subparsers(dest="tasks_cmd", required=True)
     tasks.add_parser("list", help="list the 12 tasks").set_defaults(func=cmd_tasks_list)
