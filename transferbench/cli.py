@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from . import __version__
+from .dispatch.cli import add_dispatch_commands
 from .errors import TransferbenchError
 from .report.cli import add_report_commands
 
@@ -205,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="a smaller plan (3 methods, 1 task, short training)")
     demo.set_defaults(func=cmd_demo)
 
+    add_dispatch_commands(sub)
     add_report_commands(sub)
 
     tasks = sub.add_parser("tasks", help="the task registry").add_subparsers(dest="tasks_cmd", required=True)

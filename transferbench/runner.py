@@ -117,7 +117,10 @@ def resolve_mini_checkpoint(method: str, sparsity: float | None, arch: str | Non
     try:
         return resolve_checkpoint(method, sparsity, arch, None)
     except TransferbenchError as exc:
-        if "not found" not in str(exc) and "no '" not in str(exc):
+        from .pruning.factory import METHODS
+
+        untrained = "not found" in str(exc) or "no '" in str(exc) or "unknown method" in str(exc)
+        if not untrained or method not in METHODS:
             raise
     log.info("no %s upstream model at %s for %s yet: training one with the %s recipe (cached for later runs)",
              method, sparsity, arch, MINI_RECIPE)

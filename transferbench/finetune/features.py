@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..atomic import torch_save
 from ..progress import progress
+from .workers import leave_signals_to_main
 
 log = logging.getLogger("transferbench")
 
@@ -42,7 +43,8 @@ def extract(model: torch.nn.Module, dataset: Dataset, batch_size: int, device: t
     """
     model.eval().to(device, memory_format=torch.channels_last)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda", persistent_workers=False)
+                        pin_memory=device.type == "cuda", persistent_workers=False,
+                        worker_init_fn=leave_signals_to_main)
     feats, labels = [], []
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     for images, targets in progress(loader, desc=desc, unit="batch"):

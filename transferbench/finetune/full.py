@@ -26,6 +26,7 @@ from ..progress import progress
 from ..runspec import HParams
 from ..sparsity import FixedMasks, check_masks, measure_sparsity
 from .schedule import lr_at_epoch, should_evaluate
+from .workers import leave_signals_to_main
 
 log = logging.getLogger("transferbench")
 
@@ -99,7 +100,7 @@ def finetune_full(
         log.info("full: resuming from %s after epoch %d", state_path, start_epoch)
 
     test_loader = DataLoader(test_set, batch_size=eval_batch_size, shuffle=False, num_workers=num_workers,
-                             pin_memory=device.type == "cuda")
+                             pin_memory=device.type == "cuda", worker_init_fn=leave_signals_to_main)
     for epoch in progress(range(start_epoch, hp.epochs), desc="full fine-tuning", unit="epoch",
                           initial=start_epoch, total=hp.epochs):
         t0 = time.perf_counter()
@@ -109,7 +110,7 @@ def finetune_full(
         torch.manual_seed(_epoch_seed(seed, epoch))  # augmentation draws in the main process
         loader = DataLoader(train_set, batch_size=hp.batch_size, shuffle=True, num_workers=num_workers,
                             generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch)),
-                            pin_memory=device.type == "cuda")
+                            pin_memory=device.type == "cuda", worker_init_fn=leave_signals_to_main)
         model.train()  # BN statistics adapt to the downstream data (pitfall P6)
         loss_sum, steps = 0.0, 0
         for images, targets in progress(loader, desc=f"epoch {epoch + 1}", unit="batch"):

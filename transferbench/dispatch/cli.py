@@ -1,0 +1,154 @@
+"""The sweep commands of `transferbench`: sweep (plan and submit) and status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import TransferbenchError
+from ..runner import RunContext
+from .plan import Plan, plan_sweep
+from .profiles import load_profile
+from .state import FAILED, MISSING, STATES
+from .submit import EXECUTORS, by_mode, chunks, sbatch_preview, submit_units
+from .sweep import load_sweep, packaged_sweeps
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    sweep = load_sweep(args.spec)
+    profile = load_profile(args.profile)
+    out = args.out.resolve()  # job scripts and the ledger name absolute paths: jobs start elsewhere
+    plan = plan_sweep(sweep, out, data_root=args.data_root, checkpoint_dir=args.checkpoint_dir,
+                      train_missing=not args.dry_run)
+    wanted = {FAILED} if args.retry_failed else {MISSING}
+    units = plan.units(wanted, ready_only=False)
+    ready = plan.units(wanted)
+    print(f"sweep {sweep.name} ({sweep.source}) -> {out}")
+    _print_frame(pd.DataFrame(plan.counts()).set_index("mode"))
+    linear = [u for u in units if u.mode == "linear"]
+    print(f"\nto {'retry' if args.retry_failed else 'run'}: {sum(len(u.specs) for u in units)} run(s) in "
+          f"{len(units)} job(s) ({len(ready)} ready now); the {sum(len(u.specs) for u in linear)} linear run(s) "
+          f"need {len(linear)} feature extraction(s)")
+    _print_problems(plan)
+    if args.dry_run:
+        for mode, mode_units in by_mode(units).items():
+            sizes = [len(c) for c in chunks(mode_units, profile.max_array_size)]
+            print(f"\n{mode}: {len(mode_units)} job(s) as {len(sizes)} array(s) of {', '.join(map(str, sizes))} "
+                  f"(profile {profile.name}, at most {profile.array_parallelism} running at once)")
+            if args.executor == "slurm":
+                print(sbatch_preview(profile, mode, sizes[0], out, sweep.name))
+        return 0
+    if len(ready) < len(units) and not args.only_ready:
+        first = next(iter(plan.unresolved.values()), None) or next(iter(plan.missing_data.values()))
+        raise TransferbenchError(f"{len(plan.unresolved)} checkpoint(s) missing and {len(plan.missing_data)} task(s) "
+                                 f"without data (first: {first}); fix that, or pass --only-ready to submit the rest")
+    units = ready
+    if not units:
+        print("nothing to do")
+        return 0
+    ctx = RunContext(out=out, data_root=args.data_root or _path(sweep.data_root), device=args.device,
+                     checkpoint_dir=args.checkpoint_dir or _path(sweep.checkpoint_dir),
+                     allow_sparsity_gap=args.allow_sparsity_gap,
+                     **({"num_workers": args.workers} if args.workers is not None else {}))
+    submission = submit_units(units, ctx, args.executor, profile, sweep.name, parallel=args.parallel)
+    if submission.arrays:
+        print(f"submitted {len(submission.jobs)} job(s) as array(s) {', '.join(submission.arrays)}; "
+              f"follow them with `transferbench status {args.spec} --out {out}`")
+    for unit, error in submission.failed:
+        print(f"failed: {unit}: {error}")
+    if args.executor != "slurm":
+        states = plan_sweep(sweep, out, data_root=args.data_root, checkpoint_dir=args.checkpoint_dir).counts()
+        _print_frame(pd.DataFrame(states).set_index("mode"))
+    return 1 if submission.failed else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    sweep = load_sweep(args.spec)
+    plan = plan_sweep(sweep, args.out, data_root=args.data_root, checkpoint_dir=args.checkpoint_dir)
+    table = status_table(plan)
+    if args.json:
+        print(json.dumps({"sweep": sweep.name, "totals": plan.counts(),
+                          "runs": table.to_dict(orient="records")}, indent=1))
+        return 0
+    print(f"sweep {sweep.name} -> {args.out}")
+    if not table.empty:
+        for by in (["mode", "method", "sparsity"], ["mode", "task"]):
+            counts = table.pivot_table(index=by, columns="state", values="run_key", aggfunc="count", fill_value=0)
+            _print_frame(counts.reindex(columns=list(STATES), fill_value=0))
+            print()
+    _print_frame(pd.DataFrame(plan.counts()).set_index("mode"))
+    failures = table[table.state == FAILED]
+    if len(failures):
+        print(f"\nfailed runs ({len(failures)}; resubmit them with `transferbench sweep {args.spec} --retry-failed`):")
+        for row in failures.head(args.failures).itertuples():
+            print(f"  {row.run_key} [job {row.job_id or '?'}]: {row.detail}")
+    lost = table[(table.state == MISSING) & (table.detail != "")]
+    for row in lost.head(args.failures).itertuples():
+        print(f"  missing {row.run_key}: {row.detail}")
+    _print_problems(plan)
+    return 0
+
+
+def status_table(plan: Plan) -> pd.DataFrame:
+    rows = [{"run_key": s.run_key, "mode": s.mode, "task": s.task, "method": s.checkpoint.method,
+             "sparsity": round(s.checkpoint.sparsity * 100, 2), "seed": s.seed,
+             "state": plan.states[s.run_key].state, "detail": plan.states[s.run_key].detail,
+             "job_id": plan.states[s.run_key].job_id} for s in plan.specs]
+    return pd.DataFrame(rows, columns=["run_key", "mode", "task", "method", "sparsity", "seed", "state", "detail",
+                                       "job_id"])
+
+
+def _print_problems(plan: Plan, limit: int = 3) -> None:
+    """What blocks runs, a few lines each (20 missing checkpoints would otherwise bury the counts)."""
+    for title, problems in (("checkpoint not on disk", {e.label: r for e, r in plan.unresolved.items()}),
+                            ("data not found", plan.missing_data)):
+        for name, reason in list(problems.items())[:limit]:
+            print(f"{title}: {name}: {reason}")
+        if len(problems) > limit:
+            print(f"{title}: ... and {len(problems) - limit} more ({', '.join(list(problems)[limit:])})")
+
+
+def _print_frame(frame: pd.DataFrame) -> None:
+    print(frame.to_string())
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value).expanduser() if value else None
+
+
+def add_dispatch_commands(sub: argparse._SubParsersAction) -> None:
+    sweep = sub.add_parser("sweep", help="plan a sweep, skip finished runs, submit the rest (debug, local or SLURM)",
+                           description=f"SPEC is a sweep .yaml file or one of: {', '.join(packaged_sweeps())}")
+    sweep.add_argument("spec", help="sweep .yaml or a packaged sweep name")
+    sweep.add_argument("--executor", choices=EXECUTORS, default="slurm",
+                       help="slurm (job arrays through submitit), local (subprocesses here) or debug (in this "
+                            "process); default slurm")
+    sweep.add_argument("--profile", default="default", help="cluster profile: slurm/<name>.yaml or a .yaml path")
+    sweep.add_argument("--dry-run", action="store_true", help="print counts, jobs, sbatch script; submit nothing")
+    sweep.add_argument("--retry-failed", action="store_true", help="resubmit only the runs that failed")
+    sweep.add_argument("--only-ready", action="store_true",
+                       help="submit what can run now, leaving out missing checkpoints and tasks without data")
+    sweep.add_argument("--parallel", type=int, default=1, help="local executor: jobs at once (default 1)")
+    sweep.add_argument("--device", default="auto", help="auto, cpu, cuda (jobs pick their visible GPU)")
+    sweep.add_argument("--workers", type=int, help="data-loading workers per job (default: profile's cpus - 1)")
+    sweep.add_argument("--allow-sparsity-gap", action="store_true", help="as for `transferbench run`")
+    _common(sweep)
+    sweep.set_defaults(func=cmd_sweep)
+
+    status = sub.add_parser("status", help="done / running / queued / failed / missing runs of a sweep")
+    status.add_argument("spec", help="sweep .yaml or a packaged sweep name")
+    status.add_argument("--failures", type=int, default=20, help="list at most this many failed runs (default 20)")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    _common(status)
+    status.set_defaults(func=cmd_status)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("results"), help="results root (default results/)")
+    parser.add_argument("--data-root", type=Path, help="folder holding the datasets (default: the sweep's data_root)")
+    parser.add_argument("--checkpoint-dir", type=Path,
+                        help="registered checkpoints (default: the sweep's, $TRANSFERBENCH_CHECKPOINTS or "
+                             "~/.cache/transferbench/checkpoints)")

@@ -1,0 +1,73 @@
+"""What a sweep job executes: one work unit, idempotently, with claims, heartbeats and failure records."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import replace
+
+import submitit
+
+from ..records import existing_record
+from ..runner import RunContext, configure_determinism, run_full, run_linear_group
+from .plan import WorkUnit
+from .state import claim_runs, write_failure
+
+log = logging.getLogger("transferbench")
+
+
+def current_job_id() -> str:
+    """``<array job>_<task>`` or the job id under SLURM, the pid elsewhere (LocalExecutor's job id too)."""
+    env = os.environ
+    if "SLURM_ARRAY_JOB_ID" in env and "SLURM_ARRAY_TASK_ID" in env:
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID") or str(os.getpid())
+
+
+def execute_unit(unit: WorkUnit, ctx: RunContext, job_id: str | None = None) -> list[str]:
+    """Run the unit's runs that are not done and not running elsewhere; returns the keys completed here.
+
+    A failure is written to ``failures/<key>.json`` for each run of the unit and then re-raised, so the
+    scheduler also sees the job fail.
+    """
+    job_id = job_id or current_job_id()
+    configure_determinism()
+    todo = [s for s in unit.specs if ctx.force or existing_record(s, ctx.out) is None]
+    if not todo:
+        log.info("job %s: %s already done", job_id, unit.name)
+        return []
+    with claim_runs([s.run_key for s in todo], ctx.out, job_id) as claimed:
+        specs = [s for s in todo if s.run_key in set(claimed)]
+        if len(specs) < len(todo):
+            log.warning("job %s: %d run(s) of %s are held by another job; skipping them", job_id,
+                        len(todo) - len(specs), unit.name)
+        if not specs:
+            return []
+        log.info("job %s: %s (%d run(s))", job_id, unit.name, len(specs))
+        try:
+            if unit.mode == "linear":
+                run_linear_group(specs, ctx)
+            else:
+                run_full(specs[0], ctx)
+        except Exception as exc:
+            for spec in specs:
+                if existing_record(spec, ctx.out) is None:
+                    write_failure(ctx.out, spec.run_key, exc, job_id)
+            log.error("job %s: %s failed: %s", job_id, unit.name, exc)
+            raise
+    return [s.run_key for s in specs]
+
+
+class SweepJob(submitit.helpers.Checkpointable):
+    """A unit as a submitit callable. On SLURM's USR2 (time limit or preemption) submitit pickles this object
+    and requeues the job; the new run skips finished runs and full fine-tuning resumes after its last epoch."""
+
+    def __init__(self, unit: WorkUnit, ctx: RunContext) -> None:
+        self.unit = unit
+        self.ctx = replace(ctx, force=False)  # a requeued or repeated job must never redo finished runs
+
+    def __call__(self) -> list[str]:
+        from ..progress import setup_logging
+
+        setup_logging(verbose=False)
+        return execute_unit(self.unit, self.ctx)

@@ -1,0 +1,151 @@
+"""Plan a sweep: expand the grid into RunSpecs, find what is already done, and pack the rest into work units.
+
+A work unit is what one job executes. Linear probes of one (checkpoint, task) share one feature extraction,
+so all their seeds and solvers form one unit; a full fine-tuning run is a unit of its own (hours on a GPU,
+checkpointed and requeued on its own).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ..errors import TransferbenchError
+from ..runner import MINI_ARCH, make_spec, resolve_checkpoint, resolve_mini_checkpoint
+from ..runspec import CheckpointRef, RunSpec
+from ..tasks import detect_layout, get_task
+from .state import MISSING, STATES, RunState, run_states
+from .sweep import CheckpointEntry, SweepSpec
+
+UNRESOLVED = "unresolved:"
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """Runs that one job executes together (one feature extraction for linear units)."""
+
+    mode: str
+    specs: tuple[RunSpec, ...]
+
+    @property
+    def name(self) -> str:
+        first, ck = self.specs[0], self.specs[0].checkpoint
+        return f"{first.task}.{ck.method}{round(ck.sparsity * 100, 2):g}.{ck.arch}.{self.mode}"
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(s.run_key for s in self.specs)
+
+
+@dataclass
+class Plan:
+    sweep: SweepSpec
+    out: Path
+    specs: list[RunSpec]
+    states: dict[str, RunState]
+    unresolved: dict[CheckpointEntry, str] = field(default_factory=dict)  # checkpoint → why it has no file
+    missing_data: dict[str, str] = field(default_factory=dict)  # task → why its data is not usable
+
+    def blocked(self, spec: RunSpec) -> bool:
+        """The run's checkpoint is not on disk (its key is a placeholder) or its task has no data."""
+        return spec.checkpoint.identity.startswith(UNRESOLVED) or spec.task in self.missing_data
+
+    def counts(self) -> list[dict]:
+        """One row per mode: grid size, runs by state, and how many of them cannot run yet (and why)."""
+        rows = []
+        for mode in self.sweep.modes:
+            specs = [s for s in self.specs if s.mode == mode]
+            by_state = Counter(self.states[s.run_key].state for s in specs)
+            rows.append({"mode": mode, "grid": len(specs), **{s: by_state.get(s, 0) for s in STATES},
+                         "no_checkpoint": sum(s.checkpoint.identity.startswith(UNRESOLVED) for s in specs),
+                         "no_data": sum(s.task in self.missing_data for s in specs)})
+        return rows
+
+    def select(self, states: set[str], ready_only: bool = False) -> list[RunSpec]:
+        return [s for s in self.specs
+                if self.states[s.run_key].state in states and not (ready_only and self.blocked(s))]
+
+    def units(self, states: set[str] | None = None, ready_only: bool = True) -> list[WorkUnit]:
+        """Work units for the runs in ``states`` (default: missing), linear probes grouped per extraction.
+
+        ``ready_only=False`` also plans the runs that cannot start yet (for --dry-run counts).
+        """
+        chosen = self.select(states or {MISSING}, ready_only)
+        groups: dict[tuple, list[RunSpec]] = defaultdict(list)
+        for spec in chosen:
+            if spec.mode == "linear":
+                hp = spec.hparams  # what run_linear_group needs to share one extraction
+                key = ("linear", spec.task, spec.checkpoint, hp.image_size, hp.interpolation, hp.precision)
+                groups[key].append(spec)
+            else:
+                groups[("full", spec.run_key)].append(spec)
+        return [WorkUnit(key[0], tuple(specs)) for key, specs in groups.items()]
+
+
+def plan_sweep(sweep: SweepSpec, out: str | Path, *, data_root: str | Path | None = None,
+               checkpoint_dir: str | Path | None = None, train_missing: bool = False) -> Plan:
+    """Resolve every checkpoint of ``sweep`` (a file on disk, found by registry or path) and every run's state.
+
+    Checkpoints that are not on disk are reported in ``Plan.unresolved`` with the reason (and where to get
+    them); their runs are counted but have no key yet. ``train_missing`` trains missing mini-suite upstream
+    models (CPU, seconds each) instead of reporting them.
+    """
+    out = Path(out)
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else (Path(sweep.checkpoint_dir).expanduser()
+                                                                   if sweep.checkpoint_dir else None)
+    refs: dict[CheckpointEntry, CheckpointRef] = {}
+    unresolved: dict[CheckpointEntry, str] = {}
+    for entry in sweep.checkpoints:
+        try:
+            refs[entry] = _resolve(entry, checkpoint_dir, train_missing)
+        except TransferbenchError as exc:
+            unresolved[entry] = str(exc)
+    for entry in unresolved:  # planned under a placeholder identity, so counts and jobs are known before download
+        refs[entry] = CheckpointRef(entry.method, entry.sparsity, entry.arch or "?", f"{UNRESOLVED}{entry.label}")
+    specs: list[RunSpec] = []
+    for mode in sweep.modes:
+        solvers = sweep.solvers if mode == "linear" else (None,)
+        for ref in refs.values():
+            for task in sweep.tasks:
+                for solver in solvers:
+                    overrides = {**sweep.overrides[mode], **({"solver": solver} if solver else {})}
+                    template = make_spec(task, mode, sweep.seeds[mode][0], ref, overrides)
+                    specs.extend(replace(template, seed=seed) for seed in sweep.seeds[mode])
+    keys = [s.run_key for s in specs]
+    if len(set(keys)) != len(keys):
+        raise TransferbenchError(f"sweep {sweep.source}: two grid points resolve to the same run (a checkpoint "
+                                 "file listed twice under different names?)")
+    root = data_root if data_root is not None else sweep.data_root
+    return Plan(sweep, out, specs, run_states(out, keys), unresolved, _check_data(sweep.tasks, root))
+
+
+def _resolve(entry: CheckpointEntry, checkpoint_dir: Path | None, train_missing: bool) -> CheckpointRef:
+    if entry.path:
+        return resolve_checkpoint(entry.method, entry.sparsity, entry.arch, entry.path)
+    if entry.arch == MINI_ARCH:
+        if train_missing:
+            return resolve_mini_checkpoint(entry.method, entry.sparsity, entry.arch)
+        try:
+            return resolve_checkpoint(entry.method, entry.sparsity, entry.arch, None)
+        except TransferbenchError:
+            raise TransferbenchError(f"{entry.label}: not trained yet; submitting the sweep trains it "
+                                     "(small_cpu recipe, seconds on a CPU)") from None
+    return resolve_checkpoint(entry.method, entry.sparsity, entry.arch, None, checkpoint_dir)
+
+
+def _check_data(tasks: tuple[str, ...], data_root: str | Path | None) -> dict[str, str]:
+    """Tasks whose data is not where the jobs will look (checked on the submitting node: same shared disk)."""
+    problems = {}
+    for name in tasks:
+        task = get_task(name)
+        if task.kind != "paper":
+            continue
+        if data_root is None:
+            problems[name] = "no data root (--data-root, or data_root: in the sweep)"
+            continue
+        try:
+            detect_layout(task, Path(data_root).expanduser())
+        except TransferbenchError as exc:
+            problems[name] = str(exc)
+    return problems

@@ -1,0 +1,130 @@
+"""Cluster profiles (``slurm/*.yaml``): the resources a sweep's jobs ask for, per mode.
+
+    partition: gpu                 # SLURM partition (null: the cluster's default)
+    account: null                  # --account
+    qos: null                      # --qos
+    gpus_per_node: 1
+    cpus_per_task: 8               # data-loading workers = cpus_per_task - 1
+    mem_gb: 64
+    time_min: {linear: 120, full: 1440}   # wall-clock limit per mode (or one number for both)
+    array_parallelism: 64          # array tasks running at once (%N in --array)
+    max_array_size: 1000           # the cluster's MaxArraySize; bigger grids become several arrays
+    max_requeues: 10               # how often a job may be requeued after a time-out
+    signal_delay_s: 120            # USR2 this long before the time limit: full fine-tuning saves and requeues
+    constraint: null
+    exclude: null
+    setup: ["source ~/venvs/transferbench/bin/activate"]   # shell lines run before the job
+    sbatch: {}                     # any other #SBATCH option, e.g. {gres: "gpu:a100:1"}
+
+Profiles ship in ``slurm/`` (inside the package as ``transferbench._slurm``); ``--profile`` also takes a path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import TransferbenchError
+from .sweep import MODES
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    gpus_per_node: int = 1
+    cpus_per_task: int = 8
+    mem_gb: float = 64
+    time_min: dict[str, int] = field(default_factory=lambda: {"linear": 120, "full": 1440})
+    array_parallelism: int = 64
+    max_array_size: int = 1000
+    max_requeues: int = 10
+    signal_delay_s: int = 120
+    constraint: str | None = None
+    exclude: str | None = None
+    setup: tuple[str, ...] = ()
+    sbatch: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def workers(self) -> int:
+        """Data-loading workers per job: one core stays with the main process."""
+        return max(0, self.cpus_per_task - 1)
+
+    def submitit_parameters(self, mode: str, job_name: str) -> dict[str, Any]:
+        """``SlurmExecutor.update_parameters`` keywords for jobs of ``mode``."""
+        params: dict[str, Any] = {
+            "job_name": job_name, "time": int(self.time_min[mode]), "mem": f"{int(self.mem_gb * 1024)}MB",
+            "cpus_per_task": self.cpus_per_task, "array_parallelism": self.array_parallelism,
+            "signal_delay_s": self.signal_delay_s, "setup": list(self.setup), "nodes": 1, "ntasks_per_node": 1,
+        }
+        if self.gpus_per_node:
+            params["gpus_per_node"] = self.gpus_per_node
+        optional = {"partition": self.partition, "account": self.account, "qos": self.qos,
+                    "constraint": self.constraint, "exclude": self.exclude}
+        params.update({k: v for k, v in optional.items() if v})
+        if self.sbatch:
+            params["additional_parameters"] = dict(self.sbatch)
+        return params
+
+
+def packaged_profiles() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("transferbench._slurm").iterdir() if p.name.endswith(".yaml"))
+
+
+def load_profile(name_or_path: str | Path) -> Profile:
+    path = Path(str(name_or_path)).expanduser()
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise TransferbenchError(f"profile file {path} does not exist (--profile)")
+        text, origin, name = path.read_text(), str(path), path.stem
+    else:
+        entry = resources.files("transferbench._slurm") / f"{name_or_path}.yaml"
+        if not entry.is_file():
+            raise TransferbenchError(f"unknown profile '{name_or_path}' (--profile): pass a profile .yaml file or "
+                                     f"one of {', '.join(packaged_profiles())} (see slurm/README.md)")
+        text, origin, name = entry.read_text(), f"slurm/{name_or_path}.yaml", str(name_or_path)
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError:
+        raise TransferbenchError(f"profile {origin} is not valid YAML: fix the file") from None
+    return parse_profile(raw, origin, name)
+
+
+def parse_profile(raw: Any, origin: str, name: str) -> Profile:
+    if not isinstance(raw, dict):
+        raise TransferbenchError(f"profile {origin} must be a YAML mapping (see slurm/README.md)")
+    known = {f.name for f in fields(Profile)} - {"name"}
+    if unknown := sorted(set(raw) - known):
+        raise TransferbenchError(f"profile {origin}: unknown key(s) {', '.join(unknown)}; known: "
+                                 f"{', '.join(sorted(known))}")
+    values = dict(raw)
+    time_min = values.get("time_min", Profile.__dataclass_fields__["time_min"].default_factory())
+    if not isinstance(time_min, dict):
+        time_min = dict.fromkeys(MODES, time_min)
+    if set(time_min) != set(MODES):
+        raise TransferbenchError(f"profile {origin}: time_min needs a value for each of {', '.join(MODES)}")
+    try:
+        values["time_min"] = {m: int(v) for m, v in time_min.items()}
+        for key in ("gpus_per_node", "cpus_per_task", "array_parallelism", "max_array_size", "max_requeues",
+                    "signal_delay_s"):
+            if key in values:
+                values[key] = int(values[key])
+        if "mem_gb" in values:
+            values["mem_gb"] = float(values["mem_gb"])
+    except (TypeError, ValueError) as exc:
+        raise TransferbenchError(f"profile {origin}: {exc}; numbers expected") from None
+    values["setup"] = tuple(str(line) for line in values.get("setup") or ())
+    values["sbatch"] = dict(values.get("sbatch") or {})
+    profile = Profile(name=name, **values)
+    if min(profile.time_min.values()) < 1 or profile.cpus_per_task < 1 or profile.array_parallelism < 1 \
+            or profile.max_array_size < 1:
+        raise TransferbenchError(f"profile {origin}: time_min, cpus_per_task, array_parallelism and max_array_size "
+                                 "must be positive")
+    return profile

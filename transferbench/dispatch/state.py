@@ -1,0 +1,276 @@
+"""Where each run of a sweep stands, read from files in the results root (never from ``sacct``).
+
+    <out>/runs/<key>/result.json     done (written last and atomically by the runner)
+    <out>/work/<key>/claim.json      running: a job holds the run's lock; the job touches the file every
+                                     HEARTBEAT_S seconds, so a claim left by a killed job goes stale
+    <out>/failures/<key>.json        failed: the first line of the error, the traceback, the job id
+    <out>/jobs/ledger.jsonl          submitted: one line per job (its runs, id, executor, log file)
+
+A failure or an old claim is superseded by a later submission of the same run (then it is "queued" while its
+job is alive). A submitted run whose job is gone without a record, claim or failure file is "missing", with
+the job's last log line as the reason, and a plain ``sweep`` submits it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import traceback
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..atomic import write_json
+from ..records import RESULT_FILE
+
+DONE, RUNNING, QUEUED, FAILED, MISSING = "done", "running", "queued", "failed", "missing"
+STATES = (DONE, RUNNING, QUEUED, FAILED, MISSING)
+HEARTBEAT_S = 30.0
+STALE_AFTER_S = 600.0
+CLAIM_FILE = "claim.json"
+LEDGER = Path("jobs") / "ledger.jsonl"
+
+
+@dataclass(frozen=True)
+class RunState:
+    state: str
+    detail: str = ""
+    job_id: str = ""
+
+
+def failure_path(out: Path, key: str) -> Path:
+    return Path(out) / "failures" / f"{key}.json"
+
+
+def claim_path(out: Path, key: str) -> Path:
+    return Path(out) / "work" / key / CLAIM_FILE
+
+
+# ---------------------------------------------------------------------------------------------- the job's side
+
+
+@contextlib.contextmanager
+def claim_runs(keys: Iterable[str], out: Path, job_id: str) -> Iterator[list[str]]:
+    """Lock the runs this process will execute; yields the keys it got (a run locked elsewhere is skipped).
+
+    The lock is ``flock`` on ``work/<key>/.lock`` (released by the kernel if the process dies, so a requeued
+    job can take it again); ``claim.json`` beside it says who holds it and carries the heartbeat.
+    """
+    held: list[tuple[str, int]] = []
+    try:
+        for key in keys:
+            lock = Path(out) / "work" / key / ".lock"
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            held.append((key, fd))
+            write_json(claim_path(out, key), {"job_id": job_id, "host": socket.gethostname(), "pid": os.getpid(),
+                                              "started_at": _now()})
+            failure_path(out, key).unlink(missing_ok=True)
+        with _Heartbeat([claim_path(out, k) for k, _ in held]):
+            yield [k for k, _ in held]
+    finally:
+        for key, fd in held:
+            claim_path(out, key).unlink(missing_ok=True)
+            os.close(fd)
+
+
+class _Heartbeat:
+    """Touch the claim files every HEARTBEAT_S seconds from a daemon thread while the runs execute."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths, self.stop = paths, threading.Event()
+        self.thread = threading.Thread(target=self._beat, name="transferbench-heartbeat", daemon=True)
+
+    def _beat(self) -> None:
+        while not self.stop.wait(HEARTBEAT_S):
+            for path in self.paths:
+                with contextlib.suppress(OSError):
+                    os.utime(path)
+
+    def __enter__(self) -> _Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+
+
+def write_failure(out: Path, key: str, exc: BaseException, job_id: str) -> Path:
+    return write_json(failure_path(out, key), {
+        "run_key": key, "error": error_line(exc), "job_id": job_id, "host": socket.gethostname(), "failed_at": _now(),
+        "traceback": "".join(traceback.format_exception(exc)),
+    })
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for a status table: the message (the last line of a worker's traceback), with its type."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    line = lines[-1] if any("Traceback" in x for x in lines) else lines[0]
+    return line if line.split(":", 1)[0].endswith(("Error", "Exception")) else f"{type(exc).__name__}: {line}"
+
+
+# ---------------------------------------------------------------------------------------------- the submitter's side
+
+
+def append_ledger(out: Path, entries: list[dict]) -> None:
+    """Append one line per submitted job; flock keeps concurrent submitters' lines whole."""
+    path = Path(out) / LEDGER
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, payload)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_ledger(out: Path) -> dict[str, dict]:
+    """The latest submission of each run key (a torn last line from a crashed submitter is ignored)."""
+    latest: dict[str, dict] = {}
+    path = Path(out) / LEDGER
+    if not path.is_file():
+        return latest
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        for key in entry.get("run_keys", []):
+            latest[key] = entry
+    return latest
+
+
+def live_slurm_jobs() -> set[str] | None:
+    """Job ids ``squeue`` lists (array tasks expanded as ``A_i``), or None when squeue is unavailable."""
+    if shutil.which("squeue") is None:
+        return None
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True, timeout=60,
+                             check=True).stdout
+    except (subprocess.SubprocessError, OSError):
+        return None
+    return {line.strip() for line in out.splitlines() if line.strip()}
+
+
+def _alive(entry: dict, slurm_jobs: set[str] | None) -> bool:
+    executor, job_id = entry.get("executor"), str(entry.get("job_id", ""))
+    if executor == "slurm":
+        return True if slurm_jobs is None else job_id in slurm_jobs or job_id.split("_")[0] in slurm_jobs
+    if executor == "local" and job_id.isdigit():
+        try:
+            os.kill(int(job_id), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return False
+
+
+def run_states(out: Path, keys: Iterable[str], *, now: float | None = None,
+               stale_after_s: float = STALE_AFTER_S) -> dict[str, RunState]:
+    """The state of every key; one directory listing per folder, so 100k keys take well under a second."""
+    out = Path(out)
+    now = time.time() if now is None else now
+    keys = list(keys)
+    with_dir = _listing(out / "runs")
+    working = _listing(out / "work")
+    failed = {name[:-5] for name in _listing(out / "failures") if name.endswith(".json")}
+    ledger = read_ledger(out) if (out / LEDGER).is_file() else {}
+    slurm_jobs = live_slurm_jobs() if any(e.get("executor") == "slurm" for e in ledger.values()) else None
+    states: dict[str, RunState] = {}
+    for key in keys:
+        if key in with_dir and (out / "runs" / key / RESULT_FILE).is_file():
+            states[key] = RunState(DONE)
+            continue
+        submitted = ledger.get(key)
+        submitted_at = _timestamp(submitted["submitted_at"]) if submitted else None
+        claim = _claim(out, key) if key in working else None
+        if claim is not None:
+            fresh = now - claim[1] < stale_after_s
+            if fresh:
+                states[key] = RunState(RUNNING, f"on {claim[0].get('host', '?')}", str(claim[0].get("job_id", "")))
+                continue
+        if key in failed:
+            failure = _read_json(failure_path(out, key))
+            failed_at = _timestamp(failure.get("failed_at", "")) if failure else None
+            if not (submitted_at and failed_at and submitted_at > failed_at and _alive(submitted, slurm_jobs)):
+                states[key] = RunState(FAILED, failure.get("error", "?") if failure else "unreadable failure file",
+                                       str(failure.get("job_id", "")) if failure else "")
+                continue
+        if submitted is not None and _alive(submitted, slurm_jobs):
+            states[key] = RunState(QUEUED, f"job {submitted['job_id']}", str(submitted["job_id"]))
+        elif claim is not None:
+            states[key] = RunState(MISSING, f"lost: job {claim[0].get('job_id', '?')} stopped sending heartbeats "
+                                            f"{(now - claim[1]) / 60:.0f} min ago", str(claim[0].get("job_id", "")))
+        elif submitted is not None:
+            states[key] = RunState(MISSING, f"job {submitted['job_id']} ended without a record"
+                                            f"{_last_log_line(submitted)}", str(submitted["job_id"]))
+        else:
+            states[key] = RunState(MISSING)
+    return states
+
+
+def _listing(folder: Path) -> set[str]:
+    try:
+        return set(os.listdir(folder))
+    except FileNotFoundError:
+        return set()
+
+
+def _claim(out: Path, key: str) -> tuple[dict, float] | None:
+    path = claim_path(out, key)
+    try:
+        heartbeat = path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    return (_read_json(path) or {}), heartbeat
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _last_log_line(entry: dict) -> str:
+    for name in ("stderr", "stdout"):
+        path = entry.get(name)
+        if not path:
+            continue
+        try:
+            lines = [line for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
+        except OSError:
+            continue
+        if lines:
+            return f": {lines[-1].strip()[:200]}"
+    return ""
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def _timestamp(text: str) -> float | None:
+    try:
+        return dt.datetime.fromisoformat(text).timestamp()
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,150 @@
+"""Send work units to an executor: ``debug`` (this process), ``local`` (subprocesses) or ``slurm`` (job arrays).
+
+Every SLURM submission goes through ``submitit.SlurmExecutor`` as arrays of at most ``max_array_size`` tasks
+(submitit does not split arrays itself), and is recorded in ``<out>/jobs/ledger.jsonl`` so that ``status``
+and the next ``sweep`` know what is queued without asking ``sacct``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import submitit
+
+from ..errors import TransferbenchError
+from ..progress import progress
+from ..runner import RunContext
+from .jobs import SweepJob, execute_unit
+from .plan import WorkUnit
+from .profiles import Profile
+from .state import append_ledger, error_line
+
+log = logging.getLogger("transferbench")
+EXECUTORS = ("debug", "local", "slurm")
+
+
+@dataclass
+class Submission:
+    executor: str
+    jobs: list[dict] = field(default_factory=list)  # ledger entries (slurm, local)
+    arrays: list[str] = field(default_factory=list)  # SLURM array job ids
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (unit, first error line), debug/local only
+
+
+def job_folder(out: Path) -> Path:
+    return Path(out) / "jobs" / "%j"
+
+
+def chunks(units: list[WorkUnit], size: int) -> Iterator[list[WorkUnit]]:
+    for start in range(0, len(units), size):
+        yield units[start:start + size]
+
+
+def by_mode(units: list[WorkUnit]) -> dict[str, list[WorkUnit]]:
+    modes: dict[str, list[WorkUnit]] = {}
+    for unit in units:
+        modes.setdefault(unit.mode, []).append(unit)
+    return modes
+
+
+def job_name(sweep: str, mode: str) -> str:
+    return f"tb-{sweep}-{mode}"
+
+
+def submit_units(units: list[WorkUnit], ctx: RunContext, executor: str, profile: Profile, sweep: str,
+                 parallel: int = 1) -> Submission:
+    if executor == "debug":
+        return _run_here(units, ctx)
+    if executor == "local":
+        return _run_local(units, ctx, profile, sweep, parallel)
+    if executor == "slurm":
+        return _submit_slurm(units, replace(ctx, num_workers=profile.workers), profile, sweep)
+    raise TransferbenchError(f"--executor must be one of {', '.join(EXECUTORS)}, not {executor!r}")
+
+
+def _run_here(units: list[WorkUnit], ctx: RunContext) -> Submission:
+    result = Submission("debug")
+    for unit in progress(units, desc="sweep", unit="job"):
+        try:
+            execute_unit(unit, ctx, job_id="debug")
+        except Exception as exc:  # recorded in failures/ by execute_unit; the sweep goes on
+            result.failed.append((unit.name, error_line(exc)))
+    return result
+
+
+def _run_local(units: list[WorkUnit], ctx: RunContext, profile: Profile, sweep: str, parallel: int) -> Submission:
+    """One subprocess per unit (submitit's LocalExecutor), at most ``parallel`` at a time; waits for all."""
+    executor = submitit.LocalExecutor(folder=job_folder(ctx.out), max_num_timeout=profile.max_requeues)
+    result = Submission("local")
+    pending, running = list(units), []
+    bar = progress(range(len(units)), desc="sweep", unit="job")
+    bar_iter = iter(bar)
+    while pending or running:
+        while pending and len(running) < max(1, parallel):
+            unit = pending.pop(0)
+            executor.update_parameters(timeout_min=profile.time_min[unit.mode], name=job_name(sweep, unit.mode))
+            job = executor.submit(SweepJob(unit, ctx))
+            entry = _ledger_entry(unit, job, "local", sweep)
+            append_ledger(ctx.out, [entry])
+            result.jobs.append(entry)
+            running.append((unit, job))
+        time.sleep(0.2)
+        for unit, job in [r for r in running if r[1].done()]:
+            running.remove((unit, job))
+            next(bar_iter, None)
+            exc = job.exception()
+            if exc is not None:
+                result.failed.append((unit.name, error_line(exc)))
+    return result
+
+
+def _submit_slurm(units: list[WorkUnit], ctx: RunContext, profile: Profile, sweep: str) -> Submission:
+    try:
+        executor = submitit.SlurmExecutor(folder=job_folder(ctx.out), max_num_timeout=profile.max_requeues)
+    except RuntimeError:
+        raise TransferbenchError("--executor slurm: `srun` is not on PATH; submit from a SLURM login node, or use "
+                                 "--executor local or debug") from None
+    result = Submission("slurm")
+    for mode, mode_units in by_mode(units).items():
+        executor.update_parameters(**profile.submitit_parameters(mode, job_name(sweep, mode)))
+        for chunk in chunks(mode_units, profile.max_array_size):
+            with executor.batch():
+                jobs = [executor.submit(SweepJob(unit, ctx)) for unit in chunk]
+            entries = [_ledger_entry(unit, job, "slurm", sweep) for unit, job in zip(chunk, jobs, strict=True)]
+            append_ledger(ctx.out, entries)
+            result.jobs.extend(entries)
+            array = str(jobs[0].job_id).split("_")[0]
+            result.arrays.append(array)
+            log.info("submitted %s array %s: %d %s job(s)", sweep, array, len(chunk), mode)
+    return result
+
+
+def _ledger_entry(unit: WorkUnit, job: submitit.Job, executor: str, sweep: str) -> dict:
+    return {
+        "sweep": sweep, "unit": unit.name, "mode": unit.mode, "run_keys": list(unit.keys),
+        "job_id": str(job.job_id), "executor": executor, "stdout": str(job.paths.stdout),
+        "stderr": str(job.paths.stderr),
+        "submitted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds"),
+    }
+
+
+class _PreviewExecutor(submitit.SlurmExecutor):
+    """A SlurmExecutor that can be built without ``srun``: it only renders the sbatch script."""
+
+    @classmethod
+    def affinity(cls) -> int:
+        return 1
+
+
+def sbatch_preview(profile: Profile, mode: str, array_size: int, out: Path, sweep: str) -> str:
+    """The sbatch script submitit will write for an array of ``array_size`` ``mode`` jobs (for --dry-run)."""
+    executor = _PreviewExecutor(folder=job_folder(out), max_num_timeout=profile.max_requeues)
+    executor.update_parameters(**profile.submitit_parameters(mode, job_name(sweep, mode)))
+    if array_size > 1:
+        executor.parameters["map_count"] = array_size  # as SlurmExecutor does for the arrays it submits
+    return executor._make_submission_file_text(executor._submitit_command_str, "preview")

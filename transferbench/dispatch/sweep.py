@@ -1,0 +1,210 @@
+"""Sweep specs: a YAML grid of checkpoints × tasks × modes × seeds (× solvers) with hyper-parameter overrides.
+
+    name: paper_resnet50_linear
+    checkpoints:                      # registry entries (method × sparsity [× arch]) or local files
+      - {method: dense, sparsity: 0}
+      - {method: acdc, sparsity: [80, 90, 95]}
+      - {method: mine, sparsity: 0.9, path: /ckpts/mine90.pth, arch: resnet50}
+    tasks: paper                      # paper (the 12), mini (offline), or a list of task names
+    modes: [linear]
+    seeds: [21, 51, 81, 111, 141]     # or per mode: {linear: [...], full: [...]}
+    solvers: [sgd]                    # linear probes only: sgd (the paper's) and/or lbfgs
+    overrides: {}                     # hyper-parameters for every mode, or per mode: {linear: {...}, full: {...}}
+    data_root: /data                  # optional defaults for the run context (CLI flags win)
+    checkpoint_dir: /ckpts
+
+The paper's sweeps ship with the package (`transferbench sweep paper_resnet50_linear`); any other name is a path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..checkpoints.registry import normalize_sparsity
+from ..errors import TransferbenchError
+from ..runspec import resolve_hparams
+from ..tasks import get_task, list_tasks
+
+MODES = ("linear", "full")
+SOLVERS = ("sgd", "lbfgs")
+_KEYS = {"name", "description", "checkpoints", "tasks", "modes", "seeds", "solvers", "overrides", "data_root",
+         "checkpoint_dir", "arch"}
+_CHECKPOINT_KEYS = {"method", "sparsity", "arch", "path"}
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    """One upstream checkpoint of the grid: a registry entry, or a local file when ``path`` is set."""
+
+    method: str
+    sparsity: float
+    arch: str | None = None
+    path: str | None = None
+
+    @property
+    def label(self) -> str:
+        where = f" ({self.path})" if self.path else ""
+        return f"{self.method} {round(self.sparsity * 100, 2):g}% {self.arch or ''}".rstrip() + where
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    source: str
+    checkpoints: tuple[CheckpointEntry, ...]
+    tasks: tuple[str, ...]
+    modes: tuple[str, ...]
+    seeds: dict[str, tuple[int, ...]]
+    solvers: tuple[str, ...] = ("sgd",)
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    data_root: str | None = None
+    checkpoint_dir: str | None = None
+    description: str = ""
+
+    def grid_size(self, mode: str) -> int:
+        """Runs of ``mode`` in the grid (checkpoints × tasks × seeds [× solvers])."""
+        if mode not in self.modes:
+            return 0
+        per = len(self.seeds[mode]) * (len(self.solvers) if mode == "linear" else 1)
+        return len(self.checkpoints) * len(self.tasks) * per
+
+
+def packaged_sweeps() -> list[str]:
+    folder = resources.files("transferbench.sweeps")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_sweep(name_or_path: str | Path) -> SweepSpec:
+    """A packaged sweep by name (see ``packaged_sweeps()``) or a sweep YAML file."""
+    text, origin = _read(str(name_or_path))
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise TransferbenchError(f"sweep {origin} is not valid YAML{where}: fix the file") from None
+    return parse_sweep(raw, origin)
+
+
+def _read(name: str) -> tuple[str, str]:
+    path = Path(name).expanduser()
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise TransferbenchError(f"sweep file {path} does not exist")
+        return path.read_text(), str(path)
+    entry = resources.files("transferbench.sweeps") / f"{name}.yaml"
+    if not entry.is_file():
+        raise TransferbenchError(
+            f"unknown sweep '{name}': pass a sweep .yaml file or one of {', '.join(packaged_sweeps())}"
+        )
+    return entry.read_text(), f"transferbench/sweeps/{name}.yaml"
+
+
+def parse_sweep(raw: Any, origin: str) -> SweepSpec:
+    if not isinstance(raw, dict):
+        raise TransferbenchError(f"sweep {origin} must be a YAML mapping with checkpoints, tasks, modes, seeds")
+    unknown = sorted(set(raw) - _KEYS)
+    if unknown:
+        raise TransferbenchError(
+            f"sweep {origin}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_KEYS))}"
+        )
+    for key in ("checkpoints", "tasks", "modes", "seeds"):
+        if raw.get(key) in (None, [], {}):
+            raise TransferbenchError(f"sweep {origin}: '{key}' is missing or empty")
+    modes = tuple(_as_list(raw["modes"]))
+    if bad := [m for m in modes if m not in MODES]:
+        raise TransferbenchError(f"sweep {origin}: modes {bad} are not linear or full")
+    solvers = tuple(_as_list(raw.get("solvers", ["sgd"])))
+    if bad := [s for s in solvers if s not in SOLVERS]:
+        raise TransferbenchError(f"sweep {origin}: solvers {bad} are not sgd or lbfgs")
+    spec = SweepSpec(
+        name=str(raw.get("name") or Path(origin).stem),
+        source=origin,
+        checkpoints=_checkpoints(raw["checkpoints"], raw.get("arch"), origin),
+        tasks=_tasks(raw["tasks"], origin),
+        modes=modes,
+        seeds=_per_mode(raw["seeds"], modes, origin, "seeds", _seeds),
+        solvers=solvers,
+        overrides=_per_mode(raw.get("overrides") or {}, modes, origin, "overrides", _overrides),
+        data_root=raw.get("data_root"),
+        checkpoint_dir=raw.get("checkpoint_dir"),
+        description=str(raw.get("description") or ""),
+    )
+    for mode in modes:  # fail at load time, not in job 4711 on the cluster
+        try:
+            for solver in solvers if mode == "linear" else (None,):
+                resolve_hparams(mode, 0.01, {**spec.overrides[mode], **({"solver": solver} if solver else {})})
+        except TransferbenchError as exc:
+            raise TransferbenchError(f"sweep {origin}: overrides for {mode}: {exc}") from None
+    return spec
+
+
+def _as_list(value: Any) -> list:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _checkpoints(raw: Any, default_arch: str | None, origin: str) -> tuple[CheckpointEntry, ...]:
+    entries: list[CheckpointEntry] = []
+    for item in _as_list(raw):
+        if not isinstance(item, dict) or "method" not in item or "sparsity" not in item:
+            raise TransferbenchError(f"sweep {origin}: each checkpoint needs method and sparsity, got {item!r}")
+        if unknown := sorted(set(item) - _CHECKPOINT_KEYS):
+            raise TransferbenchError(f"sweep {origin}: checkpoint {item['method']!r} has unknown key(s) {unknown}")
+        sparsities = _as_list(item["sparsity"])
+        if item.get("path") and len(sparsities) != 1:
+            raise TransferbenchError(f"sweep {origin}: a checkpoint with a path has exactly one sparsity")
+        for sparsity in sparsities:
+            try:
+                fraction = normalize_sparsity(sparsity)
+            except TransferbenchError as exc:
+                raise TransferbenchError(f"sweep {origin}: checkpoint {item['method']!r}: {exc}") from None
+            entries.append(CheckpointEntry(str(item["method"]), fraction, item.get("arch") or default_arch,
+                                           str(Path(item["path"]).expanduser()) if item.get("path") else None))
+    if len(set(entries)) != len(entries):
+        raise TransferbenchError(f"sweep {origin}: a checkpoint is listed twice")
+    return tuple(entries)
+
+
+def _tasks(raw: Any, origin: str) -> tuple[str, ...]:
+    if raw in ("paper", "mini", "all"):
+        return tuple(t.name for t in list_tasks(None if raw == "all" else raw))
+    names = [str(t) for t in _as_list(raw)]
+    for name in names:
+        try:
+            get_task(name)
+        except TransferbenchError as exc:
+            raise TransferbenchError(f"sweep {origin}: {exc}") from None
+    if len(set(names)) != len(names):
+        raise TransferbenchError(f"sweep {origin}: a task is listed twice")
+    return tuple(names)
+
+
+def _per_mode(raw: Any, modes: tuple[str, ...], origin: str, key: str, parse) -> dict:
+    if isinstance(raw, dict) and raw and set(raw) <= set(MODES):
+        if missing := [m for m in modes if m not in raw and key == "seeds"]:
+            raise TransferbenchError(f"sweep {origin}: {key} has no entry for mode(s) {missing}")
+        return {m: parse(raw.get(m, {} if key == "overrides" else None), origin) for m in modes}
+    return {m: parse(raw, origin) for m in modes}
+
+
+def _seeds(raw: Any, origin: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in _as_list(raw))
+    except (TypeError, ValueError):
+        raise TransferbenchError(f"sweep {origin}: seeds must be integers, got {raw!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise TransferbenchError(f"sweep {origin}: seeds must be a non-empty list without repeats, got {raw!r}")
+    return seeds
+
+
+def _overrides(raw: Any, origin: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise TransferbenchError(f"sweep {origin}: overrides must be a mapping of hyper-parameter: value")
+    if "solver" in raw:
+        raise TransferbenchError(f"sweep {origin}: set the linear solver(s) with 'solvers', not in overrides")
+    return {str(k).replace("-", "_"): v for k, v in raw.items()}
