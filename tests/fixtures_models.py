@@ -21,7 +21,8 @@ def write_pruned_checkpoint(path: Path, arch: str = "resnet_tiny", sparsity: flo
     model = create_model(arch, num_classes=1000)
     weights = prunable_weights(model, include_head=True)
     magnitudes = torch.cat([w.detach().abs().flatten() for w in weights.values()])
-    threshold = magnitudes.kthvalue(int(sparsity * magnitudes.numel())).values
+    k = int(sparsity * magnitudes.numel())
+    threshold = magnitudes.kthvalue(k).values if k else magnitudes.new_tensor(-1.0)  # sparsity 0: a dense file
     masks = {name: (w.detach().abs() > threshold) for name, w in weights.items()}
     state = {}
     for name, tensor in model.state_dict().items():

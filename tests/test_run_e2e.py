@@ -12,24 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_data import write_task
+from fixtures_data import learnable_image, write_task
 from fixtures_models import write_pruned_checkpoint
-from PIL import Image
 
 from transferbench.cli import main
 
 pytestmark = pytest.mark.slow
-
-COLORS = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
-                   [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 190]])
-
-
-def learnable_image(class_index: int, sample_index: int, rng: np.random.Generator) -> Image.Image:
-    """A class-coloured square with noise: easy enough that even a tiny sparse net transfers."""
-    base = COLORS[class_index % len(COLORS)] * (0.6 if class_index >= len(COLORS) else 1.0)
-    pixels = np.clip(base + rng.normal(0, 30, size=(16, 16, 3)), 0, 255).astype(np.uint8)
-    return Image.fromarray(pixels)
-
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):

@@ -129,8 +129,8 @@ def _resolve(entry: CheckpointEntry, checkpoint_dir: Path | None, train_missing:
         try:
             return resolve_checkpoint(entry.method, entry.sparsity, entry.arch, None)
         except TransferbenchError:
-            raise TransferbenchError(f"{entry.label}: not trained yet; submitting the sweep trains it "
-                                     "(small_cpu recipe, seconds on a CPU)") from None
+            raise TransferbenchError("not trained yet; submitting the sweep trains it (small_cpu recipe, seconds "
+                                     "on a CPU)") from None
     return resolve_checkpoint(entry.method, entry.sparsity, entry.arch, None, checkpoint_dir)
 
 

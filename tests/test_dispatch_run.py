@@ -1,0 +1,145 @@
+"""Sweeps that really run (debug and local executors): records, no-op reruns, failures, --retry-failed, status."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+
+import pytest
+from fixtures_sweep import write_fixture_sweep
+
+from transferbench.cli import main
+from transferbench.dispatch import load_sweep, plan_sweep, run_states
+from transferbench.dispatch.state import (
+    DONE,
+    FAILED,
+    MISSING,
+    QUEUED,
+    RUNNING,
+    append_ledger,
+    claim_path,
+    failure_path,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def _records(out):
+    return {p.parent.name: json.loads(p.read_text()) for p in (out / "runs").glob("*/result.json")}
+
+
+def test_debug_sweep_runs_everything_once_and_a_second_sweep_is_a_noop(tmp_path, capsys):
+    sweep_file, _ = write_fixture_sweep(tmp_path, linear_seeds=(21, 51), full_seeds=(21,))
+    out = tmp_path / "out"
+    assert main(["sweep", str(sweep_file), "--executor", "debug", "--out", str(out), "--workers", "0"]) == 0
+    records = _records(out)
+    plan = plan_sweep(load_sweep(sweep_file), out)
+    assert set(records) == {s.run_key for s in plan.specs} and len(records) == 6
+    assert all(r["status"] == "completed" for r in records.values())
+    linear = [r for r in records.values() if r["mode"] == "linear"]
+    assert {r["timings"]["group_size"] for r in linear} == {2}  # both seeds shared one extraction
+    assert not list((out / "work").glob("*/claim.json"))  # claims are released
+    capsys.readouterr()
+    mtimes = {k: (out / "runs" / k / "result.json").stat().st_mtime_ns for k in records}
+    assert main(["sweep", str(sweep_file), "--executor", "debug", "--out", str(out)]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert mtimes == {k: (out / "runs" / k / "result.json").stat().st_mtime_ns for k in records}
+
+
+def test_a_failure_is_recorded_shown_by_status_and_retried_alone(tmp_path, capsys):
+    sweep_file, data = write_fixture_sweep(tmp_path, linear_seeds=(21,), full_seeds=(), tasks=("cifar10", "digits"))
+    out = tmp_path / "out"
+    plan = plan_sweep(load_sweep(sweep_file), out)
+    broken = {s.run_key for s in plan.specs if s.task == "cifar10"}
+    fine = {s.run_key for s in plan.specs if s.task == "digits"}
+    assert len(broken) == len(fine) == 2
+    image = sorted((data / "cifar10").rglob("*.jpg"))[0]
+    original = image.read_bytes()
+    image.write_bytes(b"not an image")  # data is not part of a run's key: the keys stay the same
+    assert main(["sweep", str(sweep_file), "--executor", "debug", "--out", str(out), "--workers", "0"]) == 1
+    printed = capsys.readouterr().out
+    assert re.search(r"failed: cifar10\.dense0\.resnet_tiny\.linear: .*" + re.escape(image.name), printed)
+    failures = {k: json.loads(failure_path(out, k).read_text()) for k in broken}
+    for failure in failures.values():
+        assert failure["job_id"] == "debug" and "\n" not in failure["error"] and "Traceback" in failure["traceback"]
+    assert set(_records(out)) == fine
+
+    assert main(["status", str(sweep_file), "--out", str(out)]) == 0
+    status = capsys.readouterr().out
+    for key, failure in failures.items():
+        assert f"  {key} [job debug]: {failure['error']}" in status
+    assert re.search(r"linear\s+4\s+2\s+0\s+0\s+2\s+0", status)  # grid done running queued failed missing
+
+    # a plain sweep does not resubmit failures; --retry-failed does, and only them
+    assert main(["sweep", str(sweep_file), "--executor", "debug", "--out", str(out)]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    image.write_bytes(original)
+    mtimes = {k: (out / "runs" / k / "result.json").stat().st_mtime_ns for k in fine}
+    assert main(["sweep", str(sweep_file), "--executor", "debug", "--retry-failed", "--out", str(out),
+                 "--workers", "0"]) == 0
+    assert "to retry: 2 run(s) in 2 job(s)" in capsys.readouterr().out
+    assert mtimes == {k: (out / "runs" / k / "result.json").stat().st_mtime_ns for k in fine}
+    assert set(_records(out)) == broken | fine
+    assert not any(failure_path(out, k).exists() for k in broken)
+
+
+def test_local_executor_runs_units_as_subprocesses(tmp_path, capsys):
+    sweep_file, _ = write_fixture_sweep(tmp_path, linear_seeds=(21, 51), full_seeds=())
+    out = tmp_path / "out"
+    assert main(["sweep", str(sweep_file), "--executor", "local", "--parallel", "2", "--workers", "0",
+                 "--out", str(out), "--profile", "testcluster"]) == 0
+    records = _records(out)
+    assert len(records) == 4
+    assert {r["hardware"]["hostname"] for r in records.values()}
+    ledger = [json.loads(line) for line in (out / "jobs" / "ledger.jsonl").read_text().splitlines()]
+    assert len(ledger) == 2 and {e["executor"] for e in ledger} == {"local"}
+    assert sorted(k for e in ledger for k in e["run_keys"]) == sorted(records)
+    assert all(e["job_id"].isdigit() for e in ledger)  # LocalExecutor's job id is the pid
+
+
+def test_run_states_from_files(tmp_path):
+    out = tmp_path
+    keys = ["done", "running", "stale", "failed", "queued", "queued_after_failure", "gone", "never"]
+    now = time.time()
+    (out / "runs" / "done").mkdir(parents=True)
+    (out / "runs" / "done" / "result.json").write_text("{}")
+    for key, age in (("running", 5), ("stale", 3600)):
+        path = claim_path(out, key)
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"job_id": f"7_{key}", "host": "node1"}))
+        os.utime(path, (now - age, now - age))
+    for key in ("failed", "queued_after_failure"):
+        failure_path(out, key).parent.mkdir(parents=True, exist_ok=True)
+        failure_path(out, key).write_text(json.dumps({"error": "ValueError: boom", "job_id": "3",
+                                                      "failed_at": "2026-01-01T00:00:00+00:00"}))
+    log = tmp_path / "gone.err"
+    log.write_text("starting\nslurmstepd: error: Detected 1 oom_kill event\n")
+    append_ledger(out, [
+        {"run_keys": ["queued", "queued_after_failure"], "job_id": str(os.getpid()), "executor": "local",
+         "submitted_at": "2026-06-01T00:00:00+00:00"},
+        {"run_keys": ["gone"], "job_id": "999999999", "executor": "local", "stderr": str(log),
+         "submitted_at": "2026-06-01T00:00:00+00:00"},
+    ])
+    states = run_states(out, keys, now=now)
+    assert {k: s.state for k, s in states.items()} == {
+        "done": DONE, "running": RUNNING, "stale": MISSING, "failed": FAILED, "queued": QUEUED,
+        "queued_after_failure": QUEUED, "gone": MISSING, "never": MISSING,
+    }
+    assert states["running"].detail == "on node1" and states["running"].job_id == "7_running"
+    assert states["stale"].detail.startswith("lost: job 7_stale stopped sending heartbeats 60 min ago")
+    assert states["failed"].detail == "ValueError: boom"
+    assert states["gone"].detail == ("job 999999999 ended without a record: slurmstepd: error: Detected 1 "
+                                     "oom_kill event")
+    assert states["never"].detail == ""
+
+
+def test_a_torn_ledger_line_is_ignored(tmp_path):
+    append_ledger(tmp_path, [{"run_keys": ["a"], "job_id": "1", "executor": "slurm",
+                              "submitted_at": "2026-06-01T00:00:00+00:00"}])
+    with open(tmp_path / "jobs" / "ledger.jsonl", "a") as f:
+        f.write('{"run_keys": ["b"], "job_')
+    from transferbench.dispatch.state import read_ledger
+
+    assert set(read_ledger(tmp_path)) == {"a"}

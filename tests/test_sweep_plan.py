@@ -1,0 +1,178 @@
+"""Sweep specs and planning: the paper's grids, packing into jobs, dry runs, bad specs."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from fixtures_sweep import write_fixture_sweep
+
+from transferbench.cli import main
+from transferbench.dispatch import load_profile, load_sweep, plan_sweep, sbatch_preview
+from transferbench.dispatch.state import MISSING
+from transferbench.errors import TransferbenchError
+from transferbench.tasks import list_tasks
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+@pytest.mark.parametrize(("name", "mode", "runs", "jobs"), [
+    ("paper_resnet50_linear", "linear", 1200, 240),
+    ("paper_resnet50_full", "full", 720, 720),
+    ("paper_mobilenet_linear", "linear", 600, 120),
+    ("paper_mobilenet_full", "full", 120, 120),
+])
+def test_paper_sweeps_have_the_papers_grid(name, mode, runs, jobs, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "none"))
+    sweep = load_sweep(name)
+    assert sweep.tasks == tuple(t.name for t in list_tasks()) and len(sweep.tasks) == 12
+    assert sweep.grid_size(mode) == runs
+    plan = plan_sweep(sweep, tmp_path / "out")
+    (row,) = plan.counts()
+    assert (row["grid"], row[MISSING], row["no_checkpoint"], row["no_data"]) == (runs, runs, runs, runs)
+    units = plan.units(ready_only=False)
+    assert len(units) == jobs
+    assert plan.units() == []  # nothing can start: no checkpoint on disk
+    if mode == "linear":  # one job per (checkpoint, task) holds all five seeds
+        assert {len(u.specs) for u in units} == {5}
+        assert all(len({(s.task, s.checkpoint) for s in u.specs}) == 1 for u in units)
+
+
+def test_resnet50_linear_sweep_matches_the_papers_published_configs():
+    reference = Path(__file__).parents[2] / "shared" / "reference" / "paper-results" / "linear_transfer_results.txt"
+    if not reference.is_file():
+        pytest.skip(f"{reference} not present")
+    import pandas as pd
+
+    published = pd.read_csv(reference)
+    labels = {"Dense": "dense", "AC/DC": "acdc", "RigL ERK 1x": "rigl_erk1x", "RigL ERK 5x": "rigl_erk5x",
+              "STR": "str", "WoodFisher": "woodfisher", "LTH-T": "lth_t"}
+    expected = {(labels[m], round(s, 4)) for m, s in zip(published.model, published.sparsity, strict=True)}
+    sweep = load_sweep("paper_resnet50_linear")
+    assert {(c.method, round(c.sparsity, 4)) for c in sweep.checkpoints} == expected
+    assert set(sweep.seeds["linear"]) == {int(s.split("_")[1]) for s in published.seed}
+
+
+def test_dry_run_prints_counts_jobs_and_the_sbatch_script(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "none"))
+    assert main(["sweep", "paper_resnet50_linear", "--dry-run", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"linear\s+1200\s+0\s+0\s+0\s+0\s+1200\s+1200\s+1200", out)
+    assert "1200 run(s) in 240 job(s)" in out and "need 240 feature extraction(s)" in out
+    assert "#SBATCH --array=0-239%64" in out and "#SBATCH --gpus-per-node=1" in out
+    assert not (tmp_path / "out").exists()  # a dry run writes nothing
+
+    small = tmp_path / "small.yaml"
+    small.write_text(yaml.safe_dump({**yaml.safe_load(load_profile_text("default")), "max_array_size": 100,
+                                     "array_parallelism": 7}))
+    assert main(["sweep", "paper_resnet50_full", "--dry-run", "--profile", str(small), "--out",
+                 str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "720 job(s) as 8 array(s) of 100, 100, 100, 100, 100, 100, 100, 20" in out
+    assert "#SBATCH --array=0-99%7" in out and "#SBATCH --time=1440" in out
+
+
+def load_profile_text(name: str) -> str:
+    return (Path(__file__).parents[1] / "slurm" / f"{name}.yaml").read_text()
+
+
+def test_sbatch_script_matches_the_golden_file():
+    script = sbatch_preview(load_profile("example_site"), "full", 720, Path("/shared/results"), "paper")
+    script = script.replace(sys.executable, "PYTHON")
+    assert script == (GOLDEN / "sbatch_example_site_full.sh").read_text()
+
+
+def test_linear_units_share_one_extraction_across_seeds_and_solvers(tmp_path):
+    sweep_file, data = write_fixture_sweep(tmp_path, linear_seeds=(1, 2, 3), full_seeds=(1, 2),
+                                           solvers=("sgd", "lbfgs"))
+    plan = plan_sweep(load_sweep(sweep_file), tmp_path / "out")
+    assert not plan.unresolved and not plan.missing_data
+    linear = [u for u in plan.units() if u.mode == "linear"]
+    full = [u for u in plan.units() if u.mode == "full"]
+    assert len(linear) == 2 and all(len(u.specs) == 6 for u in linear)  # 3 seeds x 2 solvers per checkpoint
+    assert len(full) == 4 and all(len(u.specs) == 1 for u in full)
+    keys = [s.run_key for s in plan.specs]
+    assert len(keys) == len(set(keys)) == 2 * 6 + 2 * 2
+
+
+def test_planning_marks_existing_records_done_and_packs_only_the_rest(tmp_path):
+    sweep_file, _ = write_fixture_sweep(tmp_path)
+    out = tmp_path / "out"
+    plan = plan_sweep(load_sweep(sweep_file), out)
+    done = plan.specs[0]
+    (out / "runs" / done.run_key).mkdir(parents=True)
+    (out / "runs" / done.run_key / "result.json").write_text('{"status": "completed"}')
+    (out / "runs" / plan.specs[1].run_key).mkdir(parents=True)  # a directory without its record is not done
+    again = plan_sweep(load_sweep(sweep_file), out)
+    assert again.states[done.run_key].state == "done"
+    assert again.states[plan.specs[1].run_key].state == MISSING
+    assert done not in [s for u in again.units() for s in u.specs]
+    assert sum(len(u.specs) for u in again.units()) == len(plan.specs) - 1
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    ({"modes": ["linear", "probe"]}, "modes ['probe'] are not linear or full"),
+    ({"tasks": ["cifar10", "imagenet"]}, "unknown task 'imagenet'"),
+    ({"seeds": [1, 1]}, "without repeats"),
+    ({"seeds": {"linear": [1]}}, "no entry for mode(s) ['full']"),
+    ({"overrides": {"lr": "fast"}}, "bad value 'fast' for hyper-parameter lr"),
+    ({"overrides": {"epochz": 3}}, "unknown hyper-parameter epochz"),
+    ({"solvers": ["adam"]}, "solvers ['adam'] are not sgd or lbfgs"),
+    ({"checkpoints": [{"method": "acdc"}]}, "each checkpoint needs method and sparsity"),
+    ({"checkpoints": [{"method": "acdc", "sparsity": 150}]}, "sparsity must be in [0, 1)"),
+    ({"seedz": [1]}, "unknown key(s) seedz"),
+    ({"tasks": []}, "'tasks' is missing or empty"),
+])
+def test_bad_sweeps_are_one_line_errors_naming_the_file(edit, message, tmp_path, capsys):
+    sweep_file, _ = write_fixture_sweep(tmp_path)
+    spec = {**yaml.safe_load(sweep_file.read_text()), **edit}
+    sweep_file.write_text(yaml.safe_dump(spec))
+    with pytest.raises(TransferbenchError, match=re.escape(message)) as info:
+        load_sweep(sweep_file)
+    assert str(sweep_file) in str(info.value) and "\n" not in str(info.value)
+    assert main(["sweep", str(sweep_file), "--dry-run", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["sweep", "no_such_sweep", "--dry-run"], "unknown sweep 'no_such_sweep'"),
+    (["sweep", "missing.yaml", "--dry-run"], "sweep file missing.yaml does not exist"),
+    (["sweep", "mini", "--dry-run", "--profile", "nope"], "unknown profile 'nope' (--profile)"),
+    (["status", "no_such_sweep"], "unknown sweep 'no_such_sweep'"),
+])
+def test_bad_sweep_names_and_profiles(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_bad_profile_values(tmp_path, capsys):
+    bad = tmp_path / "p.yaml"
+    bad.write_text("partition: gpu\ntime_min: {linear: 10}\n")
+    with pytest.raises(TransferbenchError, match="time_min needs a value for each of linear, full"):
+        load_profile(bad)
+    bad.write_text("partitoin: gpu\n")
+    assert main(["sweep", "mini", "--dry-run", "--profile", str(bad)]) == 2
+    assert "unknown key(s) partitoin" in capsys.readouterr().err
+
+
+def test_submission_refuses_missing_checkpoints_unless_only_ready(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "none"))
+    assert main(["sweep", "paper_resnet50_linear", "--executor", "debug", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "20 checkpoint(s) missing and 12 task(s) without data" in err and "--only-ready" in err
+    assert main(["sweep", "paper_resnet50_linear", "--executor", "debug", "--only-ready",
+                 "--out", str(tmp_path / "o")]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+
+
+def test_slurm_executor_without_srun_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    sweep_file, _ = write_fixture_sweep(tmp_path)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert main(["sweep", str(sweep_file), "--executor", "slurm", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "`srun` is not on PATH" in err and err.count("\n") == 1
