@@ -86,8 +86,8 @@ def test_sbatch_script_matches_the_golden_file():
 
 
 def test_linear_units_share_one_extraction_across_seeds_and_solvers(tmp_path):
-    sweep_file, data = write_fixture_sweep(tmp_path, linear_seeds=(1, 2, 3), full_seeds=(1, 2),
-                                           solvers=("sgd", "lbfgs"))
+    sweep_file, _ = write_fixture_sweep(tmp_path, linear_seeds=(1, 2, 3), full_seeds=(1, 2),
+                                        solvers=("sgd", "lbfgs"))
     plan = plan_sweep(load_sweep(sweep_file), tmp_path / "out")
     assert not plan.unresolved and not plan.missing_data
     linear = [u for u in plan.units() if u.mode == "linear"]

@@ -1,0 +1,148 @@
+"""The SLURM path with fake ``sbatch``/``squeue``/``scancel``/``srun`` on PATH (as submitit tests itself):
+chunked arrays, per-mode resources, the ledger, idempotent resubmission, and jobs executed the way a
+compute node runs them (``submitit.core.submission.process_job``)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from fixtures_sweep import write_fixture_sweep
+
+from transferbench.cli import main
+from transferbench.dispatch import load_sweep, plan_sweep
+
+pytestmark = pytest.mark.slow
+
+FAKE_SBATCH = r'''
+import json, pathlib, re, sys
+state = pathlib.Path(__file__).with_name("state")
+state.mkdir(exist_ok=True)
+counter = state / "next_id"
+job_id = int(counter.read_text()) if counter.exists() else 12
+counter.write_text(str(job_id + 1))
+script = pathlib.Path(sys.argv[-1]).read_text()
+(state / f"sbatch_{job_id}.sh").write_text(script)
+print(f"Submitted batch job {job_id}")
+'''
+FAKE_SQUEUE = r'''
+import pathlib
+listed = pathlib.Path(__file__).with_name("state") / "squeue"
+print(listed.read_text() if listed.exists() else "", end="")
+'''
+FAKE_LOG = r'''
+import pathlib, sys
+with open(pathlib.Path(__file__).with_name("state") / "calls", "a") as f:
+    f.write(pathlib.Path(sys.argv[0]).name + " " + " ".join(sys.argv[1:]) + "\n")
+'''
+
+
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("sbatch", FAKE_SBATCH), ("squeue", FAKE_SQUEUE), ("scancel", FAKE_LOG), ("srun", FAKE_LOG),
+                       ("sacct", "import sys; print('Slurm accounting storage is disabled'); sys.exit(1)")):
+        path = bin_dir / name
+        path.write_text(f"#!{sys.executable}\n{body}")
+        path.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return bin_dir / "state"
+
+
+def _profile(tmp_path: Path) -> Path:
+    path = tmp_path / "fake.yaml"
+    path.write_text(yaml.safe_dump({"gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 2, "max_array_size": 3,
+                                    "array_parallelism": 2, "time_min": {"linear": 30, "full": 60},
+                                    "setup": ["echo setup-line"]}))
+    return path
+
+
+def _ledger(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "jobs" / "ledger.jsonl").read_text().splitlines()]
+
+
+@contextlib.contextmanager
+def _compute_node(job_id: str):
+    """The environment srun gives a task; submitit's signal handlers are undone afterwards."""
+    array, _, task = job_id.partition("_")
+    array_env = {"SLURM_ARRAY_JOB_ID": array, "SLURM_ARRAY_TASK_ID": task} if task else {}
+    env = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": job_id.replace("_", "9"),  # array tasks: own numeric id
+           "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NTASKS": "1",
+           "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "node1", **array_env}
+    saved_env = {k: os.environ.get(k) for k in [*env, "SUBMITIT_FOLDER"]}
+    saved_signals = {s: signal.getsignal(s) for s in (signal.SIGUSR2, signal.SIGTERM, signal.SIGCONT)}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        for sig, handler in saved_signals.items():
+            signal.signal(sig, handler)
+
+
+def test_slurm_sweep_submits_chunked_arrays_and_jobs_complete_on_the_nodes(tmp_path, fake_slurm, capsys):
+    from submitit.core.submission import process_job
+
+    sweep_file, _ = write_fixture_sweep(tmp_path, linear_seeds=(21, 51), full_seeds=(21, 51), full_epochs=2)
+    out = tmp_path / "out"
+    args = ["sweep", str(sweep_file), "--profile", str(_profile(tmp_path)), "--out", str(out), "--workers", "0"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "submitted 6 job(s) as array(s) 12, 13, 14" in printed
+
+    scripts = {int(p.stem.split("_")[1]): p.read_text() for p in fake_slurm.glob("sbatch_*.sh")}
+    assert sorted(scripts) == [12, 13, 14]
+    assert "#SBATCH --array=0-1%2" in scripts[12] and "#SBATCH --time=30" in scripts[12]  # 2 linear units
+    assert "#SBATCH --array=0-2%2" in scripts[13] and "#SBATCH --time=60" in scripts[13]  # 4 full units: 3 + 1
+    assert "--array" not in scripts[14] and "#SBATCH --time=60" in scripts[14]
+    assert all("echo setup-line" in s and "#SBATCH --signal=USR2@120" in s for s in scripts.values())
+    assert all("--gpus-per-node" not in s for s in scripts.values())
+
+    ledger = _ledger(out)
+    assert [e["job_id"] for e in ledger] == ["12_0", "12_1", "13_0", "13_1", "13_2", "14"]
+    plan = plan_sweep(load_sweep(sweep_file), out)
+    assert sorted(k for e in ledger for k in e["run_keys"]) == sorted(s.run_key for s in plan.specs)
+    assert [len(e["run_keys"]) for e in ledger] == [2, 2, 1, 1, 1, 1]  # linear seeds share a job
+
+    # while squeue lists the jobs, everything is queued and a second sweep submits nothing
+    (fake_slurm / "squeue").write_text("\n".join(e["job_id"] for e in ledger) + "\n")
+    assert main(["status", str(sweep_file), "--out", str(out)]) == 0
+    assert re.search(r"linear\s+4\s+0\s+0\s+4\s+0\s+0", capsys.readouterr().out)
+    assert main(args) == 0
+    assert "nothing to do" in capsys.readouterr().out and len(list(fake_slurm.glob("sbatch_*.sh"))) == 3
+
+    # job 14 was cancelled before it started: squeue no longer lists it, so its run is missing and resubmitted
+    (fake_slurm / "squeue").write_text("\n".join(e["job_id"] for e in ledger[:-1]) + "\n")
+    assert main(["status", str(sweep_file), "--out", str(out)]) == 0
+    assert f"missing {ledger[-1]['run_keys'][0]}: job 14 ended without a record" in capsys.readouterr().out
+    assert main(args) == 0
+    assert "to run: 1 run(s) in 1 job(s)" in capsys.readouterr().out
+    assert _ledger(out)[-1]["job_id"] == "15" and _ledger(out)[-1]["run_keys"] == ledger[-1]["run_keys"]
+
+    # the compute nodes run every job (the cancelled 14 never ran)
+    for entry in _ledger(out):
+        if entry["job_id"] == "14":
+            continue
+        with _compute_node(entry["job_id"]):
+            process_job(Path(entry["stdout"]).parent)
+    (fake_slurm / "squeue").write_text("")
+    assert main(["status", str(sweep_file), "--out", str(out), "--json"]) == 0
+    totals = json.loads(capsys.readouterr().out)["totals"]
+    assert [(t["mode"], t["done"], t["missing"]) for t in totals] == [("linear", 4, 0), ("full", 4, 0)]
+    records = [json.loads(p.read_text()) for p in (out / "runs").glob("*/result.json")]
+    assert len(records) == 8
+    assert {r["hardware"].get("slurm_job_id") for r in records} >= {"1290", "15"}  # SLURM_JOB_ID seen by the runs
+    assert main(args) == 0
+    assert "nothing to do" in capsys.readouterr().out
