@@ -1,0 +1,98 @@
+"""Many jobs writing to one results root at once: no record, ledger line or failure is lost or corrupted,
+and a run is executed by at most one job at a time."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from transferbench.dispatch.state import append_ledger, claim_runs, failure_path, read_ledger, write_failure
+from transferbench.records import existing_record, read_record, write_result
+from transferbench.runner import make_spec
+from transferbench.runspec import CheckpointRef
+
+WRITERS = 12
+KEYS_PER_WRITER = 20
+SHARED = 10  # keys every writer also writes (duplicated jobs after a double submission)
+
+
+def _spec(index: int):
+    ref = CheckpointRef("magnitude", 0.5, "resnet_tiny", f"sha256:{index:064x}")
+    return make_spec("digits", "linear", 21, ref, {"epochs": 1})
+
+
+def _writer(out: str, worker: int, barrier) -> None:
+    rng = np.random.default_rng(worker)
+    barrier.wait()  # all start together, to maximise overlap
+    for i in range(KEYS_PER_WRITER):
+        index = worker * KEYS_PER_WRITER + i
+        spec = _spec(index)
+        logits = rng.normal(size=(64, 10)).astype(np.float32)
+        write_result(spec, out, {"metrics": {"top1": float(index)}, "payload": "x" * 20_000}, logits,
+                     np.arange(64) % 10)
+        append_ledger(Path(out), [{"run_keys": [spec.run_key], "job_id": f"{worker}_{i}", "executor": "slurm",
+                                   "submitted_at": "2026-01-01T00:00:00+00:00", "pad": "y" * 5000}])
+        write_failure(Path(out), f"failed-{index}", ValueError(f"boom {index}"), f"{worker}")
+        if i < SHARED:
+            shared = _spec(10_000 + i)
+            write_result(shared, out, {"metrics": {"top1": float(worker)}, "payload": "z" * 20_000}, logits,
+                         np.arange(64) % 10)
+
+
+def test_parallel_writers_lose_and_corrupt_nothing(tmp_path):
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(WRITERS)
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path), w, barrier)) for w in range(WRITERS)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * WRITERS
+
+    total = WRITERS * KEYS_PER_WRITER
+    for index in range(total):
+        record = existing_record(_spec(index), tmp_path)
+        assert record is not None and record["metrics"]["top1"] == float(index)
+        npz = np.load(_spec(index).record_dir(tmp_path) / "predictions.npz")
+        assert npz["logits"].shape == (64, 10)
+    for i in range(SHARED):  # written by every writer: one complete record from one of them
+        record = read_record(_spec(10_000 + i).record_dir(tmp_path) / "result.json")
+        assert record is not None and record["metrics"]["top1"] in range(WRITERS)
+    assert len(list((tmp_path / "runs").iterdir())) == total + SHARED
+    assert not list(tmp_path.rglob("*.tmp"))  # no temp file left behind
+
+    lines = (tmp_path / "jobs" / "ledger.jsonl").read_text().splitlines()
+    assert len(lines) == total and all(json.loads(line)["pad"] == "y" * 5000 for line in lines)
+    assert len(read_ledger(tmp_path)) == total
+    for index in range(total):
+        assert json.loads(failure_path(tmp_path, f"failed-{index}").read_text())["error"] == f"ValueError: boom {index}"
+
+
+def _claimer(out: str, keys: list[str], barrier, results) -> None:
+    barrier.wait()
+    with claim_runs(keys, Path(out), job_id=mp.current_process().name) as claimed:
+        results.put(claimed)
+        time.sleep(0.5)  # hold the claims while the others try
+
+
+@pytest.mark.parametrize("contenders", [8])
+def test_a_run_is_claimed_by_exactly_one_job(tmp_path, contenders):
+    ctx = mp.get_context("fork")
+    keys = [f"run-{i}" for i in range(5)]
+    barrier, results = ctx.Barrier(contenders), ctx.Queue()
+    procs = [ctx.Process(target=_claimer, args=(str(tmp_path), keys, barrier, results)) for _ in range(contenders)]
+    for p in procs:
+        p.start()
+    claimed = [results.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(60)
+    won = [key for keys_won in claimed for key in keys_won]
+    assert sorted(won) == sorted(keys)  # every run claimed, none twice
+    assert not list(tmp_path.rglob("claim.json"))  # released on exit
+    with claim_runs(keys, tmp_path, job_id="later") as again:  # and claimable again afterwards
+        assert again == keys
