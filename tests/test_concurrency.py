@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from transferbench.dispatch.state import append_ledger, claim_runs, failure_path, read_ledger, write_failure
-from transferbench.records import existing_record, read_record, write_result
+from transferbench.records import existing_record, package_versions, read_record, write_result
 from transferbench.runner import make_spec
 from transferbench.runspec import CheckpointRef
 
 WRITERS = 12
-KEYS_PER_WRITER = 20
+KEYS_PER_WRITER = 40
 SHARED = 10  # keys every writer also writes (duplicated jobs after a double submission)
 
 
@@ -45,6 +45,7 @@ def _writer(out: str, worker: int, barrier) -> None:
 
 
 def test_parallel_writers_lose_and_corrupt_nothing(tmp_path):
+    package_versions()  # imports sklearn/scipy once here, not in each forked writer
     ctx = mp.get_context("fork")
     barrier = ctx.Barrier(WRITERS)
     procs = [ctx.Process(target=_writer, args=(str(tmp_path), w, barrier)) for w in range(WRITERS)]
