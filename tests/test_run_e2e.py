@@ -102,6 +102,19 @@ def test_full_run_preserves_the_stored_mask(setup):
     assert not (out / "work" / rec["run_key"]).exists()  # training state removed after success
 
 
+def test_full_run_numbers_do_not_depend_on_the_number_of_loader_workers(setup, tmp_path):
+    """A cluster job's cpus decide its workers; the record must not (augmentation is seeded per sample)."""
+    _, data, ckpt = setup
+    records = []
+    for workers in ("0", "2"):
+        args = [*_args(data, ckpt, tmp_path / workers, "--mode", "full", "--epochs", "2", "--lr", "0.05")]
+        args[args.index("--workers") + 1] = workers
+        assert main(args) == 0
+        records.append(_record(tmp_path / workers))
+    assert records[0]["run_key"] == records[1]["run_key"]
+    assert records[0]["metrics"] == records[1]["metrics"] and records[0]["curve"] == records[1]["curve"]
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-c", "import sys; from transferbench.cli import main; sys.exit(main(sys.argv[1:]))",
             *args]

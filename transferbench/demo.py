@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .progress import interactive
 from .runner import RunContext, configure_determinism, make_spec, resolve_checkpoint, run_full, run_linear_group

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterable
 from typing import TypeVar
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 T = TypeVar("T")
 
@@ -18,8 +18,14 @@ def interactive() -> bool:
 
 
 def progress(iterable: Iterable[T], **kwargs) -> Iterable[T]:
-    """tqdm when attached to a terminal; silent in CI, SLURM jobs and pipes."""
-    return tqdm(iterable, disable=not interactive(), leave=False, dynamic_ncols=True, **kwargs)
+    """tqdm when attached to a terminal; the iterable itself in CI, SLURM jobs and pipes.
+
+    Plain ``tqdm`` rather than ``tqdm.auto``: the latter's asyncio variant calls ``iter()`` on construction, which
+    for a DataLoader with workers starts a throwaway set of worker processes and draws from its generator.
+    """
+    if not interactive():
+        return iterable
+    return tqdm(iterable, leave=False, dynamic_ncols=True, **kwargs)
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -3,8 +3,9 @@
 Every backbone conv/linear weight is masked (the checkpoint's stored mask, else ``weight != 0``); the mask is
 applied after every optimizer step, so momentum and weight decay never revive a pruned weight. The new head
 is dense. BatchNorm trains (train mode). The run saves its state atomically after every epoch and resumes
-from it: each epoch's shuffling and augmentation are seeded from (seed, epoch) alone, so a resumed run
-produces exactly the numbers of an uninterrupted one.
+from it: each epoch's shuffling is seeded from (seed, epoch) and each sample's augmentation from (seed, epoch,
+index) alone, so a resumed run produces exactly the numbers of an uninterrupted one, with any number of
+data-loading workers.
 """
 
 from __future__ import annotations
@@ -50,6 +51,25 @@ class FullResult:
 
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % (2**63 - 1)
+
+
+class _SeededAugmentation(Dataset):
+    """Draws each sample's augmentation from a seed of (epoch seed, index).
+
+    DataLoader workers seed their RNG from the worker id, so with per-worker RNGs the crops and flips would
+    depend on how many workers a job has (cores per node); seeded per sample they do not.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset, self.epoch_seed = dataset, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int):
+        with torch.random.fork_rng(devices=[]):  # the caller's RNG stream is left as it was
+            torch.manual_seed((self.epoch_seed * 1_000_003 + index) % (2**63 - 1))
+            return self.dataset[index]
 
 
 def _autocast(device: torch.device, precision: str):
@@ -99,6 +119,7 @@ def finetune_full(
         curve, start_epoch, train_seconds = state["curve"], state["epoch"], state["train_seconds"]
         log.info("full: resuming from %s after epoch %d", state_path, start_epoch)
 
+    augmented = _SeededAugmentation(train_set)
     test_loader = DataLoader(test_set, batch_size=eval_batch_size, shuffle=False, num_workers=num_workers,
                              pin_memory=device.type == "cuda", worker_init_fn=leave_signals_to_main)
     for epoch in progress(range(start_epoch, hp.epochs), desc="full fine-tuning", unit="epoch",
@@ -107,8 +128,9 @@ def finetune_full(
         lr = lr_at_epoch(hp, epoch)
         for group in opt.param_groups:
             group["lr"] = lr
-        torch.manual_seed(_epoch_seed(seed, epoch))  # augmentation draws in the main process
-        loader = DataLoader(train_set, batch_size=hp.batch_size, shuffle=True, num_workers=num_workers,
+        torch.manual_seed(_epoch_seed(seed, epoch))
+        augmented.epoch_seed = _epoch_seed(seed, epoch)
+        loader = DataLoader(augmented, batch_size=hp.batch_size, shuffle=True, num_workers=num_workers,
                             generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch)),
                             pin_memory=device.type == "cuda", worker_init_fn=leave_signals_to_main)
         model.train()  # BN statistics adapt to the downstream data (pitfall P6)
