@@ -6,7 +6,9 @@
     print(leaderboard(runs, "resnet50", "linear").to_markdown())
 """
 
+from .beyond import Beyond, beyond, write_beyond
 from .collect import Collection, collect, parse_record
+from .compare import compare, write_compare
 from .figstyle import FigureNotApplicable, SavedFigure
 from .figures import (
     accuracy_vs_sparsity_figure,
@@ -19,20 +21,25 @@ from .figures import (
     upstream_vs_transfer_figure,
     write_figures,
 )
+from .index import write_index
 from .leaderboard import DELTA, MEAN, Leaderboard, leaderboard, write_leaderboards
 from .palette import METHOD_ORDER, MethodStyle, method_color, method_colors, method_style
+from .reference import read_reference, read_references
 
 __all__ = [
     "DELTA",
     "MEAN",
     "METHOD_ORDER",
+    "Beyond",
     "Collection",
     "FigureNotApplicable",
     "Leaderboard",
     "MethodStyle",
     "SavedFigure",
     "accuracy_vs_sparsity_figure",
+    "beyond",
     "collect",
+    "compare",
     "delta_heatmap_figure",
     "leaderboard",
     "linear_vs_full_ranks_figure",
@@ -44,7 +51,12 @@ __all__ = [
     "plot_delta_heatmap",
     "plot_linear_vs_full_ranks",
     "plot_upstream_vs_transfer",
+    "read_reference",
+    "read_references",
     "upstream_vs_transfer_figure",
+    "write_beyond",
+    "write_compare",
     "write_figures",
+    "write_index",
     "write_leaderboards",
 ]

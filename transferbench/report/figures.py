@@ -4,7 +4,11 @@ Each figure has a builder (``*_figure``, returns the matplotlib Figure) and a ``
 and writes ``<stem>.png`` and ``<stem>.pdf``, returning the paths (a list) with the Figure as ``.figure``.
 Every number comes from :func:`leaderboard`, so figures and tables always agree. Methods keep one colour,
 marker and line style everywhere (``palette.method_style``); artists drawn for a method carry
-``gid="method:<name>"``.
+``gid="method:<name>"`` (``method:<name>:paper`` for the paper's results).
+
+``source`` chooses our runs (``ours``), the paper's (``paper``) or both (``both``): the accuracy-vs-sparsity figure
+then draws the paper's results in the same colours with open markers and dotted lines, and the heatmap has one
+row per (method, sparsity, source); the rank and upstream figures are drawn once per source.
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .figstyle import COLUMN_WIDTH_IN, PAGE_WIDTH_IN, FigureNotApplicable, SavedFigure, new_figure, paper_style, save
-from .leaderboard import DENSE, MEAN, leaderboard
+from .leaderboard import DENSE, MEAN, SOURCE_SUFFIX, group_sources, leaderboard, resolve_source
 from .palette import DENSE_LINESTYLE, method_style, order_methods
-from .select import METRIC_LABELS, metric_column, report_groups, safe_name
+from .select import BOTH, METRIC_LABELS, OURS, PAPER, filter_source, in_family, metric_column, report_groups, safe_name
+
+PAPER_LINESTYLE = ":"
 
 log = logging.getLogger("transferbench")
 
@@ -40,8 +46,20 @@ def _row_label(method: str, sparsity: float) -> str:
     return method if method == DENSE else f"{method} {_pct(sparsity)}"
 
 
-def _title(arch: str, mode: str, solver: str | None) -> str:
-    return f"{arch} · {mode}" + (f" ({solver})" if solver else "")
+def _title(arch: str, mode: str, solver: str | None, source: str | None = None) -> str:
+    origin = {PAPER: " · paper", BOTH: " · ours vs paper"}.get(source or "", "")
+    return f"{arch} · {mode}" + (f" ({solver})" if solver else "") + origin
+
+
+def _tag(source: str) -> str:
+    return " (paper)" if source == PAPER else ""
+
+
+def _by_source(table: pd.DataFrame, source: str | None) -> dict[str, pd.DataFrame]:
+    """A leaderboard table split by source, each indexed (method, sparsity)."""
+    if source != BOTH:
+        return {source or OURS: table}
+    return {s: table.xs(s, level="source") for s in (OURS, PAPER) if s in table.index.get_level_values("source")}
 
 
 def _legend_below(fig: Figure, ax, n_entries: int) -> None:
@@ -58,68 +76,93 @@ def _warn_incomplete(lb, what: str) -> None:
 
 
 def accuracy_vs_sparsity_figure(
-    runs: pd.DataFrame, arch: str, mode: str, *, metric: str = "primary", solver: str | None = None
+    runs: pd.DataFrame, arch: str, mode: str, *, metric: str = "primary", solver: str | None = None,
+    source: str | None = None,
 ) -> Figure:
     """x = target sparsity, y = mean over tasks of the per-task mean, one line per method (± the std over seeds
     of the per-seed task mean); dense as a dashed horizontal line with its ± as a band."""
-    lb = leaderboard(runs, arch, mode, metric, solver=solver)
+    lb = leaderboard(runs, arch, mode, metric, solver=solver, source=source)
     _warn_incomplete(lb, "accuracy vs sparsity")
-    agg = lb.table[MEAN].dropna(subset=["mean"])
-    if agg.empty:
-        raise FigureNotApplicable(f"{_title(arch, mode, solver)}: no (method, sparsity) has every task")
-    methods = order_methods(agg.index.get_level_values("method"))
+    parts = {s: t[MEAN].dropna(subset=["mean"]) for s, t in _by_source(lb.table, source).items()}
+    parts = {s: t for s, t in parts.items() if not t.empty}
+    if not parts:
+        raise FigureNotApplicable(f"{_title(arch, mode, solver, source)}: no (method, sparsity) has every task")
+    n_entries = sum(len(set(t.index.get_level_values("method"))) for t in parts.values())
     with paper_style():
-        fig = new_figure(COLUMN_WIDTH_IN, 2.3 + 0.15 * math.ceil(len(methods) / LEGEND_COLUMNS))
+        fig = new_figure(COLUMN_WIDTH_IN, 2.3 + 0.15 * math.ceil(n_entries / LEGEND_COLUMNS))
         ax = fig.add_subplot()
         xs: set[float] = set()
-        for method in methods:
-            sub = agg.xs(method, level="method")
-            style = method_style(method)
-            if method == DENSE:
-                mean, std = float(sub["mean"].iloc[0]), float(sub["std"].iloc[0])
-                ax.axhline(mean, color=style.color, linestyle=DENSE_LINESTYLE, label=DENSE, zorder=1,
-                           gid="method:dense")
-                if math.isfinite(std):
-                    ax.axhspan(mean - std, mean + std, color=style.color, alpha=0.15, linewidth=0, zorder=0)
-                continue
-            x = sub.index.to_numpy() * 100
-            xs.update(x.tolist())
-            bars = ax.errorbar(x, sub["mean"], yerr=sub["std"].fillna(0.0).to_numpy(), color=style.color,
-                               marker=style.marker, linestyle=style.linestyle, capsize=2, elinewidth=0.7,
-                               label=method, zorder=2)
-            bars.lines[0].set_gid(f"method:{method}")
+        for src, agg in parts.items():
+            xs.update(_draw_accuracy(ax, agg, src))
         if xs:
             ticks = sorted(xs)
             ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
         ax.set_xlabel("Target sparsity (%)")
         ax.set_ylabel(f"Mean {_label(metric)} over {len(lb.tasks)} tasks (%)")
-        ax.set_title(_title(arch, mode, solver))
-        _legend_below(fig, ax, len(methods))
+        ax.set_title(_title(arch, mode, solver, source))
+        _legend_below(fig, ax, n_entries)
     return fig
+
+
+def _draw_accuracy(ax, agg: pd.DataFrame, source: str) -> set[float]:
+    """One source's lines; the paper's in the same colours, open markers and dotted."""
+    xs: set[float] = set()
+    paper = source == PAPER
+    for method in order_methods(agg.index.get_level_values("method")):
+        sub = agg.xs(method, level="method")
+        style = method_style(method)
+        gid = f"method:{method}" + (":paper" if paper else "")
+        if method == DENSE:
+            mean, std = float(sub["mean"].iloc[0]), float(sub["std"].iloc[0])
+            ax.axhline(mean, color=style.color, linestyle=PAPER_LINESTYLE if paper else DENSE_LINESTYLE,
+                       label=DENSE + _tag(source), zorder=1, gid=gid)
+            if math.isfinite(std):
+                ax.axhspan(mean - std, mean + std, color=style.color, alpha=0.08 if paper else 0.15, linewidth=0,
+                           zorder=0)
+            continue
+        x = sub.index.to_numpy() * 100
+        xs.update(x.tolist())
+        bars = ax.errorbar(x, sub["mean"], yerr=sub["std"].fillna(0.0).to_numpy(), color=style.color,
+                           marker=style.marker, linestyle=PAPER_LINESTYLE if paper else style.linestyle, capsize=2,
+                           elinewidth=0.7, label=method + _tag(source), zorder=2,
+                           markerfacecolor="white" if paper else style.color)
+        bars.lines[0].set_gid(gid)
+    return xs
 
 
 def plot_accuracy_vs_sparsity(
     runs: pd.DataFrame, arch: str, mode: str, out_path_stem: str | Path, *, metric: str = "primary",
-    solver: str | None = None,
+    solver: str | None = None, source: str | None = None,
 ) -> SavedFigure:
-    return save(accuracy_vs_sparsity_figure(runs, arch, mode, metric=metric, solver=solver), out_path_stem)
+    fig = accuracy_vs_sparsity_figure(runs, arch, mode, metric=metric, solver=solver, source=source)
+    return save(fig, out_path_stem)
 
 
 def delta_heatmap_figure(
-    runs: pd.DataFrame, arch: str, mode: str, *, metric: str = "primary", solver: str | None = None
+    runs: pd.DataFrame, arch: str, mode: str, *, metric: str = "primary", solver: str | None = None,
+    source: str | None = None,
 ) -> Figure:
-    """Per-task (and mean) Δ vs dense in percentage points for each sparse (method, sparsity) row."""
+    """Per-task (and mean) Δ vs dense in percentage points for each sparse (method, sparsity) row; with both
+    sources, each source's rows against its own dense row."""
     import seaborn as sns
 
-    lb = leaderboard(runs, arch, mode, metric, solver=solver, allow_incomplete_mean=False)
-    means = lb.table.xs("mean", level="stat", axis=1)[[*lb.tasks, MEAN]]
-    dense_rows = [r for r in means.index if r[0] == DENSE]
-    if not dense_rows:
-        raise FigureNotApplicable(f"{_title(arch, mode, solver)}: no dense runs to compare with")
-    delta = means.drop(index=dense_rows) - means.loc[dense_rows[0]]
+    lb = leaderboard(runs, arch, mode, metric, solver=solver, allow_incomplete_mean=False, source=source)
+    title = _title(arch, mode, solver, source)
+    deltas = []
+    for src, table in _by_source(lb.table, source).items():
+        means = table.xs("mean", level="stat", axis=1)[[*lb.tasks, MEAN]]
+        dense_rows = [r for r in means.index if r[0] == DENSE]
+        if not dense_rows:
+            log.info("%s: no dense row for %s, left out of the heatmap", title, src)
+            continue
+        delta = means.drop(index=dense_rows) - means.loc[dense_rows[0]]
+        delta.index = [_row_label(m, s) + _tag(src) for m, s in delta.index]
+        deltas.append(delta)
+    if not deltas:
+        raise FigureNotApplicable(f"{title}: no dense runs to compare with")
+    delta = pd.concat(deltas)
     if delta.empty or delta.isna().all().all():
-        raise FigureNotApplicable(f"{_title(arch, mode, solver)}: no sparse row shares a task with dense")
-    delta.index = [_row_label(m, s) for m, s in delta.index]
+        raise FigureNotApplicable(f"{title}: no sparse row shares a task with dense")
     vmax = float(np.nanmax(np.abs(delta.to_numpy()))) or 1.0
     with paper_style():
         width = min(PAGE_WIDTH_IN, max(COLUMN_WIDTH_IN, 1.9 + 0.42 * delta.shape[1]))
@@ -139,15 +182,15 @@ def delta_heatmap_figure(
         for label in ax.get_xticklabels():
             label.set_horizontalalignment("right")
             label.set_rotation_mode("anchor")
-        ax.set_title(f"{_title(arch, mode, solver)}: {_label(metric)} − dense (pp)")
+        ax.set_title(f"{title}: {_label(metric)} − dense (pp)")
     return fig
 
 
 def plot_delta_heatmap(
     runs: pd.DataFrame, arch: str, mode: str, out_path_stem: str | Path, *, metric: str = "primary",
-    solver: str | None = None,
+    solver: str | None = None, source: str | None = None,
 ) -> SavedFigure:
-    return save(delta_heatmap_figure(runs, arch, mode, metric=metric, solver=solver), out_path_stem)
+    return save(delta_heatmap_figure(runs, arch, mode, metric=metric, solver=solver, source=source), out_path_stem)
 
 
 def _spearman(x, y) -> tuple[float, float]:
@@ -160,9 +203,11 @@ def _spearman(x, y) -> tuple[float, float]:
 
 
 def linear_vs_full_ranks_figure(
-    runs: pd.DataFrame, arch: str, *, metric: str = "primary", linear_solver: str | None = None
+    runs: pd.DataFrame, arch: str, *, metric: str = "primary", linear_solver: str | None = None,
+    source: str | None = None,
 ) -> Figure:
     """Slopegraph: the rank (1 = best mean accuracy) of each (method, sparsity) under linear and full transfer."""
+    runs = filter_source(runs, source)
     lin = leaderboard(runs, arch, "linear", metric, solver=linear_solver).table[(MEAN, "mean")]
     full = leaderboard(runs, arch, "full", metric).table[(MEAN, "mean")]
     both = pd.concat({"linear": lin, "full": full}, axis=1).dropna()
@@ -191,37 +236,41 @@ def linear_vs_full_ranks_figure(
         for spine in ax.spines.values():
             spine.set_visible(False)
         rho_text = "n/a" if math.isnan(rho) else f"{rho:.2f}"
-        ax.set_title(f"{arch}: rank by mean {_label(metric)} (1 = best)\nSpearman ρ = {rho_text}")
+        ax.set_title(f"{arch}{_tag(source or OURS)}: rank by mean {_label(metric)} (1 = best)\nSpearman ρ = {rho_text}")
     return fig
 
 
 def plot_linear_vs_full_ranks(
     runs: pd.DataFrame, arch: str, out_path_stem: str | Path, *, metric: str = "primary",
-    linear_solver: str | None = None,
+    linear_solver: str | None = None, source: str | None = None,
 ) -> SavedFigure:
-    return save(linear_vs_full_ranks_figure(runs, arch, metric=metric, linear_solver=linear_solver), out_path_stem)
+    fig = linear_vs_full_ranks_figure(runs, arch, metric=metric, linear_solver=linear_solver, source=source)
+    return save(fig, out_path_stem)
 
 
 def upstream_transfer_points(
-    runs: pd.DataFrame, arch: str, mode: str, *, metric: str = "primary", solver: str | None = None
+    runs: pd.DataFrame, arch: str, mode: str, *, metric: str = "primary", solver: str | None = None,
+    source: str | None = None,
 ) -> pd.DataFrame:
     """Per (method, sparsity): ``upstream`` ImageNet top-1 (%) and ``transfer`` task-mean accuracy (%), both
     known. The upstream top-1 is a property of the checkpoint, so it is read from the arch's runs of any mode."""
+    runs = filter_source(runs, source)
     transfer = leaderboard(runs, arch, mode, metric, solver=solver).table[(MEAN, "mean")]
-    own = runs[runs["arch"] == arch]
+    own = runs[in_family(runs, arch)]
     upstream = (own.assign(sparsity=own["target_sparsity"].round(6))
                 .groupby(["method", "sparsity"])["upstream_top1"].mean() * 100)
     return pd.concat({"upstream": upstream, "transfer": transfer}, axis=1).dropna()
 
 
 def upstream_vs_transfer_figure(
-    runs: pd.DataFrame, arch: str, mode: str, *, metric: str = "primary", solver: str | None = None
+    runs: pd.DataFrame, arch: str, mode: str, *, metric: str = "primary", solver: str | None = None,
+    source: str | None = None,
 ) -> Figure:
     """Scatter of ImageNet top-1 vs task-mean transfer accuracy, one point per (method, sparsity); the title has
     the Spearman rank correlation."""
-    pts = upstream_transfer_points(runs, arch, mode, metric=metric, solver=solver)
+    pts = upstream_transfer_points(runs, arch, mode, metric=metric, solver=solver, source=source)
     if len(pts) < 3:
-        raise FigureNotApplicable(f"{_title(arch, mode, solver)}: upstream top-1 known for {len(pts)} complete "
+        raise FigureNotApplicable(f"{_title(arch, mode, solver, source)}: upstream top-1 known for {len(pts)} complete "
                                   "(method, sparsity) row(s); 3 needed")
     rho, p = _spearman(pts["upstream"], pts["transfer"])
     methods = order_methods(pts.index.get_level_values("method"))
@@ -239,22 +288,29 @@ def upstream_vs_transfer_figure(
                                 textcoords="offset points", fontsize=7, color="0.3")
         ax.set_xlabel("Upstream top-1 (%)")  # ImageNet for the paper's checkpoints
         ax.set_ylabel(f"Mean transfer {_label(metric)} (%)")
-        ax.set_title(f"{_title(arch, mode, solver)}: Spearman ρ = {rho:.2f} (p = {p:.2g}, n = {len(pts)})")
+        ax.set_title(f"{_title(arch, mode, solver, source)}: Spearman ρ = {rho:.2f} (p = {p:.2g}, n = {len(pts)})")
         _legend_below(fig, ax, len(methods))
     return fig
 
 
 def plot_upstream_vs_transfer(
     runs: pd.DataFrame, arch: str, mode: str, out_path_stem: str | Path, *, metric: str = "primary",
-    solver: str | None = None,
+    solver: str | None = None, source: str | None = None,
 ) -> SavedFigure:
-    return save(upstream_vs_transfer_figure(runs, arch, mode, metric=metric, solver=solver), out_path_stem)
+    fig = upstream_vs_transfer_figure(runs, arch, mode, metric=metric, solver=solver, source=source)
+    return save(fig, out_path_stem)
 
 
-def write_figures(runs: pd.DataFrame, out_dir: str | Path, metric: str = "primary") -> list[Path]:
-    """Every applicable figure for every (arch, mode) in ``runs``; figures that do not apply are logged."""
+def write_figures(
+    runs: pd.DataFrame, out_dir: str | Path, metric: str = "primary", source: str | None = None
+) -> list[Path]:
+    """Every applicable figure for every (arch, mode) in ``runs``; figures that do not apply are logged.
+
+    File stems end in ``_paper`` for the paper's results and ``_ours_vs_paper`` for both side by side; with
+    ``source="both"`` the rank and upstream figures are drawn once per source."""
     out = Path(out_dir)
     paths: list[Path] = []
+    source = resolve_source(runs, source)
 
     def attempt(name: str, fn, *args, **kwargs) -> None:
         try:
@@ -266,13 +322,24 @@ def write_figures(runs: pd.DataFrame, out_dir: str | Path, metric: str = "primar
 
     groups = report_groups(runs)
     for g in groups:
-        for name, fn in (("accuracy_vs_sparsity", plot_accuracy_vs_sparsity), ("delta_heatmap", plot_delta_heatmap),
-                         ("upstream_vs_transfer", plot_upstream_vs_transfer)):
-            stem = f"{g.stem}_{name}"
-            attempt(stem, fn, runs, g.arch, g.mode, out / stem, metric=metric, solver=g.solver)
+        for src in group_sources(runs, g, source):
+            for name, fn in (("accuracy_vs_sparsity", plot_accuracy_vs_sparsity),
+                             ("delta_heatmap", plot_delta_heatmap)):
+                stem = f"{g.stem}{SOURCE_SUFFIX[src]}_{name}"
+                attempt(stem, fn, runs, g.arch, g.mode, out / stem, metric=metric, solver=g.solver, source=src)
+            for single in [OURS, PAPER] if src == BOTH else [src]:
+                stem = f"{g.stem}{SOURCE_SUFFIX[single]}_upstream_vs_transfer"
+                attempt(stem, plot_upstream_vs_transfer, runs, g.arch, g.mode, out / stem, metric=metric,
+                        solver=g.solver, source=single)
     for g in groups:
         if g.mode == "linear" and any(f.arch == g.arch and f.mode == "full" for f in groups):
-            stem = "_".join(safe_name(p) for p in (g.arch, *([g.solver] if g.solver else []))) + "_linear_vs_full_ranks"
-            attempt(stem, plot_linear_vs_full_ranks, runs, g.arch, out / stem, metric=metric, linear_solver=g.solver)
+            base = "_".join(safe_name(p) for p in (g.arch, *([g.solver] if g.solver else [])))
+            singles = [OURS, PAPER] if source == BOTH else [source]
+            for single in singles:
+                own = filter_source(runs, single)
+                if set(own.loc[in_family(own, g.arch), "mode"]) >= {"linear", "full"}:
+                    stem = f"{base}{SOURCE_SUFFIX[single]}_linear_vs_full_ranks"
+                    attempt(stem, plot_linear_vs_full_ranks, runs, g.arch, out / stem, metric=metric,
+                            linear_solver=g.solver, source=single)
     log.info("wrote %d figure file(s) to %s", len(paths), out)
     return paths

@@ -5,6 +5,10 @@ mean is the mean over tasks of the per-task means; its ± is the std over seeds 
 the seeds that completed every task of the row (its n). A row with a missing task has no mean unless
 ``allow_incomplete_mean`` (then it averages the tasks it has). Δ vs dense is the row mean minus the mean of the
 ``dense`` row. The best entry of each column (at the displayed precision, ties included) is flagged.
+
+Our runs and the paper's (``source``) are never mixed in one cell. ``source="both"`` puts them side by side: rows
+(method, sparsity, source), each source's Δ against its own dense row and its own best entries, over the tasks
+both sources have (so that the two means are over the same tasks).
 """
 
 from __future__ import annotations
@@ -19,7 +23,18 @@ import pandas as pd
 from ..atomic import write_bytes
 from . import render
 from .palette import method_sort_key
-from .select import METRIC_LABELS, metric_column, report_groups, select_runs, split_duplicates
+from .select import (
+    BOTH,
+    METRIC_LABELS,
+    OURS,
+    PAPER,
+    filter_source,
+    metric_column,
+    report_groups,
+    select_runs,
+    sources_present,
+    split_duplicates,
+)
 
 log = logging.getLogger("transferbench")
 
@@ -40,6 +55,11 @@ class Leaderboard:
     allow_incomplete_mean: bool = False
     solver: str | None = None
     duplicates: pd.DataFrame = field(default_factory=pd.DataFrame)  # runs left out as repeats of a seed
+    source: str | None = None  # None/"ours": our runs; "paper"; "both": index (method, sparsity, source)
+
+    @property
+    def side_by_side(self) -> bool:
+        return self.source == BOTH
 
     @property
     def columns(self) -> list[str]:
@@ -50,21 +70,23 @@ class Leaderboard:
         solver = f" ({self.solver})" if self.solver else ""
         label = METRIC_LABELS.get(metric_column(self.metric), self.metric)
         primary = " (the metric each task reports)" if self.metric == "primary" else ""
-        return f"{self.arch} · {self.mode}{solver} · {label}{primary}"
+        origin = {PAPER: " · the paper's results", BOTH: " · ours vs the paper's"}.get(self.source or "", "")
+        return f"{self.arch} · {self.mode}{solver} · {label}{primary}{origin}"
 
-    def cell(self, row: tuple[str, float], column: str) -> tuple[float, float, float]:
+    def cell(self, row: tuple, column: str) -> tuple[float, float, float]:
         """(mean, std, n) of one cell."""
         return tuple(float(self.table.loc[row, (column, s)]) for s in STATS)  # type: ignore[return-value]
 
     def to_frame(self) -> pd.DataFrame:
         """The leaderboard in long form: one row per (method, sparsity, column) with mean, std, n, best."""
         out = []
-        for (method, sparsity), _ in self.table.iterrows():
+        for row in self.table.index:
+            source = row[2] if self.side_by_side else (self.source or OURS)
             for col in self.columns:
-                mean, std, n = self.cell((method, sparsity), col)
+                mean, std, n = self.cell(row, col)
                 out.append({"arch": self.arch, "mode": self.mode, "solver": self.solver, "metric": self.metric,
-                            "method": method, "sparsity": sparsity, "column": col, "mean": mean, "std": std,
-                            "n": n, "best": bool(self.best.loc[(method, sparsity), col]),
+                            "source": source, "method": row[0], "sparsity": row[1], "column": col, "mean": mean,
+                            "std": std, "n": n, "best": bool(self.best.loc[row, col]),
                             "text": render.cell_text(mean, std, n, delta=col == DELTA)})
         return pd.DataFrame(out)
 
@@ -87,13 +109,17 @@ def leaderboard(
     allow_incomplete_mean: bool = False,
     *,
     solver: str | None = None,
+    source: str | None = None,
 ) -> Leaderboard:
     """The leaderboard of ``arch`` under ``mode`` for ``metric`` (primary, top1 or mean_per_class_acc).
 
     ``tasks`` fixes the columns and their order (default: every task present, sorted); ``solver`` chooses the
-    linear solver where the runs have several (otherwise a ValueError)."""
+    linear solver where the runs have several (otherwise a ValueError). ``source`` is ``ours``, ``paper`` or
+    ``both`` (side by side); it may be left out when the runs have one source only."""
+    if source == BOTH:
+        return _side_by_side(runs, arch, mode, metric, tasks, allow_incomplete_mean, solver)
     col = metric_column(metric)
-    df = select_runs(runs, arch, mode, solver, tasks)
+    df = select_runs(filter_source(runs, source), arch, mode, solver, tasks)
     df = df[df[col].notna()]
     if df.empty:
         raise ValueError(f"no completed runs with metric {metric!r} for {arch}/{mode}"
@@ -145,22 +171,74 @@ def leaderboard(
         if shown.notna().any():
             best[c] = shown == shown.max()
     return Leaderboard(arch=arch, mode=mode, metric=metric, tasks=task_list, table=table, best=best,
-                       allow_incomplete_mean=allow_incomplete_mean, solver=solver, duplicates=duplicates)
+                       allow_incomplete_mean=allow_incomplete_mean, solver=solver, duplicates=duplicates,
+                       source=source)
 
 
-def write_leaderboards(runs: pd.DataFrame, out_dir: str | Path, metric: str = "primary") -> list[Path]:
-    """``leaderboard_<arch>_<mode>[_<solver>].{md,csv,tex}`` for every (arch, mode) in ``runs``."""
+def _side_by_side(
+    runs: pd.DataFrame, arch: str, mode: str, metric: str, tasks: list[str] | None, allow: bool, solver: str | None
+) -> Leaderboard:
+    selected = {s: select_runs(filter_source(runs, s), arch, mode, solver, tasks) for s in (OURS, PAPER)}
+    selected = {s: df for s, df in selected.items() if df[metric_column(metric)].notna().any()}
+    if not selected:
+        raise ValueError(f"no completed runs with metric {metric!r} for {arch}/{mode}")
+    if tasks is None:
+        task_sets = [set(df["task"]) for df in selected.values()]
+        common = set.intersection(*task_sets)
+        tasks = sorted(common or set.union(*task_sets))
+    parts = {s: leaderboard(runs, arch, mode, metric, tasks, allow, solver=solver, source=s) for s in selected}
+    table = pd.concat({s: lb.table for s, lb in parts.items()}, names=["source"])
+    best = pd.concat({s: lb.best for s, lb in parts.items()}, names=["source"])
+    order = sorted(table.index, key=lambda r: (method_sort_key(r[1]), r[2], (OURS, PAPER).index(r[0])))
+    index = pd.MultiIndex.from_tuples([(m, sp, s) for s, m, sp in order], names=["method", "sparsity", "source"])
+    table = table.reorder_levels([1, 2, 0]).reindex(index)
+    best = best.reorder_levels([1, 2, 0]).reindex(index)
+    duplicates = pd.concat([lb.duplicates for lb in parts.values()])
+    return Leaderboard(arch=arch, mode=mode, metric=metric, tasks=list(tasks), table=table, best=best,
+                       allow_incomplete_mean=allow, solver=solver, duplicates=duplicates, source=BOTH)
+
+
+def resolve_source(runs: pd.DataFrame, source: str | None) -> str:
+    """``source`` as given, or (None) ``both`` when the runs have both sources, else the one they have."""
+    if source is not None:
+        return source
+    present = sources_present(runs)
+    return BOTH if len(present) > 1 else (present[0] if present else OURS)
+
+
+SOURCE_SUFFIX = {OURS: "", PAPER: "_paper", BOTH: "_ours_vs_paper"}
+
+
+def group_sources(runs: pd.DataFrame, group, source: str) -> list[str]:
+    """Which renderings a (arch, mode) group gets: ``both`` only where both sources have runs in it (otherwise
+    the one source it has), a single source where it has runs."""
+    from .select import in_family
+
+    rows = runs[in_family(runs, group.arch) & (runs["mode"] == group.mode)]
+    present = sources_present(rows)
+    if source == BOTH:
+        return [BOTH] if len(present) > 1 else present
+    return [source] if source in present else []
+
+
+def write_leaderboards(
+    runs: pd.DataFrame, out_dir: str | Path, metric: str = "primary", source: str | None = None
+) -> list[Path]:
+    """``leaderboard_<arch>_<mode>[_<solver>][_paper|_ours_vs_paper].{md,csv,tex}`` for every (arch, mode) in
+    ``runs``: our runs (no suffix), the paper's (``_paper``) or both side by side (``_ours_vs_paper``)."""
     out = Path(out_dir)
     paths: list[Path] = []
+    source = resolve_source(runs, source)
     for group in report_groups(runs):
-        try:
-            lb = leaderboard(runs, group.arch, group.mode, metric, solver=group.solver)
-        except ValueError as exc:
-            log.warning("no leaderboard for %s: %s", group.stem, exc)
-            continue
-        stem = f"leaderboard_{group.stem}"
-        paths.append(write_bytes(out / f"{stem}.md", lb.to_markdown().encode()))
-        paths.append(lb.to_csv(out / f"{stem}.csv"))
-        paths.append(write_bytes(out / f"{stem}.tex", lb.to_latex().encode()))
+        for src in group_sources(runs, group, source):
+            stem = f"leaderboard_{group.stem}{SOURCE_SUFFIX[src]}"
+            try:
+                lb = leaderboard(runs, group.arch, group.mode, metric, solver=group.solver, source=src)
+            except ValueError as exc:
+                log.warning("no leaderboard %s: %s", stem, exc)
+                continue
+            paths.append(write_bytes(out / f"{stem}.md", lb.to_markdown().encode()))
+            paths.append(lb.to_csv(out / f"{stem}.csv"))
+            paths.append(write_bytes(out / f"{stem}.tex", lb.to_latex().encode()))
     log.info("wrote %d leaderboard file(s) to %s", len(paths), out)
     return paths

@@ -39,14 +39,15 @@ def cell_text(mean: float, std: float, n: float, delta: bool = False) -> str:
 
 
 def _rows(lb: Leaderboard):
+    """(method, sparsity, source or None, cells) per row; source only in side-by-side leaderboards."""
     from .leaderboard import DELTA
 
-    for method, sparsity in lb.table.index:
+    for row in lb.table.index:
         cells = []
         for col in lb.columns:
-            mean, std, n = lb.cell((method, sparsity), col)
-            cells.append((_parts(mean, std, n, delta=col == DELTA), bool(lb.best.loc[(method, sparsity), col])))
-        yield method, sparsity, cells
+            mean, std, n = lb.cell(row, col)
+            cells.append((_parts(mean, std, n, delta=col == DELTA), bool(lb.best.loc[row, col])))
+        yield row[0], row[1], (row[2] if lb.side_by_side else None), cells
 
 
 def _note(lb: Leaderboard) -> str:
@@ -55,15 +56,19 @@ def _note(lb: Leaderboard) -> str:
     else:
         n = len(lb.tasks)
         incomplete = f"the {n} task{'s' if n != 1 else ''} (none if one is missing)"
+    dense = "the dense row of the same source" if lb.side_by_side else "the dense row"
+    best = "Best per column and source" if lb.side_by_side else "Best per column"
     return (f"{lb.title}, in %: mean ± std over seeds (n = seeds; std with ddof=1). mean = mean over {incomplete}; "
-            "its ± is the std over seeds of the per-seed task mean. Δ vs dense = mean − the dense row's mean. "
-            f"Best per column in bold; {MISSING} = no completed run.")
+            f"its ± is the std over seeds of the per-seed task mean. Δ vs dense = mean − {dense}'s mean. "
+            f"{best} in bold; {MISSING} = no completed run.")
 
 
 def markdown(lb: Leaderboard) -> str:
-    header = ["method", "sparsity", *lb.columns]
-    lines = ["| " + " | ".join(header) + " |", "|:--|--:|" + "--:|" * len(lb.columns)]
-    for method, sparsity, cells in _rows(lb):
+    lead = ["method", "sparsity", *(["source"] if lb.side_by_side else [])]
+    header = [*lead, *lb.columns]
+    rule = "|:--|--:|" + (":--|" if lb.side_by_side else "") + "--:|" * len(lb.columns)
+    lines = ["| " + " | ".join(header) + " |", rule]
+    for method, sparsity, source, cells in _rows(lb):
         texts = []
         for parts, best in cells:
             if parts is None:
@@ -71,7 +76,8 @@ def markdown(lb: Leaderboard) -> str:
                 continue
             value = f"**{parts[0]}**" if best else parts[0]
             texts.append(f"{value} ({parts[1]})" if parts[1] else value)
-        lines.append("| " + " | ".join([method, fmt_sparsity(sparsity), *texts]) + " |")
+        first = [method, fmt_sparsity(sparsity), *([source] if source else [])]
+        lines.append("| " + " | ".join([*first, *texts]) + " |")
     return "\n".join(lines) + f"\n\n_{_note(lb)}_\n"
 
 
@@ -86,18 +92,19 @@ def _latex_header(name: str) -> str:
 
 
 def latex(lb: Leaderboard) -> str:
-    header = ["method", "sparsity", *(_latex_header(c) for c in lb.columns)]
+    lead = ["method", "sparsity", *(["source"] if lb.side_by_side else [])]
+    header = [*lead, *(_latex_header(c) for c in lb.columns)]
     lines = [
         "% " + latex_escape(_note(lb)).replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("−", "-")
         .replace(MISSING, LATEX_MISSING),
         r"% requires \usepackage{booktabs}",
-        r"\begin{tabular}{ll" + "r" * len(lb.columns) + "}",
+        r"\begin{tabular}{" + "l" * len(lead) + "r" * len(lb.columns) + "}",
         r"\toprule",
         " & ".join(header) + r" \\",
         r"\midrule",
     ]
     previous = None
-    for method, sparsity, cells in _rows(lb):
+    for method, sparsity, source, cells in _rows(lb):
         if previous == "dense" and method != "dense":
             lines.append(r"\midrule")
         previous = method
@@ -109,6 +116,7 @@ def latex(lb: Leaderboard) -> str:
             value = parts[0].replace(" ± ", r" $\pm$ ").replace("+", "$+$").replace("-", "$-$")
             value = rf"\textbf{{{value}}}" if best else value
             texts.append(rf"{value} {{\scriptsize ({parts[1]})}}" if parts[1] else value)
-        lines.append(" & ".join([latex_escape(method), fmt_sparsity(sparsity), *texts]) + r" \\")
+        first = [latex_escape(method), fmt_sparsity(sparsity), *([source] if source else [])]
+        lines.append(" & ".join([*first, *texts]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"

@@ -1,5 +1,9 @@
-"""Choosing the runs one table or figure is about: an architecture, a protocol (mode) and, for linear
-transfer, a solver — runs of different solvers are never averaged together."""
+"""Choosing the runs one table or figure is about: an architecture family, a protocol (mode), a source (our
+runs or the paper's) and, for linear transfer, a solver — runs of different solvers or sources are never averaged
+together.
+
+Architectures are grouped by family (``resnet50_rigl`` and ``resnet50_str`` are ResNet50 variants whose weights
+load into a different module layout), so that RigL and STR sit in the ResNet50 tables as in the paper."""
 
 from __future__ import annotations
 
@@ -15,6 +19,8 @@ METRICS = {"primary": "primary", "top1": "top1", "mean_per_class_acc": "mean_per
            "mean_per_class": "mean_per_class_acc"}
 METRIC_LABELS = {"primary": "accuracy", "top1": "top-1 accuracy", "mean_per_class_acc": "mean per-class accuracy"}
 CELL_KEYS = ["method", "sparsity", "task", "seed"]
+SOURCES = ("ours", "paper", "both")
+OURS, PAPER, BOTH = SOURCES
 
 
 @dataclass(frozen=True)
@@ -41,10 +47,54 @@ def metric_column(metric: str) -> str:
     return METRICS[metric]
 
 
+# The rule of checkpoints.registry.arch_family, repeated here because that module imports torch, which would
+# add seconds to every report command; tests/test_report_reference.py checks that the two agree.
+_VARIANT_SUFFIXES = ("_str", "_rigl")
+
+
+def arch_family(arch: str) -> str:
+    """``resnet50_rigl``/``resnet50_str`` → ``resnet50``; ``mobilenet_str`` → ``mobilenet``."""
+    for suffix in _VARIANT_SUFFIXES:
+        if arch.endswith(suffix):
+            return arch[: -len(suffix)]
+    return arch
+
+
+def families(arch: pd.Series) -> pd.Series:
+    """The architecture family of every row (mapped once per distinct value: runs tables can be large)."""
+    return arch.map({a: arch_family(a) for a in arch.dropna().unique()})
+
+
+def in_family(runs: pd.DataFrame, arch: str) -> pd.Series:
+    """Rows whose architecture is ``arch`` or belongs to the family ``arch``."""
+    return (runs["arch"] == arch) | (families(runs["arch"]) == arch)
+
+
+def source_of(runs: pd.DataFrame) -> pd.Series:
+    """The ``source`` column; tables collected before sources existed are all ours."""
+    return runs["source"] if "source" in runs.columns else pd.Series(OURS, index=runs.index)
+
+
+def sources_present(runs: pd.DataFrame) -> list[str]:
+    return [s for s in (OURS, PAPER) if (source_of(runs) == s).any()]
+
+
+def filter_source(runs: pd.DataFrame, source: str | None) -> pd.DataFrame:
+    """The rows of one source (``ours`` or ``paper``); ``None`` accepts a table that has only one source."""
+    if source is None:
+        present = sources_present(runs)
+        if len(present) > 1:
+            raise ValueError("the runs mix our runs and the paper's; pass source='ours', 'paper' or 'both'")
+        return runs
+    if source not in (OURS, PAPER):
+        raise ValueError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
+    return runs[source_of(runs) == source]
+
+
 def report_groups(runs: pd.DataFrame) -> list[Group]:
-    """Every (arch, mode) in ``runs``, split by solver where one (arch, mode) has runs of several solvers."""
+    """Every (arch family, mode) in ``runs``, split by solver where one (arch, mode) has runs of several solvers."""
     groups = []
-    for (arch, mode), df in runs.groupby(["arch", "mode"], sort=True):
+    for (arch, mode), df in runs.groupby([families(runs["arch"]), runs["mode"]], sort=True):
         solvers = sorted(df["solver"].dropna().unique())
         if len(solvers) <= 1:
             groups.append(Group(str(arch), str(mode)))
@@ -60,9 +110,9 @@ def report_groups(runs: pd.DataFrame) -> list[Group]:
 def select_runs(
     runs: pd.DataFrame, arch: str, mode: str, solver: str | None = None, tasks: list[str] | None = None
 ) -> pd.DataFrame:
-    """The runs of ``arch``/``mode`` (and ``solver``, and ``tasks``), with a ``sparsity`` column (the target
-    fraction, rounded to 6 decimals so that equal targets group together)."""
-    df = runs[(runs["arch"] == arch) & (runs["mode"] == mode)]
+    """The runs of ``arch`` (or its family) under ``mode`` (and ``solver``, and ``tasks``), with a ``sparsity``
+    column (the target fraction, rounded to 6 decimals so that equal targets group together)."""
+    df = runs[in_family(runs, arch) & (runs["mode"] == mode)]
     if solver is not None:
         df = df[df["solver"] == solver]
     else:
@@ -85,6 +135,9 @@ def split_duplicates(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     dup = order.duplicated(CELL_KEYS, keep="last")
     dropped, kept = order[dup], order[~dup]
     if len(dropped):
-        log.warning("%d run(s) repeat a (method, sparsity, task, seed) already present; only the newest counts: %s",
-                    len(dropped), ", ".join(dropped["run_key"].astype(str)))
+        # the paper's own repeats were reported once, when its files were read
+        quiet = (source_of(dropped) == PAPER).all()
+        (log.info if quiet else log.warning)(
+            "%d run(s) repeat a (method, sparsity, task, seed) already present; only the newest counts: %s%s",
+            len(dropped), ", ".join(dropped["run_key"].astype(str)[:5]), ", ..." if len(dropped) > 5 else "")
     return kept.sort_index(), dropped

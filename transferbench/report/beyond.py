@@ -1,0 +1,416 @@
+"""Beyond accuracy: what pruning changes in a transferred model's predictions, not only how many are right.
+
+Every sparse run is paired with the dense run of the same (architecture family, mode, solver, task, seed), whose
+``predictions.npz`` must hold the same test labels in the same order. For each pair ``beyond_metrics.pair_metrics``
+gives churn, flips, ECE, entropy and per-class drops; per (arch, mode, solver, task, method, sparsity) cell these
+are averaged over seeds, the classes hurt most are listed, and the pruning-identified exemplars are found over the
+paired seeds (at least 2). A sparse run without predictions, without a dense partner, or whose test list differs
+from its partner's is counted and listed in ``missing``, never skipped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from ..atomic import write_bytes
+from ..records import PREDICTIONS_FILE
+from . import beyond_metrics as bm
+from .figstyle import PAGE_WIDTH_IN, FigureNotApplicable, SavedFigure, new_figure, paper_style, save
+from .palette import method_colors, method_sort_key, method_style, order_methods
+from .render import fmt_sparsity
+from .select import OURS, Group, families, filter_source, safe_name, split_duplicates
+
+log = logging.getLogger("transferbench")
+
+DENSE = "dense"
+GROUP_KEYS = ["arch", "mode", "solver", "task", "seed"]
+CELL_KEYS = ["arch", "mode", "solver", "task", "method", "sparsity"]
+METRICS = [
+    "top1_dense",
+    "top1_sparse",
+    "churn",
+    "nfr",
+    "pfr",
+    "ece_dense",
+    "ece_sparse",
+    "entropy_dense",
+    "entropy_sparse",
+    "entropy_shift",
+    "worst_class_drop",
+    "bottom10_class_drop",
+    "std_class_drop",
+]
+HURT_SHOWN = 3
+EXEMPLARS_SHOWN = 20
+FIGURE_PANELS = (
+    ("churn", "Churn vs dense (%)", 100.0),
+    ("delta_ece", "ECE − dense ECE (pp)", 100.0),
+    ("entropy_shift", "Entropy shift (pp of log C)", 100.0),
+    ("pie_fraction", "PIEs (% of test set)", 100.0),
+)
+
+
+@dataclass(frozen=True)
+class Beyond:
+    pairs: pd.DataFrame  # one row per (sparse run, dense partner): the metrics of beyond_metrics.pair_metrics
+    cells: pd.DataFrame  # per cell: means over seeds, PIEs, the classes hurt most
+    classes: pd.DataFrame  # per cell and class: n, dense accuracy, mean drop over seeds
+    exemplars: pd.DataFrame  # per cell: the most susceptible test samples
+    missing: pd.DataFrame  # sparse runs that could not be paired, and why
+    min_count: int = bm.MIN_COUNT
+
+    def summary(self) -> str:
+        text = f"{len(self.pairs)} sparse/dense pair(s) in {len(self.cells)} cell(s)"
+        if len(self.missing):
+            reasons = self.missing["reason"].str.split(":").str[0].value_counts()
+            text += (
+                f"; {len(self.missing)} sparse run(s) not paired ("
+                + "; ".join(f"{k}: {v}" for k, v in sorted(reasons.items()))
+                + ")"
+            )
+        return text
+
+
+def _predictions(path: Path) -> tuple[np.ndarray, np.ndarray] | str:
+    """(logits, labels) or the reason they cannot be used."""
+    try:
+        with np.load(path) as npz:
+            logits, labels = npz["logits"], npz["labels"]
+    except FileNotFoundError:
+        return f"no predictions: {path} does not exist"
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        return f"unreadable predictions: {path}: {exc}"
+    if logits.ndim != 2 or labels.ndim != 1 or len(labels) != len(logits) or len(labels) == 0:
+        return f"unreadable predictions: {path}: logits {logits.shape} and labels {labels.shape} do not match"
+    if labels.min() < 0 or labels.max() >= logits.shape[1]:
+        return f"unreadable predictions: {path}: labels outside 0..{logits.shape[1] - 1}"
+    return logits, labels.astype(np.int64)
+
+
+def _prepare(runs: pd.DataFrame) -> pd.DataFrame:
+    df = filter_source(runs, OURS) if "source" in runs.columns else runs
+    df = df.assign(
+        arch=families(df["arch"]),
+        sparsity=df["target_sparsity"].astype(float).round(6),
+        solver=df["solver"].fillna("sgd"),
+    )
+    kept = [split_duplicates(g)[0] for _, g in df.groupby(["arch", "mode", "solver"], sort=False)]
+    return pd.concat(kept) if kept else df
+
+
+def beyond(runs: pd.DataFrame, min_count: int = bm.MIN_COUNT) -> Beyond:
+    """The beyond-accuracy analysis of our runs (``runs`` from :func:`collect`; predictions are read beside each
+    record's ``path``)."""
+    df = _prepare(runs)
+    cache: dict[str, tuple[np.ndarray, np.ndarray] | str] = {}
+
+    def load(row) -> tuple[np.ndarray, np.ndarray] | str:
+        if row.run_key not in cache:
+            cache[row.run_key] = _predictions(Path(row.path).parent / PREDICTIONS_FILE)
+        return cache[row.run_key]
+
+    pairs, missing, preds = [], [], {}
+    for key, group in df.groupby(GROUP_KEYS, sort=True):
+        dense = next(group[group["method"] == DENSE].itertuples(), None)
+        sparse = group[group["method"] != DENSE]
+        partner = load(dense) if dense is not None else None
+        for row in sparse.itertuples():
+            ident = dict(zip(GROUP_KEYS, key, strict=True)) | {"method": row.method, "sparsity": row.sparsity}
+            reason = None
+            own = load(row)
+            if partner is None:
+                reason = f"no dense partner: no dense run for {'/'.join(map(str, key))}"
+            elif isinstance(own, str):
+                reason = own
+            elif isinstance(partner, str):
+                reason = f"dense partner unusable: {partner}"
+            elif own[0].shape[1] != partner[0].shape[1] or not np.array_equal(own[1], partner[1]):
+                reason = f"test list differs: labels or classes differ from the dense run's ({dense.run_key})"
+            if reason is not None:
+                missing.append({**ident, "run_key": row.run_key, "reason": reason})
+                continue
+            logits, labels = own
+            pairs.append(
+                {
+                    **ident,
+                    "run_key": row.run_key,
+                    "dense_run_key": dense.run_key,
+                    "n_test": len(labels),
+                    "num_classes": logits.shape[1],
+                    **bm.pair_metrics(partner[0], logits, labels, min_count),
+                }
+            )
+            preds[(*ident.values(),)] = (logits.argmax(1), partner[0].argmax(1), labels)
+    pairs_df = pd.DataFrame(
+        pairs,
+        columns=[
+            *CELL_KEYS[:4],
+            "seed",
+            *CELL_KEYS[4:],
+            "run_key",
+            "dense_run_key",
+            "n_test",
+            "num_classes",
+            *METRICS,
+            "classes_used",
+        ],
+    )
+    missing_df = pd.DataFrame(missing, columns=[*CELL_KEYS[:4], "seed", *CELL_KEYS[4:], "run_key", "reason"])
+    cells, classes, exemplars = _cells(pairs_df, preds, min_count)
+    result = Beyond(pairs_df, cells, classes, exemplars, missing_df, min_count)
+    (log.warning if len(missing_df) else log.info)("beyond accuracy: %s", result.summary())
+    return result
+
+
+def _cells(pairs: pd.DataFrame, preds: dict, min_count: int):
+    cells, classes, exemplars = [], [], []
+    for cell, group in pairs.groupby(CELL_KEYS, sort=False):
+        ident = dict(zip(CELL_KEYS, cell, strict=True))
+        seeds = sorted(group["seed"])
+        sparse_p, dense_p, labels = zip(*(preds[(*cell[:4], s, *cell[4:])] for s in seeds), strict=True)
+        c = int(group["num_classes"].iloc[0])
+        labels0 = labels[0]
+        drops = np.stack([bm.per_class_drop(s, d, labels0, c)[0] for s, d in zip(sparse_p, dense_p, strict=True)])
+        n = np.bincount(labels0, minlength=c)
+        mean_drop = drops.mean(axis=0)
+        dense_acc = np.mean([bm.per_class_accuracy(d, labels0, c)[0] for d in dense_p], axis=0)
+        used = n >= min_count if (n >= min_count).any() else n > 0
+        hurt = [int(k) for k in np.argsort(np.where(used, mean_drop, np.inf), kind="stable")[:HURT_SHOWN] if used[k]]
+        classes += [
+            {
+                **ident,
+                "class": k,
+                "n": int(n[k]),
+                "dense_acc": dense_acc[k],
+                "mean_drop": mean_drop[k],
+                "used": bool(used[k]),
+            }
+            for k in range(c)
+        ]
+        row = {**ident, "seeds": len(seeds), **group[METRICS].mean().to_dict()}
+        row["delta_top1"] = row["top1_sparse"] - row["top1_dense"]
+        row["delta_ece"] = row["ece_sparse"] - row["ece_dense"]
+        row["most_hurt"] = ", ".join(f"{k} ({mean_drop[k] * 100:+.1f})" for k in hurt)
+        if len(seeds) >= 2:
+            pie = bm.pruning_identified_exemplars(np.stack(sparse_p), np.stack(dense_p), c)
+            dense_modal = bm.modal_prediction(np.stack(dense_p), c)
+            sparse_modal = bm.modal_prediction(np.stack(sparse_p), c)
+            # how many sparse seeds move away from the dense population's answer
+            away = (np.stack(sparse_p) != dense_modal).mean(axis=0)
+            row["pie_count"], row["pie_fraction"] = int(pie.sum()), float(pie.mean())
+            for i in np.lexsort((np.arange(len(pie)), -away, ~pie))[:EXEMPLARS_SHOWN]:
+                if not pie[i]:
+                    break
+                exemplars.append(
+                    {
+                        **ident,
+                        "index": int(i),
+                        "label": int(labels0[i]),
+                        "dense_modal": int(dense_modal[i]),
+                        "sparse_modal": int(sparse_modal[i]),
+                        "sparse_seeds_away": float(away[i]),
+                        "dense_modal_correct": bool(dense_modal[i] == labels0[i]),
+                    }
+                )
+        else:
+            row["pie_count"], row["pie_fraction"] = None, math.nan
+        cells.append(row)
+    cell_cols = [
+        *CELL_KEYS,
+        "seeds",
+        "top1_dense",
+        "top1_sparse",
+        "delta_top1",
+        "churn",
+        "nfr",
+        "pfr",
+        "ece_dense",
+        "ece_sparse",
+        "delta_ece",
+        "entropy_dense",
+        "entropy_sparse",
+        "entropy_shift",
+        "worst_class_drop",
+        "bottom10_class_drop",
+        "std_class_drop",
+        "pie_count",
+        "pie_fraction",
+        "most_hurt",
+    ]
+    cells_df = pd.DataFrame(cells, columns=cell_cols)
+    cells_df["pie_count"] = cells_df["pie_count"].astype("Int64")
+    order = sorted(
+        cells_df.index,
+        key=lambda i: (
+            *cells_df.loc[i, CELL_KEYS[:4]],
+            method_sort_key(cells_df.at[i, "method"]),
+            cells_df.at[i, "sparsity"],
+        ),
+    )
+    return (
+        cells_df.loc[order].reset_index(drop=True),
+        pd.DataFrame(classes, columns=[*CELL_KEYS, "class", "n", "dense_acc", "mean_drop", "used"]),
+        pd.DataFrame(
+            exemplars,
+            columns=[
+                *CELL_KEYS,
+                "index",
+                "label",
+                "dense_modal",
+                "sparse_modal",
+                "sparse_seeds_away",
+                "dense_modal_correct",
+            ],
+        ),
+    )
+
+
+def to_markdown(result: Beyond) -> str:
+    """The per-cell table in %, with the definitions."""
+    c = result.cells
+
+    def pct(x: float, sign: bool = False) -> str:
+        return "—" if pd.isna(x) else (f"{x * 100:+.2f}" if sign else f"{x * 100:.2f}")
+
+    head = [
+        "arch",
+        "mode",
+        "task",
+        "method",
+        "sparsity",
+        "seeds",
+        "Δtop1",
+        "churn",
+        "NFR",
+        "PFR",
+        "ECE d→s",
+        "Δentropy",
+        "worst class",
+        "PIEs",
+        "classes hurt most (Δ pp)",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + ":--|" * 4 + "--:|" * 10 + ":--|"]
+    for r in c.itertuples():
+        pies = "—" if pd.isna(r.pie_count) else f"{int(r.pie_count)} ({r.pie_fraction * 100:.1f}%)"
+        mode = r.mode if r.solver == "sgd" else f"{r.mode} ({r.solver})"
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r.arch,
+                    mode,
+                    r.task,
+                    r.method,
+                    fmt_sparsity(r.sparsity),
+                    str(r.seeds),
+                    pct(r.delta_top1, True),
+                    pct(r.churn),
+                    pct(r.nfr),
+                    pct(r.pfr),
+                    f"{pct(r.ece_dense)} → {pct(r.ece_sparse)}",
+                    pct(r.entropy_shift, True),
+                    pct(r.worst_class_drop, True),
+                    pies,
+                    r.most_hurt or "—",
+                ]
+            )
+            + " |"
+        )
+    note = (
+        f"Sparse vs the dense run of the same task, mode and seed; means over seeds, in %. churn = predictions "
+        "that differ from dense; NFR/PFR = right→wrong / wrong→right flips (Δtop1 = PFR − NFR); ECE: top-label, "
+        f"{bm.ECE_BINS} equal-width bins; Δentropy: mean entropy / log C, sparse − dense; worst class: the "
+        f"lowest per-class accuracy drop over classes with ≥ {result.min_count} test samples; PIEs: samples whose "
+        "modal sparse prediction over seeds differs from the modal dense prediction (needs ≥ 2 seeds)."
+    )
+    text = "\n".join(lines) + f"\n\n_{note}_\n\n{result.summary()}.\n"
+    if len(result.missing):
+        text += "\n## Not paired\n\n| run | reason |\n|:--|:--|\n" + "".join(
+            f"| {r.run_key} | {r.reason} |\n" for r in result.missing.itertuples()
+        )
+    return text
+
+
+def beyond_figure(cells: pd.DataFrame, arch: str, mode: str, solver: str | None = None) -> Figure:
+    """Four panels against target sparsity, one line per method (mean over the tasks): churn, ΔECE, entropy
+    shift and the PIE fraction."""
+    import seaborn as sns
+
+    df = cells[(cells["arch"] == arch) & (cells["mode"] == mode)]
+    if solver is not None:
+        df = df[df["solver"] == solver]
+    if df.empty:
+        raise FigureNotApplicable(f"{arch}/{mode}: no sparse/dense pairs")
+    methods = order_methods(df["method"])
+    df = df.assign(x=df["sparsity"] * 100)
+    with paper_style():
+        fig = new_figure(PAGE_WIDTH_IN, 2.0 + 0.15 * math.ceil(len(methods) / 6))
+        axes = fig.subplots(1, len(FIGURE_PANELS))
+        for ax, (col, label, scale) in zip(axes, FIGURE_PANELS, strict=True):
+            data = df.assign(y=df[col] * scale).dropna(subset=["y"])
+            if not data.empty:
+                sns.lineplot(
+                    data=data,
+                    x="x",
+                    y="y",
+                    hue="method",
+                    hue_order=methods,
+                    palette=method_colors(methods),
+                    style="method",
+                    style_order=methods,
+                    markers={m: method_style(m).marker for m in methods},
+                    dashes=False,
+                    errorbar=None,
+                    ax=ax,
+                    legend=ax is axes[0],
+                )
+            ax.set_xlabel("Target sparsity (%)")
+            ax.set_ylabel(label)
+        handles, labels = axes[0].get_legend_handles_labels()
+        if axes[0].get_legend() is not None:
+            axes[0].get_legend().remove()
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(6, len(methods)), frameon=False)
+        tasks = df["task"].nunique()
+        fig.suptitle(
+            f"{arch} · {mode}{f' ({solver})' if solver else ''}: sparse vs dense, mean over {tasks} "
+            f"task{'s' if tasks != 1 else ''}"
+        )
+    return fig
+
+
+def write_beyond(result: Beyond, out_dir: str | Path) -> list[Path]:
+    """``beyond.csv``/``beyond.md`` (per cell), ``beyond_pairs.csv``, ``beyond_classes.csv``,
+    ``beyond_exemplars.csv``, ``beyond_missing.csv`` and one figure per (arch, mode[, solver])."""
+    out = Path(out_dir)
+    paths = [
+        write_bytes(out / "beyond.csv", result.cells.to_csv(index=False).encode()),
+        write_bytes(out / "beyond.md", to_markdown(result).encode()),
+    ]
+    for name, frame in (
+        ("pairs", result.pairs),
+        ("classes", result.classes),
+        ("exemplars", result.exemplars),
+        ("missing", result.missing),
+    ):
+        paths.append(write_bytes(out / f"beyond_{name}.csv", frame.to_csv(index=False).encode()))
+    groups = result.cells[["arch", "mode", "solver"]].drop_duplicates()
+    for g in groups.itertuples():
+        several = (groups["arch"].eq(g.arch) & groups["mode"].eq(g.mode)).sum() > 1
+        group = Group(g.arch, g.mode, g.solver if several else None)
+        try:
+            paths.extend(save(beyond_figure(result.cells, g.arch, g.mode, group.solver), out / f"beyond_{group.stem}"))
+        except FigureNotApplicable as exc:
+            log.info("figure beyond_%s skipped: %s", safe_name(group.stem), exc)
+    log.info("wrote %d beyond-accuracy file(s) to %s", len(paths), out)
+    return paths
+
+
+__all__ = ["Beyond", "SavedFigure", "beyond", "beyond_figure", "to_markdown", "write_beyond"]

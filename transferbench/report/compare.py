@@ -1,0 +1,178 @@
+"""Our results against the paper's, cell by cell: (arch family, mode, solver, task, method, sparsity).
+
+Per cell: our mean, std and seed count, the paper's, the difference (ours − paper, in percentage points) and a
+verdict on whether the difference is outside seed noise. The rule is Welch's two-sample t-test (unequal variances)
+at ``alpha`` (default 0.05, two-sided):
+
+    se = sqrt(s_o²/n_o + s_p²/n_p),  t = (m_o − m_p) / se,
+    df = se⁴ / ((s_o²/n_o)² / (n_o − 1) + (s_p²/n_p)² / (n_p − 1)),  p = 2·(1 − F_t(|t|; df)),
+
+``outside`` when p < alpha, ``within`` otherwise, ``n/a`` when either side has fewer than 2 seeds (no variance to
+judge noise by). With zero spread on both sides any non-zero difference is ``outside``. It tests seed noise only:
+a systematic difference (another data split, checkpoint or preprocessing) is by design reported as ``outside``.
+Cells are tested one by one, uncorrected: with m tested cells about alpha·m are flagged by chance, which
+``summary`` states. Seeds are counted as in the leaderboards (a repeated seed counts once, the newest run).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..atomic import write_bytes
+from ..errors import TransferbenchError
+from .palette import method_sort_key
+from .render import fmt_sparsity
+from .select import OURS, PAPER, families, filter_source, metric_column, split_duplicates
+
+log = logging.getLogger("transferbench")
+
+KEYS = ["arch", "mode", "solver", "task", "method", "sparsity"]
+OUTSIDE, WITHIN, NA = "outside", "within", "n/a"
+ALPHA = 0.05
+
+
+def _cells(runs: pd.DataFrame, col: str) -> pd.DataFrame:
+    df = runs[runs[col].notna()]
+    # records that name no solver predate `--solver lbfgs`: they were trained with SGD, as the paper's
+    df = df.assign(
+        arch=families(df["arch"]),
+        sparsity=df["target_sparsity"].astype(float).round(6),
+        solver=df["solver"].fillna("sgd"),
+    )
+    kept = []
+    for _, group in df.groupby(["arch", "mode", "solver"], sort=False):
+        kept.append(split_duplicates(group)[0])
+    df = pd.concat(kept) if kept else df
+    return df.groupby(KEYS)[col].agg(mean="mean", std="std", n="count") * [100.0, 100.0, 1.0]
+
+
+def welch(m1: float, s1: float, n1: int, m2: float, s2: float, n2: int) -> tuple[float, float, float, float]:
+    """(se, t, df, p) of Welch's t-test for the difference m1 − m2; NaN when a side has fewer than 2 samples."""
+    from scipy.stats import t as student_t
+
+    if n1 < 2 or n2 < 2:
+        return (math.nan,) * 4
+    v1, v2 = s1 * s1 / n1, s2 * s2 / n2
+    se = math.sqrt(v1 + v2)
+    diff = m1 - m2
+    if se == 0.0:
+        return 0.0, (math.inf if diff else 0.0), math.nan, (0.0 if diff else 1.0)
+    df = (v1 + v2) ** 2 / (v1 * v1 / (n1 - 1) + v2 * v2 / (n2 - 1))
+    t = diff / se
+    return se, t, df, float(2.0 * student_t.sf(abs(t), df))
+
+
+def compare(
+    runs: pd.DataFrame, reference: pd.DataFrame | None = None, *, metric: str = "primary", alpha: float = ALPHA
+) -> pd.DataFrame:
+    """One row per cell our runs have: ours and the paper's mean/std/n (in %), ``diff`` (pp), Welch's ``se``,
+    ``t``, ``df``, ``p`` and ``verdict`` (outside/within/n/a). ``reference`` defaults to the paper's rows of
+    ``runs``."""
+    col = metric_column(metric)
+    ours = filter_source(runs, OURS)
+    paper = filter_source(runs if reference is None else reference, PAPER)
+    if ours.empty:
+        raise TransferbenchError("no completed runs of ours to compare (--results); run experiments first")
+    if paper.empty:
+        raise TransferbenchError(
+            "no paper results to compare with; pass --reference with the paper's raw_results/*.txt files"
+        )
+    o, p = _cells(ours, col), _cells(paper, col)
+    table = o.add_prefix("ours_").join(p.add_prefix("paper_"), how="left").reset_index()
+    table["paper_n"] = table["paper_n"].fillna(0)
+    table["diff"] = table["ours_mean"] - table["paper_mean"]
+    stats = [
+        welch(r.ours_mean, r.ours_std, int(r.ours_n), r.paper_mean, r.paper_std, int(r.paper_n))
+        for r in table.itertuples()
+    ]
+    table[["se", "t", "df", "p"]] = pd.DataFrame(stats, index=table.index, dtype=float) if stats else np.nan
+    table["verdict"] = np.where(table["p"].isna(), NA, np.where(table["p"] < alpha, OUTSIDE, WITHIN))
+    table[["ours_n", "paper_n"]] = table[["ours_n", "paper_n"]].astype(int)
+    order = sorted(
+        table.index,
+        key=lambda i: (
+            table.at[i, "arch"],
+            table.at[i, "mode"],
+            table.at[i, "task"],
+            method_sort_key(table.at[i, "method"]),
+            table.at[i, "sparsity"],
+        ),
+    )
+    table = table.loc[order].reset_index(drop=True)
+    table.attrs.update(alpha=alpha, metric=metric)
+    return table
+
+
+def summary(table: pd.DataFrame) -> str:
+    counts = table["verdict"].value_counts()
+    tested = int(counts.get(OUTSIDE, 0) + counts.get(WITHIN, 0))
+    alpha = table.attrs.get("alpha", ALPHA)
+    no_paper = int((table["paper_n"] == 0).sum())
+    return (
+        f"{len(table)} cell(s): {counts.get(OUTSIDE, 0)} outside seed noise, {counts.get(WITHIN, 0)} within, "
+        f"{counts.get(NA, 0)} n/a (fewer than 2 seeds on a side; {no_paper} without a paper result). "
+        f"Welch t-test per cell at alpha={alpha:g}: about {alpha * tested:.1f} of {tested} would be flagged by "
+        "chance alone"
+    )
+
+
+def _fmt(x: float, spec: str = ".2f") -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def display_frame(table: pd.DataFrame) -> pd.DataFrame:
+    """The comparison as text, for printing and Markdown."""
+    return pd.DataFrame(
+        {
+            "arch": table["arch"],
+            "mode": table["mode"],
+            "solver": table["solver"],
+            "task": table["task"],
+            "method": table["method"],
+            "sparsity": [fmt_sparsity(s) for s in table["sparsity"]],
+            "ours": [
+                f"{_fmt(m)} ± {_fmt(s)} (n={n})" if n > 1 else f"{_fmt(m)} (n={n})"
+                for m, s, n in zip(table["ours_mean"], table["ours_std"], table["ours_n"], strict=True)
+            ],
+            "paper": [
+                ("—" if n == 0 else f"{_fmt(m)} ± {_fmt(s)} (n={n})" if n > 1 else f"{_fmt(m)} (n={n})")
+                for m, s, n in zip(table["paper_mean"], table["paper_std"], table["paper_n"], strict=True)
+            ],
+            "diff (pp)": [_fmt(d, "+.2f") for d in table["diff"]],
+            "p": [_fmt(p, ".3g") for p in table["p"]],
+            "verdict": table["verdict"],
+        }
+    )
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    shown = display_frame(table)
+    lines = [
+        "| " + " | ".join(shown.columns) + " |",
+        "|"
+        + "|".join(
+            ":--" if c in ("arch", "mode", "solver", "task", "method", "verdict") else "--:" for c in shown.columns
+        )
+        + "|",
+    ]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in shown.itertuples(index=False)]
+    note = (
+        f"Ours vs the paper, {table.attrs.get('metric', 'primary')} in %: mean ± std over seeds (n seeds). "
+        "diff = ours − paper in percentage points; verdict by Welch's t-test at alpha="
+        f"{table.attrs.get('alpha', ALPHA):g} (outside / within seed noise; n/a: fewer than 2 seeds on a side)."
+    )
+    return "\n".join(lines) + f"\n\n_{note}_\n\n{summary(table)}.\n"
+
+
+def write_compare(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """``compare.csv`` (every number) and ``compare.md``."""
+    out = Path(out_dir)
+    return [
+        write_bytes(out / "compare.csv", table.to_csv(index=False).encode()),
+        write_bytes(out / "compare.md", to_markdown(table).encode()),
+    ]
