@@ -12,6 +12,14 @@ cmd=${1:?usage: testcluster.sh start|stop DIR [CPUS]}
 D=${2:?usage: testcluster.sh start|stop DIR [CPUS]}
 
 stop() {
+    # Cancel this cluster's jobs first: their slurmstepd processes outlive the daemons otherwise.
+    if [ -f "$D/slurmctld.mypid" ] && kill -0 "$(cat "$D/slurmctld.mypid")" 2>/dev/null; then
+        SLURM_CONF="$D/slurm.conf" timeout 10 scancel --quiet --user="$(id -un)" 2>/dev/null || true
+        for _ in $(seq 50); do
+            [ -z "$(SLURM_CONF="$D/slurm.conf" timeout 5 squeue -h 2>/dev/null)" ] && break
+            sleep 0.2
+        done
+    fi
     for f in "$D/slurmd.mypid" "$D/slurmctld.mypid"; do
         [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
     done

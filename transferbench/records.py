@@ -71,8 +71,9 @@ def hardware(device: str) -> dict[str, Any]:
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    if "SLURM_JOB_ID" in os.environ:
-        info["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT"):
+        if name in os.environ:  # provenance: which job (and how many requeues) produced the record
+            info[name.lower()] = os.environ[name]
     return info
 
 

@@ -7,6 +7,7 @@ import os
 from dataclasses import replace
 
 import submitit
+import torch
 
 from ..records import existing_record
 from ..runner import RunContext, configure_determinism, run_full, run_linear_group
@@ -70,4 +71,7 @@ class SweepJob(submitit.helpers.Checkpointable):
         from ..progress import setup_logging
 
         setup_logging(verbose=False)
+        cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+        if cpus and cpus.isdigit():  # torch would start one thread per core of the node, not of the allocation
+            torch.set_num_threads(int(cpus))
         return execute_unit(self.unit, self.ctx)

@@ -1,0 +1,133 @@
+"""A sweep on a real single-node SLURM (Debian slurmctld/slurmd 22.05 started by slurm/testcluster.sh):
+arrays, one job interrupted mid-run with `scancel --signal USR2` (checkpointed and requeued by submitit),
+every record complete and equal to an uninterrupted run's, and a second sweep that does nothing.
+
+CI installs SLURM (.ci/run) and sets TRANSFERBENCH_REQUIRE_SLURM=1, so there this test cannot be skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fixtures_sweep import write_fixture_sweep
+
+from transferbench.cli import main
+from transferbench.dispatch import load_sweep, plan_sweep
+from transferbench.dispatch.state import DONE
+from transferbench.runner import RunContext, run
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = Path(__file__).parents[1] / "slurm" / "testcluster.sh"
+BINARIES = ("slurmctld", "slurmd", "sbatch", "srun", "squeue", "scancel", "sinfo")
+
+
+@pytest.fixture(scope="module")
+def slurm_conf(tmp_path_factory):
+    missing = [b for b in BINARIES if shutil.which(b) is None and not Path("/usr/sbin", b).exists()]
+    if missing:
+        message = (f"SLURM is not installed ({', '.join(missing)} missing): apt-get install slurmctld slurmd "
+                   "slurm-client")
+        if os.environ.get("TRANSFERBENCH_REQUIRE_SLURM") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    folder = tmp_path_factory.mktemp("slurm")
+    env = dict(os.environ, PATH=f"{os.environ['PATH']}:/usr/sbin")
+    started = subprocess.run([str(SCRIPT), "start", str(folder), str(os.cpu_count() or 2)], env=env,
+                             capture_output=True, text=True, timeout=90)
+    assert started.returncode == 0, started.stderr
+    yield started.stdout.strip()
+    subprocess.run([str(SCRIPT), "stop", str(folder)], env=env, timeout=60)
+
+
+def _wait(predicate, timeout: float, what: str, poll: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_sweep_on_a_real_slurm_survives_an_interruption_and_resubmits_nothing(slurm_conf, tmp_path, monkeypatch,
+                                                                                capsys):
+    monkeypatch.setenv("SLURM_CONF", slurm_conf)
+    sweep_file, data = write_fixture_sweep(tmp_path, linear_seeds=(21, 51), full_seeds=(21, 51), full_epochs=20)
+    out = tmp_path / "out"
+    args = ["sweep", str(sweep_file), "--executor", "slurm", "--profile", "testcluster", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "8 run(s) in 6 job(s)" in printed and "submitted 6 job(s) as array(s)" in printed
+    ledger = [json.loads(line) for line in (out / "jobs" / "ledger.jsonl").read_text().splitlines()]
+    assert [len(e["run_keys"]) for e in ledger] == [2, 2, 1, 1, 1, 1]
+    assert all("_" in e["job_id"] for e in ledger)  # array tasks
+
+    # interrupt the first full fine-tuning job once it has saved an epoch
+    victim = next(e for e in ledger if e["mode"] == "full")
+    (key,) = victim["run_keys"]
+    _wait(lambda: (out / "work" / key / "train_state.pt").exists(), 240, f"job {victim['job_id']} to save an epoch",
+          poll=0.05)
+    # What SLURM sends before a time limit (--signal=USR2@N) or a preemption. scancel may keep retrying with
+    # "Job can not be altered now" once the job is requeuing, so it is stopped when the job has the signal.
+    scancel = subprocess.Popen(["scancel", "--signal=USR2", victim["job_id"]])
+    _wait(lambda: "SIGUSR2" in Path(victim["stderr"]).read_text(errors="replace"), 60, "the job to get USR2")
+    if scancel.poll() is None:
+        scancel.kill()
+    scancel.wait()
+
+    plan = plan_sweep(load_sweep(sweep_file), out)
+    keys = [s.run_key for s in plan.specs]
+
+    def all_done():
+        states = plan_sweep(load_sweep(sweep_file), out).states
+        return all(states[k].state == DONE for k in keys)
+
+    _wait(all_done, 420, "every run of the sweep to complete", poll=1.0)
+    _wait(lambda: not subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.strip(), 60,
+          "the queue to drain")
+
+    records = {k: json.loads((out / "runs" / k / "result.json").read_text()) for k in keys}
+    assert all(r["status"] == "completed" and (out / "runs" / k / "predictions.npz").exists()
+               for k, r in records.items())
+    assert not list(out.glob("failures/*")) and not list(out.glob("work/*/claim.json"))
+    interrupted = records[key]
+    assert interrupted["timings"]["resumed_from_epoch"] >= 1  # it went on from its saved epoch
+    assert interrupted["hardware"]["slurm_restart_count"] == "1"  # after one requeue by submitit
+    assert interrupted["hardware"]["slurm_array_job_id"] == victim["job_id"].split("_")[0]
+    assert all(r["hardware"]["torch_threads"] == 1 for r in records.values())  # the profile's cpus_per_task
+
+    # the interrupted run equals an uninterrupted one of the same spec (on as many threads: float sums differ)
+    spec = next(s for s in plan.specs if s.run_key == key)
+    reference_out = tmp_path / "reference"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(interrupted["hardware"]["torch_threads"])
+    try:
+        run(spec, RunContext(out=reference_out, data_root=data, num_workers=0))
+    finally:
+        torch.set_num_threads(threads)
+    reference = json.loads((reference_out / "runs" / key / "result.json").read_text())
+    assert interrupted["metrics"] == reference["metrics"]
+    assert interrupted["curve"] == reference["curve"]
+    assert interrupted["sparsity"] == reference["sparsity"]
+    np.testing.assert_array_equal(np.load(out / "runs" / key / "predictions.npz")["logits"],
+                                  np.load(reference_out / "runs" / key / "predictions.npz")["logits"])
+
+    # a second sweep is a no-op: nothing submitted, nothing rewritten
+    mtimes = {k: (out / "runs" / k / "result.json").stat().st_mtime_ns for k in keys}
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert len((out / "jobs" / "ledger.jsonl").read_text().splitlines()) == len(ledger)
+    assert mtimes == {k: (out / "runs" / k / "result.json").stat().st_mtime_ns for k in keys}
+    assert main(["status", str(sweep_file), "--out", str(out), "--json"]) == 0
+    totals = json.loads(capsys.readouterr().out)["totals"]
+    assert [(t["mode"], t["done"], t["grid"]) for t in totals] == [("linear", 4, 4), ("full", 4, 4)]
