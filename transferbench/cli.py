@@ -35,7 +35,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     overrides = _parse_set(args.set)
     for name in ("epochs", "lr", "batch_size", "weight_decay", "momentum", "solver", "image_size",
-                 "interpolation", "precision"):
+                 "interpolation", "precision", "loader", "engine"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
@@ -179,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override the architecture's resize interpolation")
     run.add_argument("--precision", choices=("fp32", "bf16"),
                      help="fp32 (the paper's, default) or bf16 autocast (faster; not the protocol)")
+    run.add_argument("--loader", choices=("torchvision", "ffcv"),
+                     help="image pipeline: torchvision (default) or ffcv (.beton files from `transferbench data "
+                          "convert`; pip install transferbench[ffcv])")
+    run.add_argument("--engine", choices=("torch", "deepsparse"),
+                     help="linear feature extraction: torch (default) or deepsparse (sparsity-aware CPU runtime in "
+                          "its own environment, see docs/fast_paths.md)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override any hyper-parameter, e.g. --set lr_decay_after=[30,60]")
     run.add_argument("--force", action="store_true", help="run again even if the record exists")

@@ -40,9 +40,25 @@ class HParams:
     interpolation: str = ""  # "" = the architecture's (bicubic for RigL, pitfall P9)
     eval_every: int = 1
     precision: str = "fp32"  # the paper's; "bf16" autocast is faster (see benchmarks/) but not the protocol
+    # Fast paths that change numbers within float/JPEG tolerance, so they are part of the run (see key_material):
+    loader: str = "torchvision"  # or "ffcv": decode and augment from .beton files (transferbench data convert)
+    engine: str = "torch"  # linear feature extraction: or "deepsparse", a sparsity-aware CPU runtime
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}  # flat: asdict's deep copies cost ~80 µs
+
+    def key_dict(self) -> dict[str, Any]:
+        """``to_dict`` without fields that are at a default added after schema 1, so old run keys stay valid."""
+        values = self.to_dict()
+        for name, default in _LATER_FIELDS.items():
+            if values[name] == default:
+                del values[name]
+        return values
+
+
+_LATER_FIELDS = {"loader": "torchvision", "engine": "torch"}
+LOADERS = ("torchvision", "ffcv")
+ENGINES = ("torch", "deepsparse")
 
 
 def resolve_hparams(mode: str, task_full_lr: float, overrides: dict[str, Any] | None = None) -> HParams:
@@ -71,6 +87,12 @@ def resolve_hparams(mode: str, task_full_lr: float, overrides: dict[str, Any] | 
         raise TransferbenchError("--solver lbfgs applies to --mode linear only")
     if hp.precision not in ("fp32", "bf16"):
         raise TransferbenchError(f"--precision must be fp32 or bf16, not {hp.precision!r}")
+    if hp.loader not in LOADERS:
+        raise TransferbenchError(f"--loader must be one of {', '.join(LOADERS)}, not {hp.loader!r}")
+    if hp.engine not in ENGINES:
+        raise TransferbenchError(f"--engine must be one of {', '.join(ENGINES)}, not {hp.engine!r}")
+    if hp.engine != "torch" and mode != "linear":
+        raise TransferbenchError(f"--engine {hp.engine} extracts frozen features: it applies to --mode linear only")
     if hp.interpolation not in ("", "bilinear", "bicubic"):
         raise TransferbenchError(f"--interpolation must be bilinear or bicubic, not {hp.interpolation!r}")
     if min(hp.epochs, hp.batch_size, hp.image_size, hp.eval_every) < 1 or hp.lr <= 0:
@@ -120,7 +142,7 @@ class RunSpec:
             "seed": self.seed,
             "checkpoint": {"identity": ck.identity, "method": ck.method, "sparsity": ck.sparsity,
                            "arch": ck.arch},
-            "hparams": self.hparams.to_dict(),
+            "hparams": self.hparams.key_dict(),
         }
 
     @cached_property  # frozen: computed once (a sweep asks for 100k keys several times)
