@@ -52,6 +52,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         ref = resolve_checkpoint(args.method, args.sparsity, args.arch, args.checkpoint, args.checkpoint_dir)
     spec = make_spec(args.task, args.mode, args.seed, ref, overrides)
+    if spec.hparams.engine == "deepsparse":  # before any checkpoint or data work
+        from .finetune.sparse_cpu import deepsparse_python
+
+        deepsparse_python()
     ctx = RunContext(out=args.out, data_root=args.data_root, cache_dir=args.cache_dir,
                      checkpoint_dir=args.checkpoint_dir, device=args.device, force=args.force,
                      verify_md5=args.verify_md5, allow_sparsity_gap=args.allow_sparsity_gap,

@@ -24,7 +24,7 @@ from .checkpoints import (
 )
 from .checkpoints.registry import normalize_sparsity
 from .errors import TransferbenchError
-from .finetune.features import cached_features, extract, feature_cache_key
+from .finetune.features import cached_features, extract_with, feature_cache_key
 from .finetune.full import finetune_full
 from .finetune.linear import HeadResult, train_lbfgs_head, train_sgd_heads
 from .records import existing_record, hardware, result_path, write_result
@@ -208,7 +208,7 @@ def run_linear_group(specs: list[RunSpec], ctx: RunContext) -> list[Path]:
     """Linear probes of one (checkpoint, task): features are extracted once and shared by every spec."""
     first = specs[0]
     same_features = {(s.task, s.checkpoint, s.mode, s.hparams.image_size, s.hparams.interpolation,
-                      s.hparams.precision) for s in specs}
+                      s.hparams.precision, s.hparams.loader, s.hparams.engine) for s in specs}
     if len(same_features) != 1 or first.mode != "linear":
         raise ValueError("run_linear_group takes linear specs that share one feature extraction")
     todo = [s for s in specs if ctx.force or existing_record(s, ctx.out) is None]
@@ -224,13 +224,14 @@ def run_linear_group(specs: list[RunSpec], ctx: RunContext) -> list[Path]:
         key = feature_cache_key(loaded.sha256, task.name, name, tcfg.to_dict(),
                                 {"layout": split.layout, "root": str(split.root), "size": len(split),
                                  "labels": _digest(split.labels), "arch": loaded.arch,
-                                 "precision": first.hparams.precision, "version": FEATURES_VERSION})
+                                 "precision": first.hparams.precision, "version": FEATURES_VERSION,
+                                 **({"engine": first.hparams.engine} if first.hparams.engine != "torch" else {})})
         dataset = Transformed(split.dataset, build_transform(tcfg))
         feats[name] = cached_features(
             ctx.feature_cache(), key,
-            lambda d=dataset, n=name: extract(loaded.model, d, ctx.extract_batch_size, device, ctx.num_workers,
-                                              desc=f"features {task.name}/{n}",
-                                              precision=first.hparams.precision),
+            lambda d=dataset, n=name: extract_with(first.hparams.engine, loaded.model, d, ctx.extract_batch_size,
+                                                   device, ctx.num_workers, desc=f"features {task.name}/{n}",
+                                                   precision=first.hparams.precision),
         )
     num_classes = task.num_classes
     results: dict[RunSpec, HeadResult] = {}

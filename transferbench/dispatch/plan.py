@@ -76,7 +76,8 @@ class Plan:
         for spec in chosen:
             if spec.mode == "linear":
                 hp = spec.hparams  # what run_linear_group needs to share one extraction
-                key = ("linear", spec.task, spec.checkpoint, hp.image_size, hp.interpolation, hp.precision)
+                key = ("linear", spec.task, spec.checkpoint, hp.image_size, hp.interpolation, hp.precision,
+                       hp.loader, hp.engine)
                 groups[key].append(spec)
             else:
                 groups[("full", spec.run_key)].append(spec)

@@ -55,6 +55,16 @@ def extract(model: torch.nn.Module, dataset: Dataset, batch_size: int, device: t
     return torch.cat(feats), torch.cat(labels).long()
 
 
+def extract_with(engine: str, model: torch.nn.Module, dataset: Dataset, batch_size: int, device: torch.device,
+                 num_workers: int, desc: str, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+    """``extract`` with PyTorch (``engine="torch"``) or with DeepSparse on the CPU (``"deepsparse"``)."""
+    if engine == "deepsparse":
+        from .sparse_cpu import extract_deepsparse
+
+        return extract_deepsparse(model, dataset, batch_size, num_workers, desc)
+    return extract(model, dataset, batch_size, device, num_workers, desc, precision)
+
+
 def cached_features(cache_dir: Path | None, key: str, compute) -> Features:
     """Load the features stored under ``key``, or compute and store them (atomically)."""
     path = cache_dir / f"{key}.pt" if cache_dir is not None else None
