@@ -106,6 +106,15 @@ class DeepSparseEngine:
                                  f"{lines[-1] if lines else f'exit status {self.proc.returncode}'}; check "
                                  f"${ENV_PYTHON} ({SETUP})")
 
+    def peak_rss_mb(self) -> float | None:
+        """The worker's peak resident memory (Linux ``VmHWM``), for benchmarks."""
+        try:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        except OSError:
+            return None
+        kb = next((line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")), None)
+        return int(kb) / 1024 if kb else None
+
     def close(self) -> None:
         if self.proc.poll() is None:
             try:
