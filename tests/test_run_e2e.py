@@ -115,6 +115,18 @@ def test_full_run_numbers_do_not_depend_on_the_number_of_loader_workers(setup, t
     assert records[0]["metrics"] == records[1]["metrics"] and records[0]["curve"] == records[1]["curve"]
 
 
+def test_compiled_linear_run_matches_the_eager_run(setup, tmp_path):
+    """--compile (torch.compile) is the same computation: same run, same accuracy, noted in the record."""
+    _, data, ckpt = setup
+    records = {}
+    for name, extra in (("eager", ()), ("compiled", ("--compile",))):
+        assert main(_args(data, ckpt, tmp_path / name, "--mode", "linear", "--epochs", "5", *extra)) == 0
+        records[name] = _record(tmp_path / name)
+    eager, compiled = records["eager"], records["compiled"]
+    assert compiled["run_key"] == eager["run_key"] and compiled["config"]["compiled"] is True
+    assert compiled["metrics"]["top1"] == pytest.approx(eager["metrics"]["top1"], abs=0.02)
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-c", "import sys; from transferbench.cli import main; sys.exit(main(sys.argv[1:]))",
             *args]

@@ -58,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         deepsparse_python()
     ctx = RunContext(out=args.out, data_root=args.data_root, cache_dir=args.cache_dir,
                      checkpoint_dir=args.checkpoint_dir, device=args.device, force=args.force,
-                     verify_md5=args.verify_md5, allow_sparsity_gap=args.allow_sparsity_gap,
+                     verify_md5=args.verify_md5, allow_sparsity_gap=args.allow_sparsity_gap, compile=args.compile,
                      **({"num_workers": args.workers} if args.workers is not None else {}))
     if not args.force and existing_record(spec, args.out) is not None:
         print(f"already done: {result_path(spec, args.out)} (use --force to run it again)")
@@ -189,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--engine", choices=("torch", "deepsparse"),
                      help="linear feature extraction: torch (default) or deepsparse (sparsity-aware CPU runtime in "
                           "its own environment, see docs/fast_paths.md)")
+    run.add_argument("--compile", action="store_true",
+                     help="torch.compile the model (for GPUs; no gain measured on CPU, see docs/fast_paths.md)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override any hyper-parameter, e.g. --set lr_decay_after=[30,60]")
     run.add_argument("--force", action="store_true", help="run again even if the record exists")

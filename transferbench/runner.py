@@ -49,6 +49,7 @@ class RunContext:
     force: bool = False
     verify_md5: bool = False
     allow_sparsity_gap: bool = False
+    compile: bool = False  # torch.compile the model (same computation; float rounding may differ)
 
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)
@@ -200,8 +201,19 @@ def _prepare(spec: RunSpec, ctx: RunContext) -> _Prepared:
             f"checkpoint {loaded.path} is a {loaded.arch} but the run asks for {spec.checkpoint.arch}; pass --arch "
             f"{loaded.arch}"
         )
+    if ctx.compile and spec.hparams.engine == "torch":
+        compile_model(loaded.model)
     return _Prepared(task, train, test, loaded, registered, ctx.torch_device(),
                      spec.hparams.interpolation or loaded.model.interpolation, time.perf_counter() - start)
+
+
+def compile_model(model: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile`` the model's ``forward`` and ``forward_features`` in place (state_dict keys unchanged, so
+    full fine-tuning still saves and resumes plain weights). Off by default: no gain measured on CPU
+    (benchmarks/bench_fast.py --compile); meant for GPUs, where fusing BN/ReLU and the masked step can pay."""
+    model.forward = torch.compile(model.forward)
+    model.forward_features = torch.compile(model.forward_features)
+    return model
 
 
 def run_linear_group(specs: list[RunSpec], ctx: RunContext) -> list[Path]:
@@ -269,7 +281,7 @@ def run_linear_group(specs: list[RunSpec], ctx: RunContext) -> list[Path]:
                 "transform_train": tcfg.to_dict(),
                 "transform_test": tcfg.to_dict(),
                 "data": _data_info(train, test),
-                "device": str(device),
+                "device": str(device), "compiled": ctx.compile,
                 "feature_cache": {n: str(f.path) if f.path else None for n, f in feats.items()},
             },
             "metrics": _metrics(task, head.top1, head.mean_per_class_acc, head.extra),
@@ -329,7 +341,7 @@ def run_full(spec: RunSpec, ctx: RunContext) -> Path:
             "transform_train": train_cfg.to_dict(),
             "transform_test": test_cfg.to_dict(),
             "data": _data_info(train, test),
-            "device": str(device),
+            "device": str(device), "compiled": ctx.compile,
             "num_workers": ctx.num_workers,
         },
         "metrics": _metrics(task, result.top1, result.mean_per_class_acc,
