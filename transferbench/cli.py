@@ -133,6 +133,15 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_convert(args: argparse.Namespace) -> int:
+    from .fastdata.convert import convert_task
+
+    for sidecar in convert_task(args.task, args.data_root, args.out, args.max_resolution, args.quality,
+                                tuple(args.splits), args.workers):
+        print(json.dumps(sidecar))
+    return 0
+
+
 def cmd_checkpoints_list(args: argparse.Namespace) -> int:
     from .checkpoints import list_checkpoints
 
@@ -234,6 +243,19 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--strict", action="store_true", help="also require the paper's exact split sizes")
     check.add_argument("--verify-md5", action="store_true", help="also check official archives' md5 sums")
     check.set_defaults(func=cmd_data_check)
+    convert = data.add_parser("convert", help="write a task's FFCV .beton files for `run --loader ffcv` "
+                                              "(pip install 'transferbench[ffcv]'; see docs/fast_paths.md)")
+    convert.add_argument("--task", required=True)
+    convert.add_argument("--data-root", type=Path, help="folder holding the datasets (not needed for mini-tasks)")
+    convert.add_argument("--out", type=Path, help="write under OUT/<task>/ instead of $TRANSFERBENCH_FFCV_DIR, "
+                                                  "<data-root>/.ffcv or ~/.cache/transferbench/ffcv")
+    convert.add_argument("--max-resolution", type=int, default=512,
+                         help="longest image side stored (default 512: keeps the 256-px shorter side of the "
+                              "protocol's resize for aspect ratios up to 2:1)")
+    convert.add_argument("--quality", type=int, default=90, help="JPEG quality of the stored images (default 90)")
+    convert.add_argument("--splits", nargs="+", default=["train", "test"], choices=("train", "test"))
+    convert.add_argument("--workers", type=int, help="encoding processes (default min(4, cores))")
+    convert.set_defaults(func=cmd_data_convert)
 
     ckpts = sub.add_parser("checkpoints", help="the checkpoint registry").add_subparsers(dest="ck_cmd",
                                                                                           required=True)

@@ -227,18 +227,25 @@ def run_linear_group(specs: list[RunSpec], ctx: RunContext) -> list[Path]:
     if not todo:
         return [result_path(s, ctx.out) for s in specs]
     t_start = time.perf_counter()
+    _require_loader(first)
     prep = _prepare(first, ctx)
     task, train, test, loaded, device = prep.task, prep.train, prep.test, prep.loaded, prep.device
     tcfg = protocol_transform(task, "linear", train=False, interpolation=prep.interpolation,
                               image_size=first.hparams.image_size)
+    fast = {}  # --loader ffcv: the .beton of each split, checked against the data before anything is computed
+    if first.hparams.loader == "ffcv":
+        from .fastdata.ffcv_loader import open_split
+
+        fast = {n: open_split(task, s, n, ctx.data_root, tcfg) for n, s in (("train", train), ("test", test))}
     feats = {}
     for name, split in (("train", train), ("test", test)):
         key = feature_cache_key(loaded.sha256, task.name, name, tcfg.to_dict(),
                                 {"layout": split.layout, "root": str(split.root), "size": len(split),
                                  "labels": _digest(split.labels), "arch": loaded.arch,
                                  "precision": first.hparams.precision, "version": FEATURES_VERSION,
-                                 **({"engine": first.hparams.engine} if first.hparams.engine != "torch" else {})})
-        dataset = Transformed(split.dataset, build_transform(tcfg))
+                                 **({"engine": first.hparams.engine} if first.hparams.engine != "torch" else {}),
+                                 **(fast[name].key_info() if fast else {})})  # torchvision keys unchanged
+        dataset = fast[name] if fast else Transformed(split.dataset, build_transform(tcfg))
         feats[name] = cached_features(
             ctx.feature_cache(), key,
             lambda d=dataset, n=name: extract_with(first.hparams.engine, loaded.model, d, ctx.extract_batch_size,
@@ -306,6 +313,7 @@ def run_full(spec: RunSpec, ctx: RunContext) -> Path:
     if not ctx.force and existing_record(spec, ctx.out) is not None:
         return result_path(spec, ctx.out)
     t_start = time.perf_counter()
+    _require_loader(spec)
     prep = _prepare(spec, ctx)
     task, train, test, loaded, device = prep.task, prep.train, prep.test, prep.loaded, prep.device
     model = loaded.model
@@ -315,6 +323,12 @@ def run_full(spec: RunSpec, ctx: RunContext) -> Path:
                                    image_size=spec.hparams.image_size)
     test_cfg = protocol_transform(task, "full", train=False, interpolation=prep.interpolation,
                                   image_size=spec.hparams.image_size)
+    loaders = None
+    if spec.hparams.loader == "ffcv":  # checked against the data before the work dir is touched
+        from .fastdata.ffcv_loader import ffcv_loaders
+
+        loaders = ffcv_loaders(task, train, test, ctx.data_root, train_cfg, test_cfg, spec.hparams.batch_size,
+                               ctx.extract_batch_size, ctx.num_workers)
     work = spec.work_dir(ctx.out)
     if ctx.force and work.exists():
         shutil.rmtree(work)
@@ -324,6 +338,7 @@ def run_full(spec: RunSpec, ctx: RunContext) -> Path:
             Transformed(train.dataset, build_transform(train_cfg)),
             Transformed(test.dataset, build_transform(test_cfg)),
             task.num_classes, spec.hparams, spec.seed, work, device, ctx.num_workers, ctx.extract_batch_size,
+            loaders=loaders,
         )
     except TransferbenchError:
         shutil.rmtree(work, ignore_errors=True)  # a diverged run is not resumable
@@ -361,6 +376,14 @@ def run_full(spec: RunSpec, ctx: RunContext) -> Path:
     log.info("run %s: top1=%.4f mean_per_class=%.4f → %s", spec.run_key, result.top1,
              result.mean_per_class_acc, path)
     return path
+
+
+def _require_loader(spec: RunSpec) -> None:
+    """--loader ffcv without FFCV installed: the install hint, before any data, checkpoint or file is touched."""
+    if spec.hparams.loader == "ffcv":
+        from .fastdata import require_ffcv
+
+        require_ffcv()
 
 
 def _metrics(task, top1: float, mpc: float, extra: dict) -> dict:

@@ -95,6 +95,8 @@ def resolve_hparams(mode: str, task_full_lr: float, overrides: dict[str, Any] | 
         raise TransferbenchError(f"--engine {hp.engine} extracts frozen features: it applies to --mode linear only")
     if hp.engine == "deepsparse" and hp.precision != "fp32":
         raise TransferbenchError("--engine deepsparse runs in fp32: drop --precision bf16")
+    if hp.engine == "deepsparse" and hp.loader == "ffcv":  # the DeepSparse worker reads a torch DataLoader
+        raise TransferbenchError("--engine deepsparse reads images with torchvision: drop --loader ffcv")
     if hp.interpolation not in ("", "bilinear", "bicubic"):
         raise TransferbenchError(f"--interpolation must be bilinear or bicubic, not {hp.interpolation!r}")
     if min(hp.epochs, hp.batch_size, hp.image_size, hp.eval_every) < 1 or hp.lr <= 0:

@@ -42,9 +42,12 @@ def extract(model: torch.nn.Module, dataset: Dataset, batch_size: int, device: t
     channels_last is used on every device: it is measured faster on CPU too (benchmarks/bench_core.py).
     """
     model.eval().to(device, memory_format=torch.channels_last)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda", persistent_workers=False,
-                        worker_init_fn=leave_signals_to_main)
+    if getattr(dataset, "prebatched", False):  # a fast loader's split (fastdata.ffcv_loader) batches itself
+        loader = dataset.batches(batch_size, num_workers)  # type: ignore[attr-defined]
+    else:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                            pin_memory=device.type == "cuda", persistent_workers=False,
+                            worker_init_fn=leave_signals_to_main)
     feats, labels = [], []
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     for images, targets in progress(loader, desc=desc, unit="batch"):

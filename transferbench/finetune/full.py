@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -72,12 +74,45 @@ class _SeededAugmentation(Dataset):
             return self.dataset[index]
 
 
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+class EpochLoaders(Protocol):
+    """Where ``finetune_full`` gets its batches: an epoch's train batches from (epoch, epoch seed), test batches in
+    the split's order. ``TorchLoaders`` is the default; ``fastdata.ffcv_loader.FFCVLoaders`` the FFCV one."""
+
+    def train(self, epoch: int, epoch_seed: int) -> Batches: ...
+
+    def test(self) -> Batches: ...
+
+
+class TorchLoaders:
+    """torch DataLoaders over map-style datasets: shuffled by the epoch seed, augmentation seeded per sample."""
+
+    def __init__(self, train_set: Dataset, test_set: Dataset, batch_size: int, eval_batch_size: int,
+                 num_workers: int, device: torch.device) -> None:
+        self.augmented = _SeededAugmentation(train_set)
+        self.test_set, self.batch_size, self.eval_batch_size = test_set, batch_size, eval_batch_size
+        self.num_workers, self.pin_memory = num_workers, device.type == "cuda"
+
+    def test(self) -> DataLoader:
+        return DataLoader(self.test_set, batch_size=self.eval_batch_size, shuffle=False,
+                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          worker_init_fn=leave_signals_to_main)
+
+    def train(self, epoch: int, epoch_seed: int) -> DataLoader:
+        self.augmented.epoch_seed = epoch_seed
+        return DataLoader(self.augmented, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
+                          generator=torch.Generator().manual_seed(epoch_seed), pin_memory=self.pin_memory,
+                          worker_init_fn=leave_signals_to_main)
+
+
 def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device,
+def evaluate(model: torch.nn.Module, loader: Batches, device: torch.device,
              precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
     model.eval()
     logits, labels = [], []
@@ -91,8 +126,8 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device,
 def finetune_full(
     model: torch.nn.Module,
     masks: dict[str, torch.Tensor],
-    train_set: Dataset,
-    test_set: Dataset,
+    train_set: Dataset | None,
+    test_set: Dataset | None,
     num_classes: int,
     hp: HParams,
     seed: int,
@@ -100,8 +135,12 @@ def finetune_full(
     device: torch.device,
     num_workers: int = 0,
     eval_batch_size: int = 128,
+    loaders: EpochLoaders | None = None,
 ) -> FullResult:
-    """Fine-tune ``model`` (whose head is already the new, dense one) with ``masks`` held fixed."""
+    """Fine-tune ``model`` (whose head is already the new, dense one) with ``masks`` held fixed.
+
+    ``loaders`` replaces the default DataLoaders over ``train_set``/``test_set`` (e.g. FFCV's).
+    """
     model.to(device)
     masks = {name: m.to(device) for name, m in masks.items()}
     keeper = FixedMasks(model, masks)
@@ -119,9 +158,9 @@ def finetune_full(
         curve, start_epoch, train_seconds = state["curve"], state["epoch"], state["train_seconds"]
         log.info("full: resuming from %s after epoch %d", state_path, start_epoch)
 
-    augmented = _SeededAugmentation(train_set)
-    test_loader = DataLoader(test_set, batch_size=eval_batch_size, shuffle=False, num_workers=num_workers,
-                             pin_memory=device.type == "cuda", worker_init_fn=leave_signals_to_main)
+    if loaders is None:
+        loaders = TorchLoaders(train_set, test_set, hp.batch_size, eval_batch_size, num_workers, device)
+    test_loader = loaders.test()
     for epoch in progress(range(start_epoch, hp.epochs), desc="full fine-tuning", unit="epoch",
                           initial=start_epoch, total=hp.epochs):
         t0 = time.perf_counter()
@@ -129,10 +168,7 @@ def finetune_full(
         for group in opt.param_groups:
             group["lr"] = lr
         torch.manual_seed(_epoch_seed(seed, epoch))
-        augmented.epoch_seed = _epoch_seed(seed, epoch)
-        loader = DataLoader(augmented, batch_size=hp.batch_size, shuffle=True, num_workers=num_workers,
-                            generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch)),
-                            pin_memory=device.type == "cuda", worker_init_fn=leave_signals_to_main)
+        loader = loaders.train(epoch, _epoch_seed(seed, epoch))
         model.train()  # BN statistics adapt to the downstream data (pitfall P6)
         loss_sum, steps = 0.0, 0
         for images, targets in progress(loader, desc=f"epoch {epoch + 1}", unit="batch"):

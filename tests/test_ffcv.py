@@ -1,0 +1,272 @@
+"""The FFCV backend: `transferbench data convert` and `run --loader ffcv`.
+
+Tests that need ffcv skip where it is not installed, and fail instead when TRANSFERBENCH_REQUIRE_FFCV=1 (CI
+installs the extra). Every test is time-bounded: a mis-ordered FFCV pipeline spins forever (libffcv/ffcv#396).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fixtures_data import learnable_image, write_task
+from fixtures_models import write_pruned_checkpoint
+from PIL import Image
+
+from transferbench.cli import main
+from transferbench.errors import TransferbenchError
+from transferbench.fastdata import FFCV_DIR_ENV, beton_path, ffcv_available, labels_digest, sidecar_path
+from transferbench.fastdata.ffcv_loader import find_beton
+from transferbench.tasks import Transformed, get_task, load_split
+from transferbench.transforms import build_transform, protocol_transform
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    # numba's dispatcher finalizers raise KeyError when ffcv's jitted pipelines are collected (numba bug, harmless)
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+]
+
+# FFCV resamples the crop with OpenCV's INTER_AREA in one step, torchvision resizes the whole image (PIL, antialiased
+# bilinear) and then crops, so crop edges differ by up to half a pixel; the .beton also re-encodes each image as a
+# quality-90 JPEG. Measured on the smooth 48x36 images below at --image-size 32: per-image mean |difference| <= 4.3
+# of 255 (3.9 at quality 100, so resampling dominates). Wrong statistics, channel order or crop geometry give 30+.
+MEAN_ABS_TOLERANCE = 8.0  # per image, in 0-255 pixel units, after undoing the normalisation
+
+
+@pytest.fixture
+def need_ffcv() -> None:
+    if not ffcv_available():
+        if os.environ.get("TRANSFERBENCH_REQUIRE_FFCV"):
+            pytest.fail("TRANSFERBENCH_REQUIRE_FFCV=1 but ffcv is not importable: pip install -e '.[ffcv]'")
+        pytest.skip("ffcv is not installed (pip install 'transferbench[ffcv]'); set TRANSFERBENCH_REQUIRE_FFCV=1 "
+                    "to make this a failure")
+
+
+@pytest.fixture(autouse=True)
+def collect_ffcv_garbage():
+    """Run those finalizers here, not inside a later test's ast.parse: on Python 3.11 an exception raised during
+    AST construction surfaces as "SystemError: AST constructor recursion depth mismatch" (CPython gh-106905), which
+    crashed pytest's terminal summary once."""
+    yield
+    gc.collect()
+
+
+@pytest.fixture
+def ffcv_dir(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv(FFCV_DIR_ENV, str(tmp_path / "ffcv"))
+    return tmp_path / "ffcv"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ffcv")
+    data = root / "data"
+    write_task("cifar10", data, "folders", train_per_class=12, test_per_class=6, image_size=16,
+               image_fn=learnable_image)
+    ckpt = root / "tiny_50.pth"
+    write_pruned_checkpoint(ckpt, sparsity=0.5)
+    return root, data, ckpt
+
+
+def _run_args(data: Path, ckpt: Path, out: Path, *extra: str) -> list[str]:
+    return ["run", "--checkpoint", str(ckpt), "--sparsity", "0.5", "--method", "magnitude", "--task", "cifar10",
+            "--data-root", str(data), "--out", str(out), "--image-size", "32", "--workers", "1", "--loader", "ffcv",
+            *extra]
+
+
+def _smooth_image(class_index: int, sample_index: int, rng: np.random.Generator) -> Image.Image:
+    """Low-frequency colour waves in landscape and portrait shapes: resampling differences stay small, while a
+    wrong crop, flip or channel order would not."""
+    w, h = (48, 36) if sample_index % 2 else (36, 48)
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    phase = rng.uniform(0, 2 * np.pi, 3)
+    waves = [127 + 100 * np.sin(2 * np.pi * 0.7 * (x * (1 + class_index % 3) + y * (1 + k)) + phase[k])
+             for k in range(3)]
+    return Image.fromarray(np.stack(waves, -1).clip(0, 255).astype(np.uint8))
+
+
+def _read_all(source) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = [], []
+    for x, y in source:
+        images.append(x.clone())  # FFCV reuses its image buffers a few batches later
+        labels.append(y)
+    return torch.cat(images), torch.cat(labels)
+
+
+# ------------------------------------------------------------------------------------- without ffcv
+
+
+def test_importing_transferbench_never_imports_ffcv():
+    code = ("import sys, transferbench, transferbench.cli, transferbench.runner, transferbench.fastdata.convert, "
+            "transferbench.fastdata.ffcv_loader; bad = {'ffcv', 'numba', 'cv2'} & set(sys.modules); "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_loader_ffcv_without_ffcv_is_a_one_line_error_and_writes_nothing(setup, tmp_path, monkeypatch, capsys):
+    _, data, ckpt = setup
+    monkeypatch.setitem(sys.modules, "ffcv", None)  # `import ffcv` now raises ImportError, as when not installed
+    for mode in ("full", "linear"):
+        out = tmp_path / mode
+        assert main(_run_args(data, ckpt, out, "--mode", mode, "--epochs", "1")) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == ("error: --loader ffcv needs FFCV: pip install 'transferbench[ffcv]' (system packages "
+                       "libopencv-dev libturbojpeg0-dev pkg-config); or use --loader torchvision")
+        assert not out.exists()
+    assert main(["data", "convert", "--task", "digits", "--out", str(tmp_path / "conv")]) == 2
+    assert "transferbench data convert needs FFCV" in capsys.readouterr().err
+    assert not (tmp_path / "conv").exists()
+
+
+def _fake_conversion(root: Path, split, name: str = "test", res: int = 512, **changes) -> Path:
+    path = beton_path(root, "cifar10", name, res, 90)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    meta = {"format": 1, "num_samples": len(split), "labels_digest": labels_digest(split.labels),
+            "layout": split.layout, **changes}
+    sidecar_path(path).write_text(json.dumps(meta))
+    return path
+
+
+def test_missing_stale_and_ambiguous_beton_files_are_one_line_errors(setup, ffcv_dir):
+    _, data, _ = setup
+    task = get_task("cifar10")
+    split = load_split(task, "test", data)
+    with pytest.raises(TransferbenchError) as err:
+        find_beton(task, split, "test", data)
+    assert str(err.value) == (f"--loader ffcv: {ffcv_dir}/cifar10/test_r512_q90.beton does not exist; write it "
+                              f"with `transferbench data convert --task cifar10 --data-root {data}`")
+    path = _fake_conversion(ffcv_dir, split, num_samples=len(split) + 1)
+    with pytest.raises(TransferbenchError, match=f"{path} is stale: written with num_samples 61 \\(data now: 60\\)"):
+        find_beton(task, split, "test", data)
+    _fake_conversion(ffcv_dir, split, labels_digest="0" * 16, layout="official")
+    with pytest.raises(TransferbenchError, match=r"is stale: .*labels_digest.*layout 'official'") as err:
+        find_beton(task, split, "test", data)
+    assert "\n" not in str(err.value) and "transferbench data convert --task cifar10" in str(err.value)
+    path = _fake_conversion(ffcv_dir, split)
+    assert find_beton(task, split, "test", data)[0] == path
+    path.unlink()  # only non-default conversions: one is used, two are ambiguous
+    other = _fake_conversion(ffcv_dir, split, res=384)
+    assert find_beton(task, split, "test", data)[0] == other
+    _fake_conversion(ffcv_dir, split, res=640)
+    with pytest.raises(TransferbenchError, match="several conversions"):
+        find_beton(task, split, "test", data)
+
+
+def test_ffcv_cannot_feed_deepsparse(setup, tmp_path, capsys):
+    _, data, ckpt = setup
+    assert main(_run_args(data, ckpt, tmp_path, "--engine", "deepsparse")) == 2
+    assert "drop --loader ffcv" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------- with ffcv
+
+
+def test_convert_a_mini_task(need_ffcv, ffcv_dir, capsys):
+    assert main(["data", "convert", "--task", "digits", "--workers", "1"]) == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    task = get_task("digits")
+    for meta, name in zip(printed, ("train", "test"), strict=True):
+        split = load_split(task, name, None)
+        path = ffcv_dir / "digits" / f"{name}_r512_q90.beton"
+        assert meta["beton"] == str(path) and path.is_file()
+        assert json.loads(sidecar_path(path).read_text()) == meta
+        assert (meta["num_samples"], meta["layout"], meta["labels_digest"]) == (
+            len(split), "builtin", labels_digest(split.labels))
+    from transferbench.fastdata.ffcv_loader import open_split
+
+    test = load_split(task, "test", None)
+    cfg = protocol_transform(task, "full", train=False, image_size=32)
+    images, labels = _read_all(open_split(task, test, "test", None, cfg).batches(64, 1))
+    assert labels.tolist() == test.labels and images.shape == (len(test), 3, 32, 32)
+
+
+@pytest.mark.parametrize("layout", ["folders", "official"])
+def test_convert_a_paper_task_in_either_layout(need_ffcv, tmp_path, layout):
+    data = tmp_path / "data"
+    info = write_task("dtd", data, layout, train_per_class=1, test_per_class=1, image_size=20)
+    assert main(["data", "convert", "--task", "dtd", "--data-root", str(data), "--max-resolution", "16",
+                 "--quality", "80", "--splits", "test", "--workers", "2"]) == 0
+    path = data / ".ffcv" / "dtd" / "test_r16_q80.beton"
+    meta = json.loads(sidecar_path(path).read_text())
+    assert (meta["num_samples"], meta["layout"], meta["max_resolution"]) == (info["test_size"], layout, 16)
+    assert not (data / ".ffcv" / "dtd" / "train_r16_q80.beton").exists()
+    from transferbench.fastdata.ffcv_loader import open_split
+
+    task = get_task("dtd")
+    test = load_split(task, "test", data)
+    images, labels = _read_all(open_split(task, test, "test", data, protocol_transform(task, "linear", False,
+                                                                                      image_size=16)).batches(32, 1))
+    assert labels.tolist() == test.labels and images.shape == (len(test), 3, 16, 16)
+
+
+def test_ffcv_and_torchvision_give_the_same_test_images(need_ffcv, tmp_path, ffcv_dir):
+    data = tmp_path / "data"
+    write_task("cifar10", data, "folders", train_per_class=1, test_per_class=4, image_fn=_smooth_image)
+    assert main(["data", "convert", "--task", "cifar10", "--data-root", str(data), "--splits", "test"]) == 0
+    from transferbench.fastdata.ffcv_loader import open_split
+
+    task = get_task("cifar10")
+    test = load_split(task, "test", data)
+    for mode in ("full", "linear"):  # task statistics, ImageNet statistics
+        cfg = protocol_transform(task, mode, train=False, image_size=32)
+        reference = torch.stack([img for img, _ in Transformed(test.dataset, build_transform(cfg))])
+        images, labels = _read_all(open_split(task, test, "test", data, cfg).batches(16, 1))
+        assert labels.tolist() == test.labels and images.shape == reference.shape
+        pixels = ((images - reference) * torch.tensor(cfg.std).view(1, 3, 1, 1) * 255).abs()
+        assert pixels.mean(dim=(1, 2, 3)).max() < MEAN_ABS_TOLERANCE
+
+
+def test_train_order_is_a_function_of_the_epoch_seed(need_ffcv, setup, ffcv_dir):
+    _, data, _ = setup
+    assert main(["data", "convert", "--task", "cifar10", "--data-root", str(data)]) == 0
+    from transferbench.fastdata.ffcv_loader import ffcv_loaders
+
+    task = get_task("cifar10")
+    train, test = load_split(task, "train", data), load_split(task, "test", data)
+    cfgs = [protocol_transform(task, "full", train=t, image_size=32) for t in (True, False)]
+    loaders = ffcv_loaders(task, train, test, data, *cfgs, batch_size=16, eval_batch_size=32, num_workers=2)
+    orders = [_read_all(loaders.train(epoch, seed))[1].tolist() for epoch, seed in ((0, 5), (1, 6), (0, 5))]
+    assert orders[0] == orders[2] != orders[1]
+    assert sorted(orders[0]) == sorted(train.labels)
+    assert _read_all(loaders.test())[1].tolist() == test.labels
+
+
+@pytest.mark.slow
+def test_full_and_linear_runs_with_the_ffcv_loader(need_ffcv, setup, tmp_path, ffcv_dir, capsys):
+    _, data, ckpt = setup
+    out = tmp_path / "out"
+    assert main(_run_args(data, ckpt, out, "--mode", "full", "--epochs", "2", "--lr", "0.05")) == 2
+    assert "train_r512_q90.beton does not exist; write it with `transferbench data convert" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["data", "convert", "--task", "cifar10", "--data-root", str(data)]) == 0
+
+    assert main(_run_args(data, ckpt, out, "--mode", "full", "--epochs", "2", "--lr", "0.05")) == 0
+    (path,) = out.glob("runs/*.full.*/result.json")
+    rec = json.loads(path.read_text())
+    assert rec["config"]["hparams"]["loader"] == "ffcv" and len(rec["curve"]) == 2
+    assert rec["sparsity"]["backbone_before"] == rec["sparsity"]["backbone_after"] > 0.45
+    assert np.isfinite(rec["curve"][-1]["train_loss"]) and "top1" in rec["curve"][-1]
+    assert not (out / "work" / rec["run_key"]).exists()
+
+    for seed in ("21", "51"):
+        assert main(_run_args(data, ckpt, out, "--mode", "linear", "--epochs", "30", "--lr", "0.1", "--seed", seed,
+                              "--cache-dir", str(tmp_path / "cache"))) == 0
+    records = {r["seed"]: r for r in (json.loads(p.read_text()) for p in out.glob("runs/*.linear.*/result.json"))}
+    assert records[21]["metrics"]["top1"] > 0.4  # chance is 0.1
+    assert records[51]["timings"]["features_cached"] and not records[21]["timings"]["features_cached"]
+    # the torchvision features of the same checkpoint are not the FFCV ones: different cache entries
+    args = _run_args(data, ckpt, tmp_path / "tv", "--mode", "linear", "--epochs", "30", "--lr", "0.1",
+                     "--cache-dir", str(tmp_path / "cache"))
+    args[args.index("--loader") + 1] = "torchvision"
+    assert main(args) == 0
+    (tv,) = (tmp_path / "tv").glob("runs/*/result.json")
+    assert not json.loads(tv.read_text())["timings"]["features_cached"]
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 4

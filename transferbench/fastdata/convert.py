@@ -1,0 +1,98 @@
+"""``transferbench data convert``: one task's splits → FFCV ``.beton`` files plus a JSON sidecar.
+
+The sidecar records what the file was written from (sample count, labels digest, layout, root) so a run can
+refuse a file that no longer matches the data on disk instead of training on stale images.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ..atomic import write_json
+from ..errors import TransferbenchError
+from ..tasks import get_task, load_split
+from . import (
+    DEFAULT_MAX_RESOLUTION,
+    DEFAULT_QUALITY,
+    FFCV_DIR_ENV,
+    SIDECAR_FORMAT,
+    beton_path,
+    ffcv_root,
+    labels_digest,
+    require_ffcv,
+    sidecar_path,
+)
+
+log = logging.getLogger("transferbench")
+
+
+class _RGBArrays(Dataset):
+    """(HxWx3 uint8 RGB array, label): what ffcv's RGBImageField encodes. Grey/CMYK/RGBA files become RGB here,
+    as ``Transformed`` does for the torchvision path (pitfall P13)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        img, label = self.dataset[index]
+        if not isinstance(img, Image.Image):  # the mini-tasks hold uint8 arrays
+            img = Image.fromarray(np.asarray(img, dtype=np.uint8))
+        return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8)), int(label)
+
+
+def convert_task(task: str, data_root: str | Path | None = None, out: str | Path | None = None,
+                 max_resolution: int = DEFAULT_MAX_RESOLUTION, quality: int = DEFAULT_QUALITY,
+                 splits: tuple[str, ...] = ("train", "test"), num_workers: int | None = None) -> list[dict]:
+    """Write ``<out>/<task>/<split>_r<res>_q<quality>.beton`` for each split; returns the sidecars written."""
+    if max_resolution < 8:
+        raise TransferbenchError(f"--max-resolution {max_resolution} is too small; use the default "
+                                 f"{DEFAULT_MAX_RESOLUTION} (longest image side after conversion)")
+    if not 1 <= quality <= 100:
+        raise TransferbenchError(f"--quality {quality} must be a JPEG quality in 1..100 (default {DEFAULT_QUALITY})")
+    unknown = sorted(set(splits) - {"train", "test"})
+    if unknown:
+        raise TransferbenchError(f"--splits {' '.join(unknown)}: choose from train test")
+    spec = get_task(task)
+    loaded = {name: load_split(spec, name, data_root) for name in splits}  # data errors before the ffcv import
+    require_ffcv("transferbench data convert")
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    root = Path(out).expanduser() if out is not None else ffcv_root(data_root)
+    workers = max(1, num_workers if num_workers is not None else min(4, os.cpu_count() or 1))
+    written = []
+    for name, split in loaded.items():
+        path = beton_path(root, spec.name, name, max_resolution, quality)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fields = {"image": RGBImageField(write_mode="jpg", max_resolution=max_resolution, jpeg_quality=quality),
+                  "label": IntField()}
+        try:
+            # The sample order is the split's own order, so index i of the .beton is index i of load_split.
+            DatasetWriter(str(tmp), fields, num_workers=workers).from_indexed_dataset(
+                _RGBArrays(split.dataset), chunksize=64)
+            sidecar_path(path).unlink(missing_ok=True)  # never a new .beton beside the old file's sidecar
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        sidecar = {"format": SIDECAR_FORMAT, "task": spec.name, "split": name, "num_samples": len(split),
+                   "labels_digest": labels_digest(split.labels), "num_classes": len(split.classes),
+                   "layout": split.layout, "source_root": str(split.root), "max_resolution": max_resolution,
+                   "jpeg_quality": quality, "beton": str(path)}
+        # Written after the .beton is in place: a sidecar is the mark of a complete file.
+        write_json(sidecar_path(path), sidecar)
+        log.info("ffcv: wrote %s (%d images)", path, len(split))
+        written.append(sidecar)
+    if out is not None and root != ffcv_root(data_root):
+        log.info("runs look in %s: set %s=%s for `transferbench run --loader ffcv`", ffcv_root(data_root),
+                 FFCV_DIR_ENV, root)
+    return written

@@ -1,0 +1,197 @@
+"""``--loader ffcv``: the protocol's transforms as FFCV pipelines over the ``.beton`` files of `data convert`.
+
+- train (full fine-tuning): random-resized-crop (scale 0.08-1, ratio 3/4-4/3, torchvision's defaults) + flip +
+  normalisation with the task's mean/std;
+- test, and both splits of linear extraction: center crop of ``image_size/resize_size`` (224/256) of the shorter
+  side, resized to ``image_size``, + normalisation.
+
+Determinism: the sample order of epoch ``e`` is a permutation drawn from the run's per-epoch seed, so a resumed
+run visits the samples of each remaining epoch in the same order as an uninterrupted one; test and extraction
+order is the split's own. FFCV draws crops and flips from numba's per-thread RNG, which ffcv 1.0.2 gives no way
+to seed, so augmented full fine-tuning is NOT bit-reproducible (a resumed or repeated run differs like another
+augmentation draw would). Test images and linear features are deterministic.
+
+Pipeline order matters: every numba-jitted op (decoder, flip, NormalizeImage) comes before the first torch op
+(ToTensor); a jitted op after a non-jitted one makes ``Loader()`` spin forever (libffcv/ffcv#396).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import TransferbenchError
+from ..tasks import Split, TaskSpec
+from ..transforms import TransformConfig
+from . import (
+    DEFAULT_MAX_RESOLUTION,
+    DEFAULT_QUALITY,
+    SIDECAR_FORMAT,
+    beton_path,
+    convert_command,
+    ffcv_root,
+    labels_digest,
+    require_ffcv,
+    sidecar_path,
+)
+
+
+def find_beton(task: TaskSpec, split: Split, name: str, data_root: str | Path | None) -> tuple[Path, dict]:
+    """The ``.beton`` of ``name`` ("train"/"test") that matches ``split``; a one-line error when missing or stale.
+
+    The default conversion (``_r512_q90``) wins; otherwise the one conversion present. Several non-default ones
+    are ambiguous (the run has no flag to choose), so they are refused rather than picked by name order.
+    """
+    root = ffcv_root(data_root)
+    default = beton_path(root, task.name, name, DEFAULT_MAX_RESOLUTION, DEFAULT_QUALITY)
+    found = sorted(p for p in default.parent.glob(f"{name}_r*_q*.beton") if sidecar_path(p).exists())
+    command = convert_command(task.name, data_root)
+    if default in found:
+        path = default
+    elif len(found) == 1:
+        path = found[0]
+    elif not found:
+        raise TransferbenchError(f"--loader ffcv: {default} does not exist; write it with `{command}`")
+    else:
+        raise TransferbenchError(
+            f"--loader ffcv: several conversions in {default.parent} ({', '.join(p.name for p in found)}); "
+            f"keep one, or re-run `{command}` to write the default {default.name}"
+        )
+    meta = json.loads(sidecar_path(path).read_text())
+    now = {"format": SIDECAR_FORMAT, "num_samples": len(split), "labels_digest": labels_digest(split.labels),
+           "layout": split.layout}
+    stale = {k: (meta.get(k), v) for k, v in now.items() if meta.get(k) != v}
+    if stale:
+        what = ", ".join(f"{k} {old!r} (data now: {new!r})" for k, (old, new) in stale.items())
+        raise TransferbenchError(f"--loader ffcv: {path} is stale: written with {what}; re-write it with "
+                                 f"`{command}`")
+    return path, meta
+
+
+def _order_class():
+    from ffcv.traversal_order.base import TraversalOrder
+
+    class EpochSeededOrder(TraversalOrder):
+        """A permutation drawn from ``epoch_seed``, set before each epoch (ffcv's own RANDOM order adds the epoch
+        counter of the Loader object to its seed, which a resumed process would have to replay)."""
+
+        epoch_seed: int | None = None  # None: the split's order (test, extraction)
+
+        def sample_order(self, epoch: int) -> np.ndarray:
+            if self.epoch_seed is None:
+                return np.asarray(self.indices)
+            return np.random.default_rng(self.epoch_seed).permutation(self.indices)
+
+    return EpochSeededOrder
+
+
+def _pipelines(cfg: TransformConfig) -> dict:
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
+    from ffcv.transforms import NormalizeImage, RandomHorizontalFlip, ToTensor, ToTorchImage
+
+    size = (cfg.image_size, cfg.image_size)
+    if cfg.augment:
+        spatial = [RandomResizedCropRGBImageDecoder(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)),
+                   RandomHorizontalFlip()]
+    else:
+        spatial = [CenterCropRGBImageDecoder(size, ratio=cfg.image_size / cfg.resize_size)]
+    normalize = NormalizeImage(np.array(cfg.mean) * 255, np.array(cfg.std) * 255, np.float32)
+    # jitted ops first, torch ops last (libffcv/ffcv#396)
+    return {"image": [*spatial, normalize, ToTensor(), ToTorchImage(channels_last=True)],
+            "label": [IntDecoder(), ToTensor()]}
+
+
+class FFCVBatches:
+    """Batches of (float32 NCHW normalised images, int64 labels) from one ``.beton``; re-iterable.
+
+    Image tensors live in FFCV's ring of buffers: valid until a few batches later, which is enough for a training
+    step or a forward pass. Labels are copied (callers keep them).
+    """
+
+    def __init__(self, path: Path, cfg: TransformConfig, batch_size: int, num_workers: int) -> None:
+        require_ffcv()
+        from ffcv.loader import Loader, OrderOption
+
+        # Collect the jitted pipelines of earlier loaders now: numba's finalizers for them raise, and when that
+        # happens inside the ast.parse of ffcv's code generation, Python 3.11 turns it into "SystemError: AST
+        # constructor recursion depth mismatch" (CPython gh-106905).
+        gc.collect()
+        self.path, self.batch_size = path, batch_size
+        self.loader = Loader(str(path), batch_size=batch_size, num_workers=max(1, num_workers),
+                             order=OrderOption.SEQUENTIAL, pipelines=_pipelines(cfg), drop_last=False,
+                             os_cache=True)
+        # ffcv 1.0.2 rejects a TraversalOrder class as `order=` (it tests isinstance, then calls it): swap it in.
+        self.loader.traversal_order = _order_class()(self.loader)
+        self.num_samples = int(self.loader.reader.num_samples)
+
+    def epoch(self, epoch_seed: int | None) -> FFCVBatches:
+        """Shuffle the next pass with ``epoch_seed`` (None: the file's order)."""
+        self.loader.traversal_order.epoch_seed = epoch_seed
+        return self
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, labels in self.loader:
+            yield images, labels.reshape(-1).to(torch.int64, copy=True)  # FFCV reuses this buffer too
+
+
+@dataclass
+class FFCVSplit:
+    """One split for linear extraction: ``features.extract`` asks it for batches instead of building a
+    DataLoader (``prebatched``)."""
+
+    path: Path
+    meta: dict
+    cfg: TransformConfig
+    prebatched: bool = field(default=True, init=False)
+
+    def __len__(self) -> int:
+        return int(self.meta["num_samples"])
+
+    def batches(self, batch_size: int, num_workers: int) -> FFCVBatches:
+        return FFCVBatches(self.path, self.cfg, batch_size, num_workers).epoch(None)
+
+    def key_info(self) -> dict:
+        """What the feature-cache key needs beyond the torchvision path's: the loader and the conversion."""
+        return {"loader": "ffcv", "beton": self.path.stem, "beton_format": self.meta["format"]}
+
+
+def open_split(task: TaskSpec, split: Split, name: str, data_root: str | Path | None,
+               cfg: TransformConfig) -> FFCVSplit:
+    require_ffcv()
+    path, meta = find_beton(task, split, name, data_root)
+    return FFCVSplit(path, meta, cfg)
+
+
+class FFCVLoaders:
+    """The ``finetune_full`` loader factory (see ``finetune.full.EpochLoaders``) over the two ``.beton`` files."""
+
+    def __init__(self, train: FFCVSplit, test: FFCVSplit, batch_size: int, eval_batch_size: int,
+                 num_workers: int) -> None:
+        self._train = FFCVBatches(train.path, train.cfg, batch_size, num_workers)
+        self._test = FFCVBatches(test.path, test.cfg, eval_batch_size, num_workers)
+
+    def train(self, epoch: int, epoch_seed: int) -> FFCVBatches:
+        return self._train.epoch(epoch_seed)
+
+    def test(self) -> FFCVBatches:
+        return self._test.epoch(None)
+
+
+def ffcv_loaders(task: TaskSpec, train: Split, test: Split, data_root: str | Path | None,
+                 train_cfg: TransformConfig, test_cfg: TransformConfig, batch_size: int, eval_batch_size: int,
+                 num_workers: int) -> FFCVLoaders:
+    """Both splits checked against the data on disk (one-line errors) before any training starts."""
+    return FFCVLoaders(open_split(task, train, "train", data_root, train_cfg),
+                       open_split(task, test, "test", data_root, test_cfg), batch_size, eval_batch_size,
+                       num_workers)
