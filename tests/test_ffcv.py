@@ -35,9 +35,10 @@ pytestmark = [
 
 # FFCV resamples the crop with OpenCV's INTER_AREA in one step, torchvision resizes the whole image (PIL, antialiased
 # bilinear) and then crops, so crop edges differ by up to half a pixel; the .beton also re-encodes each image as a
-# quality-90 JPEG. Measured on the smooth 48x36 images below at --image-size 32: per-image mean |difference| <= 4.3
-# of 255 (3.9 at quality 100, so resampling dominates). Wrong statistics, channel order or crop geometry give 30+.
-MEAN_ABS_TOLERANCE = 8.0  # per image, in 0-255 pixel units, after undoing the normalisation
+# quality-90 JPEG (raw mode stores the decoded pixels). Measured on the smooth 48x36 images below at --image-size 32:
+# per-image mean |difference| <= 4.3 of 255 with jpg, <= 1.75 with raw (resampling alone). Wrong statistics, channel
+# order or crop geometry give 30+.
+MEAN_ABS_TOLERANCE = {"jpg": 8.0, "raw": 3.0}  # per image, in 0-255 pixel units, after undoing the normalisation
 
 
 @pytest.fixture
@@ -207,10 +208,14 @@ def test_convert_a_paper_task_in_either_layout(need_ffcv, tmp_path, layout):
     assert labels.tolist() == test.labels and images.shape == (len(test), 3, 16, 16)
 
 
-def test_ffcv_and_torchvision_give_the_same_test_images(need_ffcv, tmp_path, ffcv_dir):
+@pytest.mark.parametrize("write_mode", ["jpg", "raw"])
+def test_ffcv_and_torchvision_give_the_same_test_images(need_ffcv, tmp_path, ffcv_dir, write_mode):
     data = tmp_path / "data"
     write_task("cifar10", data, "folders", train_per_class=1, test_per_class=4, image_fn=_smooth_image)
-    assert main(["data", "convert", "--task", "cifar10", "--data-root", str(data), "--splits", "test"]) == 0
+    assert main(["data", "convert", "--task", "cifar10", "--data-root", str(data), "--splits", "test",
+                 "--write-mode", write_mode]) == 0
+    name = "test_r512_q90" if write_mode == "jpg" else "test_r512_raw"
+    assert json.loads(sidecar_path(ffcv_dir / "cifar10" / f"{name}.beton").read_text())["write_mode"] == write_mode
     from transferbench.fastdata.ffcv_loader import open_split
 
     task = get_task("cifar10")
@@ -221,7 +226,7 @@ def test_ffcv_and_torchvision_give_the_same_test_images(need_ffcv, tmp_path, ffc
         images, labels = _read_all(open_split(task, test, "test", data, cfg).batches(16, 1))
         assert labels.tolist() == test.labels and images.shape == reference.shape
         pixels = ((images - reference) * torch.tensor(cfg.std).view(1, 3, 1, 1) * 255).abs()
-        assert pixels.mean(dim=(1, 2, 3)).max() < MEAN_ABS_TOLERANCE
+        assert pixels.mean(dim=(1, 2, 3)).max() < MEAN_ABS_TOLERANCE[write_mode]
 
 
 def test_train_order_is_a_function_of_the_epoch_seed(need_ffcv, setup, ffcv_dir):
@@ -252,6 +257,8 @@ def test_full_and_linear_runs_with_the_ffcv_loader(need_ffcv, setup, tmp_path, f
     (path,) = out.glob("runs/*.full.*/result.json")
     rec = json.loads(path.read_text())
     assert rec["config"]["hparams"]["loader"] == "ffcv" and len(rec["curve"]) == 2
+    assert rec["config"]["ffcv"] == {"train": {"beton": "train_r512_q90", "beton_format": 1},
+                                     "test": {"beton": "test_r512_q90", "beton_format": 1}}
     assert rec["sparsity"]["backbone_before"] == rec["sparsity"]["backbone_after"] > 0.45
     assert np.isfinite(rec["curve"][-1]["train_loss"]) and "top1" in rec["curve"][-1]
     assert not (out / "work" / rec["run_key"]).exists()

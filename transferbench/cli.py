@@ -137,7 +137,7 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
     from .fastdata.convert import convert_task
 
     for sidecar in convert_task(args.task, args.data_root, args.out, args.max_resolution, args.quality,
-                                tuple(args.splits), args.workers):
+                                tuple(args.splits), args.workers, args.write_mode):
         print(json.dumps(sidecar))
     return 0
 
@@ -253,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="longest image side stored (default 512: keeps the 256-px shorter side of the "
                               "protocol's resize for aspect ratios up to 2:1)")
     convert.add_argument("--quality", type=int, default=90, help="JPEG quality of the stored images (default 90)")
+    convert.add_argument("--write-mode", choices=("jpg", "raw"), default="jpg",
+                         help="jpg (default): re-encoded JPEGs; raw: decoded pixels, lossless and ~4x faster to "
+                              "load on CPU, ~7x the disk (benchmarks/bench_loaders.py)")
     convert.add_argument("--splits", nargs="+", default=["train", "test"], choices=("train", "test"))
     convert.add_argument("--workers", type=int, help="encoding processes (default min(4, cores))")
     convert.set_defaults(func=cmd_data_convert)

@@ -358,6 +358,7 @@ def run_full(spec: RunSpec, ctx: RunContext) -> Path:
             "data": _data_info(train, test),
             "device": str(device), "compiled": ctx.compile,
             "num_workers": ctx.num_workers,
+            **({"ffcv": loaders.describe()} if loaders is not None else {}),
         },
         "metrics": _metrics(task, result.top1, result.mean_per_class_acc,
                             {"best_epoch": result.best_epoch, "best_top1": result.best_top1}),

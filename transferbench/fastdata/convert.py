@@ -22,6 +22,7 @@ from . import (
     DEFAULT_QUALITY,
     FFCV_DIR_ENV,
     SIDECAR_FORMAT,
+    WRITE_MODES,
     beton_path,
     ffcv_root,
     labels_digest,
@@ -51,8 +52,12 @@ class _RGBArrays(Dataset):
 
 def convert_task(task: str, data_root: str | Path | None = None, out: str | Path | None = None,
                  max_resolution: int = DEFAULT_MAX_RESOLUTION, quality: int = DEFAULT_QUALITY,
-                 splits: tuple[str, ...] = ("train", "test"), num_workers: int | None = None) -> list[dict]:
-    """Write ``<out>/<task>/<split>_r<res>_q<quality>.beton`` for each split; returns the sidecars written."""
+                 splits: tuple[str, ...] = ("train", "test"), num_workers: int | None = None,
+                 write_mode: str = "jpg") -> list[dict]:
+    """Write ``<out>/<task>/<split>_r<res>_q<quality>.beton`` (``_raw`` for raw pixels) for each split; returns
+    the sidecars written."""
+    if write_mode not in WRITE_MODES:
+        raise TransferbenchError(f"--write-mode {write_mode}: choose from {' '.join(WRITE_MODES)}")
     if max_resolution < 8:
         raise TransferbenchError(f"--max-resolution {max_resolution} is too small; use the default "
                                  f"{DEFAULT_MAX_RESOLUTION} (longest image side after conversion)")
@@ -71,10 +76,10 @@ def convert_task(task: str, data_root: str | Path | None = None, out: str | Path
     workers = max(1, num_workers if num_workers is not None else min(4, os.cpu_count() or 1))
     written = []
     for name, split in loaded.items():
-        path = beton_path(root, spec.name, name, max_resolution, quality)
+        path = beton_path(root, spec.name, name, max_resolution, quality, write_mode)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fields = {"image": RGBImageField(write_mode="jpg", max_resolution=max_resolution, jpeg_quality=quality),
+        fields = {"image": RGBImageField(write_mode=write_mode, max_resolution=max_resolution, jpeg_quality=quality),
                   "label": IntField()}
         try:
             # The sample order is the split's own order, so index i of the .beton is index i of load_split.
@@ -87,7 +92,8 @@ def convert_task(task: str, data_root: str | Path | None = None, out: str | Path
         sidecar = {"format": SIDECAR_FORMAT, "task": spec.name, "split": name, "num_samples": len(split),
                    "labels_digest": labels_digest(split.labels), "num_classes": len(split.classes),
                    "layout": split.layout, "source_root": str(split.root), "max_resolution": max_resolution,
-                   "jpeg_quality": quality, "beton": str(path)}
+                   "write_mode": write_mode, "jpeg_quality": quality if write_mode == "jpg" else None,
+                   "beton": str(path)}
         # Written after the .beton is in place: a sidecar is the mark of a complete file.
         write_json(sidecar_path(path), sidecar)
         log.info("ffcv: wrote %s (%d images)", path, len(split))

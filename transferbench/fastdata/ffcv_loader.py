@@ -51,7 +51,7 @@ def find_beton(task: TaskSpec, split: Split, name: str, data_root: str | Path | 
     """
     root = ffcv_root(data_root)
     default = beton_path(root, task.name, name, DEFAULT_MAX_RESOLUTION, DEFAULT_QUALITY)
-    found = sorted(p for p in default.parent.glob(f"{name}_r*_q*.beton") if sidecar_path(p).exists())
+    found = sorted(p for p in default.parent.glob(f"{name}_r*.beton") if sidecar_path(p).exists())
     command = convert_command(task.name, data_root)
     if default in found:
         path = default
@@ -163,7 +163,11 @@ class FFCVSplit:
 
     def key_info(self) -> dict:
         """What the feature-cache key needs beyond the torchvision path's: the loader and the conversion."""
-        return {"loader": "ffcv", "beton": self.path.stem, "beton_format": self.meta["format"]}
+        return {"loader": "ffcv", **self.describe()}
+
+    def describe(self) -> dict:
+        """The conversion the run read (recorded in full fine-tuning records; part of linear feature keys)."""
+        return {"beton": self.path.stem, "beton_format": self.meta["format"]}
 
 
 def open_split(task: TaskSpec, split: Split, name: str, data_root: str | Path | None,
@@ -180,6 +184,10 @@ class FFCVLoaders:
                  num_workers: int) -> None:
         self._train = FFCVBatches(train.path, train.cfg, batch_size, num_workers)
         self._test = FFCVBatches(test.path, test.cfg, eval_batch_size, num_workers)
+        self.splits = {"train": train, "test": test}
+
+    def describe(self) -> dict:
+        return {name: split.describe() for name, split in self.splits.items()}
 
     def train(self, epoch: int, epoch_seed: int) -> FFCVBatches:
         return self._train.epoch(epoch_seed)
