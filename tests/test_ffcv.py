@@ -277,3 +277,27 @@ def test_full_and_linear_runs_with_the_ffcv_loader(need_ffcv, setup, tmp_path, f
     (tv,) = (tmp_path / "tv").glob("runs/*/result.json")
     assert not json.loads(tv.read_text())["timings"]["features_cached"]
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 4
+
+
+def test_ffcv_leaves_torch_threads_alone(need_ffcv, setup, ffcv_dir):
+    """ffcv calls torch.set_num_threads on import and per Loader; the model must keep the job's threads."""
+    _, data, _ = setup
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)  # neither ffcv's 1 nor the loader's worker count
+    try:
+        code = ("import torch; torch.set_num_threads(3); from transferbench.fastdata import require_ffcv; "
+                "require_ffcv(); print(torch.get_num_threads())")
+        assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True).stdout.strip() == "3"  # a fresh import, as in `transferbench run`
+        assert main(["data", "convert", "--task", "cifar10", "--data-root", str(data), "--splits", "test"]) == 0
+        from transferbench.fastdata.ffcv_loader import open_split
+
+        task = get_task("cifar10")
+        test = load_split(task, "test", data)
+        batches = open_split(task, test, "test", data, protocol_transform(task, "linear", False, image_size=16))
+        assert torch.get_num_threads() == 3
+        for _ in batches.batches(16, num_workers=1):
+            assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+

@@ -138,7 +138,9 @@ class FixedMasks:
     def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor]):
         pairs = list(_masked_parameters(model, masks))
         self.params = [param for param, _ in pairs]
-        self.masks = [mask.to(device=param.device, dtype=param.dtype) for param, mask in pairs]
+        # empty_like keeps the parameter's memory format (channels_last in full fine-tuning): the fused multiply
+        # then walks both tensors in the same order.
+        self.masks = [torch.empty_like(param).copy_(mask) for param, mask in pairs]
 
     @torch.no_grad()
     def apply(self) -> None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +40,27 @@ def ffcv_available() -> bool:
     return importlib.util.find_spec("ffcv") is not None
 
 
+@contextmanager
+def torch_threads_kept() -> Iterator[None]:
+    """Undo ffcv's ``torch.set_num_threads``: importing ffcv sets torch to 1 thread, and every Loader (created or
+    iterated) to its number of workers, for the whole process. Left alone, the model would train and extract on
+    that many threads, not on the job's cores (and numbers would differ in the last float bits from a run that
+    never touched ffcv)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
 def require_ffcv(what: str = "--loader ffcv") -> None:
     """Import ffcv or raise the one-line install hint (a broken build counts as missing)."""
     try:
-        import ffcv  # noqa: F401
+        with torch_threads_kept():
+            import ffcv  # noqa: F401
     except Exception:  # ImportError, or an OSError from a libffcv built against absent system libraries
         raise TransferbenchError(INSTALL_HINT.format(what=what)) from None
 

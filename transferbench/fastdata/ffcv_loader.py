@@ -40,6 +40,7 @@ from . import (
     labels_digest,
     require_ffcv,
     sidecar_path,
+    torch_threads_kept,
 )
 
 
@@ -125,9 +126,10 @@ class FFCVBatches:
         # constructor recursion depth mismatch" (CPython gh-106905).
         gc.collect()
         self.path, self.batch_size = path, batch_size
-        self.loader = Loader(str(path), batch_size=batch_size, num_workers=max(1, num_workers),
-                             order=OrderOption.SEQUENTIAL, pipelines=_pipelines(cfg), drop_last=False,
-                             os_cache=True)
+        with torch_threads_kept():
+            self.loader = Loader(str(path), batch_size=batch_size, num_workers=max(1, num_workers),
+                                 order=OrderOption.SEQUENTIAL, pipelines=_pipelines(cfg), drop_last=False,
+                                 os_cache=True)
         # ffcv 1.0.2 rejects a TraversalOrder class as `order=` (it tests isinstance, then calls it): swap it in.
         self.loader.traversal_order = _order_class()(self.loader)
         self.num_samples = int(self.loader.reader.num_samples)
@@ -141,7 +143,9 @@ class FFCVBatches:
         return math.ceil(self.num_samples / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, labels in self.loader:
+        with torch_threads_kept():  # iter() resets torch's threads in this thread (its own thread's are its own)
+            batches = iter(self.loader)
+        for images, labels in batches:
             yield images, labels.reshape(-1).to(torch.int64, copy=True)  # FFCV reuses this buffer too
 
 

@@ -118,7 +118,8 @@ def evaluate(model: torch.nn.Module, loader: Batches, device: torch.device,
     logits, labels = [], []
     for images, targets in loader:
         with _autocast(device, precision):
-            logits.append(model(images.to(device, non_blocking=True)).float().cpu())
+            images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            logits.append(model(images).float().cpu())
         labels.append(targets)
     return torch.cat(logits).numpy(), torch.cat(labels).numpy()
 
@@ -141,7 +142,7 @@ def finetune_full(
 
     ``loaders`` replaces the default DataLoaders over ``train_set``/``test_set`` (e.g. FFCV's).
     """
-    model.to(device)
+    model.to(device, memory_format=torch.channels_last)  # measured faster on CPU too (benchmarks/bench_core.py)
     masks = {name: m.to(device) for name, m in masks.items()}
     keeper = FixedMasks(model, masks)
     keeper.apply()
@@ -172,7 +173,8 @@ def finetune_full(
         model.train()  # BN statistics adapt to the downstream data (pitfall P6)
         loss_sum, steps = 0.0, 0
         for images, targets in progress(loader, desc=f"epoch {epoch + 1}", unit="batch"):
-            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            targets = targets.to(device, non_blocking=True)
             with _autocast(device, hp.precision):
                 loss = F.cross_entropy(model(images).float(), targets)
             if not torch.isfinite(loss):
