@@ -36,7 +36,7 @@ pytestmark = [
 # FFCV resamples the crop with OpenCV's INTER_AREA in one step, torchvision resizes the whole image (PIL, antialiased
 # bilinear) and then crops, so crop edges differ by up to half a pixel; the .beton also re-encodes each image as a
 # quality-90 JPEG (raw mode stores the decoded pixels). Measured on the smooth 48x36 images below at --image-size 32:
-# per-image mean |difference| <= 4.3 of 255 with jpg, <= 1.75 with raw (resampling alone). Wrong statistics, channel
+# per-image mean |difference| <= 4.1 of 255 with jpg, <= 1.75 with raw (resampling alone). Wrong statistics, channel
 # order or crop geometry give 30+.
 MEAN_ABS_TOLERANCE = {"jpg": 8.0, "raw": 3.0}  # per image, in 0-255 pixel units, after undoing the normalisation
 
@@ -96,7 +96,7 @@ def _smooth_image(class_index: int, sample_index: int, rng: np.random.Generator)
 def _read_all(source) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = [], []
     for x, y in source:
-        images.append(x.clone())  # FFCV reuses its image buffers a few batches later
+        images.append(x.clone())  # FFCV overwrites its image buffer once the next batch is fetched
         labels.append(y)
     return torch.cat(images), torch.cat(labels)
 
@@ -131,7 +131,7 @@ def _fake_conversion(root: Path, split, name: str = "test", res: int = 512, **ch
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"")
     meta = {"format": 1, "num_samples": len(split), "labels_digest": labels_digest(split.labels),
-            "layout": split.layout, **changes}
+            "layout": split.layout, "source_root": str(split.root), **changes}
     sidecar_path(path).write_text(json.dumps(meta))
     return path
 
@@ -151,13 +151,17 @@ def test_missing_stale_and_ambiguous_beton_files_are_one_line_errors(setup, ffcv
     with pytest.raises(TransferbenchError, match=r"is stale: .*labels_digest.*layout 'official'") as err:
         find_beton(task, split, "test", data)
     assert "\n" not in str(err.value) and "transferbench data convert --task cifar10" in str(err.value)
+    _fake_conversion(ffcv_dir, split, source_root="/elsewhere/cifar10")  # same labels, other images
+    with pytest.raises(TransferbenchError, match="source_root '/elsewhere/cifar10'"):
+        find_beton(task, split, "test", data)
     path = _fake_conversion(ffcv_dir, split)
     assert find_beton(task, split, "test", data)[0] == path
-    path.unlink()  # only non-default conversions: one is used, two are ambiguous
+    path.unlink()  # any one conversion is used; two are refused, the default among them too
     other = _fake_conversion(ffcv_dir, split, res=384)
     assert find_beton(task, split, "test", data)[0] == other
-    _fake_conversion(ffcv_dir, split, res=640)
-    with pytest.raises(TransferbenchError, match="several conversions"):
+    _fake_conversion(ffcv_dir, split)
+    with pytest.raises(TransferbenchError, match=r"several conversions of the test split .*test_r384_q90\.beton, "
+                                                 r"test_r512_q90\.beton.*delete all but one"):
         find_beton(task, split, "test", data)
 
 
@@ -300,4 +304,81 @@ def test_ffcv_leaves_torch_threads_alone(need_ffcv, setup, ffcv_dir):
             assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_an_unreadable_image_fails_the_conversion_in_one_line_without_hanging(need_ffcv, tmp_path, ffcv_dir, capsys):
+    data = tmp_path / "data"
+    write_task("cifar10", data, "folders", train_per_class=1, test_per_class=3, image_size=16)
+    bad = sorted((data / "cifar10" / "test").rglob("*.jpg"))[4]
+    bad.write_bytes(b"not a jpeg")
+    thin = sorted((data / "cifar10" / "test").rglob("*.jpg"))[7]
+    Image.new("RGB", (600, 1), "white").save(thin)  # 0 px tall at --max-resolution 512
+    assert main(["data", "convert", "--task", "cifar10", "--data-root", str(data), "--splits", "test",
+                 "--workers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "and 1 more" in err and "nothing written for the test split" in err
+    assert f"cannot read image {bad}" in err or "600x1 px" in err
+    assert not list(ffcv_dir.rglob("*.beton")) and not list(ffcv_dir.rglob("*.json"))
+    assert not list(ffcv_dir.rglob(".*"))  # neither the temporary file nor the error list is left
+
+
+def _solid(class_index: int, sample_index: int, rng: np.random.Generator) -> Image.Image:
+    color = (30 + 20 * class_index, 200 - 15 * class_index, 90 + 10 * (sample_index % 5))
+    return Image.new("RGB", (40, 30), color)
+
+
+def _ramp(class_index: int, sample_index: int, rng: np.random.Generator) -> Image.Image:
+    """Dark on the left, bright on the right, in every channel: a flip shows as a reversed ramp."""
+    return Image.fromarray(np.repeat(np.linspace(0, 255, 40, dtype=np.uint8)[None, :, None], 30, 0).repeat(3, 2))
+
+
+def test_train_pipeline_normalises_with_the_task_statistics_and_flips_half(need_ffcv, tmp_path, ffcv_dir):
+    from transferbench.fastdata.ffcv_loader import ffcv_loaders
+
+    task = get_task("cifar10")
+    cfg = protocol_transform(task, "full", train=True, image_size=24)
+    test_cfg = protocol_transform(task, "full", train=False, image_size=24)
+    mean, std = torch.tensor(cfg.mean).view(3, 1, 1), torch.tensor(cfg.std).view(3, 1, 1)
+    for image_fn in (_solid, _ramp):
+        data = tmp_path / image_fn.__name__
+        write_task("cifar10", data, "folders", train_per_class=4, test_per_class=1, image_fn=image_fn)
+        os.environ[FFCV_DIR_ENV] = str(tmp_path / f"ffcv{image_fn.__name__}")
+        assert main(["data", "convert", "--task", "cifar10", "--data-root", str(data), "--write-mode", "raw"]) == 0
+        train, test = load_split(task, "train", data), load_split(task, "test", data)
+        loaders = ffcv_loaders(task, train, test, data, cfg, test_cfg, batch_size=16, eval_batch_size=16,
+                               num_workers=64)  # more than the cores: clamped, not an error
+        order = np.random.default_rng(3).permutation(len(train))  # EpochSeededOrder's draw for seed 3
+        images, labels = _read_all(loaders.train(0, 3))
+        assert labels.tolist() == [train.labels[i] for i in order]
+        pixels = images * std + mean  # back to 0..1
+        if image_fn is _solid:  # any crop of a solid image is that colour: exactly the task's normalisation
+            expected = torch.stack([torch.tensor(np.asarray(train.dataset[i][0].convert("RGB"))[0, 0] / 255.0)
+                                    for i in order]).float()
+            assert torch.allclose(pixels.mean(dim=(2, 3)), expected, atol=2 / 255)
+        else:  # the ramp rises left to right unless flipped
+            rising = (pixels[:, :, :, -4:].mean(dim=(1, 2, 3)) > pixels[:, :, :, :4].mean(dim=(1, 2, 3))).float()
+            assert 0.2 < rising.mean() < 0.8, rising.mean()
+    del os.environ[FFCV_DIR_ENV]
+
+
+def test_an_epoch_left_early_stops_ffcvs_thread(need_ffcv, setup, ffcv_dir):
+    import threading
+    import time
+
+    _, data, _ = setup
+    assert main(["data", "convert", "--task", "cifar10", "--data-root", str(data), "--splits", "test"]) == 0
+    from transferbench.fastdata.ffcv_loader import open_split
+
+    task = get_task("cifar10")
+    test = load_split(task, "test", data)
+    batches = open_split(task, test, "test", data, protocol_transform(task, "linear", False, image_size=16))
+    loader = batches.batches(8, num_workers=1)
+    before = threading.active_count()
+    for _ in range(5):
+        for _ in loader:
+            break  # the generator is closed here, as when a training step raises
+    deadline = time.monotonic() + 10
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() <= before
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ from torch.utils.data import Dataset
 
 from ..atomic import write_json
 from ..errors import TransferbenchError
+from ..progress import interactive
 from ..tasks import get_task, load_split
 from . import (
     DEFAULT_MAX_RESOLUTION,
@@ -35,19 +39,48 @@ log = logging.getLogger("transferbench")
 
 class _RGBArrays(Dataset):
     """(HxWx3 uint8 RGB array, label): what ffcv's RGBImageField encodes. Grey/CMYK/RGBA files become RGB here,
-    as ``Transformed`` does for the torchvision path (pitfall P13)."""
+    as ``Transformed`` does for the torchvision path (pitfall P13).
 
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
+    Never raises: ffcv's writer waits forever for a sample whose worker process died (ffcv 1.0.2 never checks
+    its workers). An unreadable image, or one so thin that ffcv's resize would make it 0 px wide, is written as a
+    black 8x8 placeholder and its error appended to ``errors``; ``convert_task`` then refuses the file.
+    """
+
+    def __init__(self, dataset: Dataset, max_resolution: int, errors: Path) -> None:
+        self.dataset, self.max_resolution, self.errors = dataset, max_resolution, errors
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-        img, label = self.dataset[index]
-        if not isinstance(img, Image.Image):  # the mini-tasks hold uint8 arrays
-            img = Image.fromarray(np.asarray(img, dtype=np.uint8))
-        return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8)), int(label)
+        try:
+            img, label = self.dataset[index]
+            if not isinstance(img, Image.Image):  # the mini-tasks hold uint8 arrays
+                img = Image.fromarray(np.asarray(img, dtype=np.uint8))
+            pixels = np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
+            short, long = sorted(pixels.shape[:2])
+            if long > self.max_resolution and short * self.max_resolution < long:
+                raise TransferbenchError(f"image {index} is {pixels.shape[1]}x{pixels.shape[0]} px: at "
+                                         f"--max-resolution {self.max_resolution} it would be 0 px wide")
+            return pixels, int(label)
+        except Exception as exc:  # any error must reach the parent, not kill the worker
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            with open(self.errors, "a") as f:  # one short append per error: whole lines even from many workers
+                f.write(f"{message}\n")
+            return np.zeros((8, 8, 3), dtype=np.uint8), 0
+
+
+@contextmanager
+def _writer_progress(desc: str) -> Iterator[None]:
+    """ffcv's writer draws a tqdm bar unconditionally; here it follows the project's rule (a terminal only)."""
+    import ffcv.writer
+
+    original = ffcv.writer.tqdm
+    ffcv.writer.tqdm = partial(original, desc=desc, leave=False, disable=not interactive())
+    try:
+        yield
+    finally:
+        ffcv.writer.tqdm = original
 
 
 def convert_task(task: str, data_root: str | Path | None = None, out: str | Path | None = None,
@@ -81,14 +114,22 @@ def convert_task(task: str, data_root: str | Path | None = None, out: str | Path
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         fields = {"image": RGBImageField(write_mode=write_mode, max_resolution=max_resolution, jpeg_quality=quality),
                   "label": IntField()}
+        errors = tmp.with_suffix(".errors")
         try:
             # The sample order is the split's own order, so index i of the .beton is index i of load_split.
-            DatasetWriter(str(tmp), fields, num_workers=workers).from_indexed_dataset(
-                _RGBArrays(split.dataset), chunksize=64)
+            with _writer_progress(f"convert {spec.name} {name}"):
+                DatasetWriter(str(tmp), fields, num_workers=workers).from_indexed_dataset(
+                    _RGBArrays(split.dataset, max_resolution, errors), chunksize=64)
+            if errors.exists():
+                failed = errors.read_text().splitlines()
+                more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+                raise TransferbenchError(f"data convert --task {spec.name}: {failed[0]}{more}; nothing written "
+                                         f"for the {name} split")
             sidecar_path(path).unlink(missing_ok=True)  # never a new .beton beside the old file's sidecar
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+            errors.unlink(missing_ok=True)
         sidecar = {"format": SIDECAR_FORMAT, "task": spec.name, "split": name, "num_samples": len(split),
                    "labels_digest": labels_digest(split.labels), "num_classes": len(split.classes),
                    "layout": split.layout, "source_root": str(split.root), "max_resolution": max_resolution,

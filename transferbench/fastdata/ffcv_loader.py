@@ -47,27 +47,24 @@ from . import (
 def find_beton(task: TaskSpec, split: Split, name: str, data_root: str | Path | None) -> tuple[Path, dict]:
     """The ``.beton`` of ``name`` ("train"/"test") that matches ``split``; a one-line error when missing or stale.
 
-    The default conversion (``_r512_q90``) wins; otherwise the one conversion present. Several non-default ones
-    are ambiguous (the run has no flag to choose), so they are refused rather than picked by name order.
+    The one conversion present is used. Several (say the default jpg and a raw one) are refused: the run has no
+    flag to choose, and picking one silently could train on the conversion the user did not mean.
     """
     root = ffcv_root(data_root)
     default = beton_path(root, task.name, name, DEFAULT_MAX_RESOLUTION, DEFAULT_QUALITY)
     found = sorted(p for p in default.parent.glob(f"{name}_r*.beton") if sidecar_path(p).exists())
     command = convert_command(task.name, data_root)
-    if default in found:
-        path = default
-    elif len(found) == 1:
-        path = found[0]
-    elif not found:
+    if not found:
         raise TransferbenchError(f"--loader ffcv: {default} does not exist; write it with `{command}`")
-    else:
+    if len(found) > 1:
         raise TransferbenchError(
-            f"--loader ffcv: several conversions in {default.parent} ({', '.join(p.name for p in found)}); "
-            f"keep one, or re-run `{command}` to write the default {default.name}"
+            f"--loader ffcv: several conversions of the {name} split in {default.parent} "
+            f"({', '.join(p.name for p in found)}); delete all but one (the .beton and its .json)"
         )
+    path = found[0]
     meta = json.loads(sidecar_path(path).read_text())
     now = {"format": SIDECAR_FORMAT, "num_samples": len(split), "labels_digest": labels_digest(split.labels),
-           "layout": split.layout}
+           "layout": split.layout, "source_root": str(split.root)}
     stale = {k: (meta.get(k), v) for k, v in now.items() if meta.get(k) != v}
     if stale:
         what = ", ".join(f"{k} {old!r} (data now: {new!r})" for k, (old, new) in stale.items())
@@ -113,8 +110,8 @@ def _pipelines(cfg: TransformConfig) -> dict:
 class FFCVBatches:
     """Batches of (float32 NCHW normalised images, int64 labels) from one ``.beton``; re-iterable.
 
-    Image tensors live in FFCV's ring of buffers: valid until a few batches later, which is enough for a training
-    step or a forward pass. Labels are copied (callers keep them).
+    Image tensors live in FFCV's ring of buffers and are overwritten once the next batch is fetched: use them
+    within the step (a forward pass, a training step), or clone them. Labels are copied (callers keep them).
     """
 
     def __init__(self, path: Path, cfg: TransformConfig, batch_size: int, num_workers: int) -> None:
@@ -126,8 +123,12 @@ class FFCVBatches:
         # constructor recursion depth mismatch" (CPython gh-106905).
         gc.collect()
         self.path, self.batch_size = path, batch_size
+        from numba import config as numba_config
+
+        # numba refuses more threads than it started with (the machine's cores): clamp, rather than fail.
+        threads = min(max(1, num_workers), numba_config.NUMBA_NUM_THREADS)
         with torch_threads_kept():
-            self.loader = Loader(str(path), batch_size=batch_size, num_workers=max(1, num_workers),
+            self.loader = Loader(str(path), batch_size=batch_size, num_workers=threads,
                                  order=OrderOption.SEQUENTIAL, pipelines=_pipelines(cfg), drop_last=False,
                                  os_cache=True)
         # ffcv 1.0.2 rejects a TraversalOrder class as `order=` (it tests isinstance, then calls it): swap it in.
@@ -143,10 +144,19 @@ class FFCVBatches:
         return math.ceil(self.num_samples / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        with torch_threads_kept():  # iter() resets torch's threads in this thread (its own thread's are its own)
-            batches = iter(self.loader)
-        for images, labels in batches:
-            yield images, labels.reshape(-1).to(torch.int64, copy=True)  # FFCV reuses this buffer too
+        threads = torch.get_num_threads()
+        batches = iter(self.loader)
+        try:
+            for images, labels in batches:
+                # iter() and ffcv's epoch thread both call torch.set_num_threads; with OpenMP the thread's call
+                # can land after iter() returns, so the count is restored before each batch is used.
+                if torch.get_num_threads() != threads:
+                    torch.set_num_threads(threads)
+                yield images, labels.reshape(-1).to(torch.int64, copy=True)  # FFCV reuses this buffer too
+        finally:  # an epoch left early (an error, a break) must not leave ffcv's thread and buffers behind
+            batches.close()
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
 
 
 @dataclass
@@ -166,8 +176,10 @@ class FFCVSplit:
         return FFCVBatches(self.path, self.cfg, batch_size, num_workers).epoch(None)
 
     def key_info(self) -> dict:
-        """What the feature-cache key needs beyond the torchvision path's: the loader and the conversion."""
-        return {"loader": "ffcv", **self.describe()}
+        """What the feature-cache key needs beyond the torchvision path's: the loader and the conversion (its
+        file's size and time, so a re-conversion never reuses features of the old file)."""
+        stat = self.path.stat()
+        return {"loader": "ffcv", **self.describe(), "beton_size": stat.st_size, "beton_mtime_ns": stat.st_mtime_ns}
 
     def describe(self) -> dict:
         """The conversion the run read (recorded in full fine-tuning records; part of linear feature keys)."""
