@@ -117,14 +117,13 @@ class FFCVBatches:
     def __init__(self, path: Path, cfg: TransformConfig, batch_size: int, num_workers: int) -> None:
         require_ffcv()
         from ffcv.loader import Loader, OrderOption
+        from numba import config as numba_config
 
         # Collect the jitted pipelines of earlier loaders now: numba's finalizers for them raise, and when that
         # happens inside the ast.parse of ffcv's code generation, Python 3.11 turns it into "SystemError: AST
         # constructor recursion depth mismatch" (CPython gh-106905).
         gc.collect()
         self.path, self.batch_size = path, batch_size
-        from numba import config as numba_config
-
         # numba refuses more threads than it started with (the machine's cores): clamp, rather than fail.
         threads = min(max(1, num_workers), numba_config.NUMBA_NUM_THREADS)
         with torch_threads_kept():
