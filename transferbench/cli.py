@@ -254,8 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "protocol's resize for aspect ratios up to 2:1)")
     convert.add_argument("--quality", type=int, default=90, help="JPEG quality of the stored images (default 90)")
     convert.add_argument("--write-mode", choices=("jpg", "raw"), default="jpg",
-                         help="jpg (default): re-encoded JPEGs; raw: decoded pixels, lossless and ~3x faster to "
-                              "load on CPU, ~7x the disk (benchmarks/bench_loaders.py)")
+                         help="jpg (default): re-encoded JPEGs; raw: decoded pixels, lossless, about 3x the "
+                              "torchvision loader's speed on CPU, ~7x the disk (benchmarks/bench_loaders.py)")
     convert.add_argument("--splits", nargs="+", default=["train", "test"], choices=("train", "test"))
     convert.add_argument("--workers", type=int, help="encoding processes (default min(4, cores))")
     convert.set_defaults(func=cmd_data_convert)
