@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -131,6 +132,23 @@ def store(tmp_path_factory) -> dict:
     (root / "work" / "crashed" / "train_state.pt").write_bytes(b"x")
     coll = collect(root)
     return {"root": root, "truth": truth, "coll": coll, "runs": coll.runs}
+
+
+def test_collect_cli_computes_an_incomplete_rows_mean_only_when_asked(store, tmp_path):
+    from transferbench.cli import main
+
+    root = tmp_path / "results"
+    shutil.copytree(store["root"], root)
+    _, method, sparsity, _ = INCOMPLETE
+    truth = store["truth"]
+    rows = truth[(truth["mode"] == "linear") & (truth["method"] == method) & (truth["target_sparsity"] == sparsity)]
+    expected = 100 * rows.groupby("task")["primary"].mean().mean()  # over the two tasks it has
+    for flags, want in (([], None), (["--allow-incomplete-mean"], expected)):
+        assert main(["collect", "--results", str(root), *flags]) == 0
+        table = pd.read_csv(root / "leaderboards" / f"leaderboard_{ARCH}_linear.csv")
+        (mean,) = table[(table["method"] == method) & (table["sparsity"] == sparsity)
+                        & (table["column"] == "mean")]["mean"]
+        assert math.isnan(mean) if want is None else mean == pytest.approx(want)
 
 
 def _expected_cells(truth: pd.DataFrame, mode: str, metric: str = "primary") -> pd.DataFrame:

@@ -73,7 +73,8 @@ def do_collect(args: argparse.Namespace) -> tuple[list[Path], str, pd.DataFrame,
         reference.to_parquet(buf, index=False)
         written.append(write_bytes(args.results / REFERENCE_FILE, buf.getvalue()))
         written.append(write_bytes(args.results / "reference.csv", reference.to_csv(index=False).encode()))
-    written += write_leaderboards(runs, args.results / "leaderboards", source=args.source)
+    written += write_leaderboards(runs, args.results / "leaderboards", source=args.source,
+                                  allow_incomplete_mean=getattr(args, "allow_incomplete_mean", False))
     summary = collection.summary()
     if reference is not None:
         summary += f"; {len(reference)} paper result(s)"
@@ -231,6 +232,8 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
     col.add_argument(
         "--workers", type=int, help="processes that parse the records (default: the CPU cores, for large stores)"
     )
+    col.add_argument("--allow-incomplete-mean", action="store_true",
+                     help="average a row over the tasks it has (default: no mean for a row with a missing task)")
     col.set_defaults(func=cmd_collect)
 
     fig = sub.add_parser("figures", help="draw the figures (PNG and PDF) from the run records")

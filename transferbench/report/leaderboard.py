@@ -222,7 +222,8 @@ def group_sources(runs: pd.DataFrame, group, source: str) -> list[str]:
 
 
 def write_leaderboards(
-    runs: pd.DataFrame, out_dir: str | Path, metric: str = "primary", source: str | None = None
+    runs: pd.DataFrame, out_dir: str | Path, metric: str = "primary", source: str | None = None,
+    allow_incomplete_mean: bool = False,
 ) -> list[Path]:
     """``leaderboard_<arch>_<mode>[_<solver>][_paper|_ours_vs_paper].{md,csv,tex}`` for every (arch, mode) in
     ``runs``: our runs (no suffix), the paper's (``_paper``) or both side by side (``_ours_vs_paper``)."""
@@ -233,7 +234,8 @@ def write_leaderboards(
         for src in group_sources(runs, group, source):
             stem = f"leaderboard_{group.stem}{SOURCE_SUFFIX[src]}"
             try:
-                lb = leaderboard(runs, group.arch, group.mode, metric, solver=group.solver, source=src)
+                lb = leaderboard(runs, group.arch, group.mode, metric, solver=group.solver, source=src,
+                                 allow_incomplete_mean=allow_incomplete_mean)
             except ValueError as exc:
                 log.warning("no leaderboard %s: %s", stem, exc)
                 continue
