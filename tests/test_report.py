@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -376,11 +377,45 @@ def test_upstream_figure_spearman(figures, store):
     assert f"Spearman ρ = {rho:.2f}" in title and f"n = {len(keys)}" in title
 
 
-def test_palette_fixed_order():
-    assert [method_style(m).color for m in METHOD_ORDER[:10]] == [method_color(m) for m in METHOD_ORDER[:10]]
-    assert len({method_color(m) for m in METHOD_ORDER[:10]}) == 10
-    assert len({(method_style(m).color, method_style(m).marker) for m in METHOD_ORDER}) == len(METHOD_ORDER)
+def _methods_seen_together() -> dict[str, set[str]]:
+    """The method sets that can share a figure, read from where they are defined (not from the palette)."""
+    import yaml
+
+    from transferbench.demo import DemoPlan
+    from transferbench.pruning.factory import METHODS
+
+    table = Path(__file__).resolve().parent.parent / "transferbench" / "checkpoints" / "table.yaml"
+    registry = {spec["method"] for spec in yaml.safe_load(table.read_text())}
+    return {"registry": registry, "trained": set(METHODS), "demo": {"dense", *DemoPlan().methods}}
+
+
+def test_palette_distinct_colours_within_each_set_that_appears_together():
+    sets = _methods_seen_together()
+    assert {"cram", "mfac", "str"} <= sets["registry"] and "cram" in sets["demo"]
+    for name, methods in sets.items():
+        colours = {m: method_color(m) for m in methods}
+        assert len(set(colours.values())) == len(methods), (name, colours)
+    # across the sets, colour plus marker plus line style still tells every method apart
+    every = set().union(*sets.values()) | set(METHOD_ORDER)
+    looks = {(method_style(m).color, method_style(m).marker, method_style(m).linestyle) for m in every}
+    assert len(looks) == len(every)
+    assert len({method_style(m).marker for m in every}) == len(every)
+
+
+def test_palette_dense_colour_is_its_own():
+    others = [m for m in METHOD_ORDER if m != "dense"] + [f"custom_{i}" for i in range(50)]
+    assert method_color("dense") not in {method_color(m) for m in others}
+    assert method_style("dense").linestyle == "--"
+    assert all(method_style(m).linestyle != ":" for m in others)  # dotted is the paper's
+
+
+def test_palette_stable_and_colour_blind_palette():
+    import seaborn as sns
+
+    palette = {tuple(float(c) for c in rgb) for rgb in sns.color_palette("colorblind", 10)}
+    assert all(method_color(m) in palette for m in METHOD_ORDER if m != "dense")
     assert method_style("zz_custom") == method_style("zz_custom")
+    assert all(method_style(m).color == method_color(m) for m in METHOD_ORDER)
 
 
 def test_write_figures(store, tmp_path):

@@ -1,9 +1,19 @@
 """One fixed colour, marker and line style per pruning method, shared by every figure.
 
-Colours come from seaborn's colour-blind-safe ``"colorblind"`` palette and are assigned by the fixed order of
-``METHOD_ORDER``, so a method keeps its colour whatever subset of methods a figure shows. The palette has 10
-colours; methods past the tenth reuse a colour with a different marker and line style. Methods not in the list
-get a slot from a stable hash of their name, so they too look the same in every figure.
+Colours come from seaborn's colour-blind-safe ``"colorblind"`` palette (10 colours); dense is black, a colour no
+other method gets, so the baseline is never mistaken for a method. The 13 sparse methods that can occur come in
+two sets that appear together:
+
+* the checkpoint registry's (``checkpoints/table.yaml``, the paper's methods): acdc, rigl_erk1x, rigl_erk5x, str,
+  woodfisher, lth_t, gmp, cram, mfac;
+* the methods ``transferbench upstream`` trains (``pruning/factory.py``, the demo's): magnitude, gmp, woodfisher,
+  rigl, lth, acdc, cram, cram_nm.
+
+Within each set every method has its own colour. Only three pairs share one, each a registry-only method and its
+trained-only relative (rigl_erk1x/rigl, lth_t/lth, str/magnitude); the trained one of the pair is drawn dash-dotted
+and every method has its own marker, so even a figure that shows both stays readable. (The paper's results are
+drawn dotted, ``figures.PAPER_LINESTYLE``, so ``:`` is not used here.) Methods not listed get a slot from a stable
+hash of their name, so they too look the same in every figure, never in dense's colour.
 """
 
 from __future__ import annotations
@@ -13,15 +23,29 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 
+DENSE = "dense"
 METHOD_ORDER: tuple[str, ...] = (
     "dense", "magnitude", "gmp", "woodfisher", "rigl", "rigl_erk1x", "rigl_erk5x",
     "lth", "lth_t", "acdc", "cram", "cram_nm", "str", "mfac",
 )
 PALETTE_NAME = "colorblind"
 PALETTE_SIZE = 10
-MARKERS: tuple[str, ...] = ("o", "s", "^", "v", "D", "P", "X", "<", ">", "p", "h", "*", "d", "H")
-LINESTYLES: tuple[str, ...] = ("-", "-.", ":")  # one per pass through the palette; "--" is kept for dense
+DENSE_COLOR: tuple[float, float, float] = (0.0, 0.0, 0.0)
+LINESTYLE = "-"
+RELATIVE_LINESTYLE = "-."  # the trained-only method of a pair that shares a colour
 DENSE_LINESTYLE = "--"
+# method → index into the "colorblind" palette; methods sharing an index never share their marker or line style
+PALETTE_INDEX: dict[str, int] = {
+    "gmp": 0, "woodfisher": 1, "acdc": 2, "cram": 3,
+    "rigl_erk1x": 4, "rigl": 4,
+    "lth_t": 5, "lth": 5,
+    "mfac": 6,
+    "str": 7, "magnitude": 7,
+    "cram_nm": 8,
+    "rigl_erk5x": 9,
+}
+RELATIVES = frozenset({"rigl", "lth", "magnitude"})
+MARKERS: tuple[str, ...] = ("o", "s", "^", "v", "D", "P", "X", "<", ">", "p", "h", "*", "d", "H")
 
 RGB = tuple[float, float, float]
 
@@ -37,7 +61,7 @@ def method_index(method: str) -> int:
     """The method's slot: its position in METHOD_ORDER, or a stable slot after them for other methods."""
     if method in METHOD_ORDER:
         return METHOD_ORDER.index(method)
-    return len(METHOD_ORDER) + zlib.crc32(method.encode()) % (PALETTE_SIZE * len(LINESTYLES))
+    return len(METHOD_ORDER) + zlib.crc32(method.encode()) % (PALETTE_SIZE * len(MARKERS))
 
 
 def method_sort_key(method: str) -> tuple[int, int, str]:
@@ -58,16 +82,22 @@ def _palette() -> tuple[RGB, ...]:
 
 
 def method_color(method: str) -> RGB:
+    if method == DENSE:
+        return DENSE_COLOR
+    if method in PALETTE_INDEX:
+        return _palette()[PALETTE_INDEX[method]]
     return _palette()[method_index(method) % PALETTE_SIZE]
 
 
 def method_style(method: str) -> MethodStyle:
     i = method_index(method)
-    return MethodStyle(
-        color=_palette()[i % PALETTE_SIZE],
-        marker=MARKERS[i % len(MARKERS)],
-        linestyle=DENSE_LINESTYLE if method == "dense" else LINESTYLES[(i // PALETTE_SIZE) % len(LINESTYLES)],
-    )
+    if method == DENSE:
+        linestyle = DENSE_LINESTYLE
+    elif method in RELATIVES or (method not in METHOD_ORDER and (i // PALETTE_SIZE) % 2):
+        linestyle = RELATIVE_LINESTYLE
+    else:
+        linestyle = LINESTYLE
+    return MethodStyle(color=method_color(method), marker=MARKERS[i % len(MARKERS)], linestyle=linestyle)
 
 
 def method_colors(methods: Iterable[str]) -> dict[str, RGB]:
