@@ -169,7 +169,10 @@ def test_collect_counts_completed_and_lists_failed(store):
     assert reasons["failed"] == "status 'failed'"
     assert reasons["noseed"] == "missing fields: seed"
     assert reasons["partial"].startswith("partial")
-    assert reasons["crashed"].startswith("unfinished")
+    assert reasons["crashed"].startswith("crashed: no record; work/ holds train_state.pt; no job claims it")
+    states = dict(zip(coll.failed["run_key"], coll.failed["state"], strict=True))
+    assert states == {"corrupt": "failed", "failed": "failed", "noseed": "failed", "partial": "partial",
+                      "crashed": "failed"}
     assert "5 failed or partial" in coll.summary()
 
 

@@ -1,13 +1,23 @@
 """Collect the result records of a results store into one tidy table of completed runs.
 
-Every ``runs/<run_key>/`` folder ends up in exactly one of two tables: ``runs`` (one row per completed run) or
-``failed`` (the path and the reason: unreadable JSON, a status other than ``completed``, a missing required
-field, or a run folder without its record). Nothing is dropped silently.
+Every run the store knows of ends up in exactly one of two tables: ``runs`` (one row per completed run) or
+``failed`` (path, run key, ``state`` and reason), one row per run key:
+
+* ``running``: ``work/<key>/claim.json`` has a fresh heartbeat (a sweep job is executing it now);
+* ``failed``: ``failures/<key>.json`` from the sweep dispatcher (its error line), a record that cannot be read,
+  has a status other than ``completed``, misses a required field or holds an impossible value, or training state
+  in ``work/<key>/`` with a stale or no claim and no record (the job crashed or was killed);
+* ``partial``: a ``runs/<key>/`` folder with files but no record; ``empty``: one with no files at all.
+
+Nothing is dropped silently. The formats of ``failures/`` and ``work/`` are those of ``dispatch/state.py``.
 
 Reading is tolerant of schema versions: optional fields that are missing become NaN, and a few older layouts
-are understood (metrics at the top level, ``sparsity`` as a number, percentages instead of fractions). All
-accuracies and sparsities in ``runs`` are fractions in [0, 1], ``upstream_top1`` (ImageNet top-1) included.
-Every row has ``source == "ours"``; the paper's published results (``reference.py``) have ``"paper"``.
+are understood (metrics at the top level, ``sparsity`` as a number, percentages instead of fractions). Units are
+decided per record, never per value: records of ``schema_version`` ≥ 1 store accuracies and sparsities as
+fractions (a value outside [0, 1] makes the record failed) and the checkpoint's registered ``upstream_top1`` in
+percent; in an unversioned or version-0 record, accuracies are percentages when any of them exceeds 1, and
+sparsities likewise. All accuracies and sparsities in ``runs`` are fractions in [0, 1], ``upstream_top1``
+(ImageNet top-1) included. Every row has ``source == "ours"``; the paper's results (``reference.py``) ``"paper"``.
 
 Large stores are read by several processes (the records are parsed with ``orjson`` when it is installed): about
 100,000 records in a few seconds on 2 cores (``benchmarks/bench_report.py``).
@@ -21,6 +31,7 @@ import logging
 import math
 import multiprocessing
 import os
+import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -52,7 +63,16 @@ try:  # several times faster than json on records with long training curves; opt
     _loads = orjson.loads
 except ImportError:  # pragma: no cover - depends on the environment
     _loads = json.loads
-FAILED_COLUMNS: tuple[str, ...] = ("path", "run_key", "reason")
+FAILED_COLUMNS: tuple[str, ...] = ("path", "run_key", "state", "reason")
+RUNNING, FAILED, PARTIAL, EMPTY = "running", "failed", "partial", "empty"
+# The sweep dispatcher's layout (dispatch/state.py), repeated because importing transferbench.dispatch loads the
+# sweep planner; tests/test_report.py checks that the two agree.
+FAILURES_DIR = "failures"
+CLAIM_FILE = "claim.json"
+STALE_AFTER_S = 600.0
+# Folders of a results root that are not run folders, for a root without runs/ whose run folders sit directly in it
+STORE_FOLDERS = frozenset({"work", FAILURES_DIR, "jobs", "cache", "leaderboards", "figures", "compare", "beyond",
+                           "report"})
 REQUIRED = ("task", "method", "arch", "mode", "seed", "target_sparsity", "primary")
 
 # How each metric name a record may carry maps onto a column of `runs`.
@@ -76,12 +96,20 @@ class Collection:
         return len(self.runs)
 
     @property
+    def n_running(self) -> int:
+        return int((self.failed["state"] == RUNNING).sum())
+
+    @property
     def n_failed(self) -> int:
-        return len(self.failed)
+        """Runs that failed, crashed or left a partial or empty folder (running ones are not counted)."""
+        return len(self.failed) - self.n_running
 
     def summary(self) -> str:
-        text = f"{self.n_completed} completed run(s), {self.n_failed} failed or partial in {self.results_dir}"
-        if self.n_failed:
+        text = f"{self.n_completed} completed run(s), {self.n_failed} failed or partial"
+        if self.n_running:
+            text += f", {self.n_running} running"
+        text += f" in {self.results_dir}"
+        if len(self.failed):
             reasons = Counter(r.split(":")[0] for r in self.failed["reason"])
             text += " (" + "; ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) + ")"
         return text
@@ -100,37 +128,123 @@ class Collection:
         return paths
 
 
-def collect(results_dir: str | Path, workers: int | None = None) -> Collection:
+def collect(results_dir: str | Path, workers: int | None = None, *, now: float | None = None) -> Collection:
     """Read every ``runs/<run_key>/result.json`` under ``results_dir`` (or directly under it, if it has no
-    ``runs/`` folder). Unfinished runs (training state in ``work/<run_key>/`` and no record) count as failed.
+    ``runs/`` folder but run folders with records), and the runs the store knows of without a record: failures,
+    claims and training state of the sweep dispatcher (see the module docstring).
 
     ``workers`` processes parse the records (default: the usable CPU cores, for stores of at least
-    ``PARALLEL_MIN_RECORDS`` runs); the result does not depend on it."""
+    ``PARALLEL_MIN_RECORDS`` runs); the result does not depend on it. ``now`` (seconds since the epoch) is the
+    time claims' heartbeats are judged against (default: the clock)."""
     root = Path(results_dir)
     if not root.is_dir():
         raise TransferbenchError(f"no results folder at {root} (--results); run some experiments first or point "
                                  "--results at the folder that holds runs/")
-    runs_dir = root / "runs" if (root / "runs").is_dir() else root
-    with os.scandir(runs_dir) as entries:
-        names = sorted(e.name for e in entries if e.is_dir())
+    runs_dir, names = _run_folders(root)
     rows: list[dict[str, Any]] = []
-    failed: list[dict[str, Any]] = []
+    not_done: dict[str, dict[str, Any]] = {}
     for chunk_rows, chunk_failed in _read_all(runs_dir, names, workers):
         rows.extend(chunk_rows)
-        failed.extend(chunk_failed)
-    seen = {row["run_dir"] for row in rows}
-    for row in rows:
-        del row["run_dir"]
-    work = root / "work"
-    if work.is_dir():
-        for wdir in sorted(p for p in work.iterdir() if p.is_dir()):
-            if wdir.name not in seen and not (runs_dir / wdir.name / RESULT_FILE).exists():
-                failed.append({"path": str(wdir), "run_key": wdir.name,
-                               "reason": "unfinished: training state in work/ and no record (running or crashed)"})
-    collection = Collection(runs=runs_frame(rows), failed=pd.DataFrame(failed, columns=list(FAILED_COLUMNS)),
-                            results_dir=root)
+        not_done.update((f["run_key"], f) for f in chunk_failed)
+    done = {row.pop("run_dir") for row in rows}
+    # a failure file says more than a partial folder; a fresh claim (the run was resubmitted) overrides both
+    for key, entry in _failure_files(root).items():
+        if key not in done:
+            not_done[key] = entry
+    for key, entry in _work_folders(root, time.time() if now is None else now).items():
+        if key in done:
+            continue
+        if entry["state"] == RUNNING or key not in not_done:
+            not_done[key] = entry
+    failed = pd.DataFrame([not_done[k] for k in sorted(not_done)], columns=list(FAILED_COLUMNS))
+    collection = Collection(runs=runs_frame(rows), failed=failed, results_dir=root)
     (log.warning if collection.n_failed else log.info)("collected %s", collection.summary())
     return collection
+
+
+def _listing(folder: Path, what: str) -> list[str]:
+    """Sorted names of the sub-folders of ``folder``; an unreadable folder is a one-line error."""
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(e.name for e in entries if e.is_dir())
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise TransferbenchError(f"cannot read {what} {folder} (--results): {exc.strerror or exc}; check that the "
+                                 "folder is readable by you") from None
+
+
+def _run_folders(root: Path) -> tuple[Path, list[str]]:
+    """(the folder holding the run folders, their names)."""
+    if (root / "runs").is_dir():
+        return root / "runs", _listing(root / "runs", "the run folder")
+    names = [n for n in _listing(root, "the results folder") if n not in STORE_FOLDERS]
+    if any((root / n / RESULT_FILE).is_file() for n in names):
+        return root, names  # run folders directly in the root (a copied or hand-made store)
+    if any((root / n).is_dir() for n in ("work", FAILURES_DIR, "jobs")):
+        return root / "runs", []  # a sweep's store before its first run completed
+    raise TransferbenchError(f"no runs/ folder and no run records in {root} (--results); point --results at the "
+                             f"results root that holds runs/<run_key>/{RESULT_FILE}")
+
+
+def _read_json_file(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _failure_files(root: Path) -> dict[str, dict[str, Any]]:
+    """``failures/<key>.json`` of the sweep dispatcher: the run failed, with its error line."""
+    folder = root / FAILURES_DIR
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.endswith(".json"))
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise TransferbenchError(f"cannot read the failures folder {folder} (--results): {exc.strerror or exc}; "
+                                 "check that the folder is readable by you") from None
+    out = {}
+    for name in names:
+        key, path = name[: -len(".json")], folder / name
+        failure = _read_json_file(path)
+        if failure is None:
+            reason = "failed: unreadable failure file"
+        else:
+            error = " ".join(str(failure.get("error") or "no error line").split())
+            job = f" (job {failure['job_id']})" if failure.get("job_id") else ""
+            reason = f"failed: {error}{job}"
+        out[key] = {"path": str(path), "run_key": key, "state": FAILED, "reason": reason}
+    return out
+
+
+def _work_folders(root: Path, now: float) -> dict[str, dict[str, Any]]:
+    """``work/<key>/``: running while its claim's heartbeat is fresh, crashed otherwise (a killed job leaves
+    its training state and a claim that stops being touched)."""
+    out = {}
+    for key in _listing(root / "work", "the work folder"):
+        wdir = root / "work" / key
+        claim_file = wdir / CLAIM_FILE
+        try:
+            age = now - claim_file.stat().st_mtime
+        except OSError:
+            age = None
+        if age is not None and age < STALE_AFTER_S:
+            claim = _read_json_file(claim_file) or {}
+            who = f"job {claim.get('job_id', '?')} on {claim.get('host', '?')}"
+            entry = {"state": RUNNING, "reason": f"running: claimed by {who}, heartbeat {max(age, 0):.0f} s ago"}
+        else:
+            try:
+                present = sorted(n for n in os.listdir(wdir) if n not in (CLAIM_FILE, ".lock"))
+            except OSError:
+                present = []
+            why = (f"its claim's heartbeat stopped {age / 60:.0f} min ago" if age is not None
+                   else "no job claims it")
+            held = f"work/ holds {', '.join(present)}" if present else "work/ holds no training state"
+            entry = {"state": FAILED, "reason": f"crashed: no record; {held}; {why}"}
+        out[key] = {"path": str(wdir), "run_key": key, **entry}
+    return out
 
 
 def default_workers() -> int:
@@ -164,18 +278,28 @@ def _read_chunk(runs_dir: str, names: list[str]) -> tuple[list[dict[str, Any]], 
             with open(path, "rb") as fh:
                 data = fh.read()
         except FileNotFoundError:
-            present = sorted(os.listdir(os.path.join(runs_dir, name)))
+            folder = os.path.join(runs_dir, name)
+            try:
+                present = sorted(os.listdir(folder))
+            except OSError as exc:
+                failed.append({"path": folder, "run_key": name, "state": FAILED,
+                               "reason": f"unreadable folder: {exc.strerror or exc}"})
+                continue
             if present:
-                failed.append({"path": os.path.join(runs_dir, name), "run_key": name,
+                failed.append({"path": folder, "run_key": name, "state": PARTIAL,
                                "reason": f"partial: no {RESULT_FILE} beside {', '.join(present)}"})
+            else:
+                failed.append({"path": folder, "run_key": name, "state": EMPTY,
+                               "reason": "empty: a run folder with no files (the run never wrote its outputs)"})
             continue
         except OSError as exc:
-            failed.append({"path": path, "run_key": name, "reason": f"unreadable JSON: {exc}"})
+            failed.append({"path": path, "run_key": name, "state": FAILED,
+                           "reason": f"unreadable JSON: {exc.strerror or exc}"})
             continue
         try:
             row = parse_record(_load(data), default_run_key=name)
         except RecordError as exc:
-            failed.append({"path": path, "run_key": name, "reason": str(exc)})
+            failed.append({"path": path, "run_key": name, "state": FAILED, "reason": str(exc)})
             continue
         row["path"] = path
         row["run_dir"] = name
@@ -212,10 +336,21 @@ def _number(x: Any) -> float:
     return v if math.isfinite(v) else math.nan
 
 
-def _fraction(x: Any) -> float:
-    """A fraction in [0, 1]; values above 1 are read as percentages (older layouts)."""
-    v = _number(x)
-    return v / 100.0 if v > 1.0 else v
+def _as_fractions(values: dict[str, float], versioned: bool, version: int | None, what: str) -> dict[str, float]:
+    """``values`` (one record's accuracies, or its sparsities) as fractions, one unit decision for the record:
+    versioned records store fractions (anything outside [0, 1] is a bad record); older ones store percentages
+    when any of the values exceeds 1."""
+    present = {k: v for k, v in values.items() if not math.isnan(v)}
+    if versioned:
+        bad = {k: v for k, v in present.items() if not 0.0 <= v <= 1.0}
+        if bad:
+            name, value = next(iter(bad.items()))
+            raise RecordError(f"bad value: {name} {value:g} is not a fraction, as schema_version {version} records "
+                              f"store {what}")
+        return values
+    if any(v > 1.0 for v in present.values()):
+        return {k: v / 100.0 for k, v in values.items()}
+    return values
 
 
 def _text(x: Any) -> str | None:
@@ -252,6 +387,33 @@ def parse_record(record: Any, default_run_key: str = "") -> dict[str, Any]:
     def metric(name: str) -> Any:
         return _first(metrics.get(name), record.get(name))  # top-level metrics: older layout
 
+    version = _seed(record.get("schema_version"))
+    versioned = version is not None and version >= 1
+    accuracies = {
+        "top1": _number(metric("top1")),
+        "mean_per_class_acc": _number(_first(metric("mean_per_class_acc"), metric("mean_per_class"))),
+        "primary": _number(metric("primary")),
+    }
+    if isinstance(sparsity, dict):
+        measured = _first(sparsity.get("backbone_after"), sparsity.get("backbone_before"))
+    else:
+        measured = sparsity
+    sparsities = {"target_sparsity": _number(_first(record.get("target_sparsity"), ckpt.get("sparsity"))),
+                  "measured_sparsity": _number(measured)}
+    accuracies = _as_fractions(accuracies, versioned, version, "accuracies")
+    sparsities = _as_fractions(sparsities, versioned, version, "sparsities")
+    # the checkpoint block carries the registry's upstream top-1, which the registry keeps in percent
+    ckpt_upstream = _number(ckpt.get("upstream_top1"))
+    if versioned:
+        ckpt_upstream /= 100.0
+    upstream = _number(_first(record.get("upstream_top1"), metrics.get("upstream_top1"),
+                              _get(record, "upstream", "top1")))
+    if not versioned and upstream > 1.0:  # one number in an unversioned record: nothing else to judge its unit by
+        upstream /= 100.0
+    if versioned and not (math.isnan(upstream) or 0.0 <= upstream <= 1.0):
+        raise RecordError(f"bad value: upstream_top1 {upstream:g} is not a fraction, as schema_version "
+                          f"{version} records store it")
+
     row: dict[str, Any] = {
         "run_key": _text(record.get("run_key")) or default_run_key,
         "task": _text(record.get("task")),
@@ -259,27 +421,23 @@ def parse_record(record: Any, default_run_key: str = "") -> dict[str, Any]:
         "arch": _text(_first(record.get("arch"), ckpt.get("arch"))),
         "mode": _text(record.get("mode")),
         "seed": _seed(record.get("seed")),
-        "top1": _fraction(metric("top1")),
-        "mean_per_class_acc": _fraction(_first(metric("mean_per_class_acc"), metric("mean_per_class"))),
+        "top1": accuracies["top1"],
+        "mean_per_class_acc": accuracies["mean_per_class_acc"],
         "solver": _text(_get(record, "config", "hparams", "solver")),
-        "upstream_top1": _fraction(_first(record.get("upstream_top1"), ckpt.get("upstream_top1"),
-                                          metrics.get("upstream_top1"), _get(record, "upstream", "top1"))),
+        "upstream_top1": upstream if not math.isnan(upstream) else ckpt_upstream,
         "total_s": _number(_get(record, "timings", "total_s")),
         "created_at": _text(record.get("created_at")),
         "checkpoint": _text(_first(ckpt.get("identity"), ckpt.get("name"), ckpt.get("path"))),
-        "schema_version": _seed(record.get("schema_version")),
+        "schema_version": version,
     }
-    target = _fraction(_first(record.get("target_sparsity"), ckpt.get("sparsity")))
+    target = sparsities["target_sparsity"]
     if math.isnan(target) and row["method"] == "dense":
         target = 0.0
     row["target_sparsity"] = None if math.isnan(target) else target
-    if isinstance(sparsity, dict):
-        row["measured_sparsity"] = _fraction(_first(sparsity.get("backbone_after"), sparsity.get("backbone_before")))
-    else:
-        row["measured_sparsity"] = _fraction(sparsity)
+    row["measured_sparsity"] = sparsities["measured_sparsity"]
 
     primary_metric = _text(metric("primary_metric")) or _primary_metric_of_task(row["task"])
-    primary = _fraction(metric("primary"))
+    primary = accuracies["primary"]
     if math.isnan(primary) and primary_metric in METRIC_COLUMNS:
         primary = row[METRIC_COLUMNS[primary_metric]]
     row["primary_metric"] = primary_metric
