@@ -121,6 +121,8 @@ def test_planning_marks_existing_records_done_and_packs_only_the_rest(tmp_path):
     ({"overrides": {"lr": "fast"}}, "bad value 'fast' for hyper-parameter lr"),
     ({"overrides": {"epochz": 3}}, "unknown hyper-parameter epochz"),
     ({"solvers": ["adam"]}, "solvers ['adam'] are not sgd or lbfgs"),
+    ({"modes": ["linear", "full", "linear"]}, "modes lists linear more than once; list each once"),
+    ({"solvers": ["sgd", "lbfgs", "sgd"]}, "solvers lists sgd more than once; list each once"),
     ({"checkpoints": [{"method": "acdc"}]}, "each checkpoint needs method and sparsity"),
     ({"checkpoints": [{"method": "acdc", "sparsity": 150}]}, "sparsity must be in [0, 1)"),
     ({"seedz": [1]}, "unknown key(s) seedz"),
@@ -143,11 +145,24 @@ def test_bad_sweeps_are_one_line_errors_naming_the_file(edit, message, tmp_path,
     (["sweep", "missing.yaml", "--dry-run"], "sweep file missing.yaml does not exist"),
     (["sweep", "mini", "--dry-run", "--profile", "nope"], "unknown profile 'nope' (--profile)"),
     (["status", "no_such_sweep"], "unknown sweep 'no_such_sweep'"),
+    (["sweep", "mini", "--dry-run", "--profile", "missing.yaml"],
+     "profile file missing.yaml does not exist (--profile)"),
 ])
 def test_bad_sweep_names_and_profiles(args, message, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+@pytest.mark.parametrize("kind", ["sweep", "profile"])
+def test_invalid_yaml_names_the_file_and_line_for_sweeps_and_profiles(kind, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nseeds: [1, 2\n")
+    args = ["sweep", str(bad), "--dry-run"] if kind == "sweep" else ["sweep", "mini", "--dry-run", "--profile",
+                                                                     str(bad)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {kind} {bad} is not valid YAML (line 3): fix the file\n"
 
 
 def test_bad_profile_values(tmp_path, capsys):

@@ -22,13 +22,11 @@ Profiles ship in ``slurm/`` (inside the package as ``transferbench._slurm``); ``
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..errors import TransferbenchError
+from .named import NamedYaml
 from .sweep import MODES
 
 
@@ -74,27 +72,16 @@ class Profile:
         return params
 
 
+PROFILES = NamedYaml("profile", "transferbench._slurm", "slurm", flag="--profile", see="slurm/README.md")
+
+
 def packaged_profiles() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("transferbench._slurm").iterdir() if p.name.endswith(".yaml"))
+    return PROFILES.names()
 
 
 def load_profile(name_or_path: str | Path) -> Profile:
-    path = Path(str(name_or_path)).expanduser()
-    if path.suffix in (".yaml", ".yml") or path.is_file():
-        if not path.is_file():
-            raise TransferbenchError(f"profile file {path} does not exist (--profile)")
-        text, origin, name = path.read_text(), str(path), path.stem
-    else:
-        entry = resources.files("transferbench._slurm") / f"{name_or_path}.yaml"
-        if not entry.is_file():
-            raise TransferbenchError(f"unknown profile '{name_or_path}' (--profile): pass a profile .yaml file or "
-                                     f"one of {', '.join(packaged_profiles())} (see slurm/README.md)")
-        text, origin, name = entry.read_text(), f"slurm/{name_or_path}.yaml", str(name_or_path)
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError:
-        raise TransferbenchError(f"profile {origin} is not valid YAML: fix the file") from None
-    return parse_profile(raw, origin, name)
+    raw, origin, name = PROFILES.load(name_or_path)
+    return parse_profile(raw or {}, origin, name)
 
 
 def parse_profile(raw: Any, origin: str, name: str) -> Profile:

@@ -19,16 +19,14 @@ The paper's sweeps ship with the package (`transferbench sweep paper_resnet50_li
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from ..checkpoints.registry import normalize_sparsity
 from ..errors import TransferbenchError
 from ..runspec import resolve_hparams
 from ..tasks import get_task, list_tasks
+from .named import NamedYaml
 
 MODES = ("linear", "full")
 SOLVERS = ("sgd", "lbfgs")
@@ -74,35 +72,17 @@ class SweepSpec:
         return len(self.checkpoints) * len(self.tasks) * per
 
 
+SWEEPS = NamedYaml("sweep", "transferbench.sweeps", "transferbench/sweeps")
+
+
 def packaged_sweeps() -> list[str]:
-    folder = resources.files("transferbench.sweeps")
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return SWEEPS.names()
 
 
 def load_sweep(name_or_path: str | Path) -> SweepSpec:
     """A packaged sweep by name (see ``packaged_sweeps()``) or a sweep YAML file."""
-    text, origin = _read(str(name_or_path))
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        where = f" (line {line + 1})" if line is not None else ""
-        raise TransferbenchError(f"sweep {origin} is not valid YAML{where}: fix the file") from None
+    raw, origin, _ = SWEEPS.load(name_or_path)
     return parse_sweep(raw, origin)
-
-
-def _read(name: str) -> tuple[str, str]:
-    path = Path(name).expanduser()
-    if path.suffix in (".yaml", ".yml") or path.is_file():
-        if not path.is_file():
-            raise TransferbenchError(f"sweep file {path} does not exist")
-        return path.read_text(), str(path)
-    entry = resources.files("transferbench.sweeps") / f"{name}.yaml"
-    if not entry.is_file():
-        raise TransferbenchError(
-            f"unknown sweep '{name}': pass a sweep .yaml file or one of {', '.join(packaged_sweeps())}"
-        )
-    return entry.read_text(), f"transferbench/sweeps/{name}.yaml"
 
 
 def parse_sweep(raw: Any, origin: str) -> SweepSpec:
@@ -122,6 +102,9 @@ def parse_sweep(raw: Any, origin: str) -> SweepSpec:
     solvers = tuple(_as_list(raw.get("solvers", ["sgd"])))
     if bad := [s for s in solvers if s not in SOLVERS]:
         raise TransferbenchError(f"sweep {origin}: solvers {bad} are not sgd or lbfgs")
+    for key, values in (("modes", modes), ("solvers", solvers)):  # else the planner's "same run twice" error
+        if twice := sorted({v for v in values if values.count(v) > 1}):
+            raise TransferbenchError(f"sweep {origin}: {key} lists {', '.join(twice)} more than once; list each once")
     spec = SweepSpec(
         name=str(raw.get("name") or Path(origin).stem),
         source=origin,
