@@ -175,6 +175,36 @@ def test_bad_profile_values(tmp_path, capsys):
     assert "unknown key(s) partitoin" in capsys.readouterr().err
 
 
+def test_a_setup_string_is_one_line_of_the_script(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("setup: source /shared/venv/bin/activate\n")
+    profile = load_profile(path)
+    assert profile.setup == ("source /shared/venv/bin/activate",)
+    script = sbatch_preview(profile, "linear", 4, tmp_path, "s")
+    assert "\nsource /shared/venv/bin/activate\n" in script and "\ns\no\nu\n" not in script
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("sbatch: gres=gpu:1", "sbatch must be a mapping of #SBATCH option: value"),
+    ("sbatch: [gres, gpu]", "sbatch must be a mapping of #SBATCH option: value"),
+    ("sbatch: {gres: [gpu, 1]}", "sbatch option(s) ['gres'] need a name and one value each"),
+    ("account: 0042", 'account must be a string, got 34; put the value in quotes in the file'),
+    ("exclude: [node1, node2]", "exclude must be a string, got ['node1', 'node2']"),
+    ("partition: {name: gpu}", "partition must be a string"),
+    ("qos: true", "qos must be a string, got True"),
+    ("constraint: 3", "constraint must be a string"),
+    ("setup: [module load cuda, {a: 1}]", "setup must be a shell line or a list of them"),
+])
+def test_profile_values_of_the_wrong_type_are_one_line_errors(text, message, tmp_path, capsys):
+    path = tmp_path / "p.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(TransferbenchError, match=re.escape(message)):
+        load_profile(path)
+    assert main(["sweep", "mini", "--dry-run", "--profile", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: profile {path}: ") and err.count("\n") == 1
+
+
 def test_submission_refuses_missing_checkpoints_unless_only_ready(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "none"))
     assert main(["sweep", "paper_resnet50_linear", "--executor", "debug", "--out", str(tmp_path / "o")]) == 2

@@ -107,11 +107,39 @@ def parse_profile(raw: Any, origin: str, name: str) -> Profile:
             values["mem_gb"] = float(values["mem_gb"])
     except (TypeError, ValueError) as exc:
         raise TransferbenchError(f"profile {origin}: {exc}; numbers expected") from None
-    values["setup"] = tuple(str(line) for line in values.get("setup") or ())
-    values["sbatch"] = dict(values.get("sbatch") or {})
+    for key in ("partition", "account", "qos", "constraint", "exclude", "description"):
+        value = values.get(key)
+        if value is not None and not isinstance(value, str):  # `account: 0042` is the (octal) number 34
+            raise TransferbenchError(f"profile {origin}: {key} must be a string, got {value!r}; put the value in "
+                                     "quotes in the file")
+    if values.get("description") is None:
+        values.pop("description", None)
+    values["setup"] = _setup_lines(values.get("setup"), origin)
+    values["sbatch"] = _sbatch_options(values.get("sbatch"), origin)
     profile = Profile(name=name, **values)
     if min(profile.time_min.values()) < 1 or profile.cpus_per_task < 1 or profile.array_parallelism < 1 \
             or profile.max_array_size < 1:
         raise TransferbenchError(f"profile {origin}: time_min, cpus_per_task, array_parallelism and max_array_size "
                                  "must be positive")
     return profile
+
+
+def _setup_lines(raw: Any, origin: str) -> tuple[str, ...]:
+    """``setup:`` as shell lines: one string is one line (iterating it would give one line per character)."""
+    if raw is None:
+        return ()
+    lines = [raw] if isinstance(raw, str) else raw
+    if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
+        raise TransferbenchError(f"profile {origin}: setup must be a shell line or a list of them, got {raw!r}")
+    return tuple(lines)
+
+
+def _sbatch_options(raw: Any, origin: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise TransferbenchError(f"profile {origin}: sbatch must be a mapping of #SBATCH option: value, e.g. "
+                                 f"{{gres: \"gpu:a100:1\"}}, got {raw!r}")
+    if bad := [k for k, v in raw.items() if not isinstance(k, str) or isinstance(v, list | dict)]:
+        raise TransferbenchError(f"profile {origin}: sbatch option(s) {bad} need a name and one value each")
+    return dict(raw)
