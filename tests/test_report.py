@@ -237,12 +237,14 @@ def test_leaderboard_mean_delta_best_and_incomplete(store):
     for row in per_task.index[complete]:
         assert lb.cell(row, MEAN)[0] == pytest.approx(row_mean[row], rel=1e-12)
         assert lb.cell(row, DELTA)[0] == pytest.approx(row_mean[row] - dense, rel=1e-9, abs=1e-9)
-    # the ± of the mean: std over seeds of the per-seed task mean
-    lin = truth[truth["mode"] == "linear"]
-    seeds = lin[(lin["method"] == "acdc") & (lin["target_sparsity"] == 0.9)].pivot(
-        index="seed", columns="task", values="primary").mean(axis=1) * 100
+    # the ± of the mean: sqrt(Σ_t s_t²)/T from the per-task stds over seeds
+    per_task_std = _expected_cells(truth, "linear")["std"].unstack("task") * 100
+    expected_std = math.sqrt(sum(per_task_std.loc[("acdc", 0.9), t] ** 2 for t in TASKS)) / len(TASKS)
     _, std, n = lb.cell(("acdc", 0.9), MEAN)
-    assert std == pytest.approx(seeds.std(ddof=1), rel=1e-9) and n == 3
+    assert std == pytest.approx(expected_std, rel=1e-9) and n == 3 and lb.seed_range(("acdc", 0.9), MEAN) == (3, 3)
+    # a task with one seed: no ± for the row mean, and n is the range of the per-task seed counts
+    single = (SINGLE_SEED[1], SINGLE_SEED[2])
+    assert math.isnan(lb.cell(single, MEAN)[1]) and lb.seed_range(single, MEAN) == (1, 3)
     # best marks: the max of each column, nothing else
     for task in TASKS:
         winner = per_task[task].idxmax()

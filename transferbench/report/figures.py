@@ -79,8 +79,8 @@ def accuracy_vs_sparsity_figure(
     runs: pd.DataFrame, arch: str, mode: str, *, metric: str = "primary", solver: str | None = None,
     source: str | None = None,
 ) -> Figure:
-    """x = target sparsity, y = mean over tasks of the per-task mean, one line per method (± the std over seeds
-    of the per-seed task mean); dense as a dashed horizontal line with its ± as a band."""
+    """x = target sparsity, y = mean over tasks of the per-task mean, one line per method (± the leaderboard's
+    sqrt(Σ_t s_t²)/T from the per-task stds); dense as a dashed horizontal line with its ± as a band."""
     lb = leaderboard(runs, arch, mode, metric, solver=solver, source=source)
     _warn_incomplete(lb, "accuracy vs sparsity")
     parts = {s: t[MEAN].dropna(subset=["mean"]) for s, t in _by_source(lb.table, source).items()}

@@ -1,10 +1,14 @@
 """Leaderboards: one row per (method, target sparsity), one column per task, plus the task mean and Δ vs dense.
 
 Cells are the mean ± std over seeds (ddof=1; none for a single seed) with the seed count, in percent. The task
-mean is the mean over tasks of the per-task means; its ± is the std over seeds of the per-seed task mean, over
-the seeds that completed every task of the row (its n). A row with a missing task has no mean unless
-``allow_incomplete_mean`` (then it averages the tasks it has). Δ vs dense is the row mean minus the mean of the
-``dense`` row. The best entry of each column (at the displayed precision, ties included) is flagged.
+mean is the mean over the T tasks of the per-task means m_t; its ± is sqrt(Σ_t s_t²) / T, the std that the task
+mean of one seed has when seeds vary independently across tasks (so it reads like a cell's ±, and it needs no seed
+to have run every task: the paper's files have 3 seeds on one task and 4 on another); there is none when a task
+has a single seed. Its n is the range of the per-task seed counts (``n=3``, ``n=3–4``). A row with a missing task
+has no mean unless ``allow_incomplete_mean`` (then it averages the tasks it has). Δ vs dense is the row mean
+minus the mean of the ``dense`` row; where the dense row has no mean (a missing task) Δ is missing, which the
+leaderboard says in ``warnings`` and under its tables. The best entry of each column (at the displayed precision,
+ties included) is flagged.
 
 Our runs and the paper's (``source``) are never mixed in one cell. ``source="both"`` puts them side by side: rows
 (method, sparsity, source), each source's Δ against its own dense row and its own best entries, over the tasks
@@ -22,7 +26,7 @@ import pandas as pd
 
 from ..atomic import write_bytes
 from . import render
-from .palette import method_sort_key
+from .palette import DENSE, method_sort_key
 from .select import (
     BOTH,
     METRIC_LABELS,
@@ -41,7 +45,7 @@ log = logging.getLogger("transferbench")
 MEAN = "mean"
 DELTA = "Δ vs dense"
 STATS = ("mean", "std", "n")
-DENSE = "dense"
+N_MAX = "n_max"  # the largest per-task seed count behind a mean over tasks ("n" holds the smallest)
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class Leaderboard:
     solver: str | None = None
     duplicates: pd.DataFrame = field(default_factory=pd.DataFrame)  # runs left out as repeats of a seed
     source: str | None = None  # None/"ours": our runs; "paper"; "both": index (method, sparsity, source)
+    warnings: tuple[str, ...] = ()  # one line each, printed under the rendered tables
 
     @property
     def side_by_side(self) -> bool:
@@ -74,8 +79,12 @@ class Leaderboard:
         return f"{self.arch} · {self.mode}{solver} · {label}{primary}{origin}"
 
     def cell(self, row: tuple, column: str) -> tuple[float, float, float]:
-        """(mean, std, n) of one cell."""
+        """(mean, std, n) of one cell; for the mean over tasks, n is the smallest per-task seed count."""
         return tuple(float(self.table.loc[row, (column, s)]) for s in STATS)  # type: ignore[return-value]
+
+    def seed_range(self, row: tuple, column: str) -> tuple[float, float]:
+        """(fewest, most) seeds behind a cell: equal for a task, the per-task range for the mean over tasks."""
+        return float(self.table.loc[row, (column, "n")]), float(self.table.loc[row, (column, N_MAX)])
 
     def to_frame(self) -> pd.DataFrame:
         """The leaderboard in long form: one row per (method, sparsity, column) with mean, std, n, best."""
@@ -84,10 +93,11 @@ class Leaderboard:
             source = row[2] if self.side_by_side else (self.source or OURS)
             for col in self.columns:
                 mean, std, n = self.cell(row, col)
+                n_max = self.seed_range(row, col)[1]
                 out.append({"arch": self.arch, "mode": self.mode, "solver": self.solver, "metric": self.metric,
                             "source": source, "method": row[0], "sparsity": row[1], "column": col, "mean": mean,
-                            "std": std, "n": n, "best": bool(self.best.loc[row, col]),
-                            "text": render.cell_text(mean, std, n, delta=col == DELTA)})
+                            "std": std, "n": n, "n_max": n_max, "best": bool(self.best.loc[row, col]),
+                            "text": render.cell_text(mean, std, n, delta=col == DELTA, n_max=n_max)})
         return pd.DataFrame(out)
 
     def to_markdown(self) -> str:
@@ -135,33 +145,43 @@ def leaderboard(
     counts = per_task["count"].fillna(0)
 
     complete = means.notna().all(axis=1)
-    row_mean = means.mean(axis=1, skipna=True).where(complete | allow_incomplete_mean)
-    per_seed = df.pivot_table(index=["method", "sparsity", "seed"], columns="task", values=col, aggfunc="mean")
-    per_seed = per_seed.reindex(columns=task_list) * 100
-    row_std, row_n = [], []
-    for row in rows:
-        used = [t for t in task_list if pd.notna(means.loc[row, t])]
-        seeds = per_seed.loc[row, used].dropna() if used else per_seed.iloc[0:0]
-        seed_means = seeds.mean(axis=1)
-        ok = pd.notna(row_mean.loc[row])
-        row_std.append(float(seed_means.std(ddof=1)) if ok and len(seeds) > 1 else np.nan)
-        row_n.append(float(len(seeds)) if ok else 0.0)
+    has_mean = complete | allow_incomplete_mean
+    row_mean = means.mean(axis=1, skipna=True).where(has_mean)
+    present = means.notna()
+    n_tasks = present.sum(axis=1)
+    # a task with one seed has no std, and then neither has the row
+    every_std = (stds.notna() | ~present).all(axis=1)
+    row_std = (np.sqrt((stds**2).where(present).sum(axis=1)) / n_tasks).where(has_mean & every_std & (n_tasks > 0))
+    seeds_used = counts.where(present)
+    row_n = seeds_used.min(axis=1).where(row_mean.notna())
+    row_n_max = seeds_used.max(axis=1).where(row_mean.notna())
 
     dense_rows = [r for r in rows if r[0] == DENSE]
     dense_mean = row_mean.loc[dense_rows[0]] if dense_rows else np.nan
     if len(dense_rows) > 1:
         log.warning("%s/%s: several dense rows (sparsity %s); Δ vs dense uses the first",
                     arch, mode, ", ".join(str(r[1]) for r in dense_rows))
+    warnings = []
+    if not dense_rows:
+        warnings.append(f"no dense row for {arch}/{mode}: Δ vs dense is missing everywhere")
+    elif pd.isna(dense_mean):
+        lacking = [t for t in task_list if pd.isna(means.loc[dense_rows[0], t])]
+        warnings.append(f"the dense row misses {', '.join(lacking)}: Δ vs dense is missing everywhere "
+                        "(run dense on every task, or pass --allow-incomplete-mean)")
+    for text in warnings:
+        log.warning("%s/%s: %s", arch, mode, text)
 
     data: dict[tuple[str, str], pd.Series] = {}
     for t in task_list:
-        data[(t, "mean")], data[(t, "std")], data[(t, "n")] = means[t], stds[t], counts[t].astype(float)
+        n = counts[t].where(present[t]).astype(float)
+        data[(t, "mean")], data[(t, "std")], data[(t, "n")], data[(t, N_MAX)] = means[t], stds[t], n, n
     data[(MEAN, "mean")] = row_mean
-    data[(MEAN, "std")] = pd.Series(row_std, index=index)
-    data[(MEAN, "n")] = pd.Series(row_n, index=index)
+    data[(MEAN, "std")] = row_std
+    data[(MEAN, "n")] = row_n
+    data[(MEAN, N_MAX)] = row_n_max
     data[(DELTA, "mean")] = row_mean - dense_mean
-    data[(DELTA, "std")] = pd.Series(np.nan, index=index)
-    data[(DELTA, "n")] = pd.Series(np.nan, index=index)
+    for stat in ("std", "n", N_MAX):
+        data[(DELTA, stat)] = pd.Series(np.nan, index=index)
     table = pd.DataFrame(data, index=index)
     table.columns = pd.MultiIndex.from_tuples(list(data), names=["column", "stat"])
 
@@ -172,7 +192,7 @@ def leaderboard(
             best[c] = shown == shown.max()
     return Leaderboard(arch=arch, mode=mode, metric=metric, tasks=task_list, table=table, best=best,
                        allow_incomplete_mean=allow_incomplete_mean, solver=solver, duplicates=duplicates,
-                       source=source)
+                       source=source, warnings=tuple(warnings))
 
 
 def _side_by_side(
@@ -194,8 +214,10 @@ def _side_by_side(
     table = table.reorder_levels([1, 2, 0]).reindex(index)
     best = best.reorder_levels([1, 2, 0]).reindex(index)
     duplicates = pd.concat([lb.duplicates for lb in parts.values()])
+    warnings = tuple(f"{s}: {w}" for s, lb in parts.items() for w in lb.warnings)
     return Leaderboard(arch=arch, mode=mode, metric=metric, tasks=list(tasks), table=table, best=best,
-                       allow_incomplete_mean=allow, solver=solver, duplicates=duplicates, source=BOTH)
+                       allow_incomplete_mean=allow, solver=solver, duplicates=duplicates, source=BOTH,
+                       warnings=warnings)
 
 
 def resolve_source(runs: pd.DataFrame, source: str | None) -> str:
@@ -215,6 +237,8 @@ def group_sources(runs: pd.DataFrame, group, source: str) -> list[str]:
     from .select import in_family
 
     rows = runs[in_family(runs, group.arch) & (runs["mode"] == group.mode)]
+    if group.solver is not None:  # the paper's SGD rows do not make an L-BFGS table "both"
+        rows = rows[rows["solver"] == group.solver]
     present = sources_present(rows)
     if source == BOTH:
         return [BOTH] if len(present) > 1 else present

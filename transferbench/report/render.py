@@ -21,18 +21,27 @@ def fmt_sparsity(s: float) -> str:
     return f"{head}.{tail.ljust(2, '0')}"
 
 
-def _parts(mean: float, std: float, n: float, delta: bool) -> tuple[str, str] | None:
+def seed_count_text(n: float, n_max: float | None = None) -> str:
+    """``n=3``, or ``n=3–5`` for a mean over tasks whose tasks have different seed counts; "" when unknown."""
+    if math.isnan(n) or n < 1:
+        return ""
+    if n_max is None or math.isnan(n_max) or n_max == n:
+        return f"n={int(n)}"
+    return f"n={int(n)}–{int(n_max)}"
+
+
+def _parts(mean: float, std: float, n: float, delta: bool, n_max: float | None = None) -> tuple[str, str] | None:
     """(value text, seed-count text) of a cell, or None when it is missing."""
     if math.isnan(mean):
         return None
     if delta:
         return f"{mean:+.2f}", ""
     value = f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
-    return value, f"n={int(n)}" if not math.isnan(n) else ""
+    return value, seed_count_text(n, n_max)
 
 
-def cell_text(mean: float, std: float, n: float, delta: bool = False) -> str:
-    parts = _parts(mean, std, n, delta)
+def cell_text(mean: float, std: float, n: float, delta: bool = False, n_max: float | None = None) -> str:
+    parts = _parts(mean, std, n, delta, n_max)
     if parts is None:
         return MISSING
     return f"{parts[0]} ({parts[1]})" if parts[1] else parts[0]
@@ -46,7 +55,8 @@ def _rows(lb: Leaderboard):
         cells = []
         for col in lb.columns:
             mean, std, n = lb.cell(row, col)
-            cells.append((_parts(mean, std, n, delta=col == DELTA), bool(lb.best.loc[row, col])))
+            n_max = lb.seed_range(row, col)[1]
+            cells.append((_parts(mean, std, n, delta=col == DELTA, n_max=n_max), bool(lb.best.loc[row, col])))
         yield row[0], row[1], (row[2] if lb.side_by_side else None), cells
 
 
@@ -58,8 +68,9 @@ def _note(lb: Leaderboard) -> str:
         incomplete = f"the {n} task{'s' if n != 1 else ''} (none if one is missing)"
     dense = "the dense row of the same source" if lb.side_by_side else "the dense row"
     best = "Best per column and source" if lb.side_by_side else "Best per column"
-    return (f"{lb.title}, in %: mean ± std over seeds (n = seeds; std with ddof=1). mean = mean over {incomplete}; "
-            f"its ± is the std over seeds of the per-seed task mean. Δ vs dense = mean − {dense}'s mean. "
+    return (f"{lb.title}, in %: mean ± std over seeds (n = seeds; std with ddof=1). mean = mean over {incomplete} "
+            "of the per-task means; its ± is sqrt(Σ_t s_t²)/T from the per-task stds s_t (none if a task has one "
+            f"seed), its n the range of the per-task seed counts. Δ vs dense = mean − {dense}'s mean. "
             f"{best} in bold; {MISSING} = no completed run.")
 
 
@@ -78,7 +89,8 @@ def markdown(lb: Leaderboard) -> str:
             texts.append(f"{value} ({parts[1]})" if parts[1] else value)
         first = [method, fmt_sparsity(sparsity), *([source] if source else [])]
         lines.append("| " + " | ".join([*first, *texts]) + " |")
-    return "\n".join(lines) + f"\n\n_{_note(lb)}_\n"
+    warnings = "".join(f"\n**Warning:** {w}\n" for w in lb.warnings)
+    return "\n".join(lines) + f"\n\n_{_note(lb)}_\n" + warnings
 
 
 def latex_escape(text: str) -> str:
@@ -119,4 +131,5 @@ def latex(lb: Leaderboard) -> str:
         first = [latex_escape(method), fmt_sparsity(sparsity), *([source] if source else [])]
         lines.append(" & ".join([*first, *texts]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
+    lines += ["% warning: " + latex_escape(w).replace("Δ", r"$\Delta$") for w in lb.warnings]
     return "\n".join(lines) + "\n"
