@@ -146,3 +146,24 @@ def test_slurm_sweep_submits_chunked_arrays_and_jobs_complete_on_the_nodes(tmp_p
     assert {r["hardware"].get("slurm_job_id") for r in records} >= {"1290", "15"}  # SLURM_JOB_ID seen by the runs
     assert main(args) == 0
     assert "nothing to do" in capsys.readouterr().out
+
+
+def _submitted_job(entry: dict):
+    """The callable a compute node will run, unpickled from the job folder submitit wrote."""
+    from submitit.core.utils import DelayedSubmission, JobPaths
+
+    paths = JobPaths(Path(entry["stdout"]).parent.parent / "%j", job_id=entry["job_id"])
+    return DelayedSubmission.load(paths.submitted_pickle)
+
+
+@pytest.mark.parametrize(("flag", "workers"), [(None, 2), ("0", 0), ("5", 5)])
+def test_workers_flag_wins_over_the_profile_under_slurm(flag, workers, tmp_path, fake_slurm, capsys):
+    sweep_file, _ = write_fixture_sweep(tmp_path, linear_seeds=(21,), full_seeds=())
+    profile = tmp_path / "three_cores.yaml"
+    profile.write_text(yaml.safe_dump({"gpus_per_node": 0, "cpus_per_task": 3}))  # profile's default: 2 workers
+    out = tmp_path / "out"
+    args = ["sweep", str(sweep_file), "--profile", str(profile), "--out", str(out)]
+    assert main(args + (["--workers", flag] if flag else [])) == 0
+    ledger = _ledger(out)
+    assert len(ledger) == 2
+    assert [_submitted_job(e).function.ctx.num_workers for e in ledger] == [workers, workers]

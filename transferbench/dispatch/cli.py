@@ -51,9 +51,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     ctx = RunContext(out=out, data_root=args.data_root or _path(sweep.data_root), device=args.device,
                      checkpoint_dir=args.checkpoint_dir or _path(sweep.checkpoint_dir),
-                     allow_sparsity_gap=args.allow_sparsity_gap,
-                     **({"num_workers": args.workers} if args.workers is not None else {}))
-    submission = submit_units(units, ctx, args.executor, profile, sweep.name, parallel=args.parallel)
+                     allow_sparsity_gap=args.allow_sparsity_gap)
+    submission = submit_units(units, ctx, args.executor, profile, sweep.name, parallel=args.parallel,
+                              workers=args.workers)
     if submission.arrays:
         print(f"submitted {len(submission.jobs)} job(s) as array(s) {', '.join(submission.arrays)}; "
               f"follow them with `transferbench status {args.spec} --out {out}`")
@@ -133,7 +133,8 @@ def add_dispatch_commands(sub: argparse._SubParsersAction) -> None:
                        help="submit what can run now, leaving out missing checkpoints and tasks without data")
     sweep.add_argument("--parallel", type=int, default=1, help="local executor: jobs at once (default 1)")
     sweep.add_argument("--device", default="auto", help="auto, cpu, cuda (jobs pick their visible GPU)")
-    sweep.add_argument("--workers", type=int, help="data-loading workers per job (default: profile's cpus - 1)")
+    sweep.add_argument("--workers", type=int,
+                       help="data-loading workers per job (default: the profile's cpus_per_task - 1 under slurm)")
     sweep.add_argument("--allow-sparsity-gap", action="store_true", help="as for `transferbench run`")
     _common(sweep)
     sweep.set_defaults(func=cmd_sweep)

@@ -57,13 +57,18 @@ def job_name(sweep: str, mode: str) -> str:
 
 
 def submit_units(units: list[WorkUnit], ctx: RunContext, executor: str, profile: Profile, sweep: str,
-                 parallel: int = 1) -> Submission:
+                 parallel: int = 1, workers: int | None = None) -> Submission:
+    """Run or submit ``units``. ``workers`` (--workers) sets the data-loading workers per job; without it SLURM
+    jobs use the profile's ``cpus_per_task - 1`` and local/debug jobs ``ctx.num_workers``."""
+    if workers is not None:
+        ctx = replace(ctx, num_workers=workers)
     if executor == "debug":
         return _run_here(units, ctx)
     if executor == "local":
         return _run_local(units, ctx, profile, sweep, parallel)
     if executor == "slurm":
-        return _submit_slurm(units, replace(ctx, num_workers=profile.workers), profile, sweep)
+        return _submit_slurm(units, ctx if workers is not None else replace(ctx, num_workers=profile.workers),
+                             profile, sweep)
     raise TransferbenchError(f"--executor must be one of {', '.join(EXECUTORS)}, not {executor!r}")
 
 
