@@ -4,16 +4,20 @@
     python benchmarks/bench_fast.py --images 512 --compile --device cuda
 
 Workload: frozen-feature extraction for a linear probe (decode + Resize 256 + CenterCrop 224 + normalize,
-batch 64, one DataLoader worker, ResNet50 `forward_features`), the linear runner's job. Every path runs in a
-fresh subprocess, so its peak RSS (with the DeepSparse worker's, for that path) is its own.
+batch 64, one loader worker, ResNet50 `forward_features`), the linear runner's job, over the train folder of a
+task in the pre-split layout (cifar10's card; photo-like JPEGs from bench_loaders.write_images). Every path runs
+in a fresh subprocess, so its peak RSS (with the DeepSparse worker's, for that path) is its own; on CUDA the
+peak GPU memory is reported too.
 
-- baseline: plain eager PyTorch, NCHW, fp32, `no_grad`, torchvision DataLoader
-- transferbench fp32: `features.extract` (inference_mode + channels_last), the protocol's numbers
+- baseline: plain eager PyTorch, NCHW, fp32, `no_grad`, torchvision `ImageFolder` + `DataLoader`
+- transferbench fp32: `features.extract` over the runner's dataset (inference_mode + channels_last), the
+  protocol's numbers
 - transferbench bf16: `--precision bf16` autocast (not the protocol)
-- torch.compile (`--compile`): the fp32 path through `torch.compile` (inductor); compile time excluded
+- compile (`--compile`): the fp32 path with `runner.compile_model` (inductor), as `run --compile`; compile
+  time excluded
+- ffcv (jpg q90) and ffcv (raw): `--loader ffcv` over the `.beton` of `transferbench data convert` (default
+  JPEG q90, and `--write-mode raw`), fp32; conversion time excluded (once per task); needs the `ffcv` extra
 - deepsparse: `--engine deepsparse` (needs $TRANSFERBENCH_DEEPSPARSE_PYTHON), engine compile excluded
-
-The FFCV loader is measured by `benchmarks/bench_loaders.py` (the full fine-tuning train pipeline).
 """
 
 from __future__ import annotations
@@ -28,21 +32,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+from bench_loaders import write_images  # the same photo-like JPEGs, in cifar10's pre-split layout
 
-PATHS = ("baseline", "fp32", "bf16", "compile", "deepsparse")
-
-
-def write_images(folder: Path, n: int) -> None:
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        cls = folder / f"class{i % 4}"
-        cls.mkdir(parents=True, exist_ok=True)
-        base = rng.integers(0, 255, size=(3,))
-        pixels = np.clip(base + rng.normal(0, 40, size=(375, 500, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(cls / f"{i:05d}.jpg", quality=90)
+PATHS = ("baseline", "fp32", "bf16", "compile", "ffcv", "ffcv-raw", "deepsparse")
 
 
 def sparse_resnet50(sparsity: float):
@@ -62,44 +54,64 @@ def sparse_resnet50(sparsity: float):
     return model
 
 
-def run_path(path: str, data: Path, sparsity: float, device_name: str) -> dict:
-    """One path, in this (fresh) process: images/s over the whole folder after a one-batch warm-up."""
+def run_path(path: str, data_root: Path, sparsity: float, device_name: str) -> dict:
+    """One path, in this (fresh) process: images/s over the train folder after a one-batch warm-up."""
     import torch
     import torchvision.transforms as T
     from torch.utils.data import DataLoader
     from torchvision.datasets import ImageFolder
 
     from transferbench.finetune.features import extract
+    from transferbench.runner import compile_model
+    from transferbench.tasks import Transformed, get_task, load_split
+    from transferbench.transforms import build_transform, protocol_transform
 
     device = torch.device(device_name)
-    transform = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
-                           T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
-    dataset = ImageFolder(str(data), transform=transform)
+    task = get_task("cifar10")
+    cfg = protocol_transform(task, "linear", train=False)  # ImageNet statistics, both splits (pitfall P1)
     model = sparse_resnet50(sparsity).to(device)
     warm = torch.randn(64, 3, 224, 224, device=device)
-    n = len(dataset)
+    n = len(load_split(task, "train", data_root))
 
+    def timed_extract(dataset) -> float:
+        with torch.inference_mode():
+            model.to(memory_format=torch.channels_last).forward_features(
+                warm.contiguous(memory_format=torch.channels_last))
+        start = time.perf_counter()
+        extract(model, dataset, 64, device, 1, "bench", precision="bf16" if path == "bf16" else "fp32")
+        return time.perf_counter() - start
+
+    worker_mb = 0.0
     if path == "baseline":
+        transform = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
+                               T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+        dataset = ImageFolder(str(data_root / "cifar10" / "train"), transform=transform)
         with torch.no_grad():
             model(warm)
             start = time.perf_counter()
             for images, _ in DataLoader(dataset, batch_size=64, num_workers=1):
                 model.forward_features(images.to(device))
-    elif path in ("fp32", "bf16"):
-        with torch.inference_mode():
-            model.to(memory_format=torch.channels_last)(warm.contiguous(memory_format=torch.channels_last))
-        start = time.perf_counter()
-        extract(model, dataset, 64, device, 1, "bench", precision=path)
-    elif path == "compile":
-        compiled = torch.compile(model.to(memory_format=torch.channels_last))
-        model.forward_features = compiled.forward_features  # what extract calls
-        with torch.inference_mode():
-            compiled.forward_features(warm.contiguous(memory_format=torch.channels_last))
-        start = time.perf_counter()
-        extract(model, dataset, 64, device, 1, "bench")
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+    elif path in ("fp32", "bf16", "compile"):
+        if path == "compile":
+            compile_model(model)
+        split = load_split(task, "train", data_root)
+        seconds = timed_extract(Transformed(split.dataset, build_transform(cfg)))
+    elif path in ("ffcv", "ffcv-raw"):
+        from transferbench.fastdata.convert import convert_task
+        from transferbench.fastdata.ffcv_loader import open_split
+
+        mode = "raw" if path == "ffcv-raw" else "jpg"
+        os.environ["TRANSFERBENCH_FFCV_DIR"] = str(data_root / f".ffcv-{mode}")  # one conversion per folder
+        convert_task("cifar10", data_root, splits=("train",), num_workers=1, write_mode=mode)
+        seconds = timed_extract(open_split(task, load_split(task, "train", data_root), "train", data_root, cfg))
     elif path == "deepsparse":
         from transferbench.finetune.sparse_cpu import DeepSparseEngine, export_backbone
 
+        split = load_split(task, "train", data_root)
+        dataset = Transformed(split.dataset, build_transform(cfg))
         with tempfile.TemporaryDirectory() as tmp:
             onnx_path = export_backbone(model, Path(tmp) / "rn50.onnx", warm.cpu())
             with DeepSparseEngine(onnx_path, 64) as engine:
@@ -108,11 +120,11 @@ def run_path(path: str, data: Path, sparsity: float, device_name: str) -> dict:
                 for images, _ in DataLoader(dataset, batch_size=64, num_workers=1):
                     engine(images.numpy())
                 seconds = time.perf_counter() - start
-                worker = engine.peak_rss_mb() or float("nan")
-        return {"images_per_s": n / seconds, "worker_peak_mb": worker}
+                worker_mb = engine.peak_rss_mb() or float("nan")
     else:
         raise SystemExit(f"unknown path {path}")
-    return {"images_per_s": n / (time.perf_counter() - start), "worker_peak_mb": 0.0}
+    gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0
+    return {"images_per_s": n / seconds, "worker_peak_mb": worker_mb, "gpu_peak_mb": gpu_mb}
 
 
 def measure(path: str, data: Path, sparsity: float, device: str) -> dict | None:
@@ -122,7 +134,7 @@ def measure(path: str, data: Path, sparsity: float, device: str) -> dict | None:
     out, err = proc.communicate()
     if proc.returncode:
         lines = [line for line in err.decode(errors="replace").splitlines() if line.strip()]
-        print(f"  {path}: failed ({lines[-1] if lines else proc.returncode})")
+        print(f"  {path}: failed ({lines[-1] if lines else proc.returncode})", file=sys.stderr)
         return None
     result = json.loads(out.decode().strip().splitlines()[-1])
     result["peak_mb"] = result.pop("self_peak_mb")
@@ -153,6 +165,12 @@ def main() -> None:
     paths = ["baseline", "fp32"] + (["bf16"] if args.device != "cpu" or torch.backends.mkldnn.is_available() else [])
     if args.compile:
         paths.append("compile")
+    from transferbench.fastdata import ffcv_available
+
+    if ffcv_available():
+        paths += ["ffcv", "ffcv-raw"]
+    else:
+        print("ffcv paths skipped: FFCV is not installed (pip install 'transferbench[ffcv]')")
     if args.device == "cpu" and os.environ.get("TRANSFERBENCH_DEEPSPARSE_PYTHON"):
         paths.append("deepsparse")
     print(f"ResNet50 at {args.sparsity:.0%} sparsity, feature extraction of {args.images} JPEGs (500x375), "
@@ -161,11 +179,12 @@ def main() -> None:
         write_images(Path(tmp), args.images)
         results = {p: measure(p, Path(tmp), args.sparsity, args.device) for p in paths}
     base = results["baseline"]["images_per_s"] if results.get("baseline") else float("nan")
-    print(f"{'path':<12} {'images/s':>9} {'vs baseline':>12} {'peak RSS MB':>12} {'+ worker MB':>12}")
+    print(f"{'path':<12} {'images/s':>9} {'vs baseline':>12} {'peak RSS MB':>12} {'+ worker MB':>12} "
+          f"{'peak GPU MB':>12}")
     for path, r in results.items():
         if r is not None:
             print(f"{path:<12} {r['images_per_s']:>9.1f} {r['images_per_s'] / base:>11.2f}x {r['peak_mb']:>12.0f} "
-                  f"{r['worker_peak_mb']:>12.0f}")
+                  f"{r['worker_peak_mb']:>12.0f} {r['gpu_peak_mb']:>12.0f}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from fixtures_data import learnable_image, write_task
 from fixtures_models import write_pruned_checkpoint
 
@@ -125,6 +126,30 @@ def test_compiled_linear_run_matches_the_eager_run(setup, tmp_path):
     eager, compiled = records["eager"], records["compiled"]
     assert compiled["run_key"] == eager["run_key"] and compiled["config"]["compiled"] is True
     assert compiled["metrics"]["top1"] == pytest.approx(eager["metrics"]["top1"], abs=0.02)
+
+
+def test_bf16_runs_are_runs_of_their_own_and_close_to_fp32(setup, tmp_path):
+    """--precision bf16 (autocast in extraction, training and evaluation) changes numbers, so it gets its own run
+    key; it must still train (close to fp32) and keep the mask in full fine-tuning."""
+    _, data, ckpt = setup
+    records = {}
+    for mode, extra in (("linear", ("--epochs", "30", "--lr", "0.1")), ("full", ("--epochs", "3", "--lr", "0.05"))):
+        for precision in ("fp32", "bf16"):
+            out = tmp_path / f"{mode}-{precision}"
+            assert main(_args(data, ckpt, out, "--mode", mode, "--precision", precision, *extra)) == 0
+            records[mode, precision] = _record(out)
+    for mode in ("linear", "full"):
+        fp32, bf16 = records[mode, "fp32"], records[mode, "bf16"]
+        assert bf16["config"]["hparams"]["precision"] == "bf16" and bf16["run_key"] != fp32["run_key"]
+        assert bf16["metrics"]["top1"] == pytest.approx(fp32["metrics"]["top1"], abs=0.15)
+    # the features really went through bf16 autocast: close to fp32's, not equal
+    feats = {p: torch.load(records["linear", p]["config"]["feature_cache"]["test"], weights_only=True)["features"]
+             for p in ("fp32", "bf16")}
+    assert not torch.equal(feats["fp32"], feats["bf16"])
+    torch.testing.assert_close(feats["bf16"], feats["fp32"], rtol=0.05, atol=0.05)
+    full = records["full", "bf16"]["sparsity"]
+    assert full["backbone_before"] == full["backbone_after"] > 0.45
+    assert records["linear", "bf16"]["metrics"]["top1"] > 0.5  # chance is 0.1
 
 
 def _cli(*args: str) -> list[str]:
