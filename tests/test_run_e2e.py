@@ -152,6 +152,15 @@ def test_bf16_runs_are_runs_of_their_own_and_close_to_fp32(setup, tmp_path):
     assert records["linear", "bf16"]["metrics"]["top1"] > 0.5  # chance is 0.1
 
 
+def test_cudnn_benchmark_switch_is_recorded_and_off_by_default(setup, tmp_path):
+    _, data, ckpt = setup
+    for name, extra in (("default", ()), ("autotuned", ("--cudnn-benchmark",))):
+        assert main(_args(data, ckpt, tmp_path / name, "--mode", "linear", "--epochs", "2", *extra)) == 0
+        autotuned = name == "autotuned"
+        assert _record(tmp_path / name)["config"]["cudnn_benchmark"] is autotuned
+        assert torch.backends.cudnn.benchmark is autotuned and torch.backends.cudnn.deterministic is not autotuned
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-c", "import sys; from transferbench.cli import main; sys.exit(main(sys.argv[1:]))",
             *args]

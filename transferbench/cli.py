@@ -59,6 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     ctx = RunContext(out=args.out, data_root=args.data_root, cache_dir=args.cache_dir,
                      checkpoint_dir=args.checkpoint_dir, device=args.device, force=args.force,
                      verify_md5=args.verify_md5, allow_sparsity_gap=args.allow_sparsity_gap, compile=args.compile,
+                     cudnn_benchmark=args.cudnn_benchmark,
                      **({"num_workers": args.workers} if args.workers is not None else {}))
     if not args.force and existing_record(spec, args.out) is not None:
         print(f"already done: {result_path(spec, args.out)} (use --force to run it again)")
@@ -200,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "its own environment, see docs/fast_paths.md)")
     run.add_argument("--compile", action="store_true",
                      help="torch.compile the model (for GPUs; no gain measured on CPU, see docs/fast_paths.md)")
+    run.add_argument("--cudnn-benchmark", action="store_true",
+                     help="let cuDNN autotune convolutions (GPU; faster, but a resumed full fine-tuning is no "
+                          "longer bit-identical)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override any hyper-parameter, e.g. --set lr_decay_after=[30,60]")
     run.add_argument("--force", action="store_true", help="run again even if the record exists")

@@ -50,6 +50,9 @@ class RunContext:
     verify_md5: bool = False
     allow_sparsity_gap: bool = False
     compile: bool = False  # torch.compile the model (same computation; float rounding may differ)
+    # cuDNN autotuning on GPUs: faster convolutions, but float rounding then varies from run to run, so a resumed
+    # full fine-tuning is no longer bit-identical to an uninterrupted one. Off: deterministic kernels.
+    cudnn_benchmark: bool = False
 
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)
@@ -288,7 +291,7 @@ def run_linear_group(specs: list[RunSpec], ctx: RunContext) -> list[Path]:
                 "transform_train": tcfg.to_dict(),
                 "transform_test": tcfg.to_dict(),
                 "data": _data_info(train, test),
-                "device": str(device), "compiled": ctx.compile,
+                "device": str(device), "compiled": ctx.compile, "cudnn_benchmark": ctx.cudnn_benchmark,
                 "feature_cache": {n: str(f.path) if f.path else None for n, f in feats.items()},
             },
             "metrics": _metrics(task, head.top1, head.mean_per_class_acc, head.extra),
@@ -356,7 +359,7 @@ def run_full(spec: RunSpec, ctx: RunContext) -> Path:
             "transform_train": train_cfg.to_dict(),
             "transform_test": test_cfg.to_dict(),
             "data": _data_info(train, test),
-            "device": str(device), "compiled": ctx.compile,
+            "device": str(device), "compiled": ctx.compile, "cudnn_benchmark": ctx.cudnn_benchmark,
             "num_workers": ctx.num_workers,
             **({"ffcv": loaders.describe()} if loaders is not None else {}),
         },
@@ -401,12 +404,13 @@ def _checkpoint_info(prep: _Prepared, spec: RunSpec) -> dict:
 
 def run(spec: RunSpec, ctx: RunContext) -> Path:
     """Run one spec (a no-op returning the record's path when it is already complete)."""
-    configure_determinism()
+    configure_determinism(ctx.cudnn_benchmark)
     if spec.mode == "linear":
         return run_linear_group([spec], ctx)[0]
     return run_full(spec, ctx)
 
 
-def configure_determinism() -> None:
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
+def configure_determinism(cudnn_benchmark: bool = False) -> None:
+    """Deterministic cuDNN kernels (the default: reruns and resumes reproduce records), or its autotuner."""
+    torch.backends.cudnn.deterministic = not cudnn_benchmark
+    torch.backends.cudnn.benchmark = cudnn_benchmark
