@@ -9,7 +9,7 @@
 #SBATCH --gpus-per-node=1
 #SBATCH --job-name=tb-paper-full
 #SBATCH --mail-type=FAIL
-#SBATCH --mem=122880MB
+#SBATCH --mem=120GB
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
 #SBATCH --open-mode=append

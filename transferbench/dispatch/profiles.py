@@ -55,20 +55,22 @@ class Profile:
         """Data-loading workers per job: one core stays with the main process."""
         return max(0, self.cpus_per_task - 1)
 
-    def submitit_parameters(self, mode: str, job_name: str) -> dict[str, Any]:
-        """``SlurmExecutor.update_parameters`` keywords for jobs of ``mode``."""
+    def executor_parameters(self, mode: str, job_name: str) -> dict[str, Any]:
+        """``submitit.AutoExecutor.update_parameters`` keywords for jobs of ``mode``: the generic ones, and the
+        SLURM-only ones with their ``slurm_`` prefix."""
         params: dict[str, Any] = {
-            "job_name": job_name, "time": int(self.time_min[mode]), "mem": f"{int(self.mem_gb * 1024)}MB",
-            "cpus_per_task": self.cpus_per_task, "array_parallelism": self.array_parallelism,
-            "signal_delay_s": self.signal_delay_s, "setup": list(self.setup), "nodes": 1, "ntasks_per_node": 1,
+            "name": job_name, "timeout_min": int(self.time_min[mode]), "mem_gb": self.mem_gb,
+            "cpus_per_task": self.cpus_per_task, "nodes": 1, "tasks_per_node": 1,
+            "slurm_array_parallelism": self.array_parallelism, "slurm_signal_delay_s": self.signal_delay_s,
+            "slurm_setup": list(self.setup),
         }
         if self.gpus_per_node:
             params["gpus_per_node"] = self.gpus_per_node
         optional = {"partition": self.partition, "account": self.account, "qos": self.qos,
                     "constraint": self.constraint, "exclude": self.exclude}
-        params.update({k: v for k, v in optional.items() if v})
+        params.update({f"slurm_{k}": v for k, v in optional.items() if v})
         if self.sbatch:
-            params["additional_parameters"] = dict(self.sbatch)
+            params["slurm_additional_parameters"] = dict(self.sbatch)
         return params
 
 

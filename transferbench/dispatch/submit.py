@@ -1,8 +1,9 @@
 """Send work units to an executor: ``debug`` (this process), ``local`` (subprocesses) or ``slurm`` (job arrays).
 
-Every SLURM submission goes through ``submitit.SlurmExecutor`` as arrays of at most ``max_array_size`` tasks
-(submitit does not split arrays itself), and is recorded in ``<out>/jobs/ledger.jsonl`` so that ``status``
-and the next ``sweep`` know what is queued without asking ``sacct``.
+``local`` and ``slurm`` go through ``submitit.AutoExecutor(folder, cluster=...)``; SLURM submissions are
+arrays of at most ``max_array_size`` tasks (submitit does not split arrays itself), each recorded in
+``<out>/jobs/ledger.jsonl`` so that ``status`` and the next ``sweep`` know what is queued without asking
+``sacct``. ``debug`` is a loop of our own (see ``_run_here``).
 """
 
 from __future__ import annotations
@@ -73,6 +74,11 @@ def submit_units(units: list[WorkUnit], ctx: RunContext, executor: str, profile:
 
 
 def _run_here(units: list[WorkUnit], ctx: RunContext) -> Submission:
+    """Each unit in this process, one after the other; a failed unit is recorded and the sweep goes on.
+
+    Not submitit's debug executor: it runs a job only when its result is asked for and opens ``pdb`` on the
+    first exception, which would stop an unattended sweep at its first failed unit.
+    """
     result = Submission("debug")
     for unit in progress(units, desc="sweep", unit="job"):
         try:
@@ -83,8 +89,9 @@ def _run_here(units: list[WorkUnit], ctx: RunContext) -> Submission:
 
 
 def _run_local(units: list[WorkUnit], ctx: RunContext, profile: Profile, sweep: str, parallel: int) -> Submission:
-    """One subprocess per unit (submitit's LocalExecutor), at most ``parallel`` at a time; waits for all."""
-    executor = submitit.LocalExecutor(folder=job_folder(ctx.out), max_num_timeout=profile.max_requeues)
+    """One subprocess per unit (submitit's local executor), at most ``parallel`` at a time; waits for all."""
+    executor = submitit.AutoExecutor(folder=job_folder(ctx.out), cluster="local",
+                                     local_max_num_timeout=profile.max_requeues)
     result = Submission("local")
     pending, running = list(units), []
     bar = progress(range(len(units)), desc="sweep", unit="job")
@@ -110,13 +117,14 @@ def _run_local(units: list[WorkUnit], ctx: RunContext, profile: Profile, sweep: 
 
 def _submit_slurm(units: list[WorkUnit], ctx: RunContext, profile: Profile, sweep: str) -> Submission:
     try:
-        executor = submitit.SlurmExecutor(folder=job_folder(ctx.out), max_num_timeout=profile.max_requeues)
-    except RuntimeError:
+        executor = submitit.AutoExecutor(folder=job_folder(ctx.out), cluster="slurm",
+                                         slurm_max_num_timeout=profile.max_requeues)
+    except RuntimeError:  # submitit's SlurmExecutor refuses to exist without srun
         raise TransferbenchError("--executor slurm: `srun` is not on PATH; submit from a SLURM login node, or use "
                                  "--executor local or debug") from None
     result = Submission("slurm")
     for mode, mode_units in by_mode(units).items():
-        executor.update_parameters(**profile.submitit_parameters(mode, job_name(sweep, mode)))
+        executor.update_parameters(**profile.executor_parameters(mode, job_name(sweep, mode)))
         for chunk in chunks(mode_units, profile.max_array_size):
             with executor.batch():
                 jobs = [executor.submit(SweepJob(unit, ctx)) for unit in chunk]
@@ -138,18 +146,37 @@ def _ledger_entry(unit: WorkUnit, job: submitit.Job, executor: str, sweep: str) 
     }
 
 
-class _PreviewExecutor(submitit.SlurmExecutor):
-    """A SlurmExecutor that can be built without ``srun``: it only renders the sbatch script."""
+class _SrunlessSlurmExecutor(submitit.SlurmExecutor):
+    """A SlurmExecutor that can be built without ``srun``: it only renders sbatch scripts."""
 
     @classmethod
     def affinity(cls) -> int:
         return 1
 
 
+class _PreviewExecutor(submitit.AutoExecutor):
+    """``AutoExecutor(cluster="slurm")`` for --dry-run on a machine without ``srun``: the same parameter
+    translation as a submission (AutoExecutor's own), around a SlurmExecutor that only renders the script.
+
+    AutoExecutor has no hook for that, so its inner executor is swapped after construction; the fake-SLURM test
+    compares this preview with the script a submission hands to sbatch, which catches a submitit that changes this.
+    """
+
+    def __init__(self, folder: Path, max_requeues: int) -> None:
+        super().__init__(folder, cluster="debug")  # the one executor that can be built anywhere
+        self.cluster = "slurm"
+        self._executor = _SrunlessSlurmExecutor(folder, max_num_timeout=max_requeues)
+        self.parameters = self._executor.parameters
+
+    def script(self, array_size: int) -> str:
+        inner = self._executor
+        if array_size > 1:
+            inner.parameters["map_count"] = array_size  # as SlurmExecutor does for the arrays it submits
+        return inner._make_submission_file_text(inner._submitit_command_str, "preview")
+
+
 def sbatch_preview(profile: Profile, mode: str, array_size: int, out: Path, sweep: str) -> str:
     """The sbatch script submitit will write for an array of ``array_size`` ``mode`` jobs (for --dry-run)."""
-    executor = _PreviewExecutor(folder=job_folder(out), max_num_timeout=profile.max_requeues)
-    executor.update_parameters(**profile.submitit_parameters(mode, job_name(sweep, mode)))
-    if array_size > 1:
-        executor.parameters["map_count"] = array_size  # as SlurmExecutor does for the arrays it submits
-    return executor._make_submission_file_text(executor._submitit_command_str, "preview")
+    executor = _PreviewExecutor(job_folder(out), profile.max_requeues)
+    executor.update_parameters(**profile.executor_parameters(mode, job_name(sweep, mode)))
+    return executor.script(array_size)
