@@ -26,7 +26,7 @@ from . import beyond_metrics as bm
 from .figstyle import PAGE_WIDTH_IN, FigureNotApplicable, SavedFigure, new_figure, paper_style, save
 from .palette import method_colors, method_sort_key, method_style, order_methods
 from .render import fmt_sparsity
-from .select import OURS, Group, families, filter_source, safe_name, split_duplicates
+from .select import OURS, Group, filter_source, per_seed_runs, safe_name
 
 log = logging.getLogger("transferbench")
 
@@ -96,14 +96,7 @@ def _predictions(path: Path) -> tuple[np.ndarray, np.ndarray] | str:
 
 
 def _prepare(runs: pd.DataFrame) -> pd.DataFrame:
-    df = filter_source(runs, OURS) if "source" in runs.columns else runs
-    df = df.assign(
-        arch=families(df["arch"]),
-        sparsity=df["target_sparsity"].astype(float).round(6),
-        solver=df["solver"].fillna("sgd"),
-    )
-    kept = [split_duplicates(g)[0] for _, g in df.groupby(["arch", "mode", "solver"], sort=False)]
-    return pd.concat(kept) if kept else df
+    return per_seed_runs(filter_source(runs, OURS) if "source" in runs.columns else runs)
 
 
 def beyond(runs: pd.DataFrame, min_count: int = bm.MIN_COUNT) -> Beyond:

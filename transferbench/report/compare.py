@@ -1,17 +1,24 @@
 """Our results against the paper's, cell by cell: (arch family, mode, solver, task, method, sparsity).
 
 Per cell: our mean, std and seed count, the paper's, the difference (ours − paper, in percentage points) and a
-verdict on whether the difference is outside seed noise. The rule is Welch's two-sample t-test (unequal variances)
-at ``alpha`` (default 0.05, two-sided):
+verdict on whether the difference is outside seed noise, at ``alpha`` (default 0.05, two-sided). The test depends
+on the seeds each side has (column ``test``):
 
-    se = sqrt(s_o²/n_o + s_p²/n_p),  t = (m_o − m_p) / se,
-    df = se⁴ / ((s_o²/n_o)² / (n_o − 1) + (s_p²/n_p)² / (n_p − 1)),  p = 2·(1 − F_t(|t|; df)),
+* both sides ≥ 2 seeds: Welch's two-sample t-test (unequal variances),
 
-``outside`` when p < alpha, ``within`` otherwise, ``n/a`` when either side has fewer than 2 seeds (no variance to
-judge noise by). With zero spread on both sides any non-zero difference is ``outside``. It tests seed noise only:
-a systematic difference (another data split, checkpoint or preprocessing) is by design reported as ``outside``.
-Cells are tested one by one, uncorrected: with m tested cells about alpha·m are flagged by chance, which
-``summary`` states. Seeds are counted as in the leaderboards (a repeated seed counts once, the newest run).
+      se = sqrt(s_o²/n_o + s_p²/n_p),  t = (m_o − m_p) / se,
+      df = se⁴ / ((s_o²/n_o)² / (n_o − 1) + (s_p²/n_p)² / (n_p − 1)),  p = 2·(1 − F_t(|t|; df));
+
+* one side a single seed x, the other n ≥ 2 seeds (mean m, std s): a prediction-interval test, whether x could be
+  one more seed of the other side: se = s·sqrt(1 + 1/n), t = (x − m) / se, df = n − 1 (x lies outside the
+  (1 − alpha) prediction interval m ± t_{1−alpha/2, n−1}·se exactly when p < alpha);
+* both sides a single seed: ``n/a``. No spread is known for the cell, and borrowing one would be a guess: the
+  paper's only single-seed file is full MobileNetV1, and its other files give seed spreads of ResNet50 alone.
+
+``outside`` when p < alpha, ``within`` otherwise. With zero spread any non-zero difference is ``outside``. It tests
+seed noise only: a systematic difference (another data split, checkpoint or preprocessing) is by design reported as
+``outside``. Cells are tested one by one, uncorrected: with m tested cells about alpha·m are flagged by chance,
+which ``summary`` states. Seeds are counted as in the leaderboards (a repeated seed counts once, the newest run).
 """
 
 from __future__ import annotations
@@ -26,28 +33,19 @@ import pandas as pd
 from ..atomic import write_bytes
 from ..errors import TransferbenchError
 from .palette import method_sort_key
-from .render import fmt_sparsity
-from .select import OURS, PAPER, families, filter_source, metric_column, split_duplicates
+from .render import fmt_sparsity, markdown_table
+from .select import OURS, PAPER, filter_source, metric_column, per_seed_runs
 
 log = logging.getLogger("transferbench")
 
 KEYS = ["arch", "mode", "solver", "task", "method", "sparsity"]
 OUTSIDE, WITHIN, NA = "outside", "within", "n/a"
+WELCH, PREDICTION = "welch", "prediction"
 ALPHA = 0.05
 
 
 def _cells(runs: pd.DataFrame, col: str) -> pd.DataFrame:
-    df = runs[runs[col].notna()]
-    # records that name no solver predate `--solver lbfgs`: they were trained with SGD, as the paper's
-    df = df.assign(
-        arch=families(df["arch"]),
-        sparsity=df["target_sparsity"].astype(float).round(6),
-        solver=df["solver"].fillna("sgd"),
-    )
-    kept = []
-    for _, group in df.groupby(["arch", "mode", "solver"], sort=False):
-        kept.append(split_duplicates(group)[0])
-    df = pd.concat(kept) if kept else df
+    df = per_seed_runs(runs[runs[col].notna()])
     return df.groupby(KEYS)[col].agg(mean="mean", std="std", n="count") * [100.0, 100.0, 1.0]
 
 
@@ -67,12 +65,42 @@ def welch(m1: float, s1: float, n1: int, m2: float, s2: float, n2: int) -> tuple
     return se, t, df, float(2.0 * student_t.sf(abs(t), df))
 
 
+def prediction_test(x: float, m: float, s: float, n: int) -> tuple[float, float, float, float]:
+    """(se, t, df, p) for whether the single value x could be one more draw of n ≥ 2 values with mean m and std
+    s (t distribution with n − 1 degrees of freedom); NaN when n < 2."""
+    from scipy.stats import t as student_t
+
+    if n < 2 or math.isnan(s):
+        return (math.nan,) * 4
+    se = s * math.sqrt(1.0 + 1.0 / n)
+    diff = x - m
+    if se == 0.0:
+        return 0.0, (math.inf if diff else 0.0), float(n - 1), (0.0 if diff else 1.0)
+    t = diff / se
+    return se, t, float(n - 1), float(2.0 * student_t.sf(abs(t), n - 1))
+
+
+def noise_test(m1: float, s1: float, n1: int, m2: float, s2: float, n2: int) -> tuple[str, float, float, float, float]:
+    """(test, se, t, df, p) for m1 − m2: Welch with ≥ 2 seeds on both sides, the prediction-interval test with
+    one seed on one side, ``n/a`` (NaNs) otherwise. t has the sign of m1 − m2."""
+    if n1 >= 2 and n2 >= 2:
+        return (WELCH, *welch(m1, s1, n1, m2, s2, n2))
+    if n1 == 1 and n2 >= 2:
+        return (PREDICTION, *prediction_test(m1, m2, s2, n2))
+    if n2 == 1 and n1 >= 2:
+        se, t, df, p = prediction_test(m2, m1, s1, n1)
+        return PREDICTION, se, -t, df, p
+    return (NA, *(math.nan,) * 4)
+
+
 def compare(
     runs: pd.DataFrame, reference: pd.DataFrame | None = None, *, metric: str = "primary", alpha: float = ALPHA
 ) -> pd.DataFrame:
-    """One row per cell our runs have: ours and the paper's mean/std/n (in %), ``diff`` (pp), Welch's ``se``,
-    ``t``, ``df``, ``p`` and ``verdict`` (outside/within/n/a). ``reference`` defaults to the paper's rows of
-    ``runs``."""
+    """One row per cell our runs have: ours and the paper's mean/std/n (in %), ``diff`` (pp), the ``test`` used
+    (welch, prediction or n/a), its ``se``, ``t``, ``df``, ``p`` and ``verdict`` (outside/within/n/a).
+    ``reference`` defaults to the paper's rows of ``runs``."""
+    if not (isinstance(alpha, (int, float)) and 0.0 < alpha < 1.0):
+        raise TransferbenchError(f"--alpha {alpha}: the test level must lie strictly between 0 and 1, e.g. 0.05")
     col = metric_column(metric)
     ours = filter_source(runs, OURS)
     paper = filter_source(runs if reference is None else reference, PAPER)
@@ -87,10 +115,13 @@ def compare(
     table["paper_n"] = table["paper_n"].fillna(0)
     table["diff"] = table["ours_mean"] - table["paper_mean"]
     stats = [
-        welch(r.ours_mean, r.ours_std, int(r.ours_n), r.paper_mean, r.paper_std, int(r.paper_n))
+        noise_test(r.ours_mean, r.ours_std, int(r.ours_n), r.paper_mean, r.paper_std, int(r.paper_n))
         for r in table.itertuples()
     ]
-    table[["se", "t", "df", "p"]] = pd.DataFrame(stats, index=table.index, dtype=float) if stats else np.nan
+    table["test"] = [s[0] for s in stats] if stats else pd.Series(dtype=object)
+    table[["se", "t", "df", "p"]] = (
+        pd.DataFrame([s[1:] for s in stats], index=table.index, dtype=float) if stats else np.nan
+    )
     table["verdict"] = np.where(table["p"].isna(), NA, np.where(table["p"] < alpha, OUTSIDE, WITHIN))
     table[["ours_n", "paper_n"]] = table[["ours_n", "paper_n"]].astype(int)
     order = sorted(
@@ -115,9 +146,9 @@ def summary(table: pd.DataFrame) -> str:
     no_paper = int((table["paper_n"] == 0).sum())
     return (
         f"{len(table)} cell(s): {counts.get(OUTSIDE, 0)} outside seed noise, {counts.get(WITHIN, 0)} within, "
-        f"{counts.get(NA, 0)} n/a (fewer than 2 seeds on a side; {no_paper} without a paper result). "
-        f"Welch t-test per cell at alpha={alpha:g}: about {alpha * tested:.1f} of {tested} would be flagged by "
-        "chance alone"
+        f"{counts.get(NA, 0)} n/a (one seed on each side or no paper result; {no_paper} without a paper result). "
+        f"Welch t-test per cell, or a prediction-interval test where one side has a single seed, at "
+        f"alpha={alpha:g}: about {alpha * tested:.1f} of {tested} would be flagged by chance alone"
     )
 
 
@@ -145,6 +176,7 @@ def display_frame(table: pd.DataFrame) -> pd.DataFrame:
             ],
             "diff (pp)": [_fmt(d, "+.2f") for d in table["diff"]],
             "p": [_fmt(p, ".3g") for p in table["p"]],
+            "test": table["test"],
             "verdict": table["verdict"],
         }
     )
@@ -152,19 +184,14 @@ def display_frame(table: pd.DataFrame) -> pd.DataFrame:
 
 def to_markdown(table: pd.DataFrame) -> str:
     shown = display_frame(table)
-    lines = [
-        "| " + " | ".join(shown.columns) + " |",
-        "|"
-        + "|".join(
-            ":--" if c in ("arch", "mode", "solver", "task", "method", "verdict") else "--:" for c in shown.columns
-        )
-        + "|",
-    ]
-    lines += ["| " + " | ".join(map(str, row)) + " |" for row in shown.itertuples(index=False)]
+    lines = [markdown_table(list(shown.columns), shown.itertuples(index=False),
+                            left=("arch", "mode", "solver", "task", "method", "test", "verdict"))]
     note = (
         f"Ours vs the paper, {table.attrs.get('metric', 'primary')} in %: mean ± std over seeds (n seeds). "
-        "diff = ours − paper in percentage points; verdict by Welch's t-test at alpha="
-        f"{table.attrs.get('alpha', ALPHA):g} (outside / within seed noise; n/a: fewer than 2 seeds on a side)."
+        "diff = ours − paper in percentage points; verdict at alpha="
+        f"{table.attrs.get('alpha', ALPHA):g} by Welch's t-test (both sides ≥ 2 seeds) or a prediction-interval "
+        "test with the other side's spread (one side a single seed): outside / within seed noise; n/a: a single "
+        "seed on both sides or no paper result."
     )
     return "\n".join(lines) + f"\n\n_{note}_\n\n{summary(table)}.\n"
 

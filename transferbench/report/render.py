@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -19,6 +20,15 @@ def fmt_sparsity(s: float) -> str:
     text = f"{s:.4f}".rstrip("0")
     head, _, tail = text.partition(".")
     return f"{head}.{tail.ljust(2, '0')}"
+
+
+def markdown_table(header: list[str], rows: Iterable[Iterable[object]], left: Iterable[str] = ()) -> str:
+    """A Markdown table (no trailing newline): columns named in ``left`` are left-aligned, the rest right-aligned
+    (numbers). A ``|`` inside a cell is escaped so that it cannot split the cell."""
+    left = set(left)
+    lines = ["| " + " | ".join(header) + " |", "|" + "".join(":--|" if h in left else "--:|" for h in header)]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def seed_count_text(n: float, n_max: float | None = None) -> str:
@@ -76,9 +86,7 @@ def _note(lb: Leaderboard) -> str:
 
 def markdown(lb: Leaderboard) -> str:
     lead = ["method", "sparsity", *(["source"] if lb.side_by_side else [])]
-    header = [*lead, *lb.columns]
-    rule = "|:--|--:|" + (":--|" if lb.side_by_side else "") + "--:|" * len(lb.columns)
-    lines = ["| " + " | ".join(header) + " |", rule]
+    rows = []
     for method, sparsity, source, cells in _rows(lb):
         texts = []
         for parts, best in cells:
@@ -87,10 +95,10 @@ def markdown(lb: Leaderboard) -> str:
                 continue
             value = f"**{parts[0]}**" if best else parts[0]
             texts.append(f"{value} ({parts[1]})" if parts[1] else value)
-        first = [method, fmt_sparsity(sparsity), *([source] if source else [])]
-        lines.append("| " + " | ".join([*first, *texts]) + " |")
+        rows.append([method, fmt_sparsity(sparsity), *([source] if source else []), *texts])
+    table = markdown_table([*lead, *lb.columns], rows, left=("method", "source"))
     warnings = "".join(f"\n**Warning:** {w}\n" for w in lb.warnings)
-    return "\n".join(lines) + f"\n\n_{_note(lb)}_\n" + warnings
+    return table + f"\n\n_{_note(lb)}_\n" + warnings
 
 
 def latex_escape(text: str) -> str:

@@ -141,3 +141,17 @@ def split_duplicates(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
             "%d run(s) repeat a (method, sparsity, task, seed) already present; only the newest counts: %s%s",
             len(dropped), ", ".join(dropped["run_key"].astype(str)[:5]), ", ..." if len(dropped) > 5 else "")
     return kept.sort_index(), dropped
+
+
+def per_seed_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs by cell, as compare and beyond-accuracy read them: the architecture as its family, ``sparsity``
+    (the target fraction rounded to 6 decimals), ``solver`` filled in, and one run per seed of a cell (the newest,
+    as in the leaderboards), deduplicated within each (arch family, mode, solver)."""
+    # records that name no solver predate `--solver lbfgs`: they were trained with SGD, as the paper's
+    df = runs.assign(
+        arch=families(runs["arch"]),
+        sparsity=runs["target_sparsity"].astype(float).round(6),
+        solver=runs["solver"].fillna("sgd"),
+    )
+    kept = [split_duplicates(group)[0] for _, group in df.groupby(["arch", "mode", "solver"], sort=False)]
+    return pd.concat(kept) if kept else df
