@@ -5,8 +5,8 @@
 2. Full fine-tuning step time of a 90%-sparse ResNet50: plain SGD step vs the same step + re-masking
    (target: masking costs ≤ 5%), and the full runner's step (channels_last + re-masking).
 3. A 5-seed paper-style linear probe (150 epochs, batch 64) on cached features vs one extraction of the same
-   images (target: the 5 heads together cost < 10% of one extraction), and vs 5 sequential plain-PyTorch
-   head trainings.
+   images (target: the 5 heads together cost < 10% of one extraction). The comparison with 5 sequential
+   paper-style head trainings is benchmarks/bench_heads.py.
 
     python benchmarks/bench_core.py            # ~3 min on 2 CPU cores
     python benchmarks/bench_core.py --device cuda
@@ -27,7 +27,6 @@ from torch.utils.data import TensorDataset
 
 from transferbench.finetune.features import extract
 from transferbench.finetune.linear import train_sgd_heads
-from transferbench.finetune.schedule import lr_at_epoch
 from transferbench.models import create_model
 from transferbench.runspec import resolve_hparams
 from transferbench.sparsity import FixedMasks, apply_masks, prunable_weights
@@ -126,35 +125,14 @@ def bench_masked_step(device: torch.device, batch: int, reps: int) -> tuple[dict
     return {name: statistics.median(t) for name, t in times.items()}, remask
 
 
-def plain_head(x, y, seed, hp):
-    torch.manual_seed(seed)
-    head = nn.Linear(x.shape[1], int(y.max()) + 1).to(x.device)
-    opt = torch.optim.SGD(head.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-    loader = torch.utils.data.DataLoader(TensorDataset(x, y), batch_size=hp.batch_size, shuffle=True)
-    for epoch in range(hp.epochs):
-        for group in opt.param_groups:
-            group["lr"] = lr_at_epoch(hp, epoch)
-        for xb, yb in loader:
-            loss = F.cross_entropy(head(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-
-
-def bench_heads(device: torch.device, n: int, classes: int) -> tuple[float, float]:
+def bench_heads(device: torch.device, n: int, classes: int) -> float:
     hp = resolve_hparams("linear", 0.001)  # the paper's 150 epochs, batch 64
     x = torch.randn(n, 2048, device=device)
     y = torch.randint(0, classes, (n,), device=device)
-    seeds = [21, 51, 81, 111, 141]
     start = time.perf_counter()
-    train_sgd_heads(x, y, x[:256], y[:256], classes, seeds, hp, device)
+    train_sgd_heads(x, y, x[:256], y[:256], classes, [21, 51, 81, 111, 141], hp, device)
     _sync(device)
-    batched = time.perf_counter() - start
-    start = time.perf_counter()
-    for seed in seeds:
-        plain_head(x, y, seed, hp)
-    _sync(device)
-    return batched, time.perf_counter() - start
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -186,11 +164,9 @@ def main() -> None:
     print(f"| one fp32 extraction of the same {args.features} images (from the rate above) | {extraction_s:.1f} | "
           "1.000 |")
     for classes in (10, 100):
-        batched, sequential = bench_heads(device, args.features, classes)
+        batched = bench_heads(device, args.features, classes)
         print(f"| {classes} classes: 5 heads batched (transferbench) | {batched:.1f} | "
               f"{batched / extraction_s:.3f} of one extraction |")
-        print(f"| {classes} classes: 5 heads, sequential plain PyTorch loops | {sequential:.1f} | batched is "
-              f"{sequential / batched:.1f}x faster |")
 
 
 if __name__ == "__main__":
