@@ -222,9 +222,7 @@ def compile_model(model: torch.nn.Module) -> torch.nn.Module:
 def run_linear_group(specs: list[RunSpec], ctx: RunContext) -> list[Path]:
     """Linear probes of one (checkpoint, task): features are extracted once and shared by every spec."""
     first = specs[0]
-    same_features = {(s.task, s.checkpoint, s.mode, s.hparams.image_size, s.hparams.interpolation,
-                      s.hparams.precision, s.hparams.loader, s.hparams.engine) for s in specs}
-    if len(same_features) != 1 or first.mode != "linear":
+    if len({s.extraction_key for s in specs}) != 1 or first.mode != "linear":
         raise ValueError("run_linear_group takes linear specs that share one feature extraction")
     todo = [s for s in specs if ctx.force or existing_record(s, ctx.out) is None]
     if not todo:

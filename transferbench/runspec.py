@@ -149,6 +149,14 @@ class RunSpec:
             "hparams": self.hparams.key_dict(),
         }
 
+    @property
+    def extraction_key(self) -> tuple:
+        """What a linear probe's features depend on: specs with equal keys share one feature extraction (the
+        runner's group and the sweep planner's work unit)."""
+        hp = self.hparams
+        return (self.task, self.mode, self.checkpoint, hp.image_size, hp.interpolation, hp.precision, hp.loader,
+                hp.engine)
+
     @cached_property  # frozen: computed once (a sweep asks for 100k keys several times)
     def run_key(self) -> str:
         digest = hashlib.sha256(json.dumps(self.key_material(), sort_keys=True).encode()).hexdigest()[:12]
