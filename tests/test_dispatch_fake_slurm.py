@@ -60,7 +60,7 @@ def fake_slurm(tmp_path, monkeypatch):
 def _profile(tmp_path: Path) -> Path:
     path = tmp_path / "fake.yaml"
     path.write_text(yaml.safe_dump({"gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 2, "max_array_size": 3,
-                                    "array_parallelism": 2, "time_min": {"linear": 30, "full": 60},
+                                    "array_parallelism": 4, "time_min": {"linear": 30, "full": 60},
                                     "setup": ["echo setup-line"]}))
     return path
 
@@ -104,7 +104,8 @@ def test_slurm_sweep_submits_chunked_arrays_and_jobs_complete_on_the_nodes(tmp_p
 
     scripts = {int(p.stem.split("_")[1]): p.read_text() for p in fake_slurm.glob("sbatch_*.sh")}
     assert sorted(scripts) == [12, 13, 14]
-    assert "#SBATCH --array=0-1%2" in scripts[12] and "#SBATCH --time=30" in scripts[12]  # 2 linear units
+    # array_parallelism 4 split across the three submissions: 1 + 2 + the plain job
+    assert "#SBATCH --array=0-1%1" in scripts[12] and "#SBATCH --time=30" in scripts[12]  # 2 linear units
     assert "#SBATCH --array=0-2%2" in scripts[13] and "#SBATCH --time=60" in scripts[13]  # 4 full units: 3 + 1
     assert "--array" not in scripts[14] and "#SBATCH --time=60" in scripts[14]
     assert all("echo setup-line" in s and "#SBATCH --signal=USR2@120" in s for s in scripts.values())

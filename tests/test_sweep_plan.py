@@ -13,6 +13,7 @@ from fixtures_sweep import write_fixture_sweep
 from transferbench.cli import main
 from transferbench.dispatch import load_profile, load_sweep, plan_sweep, sbatch_preview
 from transferbench.dispatch.state import MISSING
+from transferbench.dispatch.submit import split_parallelism
 from transferbench.errors import TransferbenchError
 from transferbench.tasks import list_tasks
 
@@ -67,12 +68,28 @@ def test_dry_run_prints_counts_jobs_and_the_sbatch_script(tmp_path, monkeypatch,
 
     small = tmp_path / "small.yaml"
     small.write_text(yaml.safe_dump({**yaml.safe_load(load_profile_text("default")), "max_array_size": 100,
-                                     "array_parallelism": 7}))
+                                     "array_parallelism": 20}))
     assert main(["sweep", "paper_resnet50_full", "--dry-run", "--profile", str(small), "--out",
                  str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
-    assert "720 job(s) as 8 array(s) of 100, 100, 100, 100, 100, 100, 100, 20" in out
-    assert "#SBATCH --array=0-99%7" in out and "#SBATCH --time=1440" in out
+    # SLURM's %N throttles one array: the profile's 20 are split across the 8 arrays
+    assert ("720 job(s) as 8 array(s) of 100, 100, 100, 100, 100, 100, 100, 20, at most 3 + 3 + 3 + 3 + 2 + 2 + 2 + 2 "
+            "running at once") in out
+    assert "#SBATCH --array=0-99%3" in out and "#SBATCH --time=1440" in out
+    assert "all together: at most 20 job(s) running at once (array_parallelism 20 of profile small" in out
+
+
+@pytest.mark.parametrize(("sizes", "total", "shares"), [
+    ([240], 64, [64]),
+    ([240, 720], 64, [32, 32]),
+    ([5, 1000], 64, [5, 59]),  # a small array leaves what it cannot use to the others
+    ([100, 100, 100], 10, [4, 3, 3]),  # the first submitted starts first and gets the remainder
+    ([2, 3, 1], 2, [1, 1, 1]),  # more arrays than allowed: one each is the least SLURM can do
+    ([], 64, []),
+])
+def test_array_parallelism_is_split_across_the_arrays_of_a_sweep(sizes, total, shares):
+    assert split_parallelism(sizes, total) == shares
+    assert sum(shares) <= max(total, len(sizes))
 
 
 def load_profile_text(name: str) -> str:

@@ -11,9 +11,9 @@ import pandas as pd
 from ..errors import TransferbenchError
 from ..runner import RunContext
 from .plan import Plan, plan_sweep
-from .profiles import load_profile
+from .profiles import Profile, load_profile
 from .state import FAILED, MISSING, STATES
-from .submit import EXECUTORS, by_mode, chunks, sbatch_preview, submit_units
+from .submit import EXECUTORS, ArrayPlan, plan_arrays, sbatch_preview, submit_units
 from .sweep import load_sweep, packaged_sweeps
 
 
@@ -34,12 +34,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
           f"need {len(linear)} feature extraction(s)")
     _print_problems(plan)
     if args.dry_run:
-        for mode, mode_units in by_mode(units).items():
-            sizes = [len(c) for c in chunks(mode_units, profile.max_array_size)]
-            print(f"\n{mode}: {len(mode_units)} job(s) as {len(sizes)} array(s) of {', '.join(map(str, sizes))} "
-                  f"(profile {profile.name}, at most {profile.array_parallelism} running at once)")
+        arrays = plan_arrays(units, profile)
+        for mode in dict.fromkeys(a.mode for a in arrays):
+            of_mode = [a for a in arrays if a.mode == mode]
+            print(f"\n{mode}: {sum(len(a.units) for a in of_mode)} job(s) as {len(of_mode)} array(s) of "
+                  f"{', '.join(str(len(a.units)) for a in of_mode)}, at most "
+                  f"{' + '.join(str(a.parallelism) for a in of_mode)} running at once")
             if args.executor == "slurm":
-                print(sbatch_preview(profile, mode, sizes[0], out, sweep.name))
+                print(sbatch_preview(profile, mode, len(of_mode[0].units), out, sweep.name, of_mode[0].parallelism))
+        if arrays:
+            _print_parallelism(arrays, profile)
         return 0
     if len(ready) < len(units) and not args.only_ready:
         first = next(iter(plan.unresolved.values()), None) or next(iter(plan.missing_data.values()))
@@ -99,6 +103,16 @@ def status_table(plan: Plan) -> pd.DataFrame:
              "job_id": plan.states[s.run_key].job_id} for s in plan.specs]
     return pd.DataFrame(rows, columns=["run_key", "mode", "task", "method", "sparsity", "seed", "state", "detail",
                                        "job_id"])
+
+
+def _print_parallelism(arrays: list[ArrayPlan], profile: Profile) -> None:
+    running = sum(a.parallelism for a in arrays)
+    why = (f"array_parallelism {profile.array_parallelism} of profile {profile.name}, split across "
+           f"{len(arrays)} submission(s)")
+    if running > profile.array_parallelism:
+        why += ", at least one each"
+    print(f"\nall together: at most {running} job(s) running at once ({why}); another sweep command's jobs "
+          "come on top")
 
 
 def _print_problems(plan: Plan, limit: int = 3) -> None:

@@ -7,7 +7,7 @@
     cpus_per_task: 8               # data-loading workers = cpus_per_task - 1
     mem_gb: 64
     time_min: {linear: 120, full: 1440}   # wall-clock limit per mode (or one number for both)
-    array_parallelism: 64          # array tasks running at once (%N in --array)
+    array_parallelism: 64          # jobs of one sweep command running at once (split into each array's %N)
     max_array_size: 1000           # the cluster's MaxArraySize; bigger grids become several arrays
     max_requeues: 10               # how often a job may be requeued after a time-out
     signal_delay_s: 120            # USR2 this long before the time limit: full fine-tuning saves and requeues
@@ -55,13 +55,15 @@ class Profile:
         """Data-loading workers per job: one core stays with the main process."""
         return max(0, self.cpus_per_task - 1)
 
-    def executor_parameters(self, mode: str, job_name: str) -> dict[str, Any]:
+    def executor_parameters(self, mode: str, job_name: str, array_parallelism: int | None = None) -> dict[str, Any]:
         """``submitit.AutoExecutor.update_parameters`` keywords for jobs of ``mode``: the generic ones, and the
-        SLURM-only ones with their ``slurm_`` prefix."""
+        SLURM-only ones with their ``slurm_`` prefix. ``array_parallelism``: this array's share of the profile's
+        (several arrays submitted together split it)."""
         params: dict[str, Any] = {
             "name": job_name, "timeout_min": int(self.time_min[mode]), "mem_gb": self.mem_gb,
             "cpus_per_task": self.cpus_per_task, "nodes": 1, "tasks_per_node": 1,
-            "slurm_array_parallelism": self.array_parallelism, "slurm_signal_delay_s": self.signal_delay_s,
+            "slurm_array_parallelism": array_parallelism or self.array_parallelism,
+            "slurm_signal_delay_s": self.signal_delay_s,
             "slurm_setup": list(self.setup),
         }
         if self.gpus_per_node:

@@ -46,6 +46,43 @@ def chunks(units: list[WorkUnit], size: int) -> Iterator[list[WorkUnit]]:
         yield units[start:start + size]
 
 
+@dataclass(frozen=True)
+class ArrayPlan:
+    """One sbatch submission: an array of ``units`` of one mode (a plain job when there is one unit)."""
+
+    mode: str
+    units: list[WorkUnit]
+    parallelism: int  # the array's %N
+
+
+def plan_arrays(units: list[WorkUnit], profile: Profile) -> list[ArrayPlan]:
+    """The submissions of one sweep command, per mode and at most ``max_array_size`` units each.
+
+    SLURM's ``%N`` throttles one array, so ``array_parallelism`` is split across the arrays submitted together
+    to keep the sweep at that many running jobs (see ``split_parallelism``).
+    """
+    arrays = [(mode, chunk) for mode, mode_units in by_mode(units).items()
+              for chunk in chunks(mode_units, profile.max_array_size)]
+    shares = split_parallelism([len(chunk) for _, chunk in arrays], profile.array_parallelism)
+    return [ArrayPlan(mode, chunk, share) for (mode, chunk), share in zip(arrays, shares, strict=True)]
+
+
+def split_parallelism(sizes: list[int], total: int) -> list[int]:
+    """Running tasks allowed per array so that all of them together stay within ``total``.
+
+    Small arrays take what they can use (never more than their size) and leave the rest to the bigger ones;
+    of equal arrays, the first submitted (which start first) get the remainder. Every array gets at least one,
+    so with more arrays than ``total`` the sweep runs one job per array.
+    """
+    shares = [0] * len(sizes)
+    left = total
+    by_size = sorted(range(len(sizes)), key=lambda i: (sizes[i], -i))
+    for done, i in enumerate(by_size):
+        shares[i] = max(1, min(sizes[i], left // (len(sizes) - done)))
+        left -= shares[i]
+    return shares
+
+
 def by_mode(units: list[WorkUnit]) -> dict[str, list[WorkUnit]]:
     modes: dict[str, list[WorkUnit]] = {}
     for unit in units:
@@ -123,17 +160,17 @@ def _submit_slurm(units: list[WorkUnit], ctx: RunContext, profile: Profile, swee
         raise TransferbenchError("--executor slurm: `srun` is not on PATH; submit from a SLURM login node, or use "
                                  "--executor local or debug") from None
     result = Submission("slurm")
-    for mode, mode_units in by_mode(units).items():
-        executor.update_parameters(**profile.executor_parameters(mode, job_name(sweep, mode)))
-        for chunk in chunks(mode_units, profile.max_array_size):
-            with executor.batch():
-                jobs = [executor.submit(SweepJob(unit, ctx)) for unit in chunk]
-            entries = [_ledger_entry(unit, job, "slurm", sweep) for unit, job in zip(chunk, jobs, strict=True)]
-            append_ledger(ctx.out, entries)
-            result.jobs.extend(entries)
-            array = str(jobs[0].job_id).split("_")[0]
-            result.arrays.append(array)
-            log.info("submitted %s array %s: %d %s job(s)", sweep, array, len(chunk), mode)
+    for planned in plan_arrays(units, profile):
+        executor.update_parameters(**profile.executor_parameters(planned.mode, job_name(sweep, planned.mode),
+                                                                 array_parallelism=planned.parallelism))
+        with executor.batch():
+            jobs = [executor.submit(SweepJob(unit, ctx)) for unit in planned.units]
+        entries = [_ledger_entry(unit, job, "slurm", sweep) for unit, job in zip(planned.units, jobs, strict=True)]
+        append_ledger(ctx.out, entries)
+        result.jobs.extend(entries)
+        array = str(jobs[0].job_id).split("_")[0]
+        result.arrays.append(array)
+        log.info("submitted %s array %s: %d %s job(s)", sweep, array, len(planned.units), planned.mode)
     return result
 
 
@@ -175,8 +212,10 @@ class _PreviewExecutor(submitit.AutoExecutor):
         return inner._make_submission_file_text(inner._submitit_command_str, "preview")
 
 
-def sbatch_preview(profile: Profile, mode: str, array_size: int, out: Path, sweep: str) -> str:
-    """The sbatch script submitit will write for an array of ``array_size`` ``mode`` jobs (for --dry-run)."""
+def sbatch_preview(profile: Profile, mode: str, array_size: int, out: Path, sweep: str,
+                   array_parallelism: int | None = None) -> str:
+    """The sbatch script submitit will write for an array of ``array_size`` ``mode`` jobs (for --dry-run);
+    ``array_parallelism`` is the array's share (``plan_arrays``), by default the profile's."""
     executor = _PreviewExecutor(job_folder(out), profile.max_requeues)
-    executor.update_parameters(**profile.executor_parameters(mode, job_name(sweep, mode)))
+    executor.update_parameters(**profile.executor_parameters(mode, job_name(sweep, mode), array_parallelism))
     return executor.script(array_size)
