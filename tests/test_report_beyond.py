@@ -3,6 +3,7 @@ predictions in the real layout (runs/<key>/result.json + predictions.npz)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 
@@ -13,7 +14,7 @@ import pytest
 from transferbench.cli import main
 from transferbench.report import beyond_metrics as bm
 from transferbench.report import collect
-from transferbench.report.beyond import beyond, beyond_figure, write_beyond
+from transferbench.report.beyond import WORST_SEED_CLASS, beyond, beyond_figure, to_markdown, write_beyond
 
 # ------------------------------------------------------------------------------------------ formulas by hand
 
@@ -29,6 +30,17 @@ def test_ece_by_hand():
     # a confidence exactly on an edge belongs to the bin it closes: 0.6 = 9/15 → bin 9, as above
     assert bm.ece(np.array([[1.0, 0.0]]), np.array([0])) == 0.0
     assert bm.ece(np.array([[0.6, 0.4]]), np.array([0]), n_bins=1) == pytest.approx(0.4)
+
+
+def test_ece_two_confidences_in_one_bin_and_an_exact_edge():
+    probs = np.array([[0.62, 0.38], [0.35, 0.65], [0.8, 0.2], [0.81, 0.19]])
+    labels = np.array([0, 0, 1, 0])  # right, wrong, wrong, right
+    # M = 15: 0.62 and 0.65 share bin 10 = (0.6, 0.667]: accuracy 1/2 against their mean confidence 0.635;
+    # 0.8 = 12/15 exactly closes bin 12 = (0.733, 0.8] alone; 0.81 is in bin 13 = (0.8, 0.867]
+    expected = abs(0.5 - 0.635) * 2 / 4 + abs(0.0 - 0.8) / 4 + abs(1.0 - 0.81) / 4
+    assert bm.ece(probs, labels) == pytest.approx(expected)
+    # had 0.8 gone to bin 13 with 0.81: |1/2 − 0.805|·2/4 there instead
+    assert not math.isclose(bm.ece(probs, labels), abs(0.5 - 0.635) / 2 + abs(0.5 - 0.805) / 2)
 
 
 def test_churn_flips_and_identity():
@@ -201,6 +213,7 @@ def test_outputs_and_figure(store, tmp_path):
         "beyond_classes.csv",
         "beyond_exemplars.csv",
         "beyond_missing.csv",
+        "beyond_skipped.csv",
         "beyond_resnet50_linear.png",
         "beyond_resnet50_linear.pdf",
     } == names
@@ -223,3 +236,50 @@ def test_beyond_command(capsys, store, tmp_path):
     code = main(["report", "beyond", "--results", str(tmp_path / "nothing")])
     err = [ln for ln in capsys.readouterr().err.splitlines() if not ln[:4].isdigit()]
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and "--results" in err[0]
+
+
+def test_cells_whose_seeds_have_different_test_lists_are_skipped(tmp_path):
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(C), N // C)
+    other = rng.permutation(labels)
+    for seed, lab in ((0, labels), (1, other)):  # each pair is consistent, the seeds are not
+        dense = rng.normal(size=(N, C)) + 3 * np.eye(C)[lab]
+        _write_run(tmp_path, f"d{seed}", "dtd", "dense", 0.0, seed, dense, lab)
+        _write_run(tmp_path, f"s{seed}", "dtd", "acdc", 0.9, seed, dense + rng.normal(size=dense.shape), lab)
+    short = labels[:60]  # another cell whose second seed saw a shorter test list
+    for seed, lab in ((0, labels), (1, short)):
+        dense = rng.normal(size=(len(lab), C)) + 3 * np.eye(C)[lab]
+        _write_run(tmp_path, f"pd{seed}", "pets", "dense", 0.0, seed, dense, lab)
+        _write_run(tmp_path, f"ps{seed}", "pets", "acdc", 0.9, seed, dense, lab)
+    res = beyond(collect(tmp_path).runs)
+    reasons = dict(zip(res.skipped["task"], res.skipped["reason"], strict=True))
+    assert reasons == {"dtd": "test lists differ across seeds: the labels (or their order) differ",
+                       "pets": f"test lists differ across seeds: {N} and 60 test samples"}
+    assert res.cells.empty and len(res.pairs) == 4 and "2 cell(s) skipped" in res.summary()
+    assert "## Skipped cells" in to_markdown(res)
+
+
+def test_most_hurt_only_lists_classes_that_dropped_and_uses_class_names(tmp_path, monkeypatch):
+    beyond_module = importlib.import_module("transferbench.report.beyond")
+    labels = np.repeat(np.arange(C), N // C)
+    names = tuple(f"class_{k}" for k in range(C))
+    monkeypatch.setattr(beyond_module, "class_names", lambda task: names if task == "dtd" else None)
+    dense = 3 * np.eye(C)[labels]
+    dense[labels == 0] = 3 * np.eye(C)[1]  # dense misses all of class 0
+    sparse = dense.copy()
+    sparse[labels == 0] = 3 * np.eye(C)[0]  # the sparse model gets class 0 right ...
+    sparse[np.flatnonzero(labels == 4)[:5]] = 3 * np.eye(C)[5]  # ... and loses 5 of the 20 of class 4
+    for seed in (0, 1):
+        _write_run(tmp_path, f"d{seed}", "dtd", "dense", 0.0, seed, dense, labels)
+        _write_run(tmp_path, f"s{seed}", "dtd", "acdc", 0.9, seed, sparse, labels)
+        _write_run(tmp_path, f"pd{seed}", "pets", "dense", 0.0, seed, dense, labels)
+        _write_run(tmp_path, f"ps{seed}", "pets", "acdc", 0.9, seed, dense, labels)  # the same as dense
+    res = beyond(collect(tmp_path).runs, min_count=10)
+    cells = res.cells.set_index("task")
+    assert cells.loc["dtd", "most_hurt"] == "class_4 (-25.0)"  # class 0 gained: not "hurt"
+    assert cells.loc["pets", "most_hurt"] == ""  # nothing dropped, nothing listed (no class-index names either)
+    assert cells.loc["dtd", "worst_class_drop"] == pytest.approx(-0.25)
+    classes = res.classes[res.classes["task"] == "dtd"].set_index("class")
+    assert classes.loc[0, "class_name"] == "class_0" and classes.loc[0, "mean_drop"] == pytest.approx(1.0)
+    md = to_markdown(res)
+    assert f"| {WORST_SEED_CLASS} |" in md and "| class_4 (-25.0) |" in md

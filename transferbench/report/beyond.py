@@ -5,7 +5,12 @@ Every sparse run is paired with the dense run of the same (architecture family, 
 gives churn, flips, ECE, entropy and per-class drops; per (arch, mode, solver, task, method, sparsity) cell these
 are averaged over seeds, the classes hurt most are listed, and the pruning-identified exemplars are found over the
 paired seeds (at least 2). A sparse run without predictions, without a dense partner, or whose test list differs
-from its partner's is counted and listed in ``missing``, never skipped silently.
+from its partner's is counted and listed in ``missing``, never skipped silently; a cell whose seeds were tested on
+different test lists (labels, their order or the class count differ between seeds) cannot be averaged per class or
+per sample, and is listed in ``skipped`` with the reason.
+
+Classes are named by the task card's optional ``class_names`` list (one name per label index); without it, by index.
+The classes "hurt most" are those with the lowest mean drop over seeds, among those that dropped (Δ < 0).
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from __future__ import annotations
 import logging
 import math
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +30,12 @@ from ..atomic import write_bytes
 from ..records import PREDICTIONS_FILE
 from . import beyond_metrics as bm
 from .figstyle import PAGE_WIDTH_IN, FigureNotApplicable, SavedFigure, new_figure, paper_style, save
-from .palette import method_colors, method_sort_key, method_style, order_methods
-from .render import fmt_sparsity
+from .palette import DENSE, method_colors, method_sort_key, method_style, order_methods
+from .render import fmt_sparsity, markdown_table
 from .select import OURS, Group, filter_source, per_seed_runs, safe_name
 
 log = logging.getLogger("transferbench")
 
-DENSE = "dense"
 GROUP_KEYS = ["arch", "mode", "solver", "task", "seed"]
 CELL_KEYS = ["arch", "mode", "solver", "task", "method", "sparsity"]
 METRICS = [
@@ -66,9 +71,12 @@ class Beyond:
     exemplars: pd.DataFrame  # per cell: the most susceptible test samples
     missing: pd.DataFrame  # sparse runs that could not be paired, and why
     min_count: int = bm.MIN_COUNT
+    skipped: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=[*CELL_KEYS, "seeds", "reason"]))
 
     def summary(self) -> str:
         text = f"{len(self.pairs)} sparse/dense pair(s) in {len(self.cells)} cell(s)"
+        if len(self.skipped):
+            text += f"; {len(self.skipped)} cell(s) skipped (test lists differ across seeds)"
         if len(self.missing):
             reasons = self.missing["reason"].str.split(":").str[0].value_counts()
             text += (
@@ -157,30 +165,71 @@ def beyond(runs: pd.DataFrame, min_count: int = bm.MIN_COUNT) -> Beyond:
         ],
     )
     missing_df = pd.DataFrame(missing, columns=[*CELL_KEYS[:4], "seed", *CELL_KEYS[4:], "run_key", "reason"])
-    cells, classes, exemplars = _cells(pairs_df, preds, min_count)
-    result = Beyond(pairs_df, cells, classes, exemplars, missing_df, min_count)
+    cells, classes, exemplars, skipped = _cells(pairs_df, preds, min_count)
+    result = Beyond(pairs_df, cells, classes, exemplars, missing_df, min_count, skipped)
     (log.warning if len(missing_df) else log.info)("beyond accuracy: %s", result.summary())
     return result
 
 
+@cache
+def class_names(task: str) -> tuple[str, ...] | None:
+    """The task card's ``class_names`` (one per label index), or None when the card has none."""
+    from importlib import resources
+
+    import yaml
+
+    try:
+        card = yaml.safe_load(resources.files("transferbench._cards").joinpath(f"{task}.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    names = card.get("class_names") if isinstance(card, dict) else None
+    return tuple(str(n) for n in names) if isinstance(names, list) and names else None
+
+
+def _class_label(names: tuple[str, ...] | None, k: int) -> str:
+    return names[k] if names is not None and k < len(names) else str(k)
+
+
+def _test_lists_differ(labels: tuple[np.ndarray, ...], num_classes: pd.Series) -> str | None:
+    """Why the seeds of a cell cannot be compared sample by sample, or None."""
+    if num_classes.nunique() > 1:
+        return f"test lists differ across seeds: {', '.join(map(str, sorted(num_classes.unique())))} classes"
+    first = labels[0]
+    for other in labels[1:]:
+        if len(other) != len(first):
+            return f"test lists differ across seeds: {len(first)} and {len(other)} test samples"
+        if not np.array_equal(other, first):
+            return "test lists differ across seeds: the labels (or their order) differ"
+    return None
+
+
 def _cells(pairs: pd.DataFrame, preds: dict, min_count: int):
-    cells, classes, exemplars = [], [], []
+    cells, classes, exemplars, skipped = [], [], [], []
     for cell, group in pairs.groupby(CELL_KEYS, sort=False):
         ident = dict(zip(CELL_KEYS, cell, strict=True))
         seeds = sorted(group["seed"])
         sparse_p, dense_p, labels = zip(*(preds[(*cell[:4], s, *cell[4:])] for s in seeds), strict=True)
+        reason = _test_lists_differ(labels, group["num_classes"])
+        if reason is not None:
+            skipped.append({**ident, "seeds": len(seeds), "reason": reason})
+            log.warning("beyond accuracy: %s skipped: %s", "/".join(map(str, cell)), reason)
+            continue
         c = int(group["num_classes"].iloc[0])
         labels0 = labels[0]
+        names = class_names(ident["task"])
         drops = np.stack([bm.per_class_drop(s, d, labels0, c)[0] for s, d in zip(sparse_p, dense_p, strict=True)])
         n = np.bincount(labels0, minlength=c)
         mean_drop = drops.mean(axis=0)
         dense_acc = np.mean([bm.per_class_accuracy(d, labels0, c)[0] for d in dense_p], axis=0)
         used = n >= min_count if (n >= min_count).any() else n > 0
-        hurt = [int(k) for k in np.argsort(np.where(used, mean_drop, np.inf), kind="stable")[:HURT_SHOWN] if used[k]]
+        # only classes that lost accuracy are "hurt"; a cell where none did lists none
+        hurt_rank = np.where(used & (mean_drop < 0), mean_drop, np.inf)
+        hurt = [int(k) for k in np.argsort(hurt_rank, kind="stable")[:HURT_SHOWN] if np.isfinite(hurt_rank[k])]
         classes += [
             {
                 **ident,
                 "class": k,
+                "class_name": _class_label(names, k),
                 "n": int(n[k]),
                 "dense_acc": dense_acc[k],
                 "mean_drop": mean_drop[k],
@@ -191,7 +240,7 @@ def _cells(pairs: pd.DataFrame, preds: dict, min_count: int):
         row = {**ident, "seeds": len(seeds), **group[METRICS].mean().to_dict()}
         row["delta_top1"] = row["top1_sparse"] - row["top1_dense"]
         row["delta_ece"] = row["ece_sparse"] - row["ece_dense"]
-        row["most_hurt"] = ", ".join(f"{k} ({mean_drop[k] * 100:+.1f})" for k in hurt)
+        row["most_hurt"] = ", ".join(f"{_class_label(names, k)} ({mean_drop[k] * 100:+.1f})" for k in hurt)
         if len(seeds) >= 2:
             pie = bm.pruning_identified_exemplars(np.stack(sparse_p), np.stack(dense_p), c)
             dense_modal = bm.modal_prediction(np.stack(dense_p), c)
@@ -207,6 +256,7 @@ def _cells(pairs: pd.DataFrame, preds: dict, min_count: int):
                         **ident,
                         "index": int(i),
                         "label": int(labels0[i]),
+                        "class_name": _class_label(names, int(labels0[i])),
                         "dense_modal": int(dense_modal[i]),
                         "sparse_modal": int(sparse_modal[i]),
                         "sparse_seeds_away": float(away[i]),
@@ -250,85 +300,65 @@ def _cells(pairs: pd.DataFrame, preds: dict, min_count: int):
     )
     return (
         cells_df.loc[order].reset_index(drop=True),
-        pd.DataFrame(classes, columns=[*CELL_KEYS, "class", "n", "dense_acc", "mean_drop", "used"]),
+        pd.DataFrame(classes, columns=[*CELL_KEYS, "class", "class_name", "n", "dense_acc", "mean_drop", "used"]),
         pd.DataFrame(
             exemplars,
             columns=[
                 *CELL_KEYS,
                 "index",
                 "label",
+                "class_name",
                 "dense_modal",
                 "sparse_modal",
                 "sparse_seeds_away",
                 "dense_modal_correct",
             ],
         ),
+        pd.DataFrame(skipped, columns=[*CELL_KEYS, "seeds", "reason"]),
     )
+
+
+WORST_SEED_CLASS = "worst class per seed"
 
 
 def to_markdown(result: Beyond) -> str:
     """The per-cell table in %, with the definitions."""
-    c = result.cells
 
     def pct(x: float, sign: bool = False) -> str:
         return "—" if pd.isna(x) else (f"{x * 100:+.2f}" if sign else f"{x * 100:.2f}")
 
-    head = [
-        "arch",
-        "mode",
-        "task",
-        "method",
-        "sparsity",
-        "seeds",
-        "Δtop1",
-        "churn",
-        "NFR",
-        "PFR",
-        "ECE d→s",
-        "Δentropy",
-        "worst class",
-        "PIEs",
-        "classes hurt most (Δ pp)",
-    ]
-    lines = ["| " + " | ".join(head) + " |", "|" + ":--|" * 4 + "--:|" * 10 + ":--|"]
-    for r in c.itertuples():
+    head = ["arch", "mode", "task", "method", "sparsity", "seeds", "Δtop1", "churn", "NFR", "PFR", "ECE d→s",
+            "Δentropy", WORST_SEED_CLASS, "PIEs", "classes hurt most (Δ pp)"]
+    rows = []
+    for r in result.cells.itertuples():
         pies = "—" if pd.isna(r.pie_count) else f"{int(r.pie_count)} ({r.pie_fraction * 100:.1f}%)"
         mode = r.mode if r.solver == "sgd" else f"{r.mode} ({r.solver})"
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    r.arch,
-                    mode,
-                    r.task,
-                    r.method,
-                    fmt_sparsity(r.sparsity),
-                    str(r.seeds),
-                    pct(r.delta_top1, True),
-                    pct(r.churn),
-                    pct(r.nfr),
-                    pct(r.pfr),
-                    f"{pct(r.ece_dense)} → {pct(r.ece_sparse)}",
-                    pct(r.entropy_shift, True),
-                    pct(r.worst_class_drop, True),
-                    pies,
-                    r.most_hurt or "—",
-                ]
-            )
-            + " |"
-        )
+        rows.append([r.arch, mode, r.task, r.method, fmt_sparsity(r.sparsity), r.seeds, pct(r.delta_top1, True),
+                     pct(r.churn), pct(r.nfr), pct(r.pfr), f"{pct(r.ece_dense)} → {pct(r.ece_sparse)}",
+                     pct(r.entropy_shift, True), pct(r.worst_class_drop, True), pies, r.most_hurt or "—"])
+    table = markdown_table(head, rows, left=("arch", "mode", "task", "method", "classes hurt most (Δ pp)"))
     note = (
         f"Sparse vs the dense run of the same task, mode and seed; means over seeds, in %. churn = predictions "
         "that differ from dense; NFR/PFR = right→wrong / wrong→right flips (Δtop1 = PFR − NFR); ECE: top-label, "
-        f"{bm.ECE_BINS} equal-width bins; Δentropy: mean entropy / log C, sparse − dense; worst class: the "
-        f"lowest per-class accuracy drop over classes with ≥ {result.min_count} test samples; PIEs: samples whose "
-        "modal sparse prediction over seeds differs from the modal dense prediction (needs ≥ 2 seeds)."
+        f"{bm.ECE_BINS} equal-width bins; Δentropy: mean entropy / log C, sparse − dense; {WORST_SEED_CLASS}: in "
+        f"each seed the lowest per-class accuracy drop over classes with ≥ {result.min_count} test samples, "
+        "averaged over seeds (it can be lower than the first of the classes hurt most, whose drops are averaged "
+        "over seeds first); classes hurt most: the lowest mean drops over seeds among classes that dropped (Δ < 0), "
+        "named by the task card's class_names where it has them; PIEs: samples whose modal sparse prediction over "
+        "seeds differs from the modal dense prediction (needs ≥ 2 seeds)."
     )
-    text = "\n".join(lines) + f"\n\n_{note}_\n\n{result.summary()}.\n"
+    text = table + f"\n\n_{note}_\n\n{result.summary()}.\n"
     if len(result.missing):
-        text += "\n## Not paired\n\n| run | reason |\n|:--|:--|\n" + "".join(
-            f"| {r.run_key} | {r.reason} |\n" for r in result.missing.itertuples()
-        )
+        text += "\n## Not paired\n\n" + markdown_table(
+            ["run", "reason"], ([r.run_key, r.reason] for r in result.missing.itertuples()), left=("run", "reason")
+        ) + "\n"
+    if len(result.skipped):
+        text += "\n## Skipped cells\n\n" + markdown_table(
+            ["arch", "mode", "task", "method", "sparsity", "seeds", "reason"],
+            ([r.arch, r.mode, r.task, r.method, fmt_sparsity(r.sparsity), r.seeds, r.reason]
+             for r in result.skipped.itertuples()),
+            left=("arch", "mode", "task", "method", "reason"),
+        ) + "\n"
     return text
 
 
@@ -381,7 +411,8 @@ def beyond_figure(cells: pd.DataFrame, arch: str, mode: str, solver: str | None 
 
 def write_beyond(result: Beyond, out_dir: str | Path) -> list[Path]:
     """``beyond.csv``/``beyond.md`` (per cell), ``beyond_pairs.csv``, ``beyond_classes.csv``,
-    ``beyond_exemplars.csv``, ``beyond_missing.csv`` and one figure per (arch, mode[, solver])."""
+    ``beyond_exemplars.csv``, ``beyond_missing.csv``, ``beyond_skipped.csv`` and one figure per
+    (arch, mode[, solver])."""
     out = Path(out_dir)
     paths = [
         write_bytes(out / "beyond.csv", result.cells.to_csv(index=False).encode()),
@@ -392,6 +423,7 @@ def write_beyond(result: Beyond, out_dir: str | Path) -> list[Path]:
         ("classes", result.classes),
         ("exemplars", result.exemplars),
         ("missing", result.missing),
+        ("skipped", result.skipped),
     ):
         paths.append(write_bytes(out / f"beyond_{name}.csv", frame.to_csv(index=False).encode()))
     groups = result.cells[["arch", "mode", "solver"]].drop_duplicates()
