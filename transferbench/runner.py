@@ -103,7 +103,7 @@ def resolve_checkpoint(method: str | None, sparsity: float | None, arch: str | N
         )
     path = local_path(spec, checkpoint_dir)
     # The file's digest is part of the identity: a re-trained or re-downloaded file under the same registry name
-    # is a different run (sha256_file is memoised, so the checkpoint is hashed once per process).
+    # is a different run (sha256_file remembers digests by path, size and mtime, so a file is read once).
     return CheckpointRef(method=spec.method, sparsity=spec.sparsity, arch=spec.arch,
                          identity=f"{spec.name}@sha256:{sha256_file(path)}", path=str(path))
 
