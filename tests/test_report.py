@@ -373,6 +373,51 @@ def test_accuracy_figure_legend_and_colors(figures, store):
     assert np.allclose(line.get_ydata(), lb.table[(MEAN, "mean")].loc["acdc"].to_numpy())
 
 
+def _expected_rows() -> list[tuple[str, float]]:
+    """The sparse (method, sparsity) rows the synthetic store has, in the fixed method order of every figure."""
+    rows = [(m, s) for m, ss in SPARSE.items() for s in ss]
+    known = {m: i for i, m in enumerate(METHOD_ORDER)}
+    return sorted(rows, key=lambda r: (r[0] not in known, known.get(r[0], 0), r[0], r[1]))
+
+
+def test_upstream_figure_legend_names_every_method_with_an_upstream_top1(figures):
+    labels = _legend_texts(figures["up"].figure)
+    assert sorted(labels) == sorted({m for m, _ in UPSTREAM}) and labels[0] == "dense"
+    assert "zz_custom" not in labels  # its upstream top-1 is unknown, so it has no point
+
+
+def test_heatmap_rows_are_the_sparse_rows(figures):
+    ax = figures["heat"].figure.axes[0]
+    shown = [t.get_text() for t in ax.get_yticklabels()]
+    assert shown == [f"{m} {s * 100:g}%" for m, s in _expected_rows()]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [*sorted(TASKS), MEAN]
+
+
+def test_rank_figure_labels_every_row(figures):
+    texts = [t.get_text() for t in figures["ranks"].figure.axes[0].texts]
+    # complete in both modes: every row but the one with a linear task missing
+    rows = [("dense", 0.0), *(r for r in _expected_rows() if (r[0], r[1]) != INCOMPLETE[1:3])]
+    for method, sparsity in rows:
+        label = "dense" if method == "dense" else f"{method} {sparsity * 100:g}%"
+        assert sum(t.endswith(f"  {label}") for t in texts) == 1, label  # right side
+        assert sum(t.startswith(f"{label}  ") for t in texts) == 1, label  # left side
+    assert len(texts) == 2 * len(rows)
+
+
+def test_column_width_figures_are_a_column_wide(figures):
+    from PIL import Image
+
+    from transferbench.report.figstyle import COLUMN_WIDTH_IN, DPI
+
+    for name in ("acc", "ranks", "up"):
+        saved = figures[name]
+        assert saved.figure.get_figwidth() == COLUMN_WIDTH_IN
+        with Image.open(saved[0]) as png:
+            width_in = png.size[0] / DPI
+        # bbox="tight" trims the margins; nothing (a legend, a label) may spill past the column
+        assert COLUMN_WIDTH_IN - 0.2 <= width_in <= COLUMN_WIDTH_IN + 0.02, (name, width_in)
+
+
 def test_upstream_figure_spearman(figures, store):
     lb = leaderboard(store["runs"], ARCH, "full")
     means = lb.table[(MEAN, "mean")]
