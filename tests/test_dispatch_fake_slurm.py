@@ -27,6 +27,10 @@ state = pathlib.Path(__file__).with_name("state")
 state.mkdir(exist_ok=True)
 counter = state / "next_id"
 job_id = int(counter.read_text()) if counter.exists() else 12
+fail = state / "fail_at"  # "<job id>: <message>": the sbatch call that would get this id fails
+if fail.exists() and fail.read_text().split(":")[0] == str(job_id):
+    print("sbatch: error: " + fail.read_text().split(":", 1)[1].strip(), file=sys.stderr)
+    sys.exit(1)
 counter.write_text(str(job_id + 1))
 script = pathlib.Path(sys.argv[-1]).read_text()
 (state / f"sbatch_{job_id}.sh").write_text(script)
@@ -168,3 +172,38 @@ def test_workers_flag_wins_over_the_profile_under_slurm(flag, workers, tmp_path,
     ledger = _ledger(out)
     assert len(ledger) == 2
     assert [_submitted_job(e).function.ctx.num_workers for e in ledger] == [workers, workers]
+
+
+def test_a_failing_sbatch_is_one_line_naming_the_submission_and_what_was_submitted(tmp_path, fake_slurm, capsys):
+    sweep_file, _ = write_fixture_sweep(tmp_path, linear_seeds=(21, 51), full_seeds=(21, 51))
+    out = tmp_path / "out"
+    args = ["sweep", str(sweep_file), "--profile", str(_profile(tmp_path)), "--out", str(out)]
+    fake_slurm.mkdir()
+    (fake_slurm / "fail_at").write_text("13: Batch job submission failed: Job violates accounting/QOS policy\n")
+    assert main(args) == 2
+    printed = capsys.readouterr().err
+    err = printed.splitlines()[-1]  # after the log line of the array that went through
+    assert "Traceback" not in printed and not any(line.startswith("sbatch: error") for line in printed.splitlines())
+    assert err.startswith("error: sbatch failed on submission 2 of 3 (full, 3 job(s), first cifar10.dense0.")
+    assert "sbatch: error: Batch job submission failed: Job violates accounting/QOS policy" in err
+    assert f"already submitted and recorded in {out / 'jobs' / 'ledger.jsonl'}: array(s) 12 (2 job(s))" in err
+    assert [e["job_id"] for e in _ledger(out)] == ["12_0", "12_1"]  # the ledger holds exactly what was submitted
+
+    # after the fix, the same command submits only the rest (array 12 is still queued)
+    (fake_slurm / "fail_at").unlink()
+    (fake_slurm / "squeue").write_text("12_0\n12_1\n")
+    assert main(args) == 0
+    assert "submitted 4 job(s) as array(s) 13, 14" in capsys.readouterr().out
+    assert [e["job_id"] for e in _ledger(out)] == ["12_0", "12_1", "13_0", "13_1", "13_2", "14"]
+
+
+def test_sbatch_missing_is_one_line_and_submits_nothing(tmp_path, fake_slurm, monkeypatch, capsys):
+    sweep_file, _ = write_fixture_sweep(tmp_path, linear_seeds=(21,), full_seeds=())
+    (fake_slurm.parent / "sbatch").unlink()  # srun stays, so submitit's own check passes
+    monkeypatch.setenv("PATH", str(fake_slurm.parent))  # and no real sbatch either
+    out = tmp_path / "out"
+    assert main(["sweep", str(sweep_file), "--profile", str(_profile(tmp_path)), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sbatch failed on submission 1 of 1" in err
+    assert "No such file or directory" in err and "nothing was submitted" in err
+    assert not (out / "jobs" / "ledger.jsonl").exists() or not _ledger(out)

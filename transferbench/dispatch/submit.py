@@ -8,7 +8,9 @@ arrays of at most ``max_array_size`` tasks (submitit does not split arrays itsel
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
 import logging
 import time
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import submitit
+from submitit.core.utils import FailedJobError, FailedSubmissionError
 
 from ..errors import TransferbenchError
 from ..progress import progress
@@ -23,7 +26,7 @@ from ..runner import RunContext
 from .jobs import SweepJob, execute_unit
 from .plan import WorkUnit
 from .profiles import Profile
-from .state import append_ledger, error_line
+from .state import LEDGER, append_ledger, error_line
 
 log = logging.getLogger("transferbench")
 EXECUTORS = ("debug", "local", "slurm")
@@ -160,11 +163,16 @@ def _submit_slurm(units: list[WorkUnit], ctx: RunContext, profile: Profile, swee
         raise TransferbenchError("--executor slurm: `srun` is not on PATH; submit from a SLURM login node, or use "
                                  "--executor local or debug") from None
     result = Submission("slurm")
-    for planned in plan_arrays(units, profile):
+    arrays = plan_arrays(units, profile)
+    for number, planned in enumerate(arrays, 1):
         executor.update_parameters(**profile.executor_parameters(planned.mode, job_name(sweep, planned.mode),
                                                                  array_parallelism=planned.parallelism))
-        with executor.batch():
-            jobs = [executor.submit(SweepJob(unit, ctx)) for unit in planned.units]
+        try:
+            # submitit echoes a failed sbatch's stderr; it is in the exception, and the user gets one line
+            with contextlib.redirect_stderr(io.StringIO()), executor.batch():
+                jobs = [executor.submit(SweepJob(unit, ctx)) for unit in planned.units]
+        except (FailedJobError, FailedSubmissionError, OSError) as exc:
+            raise TransferbenchError(_sbatch_failed(exc, number, arrays, result, ctx.out)) from None
         entries = [_ledger_entry(unit, job, "slurm", sweep) for unit, job in zip(planned.units, jobs, strict=True)]
         append_ledger(ctx.out, entries)
         result.jobs.extend(entries)
@@ -172,6 +180,19 @@ def _submit_slurm(units: list[WorkUnit], ctx: RunContext, profile: Profile, swee
         result.arrays.append(array)
         log.info("submitted %s array %s: %d %s job(s)", sweep, array, len(planned.units), planned.mode)
     return result
+
+
+def _sbatch_failed(exc: BaseException, number: int, arrays: list[ArrayPlan], result: Submission, out: Path) -> str:
+    planned = arrays[number - 1]
+    reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    message = (f"sbatch failed on submission {number} of {len(arrays)} ({planned.mode}, {len(planned.units)} "
+               f"job(s), first {planned.units[0].name}): {reason}; ")
+    if result.arrays:
+        message += (f"already submitted and recorded in {Path(out) / LEDGER}: array(s) {', '.join(result.arrays)} "
+                    f"({len(result.jobs)} job(s)); ")
+    else:
+        message += "nothing was submitted; "
+    return message + "fix the cause and run the same sweep command again: it submits only what is not queued"
 
 
 def _ledger_entry(unit: WorkUnit, job: submitit.Job, executor: str, sweep: str) -> dict:
