@@ -66,3 +66,44 @@ def test_report_bad_input(capsys, tmp_path):
     code = main(["report", "--results", str(tmp_path / "missing")])
     err = [ln for ln in capsys.readouterr().err.splitlines() if not ln[:4].isdigit()]
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and "--results" in err[0]
+
+
+def test_report_versions_inline_leaderboards_and_incomplete_mean(tmp_path):
+    import json
+
+    rng = np.random.default_rng(5)
+    labels = np.repeat(np.arange(C), N // C)
+    installs = [{"transferbench": "0.1.0", "torch": "2.3.0"}, {"transferbench": "0.1.0", "torch": "2.4.1"}]
+    for seed in (0, 1, 2):
+        dense = rng.normal(size=(N, C)) + 2.5 * np.eye(C)[labels]
+        _write_run(tmp_path, f"d{seed}", "dtd", "dense", 0.0, seed, dense, labels)
+        _write_run(tmp_path, f"a{seed}", "dtd", "acdc", 0.9, seed, dense, labels)
+        if seed < 2:  # acdc misses pets: its row has a mean only with --allow-incomplete-mean
+            _write_run(tmp_path, f"dp{seed}", "pets", "dense", 0.0, seed, dense, labels)
+    for i, path in enumerate(sorted((tmp_path / "runs").glob("*/result.json"))):
+        rec = json.loads(path.read_text())
+        rec["versions"] = installs[0] if i < 6 else installs[1]
+        path.write_text(json.dumps(rec))
+    assert main(["report", "--results", str(tmp_path), "--allow-incomplete-mean"]) == 0
+    md = (tmp_path / "report" / "index.md").read_text()
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert f"transferbench collect --results {tmp_path} --allow-incomplete-mean" in md
+    # the distinct versions of the records, with how many runs each
+    assert "## Versions in the run records" in md
+    assert "| 6 | 2.3.0 | 0.1.0 |" in md and "| 2 | 2.4.1 | 0.1.0 |" in md
+    assert "<td>6</td><td>2.3.0</td><td>0.1.0</td>" in page
+    # the leaderboard itself in the page, not only a link; its acdc row has a mean over the one task it has
+    board = (tmp_path / "leaderboards" / "leaderboard_resnet50_linear.md").read_text()
+    acdc = next(line for line in board.splitlines() if line.startswith("| acdc |"))
+    mean_cell = [c.strip() for c in acdc.split("|")][-3]
+    assert mean_cell != "—"
+    assert "<h3>leaderboard_resnet50_linear</h3>" in page and "<td>acdc</td>" in page
+    assert f"<td>{mean_cell.replace('**', '')}</td>" in page.replace("<b>", "").replace("</b>", "")
+
+
+def test_markdown_html():
+    from transferbench.report.index import markdown_html
+
+    page = markdown_html("| a | b |\n|:--|--:|\n| x | **1.0** (n=2) |\n\n_a note_\n\n**Warning:** w <x>\n")
+    assert page == ("<table><tr><th>a</th><th>b</th></tr><tr><td>x</td><td><b>1.0</b> (n=2)</td></tr></table>\n"
+                    "<p><em>a note</em></p>\n<p><b>Warning:</b> w &lt;x&gt;</p>")

@@ -147,11 +147,14 @@ def cmd_beyond(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     """Every table and figure, then the index page linking them."""
     from . import write_figures
-    from .index import Section, write_index
+    from .index import Section, run_versions, write_index
 
     sections = []
     written, summary, runs, reference = do_collect(args)
-    sections.append(Section("Collected runs and leaderboards", command_line("collect", args), files=written))
+    incomplete = ["--allow-incomplete-mean"] if args.allow_incomplete_mean else []
+    boards = [p for p in written if p.suffix == ".md" and p.parent.name == "leaderboards"]
+    sections.append(Section("Collected runs and leaderboards", command_line("collect", args, *incomplete),
+                            files=written, inline=boards))
     figures = write_figures(runs, args.results / "figures", source=args.source)
     sections.append(Section("Figures", command_line("figures", args), files=figures))
     if reference is not None:
@@ -184,9 +187,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     )
     index = write_index(
         args.results / "report",
-        command_line("report", args, f"--min-count {args.min_count}"),
+        command_line("report", args, f"--min-count {args.min_count}", *incomplete),
         sections,
         summary=summary,
+        record_versions=run_versions(runs),
     )
     for path in index:
         print(path)
@@ -258,6 +262,9 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
         default=20,
         help="classes with fewer test samples are left out of the per-class drop summaries (default 20)",
     )
+    rep.add_argument("--allow-incomplete-mean", action="store_true",
+                     help="average a leaderboard row over the tasks it has (default: no mean for a row with a "
+                     "missing task)")
     rep.set_defaults(func=cmd_report, workers=None)
     rep_sub = rep.add_subparsers(dest="report_cmd", metavar="{beyond}")
     bey = rep_sub.add_parser(

@@ -51,7 +51,7 @@ log = logging.getLogger("transferbench")
 RUN_COLUMNS: tuple[str, ...] = (
     "run_key", "task", "method", "arch", "mode", "seed", "target_sparsity", "measured_sparsity",
     "top1", "mean_per_class_acc", "primary_metric", "primary", "solver", "upstream_top1", "total_s",
-    "created_at", "checkpoint", "schema_version", "path", "source",
+    "created_at", "checkpoint", "schema_version", "versions", "path", "source",
 )
 OURS = "ours"
 PARALLEL_MIN_RECORDS = 2000  # below this, starting worker processes costs more than it saves
@@ -353,6 +353,13 @@ def _as_fractions(values: dict[str, float], versioned: bool, version: int | None
     return values
 
 
+def _versions_text(versions: Any) -> str | None:
+    """The record's package versions as one comparable text, ``name=version`` sorted by name."""
+    if not isinstance(versions, dict) or not versions:
+        return None
+    return " ".join(f"{k}={versions[k]}" for k in sorted(versions))
+
+
 def _text(x: Any) -> str | None:
     return x if isinstance(x, str) and x else None
 
@@ -429,6 +436,7 @@ def parse_record(record: Any, default_run_key: str = "") -> dict[str, Any]:
         "created_at": _text(record.get("created_at")),
         "checkpoint": _text(_first(ckpt.get("identity"), ckpt.get("name"), ckpt.get("path"))),
         "schema_version": version,
+        "versions": _versions_text(record.get("versions")),
     }
     target = sparsities["target_sparsity"]
     if math.isnan(target) and row["method"] == "dense":

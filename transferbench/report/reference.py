@@ -187,6 +187,7 @@ def read_reference(path: str | Path, mode: str | None = None, arch: str | None =
             "created_at": None,
             "checkpoint": None,
             "schema_version": None,
+            "versions": None,
             "path": f"{path}:{line}",
         }
         row[METRIC_COLUMNS.get(metric, "top1")] = acc
