@@ -316,3 +316,13 @@ def test_compare_command(capsys, tmp_path, paper):
     assert (tmp_path / "leaderboards" / "leaderboard_resnet50_linear_ours_vs_paper.md").is_file()
     assert main(["compare", "--results", str(tmp_path), "--out", str(tmp_path / "again")]) == 0
     assert pd.read_csv(tmp_path / "again" / "compare.csv").equals(table)
+
+
+def test_corrupt_saved_reference_is_one_line_error(capsys, tmp_path):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "reference.parquet").write_text("not parquet")
+    code = main(["figures", "--results", str(tmp_path)])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if not ln[:4].isdigit()]
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: {tmp_path / 'reference.parquet'} is not a readable Parquet file")
+    assert "rerun `transferbench collect --reference FILE...`" in err[0]

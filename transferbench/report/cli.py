@@ -23,7 +23,18 @@ def _reference(args: argparse.Namespace) -> pd.DataFrame | None:
     if args.reference:
         return read_references([p for group in args.reference for p in group], args.reference_mode, args.reference_arch)
     saved = args.results / REFERENCE_FILE
-    return pd.read_parquet(saved) if saved.is_file() else None
+    if not saved.is_file():
+        return None
+    try:
+        return pd.read_parquet(saved)
+    except OSError as exc:  # unreadable (permissions) or not Parquet at all (pyarrow raises OSError subclasses)
+        raise TransferbenchError(f"cannot read {saved}, the paper's results saved by `collect --reference`: "
+                                 f"{' '.join(str(exc).split())}; delete it and rerun `transferbench collect "
+                                 "--reference FILE...`, or pass --reference") from None
+    except ValueError as exc:
+        raise TransferbenchError(f"{saved} is not a readable Parquet file ({' '.join(str(exc).split())}); delete "
+                                 "it and rerun `transferbench collect --reference FILE...`, or pass --reference"
+                                 ) from None
 
 
 def _runs(args: argparse.Namespace):
