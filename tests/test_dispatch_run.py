@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import getpass
 import json
 import os
 import re
+import sys
 import time
 
 import pytest
@@ -12,6 +15,7 @@ from fixtures_sweep import write_fixture_sweep
 
 from transferbench.cli import main
 from transferbench.dispatch import load_sweep, plan_sweep, run_states
+from transferbench.dispatch import state as state_module
 from transferbench.dispatch.state import (
     DONE,
     FAILED,
@@ -20,8 +24,10 @@ from transferbench.dispatch.state import (
     RUNNING,
     append_ledger,
     claim_path,
+    claim_runs,
     failure_path,
 )
+from transferbench.errors import TransferbenchError
 
 pytestmark = pytest.mark.slow
 
@@ -101,10 +107,11 @@ def test_local_executor_runs_units_as_subprocesses(tmp_path, capsys):
 
 def test_run_states_from_files(tmp_path):
     out = tmp_path
-    keys = ["done", "running", "stale", "failed", "queued", "queued_after_failure", "gone", "never"]
+    keys = ["done", "incomplete", "running", "stale", "failed", "queued", "queued_after_failure", "gone", "never"]
     now = time.time()
-    (out / "runs" / "done").mkdir(parents=True)
-    (out / "runs" / "done" / "result.json").write_text("{}")
+    for key, record in (("done", {"status": "completed"}), ("incomplete", {"status": "running"})):
+        (out / "runs" / key).mkdir(parents=True)
+        (out / "runs" / key / "result.json").write_text(json.dumps(record))
     for key, age in (("running", 5), ("stale", 3600)):
         path = claim_path(out, key)
         path.parent.mkdir(parents=True)
@@ -124,7 +131,8 @@ def test_run_states_from_files(tmp_path):
     ])
     states = run_states(out, keys, now=now)
     assert {k: s.state for k, s in states.items()} == {
-        "done": DONE, "running": RUNNING, "stale": MISSING, "failed": FAILED, "queued": QUEUED,
+        "done": DONE, "incomplete": MISSING,  # done as jobs see it: a completed record
+        "running": RUNNING, "stale": MISSING, "failed": FAILED, "queued": QUEUED,
         "queued_after_failure": QUEUED, "gone": MISSING, "never": MISSING,
     }
     assert states["running"].detail == "on node1" and states["running"].job_id == "7_running"
@@ -143,3 +151,108 @@ def test_a_torn_ledger_line_is_ignored(tmp_path):
     from transferbench.dispatch.state import read_ledger
 
     assert set(read_ledger(tmp_path)) == {"a"}
+
+
+def _slurm_ledger(out, keys_by_job: dict[str, list[str]]) -> None:
+    """Ledger lines as `sweep --executor slurm` writes them, with submitit's job folders."""
+    entries = []
+    for job_id, keys in keys_by_job.items():
+        folder = out / "jobs" / job_id
+        folder.mkdir(parents=True)
+        entries.append({"run_keys": keys, "job_id": job_id, "executor": "slurm", "mode": "linear",
+                        "stdout": str(folder / f"{job_id}_0_log.out"), "stderr": str(folder / f"{job_id}_0_log.err"),
+                        "submitted_at": "2026-06-01T00:00:00+00:00"})
+    append_ledger(out, entries)
+
+
+def _path_with(tmp_path, monkeypatch, squeue: str | None):
+    """PATH holding only a fake squeue (or nothing); it appends its arguments to `calls`."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if squeue is not None:
+        script = bin_dir / "squeue"
+        script.write_text(f"#!{sys.executable}\nimport pathlib, sys\n"
+                          f"with open({str(tmp_path / 'calls')!r}, 'a') as f: f.write(' '.join(sys.argv[1:]) + '\\n')\n"
+                          + squeue)
+        script.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    return tmp_path / "calls"
+
+
+def test_without_squeue_status_says_so_and_submitits_result_file_ends_a_job(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    _slurm_ledger(out, {"12_0": ["waiting"], "12_1": ["ended"]})
+    (out / "jobs" / "12_1" / "12_1_0_result.pkl").write_bytes(b"")  # submitit: the job ended for good
+    _path_with(tmp_path, monkeypatch, squeue=None)
+    notes: list[str] = []
+    states = run_states(out, ["waiting", "ended"], notes=notes)
+    assert (states["waiting"].state, states["waiting"].detail) == (QUEUED, "job 12_0 (not confirmed: no squeue)")
+    assert (states["ended"].state, states["ended"].detail) == (MISSING, "job 12_1 ended without a record")
+    assert len(notes) == 1 and notes[0].startswith(f"squeue is not on PATH: SLURM jobs of {out / 'jobs'}")
+
+
+def test_a_failing_squeue_is_reported(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    _slurm_ledger(out, {"12_0": ["waiting"]})
+    _path_with(tmp_path, monkeypatch, squeue="print('slurm_load_jobs error: Unable to contact slurm controller', "
+                                             "file=sys.stderr); sys.exit(1)")
+    notes: list[str] = []
+    assert run_states(out, ["waiting"], notes=notes)["waiting"].state == QUEUED
+    assert notes[0].startswith("squeue failed (exit 1): slurm_load_jobs error: Unable to contact slurm controller: ")
+
+
+def test_squeue_is_asked_for_this_users_jobs_only(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    _slurm_ledger(out, {"12_0": ["waiting"], "12_1": ["gone"], "13": ["whole_array_listed"]})
+    calls = _path_with(tmp_path, monkeypatch, squeue="print('12_0\\n13\\n99_4')")
+    notes: list[str] = []
+    states = run_states(out, ["waiting", "gone", "whole_array_listed"], notes=notes)
+    assert {k: s.state for k, s in states.items()} == {"waiting": QUEUED, "gone": MISSING,
+                                                      "whole_array_listed": QUEUED}
+    assert states["waiting"].detail == "job 12_0" and notes == []
+    assert calls.read_text().split() == ["-h", "-r", "-u", getpass.getuser(), "-o", "%i"]
+
+
+def test_status_prints_the_squeue_note(tmp_path, monkeypatch, capsys):
+    sweep_file, _ = write_fixture_sweep(tmp_path, linear_seeds=(21,), full_seeds=())
+    out = tmp_path / "out"
+    keys = [s.run_key for s in plan_sweep(load_sweep(sweep_file), out).specs]
+    _slurm_ledger(out, {"12_0": keys})
+    _path_with(tmp_path, monkeypatch, squeue=None)
+    assert main(["status", str(sweep_file), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "note: squeue is not on PATH: SLURM jobs of" in printed
+    assert re.search(r"linear\s+2\s+0\s+0\s+2\s+0\s+0", printed)
+
+
+@pytest.fixture
+def no_flock(monkeypatch):
+    def flock(fd, operation):
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setattr(state_module.fcntl, "flock", flock)
+
+
+def test_a_filesystem_without_flock_is_a_one_line_error(tmp_path, no_flock, capsys):
+    with pytest.raises(TransferbenchError, match=r"cannot lock .*ledger\.jsonl \(Function not implemented\): the "
+                                                 r"filesystem under --out does not support flock"):
+        append_ledger(tmp_path, [{"run_keys": ["a"]}])
+    with pytest.raises(TransferbenchError, match=r"cannot lock .*work/a/\.lock .*Lustre: mount with -o flock"), \
+            claim_runs(["a"], tmp_path, job_id="1"):
+        pass
+    sweep_file, _ = write_fixture_sweep(tmp_path, linear_seeds=(21,), full_seeds=())
+    assert main(["sweep", str(sweep_file), "--executor", "debug", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: cannot lock ") and "does not support flock" in err
+    assert not (tmp_path / "out" / "runs").exists()  # nothing ran
+
+
+def test_status_needs_no_data_root(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "none"))
+    assert main(["status", "paper_resnet50_linear", "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "data not found" not in printed and re.search(r"linear\s+1200\s+0\s+0\s+0\s+0\s+1200\s+1200\s+0", printed)
+    # given a data root, status also says what would keep the runs from starting
+    assert main(["status", "paper_resnet50_linear", "--out", str(tmp_path / "out"), "--data-root",
+                 str(tmp_path / "nodata")]) == 0
+    assert "data not found: aircraft" in capsys.readouterr().out

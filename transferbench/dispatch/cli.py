@@ -71,10 +71,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.spec)
-    plan = plan_sweep(sweep, args.out, data_root=args.data_root, checkpoint_dir=args.checkpoint_dir)
+    # states come from the results root; the data is checked only where a data root is given (what would block)
+    plan = plan_sweep(sweep, args.out, data_root=args.data_root, checkpoint_dir=args.checkpoint_dir,
+                      check_data=args.data_root is not None or sweep.data_root is not None)
     table = status_table(plan)
     if args.json:
-        print(json.dumps({"sweep": sweep.name, "totals": plan.counts(),
+        print(json.dumps({"sweep": sweep.name, "totals": plan.counts(), "notes": plan.notes,
                           "runs": table.to_dict(orient="records")}, indent=1))
         return 0
     print(f"sweep {sweep.name} -> {args.out}")
@@ -116,7 +118,10 @@ def _print_parallelism(arrays: list[ArrayPlan], profile: Profile) -> None:
 
 
 def _print_problems(plan: Plan, limit: int = 3) -> None:
-    """What blocks runs, a few lines each (20 missing checkpoints would otherwise bury the counts)."""
+    """What blocks runs, a few lines each (20 missing checkpoints would otherwise bury the counts), and what
+    limits the states shown."""
+    for note in plan.notes:
+        print(f"note: {note}")
     for title, problems in (("checkpoint not on disk", {e.label: r for e, r in plan.unresolved.items()}),
                             ("data not found", plan.missing_data)):
         for name, reason in list(problems.items())[:limit]:

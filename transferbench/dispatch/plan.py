@@ -46,6 +46,7 @@ class Plan:
     states: dict[str, RunState]
     unresolved: dict[CheckpointEntry, str] = field(default_factory=dict)  # checkpoint → why it has no file
     missing_data: dict[str, str] = field(default_factory=dict)  # task → why its data is not usable
+    notes: list[str] = field(default_factory=list)  # what limits the states (e.g. squeue unavailable)
 
     def blocked(self, spec: RunSpec) -> bool:
         """The run's checkpoint is not on disk (its key is a placeholder) or its task has no data."""
@@ -85,12 +86,14 @@ class Plan:
 
 
 def plan_sweep(sweep: SweepSpec, out: str | Path, *, data_root: str | Path | None = None,
-               checkpoint_dir: str | Path | None = None, train_missing: bool = False) -> Plan:
+               checkpoint_dir: str | Path | None = None, train_missing: bool = False,
+               check_data: bool = True) -> Plan:
     """Resolve every checkpoint of ``sweep`` (a file on disk, found by registry or path) and every run's state.
 
     Checkpoints that are not on disk are reported in ``Plan.unresolved`` with the reason (and where to get
     them); their runs are counted but have no key yet. ``train_missing`` trains missing mini-suite upstream
-    models (CPU, seconds each) instead of reporting them.
+    models (CPU, seconds each) instead of reporting them. ``check_data=False`` leaves out the check of the
+    tasks' data (``status`` needs no data: run keys do not depend on it).
     """
     out = Path(out)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else (Path(sweep.checkpoint_dir).expanduser()
@@ -117,8 +120,11 @@ def plan_sweep(sweep: SweepSpec, out: str | Path, *, data_root: str | Path | Non
     if len(set(keys)) != len(keys):
         raise TransferbenchError(f"sweep {sweep.source}: two grid points resolve to the same run (a checkpoint "
                                  "file listed twice under different names?)")
+    notes: list[str] = []
+    states = run_states(out, keys, notes=notes)
     root = data_root if data_root is not None else sweep.data_root
-    return Plan(sweep, out, specs, run_states(out, keys), unresolved, _check_data(sweep.tasks, root))
+    missing_data = _check_data(sweep.tasks, root) if check_data else {}
+    return Plan(sweep, out, specs, states, unresolved, missing_data, notes)
 
 
 def _resolve(entry: CheckpointEntry, checkpoint_dir: Path | None, train_missing: bool) -> CheckpointRef:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import getpass
 import json
 import os
 import shutil
@@ -29,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import write_json
-from ..records import RESULT_FILE
+from ..errors import TransferbenchError
+from ..records import RESULT_FILE, read_record
 
 DONE, RUNNING, QUEUED, FAILED, MISSING = "done", "running", "queued", "failed", "missing"
 STATES = (DONE, RUNNING, QUEUED, FAILED, MISSING)
@@ -71,10 +73,12 @@ def claim_runs(keys: Iterable[str], out: Path, job_id: str) -> Iterator[list[str
             lock.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                if not _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, lock):
+                    os.close(fd)
+                    continue
+            except TransferbenchError:
                 os.close(fd)
-                continue
+                raise
             held.append((key, fd))
             write_json(claim_path(out, key), {"job_id": job_id, "host": socket.gethostname(), "pid": os.getpid(),
                                               "started_at": _now()})
@@ -134,11 +138,34 @@ def append_ledger(out: Path, entries: list[dict]) -> None:
     payload = "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries).encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.write(fd, payload)
-        os.fsync(fd)
+        _flock(fd, fcntl.LOCK_EX, path)
+        if payload:
+            os.write(fd, payload)
+            os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def check_locking(out: Path) -> None:
+    """Fail before anything runs or is submitted when the results root cannot be locked (the ledger must record
+    every submission, and jobs lock their runs); tried on the ledger, which every executor but debug writes."""
+    append_ledger(out, [])
+
+
+def _flock(fd: int, operation: int, path: Path) -> bool:
+    """``flock``; False when LOCK_NB finds the lock taken. A filesystem without flock is a one-line error."""
+    try:
+        fcntl.flock(fd, operation)
+    except BlockingIOError:
+        if operation & fcntl.LOCK_NB:
+            return False
+        raise
+    except OSError as exc:  # ENOSYS, ENOLCK, EOPNOTSUPP: Lustre mounted without -o flock, some NFS set-ups
+        raise TransferbenchError(
+            f"cannot lock {path} ({os.strerror(exc.errno) if exc.errno else exc}): the filesystem under --out does "
+            "not support flock, which keeps concurrent jobs from running a run twice and the ledger whole; put "
+            "the results root on one that does (Lustre: mount with -o flock)") from None
+    return True
 
 
 def read_ledger(out: Path) -> dict[str, dict]:
@@ -157,22 +184,43 @@ def read_ledger(out: Path) -> dict[str, dict]:
     return latest
 
 
-def live_slurm_jobs() -> set[str] | None:
-    """Job ids ``squeue`` lists (array tasks expanded as ``A_i``), or None when squeue is unavailable."""
+@dataclass(frozen=True)
+class SlurmQueue:
+    """The jobs ``squeue`` lists for this user (array tasks as ``A_i``), or why it could not say."""
+
+    jobs: frozenset[str] | None
+    problem: str = ""
+
+
+def live_slurm_jobs() -> SlurmQueue:
+    """This user's queued and running jobs (``squeue -u``: other users' jobs are not ours to wait for)."""
     if shutil.which("squeue") is None:
-        return None
+        return SlurmQueue(None, "squeue is not on PATH")
     try:
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True, timeout=60,
-                             check=True).stdout
-    except (subprocess.SubprocessError, OSError):
-        return None
-    return {line.strip() for line in out.splitlines() if line.strip()}
+        listed = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i"], capture_output=True,
+                                text=True, timeout=60)
+    except (subprocess.SubprocessError, OSError) as exc:
+        return SlurmQueue(None, f"squeue failed: {error_line(exc)}")
+    if listed.returncode != 0:
+        reason = next((line.strip() for line in listed.stderr.splitlines() if line.strip()), "no message")
+        return SlurmQueue(None, f"squeue failed (exit {listed.returncode}): {reason}")
+    return SlurmQueue(frozenset(line.strip() for line in listed.stdout.splitlines() if line.strip()))
 
 
-def _alive(entry: dict, slurm_jobs: set[str] | None) -> bool:
+def _ended(entry: dict) -> bool:
+    """submitit writes the job's result file (a value or an error) when the job ends for good, not on a requeue."""
+    stdout, job_id = entry.get("stdout"), str(entry.get("job_id", ""))
+    return bool(stdout and job_id) and (Path(stdout).parent / f"{job_id}_0_result.pkl").exists()
+
+
+def _alive(entry: dict, queue: SlurmQueue | None) -> bool:
     executor, job_id = entry.get("executor"), str(entry.get("job_id", ""))
     if executor == "slurm":
-        return True if slurm_jobs is None else job_id in slurm_jobs or job_id.split("_")[0] in slurm_jobs
+        if _ended(entry):
+            return False
+        if queue is None or queue.jobs is None:  # no squeue: only the job folder can tell, and it says nothing yet
+            return True
+        return job_id in queue.jobs or job_id.split("_")[0] in queue.jobs
     if executor == "local" and job_id.isdigit():
         try:
             os.kill(int(job_id), 0)
@@ -184,9 +232,13 @@ def _alive(entry: dict, slurm_jobs: set[str] | None) -> bool:
     return False
 
 
-def run_states(out: Path, keys: Iterable[str], *, now: float | None = None,
-               stale_after_s: float = STALE_AFTER_S) -> dict[str, RunState]:
-    """The state of every key; one directory listing per folder, so 100k keys take well under a second."""
+def run_states(out: Path, keys: Iterable[str], *, now: float | None = None, stale_after_s: float = STALE_AFTER_S,
+               notes: list[str] | None = None) -> dict[str, RunState]:
+    """The state of every key; one directory listing per folder, so 100k keys take well under a second.
+
+    A run is done when its record is complete (``read_record``, the check jobs make before they start). What
+    limits the answer (no ``squeue``) is appended to ``notes``.
+    """
     out = Path(out)
     now = time.time() if now is None else now
     keys = list(keys)
@@ -195,9 +247,13 @@ def run_states(out: Path, keys: Iterable[str], *, now: float | None = None,
     failed = {name[:-5] for name in _listing(out / "failures") if name.endswith(".json")}
     ledger = read_ledger(out) if (out / LEDGER).is_file() else {}
     slurm_jobs = live_slurm_jobs() if any(e.get("executor") == "slurm" for e in ledger.values()) else None
+    if slurm_jobs is not None and slurm_jobs.problem and notes is not None:
+        notes.append(f"{slurm_jobs.problem}: SLURM jobs of {out / LEDGER} count as queued until submitit's result "
+                     "file shows they ended, so cancelled or killed jobs are not seen as gone; run `status` where "
+                     "squeue works (a login node)")
     states: dict[str, RunState] = {}
     for key in keys:
-        if key in with_dir and (out / "runs" / key / RESULT_FILE).is_file():
+        if key in with_dir and read_record(out / "runs" / key / RESULT_FILE) is not None:
             states[key] = RunState(DONE)
             continue
         submitted = ledger.get(key)
@@ -216,7 +272,9 @@ def run_states(out: Path, keys: Iterable[str], *, now: float | None = None,
                                        str(failure.get("job_id", "")) if failure else "")
                 continue
         if submitted is not None and _alive(submitted, slurm_jobs):
-            states[key] = RunState(QUEUED, f"job {submitted['job_id']}", str(submitted["job_id"]))
+            unconfirmed = " (not confirmed: no squeue)" if slurm_jobs is not None and slurm_jobs.jobs is None \
+                and submitted.get("executor") == "slurm" else ""
+            states[key] = RunState(QUEUED, f"job {submitted['job_id']}{unconfirmed}", str(submitted["job_id"]))
         elif claim is not None:
             states[key] = RunState(MISSING, f"lost: job {claim[0].get('job_id', '?')} stopped sending heartbeats "
                                             f"{(now - claim[1]) / 60:.0f} min ago", str(claim[0].get("job_id", "")))

@@ -26,7 +26,7 @@ from ..runner import RunContext
 from .jobs import SweepJob, execute_unit
 from .plan import WorkUnit
 from .profiles import Profile
-from .state import LEDGER, append_ledger, error_line
+from .state import LEDGER, append_ledger, check_locking, error_line
 
 log = logging.getLogger("transferbench")
 EXECUTORS = ("debug", "local", "slurm")
@@ -103,6 +103,7 @@ def submit_units(units: list[WorkUnit], ctx: RunContext, executor: str, profile:
     jobs use the profile's ``cpus_per_task - 1`` and local/debug jobs ``ctx.num_workers``."""
     if workers is not None:
         ctx = replace(ctx, num_workers=workers)
+    check_locking(ctx.out)  # every executor's jobs lock their runs: fail here once, not in each job
     if executor == "debug":
         return _run_here(units, ctx)
     if executor == "local":
