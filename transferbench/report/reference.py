@@ -127,7 +127,7 @@ def _header(path: Path, fields: list[str]) -> None:
         raise _fail(path, 1, f"header is {','.join(fields)!r}, not {','.join(HEADER)!r}")
 
 
-def _fraction(path: Path, line: int, name: str, text: str, upper: float) -> float:
+def _parse_fraction_field(path: Path, line: int, name: str, text: str, upper: float) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -165,8 +165,8 @@ def read_reference(path: str | Path, mode: str | None = None, arch: str | None =
         if seed is None:
             raise _fail(path, line, f"seed {seed_text!r} is not like seed_21")
         task, method = tasks[dset], PAPER_METHODS[model]
-        sparsity = round(_fraction(path, line, "sparsity", sparsity_text, 0.999999), 6)
-        acc = _fraction(path, line, "val_acc", acc_text, 1.0)
+        sparsity = round(_parse_fraction_field(path, line, "sparsity", sparsity_text, 0.999999), 6)
+        acc = _parse_fraction_field(path, line, "val_acc", acc_text, 1.0)
         metric = metrics.get(task, "top1")
         row = {
             "run_key": f"paper:{arch}:{mode}:{task}:{method}:{sparsity:g}:seed{seed.group(1)}:{path.name}#{line:06d}",
