@@ -13,11 +13,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import submitit
 import yaml
 from fixtures_sweep import write_fixture_sweep
 
 from transferbench.cli import main
 from transferbench.dispatch import load_sweep, plan_sweep
+from transferbench.dispatch.jobs import SweepJob
+
+GOLDEN = Path(__file__).parent / "golden"
 
 pytestmark = pytest.mark.slow
 
@@ -48,17 +52,29 @@ with open(pathlib.Path(__file__).with_name("state") / "calls", "a") as f:
 '''
 
 
+FAKE_SACCT = FAKE_LOG + "print('Slurm accounting storage is disabled'); sys.exit(1)\n"  # as on many clusters
+
+
 @pytest.fixture
 def fake_slurm(tmp_path, monkeypatch):
+    """Fake SLURM commands first on PATH; ``state/calls`` logs scancel, scontrol, srun and sacct calls."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name, body in (("sbatch", FAKE_SBATCH), ("squeue", FAKE_SQUEUE), ("scancel", FAKE_LOG), ("srun", FAKE_LOG),
-                       ("sacct", "import sys; print('Slurm accounting storage is disabled'); sys.exit(1)")):
+                       ("scontrol", FAKE_LOG), ("sacct", FAKE_SACCT)):
         path = bin_dir / name
         path.write_text(f"#!{sys.executable}\n{body}")
         path.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    return bin_dir / "state"
+    state = bin_dir / "state"
+    yield state
+    # the issue's rule: status and sweep work from files, never from sacct (which many clusters lack)
+    assert not [c for c in _calls(state) if c.startswith("sacct")], _calls(state)
+
+
+def _calls(state: Path) -> list[str]:
+    path = state / "calls"
+    return path.read_text().splitlines() if path.exists() else []
 
 
 def _profile(tmp_path: Path) -> Path:
@@ -153,12 +169,17 @@ def test_slurm_sweep_submits_chunked_arrays_and_jobs_complete_on_the_nodes(tmp_p
     assert "nothing to do" in capsys.readouterr().out
 
 
-def _submitted_job(entry: dict):
-    """The callable a compute node will run, unpickled from the job folder submitit wrote."""
-    from submitit.core.utils import DelayedSubmission, JobPaths
+def _paths(entry: dict):
+    from submitit.core.utils import JobPaths
 
-    paths = JobPaths(Path(entry["stdout"]).parent.parent / "%j", job_id=entry["job_id"])
-    return DelayedSubmission.load(paths.submitted_pickle)
+    return JobPaths(Path(entry["stdout"]).parent.parent / "%j", job_id=entry["job_id"])
+
+
+def _submitted_job(entry: dict):
+    """What a compute node will run (a DelayedSubmission of a SweepJob), unpickled from the job folder."""
+    from submitit.core.utils import DelayedSubmission
+
+    return DelayedSubmission.load(_paths(entry).submitted_pickle)
 
 
 @pytest.mark.parametrize(("flag", "workers"), [(None, 2), ("0", 0), ("5", 5)])
@@ -207,3 +228,55 @@ def test_sbatch_missing_is_one_line_and_submits_nothing(tmp_path, fake_slurm, mo
     assert err.count("\n") == 1 and "sbatch failed on submission 1 of 1" in err
     assert "No such file or directory" in err and "nothing was submitted" in err
     assert not (out / "jobs" / "ledger.jsonl").exists() or not _ledger(out)
+
+
+def _preview_scripts(printed: str) -> list[str]:
+    """The sbatch scripts a --dry-run prints (from the shebang to the srun line)."""
+    return re.findall(r"^#!/bin/bash\n.*?^srun [^\n]*\n", printed, flags=re.M | re.S)
+
+
+def test_the_submitted_sbatch_script_matches_the_golden_file_and_the_dry_run(tmp_path, fake_slurm, capsys):
+    sweep_file, _ = write_fixture_sweep(tmp_path, linear_seeds=(21, 51), full_seeds=(21,))
+    out = tmp_path / "out"
+    args = ["sweep", str(sweep_file), "--profile", "example_site", "--out", str(out)]
+    assert main([*args, "--dry-run"]) == 0
+    previews = _preview_scripts(capsys.readouterr().out)
+    assert main(args) == 0
+    submitted = [(fake_slurm / f"sbatch_{job_id}.sh").read_text() for job_id in (12, 13)]  # linear, full
+    assert len(previews) == 2 and previews == submitted  # the dry run shows exactly what sbatch gets
+    normalised = submitted[1].replace(str(out), "OUT").replace(sys.executable, "PYTHON")
+    assert normalised == (GOLDEN / "sbatch_submitted_example_site_full.sh").read_text()
+
+
+def test_a_time_out_requeues_until_max_requeues_runs_out_and_preemption_does_not_count(tmp_path, fake_slurm):
+    """What submitit does on USR2 inside a job (its SignalHandler), on the job a sweep submitted."""
+    from submitit.core.job_environment import SignalHandler
+    from submitit.core.utils import UncompletedJobError
+
+    sweep_file, _ = write_fixture_sweep(tmp_path, linear_seeds=(), full_seeds=(21,))
+    profile = tmp_path / "requeues.yaml"
+    profile.write_text(yaml.safe_dump({"gpus_per_node": 0, "cpus_per_task": 1, "max_requeues": 1, "time_min": 60}))
+    out = tmp_path / "out"
+    assert main(["sweep", str(sweep_file), "--profile", str(profile), "--out", str(out)]) == 0
+    entry = _ledger(out)[0]
+    assert entry["job_id"] == "12_0"
+    assert _submitted_job(entry)._timeout_countdown == 1  # the profile's max_requeues, in the job's pickle
+
+    def signal_usr2(timed_out: bool) -> None:
+        delayed = _submitted_job(entry)  # each (re)start of the job reads the pickle its last checkpoint wrote
+        with _compute_node(entry["job_id"]):
+            handler = SignalHandler(submitit.JobEnvironment(), _paths(entry), delayed)
+            handler.has_timed_out = lambda: timed_out  # instead of waiting 80% of 60 min
+            handler.checkpoint_and_try_requeue(signal.SIGUSR2)
+
+    requeues = lambda: [c for c in _calls(fake_slurm) if c.startswith("scontrol requeue")]  # noqa: E731
+    with pytest.raises(SystemExit):  # the first time-out (max_requeues 1): checkpointed and requeued
+        signal_usr2(timed_out=True)
+    assert requeues() == ["scontrol requeue 12_0"] and _submitted_job(entry)._timeout_countdown == 0
+    assert isinstance(_submitted_job(entry).function, SweepJob)  # the checkpoint is the same unit, to resume
+    with pytest.raises(SystemExit):  # a preemption: requeued without using up a time-out
+        signal_usr2(timed_out=False)
+    assert len(requeues()) == 2 and _submitted_job(entry)._timeout_countdown == 0
+    with pytest.raises(UncompletedJobError, match="timed-out too many times"):  # time-out 2: the end
+        signal_usr2(timed_out=True)
+    assert len(requeues()) == 2
