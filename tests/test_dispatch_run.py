@@ -32,6 +32,14 @@ from transferbench.errors import TransferbenchError
 pytestmark = pytest.mark.slow
 
 
+def _block(printed: str, index_header: str) -> list[str]:
+    """The rows of the status table whose index header is ``index_header`` (whitespace collapsed)."""
+    lines = [" ".join(line.split()) for line in printed.splitlines()]
+    start = lines.index(index_header)
+    assert lines[start - 1] == "state done running queued failed missing"
+    return lines[start + 1:lines.index("", start)]
+
+
 def _records(out):
     return {p.parent.name: json.loads(p.read_text()) for p in (out / "runs").glob("*/result.json")}
 
@@ -77,6 +85,13 @@ def test_a_failure_is_recorded_shown_by_status_and_retried_alone(tmp_path, capsy
     for key, failure in failures.items():
         assert f"  {key} [job debug]: {failure['error']}" in status
     assert re.search(r"linear\s+4\s+2\s+0\s+0\s+2\s+0", status)  # grid done running queued failed missing
+    # per method and sparsity, and per task: each checkpoint failed on cifar10 and finished digits
+    assert _block(status, "mode method sparsity") == ["linear dense 0.0 1 0 0 1 0", "magnitude 50.0 1 0 0 1 0"]
+    assert _block(status, "mode task") == ["linear cifar10 0 0 0 2 0", "digits 2 0 0 0 0"]
+    assert main(["status", str(sweep_file), "--out", str(out), "--failures", "1"]) == 0
+    listed = capsys.readouterr().out.split("failed runs (2;", 1)[1].splitlines()[1:]
+    assert len(listed) == 2 and listed[0].startswith("  cifar10.") and "[job debug]" in listed[0]
+    assert listed[1] == "  ... and 1 more (--failures N shows more, --json all)"
 
     # a plain sweep does not resubmit failures; --retry-failed does, and only them
     assert main(["sweep", str(sweep_file), "--executor", "debug", "--out", str(out)]) == 0

@@ -91,11 +91,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"\nfailed runs ({len(failures)}; resubmit them with `transferbench sweep {args.spec} --retry-failed`):")
         for row in failures.head(args.failures).itertuples():
             print(f"  {row.run_key} [job {row.job_id or '?'}]: {row.detail}")
+        _print_more(len(failures), args.failures)
     lost = table[(table.state == MISSING) & (table.detail != "")]
     for row in lost.head(args.failures).itertuples():
         print(f"  missing {row.run_key}: {row.detail}")
+    _print_more(len(lost), args.failures)
     _print_problems(plan)
     return 0
+
+
+def _print_more(count: int, shown: int) -> None:
+    if count > shown:
+        print(f"  ... and {count - shown} more (--failures N shows more, --json all)")
 
 
 def status_table(plan: Plan) -> pd.DataFrame:
@@ -160,7 +167,7 @@ def add_dispatch_commands(sub: argparse._SubParsersAction) -> None:
 
     status = sub.add_parser("status", help="done / running / queued / failed / missing runs of a sweep")
     status.add_argument("spec", help="sweep .yaml or a packaged sweep name")
-    status.add_argument("--failures", type=int, default=20, help="list at most this many failed runs (default 20)")
+    status.add_argument("--failures", type=int, default=20, help="list at most this many failed and lost runs each (default 20)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     _common(status)
     status.set_defaults(func=cmd_status)
