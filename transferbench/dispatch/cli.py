@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..errors import TransferbenchError
 from ..runner import RunContext
-from .plan import Plan, plan_sweep
+from .plan import Plan, feature_extractions, plan_sweep
 from .profiles import Profile, load_profile
 from .state import FAILED, MISSING, STATES
 from .submit import EXECUTORS, ArrayPlan, plan_arrays, sbatch_preview, submit_units
@@ -31,7 +31,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     linear = [u for u in units if u.mode == "linear"]
     print(f"\nto {'retry' if args.retry_failed else 'run'}: {sum(len(u.specs) for u in units)} run(s) in "
           f"{len(units)} job(s) ({len(ready)} ready now); the {sum(len(u.specs) for u in linear)} linear run(s) "
-          f"need {len(linear)} feature extraction(s)")
+          f"need {feature_extractions(linear)} feature extraction(s)")
     _print_problems(plan)
     if args.dry_run:
         arrays = plan_arrays(units, profile)
@@ -167,7 +167,8 @@ def add_dispatch_commands(sub: argparse._SubParsersAction) -> None:
 
     status = sub.add_parser("status", help="done / running / queued / failed / missing runs of a sweep")
     status.add_argument("spec", help="sweep .yaml or a packaged sweep name")
-    status.add_argument("--failures", type=int, default=20, help="list at most this many failed and lost runs each (default 20)")
+    status.add_argument("--failures", type=int, default=20,
+                        help="list at most this many failed and lost runs each (default 20)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     _common(status)
     status.set_defaults(func=cmd_status)
