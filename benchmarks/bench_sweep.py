@@ -10,12 +10,12 @@ single `transferbench run` does before it starts (`existing_record`), with no pa
 
 It also prints what the paper's ResNet50 linear sweep costs as jobs and feature extractions, packed as
 `transferbench sweep` does versus one job per run, with its solver (sgd) and with `solvers: [sgd, lbfgs]`.
-Extractions are counted from the plan: the distinct extraction keys (`dispatch.plan.extraction_key`: task,
+Extractions are counted from the plan: the distinct extraction keys (`RunSpec.extraction_key`: task,
 checkpoint, image size, interpolation, precision, loader, engine) within each job. One job per run extracts
 once per run: jobs running at the same time all miss the shared feature cache.
 
-Every call re-hashes each checkpoint file (the run keys hold its sha256); the grid's checkpoints here are
-8-byte files, so that cost is not in the timings (a ResNet50 checkpoint is about 100 MB).
+Run keys hold each checkpoint file's sha256; the grid's checkpoints here are 8-byte files, so hashing is not
+in the timings (a ResNet50 checkpoint is about 100 MB; its digest is kept across calls, see atomic.sha256_file).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 
 from transferbench.dispatch import load_sweep, plan_sweep
-from transferbench.dispatch.plan import extraction_key, feature_extractions
+from transferbench.dispatch.plan import feature_extractions
 from transferbench.records import existing_record
 from transferbench.runner import make_spec, resolve_checkpoint
 
@@ -109,7 +109,7 @@ def main() -> None:
         plan = plan_sweep(replace(paper, solvers=solvers), root / "none", check_data=False)
         jobs = plan.units(ready_only=False)
         runs, extractions = len(plan.specs), feature_extractions(jobs)
-        distinct = len({extraction_key(s) for s in plan.specs})
+        distinct = len({s.extraction_key for s in plan.specs})
         assert extractions == distinct, (extractions, distinct)  # no two jobs extract the same features
         print(f"  solvers {'+'.join(solvers):9s} {runs:,} runs: {runs:,} jobs and {runs:,} extractions vs "
               f"{len(jobs):,} jobs and {extractions:,} extractions -> {runs / extractions:.0f}x fewer")

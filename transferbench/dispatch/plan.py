@@ -76,23 +76,16 @@ class Plan:
         groups: dict[tuple, list[RunSpec]] = defaultdict(list)
         for spec in chosen:
             if spec.mode == "linear":
-                groups[("linear", extraction_key(spec))].append(spec)
+                groups[("linear", spec.extraction_key)].append(spec)  # the runner's test for one extraction
             else:
                 groups[("full", spec.run_key)].append(spec)
         return [WorkUnit(key[0], tuple(specs)) for key, specs in groups.items()]
 
 
-def extraction_key(spec: RunSpec) -> tuple:
-    """What a linear probe's features depend on: runs with equal keys can share one extraction (the same fields
-    ``run_linear_group`` requires to be equal)."""
-    hp = spec.hparams
-    return (spec.task, spec.checkpoint, hp.image_size, hp.interpolation, hp.precision, hp.loader, hp.engine)
-
-
 def feature_extractions(units: list[WorkUnit]) -> int:
     """Feature extractions the linear units perform (train and test split of one key count as one): one per
     distinct key in each unit, so two units holding the same key would count twice."""
-    return sum(len({extraction_key(s) for s in u.specs}) for u in units if u.mode == "linear")
+    return sum(len({s.extraction_key for s in u.specs}) for u in units if u.mode == "linear")
 
 
 def plan_sweep(sweep: SweepSpec, out: str | Path, *, data_root: str | Path | None = None,
