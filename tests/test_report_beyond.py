@@ -99,7 +99,7 @@ SEEDS = (0, 1, 2)
 SPARSE = {"acdc": (0.8, 0.9), "rigl_erk5x": (0.9,)}
 
 
-def _write_run(root, key, task, method, sparsity, seed, logits=None, labels=None, arch="resnet50"):
+def _write_run(root, key, task, method, sparsity, seed, logits=None, labels=None, arch="resnet50", classes=None):
     d = root / "runs" / key
     d.mkdir(parents=True)
     rec = {
@@ -119,7 +119,8 @@ def _write_run(root, key, task, method, sparsity, seed, logits=None, labels=None
     }
     (d / "result.json").write_text(json.dumps(rec))
     if logits is not None:
-        np.savez(d / "predictions.npz", logits=logits.astype(np.float32), labels=labels.astype(np.int64))
+        names = {"classes": np.asarray(classes, dtype=str)} if classes is not None else {}
+        np.savez(d / "predictions.npz", logits=logits.astype(np.float32), labels=labels.astype(np.int64), **names)
 
 
 @pytest.fixture(scope="module")
@@ -283,3 +284,21 @@ def test_most_hurt_only_lists_classes_that_dropped_and_uses_class_names(tmp_path
     assert classes.loc[0, "class_name"] == "class_0" and classes.loc[0, "mean_drop"] == pytest.approx(1.0)
     md = to_markdown(res)
     assert f"| {WORST_SEED_CLASS} |" in md and "| class_4 (-25.0) |" in md
+
+
+def test_class_names_saved_with_the_predictions_win_over_the_card(tmp_path, monkeypatch):
+    beyond_module = importlib.import_module("transferbench.report.beyond")
+    monkeypatch.setattr(beyond_module, "class_names", lambda task: tuple(f"card_{k}" for k in range(C)))
+    labels = np.repeat(np.arange(C), N // C)
+    dense = 3 * np.eye(C)[labels]
+    sparse = dense.copy()
+    sparse[np.flatnonzero(labels == 2)[:5]] = 3 * np.eye(C)[3]
+    saved = [f"folder_{k}" for k in range(C)]
+    for seed in (0, 1):
+        _write_run(tmp_path, f"d{seed}", "dtd", "dense", 0.0, seed, dense, labels, classes=saved)
+        _write_run(tmp_path, f"s{seed}", "dtd", "acdc", 0.9, seed, sparse, labels, classes=saved)
+        _write_run(tmp_path, f"pd{seed}", "pets", "dense", 0.0, seed, dense, labels)  # older runs: no names saved
+        _write_run(tmp_path, f"ps{seed}", "pets", "acdc", 0.9, seed, sparse, labels)
+    cells = beyond(collect(tmp_path).runs, min_count=10).cells.set_index("task")
+    assert cells.loc["dtd", "most_hurt"] == "folder_2 (-25.0)"
+    assert cells.loc["pets", "most_hurt"] == "card_2 (-25.0)"

@@ -64,6 +64,7 @@ def test_linear_run_writes_one_complete_record_and_reruns_are_noops(setup, capsy
     preds = np.load(out / "runs" / rec["run_key"] / "predictions.npz")
     assert preds["logits"].shape == (60, 10) and preds["labels"].shape == (60,)
     assert np.mean(preds["logits"].argmax(1) == preds["labels"]) == pytest.approx(rec["metrics"]["top1"])
+    assert list(preds["classes"]) == sorted(p.name for p in (data / "cifar10" / "train").iterdir())
     assert not rec["timings"]["features_cached"]
     capsys.readouterr()
 

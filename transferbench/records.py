@@ -83,10 +83,14 @@ def write_result(
     record: dict[str, Any],
     test_logits: np.ndarray,
     test_labels: np.ndarray,
+    class_names: list[str] | None = None,
 ) -> Path:
-    """Write predictions, then the record (atomically, last). Returns the record's path."""
+    """Write predictions (with the name of each logit's class, when known), then the record (atomically, last).
+    Returns the record's path."""
     rdir = spec.record_dir(out)
-    save_npz(rdir / PREDICTIONS_FILE, logits=test_logits.astype(np.float32), labels=test_labels.astype(np.int64))
+    names = {"classes": np.asarray(class_names, dtype=str)} if class_names else {}
+    save_npz(rdir / PREDICTIONS_FILE, logits=test_logits.astype(np.float32), labels=test_labels.astype(np.int64),
+             **names)
     full = {
         "schema_version": SCHEMA_VERSION,
         "run_key": spec.run_key,

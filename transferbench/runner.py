@@ -304,7 +304,7 @@ def run_linear_group(specs: list[RunSpec], ctx: RunContext) -> list[Path]:
             },
             "hardware": hardware(str(device)),
         }
-        path = write_result(spec, ctx.out, record, head.test_logits, feats["test"].labels.numpy())
+        path = write_result(spec, ctx.out, record, head.test_logits, feats["test"].labels.numpy(), test.classes)
         log.info("run %s: top1=%.4f mean_per_class=%.4f → %s", spec.run_key, head.top1, head.mean_per_class_acc,
                  path)
     return [result_path(s, ctx.out) for s in specs]
@@ -373,7 +373,7 @@ def run_full(spec: RunSpec, ctx: RunContext) -> Path:
         },
         "hardware": hardware(str(device)),
     }
-    path = write_result(spec, ctx.out, record, result.test_logits, result.test_labels)
+    path = write_result(spec, ctx.out, record, result.test_logits, result.test_labels, test.classes)
     shutil.rmtree(work, ignore_errors=True)
     log.info("run %s: top1=%.4f mean_per_class=%.4f → %s", spec.run_key, result.top1,
              result.mean_per_class_acc, path)

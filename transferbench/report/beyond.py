@@ -9,7 +9,8 @@ from its partner's is counted and listed in ``missing``, never skipped silently;
 different test lists (labels, their order or the class count differ between seeds) cannot be averaged per class or
 per sample, and is listed in ``skipped`` with the reason.
 
-Classes are named by the task card's optional ``class_names`` list (one name per label index); without it, by index.
+Classes are named as the run saved them with its predictions (``classes`` in predictions.npz: the folder or
+dataset class names), else by the task card's optional ``class_names`` list, else by index.
 The classes "hurt most" are those with the lowest mean drop over seeds, among those that dropped (Δ < 0).
 """
 
@@ -87,11 +88,14 @@ class Beyond:
         return text
 
 
-def _predictions(path: Path) -> tuple[np.ndarray, np.ndarray] | str:
-    """(logits, labels) or the reason they cannot be used."""
+def _predictions(path: Path, names: dict[int, tuple[str, ...]]) -> tuple[np.ndarray, np.ndarray] | str:
+    """(logits, labels) or the reason they cannot be used; the class names saved with them go to ``names`` (by
+    class count: runs of one task and class count name their classes alike)."""
     try:
         with np.load(path) as npz:
             logits, labels = npz["logits"], npz["labels"]
+            if "classes" in npz.files and len(npz["classes"]) == logits.shape[1]:
+                names.setdefault(logits.shape[1], tuple(str(n) for n in npz["classes"]))
     except FileNotFoundError:
         return f"no predictions: {path} does not exist"
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
@@ -112,10 +116,12 @@ def beyond(runs: pd.DataFrame, min_count: int = bm.MIN_COUNT) -> Beyond:
     record's ``path``)."""
     df = _prepare(runs)
     cache: dict[str, tuple[np.ndarray, np.ndarray] | str] = {}
+    saved_names: dict[str, dict[int, tuple[str, ...]]] = {}  # task -> class count -> names saved with predictions
 
     def load(row) -> tuple[np.ndarray, np.ndarray] | str:
         if row.run_key not in cache:
-            cache[row.run_key] = _predictions(Path(row.path).parent / PREDICTIONS_FILE)
+            cache[row.run_key] = _predictions(Path(row.path).parent / PREDICTIONS_FILE,
+                                              saved_names.setdefault(row.task, {}))
         return cache[row.run_key]
 
     pairs, missing, preds = [], [], {}
@@ -165,7 +171,7 @@ def beyond(runs: pd.DataFrame, min_count: int = bm.MIN_COUNT) -> Beyond:
         ],
     )
     missing_df = pd.DataFrame(missing, columns=[*CELL_KEYS[:4], "seed", *CELL_KEYS[4:], "run_key", "reason"])
-    cells, classes, exemplars, skipped = _cells(pairs_df, preds, min_count)
+    cells, classes, exemplars, skipped = _cells(pairs_df, preds, min_count, saved_names)
     result = Beyond(pairs_df, cells, classes, exemplars, missing_df, min_count, skipped)
     (log.warning if len(missing_df) else log.info)("beyond accuracy: %s", result.summary())
     return result
@@ -203,7 +209,7 @@ def _test_lists_differ(labels: tuple[np.ndarray, ...], num_classes: pd.Series) -
     return None
 
 
-def _cells(pairs: pd.DataFrame, preds: dict, min_count: int):
+def _cells(pairs: pd.DataFrame, preds: dict, min_count: int, saved_names: dict):
     cells, classes, exemplars, skipped = [], [], [], []
     for cell, group in pairs.groupby(CELL_KEYS, sort=False):
         ident = dict(zip(CELL_KEYS, cell, strict=True))
@@ -216,7 +222,7 @@ def _cells(pairs: pd.DataFrame, preds: dict, min_count: int):
             continue
         c = int(group["num_classes"].iloc[0])
         labels0 = labels[0]
-        names = class_names(ident["task"])
+        names = saved_names.get(ident["task"], {}).get(c) or class_names(ident["task"])
         drops = np.stack([bm.per_class_drop(s, d, labels0, c)[0] for s, d in zip(sparse_p, dense_p, strict=True)])
         n = np.bincount(labels0, minlength=c)
         mean_drop = drops.mean(axis=0)
