@@ -129,8 +129,8 @@ def store(tmp_path_factory) -> dict:
         (root / "runs" / name / "result.json").write_text(text)
     (root / "runs" / "partial").mkdir()
     (root / "runs" / "partial" / "predictions.npz").write_bytes(b"x")
-    (root / "work" / "crashed").mkdir(parents=True)
-    (root / "work" / "crashed" / "train_state.pt").write_bytes(b"x")
+    (root / "work" / "unclaimed").mkdir(parents=True)
+    (root / "work" / "unclaimed" / "train_state.pt").write_bytes(b"x")
     coll = collect(root)
     return {"root": root, "truth": truth, "coll": coll, "runs": coll.runs}
 
@@ -164,16 +164,16 @@ def test_collect_counts_completed_and_lists_failed(store):
     coll, truth = store["coll"], store["truth"]
     assert coll.n_completed == len(truth)
     reasons = dict(zip(coll.failed["run_key"], coll.failed["reason"], strict=True))
-    assert set(reasons) == {"corrupt", "failed", "noseed", "partial", "crashed"}
+    assert set(reasons) == {"corrupt", "failed", "noseed", "partial", "unclaimed"}
     assert reasons["corrupt"].startswith("unreadable JSON")
     assert reasons["failed"] == "status 'failed'"
     assert reasons["noseed"] == "missing fields: seed"
     assert reasons["partial"].startswith("partial")
-    assert reasons["crashed"].startswith("crashed: no record; work/ holds train_state.pt; no job claims it")
+    assert reasons["unclaimed"].startswith("unfinished: no record; work/ holds train_state.pt; no sweep job claims")
     states = dict(zip(coll.failed["run_key"], coll.failed["state"], strict=True))
     assert states == {"corrupt": "failed", "failed": "failed", "noseed": "failed", "partial": "partial",
-                      "crashed": "failed"}
-    assert "5 failed or partial" in coll.summary()
+                      "unclaimed": "unfinished"}
+    assert "4 failed or partial, 1 unfinished" in coll.summary()
 
 
 def test_collect_reads_layout_variations(store):

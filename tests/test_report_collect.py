@@ -65,17 +65,28 @@ def test_failures_running_and_crashed_runs(tmp_path):
     _claim(root, "killed", age_s=3600, now=now)
     (root / "work" / "killed" / "train_state.pt").write_bytes(b"x")
     (root / "runs" / "empty").mkdir()
+    # a `transferbench run` of full fine-tuning, outside any sweep: training state, no claim
+    (root / "work" / "by_hand").mkdir(parents=True)
+    (root / "work" / "by_hand" / "train_state.pt").write_bytes(b"x")
+    # a lock alone (a run between two jobs) and a completed linear probe's folder are not reported
+    (root / "work" / "between").mkdir()
+    (root / "work" / "between" / ".lock").write_bytes(b"")
+    (root / "work" / "done").mkdir()
+    (root / "work" / "done" / ".lock").write_bytes(b"")
     coll = collect(root, now=now)
     got = _by_key(coll)
-    assert set(got) == {"boom", "torn", "live", "killed", "empty"}
+    assert set(got) == {"boom", "torn", "live", "killed", "empty", "by_hand"}
+    assert got["by_hand"] == ("unfinished", "unfinished: no record; work/ holds train_state.pt; no sweep job claims "
+                                            "it (a `transferbench run` still going, or interrupted: the same command "
+                                            "resumes it)")
     assert got["boom"] == ("failed", "failed: RuntimeError: CUDA out of memory (job 77_1)")
     assert got["torn"] == ("failed", "failed: unreadable failure file")
     assert got["live"][0] == "running" and got["live"][1].startswith("running: claimed by job 123_4 on node7")
     assert got["killed"] == ("failed", "crashed: no record; work/ holds train_state.pt; its claim's heartbeat "
                                        "stopped 60 min ago")
     assert got["empty"][0] == "empty" and got["empty"][1].startswith("empty: a run folder with no files")
-    assert coll.n_completed == 1 and coll.n_running == 1 and coll.n_failed == 4
-    assert coll.summary().startswith("1 completed run(s), 4 failed or partial, 1 running in ")
+    assert coll.n_completed == 1 and coll.n_running == 1 and coll.n_unfinished == 1 and coll.n_failed == 4
+    assert coll.summary().startswith("1 completed run(s), 4 failed or partial, 1 running, 1 unfinished in ")
 
 
 def test_a_fresh_claim_overrides_an_older_failure(tmp_path):
@@ -124,7 +135,8 @@ def test_units_are_decided_per_record(tmp_path):
     # an unversioned record in percent whose mean per-class accuracy is below 1 %: still a percentage
     _write(root / "runs" / "old" / "result.json",
            {"status": "completed", "task": "cifar10", "method": "acdc", "arch": "resnet50", "mode": "linear",
-            "seed": 0, "target_sparsity": 90, "sparsity": 0.5, "top1": 2.0, "mean_per_class_acc": 0.8})
+            "seed": 0, "target_sparsity": 90, "sparsity": 89.7, "top1": 2.0, "mean_per_class_acc": 0.8,
+            "checkpoint": {"upstream_top1": 76.13}})
     # a versioned record holds fractions; a percentage there is an error, not silently rescaled
     _write(root / "runs" / "bad" / "result.json", _record("bad", metrics={"top1": 80.0, "primary": 80.0}))
     _write(root / "runs" / "good" / "result.json", _record("good"))
@@ -133,7 +145,8 @@ def test_units_are_decided_per_record(tmp_path):
     assert runs.loc["old", "top1"] == pytest.approx(0.02)
     assert runs.loc["old", "mean_per_class_acc"] == pytest.approx(0.008)
     assert runs.loc["old", "target_sparsity"] == pytest.approx(0.9)
-    assert runs.loc["old", "measured_sparsity"] == pytest.approx(0.005)
+    assert runs.loc["old", "measured_sparsity"] == pytest.approx(0.897)
+    assert runs.loc["old", "upstream_top1"] == pytest.approx(0.7613)  # the registry's percent, unversioned too
     assert runs.loc["good", "upstream_top1"] == pytest.approx(0.7503)  # the registry's percent, as a fraction
     assert _by_key(coll)["bad"] == ("failed", "bad value: top1 80 is not a fraction, as schema_version 1 records "
                                               "store accuracies")

@@ -260,7 +260,9 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
     _add_results(cmp)
     _add_reference(cmp, source=False)
     cmp.add_argument("--metric", default="primary", choices=("primary", "top1", "mean_per_class_acc"))
-    cmp.add_argument("--alpha", type=float, default=0.05, help="Welch t-test level per cell (default 0.05)")
+    cmp.add_argument("--alpha", type=float, default=0.05,
+                     help="significance level of each cell's test (Welch's t, or a prediction interval when one "
+                          "side has a single seed; default 0.05)")
     cmp.add_argument("--out", type=Path, help="where to write compare.csv/md (default <results>/compare)")
     cmp.set_defaults(func=cmd_compare)
 

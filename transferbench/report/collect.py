@@ -4,9 +4,11 @@ Every run the store knows of ends up in exactly one of two tables: ``runs`` (one
 ``failed`` (path, run key, ``state`` and reason), one row per run key:
 
 * ``running``: ``work/<key>/claim.json`` has a fresh heartbeat (a sweep job is executing it now);
+* ``unfinished``: training state in ``work/<key>/`` that no sweep job claims, and no record: a full fine-tuning
+  started with ``transferbench run`` (still going, or interrupted: the same command resumes it);
 * ``failed``: ``failures/<key>.json`` from the sweep dispatcher (its error line), a record that cannot be read,
-  has a status other than ``completed``, misses a required field or holds an impossible value, or training state
-  in ``work/<key>/`` with a stale or no claim and no record (the job crashed or was killed);
+  has a status other than ``completed``, misses a required field or holds an impossible value, or a claim whose
+  heartbeat went stale with no record (the job crashed or was killed);
 * ``partial``: a ``runs/<key>/`` folder with files but no record; ``empty``: one with no files at all.
 
 Nothing is dropped silently. The formats of ``failures/`` and ``work/`` are those of ``dispatch/state.py``.
@@ -64,7 +66,7 @@ try:  # several times faster than json on records with long training curves; opt
 except ImportError:  # pragma: no cover - depends on the environment
     _loads = json.loads
 FAILED_COLUMNS: tuple[str, ...] = ("path", "run_key", "state", "reason")
-RUNNING, FAILED, PARTIAL, EMPTY = "running", "failed", "partial", "empty"
+RUNNING, UNFINISHED, FAILED, PARTIAL, EMPTY = "running", "unfinished", "failed", "partial", "empty"
 # The sweep dispatcher's layout (dispatch/state.py), repeated because importing transferbench.dispatch loads the
 # sweep planner; tests/test_report.py checks that the two agree.
 FAILURES_DIR = "failures"
@@ -100,14 +102,21 @@ class Collection:
         return int((self.failed["state"] == RUNNING).sum())
 
     @property
+    def n_unfinished(self) -> int:
+        return int((self.failed["state"] == UNFINISHED).sum())
+
+    @property
     def n_failed(self) -> int:
-        """Runs that failed, crashed or left a partial or empty folder (running ones are not counted)."""
-        return len(self.failed) - self.n_running
+        """Runs that failed, crashed or left a partial or empty folder (running and unfinished ones are not
+        counted)."""
+        return len(self.failed) - self.n_running - self.n_unfinished
 
     def summary(self) -> str:
         text = f"{self.n_completed} completed run(s), {self.n_failed} failed or partial"
         if self.n_running:
             text += f", {self.n_running} running"
+        if self.n_unfinished:
+            text += f", {self.n_unfinished} unfinished"
         text += f" in {self.results_dir}"
         if len(self.failed):
             reasons = Counter(r.split(":")[0] for r in self.failed["reason"])
@@ -151,9 +160,7 @@ def collect(results_dir: str | Path, workers: int | None = None, *, now: float |
     for key, entry in _failure_files(root).items():
         if key not in done:
             not_done[key] = entry
-    for key, entry in _work_folders(root, time.time() if now is None else now).items():
-        if key in done:
-            continue
+    for key, entry in _work_folders(root, time.time() if now is None else now, done).items():
         if entry["state"] == RUNNING or key not in not_done:
             not_done[key] = entry
     failed = pd.DataFrame([not_done[k] for k in sorted(not_done)], columns=list(FAILED_COLUMNS))
@@ -219,11 +226,15 @@ def _failure_files(root: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _work_folders(root: Path, now: float) -> dict[str, dict[str, Any]]:
-    """``work/<key>/``: running while its claim's heartbeat is fresh, crashed otherwise (a killed job leaves
-    its training state and a claim that stops being touched)."""
+def _work_folders(root: Path, now: float, done: set[str]) -> dict[str, dict[str, Any]]:
+    """``work/<key>/`` of runs without a record: running while a claim's heartbeat is fresh, crashed when it went
+    stale (a killed job stops touching it), unfinished when no job claims training state left there. Folders of
+    completed runs (linear probes keep theirs) are skipped before any file-system call: a store of 100k runs is
+    often on a network file system."""
     out = {}
     for key in _listing(root / "work", "the work folder"):
+        if key in done:
+            continue
         wdir = root / "work" / key
         claim_file = wdir / CLAIM_FILE
         try:
@@ -239,10 +250,16 @@ def _work_folders(root: Path, now: float) -> dict[str, dict[str, Any]]:
                 present = sorted(n for n in os.listdir(wdir) if n not in (CLAIM_FILE, ".lock"))
             except OSError:
                 present = []
-            why = (f"its claim's heartbeat stopped {age / 60:.0f} min ago" if age is not None
-                   else "no job claims it")
             held = f"work/ holds {', '.join(present)}" if present else "work/ holds no training state"
-            entry = {"state": FAILED, "reason": f"crashed: no record; {held}; {why}"}
+            if age is not None:
+                entry = {"state": FAILED,
+                         "reason": f"crashed: no record; {held}; its claim's heartbeat stopped {age / 60:.0f} min ago"}
+            elif present:
+                entry = {"state": UNFINISHED,
+                         "reason": f"unfinished: no record; {held}; no sweep job claims it (a `transferbench run` "
+                                   "still going, or interrupted: the same command resumes it)"}
+            else:  # a lock file alone: a run between jobs (queued again after a requeue), nothing to report
+                continue
         out[key] = {"path": str(wdir), "run_key": key, **entry}
     return out
 
@@ -411,7 +428,7 @@ def parse_record(record: Any, default_run_key: str = "") -> dict[str, Any]:
     sparsities = _as_fractions(sparsities, versioned, version, "sparsities")
     # the checkpoint block carries the registry's upstream top-1, which the registry keeps in percent
     ckpt_upstream = _number(ckpt.get("upstream_top1"))
-    if versioned:
+    if versioned or ckpt_upstream > 1.0:  # an unversioned record may hold an older fraction
         ckpt_upstream /= 100.0
     upstream = _number(_first(record.get("upstream_top1"), metrics.get("upstream_top1"),
                               _get(record, "upstream", "top1")))
@@ -420,6 +437,9 @@ def parse_record(record: Any, default_run_key: str = "") -> dict[str, Any]:
     if versioned and not (math.isnan(upstream) or 0.0 <= upstream <= 1.0):
         raise RecordError(f"bad value: upstream_top1 {upstream:g} is not a fraction, as schema_version "
                           f"{version} records store it")
+    if versioned and not (math.isnan(ckpt_upstream) or 0.0 <= ckpt_upstream <= 1.0):
+        raise RecordError(f"bad value: checkpoint upstream_top1 {ckpt_upstream * 100:g} is not a percentage, as "
+                          f"schema_version {version} records store it")
 
     row: dict[str, Any] = {
         "run_key": _text(record.get("run_key")) or default_run_key,
