@@ -35,6 +35,9 @@ from transferbench.tasks import get_task
 ImageFn = Callable[[int, int, np.random.Generator], Image.Image]
 
 CALTECH_RICH = 2  # Caltech classes with more files than the train cutoff
+# The paper's per-seed result files, in the development tree's shared/ folder beside the repository (CI lays a copy
+# there too); they are not shipped with the package.
+PAPER_RESULTS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "paper-results"
 
 
 def noise_image(size: int) -> ImageFn:

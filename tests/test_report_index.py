@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import re
 from importlib import metadata
-from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures_data import PAPER_RESULTS
 from test_report_beyond import C, N, _write_run
 
 from transferbench.cli import main
 
-REF = Path("/work/shared/reference/paper-results")
+REF = PAPER_RESULTS
 
 
 @pytest.fixture(scope="module")

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from fixtures_data import PAPER_RESULTS
 
 from transferbench.report import leaderboard, write_leaderboards
 from transferbench.report.collect import runs_frame
 from transferbench.report.leaderboard import MEAN, group_sources
 from transferbench.report.select import Group
 
-REF = Path("/work/shared/reference/paper-results")
+REF = PAPER_RESULTS
 
 
 def _runs(cells: dict[tuple[str, float, str], list[float]], source: str = "ours", solver: str = "sgd",

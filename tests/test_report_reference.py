@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from fixtures_data import PAPER_RESULTS
 from scipy.stats import ttest_ind
 
 from transferbench.cli import main
@@ -21,7 +22,7 @@ from transferbench.report.compare import compare, to_markdown, welch
 from transferbench.report.reference import infer_mode_arch, read_reference, read_references
 from transferbench.report.select import arch_family
 
-REF = Path("/work/shared/reference/paper-results")
+REF = PAPER_RESULTS
 FILES = {
     "linear_transfer_results.txt": ("linear", "resnet50"),
     "full_transfer_results.txt": ("full", "resnet50"),
