@@ -3,6 +3,7 @@ and a run is executed by at most one job at a time."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import time
@@ -11,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from transferbench.dispatch import jobs as jobs_module
+from transferbench.dispatch.plan import WorkUnit
 from transferbench.dispatch.state import append_ledger, claim_runs, failure_path, read_ledger, write_failure
 from transferbench.records import existing_record, package_versions, read_record, write_result
-from transferbench.runner import make_spec
+from transferbench.runner import RunContext, make_spec
 from transferbench.runspec import CheckpointRef
 
 WRITERS = 12
@@ -97,3 +100,25 @@ def test_a_run_is_claimed_by_exactly_one_job(tmp_path, contenders):
     assert not list(tmp_path.rglob("claim.json"))  # released on exit
     with claim_runs(keys, tmp_path, job_id="later") as again:  # and claimable again afterwards
         assert again == keys
+
+
+def test_a_run_finished_by_another_job_between_the_check_and_the_claim_is_not_run_again(tmp_path, monkeypatch):
+    specs = (_spec(1), _spec(2))
+    unit = WorkUnit("linear", specs)
+    real_claim = jobs_module.claim_runs
+
+    @contextlib.contextmanager
+    def claim_after_the_other_job_finished(keys, out, job_id):
+        # the other job completes spec 1 and releases its lock just after this job's check
+        write_result(specs[0], out, {"metrics": {"top1": 1.0}, "by": "other"}, np.zeros((2, 10), np.float32),
+                     np.zeros(2))
+        with real_claim(keys, out, job_id) as claimed:
+            assert sorted(claimed) == sorted(s.run_key for s in specs)  # the lock alone does not tell
+            yield claimed
+
+    ran: list[list[str]] = []
+    monkeypatch.setattr(jobs_module, "claim_runs", claim_after_the_other_job_finished)
+    monkeypatch.setattr(jobs_module, "run_linear_group", lambda group, ctx: ran.append([s.run_key for s in group]))
+    done = jobs_module.execute_unit(unit, RunContext(out=tmp_path, num_workers=0), job_id="this")
+    assert ran == [[specs[1].run_key]] and done == [specs[1].run_key]
+    assert existing_record(specs[0], tmp_path)["by"] == "other"  # its record is left alone

@@ -38,10 +38,16 @@ def execute_unit(unit: WorkUnit, ctx: RunContext, job_id: str | None = None) -> 
         log.info("job %s: %s already done", job_id, unit.name)
         return []
     with claim_runs([s.run_key for s in todo], ctx.out, job_id) as claimed:
-        specs = [s for s in todo if s.run_key in set(claimed)]
-        if len(specs) < len(todo):
+        held = set(claimed)
+        # checked again under the lock: a job that finished a run between the check above and the claim has
+        # released its lock by now, and running it again would redo hours of work and replace its record
+        specs = [s for s in todo if s.run_key in held and (ctx.force or existing_record(s, ctx.out) is None)]
+        if len(held) < len(todo):
             log.warning("job %s: %d run(s) of %s are held by another job; skipping them", job_id,
-                        len(todo) - len(specs), unit.name)
+                        len(todo) - len(held), unit.name)
+        if len(specs) < len(held):
+            log.info("job %s: %d run(s) of %s were finished by another job meanwhile; skipping them", job_id,
+                     len(held) - len(specs), unit.name)
         if not specs:
             return []
         log.info("job %s: %s (%d run(s))", job_id, unit.name, len(specs))
