@@ -31,9 +31,13 @@ state = pathlib.Path(__file__).with_name("state")
 state.mkdir(exist_ok=True)
 counter = state / "next_id"
 job_id = int(counter.read_text()) if counter.exists() else 12
+warning = state / "warning"  # printed first, as sbatch does for a deprecated option or a site's notice
+if warning.exists():
+    print("sbatch: warning: " + warning.read_text().strip(), file=sys.stderr)
 fail = state / "fail_at"  # "<job id>: <message>": the sbatch call that would get this id fails
 if fail.exists() and fail.read_text().split(":")[0] == str(job_id):
     print("sbatch: error: " + fail.read_text().split(":", 1)[1].strip(), file=sys.stderr)
+    print("sbatch: see the site's documentation", file=sys.stderr)
     sys.exit(1)
 counter.write_text(str(job_id + 1))
 script = pathlib.Path(sys.argv[-1]).read_text()
@@ -201,10 +205,12 @@ def test_a_failing_sbatch_is_one_line_naming_the_submission_and_what_was_submitt
     args = ["sweep", str(sweep_file), "--profile", str(_profile(tmp_path)), "--out", str(out)]
     fake_slurm.mkdir()
     (fake_slurm / "fail_at").write_text("13: Batch job submission failed: Job violates accounting/QOS policy\n")
+    (fake_slurm / "warning").write_text("--mem is deprecated here, use --mem-per-gpu\n")
     assert main(args) == 2
     printed = capsys.readouterr().err
     err = printed.splitlines()[-1]  # after the log line of the array that went through
-    assert "Traceback" not in printed and not any(line.startswith("sbatch: error") for line in printed.splitlines())
+    assert "Traceback" not in printed and not any(line.startswith("sbatch: ") for line in printed.splitlines())
+    assert "deprecated" not in err and "documentation" not in err  # the error line, not the ones around it
     assert err.startswith("error: sbatch failed on submission 2 of 3 (full, 3 job(s), first cifar10.dense0.")
     assert "sbatch: error: Batch job submission failed: Job violates accounting/QOS policy" in err
     assert f"already submitted and recorded in {out / 'jobs' / 'ledger.jsonl'}: array(s) 12 (2 job(s))" in err

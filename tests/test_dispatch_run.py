@@ -25,6 +25,7 @@ from transferbench.dispatch.state import (
     append_ledger,
     claim_path,
     claim_runs,
+    command_error_line,
     failure_path,
 )
 from transferbench.errors import TransferbenchError
@@ -209,11 +210,23 @@ def test_without_squeue_status_says_so_and_submitits_result_file_ends_a_job(tmp_
 def test_a_failing_squeue_is_reported(tmp_path, monkeypatch):
     out = tmp_path / "out"
     _slurm_ledger(out, {"12_0": ["waiting"]})
-    _path_with(tmp_path, monkeypatch, squeue="print('slurm_load_jobs error: Unable to contact slurm controller', "
-                                             "file=sys.stderr); sys.exit(1)")
+    _path_with(tmp_path, monkeypatch, squeue="print('squeue: warning: the -u format is deprecated', file=sys.stderr);"
+                                             "print('slurm_load_jobs error: Unable to contact slurm controller', "
+                                             "file=sys.stderr); print('', file=sys.stderr); sys.exit(1)")
     notes: list[str] = []
     assert run_states(out, ["waiting"], notes=notes)["waiting"].state == QUEUED
     assert notes[0].startswith("squeue failed (exit 1): slurm_load_jobs error: Unable to contact slurm controller: ")
+
+
+@pytest.mark.parametrize(("stderr", "line"), [
+    ("sbatch: warning: x is deprecated\nsbatch: error: Invalid account\n", "sbatch: error: Invalid account"),
+    ("sbatch: error: QOS limit\nsbatch: see the site's page\n\n", "sbatch: error: QOS limit"),
+    ("Error: no partition\n", "Error: no partition"),
+    ("first\nsecond, without the word\n  \n", "second, without the word"),
+    (" \n", "the default"),
+])
+def test_the_line_of_a_commands_stderr_that_says_why(stderr, line):
+    assert command_error_line(stderr, "the default") == line
 
 
 def test_squeue_is_asked_for_this_users_jobs_only(tmp_path, monkeypatch):

@@ -128,6 +128,14 @@ def error_line(exc: BaseException) -> str:
     return line if line.split(":", 1)[0].endswith(("Error", "Exception")) else f"{type(exc).__name__}: {line}"
 
 
+def command_error_line(output: str, default: str) -> str:
+    """The line of a failed SLURM command's stderr that says why: the last one naming an error, else the last
+    non-blank one. Not the first: sbatch and squeue print warnings (a deprecated option, a site's notice)
+    before the error, and a one-line report that quotes the warning hides the cause."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    return next((line for line in reversed(lines) if "error" in line.lower()), lines[-1] if lines else default)
+
+
 # ---------------------------------------------------------------------------------------------- the submitter's side
 
 
@@ -202,7 +210,7 @@ def live_slurm_jobs() -> SlurmQueue:
     except (subprocess.SubprocessError, OSError) as exc:
         return SlurmQueue(None, f"squeue failed: {error_line(exc)}")
     if listed.returncode != 0:
-        reason = next((line.strip() for line in listed.stderr.splitlines() if line.strip()), "no message")
+        reason = command_error_line(listed.stderr, "no message")
         return SlurmQueue(None, f"squeue failed (exit {listed.returncode}): {reason}")
     return SlurmQueue(frozenset(line.strip() for line in listed.stdout.splitlines() if line.strip()))
 

@@ -26,7 +26,7 @@ from ..runner import RunContext
 from .jobs import SweepJob, execute_unit
 from .plan import WorkUnit
 from .profiles import Profile
-from .state import LEDGER, append_ledger, check_locking, error_line
+from .state import LEDGER, append_ledger, check_locking, command_error_line, error_line
 
 log = logging.getLogger("transferbench")
 EXECUTORS = ("debug", "local", "slurm")
@@ -185,7 +185,7 @@ def _submit_slurm(units: list[WorkUnit], ctx: RunContext, profile: Profile, swee
 
 def _sbatch_failed(exc: BaseException, number: int, arrays: list[ArrayPlan], result: Submission, out: Path) -> str:
     planned = arrays[number - 1]
-    reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    reason = command_error_line(str(exc), type(exc).__name__)
     message = (f"sbatch failed on submission {number} of {len(arrays)} ({planned.mode}, {len(planned.units)} "
                f"job(s), first {planned.units[0].name}): {reason}; ")
     if result.arrays:
