@@ -7,6 +7,7 @@ import getpass
 import json
 import os
 import re
+import socket
 import sys
 import time
 
@@ -119,6 +120,41 @@ def test_local_executor_runs_units_as_subprocesses(tmp_path, capsys):
     assert len(ledger) == 2 and {e["executor"] for e in ledger} == {"local"}
     assert sorted(k for e in ledger for k in e["run_keys"]) == sorted(records)
     assert all(e["job_id"].isdigit() for e in ledger)  # LocalExecutor's job id is the pid
+    assert {e["host"] for e in ledger} == {socket.gethostname()}  # where that pid means something
+
+
+def _local_entry(out, keys: list[str], pid: int, host: str | None = None, ended: bool = False) -> dict:
+    """A ledger line as `sweep --executor local` writes it; ``ended``: with submitit's result file."""
+    folder = out / "jobs" / str(pid)
+    folder.mkdir(parents=True, exist_ok=True)
+    if ended:
+        (folder / f"{pid}_0_result.pkl").write_bytes(b"")
+    return {"run_keys": keys, "job_id": str(pid), "executor": "local", "stdout": str(folder / f"{pid}_0_log.out"),
+            "stderr": str(folder / f"{pid}_0_log.err"), "submitted_at": "2026-06-01T00:00:00+00:00",
+            **({"host": host} if host else {})}
+
+
+def test_local_jobs_are_judged_by_submitits_result_file_and_on_their_host_only(tmp_path):
+    out = tmp_path
+    here, alive, reused, dead = socket.gethostname(), os.getpid(), os.getppid(), 999999999
+    append_ledger(out, [
+        _local_entry(out, ["ended_pid_reused"], reused, here, ended=True),  # its pid now belongs to another process
+        _local_entry(out, ["running_here"], alive, here),
+        _local_entry(out, ["gone_here"], dead, here),
+        _local_entry(out, ["other_host"], dead - 1, "node7"),  # that pid is not this machine's to look up
+        _local_entry(out, ["other_host_ended"], dead - 2, "node7", ended=True),
+    ])
+    notes: list[str] = []
+    states = run_states(out, ["ended_pid_reused", "running_here", "gone_here", "other_host", "other_host_ended"],
+                        notes=notes)
+    assert {k: s.state for k, s in states.items()} == {
+        "ended_pid_reused": MISSING, "running_here": QUEUED, "gone_here": MISSING, "other_host": QUEUED,
+        "other_host_ended": MISSING}
+    assert states["ended_pid_reused"].detail == f"job {reused} ended without a record"
+    assert states["running_here"].detail == f"job {alive}"
+    assert states["other_host"].detail == f"job {dead - 1} (not confirmed: local job on node7)"
+    assert len(notes) == 1 and notes[0].startswith(f"local jobs of {out / 'jobs' / 'ledger.jsonl'} run on node7, "
+                                                   "not here")
 
 
 def test_run_states_from_files(tmp_path):

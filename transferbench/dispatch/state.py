@@ -221,23 +221,31 @@ def _ended(entry: dict) -> bool:
     return bool(stdout and job_id) and (Path(stdout).parent / f"{job_id}_0_result.pkl").exists()
 
 
-def _alive(entry: dict, queue: SlurmQueue | None) -> bool:
+def _liveness(entry: dict, queue: SlurmQueue | None) -> tuple[bool, str]:
+    """Whether the entry's job may still run its runs, and why that is not confirmed ("" when it is).
+
+    The result file comes first for every executor: it is the one sign that holds on any host, whereas a local
+    job's id is its pid, which the system hands to another process once the job has ended.
+    """
+    if _ended(entry):
+        return False, ""
     executor, job_id = entry.get("executor"), str(entry.get("job_id", ""))
     if executor == "slurm":
-        if _ended(entry):
-            return False
         if queue is None or queue.jobs is None:  # no squeue: only the job folder can tell, and it says nothing yet
-            return True
-        return job_id in queue.jobs or job_id.split("_")[0] in queue.jobs
+            return True, "no squeue"
+        return job_id in queue.jobs or job_id.split("_")[0] in queue.jobs, ""
     if executor == "local" and job_id.isdigit():
+        host = entry.get("host")
+        if host and host != socket.gethostname():  # a pid says nothing about another machine's processes
+            return True, f"local job on {host}"
         try:
             os.kill(int(job_id), 0)
         except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return False
+            return False, ""
+        except PermissionError:  # a process of another user: alive, though perhaps not ours
+            return True, ""
+        return True, ""
+    return False, ""
 
 
 def run_states(out: Path, keys: Iterable[str], *, now: float | None = None, stale_after_s: float = STALE_AFTER_S,
@@ -260,6 +268,7 @@ def run_states(out: Path, keys: Iterable[str], *, now: float | None = None, stal
                      "file shows they ended, so cancelled or killed jobs are not seen as gone; run `status` where "
                      "squeue works (a login node)")
     states: dict[str, RunState] = {}
+    unconfirmed_hosts: set[str] = set()
     for key in keys:
         if key in with_dir and read_record(out / "runs" / key / RESULT_FILE) is not None:
             states[key] = RunState(DONE)
@@ -272,17 +281,19 @@ def run_states(out: Path, keys: Iterable[str], *, now: float | None = None, stal
             if fresh:
                 states[key] = RunState(RUNNING, f"on {claim[0].get('host', '?')}", str(claim[0].get("job_id", "")))
                 continue
+        alive, unconfirmed = _liveness(submitted, slurm_jobs) if submitted is not None else (False, "")
         if key in failed:
             failure = _read_json(failure_path(out, key))
             failed_at = _timestamp(failure.get("failed_at", "")) if failure else None
-            if not (submitted_at and failed_at and submitted_at > failed_at and _alive(submitted, slurm_jobs)):
+            if not (submitted_at and failed_at and submitted_at > failed_at and alive):
                 states[key] = RunState(FAILED, failure.get("error", "?") if failure else "unreadable failure file",
                                        str(failure.get("job_id", "")) if failure else "")
                 continue
-        if submitted is not None and _alive(submitted, slurm_jobs):
-            unconfirmed = " (not confirmed: no squeue)" if slurm_jobs is not None and slurm_jobs.jobs is None \
-                and submitted.get("executor") == "slurm" else ""
-            states[key] = RunState(QUEUED, f"job {submitted['job_id']}{unconfirmed}", str(submitted["job_id"]))
+        if submitted is not None and alive:
+            if unconfirmed.startswith("local job on "):
+                unconfirmed_hosts.add(str(submitted.get("host")))
+            detail = f" (not confirmed: {unconfirmed})" if unconfirmed else ""
+            states[key] = RunState(QUEUED, f"job {submitted['job_id']}{detail}", str(submitted["job_id"]))
         elif claim is not None:
             states[key] = RunState(MISSING, f"lost: job {claim[0].get('job_id', '?')} stopped sending heartbeats "
                                             f"{(now - claim[1]) / 60:.0f} min ago", str(claim[0].get("job_id", "")))
@@ -291,6 +302,10 @@ def run_states(out: Path, keys: Iterable[str], *, now: float | None = None, stal
                                             f"{_last_log_line(submitted)}", str(submitted["job_id"]))
         else:
             states[key] = RunState(MISSING)
+    if unconfirmed_hosts and notes is not None:
+        notes.append(f"local jobs of {out / LEDGER} run on {', '.join(sorted(unconfirmed_hosts))}, not here: they "
+                     "count as queued until submitit's result file shows they ended; run `status` on that host "
+                     "to tell a running job from a killed one")
     return states
 
 

@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import io
 import logging
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -197,10 +198,11 @@ def _sbatch_failed(exc: BaseException, number: int, arrays: list[ArrayPlan], res
 
 
 def _ledger_entry(unit: WorkUnit, job: submitit.Job, executor: str, sweep: str) -> dict:
+    # host: where the command ran, which for local jobs is where their pid means something (see state._liveness)
     return {
         "sweep": sweep, "unit": unit.name, "mode": unit.mode, "run_keys": list(unit.keys),
-        "job_id": str(job.job_id), "executor": executor, "stdout": str(job.paths.stdout),
-        "stderr": str(job.paths.stderr),
+        "job_id": str(job.job_id), "executor": executor, "host": socket.gethostname(),
+        "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr),
         "submitted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds"),
     }
 
