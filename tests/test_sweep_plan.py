@@ -211,6 +211,16 @@ def test_a_setup_string_is_one_line_of_the_script(tmp_path):
     ("qos: true", "qos must be a string, got True"),
     ("constraint: 3", "constraint must be a string"),
     ("setup: [module load cuda, {a: 1}]", "setup must be a shell line or a list of them"),
+    ("sbatch: {gres: null}", "sbatch option(s) ['gres'] have no value (null or false)"),
+    ("sbatch: {requeue: false}", "sbatch option(s) ['requeue'] have no value (null or false)"),
+    ("gpus_per_node: true", "gpus_per_node must be a whole number, got True"),
+    ("cpus_per_task: 2.7", "cpus_per_task must be a whole number, got 2.7"),
+    ("max_requeues: '3'", "max_requeues must be a whole number, got '3'"),
+    ("time_min: {linear: 1.5, full: 60}", "time_min linear must be a whole number, got 1.5"),
+    ("time_min: .inf", "time_min linear must be a whole number, got inf"),
+    ("mem_gb: true", "mem_gb must be a positive number, got True"),
+    ("gpus_per_node: -1", "gpus_per_node must be 0 or more"),
+    ("max_requeues: -2", "max_requeues must be 0 or more"),
 ])
 def test_profile_values_of_the_wrong_type_are_one_line_errors(text, message, tmp_path, capsys):
     path = tmp_path / "p.yaml"
@@ -220,6 +230,17 @@ def test_profile_values_of_the_wrong_type_are_one_line_errors(text, message, tmp
     assert main(["sweep", "mini", "--dry-run", "--profile", str(path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: profile {path}: ") and err.count("\n") == 1
+
+
+def test_profile_numbers_and_sbatch_flags_that_are_fine(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("cpus_per_task: 4.0\ngpus_per_node: 0\nmax_requeues: 0\nmem_gb: 7.5\n"
+                    "sbatch: {requeue: true, gres: 'gpu:a100:2'}\n")
+    profile = load_profile(path)
+    assert (profile.cpus_per_task, profile.gpus_per_node, profile.max_requeues, profile.mem_gb) == (4, 0, 0, 7.5)
+    script = sbatch_preview(profile, "linear", 1, tmp_path, "s")
+    assert "\n#SBATCH --requeue\n" in script and "\n#SBATCH --gres=gpu:a100:2\n" in script
+    assert "--gpus-per-node" not in script  # gres alone asks for the GPUs
 
 
 def test_submission_refuses_missing_checkpoints_unless_only_ready(tmp_path, monkeypatch, capsys):

@@ -101,16 +101,16 @@ def parse_profile(raw: Any, origin: str, name: str) -> Profile:
         time_min = dict.fromkeys(MODES, time_min)
     if set(time_min) != set(MODES):
         raise TransferbenchError(f"profile {origin}: time_min needs a value for each of {', '.join(MODES)}")
-    try:
-        values["time_min"] = {m: int(v) for m, v in time_min.items()}
-        for key in ("gpus_per_node", "cpus_per_task", "array_parallelism", "max_array_size", "max_requeues",
-                    "signal_delay_s"):
-            if key in values:
-                values[key] = int(values[key])
-        if "mem_gb" in values:
-            values["mem_gb"] = float(values["mem_gb"])
-    except (TypeError, ValueError) as exc:
-        raise TransferbenchError(f"profile {origin}: {exc}; numbers expected") from None
+    values["time_min"] = {m: _whole_number(v, f"time_min {m}", origin) for m, v in time_min.items()}
+    for key in ("gpus_per_node", "cpus_per_task", "array_parallelism", "max_array_size", "max_requeues",
+                "signal_delay_s"):
+        if key in values:
+            values[key] = _whole_number(values[key], key, origin)
+    if "mem_gb" in values:
+        mem = values["mem_gb"]
+        if isinstance(mem, bool) or not isinstance(mem, int | float) or not mem > 0:
+            raise TransferbenchError(f"profile {origin}: mem_gb must be a positive number, got {mem!r}")
+        values["mem_gb"] = float(mem)
     for key in ("partition", "account", "qos", "constraint", "exclude", "description"):
         value = values.get(key)
         if value is not None and not isinstance(value, str):  # `account: 0042` is the (octal) number 34
@@ -125,7 +125,18 @@ def parse_profile(raw: Any, origin: str, name: str) -> Profile:
             or profile.max_array_size < 1:
         raise TransferbenchError(f"profile {origin}: time_min, cpus_per_task, array_parallelism and max_array_size "
                                  "must be positive")
+    if negative := [k for k in ("gpus_per_node", "max_requeues", "signal_delay_s") if getattr(profile, k) < 0]:
+        raise TransferbenchError(f"profile {origin}: {', '.join(negative)} must be 0 or more")
     return profile
+
+
+def _whole_number(value: Any, key: str, origin: str) -> int:
+    """A whole number as YAML writes it. Not ``int()``: it turns ``true`` into 1 and 2.7 GPUs into 2, and the
+    jobs would then ask for resources nobody wrote down."""
+    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not whole:
+        raise TransferbenchError(f"profile {origin}: {key} must be a whole number, got {value!r}")
+    return int(value)
 
 
 def _setup_lines(raw: Any, origin: str) -> tuple[str, ...]:
@@ -146,4 +157,8 @@ def _sbatch_options(raw: Any, origin: str) -> dict[str, Any]:
                                  f"{{gres: \"gpu:a100:1\"}}, got {raw!r}")
     if bad := [k for k, v in raw.items() if not isinstance(k, str) or isinstance(v, list | dict)]:
         raise TransferbenchError(f"profile {origin}: sbatch option(s) {bad} need a name and one value each")
+    # submitit writes every value with str(), so these would reach sbatch as --option=None / --option=False
+    if empty := [k for k, v in raw.items() if v is None or v is False]:
+        raise TransferbenchError(f"profile {origin}: sbatch option(s) {empty} have no value (null or false); give "
+                                 "one, `true` for an option without a value, or leave the option out")
     return dict(raw)
