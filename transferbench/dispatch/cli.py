@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..errors import TransferbenchError
 from ..runner import RunContext
-from .plan import Plan, feature_extractions, plan_sweep
+from .plan import Plan, plan_sweep
 from .profiles import Profile, load_profile
 from .state import FAILED, MISSING, STATES
 from .submit import EXECUTORS, ArrayPlan, plan_arrays, sbatch_preview, submit_units
@@ -31,7 +31,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     linear = [u for u in units if u.mode == "linear"]
     print(f"\nto {'retry' if args.retry_failed else 'run'}: {sum(len(u.specs) for u in units)} run(s) in "
           f"{len(units)} job(s) ({len(ready)} ready now); the {sum(len(u.specs) for u in linear)} linear run(s) "
-          f"need {feature_extractions(linear)} feature extraction(s)")
+          f"need {len(linear)} feature extraction(s)")  # one per linear job (Plan.units)
     _print_problems(plan)
     if args.dry_run:
         arrays = plan_arrays(units, profile)
@@ -160,7 +160,8 @@ def add_dispatch_commands(sub: argparse._SubParsersAction) -> None:
     sweep.add_argument("--parallel", type=int, default=1, help="local executor: jobs at once (default 1)")
     sweep.add_argument("--device", default="auto", help="auto, cpu, cuda (jobs pick their visible GPU)")
     sweep.add_argument("--workers", type=int,
-                       help="data-loading workers per job (default: the profile's cpus_per_task - 1 under slurm)")
+                       help="data-loading workers per job (default: the profile's cpus_per_task - 1 under slurm, "
+                            "min(4, this machine's cores) under local and debug)")
     sweep.add_argument("--allow-sparsity-gap", action="store_true", help="as for `transferbench run`")
     _common(sweep)
     sweep.set_defaults(func=cmd_sweep)

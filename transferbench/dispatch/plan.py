@@ -68,7 +68,8 @@ class Plan:
                 if self.states[s.run_key].state in states and not (ready_only and self.blocked(s))]
 
     def units(self, states: set[str] | None = None, ready_only: bool = True) -> list[WorkUnit]:
-        """Work units for the runs in ``states`` (default: missing), linear probes grouped per extraction.
+        """Work units for the runs in ``states`` (default: missing), linear probes grouped per extraction: a
+        linear unit holds the runs of one extraction key, so it extracts features once.
 
         ``ready_only=False`` also plans the runs that cannot start yet (for --dry-run counts).
         """
@@ -80,12 +81,6 @@ class Plan:
             else:
                 groups[("full", spec.run_key)].append(spec)
         return [WorkUnit(key[0], tuple(specs)) for key, specs in groups.items()]
-
-
-def feature_extractions(units: list[WorkUnit]) -> int:
-    """Feature extractions the linear units perform (train and test split of one key count as one): one per
-    distinct key in each unit, so two units holding the same key would count twice."""
-    return sum(len({s.extraction_key for s in u.specs}) for u in units if u.mode == "linear")
 
 
 def plan_sweep(sweep: SweepSpec, out: str | Path, *, data_root: str | Path | None = None,

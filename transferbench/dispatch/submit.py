@@ -102,16 +102,16 @@ def submit_units(units: list[WorkUnit], ctx: RunContext, executor: str, profile:
                  parallel: int = 1, workers: int | None = None) -> Submission:
     """Run or submit ``units``. ``workers`` (--workers) sets the data-loading workers per job; without it SLURM
     jobs use the profile's ``cpus_per_task - 1`` and local/debug jobs ``ctx.num_workers``."""
-    if workers is not None:
-        ctx = replace(ctx, num_workers=workers)
+    if workers is None:  # the profile's cores are those of a SLURM allocation, not of this machine
+        workers = profile.workers if executor == "slurm" else ctx.num_workers
+    ctx = replace(ctx, num_workers=workers)
     check_locking(ctx.out)  # every executor's jobs lock their runs: fail here once, not in each job
     if executor == "debug":
         return _run_here(units, ctx)
     if executor == "local":
         return _run_local(units, ctx, profile, sweep, parallel)
     if executor == "slurm":
-        return _submit_slurm(units, ctx if workers is not None else replace(ctx, num_workers=profile.workers),
-                             profile, sweep)
+        return _submit_slurm(units, ctx, profile, sweep)
     raise TransferbenchError(f"--executor must be one of {', '.join(EXECUTORS)}, not {executor!r}")
 
 
