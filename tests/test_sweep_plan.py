@@ -243,6 +243,39 @@ def test_profile_numbers_and_sbatch_flags_that_are_fine(tmp_path):
     assert "--gpus-per-node" not in script  # gres alone asks for the GPUs
 
 
+def _blocked_fixture_sweep(tmp_path):
+    """The fixture sweep with cifar10's data gone: its jobs are not ready, digits' are."""
+    sweep_file, data = write_fixture_sweep(tmp_path, linear_seeds=(21,), full_seeds=(), tasks=("cifar10", "digits"))
+    (data / "cifar10").rename(tmp_path / "cifar10_elsewhere")
+    return sweep_file
+
+
+def test_dry_run_with_only_ready_previews_the_ready_jobs(tmp_path, capsys):
+    sweep_file = _blocked_fixture_sweep(tmp_path)
+    args = ["sweep", str(sweep_file), "--dry-run", "--out", str(tmp_path / "o"), "--profile", "testcluster"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "4 run(s) in 4 job(s) (2 ready now)" in printed
+    assert "linear: 4 job(s) as 1 array(s) of 4" in printed and "#SBATCH --array=0-3%2" in printed
+    assert main([*args, "--only-ready"]) == 0  # what the same command without --dry-run submits
+    printed = capsys.readouterr().out
+    assert "linear: 2 job(s) as 1 array(s) of 2, at most 2 running at once" in printed
+    assert "#SBATCH --array=0-1%2" in printed and "--array=0-3" not in printed
+
+
+@pytest.mark.parametrize(("executor", "line"), [
+    ("local", "linear: 2 job(s) as subprocesses here, at most 3 at once (--parallel)"),
+    ("debug", "linear: 2 job(s) one after the other in this process"),
+])
+def test_dry_run_of_local_and_debug_shows_no_slurm_arrays(executor, line, tmp_path, capsys):
+    sweep_file = _blocked_fixture_sweep(tmp_path)
+    assert main(["sweep", str(sweep_file), "--dry-run", "--executor", executor, "--parallel", "3", "--only-ready",
+                 "--out", str(tmp_path / "o"), "--profile", "testcluster"]) == 0
+    printed = capsys.readouterr().out
+    assert line in printed.splitlines()
+    assert "array" not in printed and "running at once" not in printed and "#SBATCH" not in printed
+
+
 def test_submission_refuses_missing_checkpoints_unless_only_ready(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "none"))
     assert main(["sweep", "paper_resnet50_linear", "--executor", "debug", "--out", str(tmp_path / "o")]) == 2

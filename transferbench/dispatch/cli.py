@@ -10,10 +10,10 @@ import pandas as pd
 
 from ..errors import TransferbenchError
 from ..runner import RunContext
-from .plan import Plan, plan_sweep
+from .plan import Plan, WorkUnit, plan_sweep
 from .profiles import Profile, load_profile
 from .state import FAILED, MISSING, STATES
-from .submit import EXECUTORS, ArrayPlan, plan_arrays, sbatch_preview, submit_units
+from .submit import EXECUTORS, ArrayPlan, by_mode, plan_arrays, sbatch_preview, submit_units
 from .sweep import load_sweep, packaged_sweeps
 
 
@@ -34,16 +34,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
           f"need {len(linear)} feature extraction(s)")  # one per linear job (Plan.units)
     _print_problems(plan)
     if args.dry_run:
-        arrays = plan_arrays(units, profile)
-        for mode in dict.fromkeys(a.mode for a in arrays):
-            of_mode = [a for a in arrays if a.mode == mode]
-            print(f"\n{mode}: {sum(len(a.units) for a in of_mode)} job(s) as {len(of_mode)} array(s) of "
-                  f"{', '.join(str(len(a.units)) for a in of_mode)}, at most "
-                  f"{' + '.join(str(a.parallelism) for a in of_mode)} running at once")
-            if args.executor == "slurm":
-                print(sbatch_preview(profile, mode, len(of_mode[0].units), out, sweep.name, of_mode[0].parallelism))
-        if arrays:
-            _print_parallelism(arrays, profile)
+        # the jobs the same command without --dry-run would submit, so the preview is what gets submitted
+        _print_jobs(ready if args.only_ready else units, args, profile, out, sweep.name)
         return 0
     if len(ready) < len(units) and not args.only_ready:
         first = next(iter(plan.unresolved.values()), None) or next(iter(plan.missing_data.values()))
@@ -112,6 +104,26 @@ def status_table(plan: Plan) -> pd.DataFrame:
              "job_id": plan.states[s.run_key].job_id} for s in plan.specs]
     return pd.DataFrame(rows, columns=["run_key", "mode", "task", "method", "sparsity", "seed", "state", "detail",
                                        "job_id"])
+
+
+def _print_jobs(units: list[WorkUnit], args: argparse.Namespace, profile: Profile, out: Path, sweep: str) -> None:
+    """The jobs of a dry run as the executor will run them: arrays and sbatch scripts only for SLURM (local
+    jobs know no arrays, and their parallelism is --parallel, not the profile's)."""
+    if args.executor != "slurm":
+        for mode, of_mode in by_mode(units).items():
+            how = (f"as subprocesses here, at most {max(1, args.parallel)} at once (--parallel)"
+                   if args.executor == "local" else "one after the other in this process")
+            print(f"\n{mode}: {len(of_mode)} job(s) {how}")
+        return
+    arrays = plan_arrays(units, profile)
+    for mode in dict.fromkeys(a.mode for a in arrays):
+        of_mode = [a for a in arrays if a.mode == mode]
+        print(f"\n{mode}: {sum(len(a.units) for a in of_mode)} job(s) as {len(of_mode)} array(s) of "
+              f"{', '.join(str(len(a.units)) for a in of_mode)}, at most "
+              f"{' + '.join(str(a.parallelism) for a in of_mode)} running at once")
+        print(sbatch_preview(profile, mode, len(of_mode[0].units), out, sweep, of_mode[0].parallelism))
+    if arrays:
+        _print_parallelism(arrays, profile)
 
 
 def _print_parallelism(arrays: list[ArrayPlan], profile: Profile) -> None:
