@@ -22,7 +22,6 @@
 
 # setup
 module load cuda/12.4
-source ~/miniforge3/etc/profile.d/conda.sh && conda activate transferbench
 export TRANSFERBENCH_CHECKPOINTS=/shared/checkpoints
 
 # command

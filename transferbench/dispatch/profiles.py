@@ -13,8 +13,12 @@
     signal_delay_s: 120            # USR2 this long before the time limit: full fine-tuning saves and requeues
     constraint: null
     exclude: null
-    setup: ["source ~/venvs/transferbench/bin/activate"]   # shell lines run before the job
-    sbatch: {}                     # any other #SBATCH option, e.g. {gres: "gpu:a100:1"}
+    setup: ["module load cuda/12.4"]   # shell lines run before the job: modules, variables
+    sbatch: {}                     # any other #SBATCH option, e.g. {gres: "gpu:a100:1"} (then gpus_per_node: 0)
+
+A job runs the Python that ran ``transferbench sweep``, by its absolute path (submitit's srun line), so the
+environment is chosen by activating it before submitting; activating another one in ``setup`` changes PATH
+and such for the job, not its interpreter.
 
 Profiles ship in ``slurm/`` (inside the package as ``transferbench._slurm``); ``--profile`` also takes a path.
 """

@@ -155,8 +155,10 @@ def append_ledger(out: Path, entries: list[dict]) -> None:
 
 
 def check_locking(out: Path) -> None:
-    """Fail before anything runs or is submitted when the results root cannot be locked (the ledger must record
-    every submission, and jobs lock their runs); tried on the ledger, which every executor but debug writes."""
+    """Fail before anything runs or is submitted when the results root cannot be locked: jobs of every executor
+    (debug too) lock their runs, and the ledger must record every submission. Tried on the ledger, so it
+    creates an empty ``jobs/ledger.jsonl`` where there is none. A lock that holds on one node only (Lustre's
+    ``localflock``) passes: that cannot be seen from one node."""
     append_ledger(out, [])
 
 
