@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+import yaml
 from fixtures_sweep import write_fixture_sweep
 
 from transferbench.cli import main
@@ -109,10 +110,14 @@ def test_a_failure_is_recorded_shown_by_status_and_retried_alone(tmp_path, capsy
 
 
 def test_local_executor_runs_units_as_subprocesses(tmp_path, capsys):
+    from submitit.core.utils import DelayedSubmission, JobPaths
+
     sweep_file, _ = write_fixture_sweep(tmp_path, linear_seeds=(21, 51), full_seeds=())
     out = tmp_path / "out"
+    profile = tmp_path / "seven_requeues.yaml"  # not submitit's default of 3, so a lost setting shows
+    profile.write_text(yaml.safe_dump({"gpus_per_node": 0, "cpus_per_task": 1, "max_requeues": 7, "time_min": 20}))
     assert main(["sweep", str(sweep_file), "--executor", "local", "--parallel", "2", "--workers", "0",
-                 "--out", str(out), "--profile", "testcluster"]) == 0
+                 "--out", str(out), "--profile", str(profile)]) == 0
     records = _records(out)
     assert len(records) == 4
     assert {r["hardware"]["hostname"] for r in records.values()}
@@ -121,6 +126,9 @@ def test_local_executor_runs_units_as_subprocesses(tmp_path, capsys):
     assert sorted(k for e in ledger for k in e["run_keys"]) == sorted(records)
     assert all(e["job_id"].isdigit() for e in ledger)  # LocalExecutor's job id is the pid
     assert {e["host"] for e in ledger} == {socket.gethostname()}  # where that pid means something
+    for entry in ledger:  # the profile's max_requeues reached each job (local_max_num_timeout)
+        pickle = JobPaths(out / "jobs" / "%j", job_id=entry["job_id"]).submitted_pickle
+        assert DelayedSubmission.load(pickle)._timeout_countdown == 7
 
 
 def _local_entry(out, keys: list[str], pid: int, host: str | None = None, ended: bool = False) -> dict:
