@@ -73,10 +73,14 @@ def run_path(path: str, data_root: Path, sparsity: float, device_name: str) -> d
     warm = torch.randn(64, 3, 224, 224, device=device)
     n = len(load_split(task, "train", data_root))
 
+    warmup = {"s": 0.0}
+
     def timed_extract(dataset) -> float:
-        with torch.inference_mode():
+        start = time.perf_counter()
+        with torch.inference_mode():  # for --compile, the first batch compiles the model
             model.to(memory_format=torch.channels_last).forward_features(
                 warm.contiguous(memory_format=torch.channels_last))
+        warmup["s"] = time.perf_counter() - start
         start = time.perf_counter()
         extract(model, dataset, 64, device, 1, "bench", precision="bf16" if path == "bf16" else "fp32")
         return time.perf_counter() - start
@@ -113,9 +117,11 @@ def run_path(path: str, data_root: Path, sparsity: float, device_name: str) -> d
         split = load_split(task, "train", data_root)
         dataset = Transformed(split.dataset, build_transform(cfg))
         with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()  # warm-up: ONNX export, engine compilation, a first batch
             onnx_path = export_backbone(model, Path(tmp) / "rn50.onnx", warm.cpu())
             with DeepSparseEngine(onnx_path, 64) as engine:
                 engine(warm.cpu().numpy())
+                warmup["s"] = time.perf_counter() - start
                 start = time.perf_counter()
                 for images, _ in DataLoader(dataset, batch_size=64, num_workers=1):
                     engine(images.numpy())
@@ -124,7 +130,7 @@ def run_path(path: str, data_root: Path, sparsity: float, device_name: str) -> d
     else:
         raise SystemExit(f"unknown path {path}")
     gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0
-    return {"images_per_s": n / seconds, "worker_peak_mb": worker_mb, "gpu_peak_mb": gpu_mb}
+    return {"images_per_s": n / seconds, "worker_peak_mb": worker_mb, "gpu_peak_mb": gpu_mb, "warmup_s": warmup["s"]}
 
 
 def measure(path: str, data: Path, sparsity: float, device: str) -> dict | None:
@@ -180,11 +186,11 @@ def main() -> None:
         results = {p: measure(p, Path(tmp), args.sparsity, args.device) for p in paths}
     base = results["baseline"]["images_per_s"] if results.get("baseline") else float("nan")
     print(f"{'path':<12} {'images/s':>9} {'vs baseline':>12} {'peak RSS MB':>12} {'+ worker MB':>12} "
-          f"{'peak GPU MB':>12}")
+          f"{'peak GPU MB':>12} {'warm-up s':>10}")
     for path, r in results.items():
         if r is not None:
             print(f"{path:<12} {r['images_per_s']:>9.1f} {r['images_per_s'] / base:>11.2f}x {r['peak_mb']:>12.0f} "
-                  f"{r['worker_peak_mb']:>12.0f} {r['gpu_peak_mb']:>12.0f}")
+                  f"{r['worker_peak_mb']:>12.0f} {r['gpu_peak_mb']:>12.0f} {r['warmup_s']:>10.1f}")
 
 
 if __name__ == "__main__":

@@ -159,13 +159,16 @@ def main() -> None:
             python = args.ffcv_python if path.startswith("ffcv") else sys.executable
             results[path] = measure(path, data_root, args.workers, args.epochs, python)
         base = results["baseline"]["images_per_s"]
-        print(f"{'path':<32}{'images/s':>10}{'ratio':>8}{'peak RSS MiB':>14}")
+        ours = results["torchvision"]["images_per_s"] if results["torchvision"] else float("nan")
+        print(f"{'path':<32}{'images/s':>10}{'ratio':>8}{'vs ours':>9}{'peak RSS MiB':>14}")
         for path, label in zip(PATHS, LABELS, strict=True):
             r = results[path]
             if r is None:
-                print(f"{label:<32}{'-':>10}{'-':>8}{'-':>14}")
+                print(f"{label:<32}{'-':>10}{'-':>8}{'-':>9}{'-':>14}")
                 continue
-            print(f"{label:<32}{r['images_per_s']:>10.1f}{r['images_per_s'] / base:>7.2f}x{r['peak_rss_mib']:>14.0f}")
+            rate = r["images_per_s"]
+            print(f"{label:<32}{rate:>10.1f}{rate / base:>7.2f}x{rate / ours:>8.2f}x{r['peak_rss_mib']:>14.0f}")
+        print("ratio: against the plain baseline; vs ours: against transferbench's torchvision loader")
         for path in ("ffcv", "ffcv-raw"):
             if results[path]:
                 print(f"{path}: conversion of {args.images + 10} images {results[path]['convert_s']:.1f} s, train "

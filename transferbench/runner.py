@@ -212,8 +212,9 @@ def _prepare(spec: RunSpec, ctx: RunContext) -> _Prepared:
 
 def compile_model(model: torch.nn.Module) -> torch.nn.Module:
     """``torch.compile`` the model's ``forward`` and ``forward_features`` in place (state_dict keys unchanged, so
-    full fine-tuning still saves and resumes plain weights). Off by default: no gain measured on CPU
-    (benchmarks/bench_fast.py --compile); meant for GPUs, where fusing BN/ReLU and the masked step can pay."""
+    full fine-tuning still saves and resumes plain weights). Off by default: the protocol's reference numbers are
+    eager, and compiling costs every fresh process its first batches (ResNet50 extraction: 1.4x eager on 2 CPU
+    cores after about 20 s of compiling, benchmarks/bench_fast.py --compile)."""
     model.forward = torch.compile(model.forward)
     model.forward_features = torch.compile(model.forward_features)
     return model
