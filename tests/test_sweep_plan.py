@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fixtures_data import PAPER_RESULTS
 from fixtures_sweep import write_fixture_sweep
 
 from transferbench.cli import main
@@ -43,7 +44,7 @@ def test_paper_sweeps_have_the_papers_grid(name, mode, runs, jobs, tmp_path, mon
 
 
 def test_resnet50_linear_sweep_matches_the_papers_published_configs():
-    reference = Path(__file__).parents[2] / "shared" / "reference" / "paper-results" / "linear_transfer_results.txt"
+    reference = PAPER_RESULTS / "linear_transfer_results.txt"
     if not reference.is_file():
         pytest.skip(f"{reference} not present")
     import pandas as pd
