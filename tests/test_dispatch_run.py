@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+import torch
 import yaml
 from fixtures_sweep import write_fixture_sweep
 
@@ -63,6 +64,19 @@ def test_debug_sweep_runs_everything_once_and_a_second_sweep_is_a_noop(tmp_path,
     assert main(["sweep", str(sweep_file), "--executor", "debug", "--out", str(out)]) == 0
     assert "nothing to do" in capsys.readouterr().out
     assert mtimes == {k: (out / "runs" / k / "result.json").stat().st_mtime_ns for k in records}
+
+
+def test_sweep_passes_the_run_switches_to_every_job(tmp_path):
+    sweep_file, _ = write_fixture_sweep(tmp_path, linear_seeds=(21,), full_seeds=())
+    out = tmp_path / "out"
+    assert main(["sweep", str(sweep_file), "--executor", "debug", "--out", str(out), "--workers", "0",
+                 "--cudnn-benchmark"]) == 0
+    records = _records(out)
+    assert records and all(r["config"]["cudnn_benchmark"] is True for r in records.values())
+    assert all(r["config"]["compiled"] is False for r in records.values())
+    # the debug executor runs the jobs in this process
+    assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
 
 
 def test_a_failure_is_recorded_shown_by_status_and_retried_alone(tmp_path, capsys):

@@ -47,7 +47,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     ctx = RunContext(out=out, data_root=args.data_root or _path(sweep.data_root), device=args.device,
                      checkpoint_dir=args.checkpoint_dir or _path(sweep.checkpoint_dir),
-                     allow_sparsity_gap=args.allow_sparsity_gap)
+                     allow_sparsity_gap=args.allow_sparsity_gap, compile=args.compile,
+                     cudnn_benchmark=args.cudnn_benchmark)
     submission = submit_units(units, ctx, args.executor, profile, sweep.name, parallel=args.parallel,
                               workers=args.workers)
     if submission.arrays:
@@ -175,6 +176,10 @@ def add_dispatch_commands(sub: argparse._SubParsersAction) -> None:
                        help="data-loading workers per job (default: the profile's cpus_per_task - 1 under slurm, "
                             "min(4, this machine's cores) under local and debug)")
     sweep.add_argument("--allow-sparsity-gap", action="store_true", help="as for `transferbench run`")
+    sweep.add_argument("--compile", action="store_true", help="as for `transferbench run`: torch.compile in every job")
+    sweep.add_argument("--cudnn-benchmark", action="store_true",
+                       help="as for `transferbench run`: cuDNN autotuning in every job (GPU; resumes no longer "
+                            "bit-identical)")
     _common(sweep)
     sweep.set_defaults(func=cmd_sweep)
 

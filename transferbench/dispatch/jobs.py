@@ -32,7 +32,7 @@ def execute_unit(unit: WorkUnit, ctx: RunContext, job_id: str | None = None) -> 
     scheduler also sees the job fail.
     """
     job_id = job_id or current_job_id()
-    configure_determinism()
+    configure_determinism(ctx.cudnn_benchmark)
     todo = [s for s in unit.specs if ctx.force or existing_record(s, ctx.out) is None]
     if not todo:
         log.info("job %s: %s already done", job_id, unit.name)
