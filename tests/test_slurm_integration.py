@@ -1,6 +1,7 @@
 """A sweep on a real single-node SLURM (Debian slurmctld/slurmd 22.05 started by slurm/testcluster.sh):
 arrays, one job interrupted mid-run with `scancel --signal USR2` (checkpointed and requeued by submitit),
-every record complete and equal to an uninterrupted run's, and a second sweep that does nothing.
+every record complete and equal to an uninterrupted run's, and a second sweep that does nothing; and a GPU job that
+SLURM gives one of the test cluster's fake GPUs (gres).
 
 CI installs SLURM (.ci/run) and sets TRANSFERBENCH_REQUIRE_SLURM=1, so there this test cannot be skipped.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from fixtures_sweep import write_fixture_sweep
 
 from transferbench.cli import main
@@ -131,3 +133,26 @@ def test_sweep_on_a_real_slurm_survives_an_interruption_and_resubmits_nothing(sl
     assert main(["status", str(sweep_file), "--out", str(out), "--json"]) == 0
     totals = json.loads(capsys.readouterr().out)["totals"]
     assert [(t["mode"], t["done"], t["grid"]) for t in totals] == [("linear", 4, 4), ("full", 4, 4)]
+
+
+def test_a_gpu_job_is_given_a_gpu_by_slurms_gres(slurm_conf, tmp_path, monkeypatch, capsys):
+    """--gpus-per-node reaches a real slurmctld, which allocates one of the test cluster's fake GPUs (gres); the
+    job then runs on the CPU, as torch finds no driver behind the fake device."""
+    if os.geteuid() != 0:
+        pytest.skip("the test cluster has fake GPUs only when started as root (mknod)")
+    monkeypatch.setenv("SLURM_CONF", slurm_conf)
+    profile = yaml.safe_load((SCRIPT.parent / "testcluster.yaml").read_text())
+    profile.update(gpus_per_node=1, setup=['echo "allocated GPU: ${CUDA_VISIBLE_DEVICES:-none}"'])
+    (tmp_path / "gpu.yaml").write_text(yaml.safe_dump(profile))
+    sweep_file, _ = write_fixture_sweep(tmp_path, linear_seeds=(21,), full_seeds=())
+    out = tmp_path / "out"
+    assert main(["sweep", str(sweep_file), "--executor", "slurm", "--profile", str(tmp_path / "gpu.yaml"),
+                 "--out", str(out)]) == 0
+    ledger = [json.loads(line) for line in (out / "jobs" / "ledger.jsonl").read_text().splitlines()]
+    keys = [k for e in ledger for k in e["run_keys"]]
+    _wait(lambda: all((out / "runs" / k / "result.json").exists() for k in keys), 240, "the GPU jobs to finish",
+          poll=0.5)
+    for entry in ledger:
+        log = Path(entry["stdout"]).read_text()
+        assert "allocated GPU: 0" in log or "allocated GPU: 1" in log, log
+    assert all(json.loads((out / "runs" / k / "result.json").read_text())["config"]["device"] == "cpu" for k in keys)
