@@ -73,6 +73,7 @@ def test_dry_run_prints_counts_jobs_and_the_sbatch_script(tmp_path, monkeypatch,
     assert main(["sweep", "paper_resnet50_full", "--dry-run", "--profile", str(small), "--out",
                  str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
+    assert re.search(r"full\s+720\s", out) and "720 run(s) in 720 job(s)" in out
     # SLURM's %N throttles one array: the profile's 20 are split across the 8 arrays
     assert ("720 job(s) as 8 array(s) of 100, 100, 100, 100, 100, 100, 100, 20, at most 3 + 3 + 3 + 3 + 2 + 2 + 2 + 2 "
             "running at once") in out
