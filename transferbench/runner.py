@@ -22,7 +22,7 @@ from .checkpoints import (
     load_checkpoint,
     local_path,
 )
-from .checkpoints.registry import normalize_sparsity
+from .vocabulary import normalize_sparsity
 from .errors import TransferbenchError
 from .finetune.features import cached_features, extract_with, feature_cache_key
 from .finetune.full import finetune_full

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import __version__, synthetic
 from .checkpoints import CheckpointSpec, checkpoint_dir, register_local, save_checkpoint
-from .checkpoints.registry import format_sparsity, normalize_sparsity
+from .vocabulary import format_sparsity, normalize_sparsity
 from .errors import TransferbenchError
 from .models import create_model
 from .progress import progress

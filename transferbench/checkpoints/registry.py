@@ -20,41 +20,15 @@ import yaml
 from ..atomic import sha256_file, write_bytes
 from ..errors import TransferbenchError
 from ..models import model_class
+from ..vocabulary import arch_family, format_sparsity, normalize_sparsity
 
 ENV_CHECKPOINTS = "TRANSFERBENCH_CHECKPOINTS"
 DEFAULT_CHECKPOINT_DIR = "~/.cache/transferbench/checkpoints"
 LOCAL_REGISTRY = "local.yaml"
 DEFAULT_FAMILY = "resnet50"
-# Architecture variants that share a family with their base arch: STR's 1×1-conv head, RigL's TF port.
-_VARIANT_SUFFIXES = ("_str", "_rigl")
 _SPARSITY_TOLERANCE = 5e-4
 _HEX = re.compile(r"^[0-9a-f]+$")
 MIN_SHA256_PREFIX = 8
-
-
-def arch_family(arch: str) -> str:
-    """``resnet50_rigl``/``resnet50_str`` → ``resnet50``; ``mobilenet_str`` → ``mobilenet``."""
-    for suffix in _VARIANT_SUFFIXES:
-        if arch.endswith(suffix):
-            return arch[: -len(suffix)]
-    return arch
-
-
-def normalize_sparsity(value: float | int | str) -> float:
-    """Accept a fraction (0.9) or a percentage (90) and return the fraction."""
-    try:
-        sparsity = float(value)
-    except (TypeError, ValueError):
-        raise TransferbenchError(f"sparsity must be a number like 0.9 or 90, not {value!r}") from None
-    if sparsity > 1:
-        sparsity /= 100
-    if not 0 <= sparsity < 1:
-        raise TransferbenchError(f"sparsity must be in [0, 1) or a percentage in [0, 100), not {value!r}")
-    return round(sparsity, 6)
-
-
-def format_sparsity(fraction: float) -> str:
-    return f"{round(fraction * 100, 2):g}%"
 
 
 def normalize_sha256(value: str | None, origin: str) -> str | None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..checkpoints.registry import normalize_sparsity
+from ..vocabulary import normalize_sparsity
 from ..errors import TransferbenchError
 from ..runspec import resolve_hparams
 from ..tasks import get_task, list_tasks

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from ..vocabulary import arch_family
+
 log = logging.getLogger("transferbench")
 
 METRICS = {"primary": "primary", "top1": "top1", "mean_per_class_acc": "mean_per_class_acc",
@@ -47,17 +49,6 @@ def metric_column(metric: str) -> str:
     return METRICS[metric]
 
 
-# The rule of checkpoints.registry.arch_family, repeated here because that module imports torch, which would
-# add seconds to every report command; tests/test_report_reference.py checks that the two agree.
-_VARIANT_SUFFIXES = ("_str", "_rigl")
-
-
-def arch_family(arch: str) -> str:
-    """``resnet50_rigl``/``resnet50_str`` → ``resnet50``; ``mobilenet_str`` → ``mobilenet``."""
-    for suffix in _VARIANT_SUFFIXES:
-        if arch.endswith(suffix):
-            return arch[: -len(suffix)]
-    return arch
 
 
 def families(arch: pd.Series) -> pd.Series:
