@@ -22,7 +22,6 @@ from .checkpoints import (
     load_checkpoint,
     local_path,
 )
-from .vocabulary import normalize_sparsity
 from .errors import TransferbenchError
 from .finetune.features import cached_features, extract_with, feature_cache_key
 from .finetune.full import finetune_full
@@ -31,6 +30,7 @@ from .records import existing_record, hardware, result_path, write_result
 from .runspec import CheckpointRef, RunSpec, resolve_hparams
 from .tasks import Split, TaskSpec, Transformed, get_task, load_split
 from .transforms import build_transform, protocol_transform
+from .vocabulary import normalize_sparsity
 
 log = logging.getLogger("transferbench")
 

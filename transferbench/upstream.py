@@ -24,7 +24,6 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import __version__, synthetic
 from .checkpoints import CheckpointSpec, checkpoint_dir, register_local, save_checkpoint
-from .vocabulary import format_sparsity, normalize_sparsity
 from .errors import TransferbenchError
 from .models import create_model
 from .progress import progress
@@ -34,6 +33,7 @@ from .sparsity import measure_sparsity
 from .tasks import IMAGENET_NORMALIZATION, Transformed
 from .tasks.builtin import ArrayDataset
 from .transforms import TransformConfig, build_transform
+from .vocabulary import format_sparsity, normalize_sparsity
 
 log = logging.getLogger("transferbench")
 

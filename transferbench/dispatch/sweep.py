@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..vocabulary import normalize_sparsity
 from ..errors import TransferbenchError
 from ..runspec import resolve_hparams
 from ..tasks import get_task, list_tasks
+from ..vocabulary import normalize_sparsity
 from .named import NamedYaml
 
 MODES = ("linear", "full")
