@@ -11,7 +11,6 @@ import yaml
 from torch import nn
 from torch.nn.utils import prune
 
-from transferbench.atomic import sha256_file
 from transferbench.checkpoints import (
     CheckpointSpec,
     checkpoint_dir,
@@ -23,6 +22,7 @@ from transferbench.checkpoints import (
     peek_arch,
     register_local,
 )
+from transferbench.digests import sha256_file
 from transferbench.errors import TransferbenchError
 from transferbench.models import create_model, list_archs
 from transferbench.sparsity import prunable_weights

@@ -11,13 +11,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures_records import write_completed
 
+from transferbench.context import RunContext, package_versions
 from transferbench.dispatch import jobs as jobs_module
 from transferbench.dispatch.plan import WorkUnit
-from transferbench.dispatch.state import append_ledger, claim_runs, failure_path, read_ledger, write_failure
-from transferbench.records import existing_record, package_versions, read_record, write_result
-from transferbench.runner import RunContext, make_spec
-from transferbench.runspec import CheckpointRef
+from transferbench.runspec import CheckpointRef, make_spec
+from transferbench.store import (
+    append_ledger,
+    claim_runs,
+    existing_record,
+    failure_path,
+    read_ledger,
+    read_record,
+    write_failure,
+)
 
 WRITERS = 12
 KEYS_PER_WRITER = 40
@@ -36,15 +44,13 @@ def _writer(out: str, worker: int, barrier) -> None:
         index = worker * KEYS_PER_WRITER + i
         spec = _spec(index)
         logits = rng.normal(size=(64, 10)).astype(np.float32)
-        write_result(spec, out, {"metrics": {"top1": float(index)}, "payload": "x" * 20_000}, logits,
-                     np.arange(64) % 10)
+        write_completed(out, spec, index, logits, "x" * 20_000)
         append_ledger(Path(out), [{"run_keys": [spec.run_key], "job_id": f"{worker}_{i}", "executor": "slurm",
                                    "submitted_at": "2026-01-01T00:00:00+00:00", "pad": "y" * 5000}])
         write_failure(Path(out), f"failed-{index}", ValueError(f"boom {index}"), f"{worker}")
         if i < SHARED:
             shared = _spec(10_000 + i)
-            write_result(shared, out, {"metrics": {"top1": float(worker)}, "payload": "z" * 20_000}, logits,
-                         np.arange(64) % 10)
+            write_completed(out, shared, worker, logits, "z" * 20_000)
 
 
 def test_parallel_writers_lose_and_corrupt_nothing(tmp_path):
@@ -60,13 +66,13 @@ def test_parallel_writers_lose_and_corrupt_nothing(tmp_path):
 
     total = WRITERS * KEYS_PER_WRITER
     for index in range(total):
-        record = existing_record(_spec(index), tmp_path)
-        assert record is not None and record["metrics"]["top1"] == float(index)
+        record = existing_record(tmp_path, _spec(index).run_key)
+        assert record is not None and record.metrics.extra["tag"] == index
         npz = np.load(_spec(index).record_dir(tmp_path) / "predictions.npz")
         assert npz["logits"].shape == (64, 10)
     for i in range(SHARED):  # written by every writer: one complete record from one of them
         record = read_record(_spec(10_000 + i).record_dir(tmp_path) / "result.json")
-        assert record is not None and record["metrics"]["top1"] in range(WRITERS)
+        assert record is not None and record.metrics.extra["tag"] in range(WRITERS)
     assert len(list((tmp_path / "runs").iterdir())) == total + SHARED
     assert not list(tmp_path.rglob("*.tmp"))  # no temp file left behind
 
@@ -110,15 +116,14 @@ def test_a_run_finished_by_another_job_between_the_check_and_the_claim_is_not_ru
     @contextlib.contextmanager
     def claim_after_the_other_job_finished(keys, out, job_id):
         # the other job completes spec 1 and releases its lock just after this job's check
-        write_result(specs[0], out, {"metrics": {"top1": 1.0}, "by": "other"}, np.zeros((2, 10), np.float32),
-                     np.zeros(2))
+        write_completed(out, specs[0], "other")
         with real_claim(keys, out, job_id) as claimed:
             assert sorted(claimed) == sorted(s.run_key for s in specs)  # the lock alone does not tell
             yield claimed
 
     ran: list[list[str]] = []
     monkeypatch.setattr(jobs_module, "claim_runs", claim_after_the_other_job_finished)
-    monkeypatch.setattr(jobs_module, "run_linear_group", lambda group, ctx: ran.append([s.run_key for s in group]))
-    done = jobs_module.execute_unit(unit, RunContext(out=tmp_path, num_workers=0), job_id="this")
+    monkeypatch.setattr(jobs_module, "run", lambda group, ctx: ran.append([s.run_key for s in group]))
+    done = jobs_module.execute_unit(unit, RunContext(results=tmp_path, num_workers=0), job_id="this")
     assert ran == [[specs[1].run_key]] and done == [specs[1].run_key]
-    assert existing_record(specs[0], tmp_path)["by"] == "other"  # its record is left alone
+    assert existing_record(tmp_path, specs[0].run_key).metrics.extra["tag"] == "other"  # its record is left alone

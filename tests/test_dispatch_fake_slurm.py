@@ -144,7 +144,7 @@ def test_slurm_sweep_submits_chunked_arrays_and_jobs_complete_on_the_nodes(tmp_p
     # while squeue lists the jobs, everything is queued and a second sweep submits nothing
     (fake_slurm / "squeue").write_text("\n".join(e["job_id"] for e in ledger) + "\n")
     assert main(["status", str(sweep_file), "--out", str(out)]) == 0
-    assert re.search(r"linear\s+4\s+0\s+0\s+4\s+0\s+0", capsys.readouterr().out)
+    assert re.search(r"linear\s+4\s+0\s+0\s+4\s+0\s+0\s+0\s+0", capsys.readouterr().out)
     assert main(args) == 0
     assert "nothing to do" in capsys.readouterr().out and len(list(fake_slurm.glob("sbatch_*.sh"))) == 3
 

@@ -18,8 +18,8 @@ from fixtures_sweep import write_fixture_sweep
 
 from transferbench.cli import main
 from transferbench.dispatch import load_sweep, plan_sweep, run_states
-from transferbench.dispatch import state as state_module
-from transferbench.dispatch.state import (
+from transferbench.errors import TransferbenchError
+from transferbench.store import (
     DONE,
     FAILED,
     MISSING,
@@ -31,7 +31,7 @@ from transferbench.dispatch.state import (
     command_error_line,
     failure_path,
 )
-from transferbench.errors import TransferbenchError
+from transferbench.store import states as state_module
 
 pytestmark = pytest.mark.slow
 
@@ -101,7 +101,8 @@ def test_a_failure_is_recorded_shown_by_status_and_retried_alone(tmp_path, capsy
     status = capsys.readouterr().out
     for key, failure in failures.items():
         assert f"  {key} [job debug]: {failure['error']}" in status
-    assert re.search(r"linear\s+4\s+2\s+0\s+0\s+2\s+0", status)  # grid done running queued failed missing
+    # grid, done, running, queued, unfinished, failed, lost, missing
+    assert re.search(r"linear\s+4\s+2\s+0\s+0\s+0\s+2\s+0\s+0", status)
     # per method and sparsity, and per task: each checkpoint failed on cifar10 and finished digits
     assert _block(status, "mode method sparsity") == ["linear dense 0.0 1 0 0 1 0", "magnitude 50.0 1 0 0 1 0"]
     assert _block(status, "mode task") == ["linear cifar10 0 0 0 2 0", "digits 2 0 0 0 0"]
@@ -222,7 +223,7 @@ def test_a_torn_ledger_line_is_ignored(tmp_path):
                               "submitted_at": "2026-06-01T00:00:00+00:00"}])
     with open(tmp_path / "jobs" / "ledger.jsonl", "a") as f:
         f.write('{"run_keys": ["b"], "job_')
-    from transferbench.dispatch.state import read_ledger
+    from transferbench.store import read_ledger
 
     assert set(read_ledger(tmp_path)) == {"a"}
 
@@ -308,7 +309,7 @@ def test_status_prints_the_squeue_note(tmp_path, monkeypatch, capsys):
     assert main(["status", str(sweep_file), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "note: squeue is not on PATH: SLURM jobs of" in printed
-    assert re.search(r"linear\s+2\s+0\s+0\s+2\s+0\s+0", printed)
+    assert re.search(r"linear\s+2\s+0\s+0\s+2\s+0\s+0\s+0\s+0", printed)
 
 
 @pytest.fixture
@@ -337,7 +338,8 @@ def test_status_needs_no_data_root(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "none"))
     assert main(["status", "paper_resnet50_linear", "--out", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
-    assert "data not found" not in printed and re.search(r"linear\s+1200\s+0\s+0\s+0\s+0\s+1200\s+1200\s+0", printed)
+    assert "data not found" not in printed
+    assert re.search(r"linear\s+1200\s+0\s+0\s+0\s+0\s+0\s+0\s+1200\s+1200\s+0", printed)
     # given a data root, status also says what would keep the runs from starting
     assert main(["status", "paper_resnet50_linear", "--out", str(tmp_path / "out"), "--data-root",
                  str(tmp_path / "nodata")]) == 0

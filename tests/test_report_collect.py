@@ -41,20 +41,11 @@ def _by_key(coll) -> dict[str, tuple[str, str]]:
     return {r.run_key: (r.state, r.reason) for r in coll.failed.itertuples()}
 
 
-def test_the_dispatchers_layout_is_the_one_collect_reads():
-    from transferbench.dispatch import state
-
-    assert collect_module.CLAIM_FILE == state.CLAIM_FILE
-    assert collect_module.STALE_AFTER_S == state.STALE_AFTER_S
-    assert state.failure_path(Path("R"), "k") == Path("R") / collect_module.FAILURES_DIR / "k.json"
-    assert state.claim_path(Path("R"), "k") == Path("R") / "work" / "k" / collect_module.CLAIM_FILE
-
-
 def test_failures_running_and_crashed_runs(tmp_path):
     now = time.time()
     root = tmp_path / "results"
     _write(root / "runs" / "done" / "result.json", _record("done"))
-    # a failure file written by a sweep job, in dispatch/state.py's format
+    # a failure file written by a sweep job, in the store's format (store/claims.py)
     _write(root / "failures" / "boom.json", {"run_key": "boom", "error": "RuntimeError: CUDA out of memory",
                                              "job_id": "77_1", "host": "n1", "failed_at": "2026-01-01T00:00:00+00:00",
                                              "traceback": "Traceback ...\nRuntimeError: CUDA out of memory\n"})
@@ -82,11 +73,11 @@ def test_failures_running_and_crashed_runs(tmp_path):
     assert got["boom"] == ("failed", "failed: RuntimeError: CUDA out of memory (job 77_1)")
     assert got["torn"] == ("failed", "failed: unreadable failure file")
     assert got["live"][0] == "running" and got["live"][1].startswith("running: claimed by job 123_4 on node7")
-    assert got["killed"] == ("failed", "crashed: no record; work/ holds train_state.pt; its claim's heartbeat "
-                                       "stopped 60 min ago")
-    assert got["empty"][0] == "empty" and got["empty"][1].startswith("empty: a run folder with no files")
+    assert got["killed"] == ("lost", "lost: job 123_4 stopped sending heartbeats 60 min ago; work/ holds "
+                                     "train_state.pt")
+    assert got["empty"][0] == "lost" and got["empty"][1].startswith("lost: empty: a run folder with no files")
     assert coll.n_completed == 1 and coll.n_running == 1 and coll.n_unfinished == 1 and coll.n_failed == 4
-    assert coll.summary().startswith("1 completed run(s), 4 failed or partial, 1 running, 1 unfinished in ")
+    assert coll.summary().startswith("1 completed run(s), 4 failed or lost, 1 running, 1 unfinished in ")
 
 
 def test_a_fresh_claim_overrides_an_older_failure(tmp_path):
@@ -148,5 +139,5 @@ def test_units_are_decided_per_record(tmp_path):
     assert runs.loc["old", "measured_sparsity"] == pytest.approx(0.897)
     assert runs.loc["old", "upstream_top1"] == pytest.approx(0.7613)  # the registry's percent, unversioned too
     assert runs.loc["good", "upstream_top1"] == pytest.approx(0.7503)  # the registry's percent, as a fraction
-    assert _by_key(coll)["bad"] == ("failed", "bad value: top1 80 is not a fraction, as schema_version 1 records "
-                                              "store accuracies")
+    assert _by_key(coll)["bad"] == ("failed", "failed: bad value: top1 80 is not a fraction, as schema_version 1 "
+                                              "records store accuracies")

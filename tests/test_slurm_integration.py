@@ -22,9 +22,10 @@ import yaml
 from fixtures_sweep import write_fixture_sweep
 
 from transferbench.cli import main
+from transferbench.context import RunContext
 from transferbench.dispatch import load_sweep, plan_sweep
-from transferbench.dispatch.state import DONE
-from transferbench.runner import RunContext, run
+from transferbench.runner import run
+from transferbench.store import DONE
 
 pytestmark = pytest.mark.slow
 
@@ -113,7 +114,7 @@ def test_sweep_on_a_real_slurm_survives_an_interruption_and_resubmits_nothing(sl
     threads = torch.get_num_threads()
     torch.set_num_threads(interrupted["hardware"]["torch_threads"])
     try:
-        run(spec, RunContext(out=reference_out, data_root=data, num_workers=0))
+        run(spec, RunContext(results=reference_out, data_root=data, num_workers=0))
     finally:
         torch.set_num_threads(threads)
     reference = json.loads((reference_out / "runs" / key / "result.json").read_text())

@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 from fixtures_data import PAPER_RESULTS
+from fixtures_records import write_completed
 from fixtures_sweep import write_fixture_sweep
 
 from transferbench.cli import main
 from transferbench.dispatch import load_profile, load_sweep, plan_sweep, sbatch_preview
-from transferbench.dispatch.state import MISSING
 from transferbench.dispatch.submit import split_parallelism
 from transferbench.errors import TransferbenchError
+from transferbench.store import FAILED, LOST, MISSING
 from transferbench.tasks import list_tasks
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -62,7 +63,7 @@ def test_dry_run_prints_counts_jobs_and_the_sbatch_script(tmp_path, monkeypatch,
     monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "none"))
     assert main(["sweep", "paper_resnet50_linear", "--dry-run", "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"linear\s+1200\s+0\s+0\s+0\s+0\s+1200\s+1200\s+1200", out)
+    assert re.search(r"linear\s+1200\s+0\s+0\s+0\s+0\s+0\s+0\s+1200\s+1200\s+1200", out)
     assert "1200 run(s) in 240 job(s)" in out and "need 240 feature extraction(s)" in out
     assert "#SBATCH --array=0-239%64" in out and "#SBATCH --gpus-per-node=1" in out
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
@@ -122,14 +123,18 @@ def test_planning_marks_existing_records_done_and_packs_only_the_rest(tmp_path):
     out = tmp_path / "out"
     plan = plan_sweep(load_sweep(sweep_file), out)
     done = plan.specs[0]
-    (out / "runs" / done.run_key).mkdir(parents=True)
-    (out / "runs" / done.run_key / "result.json").write_text('{"status": "completed"}')
+    write_completed(out, done)
     (out / "runs" / plan.specs[1].run_key).mkdir(parents=True)  # a directory without its record is not done
+    (out / "runs" / plan.specs[2].run_key).mkdir(parents=True)  # nor one whose record is not a completed run
+    (out / "runs" / plan.specs[2].run_key / "result.json").write_text('{"status": "completed"}')
     again = plan_sweep(load_sweep(sweep_file), out)
     assert again.states[done.run_key].state == "done"
-    assert again.states[plan.specs[1].run_key].state == MISSING
+    assert again.states[plan.specs[1].run_key].state == LOST  # started, gone without a record: run it again
+    assert again.states[plan.specs[2].run_key].state == FAILED  # the reason: missing fields
+    assert again.states[plan.specs[2].run_key].detail.startswith("missing fields: task, method")
+    assert again.states[plan.specs[3].run_key].state == MISSING
     assert done not in [s for u in again.units() for s in u.specs]
-    assert sum(len(u.specs) for u in again.units()) == len(plan.specs) - 1
+    assert sum(len(u.specs) for u in again.units()) == len(plan.specs) - 2  # the failed one needs --retry-failed
 
 
 @pytest.mark.parametrize(("edit", "message"), [

@@ -29,9 +29,13 @@ def _parse_set(items: list[str]) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .records import existing_record, result_path
-    from .runner import RunContext, make_spec, resolve_checkpoint, resolve_mini_checkpoint, run
-    from .runspec import CheckpointRef
+    from .checkpoints import resolve_checkpoint
+    from .context import RunContext
+    from .runner import run
+    from .runspec import CheckpointRef, make_spec
+    from .store import existing_record, result_path
+    from .tasks import detect_layout, get_task, load_split
+    from .upstream import ensure_mini_checkpoint
 
     overrides = _parse_set(args.set)
     for name in ("epochs", "lr", "batch_size", "weight_decay", "momentum", "solver", "image_size",
@@ -39,7 +43,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
-    from .tasks import detect_layout, get_task, load_split
 
     task = get_task(args.task)
     make_spec(task.name, args.mode, args.seed, CheckpointRef("check", 0.0, "check", "check"), overrides)  # validates
@@ -48,7 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             load_split(task, "test", None)  # raises: where the data is expected and how to get it
         detect_layout(task, args.data_root)
     if task.kind == "mini" and args.checkpoint is None and args.method is not None:
-        ref = resolve_mini_checkpoint(args.method, args.sparsity, args.arch)
+        ref = ensure_mini_checkpoint(args.method, args.sparsity, args.arch)
     else:
         ref = resolve_checkpoint(args.method, args.sparsity, args.arch, args.checkpoint, args.checkpoint_dir)
     spec = make_spec(args.task, args.mode, args.seed, ref, overrides)
@@ -56,19 +59,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .finetune.sparse_cpu import deepsparse_python
 
         deepsparse_python()
-    ctx = RunContext(out=args.out, data_root=args.data_root, cache_dir=args.cache_dir,
+    ctx = RunContext(results=args.out, data_root=args.data_root, cache_dir=args.cache_dir,
                      checkpoint_dir=args.checkpoint_dir, device=args.device, force=args.force,
                      verify_md5=args.verify_md5, allow_sparsity_gap=args.allow_sparsity_gap, compile=args.compile,
                      cudnn_benchmark=args.cudnn_benchmark,
                      **({"num_workers": args.workers} if args.workers is not None else {}))
-    if not args.force and existing_record(spec, args.out) is not None:
-        print(f"already done: {result_path(spec, args.out)} (use --force to run it again)")
+    if not args.force and existing_record(args.out, spec.run_key) is not None:
+        print(f"already done: {result_path(args.out, spec.run_key)} (use --force to run it again)")
         return 0
-    path = run(spec, ctx)
-    record = json.loads(path.read_text())
-    m = record["metrics"]
-    print(f"{spec.run_key}: top1={m['top1']:.4f} mean_per_class_acc={m['mean_per_class_acc']:.4f}")
-    print(f"record: {path}")
+    [record] = run(spec, ctx)
+    print(f"{spec.run_key}: top1={record.metrics.top1:.4f} mean_per_class_acc={record.metrics.mean_per_class_acc:.4f}")
+    print(f"record: {result_path(args.out, spec.run_key)}")
     return 0
 
 

@@ -21,9 +21,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .checkpoints import resolve_checkpoint
+from .context import RunContext, configure_determinism
 from .progress import interactive
-from .runner import RunContext, configure_determinism, make_spec, resolve_checkpoint, run_full, run_linear_group
-from .runspec import RunSpec
+from .runner import run
+from .runspec import RunSpec, group_by_extraction, make_spec
 
 log = logging.getLogger("transferbench")
 
@@ -99,18 +101,10 @@ def _run(out: Path, plan: DemoPlan) -> dict[str, list[Path]]:
     start = time.perf_counter()
     _build_upstream(plan)
     print(f"[demo] upstream models ready ({time.perf_counter() - start:.0f} s)", flush=True)
-    ctx = RunContext(out=out, num_workers=0)
+    ctx = RunContext(results=out, num_workers=0)
     specs = _specs(plan)
-    groups: dict[tuple, list[RunSpec]] = {}
-    for spec in specs:
-        if spec.mode == "linear":  # every seed of one (checkpoint, task) shares one feature extraction
-            groups.setdefault((spec.task, spec.checkpoint, spec.hparams), []).append(spec)
-    jobs = [("linear", g) for g in groups.values()] + [("full", [s]) for s in specs if s.mode == "full"]
-    for mode, group in tqdm(jobs, desc="transfer runs", disable=not interactive()):
-        if mode == "linear":
-            run_linear_group(group, ctx)
-        else:
-            run_full(group[0], ctx)
+    for group in tqdm(group_by_extraction(specs), desc="transfer runs", disable=not interactive()):
+        run(group, ctx)
     print(f"[demo] {len(specs)} transfer runs done ({time.perf_counter() - start:.0f} s)", flush=True)
     from .report import collect, write_figures, write_leaderboards
 

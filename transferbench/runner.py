@@ -1,167 +1,38 @@
-"""From a RunSpec to a result record: resolve the checkpoint, read the data, run the protocol, write."""
+"""The runner: from RunSpecs to RunRecords in the results store. It only runs: specs are built in ``runspec``,
+checkpoints resolved in ``checkpoints``, where and how to run is the ``RunContext`` (``context``).
+
+``run(specs, ctx)`` skips the runs whose record is complete, extracts features once per extraction key for the
+linear probes of one (checkpoint, task) and trains all their heads, and runs each full fine-tuning on its own.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
-import os
 import shutil
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .atomic import sha256_file
-from .checkpoints import (
-    CheckpointSpec,
-    LoadedCheckpoint,
-    find_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    local_path,
-)
+from .checkpoints import CheckpointSpec, LoadedCheckpoint, load_checkpoint
+from .checkpoints.resolve import registered_spec
+from .context import RunContext, configure_determinism, hardware, package_versions
 from .errors import TransferbenchError
 from .finetune.features import cached_features, extract_with, feature_cache_key
 from .finetune.full import finetune_full
 from .finetune.linear import HeadResult, train_lbfgs_head, train_sgd_heads
-from .records import existing_record, hardware, result_path, write_result
-from .runspec import CheckpointRef, RunSpec, resolve_hparams
+from .runspec import RunSpec, group_by_extraction
+from .store import CheckpointInfo, Metrics, RunRecord, SparsityInfo, existing_record, write_record
 from .tasks import Split, TaskSpec, Transformed, get_task, load_split
-from .transforms import build_transform, protocol_transform
-from .vocabulary import normalize_sparsity
+from .transforms import TransformConfig, build_transform, protocol_transform
 
 log = logging.getLogger("transferbench")
 
 
-@dataclass
-class RunContext:
-    """Where and how runs execute; nothing here changes a run's numbers."""
-
-    out: Path = Path("results")
-    data_root: Path | None = None
-    cache_dir: Path | None = None  # feature cache; default <out>/cache/features
-    checkpoint_dir: Path | None = None
-    device: str = "auto"
-    num_workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
-    extract_batch_size: int = 128
-    force: bool = False
-    verify_md5: bool = False
-    allow_sparsity_gap: bool = False
-    compile: bool = False  # torch.compile the model (same computation; float rounding may differ)
-    # cuDNN autotuning on GPUs: faster convolutions, but float rounding then varies from run to run, so a resumed
-    # full fine-tuning is no longer bit-identical to an uninterrupted one. Off: deterministic kernels.
-    cudnn_benchmark: bool = False
-
-    def torch_device(self) -> torch.device:
-        return resolve_device(self.device)
-
-    def feature_cache(self) -> Path:
-        return self.cache_dir if self.cache_dir is not None else Path(self.out) / "cache" / "features"
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` (a GPU when one is visible), ``cpu``, ``cuda`` or ``cuda:N``; anything else is a one-line error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise TransferbenchError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise TransferbenchError(f"--device {name} requested but {torch.cuda.device_count()} CUDA GPU(s) are "
-                                 "visible; use --device cpu or a visible index")
-    if device.type not in ("cpu", "cuda"):
-        raise TransferbenchError(f"--device {name}: only cpu and cuda are supported")
-    return device
-
-
-def resolve_checkpoint(method: str | None, sparsity: float | None, arch: str | None,
-                       checkpoint: str | Path | None, checkpoint_dir: Path | None = None) -> CheckpointRef:
-    """A registry entry (method + sparsity [+ arch]) or a local file (--checkpoint PATH)."""
-    if checkpoint is not None:
-        path = Path(checkpoint).expanduser()
-        if not path.is_file():
-            raise TransferbenchError(f"checkpoint file {path} does not exist (--checkpoint)")
-        if sparsity is None:
-            raise TransferbenchError(
-                f"--checkpoint {path} needs --sparsity (its registered/target sparsity, e.g. 0.9), which is "
-                "checked against the measured sparsity"
-            )
-        if arch is None:
-            arch = _arch_from_file(path)
-        return CheckpointRef(method=method or "custom", sparsity=normalize_sparsity(sparsity), arch=arch,
-                             identity=f"sha256:{sha256_file(path)}", path=str(path))
-    if method is None or sparsity is None:
-        raise TransferbenchError("name an upstream checkpoint with --method and --sparsity, or --checkpoint PATH")
-    spec = find_checkpoint(method, sparsity, arch)
-    if spec.oneshot:
-        raise TransferbenchError(
-            f"{spec.name} is a dense CrAM model that must be one-shot pruned to {spec.sparsity:g} and "
-            "BN-recalibrated before transfer; produce that checkpoint first and pass it with --checkpoint"
-        )
-    path = local_path(spec, checkpoint_dir)
-    # The file's digest is part of the identity: a re-trained or re-downloaded file under the same registry name
-    # is a different run (sha256_file remembers digests by path, size and mtime, so a file is read once).
-    return CheckpointRef(method=spec.method, sparsity=spec.sparsity, arch=spec.arch,
-                         identity=f"{spec.name}@sha256:{sha256_file(path)}", path=str(path))
-
-
-MINI_ARCH, MINI_RECIPE, MINI_DEFAULT_SPARSITY = "resnet_tiny", "small_cpu", 0.9
-
-
-def resolve_mini_checkpoint(method: str, sparsity: float | None, arch: str | None) -> CheckpointRef:
-    """For the offline mini-tasks: the registered upstream model of ``method``, trained on first use."""
-    from .upstream import train_upstream
-
-    arch = arch or MINI_ARCH
-    if sparsity is None:
-        sparsity = 0.0 if method == "dense" else MINI_DEFAULT_SPARSITY
-    try:
-        return resolve_checkpoint(method, sparsity, arch, None)
-    except TransferbenchError as exc:
-        from .pruning.factory import METHODS
-
-        untrained = "not found" in str(exc) or "no '" in str(exc) or "unknown method" in str(exc)
-        if not untrained or method not in METHODS:
-            raise
-    log.info("no %s upstream model at %s for %s yet: training one with the %s recipe (cached for later runs)",
-             method, sparsity, arch, MINI_RECIPE)
-    train_upstream(method, [normalize_sparsity(sparsity)], arch=arch, recipe=MINI_RECIPE)
-    return resolve_checkpoint(method, sparsity, arch, None)
-
-
-def _arch_from_file(path: Path) -> str:
-    from .checkpoints import peek_arch
-
-    arch = peek_arch(path)
-    if arch is None:
-        raise TransferbenchError(f"{path} does not name its architecture; pass --arch (e.g. resnet50)")
-    return arch
-
-
-def make_spec(task: str, mode: str, seed: int, checkpoint: CheckpointRef,
-              overrides: dict | None = None) -> RunSpec:
-    task_spec = get_task(task)
-    if mode not in ("linear", "full"):
-        raise TransferbenchError(f"--mode must be linear or full, not {mode!r}")
-    overrides = dict(overrides or {})
-    if task_spec.image_size != 224:  # mini-tasks run at their native resolution unless overridden
-        overrides.setdefault("image_size", task_spec.image_size)
-    hp = resolve_hparams(mode, task_spec.full_lr, overrides)
-    return RunSpec(task=task_spec.name, mode=mode, seed=seed, checkpoint=checkpoint, hparams=hp)
-
-
-def _registered(ref: CheckpointRef):
-    """The registry row a run's checkpoint came from (by name), or None for --checkpoint PATH."""
-    if ref.identity.startswith("sha256:"):
-        return None
-    name = ref.identity.partition("@")[0]
-    return next(s for s in reversed(list_checkpoints()) if s.name == name)  # local.yaml rows last, newest last
-
-
-def _load(ref: CheckpointRef, registered, ctx: RunContext):
+def _load(ref, registered: CheckpointSpec | None, ctx: RunContext) -> LoadedCheckpoint:
     return load_checkpoint(
         ref.path, arch=ref.arch, expected_sha256=registered.sha256 if registered else None,
         target_sparsity=ref.sparsity, allow_sparsity_gap=ctx.allow_sparsity_gap,
@@ -197,7 +68,7 @@ def _prepare(spec: RunSpec, ctx: RunContext) -> _Prepared:
     start = time.perf_counter()
     task = get_task(spec.task)
     train, test = (load_split(task, split, ctx.data_root, ctx.verify_md5) for split in ("train", "test"))
-    registered = _registered(spec.checkpoint)
+    registered = registered_spec(spec.checkpoint)
     loaded = _load(spec.checkpoint, registered, ctx)
     if loaded.arch != spec.checkpoint.arch:
         raise TransferbenchError(
@@ -220,27 +91,49 @@ def compile_model(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def run_linear_group(specs: list[RunSpec], ctx: RunContext) -> list[Path]:
-    """Linear probes of one (checkpoint, task): features are extracted once and shared by every spec."""
-    first = specs[0]
-    if len({s.extraction_key for s in specs}) != 1 or first.mode != "linear":
-        raise ValueError("run_linear_group takes linear specs that share one feature extraction")
-    todo = [s for s in specs if ctx.force or existing_record(s, ctx.out) is None]
-    if not todo:
-        return [result_path(s, ctx.out) for s in specs]
-    t_start = time.perf_counter()
-    _require_loader(first)
-    prep = _prepare(first, ctx)
-    task, train, test, loaded, device = prep.task, prep.train, prep.test, prep.loaded, prep.device
-    tcfg = protocol_transform(task, "linear", train=False, interpolation=prep.interpolation,
-                              image_size=first.hparams.image_size)
+def run(specs: RunSpec | list[RunSpec], ctx: RunContext) -> list[RunRecord]:
+    """Run ``specs`` and return their records, in order. Runs whose record is complete are not run again (unless
+    ``ctx.force``); the linear probes that share an extraction key share one feature extraction."""
+    specs = [specs] if isinstance(specs, RunSpec) else list(specs)
+    configure_determinism(ctx.cudnn_benchmark)
+    records: dict[str, RunRecord] = {}
+    for group in group_by_extraction(specs):
+        if group[0].mode == "linear":
+            records.update((r.run_key, r) for r in _run_linear(group, ctx))
+        else:
+            record = _run_full(group[0], ctx)
+            records[record.run_key] = record
+    return [records[s.run_key] for s in specs]
+
+
+def _run_linear(specs: list[RunSpec], ctx: RunContext) -> list[RunRecord]:
+    """Linear probes of one extraction key: features extracted (or read from the cache) once, every head trained."""
+    done = {s.run_key: r for s in specs if not ctx.force and (r := existing_record(ctx.results, s.run_key))}
+    todo = [s for s in specs if s.run_key not in done]
+    if todo:
+        t_start = time.perf_counter()
+        _require_loader(todo[0])
+        prep = _prepare(todo[0], ctx)
+        tcfg = protocol_transform(prep.task, "linear", train=False, interpolation=prep.interpolation,
+                                  image_size=todo[0].hparams.image_size)
+        feats = _features(todo[0], prep, tcfg, ctx)
+        heads, seconds = _train_heads(todo, prep, feats)
+        for spec in todo:
+            done[spec.run_key] = _write_linear(spec, prep, tcfg, feats, heads[spec], seconds[spec], len(todo),
+                                               time.perf_counter() - t_start, ctx)
+    return [done[s.run_key] for s in specs]
+
+
+def _features(first: RunSpec, prep: _Prepared, tcfg: TransformConfig, ctx: RunContext) -> dict:
+    """The train and test features of the group (the cache's entries, or extracted now and cached)."""
+    task, loaded = prep.task, prep.loaded
     fast = {}  # --loader ffcv: the .beton of each split, checked against the data before anything is computed
     if first.hparams.loader == "ffcv":
         from .fastdata.ffcv_loader import open_split
 
-        fast = {n: open_split(task, s, n, ctx.data_root, tcfg) for n, s in (("train", train), ("test", test))}
+        fast = {n: open_split(task, s, n, ctx.data_root, tcfg) for n, s in (("train", prep.train), ("test", prep.test))}
     feats = {}
-    for name, split in (("train", train), ("test", test)):
+    for name, split in (("train", prep.train), ("test", prep.test)):
         key = feature_cache_key(loaded.sha256, task.name, name, tcfg.to_dict(),
                                 {"layout": split.layout, "root": str(split.root), "size": len(split),
                                  "labels": _digest(split.labels), "arch": loaded.arch,
@@ -251,10 +144,16 @@ def run_linear_group(specs: list[RunSpec], ctx: RunContext) -> list[Path]:
         feats[name] = cached_features(
             ctx.feature_cache(), key,
             lambda d=dataset, n=name: extract_with(first.hparams.engine, loaded.model, d, ctx.extract_batch_size,
-                                                   device, ctx.num_workers, desc=f"features {task.name}/{n}",
+                                                   prep.device, ctx.num_workers, desc=f"features {task.name}/{n}",
                                                    precision=first.hparams.precision),
         )
-    num_classes = task.num_classes
+    return feats
+
+
+def _train_heads(todo: list[RunSpec], prep: _Prepared, feats: dict) -> tuple[dict, dict]:
+    """Every spec's head: the SGD heads of equal hyper-parameters in one batched pass, L-BFGS heads one by one.
+    Returns (head per spec, training seconds per spec)."""
+    train, test, num_classes = feats["train"], feats["test"], prep.task.num_classes
     results: dict[RunSpec, HeadResult] = {}
     seconds: dict[RunSpec, float] = {}
     sgd_groups: dict[object, list[RunSpec]] = {}
@@ -263,122 +162,88 @@ def run_linear_group(specs: list[RunSpec], ctx: RunContext) -> list[Path]:
             sgd_groups.setdefault(spec.hparams, []).append(spec)
     for hp, group in sgd_groups.items():
         t0 = time.perf_counter()
-        heads = train_sgd_heads(feats["train"].features, feats["train"].labels, feats["test"].features,
-                                feats["test"].labels, num_classes, [s.seed for s in group], hp, device)
+        heads = train_sgd_heads(train.features, train.labels, test.features, test.labels, num_classes,
+                                [s.seed for s in group], hp, prep.device)
         for spec, head in zip(group, heads, strict=True):
             results[spec] = head
             seconds[spec] = (time.perf_counter() - t0) / len(group)
     for spec in todo:
         if spec.hparams.solver == "lbfgs":
             t0 = time.perf_counter()
-            results[spec] = train_lbfgs_head(feats["train"].features, feats["train"].labels,
-                                             feats["test"].features, feats["test"].labels, num_classes,
+            results[spec] = train_lbfgs_head(train.features, train.labels, test.features, test.labels, num_classes,
                                              spec.seed, spec.hparams)
             seconds[spec] = time.perf_counter() - t0
-    for spec in todo:
-        head = results[spec]
-        record = {
-            "checkpoint": _checkpoint_info(prep, spec),
-            "sparsity": {
-                "upstream_measured": loaded.sparsity.overall,
-                "backbone_before": loaded.backbone_sparsity.overall,
-                "backbone_after": loaded.backbone_sparsity.overall,  # frozen backbone: unchanged
-                "per_layer": loaded.backbone_sparsity.per_layer,
-            },
-            "config": {
-                "hparams": spec.hparams.to_dict(),
-                "transform_train": tcfg.to_dict(),
-                "transform_test": tcfg.to_dict(),
-                "data": _data_info(train, test),
-                "device": str(device), "compiled": ctx.compile, "cudnn_benchmark": ctx.cudnn_benchmark,
-                "feature_cache": {n: str(f.path) if f.path else None for n, f in feats.items()},
-            },
-            "metrics": _metrics(task, head.top1, head.mean_per_class_acc, head.extra),
-            "curve": head.curve,
-            "timings": {
-                "checkpoint_load_s": prep.load_seconds,
-                "extraction_s": sum(f.seconds for f in feats.values()),
-                "features_cached": all(f.cached for f in feats.values()),
-                "training_s": seconds[spec],
-                "group_size": len(todo),
-                "total_s": time.perf_counter() - t_start,
-            },
-            "hardware": hardware(str(device)),
-        }
-        path = write_result(spec, ctx.out, record, head.test_logits, feats["test"].labels.numpy(), test.classes)
-        log.info("run %s: top1=%.4f mean_per_class=%.4f → %s", spec.run_key, head.top1, head.mean_per_class_acc,
-                 path)
-    return [result_path(s, ctx.out) for s in specs]
+    return results, seconds
 
 
-def run_full(spec: RunSpec, ctx: RunContext) -> Path:
-    if not ctx.force and existing_record(spec, ctx.out) is not None:
-        return result_path(spec, ctx.out)
+def _write_linear(spec: RunSpec, prep: _Prepared, tcfg: TransformConfig, feats: dict, head: HeadResult,
+                  training_s: float, group_size: int, elapsed_s: float, ctx: RunContext) -> RunRecord:
+    loaded = prep.loaded
+    record = _record(
+        spec, prep, ctx, metrics=_metrics(prep.task, head.top1, head.mean_per_class_acc, head.extra),
+        sparsity=SparsityInfo(upstream_measured=loaded.sparsity.overall,
+                              backbone_before=loaded.backbone_sparsity.overall,
+                              backbone_after=loaded.backbone_sparsity.overall,  # frozen backbone: unchanged
+                              per_layer=loaded.backbone_sparsity.per_layer),
+        config={"transform_train": tcfg.to_dict(), "transform_test": tcfg.to_dict(),
+                "feature_cache": {n: str(f.path) if f.path else None for n, f in feats.items()}},
+        curve=head.curve,
+        timings={"checkpoint_load_s": prep.load_seconds, "extraction_s": sum(f.seconds for f in feats.values()),
+                 "features_cached": all(f.cached for f in feats.values()), "training_s": training_s,
+                 "group_size": group_size, "total_s": elapsed_s})
+    path = write_record(ctx.results, record, head.test_logits, feats["test"].labels.numpy(), prep.test.classes)
+    log.info("run %s: top1=%.4f mean_per_class=%.4f → %s", spec.run_key, head.top1, head.mean_per_class_acc, path)
+    return record
+
+
+def _run_full(spec: RunSpec, ctx: RunContext) -> RunRecord:
+    """Full fine-tuning with the checkpoint's mask kept fixed; resumes from its last epoch in ``work/<key>/``."""
+    if not ctx.force and (done := existing_record(ctx.results, spec.run_key)) is not None:
+        return done
     t_start = time.perf_counter()
     _require_loader(spec)
     prep = _prepare(spec, ctx)
-    task, train, test, loaded, device = prep.task, prep.train, prep.test, prep.loaded, prep.device
-    model = loaded.model
+    task, train, test = prep.task, prep.train, prep.test
     torch.manual_seed(spec.seed)
-    model.reset_head(task.num_classes)  # the upstream head is never reused (pitfall P8)
-    train_cfg = protocol_transform(task, "full", train=True, interpolation=prep.interpolation,
-                                   image_size=spec.hparams.image_size)
-    test_cfg = protocol_transform(task, "full", train=False, interpolation=prep.interpolation,
-                                  image_size=spec.hparams.image_size)
+    prep.loaded.model.reset_head(task.num_classes)  # the upstream head is never reused (pitfall P8)
+    train_cfg, test_cfg = (protocol_transform(task, "full", train=t, interpolation=prep.interpolation,
+                                              image_size=spec.hparams.image_size) for t in (True, False))
     loaders = None
     if spec.hparams.loader == "ffcv":  # checked against the data before the work dir is touched
         from .fastdata.ffcv_loader import ffcv_loaders
 
         loaders = ffcv_loaders(task, train, test, ctx.data_root, train_cfg, test_cfg, spec.hparams.batch_size,
                                ctx.extract_batch_size, ctx.num_workers)
-    work = spec.work_dir(ctx.out)
+    work = spec.work_dir(ctx.results)
     if ctx.force and work.exists():
         shutil.rmtree(work)
     try:
         result = finetune_full(
-            model, loaded.masks,
-            Transformed(train.dataset, build_transform(train_cfg)),
-            Transformed(test.dataset, build_transform(test_cfg)),
-            task.num_classes, spec.hparams, spec.seed, work, device, ctx.num_workers, ctx.extract_batch_size,
-            loaders=loaders,
+            prep.loaded.model, prep.loaded.masks, Transformed(train.dataset, build_transform(train_cfg)),
+            Transformed(test.dataset, build_transform(test_cfg)), task.num_classes, spec.hparams, spec.seed, work,
+            prep.device, ctx.num_workers, ctx.extract_batch_size, loaders=loaders,
         )
     except TransferbenchError:
         shutil.rmtree(work, ignore_errors=True)  # a diverged run is not resumable
         raise
-    record = {
-        "checkpoint": _checkpoint_info(prep, spec),
-        "sparsity": {
-            "upstream_measured": loaded.sparsity.overall,
-            "backbone_before": result.sparsity_before["overall"],
-            "backbone_after": result.sparsity_after["overall"],
-            "per_layer": result.sparsity_after["per_layer"],
-        },
-        "config": {
-            "hparams": spec.hparams.to_dict(),
-            "transform_train": train_cfg.to_dict(),
-            "transform_test": test_cfg.to_dict(),
-            "data": _data_info(train, test),
-            "device": str(device), "compiled": ctx.compile, "cudnn_benchmark": ctx.cudnn_benchmark,
-            "num_workers": ctx.num_workers,
-            **({"ffcv": loaders.describe()} if loaders is not None else {}),
-        },
-        "metrics": _metrics(task, result.top1, result.mean_per_class_acc,
-                            {"best_epoch": result.best_epoch, "best_top1": result.best_top1}),
-        "curve": result.curve,
-        "timings": {
-            "checkpoint_load_s": prep.load_seconds,
-            "extraction_s": 0.0,
-            "training_s": result.train_seconds,
-            "resumed_from_epoch": result.resumed_from_epoch,
-            "total_s": time.perf_counter() - t_start,
-        },
-        "hardware": hardware(str(device)),
-    }
-    path = write_result(spec, ctx.out, record, result.test_logits, result.test_labels, test.classes)
+    record = _record(
+        spec, prep, ctx,
+        metrics=_metrics(task, result.top1, result.mean_per_class_acc,
+                         {"best_epoch": result.best_epoch, "best_top1": result.best_top1}),
+        sparsity=SparsityInfo(upstream_measured=prep.loaded.sparsity.overall,
+                              backbone_before=result.sparsity_before["overall"],
+                              backbone_after=result.sparsity_after["overall"],
+                              per_layer=result.sparsity_after["per_layer"]),
+        config={"transform_train": train_cfg.to_dict(), "transform_test": test_cfg.to_dict(),
+                "num_workers": ctx.num_workers, **({"ffcv": loaders.describe()} if loaders is not None else {})},
+        curve=result.curve,
+        timings={"checkpoint_load_s": prep.load_seconds, "extraction_s": 0.0, "training_s": result.train_seconds,
+                 "resumed_from_epoch": result.resumed_from_epoch, "total_s": time.perf_counter() - t_start})
+    path = write_record(ctx.results, record, result.test_logits, result.test_labels, test.classes)
     shutil.rmtree(work, ignore_errors=True)
-    log.info("run %s: top1=%.4f mean_per_class=%.4f → %s", spec.run_key, result.top1,
-             result.mean_per_class_acc, path)
-    return path
+    log.info("run %s: top1=%.4f mean_per_class=%.4f → %s", spec.run_key, result.top1, result.mean_per_class_acc,
+             path)
+    return record
 
 
 def _require_loader(spec: RunSpec) -> None:
@@ -389,27 +254,24 @@ def _require_loader(spec: RunSpec) -> None:
         require_ffcv()
 
 
-def _metrics(task, top1: float, mpc: float, extra: dict) -> dict:
+def _metrics(task: TaskSpec, top1: float, mpc: float, extra: dict) -> Metrics:
     primary = top1 if task.metric == "top1" else mpc
-    return {"top1": top1, "mean_per_class_acc": mpc, "primary_metric": task.metric, "primary": primary, **extra}
+    return Metrics(top1=top1, mean_per_class_acc=mpc, primary_metric=task.metric, primary=primary, extra=extra)
 
 
-def _checkpoint_info(prep: _Prepared, spec: RunSpec) -> dict:
-    loaded = prep.loaded
-    return {"identity": spec.checkpoint.identity, "path": str(loaded.path), "sha256": loaded.sha256,
-            "format": loaded.format, "arch": loaded.arch,
-            "upstream_top1": prep.registered.upstream_top1 if prep.registered else None}
-
-
-def run(spec: RunSpec, ctx: RunContext) -> Path:
-    """Run one spec (a no-op returning the record's path when it is already complete)."""
-    configure_determinism(ctx.cudnn_benchmark)
-    if spec.mode == "linear":
-        return run_linear_group([spec], ctx)[0]
-    return run_full(spec, ctx)
-
-
-def configure_determinism(cudnn_benchmark: bool = False) -> None:
-    """Deterministic cuDNN kernels (the default: reruns and resumes reproduce records), or its autotuner."""
-    torch.backends.cudnn.deterministic = not cudnn_benchmark
-    torch.backends.cudnn.benchmark = cudnn_benchmark
+def _record(spec: RunSpec, prep: _Prepared, ctx: RunContext, *, metrics: Metrics, sparsity: SparsityInfo,
+            config: dict, curve: list, timings: dict) -> RunRecord:
+    """The run's record: what the spec says, what the run measured, and where and how it ran."""
+    loaded, ck = prep.loaded, spec.checkpoint
+    device = str(prep.device)
+    return RunRecord(
+        run_key=spec.run_key, task=spec.task, method=ck.method, arch=ck.arch, mode=spec.mode, seed=spec.seed,
+        target_sparsity=ck.sparsity, metrics=metrics, sparsity=sparsity,
+        checkpoint=CheckpointInfo(identity=ck.identity, path=str(loaded.path), sha256=loaded.sha256,
+                                  format=loaded.format, arch=loaded.arch,
+                                  upstream_top1=prep.registered.upstream_top1 if prep.registered else None),
+        config={"hparams": spec.hparams.to_dict(), "data": _data_info(prep.train, prep.test), "device": device,
+                "compiled": ctx.compile, "cudnn_benchmark": ctx.cudnn_benchmark, **config},
+        curve=curve, timings=timings, hardware=hardware(device), versions=package_versions(),
+        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    )

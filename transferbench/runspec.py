@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TransferbenchError
-
-SCHEMA_VERSION = 1
+from .store.layout import record_dir, work_dir
+from .tasks import get_task
+from .store.record import SCHEMA_VERSION
 
 # The paper's protocol (transfer_protocol.md §3-4). The LR is multiplied by lr_gamma *after* the listed
 # 0-based epoch indices (50 and 100 → 51/50/49 epochs at LR, LR/10, LR/100; pitfall P4).
@@ -165,8 +166,34 @@ class RunSpec:
         solver = "-lbfgs" if self.hparams.solver == "lbfgs" else ""
         return f"{self.task}.{ck.method}{sparsity}.{ck.arch}.{self.mode}{solver}.s{self.seed}.{digest}"
 
-    def record_dir(self, out: str | Path) -> Path:
-        return Path(out) / "runs" / self.run_key
+    def record_dir(self, results: str | Path) -> Path:
+        return record_dir(results, self.run_key)
 
-    def work_dir(self, out: str | Path) -> Path:
-        return Path(out) / "work" / self.run_key
+    def work_dir(self, results: str | Path) -> Path:
+        return work_dir(results, self.run_key)
+
+
+MODES = ("linear", "full")
+
+
+def make_spec(task: str, mode: str, seed: int, checkpoint: CheckpointRef,
+              overrides: dict | None = None) -> RunSpec:
+    """The RunSpec of one run: the task's card, the protocol's hyper-parameters for ``mode``, then ``overrides``."""
+    task_spec = get_task(task)
+    if mode not in MODES:
+        raise TransferbenchError(f"--mode must be linear or full, not {mode!r}")
+    overrides = dict(overrides or {})
+    if task_spec.image_size != 224:  # mini-tasks run at their native resolution unless overridden
+        overrides.setdefault("image_size", task_spec.image_size)
+    hp = resolve_hparams(mode, task_spec.full_lr, overrides)
+    return RunSpec(task=task_spec.name, mode=mode, seed=seed, checkpoint=checkpoint, hparams=hp)
+
+
+def group_by_extraction(specs: list[RunSpec]) -> list[list[RunSpec]]:
+    """Linear probes grouped by extraction key (one feature extraction each); every full run alone. The sweep
+    planner packs its jobs with this, so a job is exactly one group."""
+    groups: dict[tuple, list[RunSpec]] = {}
+    for spec in specs:
+        key = ("linear", spec.extraction_key) if spec.mode == "linear" else ("full", spec.run_key)
+        groups.setdefault(key, []).append(spec)
+    return list(groups.values())

@@ -10,9 +10,11 @@ from .registry import (
     format_sparsity,
     list_checkpoints,
     local_path,
+    lookup_checkpoint,
     normalize_sparsity,
     register_local,
 )
+from .resolve import registered_spec, resolve_checkpoint
 from .save import save_checkpoint, wrapped_state_dict
 
 __all__ = [
@@ -31,9 +33,12 @@ __all__ = [
     "load_checkpoint",
     "load_registered",
     "local_path",
+    "lookup_checkpoint",
     "normalize_sparsity",
     "peek_arch",
     "register_local",
+    "registered_spec",
+    "resolve_checkpoint",
     "save_checkpoint",
     "str_effective_weight",
     "wrapped_state_dict",

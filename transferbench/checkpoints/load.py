@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..atomic import sha256_file
+from ..digests import sha256_file
 from ..errors import TransferbenchError
 from ..models import TransferModel, create_model, list_archs, model_class
 from ..sparsity import SparsityReport, measure_sparsity, prunable_weights

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..atomic import sha256_file, torch_save
+from ..atomic import torch_save
+from ..digests import sha256_file
 
 
 def wrapped_state_dict(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

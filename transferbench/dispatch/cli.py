@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..context import RunContext
 from ..errors import TransferbenchError
-from ..runner import RunContext
+from ..store import FAILED, LOST, STATES, TO_RUN
 from .plan import Plan, WorkUnit, plan_sweep
 from .profiles import Profile, load_profile
-from .state import FAILED, MISSING, STATES
+from .stages import missing_upstream, prepare_upstream
 from .submit import EXECUTORS, ArrayPlan, by_mode, plan_arrays, sbatch_preview, submit_units
 from .sweep import load_sweep, packaged_sweeps
 
@@ -21,9 +22,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.spec)
     profile = load_profile(args.profile)
     out = args.out.resolve()  # job scripts and the ledger name absolute paths: jobs start elsewhere
-    plan = plan_sweep(sweep, out, data_root=args.data_root, checkpoint_dir=args.checkpoint_dir,
-                      train_missing=not args.dry_run)
-    wanted = {FAILED} if args.retry_failed else {MISSING}
+    if args.dry_run:
+        for entry in missing_upstream(sweep):
+            print(f"upstream stage: would train {entry.label} (small_cpu recipe) before the transfer jobs")
+    else:
+        prepare_upstream(sweep)  # an explicit stage before planning the jobs: planning itself changes nothing
+    plan = plan_sweep(sweep, out, data_root=args.data_root, checkpoint_dir=args.checkpoint_dir)
+    wanted = {FAILED} if args.retry_failed else set(TO_RUN)
     units = plan.units(wanted, ready_only=False)
     ready = plan.units(wanted)
     print(f"sweep {sweep.name} ({sweep.source}) -> {out}")
@@ -45,7 +50,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not units:
         print("nothing to do")
         return 0
-    ctx = RunContext(out=out, data_root=args.data_root or _path(sweep.data_root), device=args.device,
+    ctx = RunContext(results=out, data_root=args.data_root or _path(sweep.data_root), device=args.device,
                      checkpoint_dir=args.checkpoint_dir or _path(sweep.checkpoint_dir),
                      allow_sparsity_gap=args.allow_sparsity_gap, compile=args.compile,
                      cudnn_benchmark=args.cudnn_benchmark)
@@ -85,9 +90,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         for row in failures.head(args.failures).itertuples():
             print(f"  {row.run_key} [job {row.job_id or '?'}]: {row.detail}")
         _print_more(len(failures), args.failures)
-    lost = table[(table.state == MISSING) & (table.detail != "")]
+    lost = table[table.state == LOST]
     for row in lost.head(args.failures).itertuples():
-        print(f"  missing {row.run_key}: {row.detail}")
+        print(f"  lost {row.run_key}: {row.detail}")
     _print_more(len(lost), args.failures)
     _print_problems(plan)
     return 0

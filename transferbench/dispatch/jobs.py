@@ -9,10 +9,10 @@ from dataclasses import replace
 import submitit
 import torch
 
-from ..records import existing_record
-from ..runner import RunContext, configure_determinism, run_full, run_linear_group
+from ..context import RunContext
+from ..runner import run
+from ..store import claim_runs, existing_record, write_failure
 from .plan import WorkUnit
-from .state import claim_runs, write_failure
 
 log = logging.getLogger("transferbench")
 
@@ -32,16 +32,16 @@ def execute_unit(unit: WorkUnit, ctx: RunContext, job_id: str | None = None) -> 
     scheduler also sees the job fail.
     """
     job_id = job_id or current_job_id()
-    configure_determinism(ctx.cudnn_benchmark)
-    todo = [s for s in unit.specs if ctx.force or existing_record(s, ctx.out) is None]
+    todo = [s for s in unit.specs if ctx.force or existing_record(ctx.results, s.run_key) is None]
     if not todo:
         log.info("job %s: %s already done", job_id, unit.name)
         return []
-    with claim_runs([s.run_key for s in todo], ctx.out, job_id) as claimed:
+    with claim_runs([s.run_key for s in todo], ctx.results, job_id) as claimed:
         held = set(claimed)
         # checked again under the lock: a job that finished a run between the check above and the claim has
         # released its lock by now, and running it again would redo hours of work and replace its record
-        specs = [s for s in todo if s.run_key in held and (ctx.force or existing_record(s, ctx.out) is None)]
+        specs = [s for s in todo
+                 if s.run_key in held and (ctx.force or existing_record(ctx.results, s.run_key) is None)]
         if len(held) < len(todo):
             log.warning("job %s: %d run(s) of %s are held by another job; skipping them", job_id,
                         len(todo) - len(held), unit.name)
@@ -52,14 +52,11 @@ def execute_unit(unit: WorkUnit, ctx: RunContext, job_id: str | None = None) -> 
             return []
         log.info("job %s: %s (%d run(s))", job_id, unit.name, len(specs))
         try:
-            if unit.mode == "linear":
-                run_linear_group(specs, ctx)
-            else:
-                run_full(specs[0], ctx)
+            run(specs, ctx)
         except Exception as exc:
             for spec in specs:
-                if existing_record(spec, ctx.out) is None:
-                    write_failure(ctx.out, spec.run_key, exc, job_id)
+                if existing_record(ctx.results, spec.run_key) is None:
+                    write_failure(ctx.results, spec.run_key, exc, job_id)
             log.error("job %s: %s failed: %s", job_id, unit.name, exc)
             raise
     return [s.run_key for s in specs]

@@ -7,15 +7,16 @@ checkpointed and requeued on its own).
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..checkpoints import resolve_checkpoint
 from ..errors import TransferbenchError
-from ..runner import MINI_ARCH, make_spec, resolve_checkpoint, resolve_mini_checkpoint
-from ..runspec import CheckpointRef, RunSpec
+from ..runspec import CheckpointRef, RunSpec, group_by_extraction, make_spec
+from ..store import STATES, TO_RUN, RunState, run_states
 from ..tasks import detect_layout, get_task
-from .state import MISSING, STATES, RunState, run_states
+from ..upstream import MINI_ARCH
 from .sweep import CheckpointEntry, SweepSpec
 
 UNRESOLVED = "unresolved:"
@@ -67,30 +68,24 @@ class Plan:
         return [s for s in self.specs
                 if self.states[s.run_key].state in states and not (ready_only and self.blocked(s))]
 
-    def units(self, states: set[str] | None = None, ready_only: bool = True) -> list[WorkUnit]:
-        """Work units for the runs in ``states`` (default: missing), linear probes grouped per extraction: a
-        linear unit holds the runs of one extraction key, so it extracts features once.
+    def units(self, states: set[str] | frozenset[str] = TO_RUN, ready_only: bool = True) -> list[WorkUnit]:
+        """Work units for the runs in ``states`` (default: those a sweep runs), linear probes grouped per
+        extraction: a linear unit holds the runs of one extraction key, so it extracts features once.
 
         ``ready_only=False`` also plans the runs that cannot start yet (for --dry-run counts).
         """
-        chosen = self.select(states or {MISSING}, ready_only)
-        groups: dict[tuple, list[RunSpec]] = defaultdict(list)
-        for spec in chosen:
-            if spec.mode == "linear":
-                groups[("linear", spec.extraction_key)].append(spec)  # the runner's test for one extraction
-            else:
-                groups[("full", spec.run_key)].append(spec)
-        return [WorkUnit(key[0], tuple(specs)) for key, specs in groups.items()]
+        return [WorkUnit(group[0].mode, tuple(group))
+                for group in group_by_extraction(self.select(set(states), ready_only))]
 
 
 def plan_sweep(sweep: SweepSpec, out: str | Path, *, data_root: str | Path | None = None,
-               checkpoint_dir: str | Path | None = None, train_missing: bool = False,
-               check_data: bool = True) -> Plan:
+               checkpoint_dir: str | Path | None = None, check_data: bool = True) -> Plan:
     """Resolve every checkpoint of ``sweep`` (a file on disk, found by registry or path) and every run's state.
 
     Checkpoints that are not on disk are reported in ``Plan.unresolved`` with the reason (and where to get
-    them); their runs are counted but have no key yet. ``train_missing`` trains missing mini-suite upstream
-    models (CPU, seconds each) instead of reporting them. ``check_data=False`` leaves out the check of the
+    them); their runs are counted but have no key yet. Planning is pure: it reads the registry, the disk and
+    the results root and changes nothing (missing mini-suite models are made by the sweep's upstream stage,
+    ``dispatch.stages.prepare_upstream``). ``check_data=False`` leaves out the check of the
     tasks' data (``status`` needs no data: run keys do not depend on it).
     """
     out = Path(out)
@@ -100,7 +95,7 @@ def plan_sweep(sweep: SweepSpec, out: str | Path, *, data_root: str | Path | Non
     unresolved: dict[CheckpointEntry, str] = {}
     for entry in sweep.checkpoints:
         try:
-            refs[entry] = _resolve(entry, checkpoint_dir, train_missing)
+            refs[entry] = _resolve(entry, checkpoint_dir)
         except TransferbenchError as exc:
             unresolved[entry] = str(exc)
     for entry in unresolved:  # planned under a placeholder identity, so counts and jobs are known before download
@@ -125,18 +120,16 @@ def plan_sweep(sweep: SweepSpec, out: str | Path, *, data_root: str | Path | Non
     return Plan(sweep, out, specs, states, unresolved, missing_data, notes)
 
 
-def _resolve(entry: CheckpointEntry, checkpoint_dir: Path | None, train_missing: bool) -> CheckpointRef:
+def _resolve(entry: CheckpointEntry, checkpoint_dir: Path | None) -> CheckpointRef:
     if entry.path:
         return resolve_checkpoint(entry.method, entry.sparsity, entry.arch, entry.path)
-    if entry.arch == MINI_ARCH:
-        if train_missing:
-            return resolve_mini_checkpoint(entry.method, entry.sparsity, entry.arch)
-        try:
-            return resolve_checkpoint(entry.method, entry.sparsity, entry.arch, None)
-        except TransferbenchError:
-            raise TransferbenchError("not trained yet; submitting the sweep trains it (small_cpu recipe, seconds "
-                                     "on a CPU)") from None
-    return resolve_checkpoint(entry.method, entry.sparsity, entry.arch, None, checkpoint_dir)
+    try:
+        return resolve_checkpoint(entry.method, entry.sparsity, entry.arch, None, checkpoint_dir)
+    except TransferbenchError:
+        if entry.arch != MINI_ARCH:
+            raise
+        raise TransferbenchError("not trained yet; the sweep's upstream stage trains it (small_cpu recipe, seconds "
+                                 "to minutes on a CPU)") from None
 
 
 def _check_data(tasks: tuple[str, ...], data_root: str | Path | None) -> dict[str, str]:

@@ -21,13 +21,13 @@ from pathlib import Path
 import submitit
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 
+from ..context import RunContext
 from ..errors import TransferbenchError
 from ..progress import progress
-from ..runner import RunContext
+from ..store import append_ledger, check_locking, command_error_line, error_line, ledger_path
 from .jobs import SweepJob, execute_unit
 from .plan import WorkUnit
 from .profiles import Profile
-from .state import LEDGER, append_ledger, check_locking, command_error_line, error_line
 
 log = logging.getLogger("transferbench")
 EXECUTORS = ("debug", "local", "slurm")
@@ -105,7 +105,7 @@ def submit_units(units: list[WorkUnit], ctx: RunContext, executor: str, profile:
     if workers is None:  # the profile's cores are those of a SLURM allocation, not of this machine
         workers = profile.workers if executor == "slurm" else ctx.num_workers
     ctx = replace(ctx, num_workers=workers)
-    check_locking(ctx.out)  # every executor's jobs lock their runs: fail here once, not in each job
+    check_locking(ctx.results)  # every executor's jobs lock their runs: fail here once, not in each job
     if executor == "debug":
         return _run_here(units, ctx)
     if executor == "local":
@@ -132,7 +132,7 @@ def _run_here(units: list[WorkUnit], ctx: RunContext) -> Submission:
 
 def _run_local(units: list[WorkUnit], ctx: RunContext, profile: Profile, sweep: str, parallel: int) -> Submission:
     """One subprocess per unit (submitit's local executor), at most ``parallel`` at a time; waits for all."""
-    executor = submitit.AutoExecutor(folder=job_folder(ctx.out), cluster="local",
+    executor = submitit.AutoExecutor(folder=job_folder(ctx.results), cluster="local",
                                      local_max_num_timeout=profile.max_requeues)
     result = Submission("local")
     pending, running = list(units), []
@@ -144,7 +144,7 @@ def _run_local(units: list[WorkUnit], ctx: RunContext, profile: Profile, sweep: 
             executor.update_parameters(timeout_min=profile.time_min[unit.mode], name=job_name(sweep, unit.mode))
             job = executor.submit(SweepJob(unit, ctx))
             entry = _ledger_entry(unit, job, "local", sweep)
-            append_ledger(ctx.out, [entry])
+            append_ledger(ctx.results, [entry])
             result.jobs.append(entry)
             running.append((unit, job))
         time.sleep(0.2)
@@ -159,7 +159,7 @@ def _run_local(units: list[WorkUnit], ctx: RunContext, profile: Profile, sweep: 
 
 def _submit_slurm(units: list[WorkUnit], ctx: RunContext, profile: Profile, sweep: str) -> Submission:
     try:
-        executor = submitit.AutoExecutor(folder=job_folder(ctx.out), cluster="slurm",
+        executor = submitit.AutoExecutor(folder=job_folder(ctx.results), cluster="slurm",
                                          slurm_max_num_timeout=profile.max_requeues)
     except RuntimeError:  # submitit's SlurmExecutor refuses to exist without srun
         raise TransferbenchError("--executor slurm: `srun` is not on PATH; submit from a SLURM login node, or use "
@@ -174,9 +174,9 @@ def _submit_slurm(units: list[WorkUnit], ctx: RunContext, profile: Profile, swee
             with contextlib.redirect_stderr(io.StringIO()), executor.batch():
                 jobs = [executor.submit(SweepJob(unit, ctx)) for unit in planned.units]
         except (FailedJobError, FailedSubmissionError, OSError) as exc:
-            raise TransferbenchError(_sbatch_failed(exc, number, arrays, result, ctx.out)) from None
+            raise TransferbenchError(_sbatch_failed(exc, number, arrays, result, ctx.results)) from None
         entries = [_ledger_entry(unit, job, "slurm", sweep) for unit, job in zip(planned.units, jobs, strict=True)]
-        append_ledger(ctx.out, entries)
+        append_ledger(ctx.results, entries)
         result.jobs.extend(entries)
         array = str(jobs[0].job_id).split("_")[0]
         result.arrays.append(array)
@@ -190,7 +190,7 @@ def _sbatch_failed(exc: BaseException, number: int, arrays: list[ArrayPlan], res
     message = (f"sbatch failed on submission {number} of {len(arrays)} ({planned.mode}, {len(planned.units)} "
                f"job(s), first {planned.units[0].name}): {reason}; ")
     if result.arrays:
-        message += (f"already submitted and recorded in {Path(out) / LEDGER}: array(s) {', '.join(result.arrays)} "
+        message += (f"already submitted and recorded in {ledger_path(out)}: array(s) {', '.join(result.arrays)} "
                     f"({len(result.jobs)} job(s)); ")
     else:
         message += "nothing was submitted; "

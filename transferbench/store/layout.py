@@ -1,0 +1,55 @@
+"""The results root on disk. Every path of the store is built here and nowhere else.
+
+    <root>/runs/<key>/result.json       the run's record (RunRecord), written last and atomically: done
+    <root>/runs/<key>/predictions.npz   test logits, labels and class names, written just before the record
+    <root>/work/<key>/                  a run in progress: training state, .lock (flock) and claim.json
+    <root>/failures/<key>.json          a sweep job's failure: error line, traceback, job id
+    <root>/jobs/ledger.jsonl            one line per submitted sweep job (its run keys, id, executor, logs)
+    <root>/cache/features/              the linear probes' feature cache
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RUNS, WORK, FAILURES, JOBS, CACHE = "runs", "work", "failures", "jobs", "cache"
+RESULT_FILE = "result.json"
+PREDICTIONS_FILE = "predictions.npz"
+CLAIM_FILE = "claim.json"
+LOCK_FILE = ".lock"
+LEDGER = Path(JOBS) / "ledger.jsonl"
+# Folders of a results root that are not run folders: the store's own and the report's outputs (a root without
+# runs/ whose run folders sit directly in it is read by `collect`, and must not mistake these for runs)
+STORE_FOLDERS = frozenset({WORK, FAILURES, JOBS, CACHE, "leaderboards", "figures", "compare", "beyond", "report"})
+
+
+def record_dir(root: str | Path, key: str) -> Path:
+    return Path(root) / RUNS / key
+
+
+def result_path(root: str | Path, key: str) -> Path:
+    return record_dir(root, key) / RESULT_FILE
+
+
+def work_dir(root: str | Path, key: str) -> Path:
+    return Path(root) / WORK / key
+
+
+def claim_path(root: str | Path, key: str) -> Path:
+    return work_dir(root, key) / CLAIM_FILE
+
+
+def lock_path(root: str | Path, key: str) -> Path:
+    return work_dir(root, key) / LOCK_FILE
+
+
+def failure_path(root: str | Path, key: str) -> Path:
+    return Path(root) / FAILURES / f"{key}.json"
+
+
+def ledger_path(root: str | Path) -> Path:
+    return Path(root) / LEDGER
+
+
+def feature_cache_dir(root: str | Path) -> Path:
+    return Path(root) / CACHE / "features"
