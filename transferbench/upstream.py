@@ -12,7 +12,6 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +21,16 @@ import torch.nn.functional as F
 import yaml
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from . import __version__, synthetic
-from .checkpoints import CheckpointSpec, checkpoint_dir, register_local, save_checkpoint
+from . import __version__, shipped, synthetic
+from .checkpoints import CheckpointSpec, checkpoint_dir, lookup_checkpoint, register_local, save_checkpoint
+from .checkpoints.resolve import resolve_checkpoint
+from .context import resolve_device
 from .errors import TransferbenchError
 from .models import create_model
 from .progress import progress
 from .pruning.base import training_step
 from .pruning.factory import METHODS, build
+from .runspec import CheckpointRef
 from .sparsity import measure_sparsity
 from .tasks import IMAGENET_NORMALIZATION, Transformed
 from .tasks.builtin import ArrayDataset
@@ -40,17 +42,7 @@ log = logging.getLogger("transferbench")
 
 def load_recipe(recipe: str | Path) -> dict[str, Any]:
     """A shipped recipe by name (``small_cpu``, ``imagenet_resnet50``) or a YAML file."""
-    path = Path(recipe)
-    if path.suffix in (".yaml", ".yml"):
-        if not path.is_file():
-            raise TransferbenchError(f"recipe file {path} does not exist (--recipe)")
-        return yaml.safe_load(path.read_text())
-    entry = resources.files("transferbench.recipes") / f"{recipe}.yaml"
-    if not entry.is_file():
-        known = sorted(p.name[:-5] for p in resources.files("transferbench.recipes").iterdir()
-                       if p.name.endswith(".yaml"))
-        raise TransferbenchError(f"unknown recipe '{recipe}' (--recipe); shipped: {', '.join(known)}, or a .yaml file")
-    return yaml.safe_load(entry.read_text())
+    return shipped.load("recipe", recipe, flag="--recipe")[0]
 
 
 def upstream_datasets(recipe: dict, data_root: Path | None) -> tuple[Dataset, Dataset]:
@@ -164,8 +156,6 @@ def train_upstream(method: str, sparsities: list[float], arch: str | None = None
         raise TransferbenchError("cram_nm produces 2:4 models: pass --sparsity 0.5")
     if method != "cram" and len(sparsities) != 1:
         raise TransferbenchError(f"--sparsity takes one value for {method} (only cram accepts several)")
-    from .runner import resolve_device
-
     dev = resolve_device(device)
     torch.manual_seed(seed)
     train_set, test_set = upstream_datasets(rec, data_root)
@@ -239,3 +229,40 @@ def dense_upstream(rec: dict, recipe: str | Path, data_root: Path | None, seed: 
 
 def _checkpoint_name(rec: dict, method: str, sparsity: float, seed: int) -> str:
     return f"{rec['arch']}_{method}_{format_sparsity(sparsity).rstrip('%')}_{rec['name']}_s{seed}"
+
+
+MINI_ARCH, MINI_RECIPE, MINI_DEFAULT_SPARSITY = "resnet_tiny", "small_cpu", 0.9
+ONE_MODEL_MANY_SPARSITIES = ("cram",)  # train_upstream makes one candidate per sparsity from one trained model
+
+
+def mini_checkpoint_missing(method: str, sparsity: float | None, arch: str | None = None) -> bool:
+    """Whether the mini-suite upstream model of ``method`` is not registered yet (and ``upstream`` can train it)."""
+    sparsity = _mini_sparsity(method, sparsity)
+    return method in METHODS and lookup_checkpoint(method, sparsity, arch or MINI_ARCH) is None
+
+
+def ensure_mini_checkpoint(method: str, sparsity: float | None, arch: str | None = None) -> CheckpointRef:
+    """For the offline mini-tasks: the registered upstream model of ``method``, trained now (small_cpu recipe,
+    seconds to minutes on a CPU) when there is none yet. An explicit stage: planning never calls this."""
+    arch, sparsity = arch or MINI_ARCH, _mini_sparsity(method, sparsity)
+    train_mini_checkpoints(method, [sparsity], arch)
+    return resolve_checkpoint(method, sparsity, arch, None)
+
+
+def train_mini_checkpoints(method: str, sparsities: list[float], arch: str = MINI_ARCH) -> list[float]:
+    """Train and register the mini-suite models of ``method`` at those of ``sparsities`` that are missing; returns
+    them. CrAM makes every candidate from one model (one-shot pruning + BN recalibration), so its sparsities are
+    trained together, the first being the one CrAM trains for."""
+    missing = [s for s in sparsities if mini_checkpoint_missing(method, s, arch)]
+    batches = [missing] if method in ONE_MODEL_MANY_SPARSITIES and missing else [[s] for s in missing]
+    for batch in batches:
+        log.info("no %s upstream model at %s for %s yet: training one with the %s recipe (cached for later runs)",
+                 method, ", ".join(format_sparsity(s) for s in batch), arch, MINI_RECIPE)
+        train_upstream(method, batch, arch=arch, recipe=MINI_RECIPE)
+    return missing
+
+
+def _mini_sparsity(method: str, sparsity: float | None) -> float:
+    if sparsity is None:
+        return 0.0 if method == "dense" else MINI_DEFAULT_SPARSITY
+    return normalize_sparsity(sparsity)

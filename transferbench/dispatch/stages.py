@@ -3,13 +3,11 @@ what the plan found missing, and is always called explicitly (by ``sweep`` befor
 
 from __future__ import annotations
 
-import logging
 import time
 
-from ..upstream import MINI_ARCH, ensure_mini_checkpoint, mini_checkpoint_missing
+from ..upstream import MINI_ARCH, mini_checkpoint_missing, train_mini_checkpoints
+from ..vocabulary import format_sparsity
 from .sweep import CheckpointEntry, SweepSpec
-
-log = logging.getLogger("transferbench")
 
 
 def missing_upstream(sweep: SweepSpec) -> list[CheckpointEntry]:
@@ -21,11 +19,16 @@ def missing_upstream(sweep: SweepSpec) -> list[CheckpointEntry]:
 def prepare_upstream(sweep: SweepSpec, echo=print) -> list[CheckpointEntry]:
     """Train and register the sweep's missing mini-suite upstream models (small_cpu recipe, on this machine);
     returns the entries it trained. Paper-scale checkpoints are never trained here: they are downloaded or
-    produced with `transferbench upstream`."""
+    produced with `transferbench upstream`. The sparsities of one method are trained together where the method
+    makes them from one model (CrAM)."""
     todo = missing_upstream(sweep)
-    for i, entry in enumerate(todo, 1):
-        echo(f"[upstream {i}/{len(todo)}] training {entry.label} (small_cpu recipe) ...")
+    by_method: dict[tuple[str, str], list[float]] = {}
+    for entry in todo:
+        by_method.setdefault((entry.method, entry.arch or MINI_ARCH), []).append(entry.sparsity)
+    for i, ((method, arch), sparsities) in enumerate(by_method.items(), 1):
+        what = f"{method} at {', '.join(format_sparsity(s) for s in sparsities)} ({arch}, small_cpu recipe)"
+        echo(f"[upstream {i}/{len(by_method)}] training {what} ...")
         start = time.perf_counter()
-        ensure_mini_checkpoint(entry.method, entry.sparsity, entry.arch)
-        echo(f"[upstream {i}/{len(todo)}] {entry.label} ready ({time.perf_counter() - start:.0f} s)")
+        train_mini_checkpoints(method, sparsities, arch)
+        echo(f"[upstream {i}/{len(by_method)}] {what} ready ({time.perf_counter() - start:.0f} s)")
     return todo
