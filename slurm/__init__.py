@@ -1,1 +1,1 @@
-"""Cluster profiles (YAML) and the single-node test cluster script; shipped as transferbench._slurm."""
+"""Cluster profiles (YAML) and the single-node test cluster script; shipped as transferbench.shipped.slurm."""

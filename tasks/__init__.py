@@ -1,0 +1,1 @@
+"""The YAML task cards; shipped as transferbench.shipped.tasks."""

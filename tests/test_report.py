@@ -434,7 +434,7 @@ def _methods_seen_together() -> dict[str, set[str]]:
     from transferbench.demo import DemoPlan
     from transferbench.pruning.factory import METHODS
 
-    table = Path(__file__).resolve().parent.parent / "transferbench" / "checkpoints" / "table.yaml"
+    table = Path(__file__).resolve().parent.parent / "transferbench" / "shipped" / "checkpoints" / "table.yaml"
     registry = {spec["method"] for spec in yaml.safe_load(table.read_text())}
     return {"registry": registry, "trained": set(METHODS), "demo": {"dense", *DemoPlan().methods}}
 

@@ -11,12 +11,12 @@ import os
 import re
 from dataclasses import asdict, dataclass, fields, replace
 from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .. import shipped
 from ..atomic import sha256_file, write_bytes
 from ..errors import TransferbenchError
 from ..models import model_class
@@ -100,12 +100,13 @@ class CheckpointSpec:
 
 @cache
 def _table() -> tuple[CheckpointSpec, ...]:
-    entry = resources.files("transferbench.checkpoints") / "table.yaml"
-    rows = yaml.safe_load(entry.read_text())
-    specs = tuple(CheckpointSpec.from_row(row, "transferbench/checkpoints/table.yaml", "table") for row in rows)
+    rows, origin, _ = shipped.load_shipped("checkpoints", "table")
+    if not isinstance(rows, list):
+        raise TransferbenchError(f"{origin} must hold a list of checkpoint entries; fix the file")
+    specs = tuple(CheckpointSpec.from_row(row, origin, "table") for row in rows)
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
-        raise TransferbenchError("transferbench/checkpoints/table.yaml has duplicate names")
+        raise TransferbenchError(f"{origin} has duplicate names")
     return specs
 
 

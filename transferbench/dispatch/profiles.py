@@ -20,7 +20,7 @@ A job runs the Python that ran ``transferbench sweep``, by its absolute path (su
 environment is chosen by activating it before submitting; activating another one in ``setup`` changes PATH
 and such for the job, not its interpreter.
 
-Profiles ship in ``slurm/`` (inside the package as ``transferbench._slurm``); ``--profile`` also takes a path.
+Profiles ship in ``slurm/`` (inside the package as ``transferbench.shipped.slurm``); ``--profile`` also takes a path.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .. import shipped
 from ..errors import TransferbenchError
-from .named import NamedYaml
 from .sweep import MODES
 
 
@@ -80,15 +80,12 @@ class Profile:
         return params
 
 
-PROFILES = NamedYaml("profile", "transferbench._slurm", "slurm", flag="--profile", see="slurm/README.md")
-
-
 def packaged_profiles() -> list[str]:
-    return PROFILES.names()
+    return shipped.names("profile")
 
 
 def load_profile(name_or_path: str | Path) -> Profile:
-    raw, origin, name = PROFILES.load(name_or_path)
+    raw, origin, name = shipped.load("profile", name_or_path, flag="--profile")
     return parse_profile(raw or {}, origin, name)
 
 

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import shipped
 from ..errors import TransferbenchError
 from ..runspec import resolve_hparams
 from ..tasks import get_task, list_tasks
 from ..vocabulary import normalize_sparsity
-from .named import NamedYaml
 
 MODES = ("linear", "full")
 SOLVERS = ("sgd", "lbfgs")
@@ -72,16 +72,13 @@ class SweepSpec:
         return len(self.checkpoints) * len(self.tasks) * per
 
 
-SWEEPS = NamedYaml("sweep", "transferbench.sweeps", "transferbench/sweeps")
-
-
 def packaged_sweeps() -> list[str]:
-    return SWEEPS.names()
+    return shipped.names("sweep")
 
 
 def load_sweep(name_or_path: str | Path) -> SweepSpec:
     """A packaged sweep by name (see ``packaged_sweeps()``) or a sweep YAML file."""
-    raw, origin, _ = SWEEPS.load(name_or_path)
+    raw, origin, _ = shipped.load("sweep", name_or_path)
     return parse_sweep(raw, origin)
 
 

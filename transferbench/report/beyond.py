@@ -27,7 +27,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from .. import shipped
 from ..atomic import write_bytes
+from ..errors import TransferbenchError
 from ..records import PREDICTIONS_FILE
 from . import beyond_metrics as bm
 from .figstyle import PAGE_WIDTH_IN, FigureNotApplicable, SavedFigure, new_figure, paper_style, save
@@ -180,13 +182,9 @@ def beyond(runs: pd.DataFrame, min_count: int = bm.MIN_COUNT) -> Beyond:
 @cache
 def class_names(task: str) -> tuple[str, ...] | None:
     """The task card's ``class_names`` (one per label index), or None when the card has none."""
-    from importlib import resources
-
-    import yaml
-
     try:
-        card = yaml.safe_load(resources.files("transferbench._cards").joinpath(f"{task}.yaml").read_text())
-    except (OSError, yaml.YAMLError):
+        card = shipped.load_shipped("task", task)[0]
+    except TransferbenchError:
         return None
     names = card.get("class_names") if isinstance(card, dict) else None
     return tuple(str(n) for n in names) if isinstance(names, list) and names else None

@@ -19,12 +19,12 @@ import math
 import re
 from collections.abc import Iterable
 from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from .. import shipped
 from ..errors import TransferbenchError
 from .collect import METRIC_COLUMNS, RUN_COLUMNS, runs_frame
 from .select import arch_family
@@ -35,8 +35,8 @@ PAPER = "paper"
 HEADER = ("dset", "model", "sparsity", "seed", "val_acc")
 MODES = ("linear", "full")
 PAPER_ARCHS = ("resnet50", "mobilenet")
-# The paper's method labels → this project's method names (transferbench/checkpoints/table.yaml). RigL at 1x and
-# 5x the training budget are different checkpoints, so they stay different methods.
+# The paper's method labels → this project's method names (transferbench/shipped/checkpoints/table.yaml). RigL at
+# 1x and 5x the training budget are different checkpoints, so they stay different methods.
 PAPER_METHODS: dict[str, str] = {
     "Dense": "dense",
     "AC/DC": "acdc",
@@ -54,14 +54,11 @@ _FIX = "pass the paper's raw_results/*.txt files unchanged"
 @cache
 def _paper_cards() -> dict[str, dict[str, Any]]:
     """The task cards of the paper's 12 tasks, read directly: transferbench.tasks imports torch (seconds)."""
-    import yaml
-
     cards = {}
-    for entry in resources.files("transferbench._cards").iterdir():
-        if entry.name.endswith(".yaml"):
-            card = yaml.safe_load(entry.read_text())
-            if isinstance(card, dict) and card.get("paper_label") and card.get("kind", "paper") == "paper":
-                cards[card["name"]] = card
+    for name in shipped.names("task"):
+        card = shipped.load_shipped("task", name)[0]
+        if isinstance(card, dict) and card.get("paper_label") and card.get("kind", "paper") == "paper":
+            cards[card["name"]] = card
     return cards
 
 
@@ -241,13 +238,9 @@ def _task_metrics() -> dict[str, str]:
 def _registered_upstream() -> dict[tuple[str, float, str], float]:
     """(method, sparsity, arch family) → registered ImageNet top-1 as a fraction (NaN where not published).
 
-    Read from the registry's table.yaml directly: the registry module imports torch, which costs seconds."""
-    import yaml
-
-    # by path: importing transferbench.checkpoints would import torch
-    text = (Path(__file__).resolve().parent.parent / "checkpoints" / "table.yaml").read_text()
+    Read from the shipped table.yaml, not through the registry: that module imports torch, which costs seconds."""
     out = {}
-    for spec in yaml.safe_load(text) or []:
+    for spec in shipped.load_shipped("checkpoints", "table")[0] or []:
         top1 = spec.get("upstream_top1")
         key = (spec["method"], round(float(spec["sparsity"]), 6), arch_family(spec["arch"]))
         out[key] = float(top1) / 100.0 if top1 is not None else math.nan

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from functools import cache
-from importlib import resources
 from pathlib import Path
 
-import yaml
-
+from .. import shipped
 from ..errors import TransferbenchError
 from .builtin import load_builtin
 from .data import Split, Transformed
@@ -31,12 +29,8 @@ __all__ = [
 
 @cache
 def _cards() -> dict[str, TaskSpec]:
-    specs = {}
-    for entry in resources.files("transferbench._cards").iterdir():
-        if entry.name.endswith(".yaml"):
-            spec = TaskSpec.from_card(yaml.safe_load(entry.read_text()))
-            specs[spec.name] = spec
-    return dict(sorted(specs.items()))
+    specs = [TaskSpec.from_card(shipped.load_shipped("task", name)[0]) for name in shipped.names("task")]
+    return dict(sorted({spec.name: spec for spec in specs}.items()))
 
 
 def list_tasks(kind: str | None = "paper") -> list[TaskSpec]:

@@ -1,0 +1,1 @@
+"""The published checkpoint table (``table.yaml``), read by transferbench.checkpoints.registry."""

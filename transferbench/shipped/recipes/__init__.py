@@ -1,0 +1,1 @@
+"""Upstream training recipes (``transferbench upstream --recipe small_cpu``)."""
