@@ -1,29 +1,81 @@
-"""`transferbench demo` end to end (the quick plan: same code paths, fewer methods and epochs)."""
+"""`transferbench demo`: the shipped sweeps demo and demo_quick, run end to end (the quick one: same code paths,
+fewer methods and epochs)."""
 
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from transferbench.demo import DemoPlan, run_demo
+from transferbench.checkpoints import resolve_checkpoint
+from transferbench.checkpoints.registry import ENV_CHECKPOINTS, CheckpointSpec, register_local
+from transferbench.cli import build_parser
+from transferbench.demo import run_demo
+from transferbench.dispatch import load_sweep, plan_sweep
 from transferbench.report import collect, leaderboard
+from transferbench.runspec import make_spec
 
-pytestmark = pytest.mark.slow
+# The grids the demo ran before it was a sweep (its DemoPlan and DemoPlan.quick()), and how it built their specs:
+# a sweep that plans other run keys would redo every run of an earlier demo instead of reusing its records.
+_METHODS = ("gmp", "woodfisher", "rigl", "lth", "acdc", "cram")
+EARLIER_DEMOS = {
+    "demo": {"methods": _METHODS, "tasks": ("digits", "textures"), "full_epochs": 15, "linear_epochs": None},
+    "demo_quick": {"methods": ("gmp", "acdc", "cram"), "tasks": ("digits",), "full_epochs": 6, "linear_epochs": 20},
+}
+SPARSITIES, SEEDS = (0.8, 0.9), (21, 51)
 
 
+def _earlier_demo_keys(methods, tasks, full_epochs, linear_epochs) -> list[str]:
+    refs = [resolve_checkpoint("dense", 0.0, "resnet_tiny", None)]
+    refs += [resolve_checkpoint(m, s, "resnet_tiny", None) for m in methods for s in SPARSITIES]
+    linear = {"epochs": linear_epochs} if linear_epochs else {}  # None: the paper's 150
+    return [make_spec(task, mode, seed, ref, overrides).run_key
+            for ref in refs for task in tasks for seed in SEEDS
+            for mode, overrides in (("linear", linear), ("full", {"epochs": full_epochs}))]
+
+
+@pytest.fixture
+def registered_demo_models(tmp_path, monkeypatch):
+    """Every upstream model of the demo registered (stand-in files: run keys depend on the file's digest, not on
+    its contents being a model), in a registry of the test's own."""
+    monkeypatch.setenv(ENV_CHECKPOINTS, str(tmp_path / "checkpoints"))
+    for method, sparsity in [("dense", 0.0), *((m, s) for m in _METHODS for s in SPARSITIES)]:
+        name = f"demo_{method}{round(sparsity * 100)}"
+        file = tmp_path / f"{name}.pth"
+        file.write_bytes(name.encode())
+        register_local(CheckpointSpec(name, method, sparsity, "resnet_tiny"), file)
+
+
+@pytest.mark.parametrize("sweep_name", sorted(EARLIER_DEMOS))
+def test_the_demo_sweeps_plan_the_runs_of_the_earlier_demo(sweep_name, registered_demo_models, tmp_path):
+    plan = plan_sweep(load_sweep(sweep_name), tmp_path / "results")
+    assert not plan.unresolved
+    planned = [s.run_key for s in plan.specs]
+    expected = _earlier_demo_keys(**EARLIER_DEMOS[sweep_name])
+    assert len(planned) == len(expected) == len(set(expected))
+    assert sorted(planned) == sorted(expected)
+
+
+def test_demo_takes_results_and_still_the_deprecated_out():
+    parser = build_parser()
+    assert parser.parse_args(["demo"]).results == Path("results/demo")
+    assert parser.parse_args(["demo", "--results", "r1", "--quick"]).results == Path("r1")
+    assert parser.parse_args(["demo", "--out", "r2"]).results == Path("r2")
+
+
+@pytest.mark.slow
 def test_quick_demo_builds_upstream_transfers_and_reports(tmp_path):
-    before = os.environ.get("TRANSFERBENCH_CHECKPOINTS")
-    plan = DemoPlan.quick()
-    outputs = run_demo(tmp_path, plan)
-    assert os.environ.get("TRANSFERBENCH_CHECKPOINTS") == before  # the user's registry is left alone
+    before = os.environ.get(ENV_CHECKPOINTS)
+    sweep = load_sweep("demo_quick")
+    outputs = run_demo(tmp_path, quick=True)
+    assert os.environ.get(ENV_CHECKPOINTS) == before  # the user's registry is left alone
     assert (tmp_path / "checkpoints" / "local.yaml").exists()
 
     runs = collect(tmp_path).runs
-    n_checkpoints = 1 + len(plan.methods) * len(plan.sparsities)
-    assert len(runs) == n_checkpoints * len(plan.tasks) * len(plan.seeds) * 2
+    assert len(runs) == sweep.grid_size("linear") + sweep.grid_size("full") == 28
     chance = 1 / 10  # digits
     assert (runs["top1"] > 3 * chance).all(), runs.loc[runs["top1"] <= 3 * chance, ["method", "mode", "top1"]]
 
@@ -31,13 +83,15 @@ def test_quick_demo_builds_upstream_transfers_and_reports(tmp_path):
         table = leaderboard(runs, "resnet_tiny", mode).table
         means = table[("digits", "mean")]
         assert means.nunique() > 1  # methods differ measurably: no constant column
-        assert set(table.index.get_level_values(0)) == {"dense", *plan.methods}
+        assert set(table.index.get_level_values(0)) == {"dense", "gmp", "acdc", "cram"}
+    assert outputs["leaderboards"] and all(p.parent == tmp_path / "leaderboards" for p in outputs["leaderboards"])
+    assert {p.suffix for p in outputs["leaderboards"]} == {".md", ".csv", ".tex"}
     assert {p.suffix for p in outputs["figures"]} == {".png", ".pdf"}
     assert all(p.stat().st_size > 5000 for p in outputs["figures"])
     assert any("upstream_vs_transfer" in p.name for p in outputs["figures"])  # upstream top-1 is recorded
 
     start = time.perf_counter()  # a second demo finds every model and record and only redraws the report
-    run_demo(tmp_path, plan)
+    run_demo(tmp_path, quick=True)
     assert time.perf_counter() - start < 30
     assert len(collect(tmp_path).runs) == len(runs)
     assert isinstance(pd.read_parquet(tmp_path / "runs.parquet"), pd.DataFrame)

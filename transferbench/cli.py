@@ -87,12 +87,12 @@ def cmd_upstream(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import DemoPlan, run_demo
+    from .demo import run_demo
 
     if not args.verbose:  # per-epoch lines of ~100 runs would drown the demo's own progress
         logging.getLogger("transferbench").setLevel(logging.WARNING)
-    run_demo(args.out, DemoPlan.quick() if args.quick else DemoPlan())
-    print(f"see {args.out / 'leaderboards'} and {args.out / 'figures'}")
+    run_demo(args.results, quick=args.quick)
+    print(f"see {args.results / 'leaderboards'} and {args.results / 'figures'}")
     return 0
 
 
@@ -229,8 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_upstream)
 
     demo = sub.add_parser("demo", help="offline end-to-end demo: upstream pruning, transfer, leaderboard, figures")
-    demo.add_argument("--out", type=Path, default=Path("results/demo"))
-    demo.add_argument("--quick", action="store_true", help="a smaller plan (3 methods, 1 task, short training)")
+    demo.add_argument("--results", "--out", dest="results", type=Path, default=Path("results/demo"),
+                      help="results root, checkpoints included (default results/demo; --out is a deprecated alias)")
+    demo.add_argument("--quick", action="store_true", help="the sweep demo_quick instead of demo (3 methods, "
+                      "1 task, short training)")
     demo.set_defaults(func=cmd_demo)
 
     add_dispatch_commands(sub)
