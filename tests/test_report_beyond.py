@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from transferbench.cli import main
-from transferbench.report import beyond_metrics as bm
 from transferbench.report import collect
-from transferbench.report.beyond import WORST_SEED_CLASS, beyond, beyond_figure, to_markdown, write_beyond
+from transferbench.report import prediction_metrics as bm
+from transferbench.report.predictions import WORST_SEED_CLASS, beyond, beyond_figure, to_markdown, write_beyond
 
 # ------------------------------------------------------------------------------------------ formulas by hand
 
@@ -261,7 +261,7 @@ def test_cells_whose_seeds_have_different_test_lists_are_skipped(tmp_path):
 
 
 def test_most_hurt_only_lists_classes_that_dropped_and_uses_class_names(tmp_path, monkeypatch):
-    beyond_module = importlib.import_module("transferbench.report.beyond")
+    beyond_module = importlib.import_module("transferbench.report.predictions")
     labels = np.repeat(np.arange(C), N // C)
     names = tuple(f"class_{k}" for k in range(C))
     monkeypatch.setattr(beyond_module, "class_names", lambda task: names if task == "dtd" else None)
@@ -287,7 +287,7 @@ def test_most_hurt_only_lists_classes_that_dropped_and_uses_class_names(tmp_path
 
 
 def test_class_names_saved_with_the_predictions_win_over_the_card(tmp_path, monkeypatch):
-    beyond_module = importlib.import_module("transferbench.report.beyond")
+    beyond_module = importlib.import_module("transferbench.report.predictions")
     monkeypatch.setattr(beyond_module, "class_names", lambda task: tuple(f"card_{k}" for k in range(C)))
     labels = np.repeat(np.arange(C), N // C)
     dense = 3 * np.eye(C)[labels]

@@ -6,7 +6,6 @@
     print(leaderboard(runs, "resnet50", "linear").to_markdown())
 """
 
-from .beyond import Beyond, beyond, write_beyond
 from .collect import Collection, collect, parse_record
 from .compare import compare, write_compare
 from .figstyle import FigureNotApplicable, SavedFigure
@@ -24,6 +23,7 @@ from .figures import (
 from .index import write_index
 from .leaderboard import DELTA, MEAN, Leaderboard, leaderboard, write_leaderboards
 from .palette import METHOD_ORDER, MethodStyle, method_color, method_colors, method_style
+from .predictions import Beyond, beyond, write_beyond
 from .reference import read_reference, read_references
 
 __all__ = [

@@ -139,7 +139,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def do_beyond(args: argparse.Namespace, runs: pd.DataFrame | None = None):
     from . import collect
-    from .beyond import beyond, write_beyond
+    from .predictions import beyond, write_beyond
 
     if runs is None:
         runs = collect(args.results).runs

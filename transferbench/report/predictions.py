@@ -1,13 +1,14 @@
-"""Beyond accuracy: what pruning changes in a transferred model's predictions, not only how many are right.
+"""Sparse vs dense predictions (``transferbench report beyond``): each sparse run's saved test predictions against
+its dense partner's, for what pruning changes in a transferred model's predictions, not only how many are right.
 
 Every sparse run is paired with the dense run of the same (architecture family, mode, solver, task, seed), whose
-``predictions.npz`` must hold the same test labels in the same order. For each pair ``beyond_metrics.pair_metrics``
-gives churn, flips, ECE, entropy and per-class drops; per (arch, mode, solver, task, method, sparsity) cell these
-are averaged over seeds, the classes hurt most are listed, and the pruning-identified exemplars are found over the
-paired seeds (at least 2). A sparse run without predictions, without a dense partner, or whose test list differs
-from its partner's is counted and listed in ``missing``, never skipped silently; a cell whose seeds were tested on
-different test lists (labels, their order or the class count differ between seeds) cannot be averaged per class or
-per sample, and is listed in ``skipped`` with the reason.
+``predictions.npz`` must hold the same test labels in the same order. For each pair
+``prediction_metrics.pair_metrics`` gives churn, flips, ECE, entropy and per-class drops; per (arch, mode, solver,
+task, method, sparsity) cell these are averaged over seeds, the classes hurt most are listed, and the
+pruning-identified exemplars are found over the paired seeds (at least 2). A sparse run without predictions,
+without a dense partner, or whose test list differs from its partner's is counted and listed in ``missing``, never
+skipped silently; a cell whose seeds were tested on different test lists (labels, their order or the class count
+differ between seeds) cannot be averaged per class or per sample, and is listed in ``skipped`` with the reason.
 
 Classes are named as the run saved them with its predictions (``classes`` in predictions.npz: the folder or
 dataset class names), else by the task card's optional ``class_names`` list, else by index.
@@ -30,8 +31,8 @@ from matplotlib.figure import Figure
 from .. import shipped
 from ..atomic import write_bytes
 from ..errors import TransferbenchError
-from ..records import PREDICTIONS_FILE
-from . import beyond_metrics as bm
+from ..store import PREDICTIONS_FILE
+from . import prediction_metrics as bm
 from .figstyle import PAGE_WIDTH_IN, FigureNotApplicable, SavedFigure, new_figure, paper_style, save
 from .palette import DENSE, method_colors, method_sort_key, method_style, order_methods
 from .render import fmt_sparsity, markdown_table
@@ -68,7 +69,7 @@ FIGURE_PANELS = (
 
 @dataclass(frozen=True)
 class Beyond:
-    pairs: pd.DataFrame  # one row per (sparse run, dense partner): the metrics of beyond_metrics.pair_metrics
+    pairs: pd.DataFrame  # one row per (sparse run, dense partner): prediction_metrics.pair_metrics
     cells: pd.DataFrame  # per cell: means over seeds, PIEs, the classes hurt most
     classes: pd.DataFrame  # per cell and class: n, dense accuracy, mean drop over seeds
     exemplars: pd.DataFrame  # per cell: the most susceptible test samples

@@ -1,4 +1,6 @@
-"""Beyond-accuracy metrics of a sparse model against its dense counterpart, from per-sample logits (numpy only).
+"""The formulas that compare one sparse run's saved test predictions with its dense partner's (numpy only):
+per-class accuracy drops, churn and flips, calibration (ECE), predictive entropy and pruning-identified exemplars.
+``predictions.py`` pairs the runs and reads their ``predictions.npz``; this module only computes, from logits.
 
 Notation (shared/reference/bias_analysis.md §4.2): N test samples with labels y_i, logits z_i, p_i = softmax(z_i),
 ŷ_i = argmax p_i, conf_i = max_c p_ic, c_i = 1[ŷ_i = y_i]; d = dense, s = sparse, on the same test list.
