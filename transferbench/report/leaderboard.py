@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import write_bytes
-from . import render
 from .palette import DENSE, method_sort_key
+from .render import LATEX_MISSING, MISSING, cell_parts, cell_text, fmt_sparsity, latex_escape, markdown_table
 from .select import (
     BOTH,
     METRIC_LABELS,
@@ -97,14 +97,16 @@ class Leaderboard:
                 out.append({"arch": self.arch, "mode": self.mode, "solver": self.solver, "metric": self.metric,
                             "source": source, "method": row[0], "sparsity": row[1], "column": col, "mean": mean,
                             "std": std, "n": n, "n_max": n_max, "best": bool(self.best.loc[row, col]),
-                            "text": render.cell_text(mean, std, n, delta=col == DELTA, n_max=n_max)})
+                            "text": cell_text(mean, std, n, delta=col == DELTA, n_max=n_max)})
         return pd.DataFrame(out)
 
     def to_markdown(self) -> str:
-        return render.markdown(self)
+        """The table in Markdown, best entries in bold, with the note that defines it and any warnings."""
+        return _markdown(self)
 
     def to_latex(self) -> str:
-        return render.latex(self)
+        """The table as a booktabs ``tabular``, the note and any warnings as ``%`` comments."""
+        return _latex(self)
 
     def to_csv(self, path: str | Path) -> Path:
         return write_bytes(path, self.to_frame().to_csv(index=False).encode())
@@ -138,61 +140,96 @@ def leaderboard(
     task_list = list(tasks) if tasks is not None else sorted(df["task"].unique())
     rows = sorted(set(zip(df["method"], df["sparsity"], strict=True)), key=lambda r: (method_sort_key(r[0]), r[1]))
     index = pd.MultiIndex.from_tuples(rows, names=["method", "sparsity"])
+    per_task = _PerTask.of(df, col, index, task_list)
+    task_mean = _task_mean(per_task, allow_incomplete_mean)
+    dense_mean, warnings = _dense_mean(per_task, task_mean["mean"], rows, f"{arch}/{mode}")
+    table = _table(per_task, task_mean, dense_mean, index)
+    return Leaderboard(arch=arch, mode=mode, metric=metric, tasks=task_list, table=table,
+                       best=_best_entries(table, [*task_list, MEAN, DELTA]),
+                       allow_incomplete_mean=allow_incomplete_mean, solver=solver, duplicates=duplicates,
+                       source=source, warnings=tuple(warnings))
 
-    stats = df.groupby(["method", "sparsity", "task"])[col].agg(["mean", "std", "count"])
-    per_task = {s: stats[s].unstack("task").reindex(index=index, columns=task_list) for s in ("mean", "std", "count")}
-    means, stds = per_task["mean"] * 100, per_task["std"] * 100
-    counts = per_task["count"].fillna(0)
 
-    complete = means.notna().all(axis=1)
-    has_mean = complete | allow_incomplete_mean
+@dataclass(frozen=True)
+class _PerTask:
+    """Per (row, task): the mean and std over seeds in %, and the seed count (0 where the task has no run)."""
+
+    means: pd.DataFrame
+    stds: pd.DataFrame
+    counts: pd.DataFrame
+
+    @classmethod
+    def of(cls, df: pd.DataFrame, col: str, index: pd.MultiIndex, tasks: list[str]) -> _PerTask:
+        stats = df.groupby(["method", "sparsity", "task"])[col].agg(["mean", "std", "count"])
+        per_task = {s: stats[s].unstack("task").reindex(index=index, columns=tasks) for s in ("mean", "std", "count")}
+        return cls(per_task["mean"] * 100, per_task["std"] * 100, per_task["count"].fillna(0))
+
+    @property
+    def present(self) -> pd.DataFrame:
+        return self.means.notna()
+
+
+def _task_mean(per_task: _PerTask, allow_incomplete_mean: bool) -> dict[str, pd.Series]:
+    """The mean over tasks of each row with its ± (see the module docstring) and its fewest and most seeds."""
+    means, present = per_task.means, per_task.present
+    has_mean = means.notna().all(axis=1) | allow_incomplete_mean
     row_mean = means.mean(axis=1, skipna=True).where(has_mean)
-    present = means.notna()
     n_tasks = present.sum(axis=1)
     # a task with one seed has no std, and then neither has the row
-    every_std = (stds.notna() | ~present).all(axis=1)
-    row_std = (np.sqrt((stds**2).where(present).sum(axis=1)) / n_tasks).where(has_mean & every_std & (n_tasks > 0))
-    seeds_used = counts.where(present)
-    row_n = seeds_used.min(axis=1).where(row_mean.notna())
-    row_n_max = seeds_used.max(axis=1).where(row_mean.notna())
+    every_std = (per_task.stds.notna() | ~present).all(axis=1)
+    row_std = (np.sqrt((per_task.stds**2).where(present).sum(axis=1)) / n_tasks).where(
+        has_mean & every_std & (n_tasks > 0))
+    seeds_used = per_task.counts.where(present)
+    return {"mean": row_mean, "std": row_std, "n": seeds_used.min(axis=1).where(row_mean.notna()),
+            N_MAX: seeds_used.max(axis=1).where(row_mean.notna())}
 
+
+def _dense_mean(per_task: _PerTask, row_mean: pd.Series, rows: list[tuple], where: str) -> tuple[float, list[str]]:
+    """The dense row's mean over tasks (NaN when there is none, or it misses a task) and the warnings that say
+    why Δ vs dense is missing; ``where`` names the leaderboard (``arch/mode``) in the log."""
     dense_rows = [r for r in rows if r[0] == DENSE]
     dense_mean = row_mean.loc[dense_rows[0]] if dense_rows else np.nan
     if len(dense_rows) > 1:
-        log.warning("%s/%s: several dense rows (sparsity %s); Δ vs dense uses the first",
-                    arch, mode, ", ".join(str(r[1]) for r in dense_rows))
+        log.warning("%s: several dense rows (sparsity %s); Δ vs dense uses the first",
+                    where, ", ".join(str(r[1]) for r in dense_rows))
     warnings = []
     if not dense_rows:
-        warnings.append(f"no dense row for {arch}/{mode}: Δ vs dense is missing everywhere")
+        warnings.append(f"no dense row for {where}: Δ vs dense is missing everywhere")
     elif pd.isna(dense_mean):
-        lacking = [t for t in task_list if pd.isna(means.loc[dense_rows[0], t])]
+        lacking = [t for t in per_task.means.columns if pd.isna(per_task.means.loc[dense_rows[0], t])]
         warnings.append(f"the dense row misses {', '.join(lacking)}: Δ vs dense is missing everywhere "
                         "(run dense on every task, or pass --allow-incomplete-mean)")
     for text in warnings:
-        log.warning("%s/%s: %s", arch, mode, text)
+        log.warning("%s: %s", where, text)
+    return dense_mean, warnings
 
+
+def _table(per_task: _PerTask, task_mean: dict[str, pd.Series], dense_mean: float,
+           index: pd.MultiIndex) -> pd.DataFrame:
+    """The leaderboard's table: columns (column, stat) for every task, the mean over tasks and Δ vs dense."""
     data: dict[tuple[str, str], pd.Series] = {}
-    for t in task_list:
-        n = counts[t].where(present[t]).astype(float)
-        data[(t, "mean")], data[(t, "std")], data[(t, "n")], data[(t, N_MAX)] = means[t], stds[t], n, n
-    data[(MEAN, "mean")] = row_mean
-    data[(MEAN, "std")] = row_std
-    data[(MEAN, "n")] = row_n
-    data[(MEAN, N_MAX)] = row_n_max
-    data[(DELTA, "mean")] = row_mean - dense_mean
+    for t in per_task.means.columns:
+        n = per_task.counts[t].where(per_task.present[t]).astype(float)
+        data[(t, "mean")], data[(t, "std")] = per_task.means[t], per_task.stds[t]
+        data[(t, "n")], data[(t, N_MAX)] = n, n
+    for stat in ("mean", "std", "n", N_MAX):
+        data[(MEAN, stat)] = task_mean[stat]
+    data[(DELTA, "mean")] = task_mean["mean"] - dense_mean
     for stat in ("std", "n", N_MAX):
         data[(DELTA, stat)] = pd.Series(np.nan, index=index)
     table = pd.DataFrame(data, index=index)
     table.columns = pd.MultiIndex.from_tuples(list(data), names=["column", "stat"])
+    return table
 
-    best = pd.DataFrame(False, index=index, columns=[*task_list, MEAN, DELTA])
+
+def _best_entries(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Per column, the rows whose mean is the largest at the displayed precision (ties included)."""
+    best = pd.DataFrame(False, index=table.index, columns=columns)
     for c in best.columns:
         shown = table[(c, "mean")].round(2)
         if shown.notna().any():
             best[c] = shown == shown.max()
-    return Leaderboard(arch=arch, mode=mode, metric=metric, tasks=task_list, table=table, best=best,
-                       allow_incomplete_mean=allow_incomplete_mean, solver=solver, duplicates=duplicates,
-                       source=source, warnings=tuple(warnings))
+    return best
 
 
 def _side_by_side(
@@ -268,3 +305,86 @@ def write_leaderboards(
             paths.append(write_bytes(out / f"{stem}.tex", lb.to_latex().encode()))
     log.info("wrote %d leaderboard file(s) to %s", len(paths), out)
     return paths
+
+
+# ------------------------------------------------------------------------------------------- text renderings
+
+
+def _rendered_rows(lb: Leaderboard):
+    """(method, sparsity, source or None, cells) per row; source only in side-by-side leaderboards; each cell is
+    ((value text, seed-count text) or None when missing, whether it is a best entry)."""
+    for row in lb.table.index:
+        cells = []
+        for col in lb.columns:
+            mean, std, n = lb.cell(row, col)
+            n_max = lb.seed_range(row, col)[1]
+            cells.append((cell_parts(mean, std, n, delta=col == DELTA, n_max=n_max), bool(lb.best.loc[row, col])))
+        yield row[0], row[1], (row[2] if lb.side_by_side else None), cells
+
+
+def _note(lb: Leaderboard) -> str:
+    """The sentence under a leaderboard that says what its cells, means and Δ are."""
+    if lb.allow_incomplete_mean:
+        incomplete = "the tasks it has"
+    else:
+        n = len(lb.tasks)
+        incomplete = f"the {n} task{'s' if n != 1 else ''} (none if one is missing)"
+    dense = "the dense row of the same source" if lb.side_by_side else "the dense row"
+    best = "Best per column and source" if lb.side_by_side else "Best per column"
+    return (f"{lb.title}, in %: mean ± std over seeds (n = seeds; std with ddof=1). mean = mean over {incomplete} "
+            "of the per-task means; its ± is sqrt(Σ_t s_t²)/T from the per-task stds s_t (none if a task has one "
+            f"seed), its n the range of the per-task seed counts. Δ vs dense = mean − {dense}'s mean. "
+            f"{best} in bold; {MISSING} = no completed run.")
+
+
+def _markdown(lb: Leaderboard) -> str:
+    lead = ["method", "sparsity", *(["source"] if lb.side_by_side else [])]
+    rows = []
+    for method, sparsity, source, cells in _rendered_rows(lb):
+        texts = []
+        for parts, best in cells:
+            if parts is None:
+                texts.append(MISSING)
+                continue
+            value = f"**{parts[0]}**" if best else parts[0]
+            texts.append(f"{value} ({parts[1]})" if parts[1] else value)
+        rows.append([method, fmt_sparsity(sparsity), *([source] if source else []), *texts])
+    table = markdown_table([*lead, *lb.columns], rows, left=("method", "source"))
+    warnings = "".join(f"\n**Warning:** {w}\n" for w in lb.warnings)
+    return table + f"\n\n_{_note(lb)}_\n" + warnings
+
+
+def _latex_header(name: str) -> str:
+    return r"$\Delta$ vs dense" if name == DELTA else latex_escape(name)
+
+
+def _latex_cell(parts: tuple[str, str] | None, best: bool) -> str:
+    if parts is None:
+        return LATEX_MISSING
+    value = parts[0].replace(" ± ", r" $\pm$ ").replace("+", "$+$").replace("-", "$-$")
+    value = rf"\textbf{{{value}}}" if best else value
+    return rf"{value} {{\scriptsize ({parts[1]})}}" if parts[1] else value
+
+
+def _latex(lb: Leaderboard) -> str:
+    lead = ["method", "sparsity", *(["source"] if lb.side_by_side else [])]
+    header = [*lead, *(_latex_header(c) for c in lb.columns)]
+    lines = [
+        "% " + latex_escape(_note(lb)).replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("−", "-")
+        .replace(MISSING, LATEX_MISSING),
+        r"% requires \usepackage{booktabs}",
+        r"\begin{tabular}{" + "l" * len(lead) + "r" * len(lb.columns) + "}",
+        r"\toprule",
+        " & ".join(header) + r" \\",
+        r"\midrule",
+    ]
+    previous = None
+    for method, sparsity, source, cells in _rendered_rows(lb):
+        if previous == DENSE and method != DENSE:
+            lines.append(r"\midrule")
+        previous = method
+        first = [latex_escape(method), fmt_sparsity(sparsity), *([source] if source else [])]
+        lines.append(" & ".join([*first, *(_latex_cell(parts, best) for parts, best in cells)]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    lines += ["% warning: " + latex_escape(w).replace("Δ", r"$\Delta$") for w in lb.warnings]
+    return "\n".join(lines) + "\n"

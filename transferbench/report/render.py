@@ -1,13 +1,12 @@
-"""Text renderings of a Leaderboard: Markdown and LaTeX (booktabs). Values are percentages with 2 decimals."""
+"""Text pieces shared by the report's tables: sparsity and mean ± std cells, Markdown tables, LaTeX escaping.
+
+Values are percentages with 2 decimals. Nothing here knows a leaderboard (that is ``leaderboard.py``, which renders
+itself with these pieces), so every table writer can import this module."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .leaderboard import Leaderboard
 
 MISSING = "—"
 LATEX_MISSING = "---"
@@ -40,7 +39,7 @@ def seed_count_text(n: float, n_max: float | None = None) -> str:
     return f"n={int(n)}–{int(n_max)}"
 
 
-def _parts(mean: float, std: float, n: float, delta: bool, n_max: float | None = None) -> tuple[str, str] | None:
+def cell_parts(mean: float, std: float, n: float, delta: bool, n_max: float | None = None) -> tuple[str, str] | None:
     """(value text, seed-count text) of a cell, or None when it is missing."""
     if math.isnan(mean):
         return None
@@ -51,93 +50,13 @@ def _parts(mean: float, std: float, n: float, delta: bool, n_max: float | None =
 
 
 def cell_text(mean: float, std: float, n: float, delta: bool = False, n_max: float | None = None) -> str:
-    parts = _parts(mean, std, n, delta, n_max)
+    """A cell as one string: ``81.20 ± 0.31 (n=3)``, ``+1.05`` for a Δ, ``—`` when it is missing."""
+    parts = cell_parts(mean, std, n, delta, n_max)
     if parts is None:
         return MISSING
     return f"{parts[0]} ({parts[1]})" if parts[1] else parts[0]
 
 
-def _rows(lb: Leaderboard):
-    """(method, sparsity, source or None, cells) per row; source only in side-by-side leaderboards."""
-    from .leaderboard import DELTA
-
-    for row in lb.table.index:
-        cells = []
-        for col in lb.columns:
-            mean, std, n = lb.cell(row, col)
-            n_max = lb.seed_range(row, col)[1]
-            cells.append((_parts(mean, std, n, delta=col == DELTA, n_max=n_max), bool(lb.best.loc[row, col])))
-        yield row[0], row[1], (row[2] if lb.side_by_side else None), cells
-
-
-def _note(lb: Leaderboard) -> str:
-    if lb.allow_incomplete_mean:
-        incomplete = "the tasks it has"
-    else:
-        n = len(lb.tasks)
-        incomplete = f"the {n} task{'s' if n != 1 else ''} (none if one is missing)"
-    dense = "the dense row of the same source" if lb.side_by_side else "the dense row"
-    best = "Best per column and source" if lb.side_by_side else "Best per column"
-    return (f"{lb.title}, in %: mean ± std over seeds (n = seeds; std with ddof=1). mean = mean over {incomplete} "
-            "of the per-task means; its ± is sqrt(Σ_t s_t²)/T from the per-task stds s_t (none if a task has one "
-            f"seed), its n the range of the per-task seed counts. Δ vs dense = mean − {dense}'s mean. "
-            f"{best} in bold; {MISSING} = no completed run.")
-
-
-def markdown(lb: Leaderboard) -> str:
-    lead = ["method", "sparsity", *(["source"] if lb.side_by_side else [])]
-    rows = []
-    for method, sparsity, source, cells in _rows(lb):
-        texts = []
-        for parts, best in cells:
-            if parts is None:
-                texts.append(MISSING)
-                continue
-            value = f"**{parts[0]}**" if best else parts[0]
-            texts.append(f"{value} ({parts[1]})" if parts[1] else value)
-        rows.append([method, fmt_sparsity(sparsity), *([source] if source else []), *texts])
-    table = markdown_table([*lead, *lb.columns], rows, left=("method", "source"))
-    warnings = "".join(f"\n**Warning:** {w}\n" for w in lb.warnings)
-    return table + f"\n\n_{_note(lb)}_\n" + warnings
-
-
 def latex_escape(text: str) -> str:
+    """``text`` with LaTeX's special characters escaped, so that it prints as written."""
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
-
-
-def _latex_header(name: str) -> str:
-    from .leaderboard import DELTA
-
-    return r"$\Delta$ vs dense" if name == DELTA else latex_escape(name)
-
-
-def latex(lb: Leaderboard) -> str:
-    lead = ["method", "sparsity", *(["source"] if lb.side_by_side else [])]
-    header = [*lead, *(_latex_header(c) for c in lb.columns)]
-    lines = [
-        "% " + latex_escape(_note(lb)).replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("−", "-")
-        .replace(MISSING, LATEX_MISSING),
-        r"% requires \usepackage{booktabs}",
-        r"\begin{tabular}{" + "l" * len(lead) + "r" * len(lb.columns) + "}",
-        r"\toprule",
-        " & ".join(header) + r" \\",
-        r"\midrule",
-    ]
-    previous = None
-    for method, sparsity, source, cells in _rows(lb):
-        if previous == "dense" and method != "dense":
-            lines.append(r"\midrule")
-        previous = method
-        texts = []
-        for parts, best in cells:
-            if parts is None:
-                texts.append(LATEX_MISSING)
-                continue
-            value = parts[0].replace(" ± ", r" $\pm$ ").replace("+", "$+$").replace("-", "$-$")
-            value = rf"\textbf{{{value}}}" if best else value
-            texts.append(rf"{value} {{\scriptsize ({parts[1]})}}" if parts[1] else value)
-        first = [latex_escape(method), fmt_sparsity(sparsity), *([source] if source else [])]
-        lines.append(" & ".join([*first, *texts]) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    lines += ["% warning: " + latex_escape(w).replace("Δ", r"$\Delta$") for w in lb.warnings]
-    return "\n".join(lines) + "\n"
