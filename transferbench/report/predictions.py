@@ -57,6 +57,16 @@ METRICS = [
     "bottom10_class_drop",
     "std_class_drop",
 ]
+PAIR_COLUMNS = [*CELL_KEYS[:4], "seed", *CELL_KEYS[4:], "run_key", "dense_run_key", "n_test", "num_classes", *METRICS,
+                "classes_used"]
+MISSING_COLUMNS = [*CELL_KEYS[:4], "seed", *CELL_KEYS[4:], "run_key", "reason"]
+CELL_COLUMNS = [*CELL_KEYS, "seeds", "top1_dense", "top1_sparse", "delta_top1", "churn", "nfr", "pfr", "ece_dense",
+                "ece_sparse", "delta_ece", "entropy_dense", "entropy_sparse", "entropy_shift", "worst_class_drop",
+                "bottom10_class_drop", "std_class_drop", "pie_count", "pie_fraction", "most_hurt"]
+CLASS_COLUMNS = [*CELL_KEYS, "class", "class_name", "n", "dense_acc", "mean_drop", "used"]
+EXEMPLAR_COLUMNS = [*CELL_KEYS, "index", "label", "class_name", "dense_modal", "sparse_modal", "sparse_seeds_away",
+                    "dense_modal_correct"]
+SKIPPED_COLUMNS = [*CELL_KEYS, "seeds", "reason"]
 HURT_SHOWN = 3
 EXEMPLARS_SHOWN = 20
 FIGURE_PANELS = (
@@ -75,7 +85,7 @@ class Beyond:
     exemplars: pd.DataFrame  # per cell: the most susceptible test samples
     missing: pd.DataFrame  # sparse runs that could not be paired, and why
     min_count: int = bm.MIN_COUNT
-    skipped: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=[*CELL_KEYS, "seeds", "reason"]))
+    skipped: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SKIPPED_COLUMNS))
 
     def summary(self) -> str:
         text = f"{len(self.pairs)} sparse/dense pair(s) in {len(self.cells)} cell(s)"
@@ -117,67 +127,64 @@ def _prepare(runs: pd.DataFrame) -> pd.DataFrame:
 def beyond(runs: pd.DataFrame, min_count: int = bm.MIN_COUNT) -> Beyond:
     """The beyond-accuracy analysis of our runs (``runs`` from :func:`collect`; predictions are read beside each
     record's ``path``)."""
-    df = _prepare(runs)
-    cache: dict[str, tuple[np.ndarray, np.ndarray] | str] = {}
-    saved_names: dict[str, dict[int, tuple[str, ...]]] = {}  # task -> class count -> names saved with predictions
+    predictions = _Predictions()
+    pairs, missing, preds = _pair_runs(_prepare(runs), predictions, min_count)
+    pairs_df = pd.DataFrame(pairs, columns=PAIR_COLUMNS)
+    missing_df = pd.DataFrame(missing, columns=MISSING_COLUMNS)
+    cells, classes, exemplars, skipped = _cells(pairs_df, preds, min_count, predictions.saved_names)
+    result = Beyond(pairs_df, cells, classes, exemplars, missing_df, min_count, skipped)
+    (log.warning if len(missing_df) else log.info)("beyond accuracy: %s", result.summary())
+    return result
 
-    def load(row) -> tuple[np.ndarray, np.ndarray] | str:
-        if row.run_key not in cache:
-            cache[row.run_key] = _predictions(Path(row.path).parent / PREDICTIONS_FILE,
-                                              saved_names.setdefault(row.task, {}))
-        return cache[row.run_key]
 
+class _Predictions:
+    """Each run's (logits, labels), or the reason they cannot be used, read once; the class names saved with them
+    by task and class count (``saved_names``)."""
+
+    def __init__(self) -> None:
+        self._read: dict[str, tuple[np.ndarray, np.ndarray] | str] = {}
+        self.saved_names: dict[str, dict[int, tuple[str, ...]]] = {}
+
+    def of(self, row) -> tuple[np.ndarray, np.ndarray] | str:
+        if row.run_key not in self._read:
+            self._read[row.run_key] = _predictions(Path(row.path).parent / PREDICTIONS_FILE,
+                                                   self.saved_names.setdefault(row.task, {}))
+        return self._read[row.run_key]
+
+
+def _pair_runs(df: pd.DataFrame, predictions: _Predictions, min_count: int) -> tuple[list[dict], list[dict], dict]:
+    """Every sparse run with the dense run of its (arch, mode, solver, task, seed): (the metrics of each pair, each
+    sparse run that could not be paired with the reason, the predicted labels of each pair — sparse, dense and the
+    true labels — by (arch, mode, solver, task, seed, method, sparsity))."""
     pairs, missing, preds = [], [], {}
     for key, group in df.groupby(GROUP_KEYS, sort=True):
         dense = next(group[group["method"] == DENSE].itertuples(), None)
-        sparse = group[group["method"] != DENSE]
-        partner = load(dense) if dense is not None else None
-        for row in sparse.itertuples():
+        partner = predictions.of(dense) if dense is not None else None
+        for row in group[group["method"] != DENSE].itertuples():
             ident = dict(zip(GROUP_KEYS, key, strict=True)) | {"method": row.method, "sparsity": row.sparsity}
-            reason = None
-            own = load(row)
-            if partner is None:
-                reason = f"no dense partner: no dense run for {'/'.join(map(str, key))}"
-            elif isinstance(own, str):
-                reason = own
-            elif isinstance(partner, str):
-                reason = f"dense partner unusable: {partner}"
-            elif own[0].shape[1] != partner[0].shape[1] or not np.array_equal(own[1], partner[1]):
-                reason = f"test list differs: labels or classes differ from the dense run's ({dense.run_key})"
+            own = predictions.of(row)
+            reason = _unpaired_reason(own, partner, key, dense)
             if reason is not None:
                 missing.append({**ident, "run_key": row.run_key, "reason": reason})
                 continue
             logits, labels = own
-            pairs.append(
-                {
-                    **ident,
-                    "run_key": row.run_key,
-                    "dense_run_key": dense.run_key,
-                    "n_test": len(labels),
-                    "num_classes": logits.shape[1],
-                    **bm.pair_metrics(partner[0], logits, labels, min_count),
-                }
-            )
+            pairs.append({**ident, "run_key": row.run_key, "dense_run_key": dense.run_key, "n_test": len(labels),
+                          "num_classes": logits.shape[1], **bm.pair_metrics(partner[0], logits, labels, min_count)})
             preds[(*ident.values(),)] = (logits.argmax(1), partner[0].argmax(1), labels)
-    pairs_df = pd.DataFrame(
-        pairs,
-        columns=[
-            *CELL_KEYS[:4],
-            "seed",
-            *CELL_KEYS[4:],
-            "run_key",
-            "dense_run_key",
-            "n_test",
-            "num_classes",
-            *METRICS,
-            "classes_used",
-        ],
-    )
-    missing_df = pd.DataFrame(missing, columns=[*CELL_KEYS[:4], "seed", *CELL_KEYS[4:], "run_key", "reason"])
-    cells, classes, exemplars, skipped = _cells(pairs_df, preds, min_count, saved_names)
-    result = Beyond(pairs_df, cells, classes, exemplars, missing_df, min_count, skipped)
-    (log.warning if len(missing_df) else log.info)("beyond accuracy: %s", result.summary())
-    return result
+    return pairs, missing, preds
+
+
+def _unpaired_reason(own, partner, key: tuple, dense) -> str | None:
+    """Why a sparse run's predictions (``own``) cannot be compared with its dense partner's, or None."""
+    if partner is None:
+        return f"no dense partner: no dense run for {'/'.join(map(str, key))}"
+    if isinstance(own, str):
+        return own
+    if isinstance(partner, str):
+        return f"dense partner unusable: {partner}"
+    if own[0].shape[1] != partner[0].shape[1] or not np.array_equal(own[1], partner[1]):
+        return f"test list differs: labels or classes differ from the dense run's ({dense.run_key})"
+    return None
 
 
 @cache
@@ -209,6 +216,8 @@ def _test_lists_differ(labels: tuple[np.ndarray, ...], num_classes: pd.Series) -
 
 
 def _cells(pairs: pd.DataFrame, preds: dict, min_count: int, saved_names: dict):
+    """(cells, classes, exemplars, skipped) frames: per (arch, mode, solver, task, method, sparsity), over the
+    cell's paired seeds; a cell whose seeds saw different test lists is skipped, with the reason."""
     cells, classes, exemplars, skipped = [], [], [], []
     for cell, group in pairs.groupby(CELL_KEYS, sort=False):
         ident = dict(zip(CELL_KEYS, cell, strict=True))
@@ -220,107 +229,75 @@ def _cells(pairs: pd.DataFrame, preds: dict, min_count: int, saved_names: dict):
             log.warning("beyond accuracy: %s skipped: %s", "/".join(map(str, cell)), reason)
             continue
         c = int(group["num_classes"].iloc[0])
-        labels0 = labels[0]
         names = saved_names.get(ident["task"], {}).get(c) or class_names(ident["task"])
-        drops = np.stack([bm.per_class_drop(s, d, labels0, c)[0] for s, d in zip(sparse_p, dense_p, strict=True)])
-        n = np.bincount(labels0, minlength=c)
-        mean_drop = drops.mean(axis=0)
-        dense_acc = np.mean([bm.per_class_accuracy(d, labels0, c)[0] for d in dense_p], axis=0)
-        used = n >= min_count if (n >= min_count).any() else n > 0
-        # only classes that lost accuracy are "hurt"; a cell where none did lists none
-        hurt_rank = np.where(used & (mean_drop < 0), mean_drop, np.inf)
-        hurt = [int(k) for k in np.argsort(hurt_rank, kind="stable")[:HURT_SHOWN] if np.isfinite(hurt_rank[k])]
-        classes += [
-            {
-                **ident,
-                "class": k,
-                "class_name": _class_label(names, k),
-                "n": int(n[k]),
-                "dense_acc": dense_acc[k],
-                "mean_drop": mean_drop[k],
-                "used": bool(used[k]),
-            }
-            for k in range(c)
-        ]
-        row = {**ident, "seeds": len(seeds), **group[METRICS].mean().to_dict()}
+        class_rows, most_hurt = _per_class(ident, sparse_p, dense_p, labels[0], c, names, min_count)
+        classes += class_rows
+        row = {**ident, "seeds": len(seeds), **group[METRICS].mean().to_dict(), "most_hurt": most_hurt}
         row["delta_top1"] = row["top1_sparse"] - row["top1_dense"]
         row["delta_ece"] = row["ece_sparse"] - row["ece_dense"]
-        row["most_hurt"] = ", ".join(f"{_class_label(names, k)} ({mean_drop[k] * 100:+.1f})" for k in hurt)
+        row["pie_count"], row["pie_fraction"] = None, math.nan
         if len(seeds) >= 2:
-            pie = bm.pruning_identified_exemplars(np.stack(sparse_p), np.stack(dense_p), c)
-            dense_modal = bm.modal_prediction(np.stack(dense_p), c)
-            sparse_modal = bm.modal_prediction(np.stack(sparse_p), c)
-            # how many sparse seeds move away from the dense population's answer
-            away = (np.stack(sparse_p) != dense_modal).mean(axis=0)
-            row["pie_count"], row["pie_fraction"] = int(pie.sum()), float(pie.mean())
-            for i in np.lexsort((np.arange(len(pie)), -away, ~pie))[:EXEMPLARS_SHOWN]:
-                if not pie[i]:
-                    break
-                exemplars.append(
-                    {
-                        **ident,
-                        "index": int(i),
-                        "label": int(labels0[i]),
-                        "class_name": _class_label(names, int(labels0[i])),
-                        "dense_modal": int(dense_modal[i]),
-                        "sparse_modal": int(sparse_modal[i]),
-                        "sparse_seeds_away": float(away[i]),
-                        "dense_modal_correct": bool(dense_modal[i] == labels0[i]),
-                    }
-                )
-        else:
-            row["pie_count"], row["pie_fraction"] = None, math.nan
+            row["pie_count"], row["pie_fraction"], cell_exemplars = _exemplars(ident, sparse_p, dense_p, labels[0],
+                                                                               c, names)
+            exemplars += cell_exemplars
         cells.append(row)
-    cell_cols = [
-        *CELL_KEYS,
-        "seeds",
-        "top1_dense",
-        "top1_sparse",
-        "delta_top1",
-        "churn",
-        "nfr",
-        "pfr",
-        "ece_dense",
-        "ece_sparse",
-        "delta_ece",
-        "entropy_dense",
-        "entropy_sparse",
-        "entropy_shift",
-        "worst_class_drop",
-        "bottom10_class_drop",
-        "std_class_drop",
-        "pie_count",
-        "pie_fraction",
-        "most_hurt",
-    ]
-    cells_df = pd.DataFrame(cells, columns=cell_cols)
-    cells_df["pie_count"] = cells_df["pie_count"].astype("Int64")
-    order = sorted(
-        cells_df.index,
-        key=lambda i: (
-            *cells_df.loc[i, CELL_KEYS[:4]],
-            method_sort_key(cells_df.at[i, "method"]),
-            cells_df.at[i, "sparsity"],
-        ),
-    )
     return (
-        cells_df.loc[order].reset_index(drop=True),
-        pd.DataFrame(classes, columns=[*CELL_KEYS, "class", "class_name", "n", "dense_acc", "mean_drop", "used"]),
-        pd.DataFrame(
-            exemplars,
-            columns=[
-                *CELL_KEYS,
-                "index",
-                "label",
-                "class_name",
-                "dense_modal",
-                "sparse_modal",
-                "sparse_seeds_away",
-                "dense_modal_correct",
-            ],
-        ),
-        pd.DataFrame(skipped, columns=[*CELL_KEYS, "seeds", "reason"]),
+        _sorted_cells(pd.DataFrame(cells, columns=CELL_COLUMNS)),
+        pd.DataFrame(classes, columns=CLASS_COLUMNS),
+        pd.DataFrame(exemplars, columns=EXEMPLAR_COLUMNS),
+        pd.DataFrame(skipped, columns=SKIPPED_COLUMNS),
     )
+
+
+def _per_class(ident: dict, sparse_p: tuple[np.ndarray, ...], dense_p: tuple[np.ndarray, ...], labels: np.ndarray,
+               c: int, names: tuple[str, ...] | None, min_count: int) -> tuple[list[dict], str]:
+    """One row per class of a cell (n, dense accuracy and drop, both averaged over seeds, whether the class is
+    counted) and the text of the classes hurt most, e.g. ``cat (-25.0), dog (-3.3)``."""
+    drops = np.stack([bm.per_class_drop(s, d, labels, c)[0] for s, d in zip(sparse_p, dense_p, strict=True)])
+    n = np.bincount(labels, minlength=c)
+    mean_drop = drops.mean(axis=0)
+    dense_acc = np.mean([bm.per_class_accuracy(d, labels, c)[0] for d in dense_p], axis=0)
+    used = n >= min_count if (n >= min_count).any() else n > 0
+    # only classes that lost accuracy are "hurt"; a cell where none did lists none
+    hurt_rank = np.where(used & (mean_drop < 0), mean_drop, np.inf)
+    hurt = [int(k) for k in np.argsort(hurt_rank, kind="stable")[:HURT_SHOWN] if np.isfinite(hurt_rank[k])]
+    rows = [
+        {**ident, "class": k, "class_name": _class_label(names, k), "n": int(n[k]), "dense_acc": dense_acc[k],
+         "mean_drop": mean_drop[k], "used": bool(used[k])}
+        for k in range(c)
+    ]
+    return rows, ", ".join(f"{_class_label(names, k)} ({mean_drop[k] * 100:+.1f})" for k in hurt)
+
+
+def _exemplars(ident: dict, sparse_p: tuple[np.ndarray, ...], dense_p: tuple[np.ndarray, ...], labels: np.ndarray,
+               c: int, names: tuple[str, ...] | None) -> tuple[int, float, list[dict]]:
+    """The pruning-identified exemplars of a cell with at least 2 seeds: (how many, their share of the test set,
+    rows for the most susceptible ones, at most ``EXEMPLARS_SHOWN``)."""
+    sparse, dense = np.stack(sparse_p), np.stack(dense_p)
+    pie = bm.pruning_identified_exemplars(sparse, dense, c)
+    dense_modal = bm.modal_prediction(dense, c)
+    sparse_modal = bm.modal_prediction(sparse, c)
+    # how many sparse seeds move away from the dense population's answer
+    away = (sparse != dense_modal).mean(axis=0)
+    rows = []
+    for i in np.lexsort((np.arange(len(pie)), -away, ~pie))[:EXEMPLARS_SHOWN]:
+        if not pie[i]:
+            break
+        label = int(labels[i])
+        rows.append({**ident, "index": int(i), "label": label, "class_name": _class_label(names, label),
+                     "dense_modal": int(dense_modal[i]), "sparse_modal": int(sparse_modal[i]),
+                     "sparse_seeds_away": float(away[i]), "dense_modal_correct": bool(dense_modal[i] == labels[i])})
+    return int(pie.sum()), float(pie.mean()), rows
+
+
+def _sorted_cells(cells: pd.DataFrame) -> pd.DataFrame:
+    """The cells in the report's order: (arch, mode, solver, task), then the method order, then sparsity."""
+    cells["pie_count"] = cells["pie_count"].astype("Int64")
+    order = sorted(
+        cells.index,
+        key=lambda i: (*cells.loc[i, CELL_KEYS[:4]], method_sort_key(cells.at[i, "method"]), cells.at[i, "sparsity"]),
+    )
+    return cells.loc[order].reset_index(drop=True)
 
 
 WORST_SEED_CLASS = "worst class per seed"

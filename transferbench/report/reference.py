@@ -17,7 +17,8 @@ import csv
 import logging
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -138,10 +139,31 @@ def read_reference(path: str | Path, mode: str | None = None, arch: str | None =
     """One reference file as a runs table (``source == "paper"``); see the module docstring."""
     path = Path(path)
     mode, arch = infer_mode_arch(path, mode, arch)
-    tasks = paper_tasks()
-    metrics = _task_metrics()
-    upstream = _registered_upstream()
-    rows: list[dict[str, Any]] = []
+    known = _Known.load()
+    rows = [_reference_row(path, line, fields, mode, arch, known) for line, fields in _result_lines(path)]
+    if not rows:
+        raise _fail(path, 2, "no result rows after the header")
+    frame = _merge_repeats(runs_frame(rows, source=PAPER), path)
+    _warn_unregistered(frame, known.upstream, path, arch, mode)
+    log.info("read %d paper result(s) from %s as %s/%s", len(frame), path, arch, mode)
+    return frame
+
+
+@dataclass(frozen=True)
+class _Known:
+    """What a reference file's labels are checked and completed against."""
+
+    tasks: dict[str, str]  # the paper's dataset labels → task names
+    metrics: dict[str, str]  # task → the metric the paper reports for it
+    upstream: dict[tuple[str, float, str], float]  # (method, sparsity, arch family) → registered ImageNet top-1
+
+    @classmethod
+    def load(cls) -> _Known:
+        return cls(paper_tasks(), _task_metrics(), _registered_upstream())
+
+
+def _result_lines(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, the 5 fields) of every result line, after checking the header."""
     lines = iter(_rows(path))
     first = next(lines, None)
     if first is None:
@@ -153,56 +175,69 @@ def read_reference(path: str | Path, mode: str | None = None, arch: str | None =
             fields = fields[:-1]
         if len(fields) != len(HEADER):
             raise _fail(path, line, f"{len(fields)} fields instead of {len(HEADER)}")
-        dset, model, sparsity_text, seed_text, acc_text = fields
-        if dset not in tasks:
-            raise _fail(path, line, f"unknown dataset label {dset!r} (known: {', '.join(sorted(tasks))})")
-        if model not in PAPER_METHODS:
-            raise _fail(path, line, f"unknown method label {model!r} (known: {', '.join(PAPER_METHODS)})")
-        seed = _SEED.match(seed_text)
-        if seed is None:
-            raise _fail(path, line, f"seed {seed_text!r} is not like seed_21")
-        task, method = tasks[dset], PAPER_METHODS[model]
-        sparsity = round(_parse_fraction_field(path, line, "sparsity", sparsity_text, 0.999999), 6)
-        acc = _parse_fraction_field(path, line, "val_acc", acc_text, 1.0)
-        metric = metrics.get(task, "top1")
-        row = {
-            "run_key": f"paper:{arch}:{mode}:{task}:{method}:{sparsity:g}:seed{seed.group(1)}:{path.name}#{line:06d}",
-            "task": task,
-            "method": method,
-            "arch": arch,
-            "mode": mode,
-            "seed": int(seed.group(1)),
-            "target_sparsity": sparsity,
-            "measured_sparsity": math.nan,
-            "top1": math.nan,
-            "mean_per_class_acc": math.nan,
-            "primary_metric": metric,
-            "primary": acc,
-            "solver": "sgd",  # the paper's protocol trains every head and network with SGD
-            "upstream_top1": upstream.get((method, sparsity, arch), math.nan),
-            "total_s": math.nan,
-            "created_at": None,
-            "checkpoint": None,
-            "schema_version": None,
-            "versions": None,
-            "path": f"{path}:{line}",
-        }
-        row[METRIC_COLUMNS.get(metric, "top1")] = acc
-        rows.append(row)
-    if not rows:
-        raise _fail(path, 2, "no result rows after the header")
-    frame = runs_frame(rows, source=PAPER)
+        yield line, fields
+
+
+def _reference_row(path: Path, line: int, fields: list[str], mode: str, arch: str, known: _Known) -> dict[str, Any]:
+    """One result line as a row of the runs table; an unknown label or a value out of range is an error."""
+    dset, model, sparsity_text, seed_text, acc_text = fields
+    if dset not in known.tasks:
+        raise _fail(path, line, f"unknown dataset label {dset!r} (known: {', '.join(sorted(known.tasks))})")
+    if model not in PAPER_METHODS:
+        raise _fail(path, line, f"unknown method label {model!r} (known: {', '.join(PAPER_METHODS)})")
+    seed = _SEED.match(seed_text)
+    if seed is None:
+        raise _fail(path, line, f"seed {seed_text!r} is not like seed_21")
+    task, method = known.tasks[dset], PAPER_METHODS[model]
+    sparsity = round(_parse_fraction_field(path, line, "sparsity", sparsity_text, 0.999999), 6)
+    acc = _parse_fraction_field(path, line, "val_acc", acc_text, 1.0)
+    metric = known.metrics.get(task, "top1")
+    row = {
+        "run_key": f"paper:{arch}:{mode}:{task}:{method}:{sparsity:g}:seed{seed.group(1)}:{path.name}#{line:06d}",
+        "task": task,
+        "method": method,
+        "arch": arch,
+        "mode": mode,
+        "seed": int(seed.group(1)),
+        "target_sparsity": sparsity,
+        "measured_sparsity": math.nan,
+        "top1": math.nan,
+        "mean_per_class_acc": math.nan,
+        "primary_metric": metric,
+        "primary": acc,
+        "solver": "sgd",  # the paper's protocol trains every head and network with SGD
+        "upstream_top1": known.upstream.get((method, sparsity, arch), math.nan),
+        "total_s": math.nan,
+        "created_at": None,
+        "checkpoint": None,
+        "schema_version": None,
+        "versions": None,
+        "path": f"{path}:{line}",
+    }
+    row[METRIC_COLUMNS.get(metric, "top1")] = acc
+    return row
+
+
+def _merge_repeats(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """One run per (task, method, sparsity, seed): repeated rows become one, with the mean of their values.
+
+    The published file lists some (task, method, sparsity, seed) twice with different values (MobileNet full STR
+    75%); there is no telling which is right, so the cell's run is their mean."""
     keys = ["task", "method", "target_sparsity", "seed"]
     repeats = frame.duplicated(keys, keep=False)
-    if repeats.any():
-        # The published file lists some (task, method, sparsity, seed) twice with different values (MobileNet
-        # full STR 75%); there is no telling which is right, so the cell's run is their mean.
-        numeric = [c for c in ("primary", "top1", "mean_per_class_acc") if c in frame.columns]
-        merged = frame[repeats].groupby(keys, as_index=False, sort=False).agg(
-            {**{c: "first" for c in frame.columns if c not in keys}, **dict.fromkeys(numeric, "mean")})
-        log.warning("reference %s lists %d (task, method, sparsity, seed) more than once with different values; "
-                    "each is counted once, as the mean of its rows", path.name, len(merged))
-        frame = pd.concat([frame[~repeats], merged[frame.columns]], ignore_index=True)
+    if not repeats.any():
+        return frame
+    numeric = [c for c in ("primary", "top1", "mean_per_class_acc") if c in frame.columns]
+    merged = frame[repeats].groupby(keys, as_index=False, sort=False).agg(
+        {**{c: "first" for c in frame.columns if c not in keys}, **dict.fromkeys(numeric, "mean")})
+    log.warning("reference %s lists %d (task, method, sparsity, seed) more than once with different values; "
+                "each is counted once, as the mean of its rows", path.name, len(merged))
+    return pd.concat([frame[~repeats], merged[frame.columns]], ignore_index=True)
+
+
+def _warn_unregistered(frame: pd.DataFrame, upstream: dict, path: Path, arch: str, mode: str) -> None:
+    """Warn when (method, sparsity) pairs of the file are not registered checkpoints of ``arch`` (the wrong
+    --reference-arch, most likely)."""
     unknown = {
         (m, s)
         for m, s in zip(frame["method"], frame["target_sparsity"], strict=True)
@@ -219,8 +254,6 @@ def read_reference(path: str | Path, mode: str | None = None, arch: str | None =
             arch,
             *sorted(unknown)[0],
         )
-    log.info("read %d paper result(s) from %s as %s/%s", len(frame), path, arch, mode)
-    return frame
 
 
 def read_references(paths: Iterable[str | Path], mode: str | None = None, arch: str | None = None) -> pd.DataFrame:
