@@ -1,11 +1,13 @@
 """Reports from a results store: collect the records, then leaderboards (Markdown/CSV/LaTeX) and figures.
 
-    from transferbench.report import collect, leaderboard, write_leaderboards, write_figures
+    from transferbench.report import collect, leaderboard, write_leaderboards, write_figures, write_report
 
     runs = collect("results").runs
     print(leaderboard(runs, "resnet50", "linear").to_markdown())
+    write_report(Path("results"))  # every table and figure, and results/report/index.html linking them
 """
 
+from .build import write_report
 from .collect import Collection, collect, parse_record
 from .compare import compare, write_compare
 from .figstyle import FigureNotApplicable, SavedFigure
@@ -59,4 +61,5 @@ __all__ = [
     "write_figures",
     "write_index",
     "write_leaderboards",
+    "write_report",
 ]

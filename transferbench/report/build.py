@@ -1,0 +1,250 @@
+"""The report pipeline as plain functions: what ``transferbench report`` (and ``collect``, ``figures``, ``compare``,
+``report beyond``) does, callable from Python with the same results.
+
+    from transferbench.report import write_report
+
+    write_report(Path("results"), reference_files=["raw_results/linear_transfer_results.txt"])
+
+:func:`write_report` reads our runs and the paper's (:func:`read_runs`), writes the collected tables and the
+leaderboards (:func:`write_collection`), the figures (:func:`~transferbench.report.figures.write_figures`), ours
+against the paper's (:func:`compare_with_paper`, when the paper's results are there) and the comparison of each
+sparse run's test predictions with its dense partner's (:func:`analyse_predictions`), then the index page that
+links them, with the command that reproduces each step.
+
+The paper's results come from ``reference_files`` (its ``raw_results/*.txt``) or, when none are given, from
+``<results>/reference.parquet``, which :func:`write_collection` saves when they are.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ..atomic import write_bytes
+from ..errors import TransferbenchError
+from .collect import Collection, collect
+from .compare import compare, write_compare
+from .compare import summary as compare_summary
+from .figures import write_figures
+from .index import Section, run_versions, write_index
+from .leaderboard import write_leaderboards
+from .prediction_metrics import MIN_COUNT
+from .predictions import Beyond, beyond, write_beyond
+from .reference import read_references
+from .select import PAPER, source_of
+
+REFERENCE_FILE = "reference.parquet"  # the paper's rows as imported by `collect --reference`, reused later
+PAPER_NEEDED = ("pass --reference FILE... (the paper's raw_results/*.txt) or run `transferbench collect "
+                "--reference ...` first")
+
+PathText = str | os.PathLike
+# The paper's files: a flat list, or one list per `--reference` flag (the grouping only shapes the commands shown)
+ReferenceFiles = Sequence[PathText | Sequence[PathText]]
+
+
+@dataclass(frozen=True)
+class ReportRuns:
+    """Every row a report is made of: our runs as collected, and the paper's rows where there are any."""
+
+    collection: Collection  # our runs, and the runs without a usable record
+    runs: pd.DataFrame  # every row to report on: ours, then the paper's
+    reference: pd.DataFrame | None  # the paper's rows; None when none were given or saved
+    reference_read: bool = False  # the paper's rows were read from reference files now (not a saved table)
+
+    def summary(self) -> str:
+        """One line: how many runs were collected (and failed), and how many paper results came with them."""
+        text = self.collection.summary()
+        if self.reference is not None:
+            text += f"; {len(self.reference)} paper result(s)"
+        return text
+
+
+def reference_groups(reference_files: ReferenceFiles | None) -> list[list[str]]:
+    """``reference_files`` as the files of each ``--reference`` flag: a flat list is one flag."""
+    if not reference_files:
+        return []
+    if all(isinstance(item, (str, os.PathLike)) for item in reference_files):
+        return [[str(item) for item in reference_files]]
+    return [[str(item)] if isinstance(item, (str, os.PathLike)) else [str(p) for p in item]
+            for item in reference_files]
+
+
+def load_reference(results: Path, reference_files: ReferenceFiles | None = None, reference_mode: str | None = None,
+                   reference_arch: str | None = None) -> pd.DataFrame | None:
+    """The paper's rows: from ``reference_files``, else from a previous ``collect --reference``
+    (``<results>/reference.parquet``), else None."""
+    if reference_files:
+        files = [p for group in reference_groups(reference_files) for p in group]
+        return read_references(files, reference_mode, reference_arch)
+    saved = Path(results) / REFERENCE_FILE
+    if not saved.is_file():
+        return None
+    try:
+        return pd.read_parquet(saved)
+    except OSError as exc:  # unreadable (permissions) or not Parquet at all (pyarrow raises OSError subclasses)
+        raise TransferbenchError(f"cannot read {saved}, the paper's results saved by `collect --reference`: "
+                                 f"{' '.join(str(exc).split())}; delete it and rerun `transferbench collect "
+                                 "--reference FILE...`, or pass --reference") from None
+    except ValueError as exc:
+        raise TransferbenchError(f"{saved} is not a readable Parquet file ({' '.join(str(exc).split())}); delete "
+                                 "it and rerun `transferbench collect --reference FILE...`, or pass --reference"
+                                 ) from None
+
+
+def read_runs(results: Path, *, reference_files: ReferenceFiles | None = None, reference_mode: str | None = None,
+              reference_arch: str | None = None, source: str | None = None,
+              workers: int | None = None) -> ReportRuns:
+    """Our runs under ``results`` (read with ``workers`` processes) and the paper's (:func:`load_reference`).
+
+    ``source`` (``ours``, ``paper``, ``both`` or None) is checked against what there is: ``paper`` and ``both``
+    need the paper's results, ``ours`` at least one completed run of ours."""
+    results = Path(results)
+    collection = collect(results, workers=workers)
+    reference = load_reference(results, reference_files, reference_mode, reference_arch)
+    runs = collection.runs if reference is None else pd.concat([collection.runs, reference], ignore_index=True)
+    if source in ("paper", "both") and reference is None:
+        raise TransferbenchError(f"--source {source} needs the paper's results: {PAPER_NEEDED}")
+    if source == "ours" and collection.runs.empty:
+        raise TransferbenchError(f"--source ours: no completed runs under {results} (--results)")
+    return ReportRuns(collection, runs, reference, reference_read=bool(reference_files))
+
+
+def write_collection(results: Path, report_runs: ReportRuns, *, source: str | None = None,
+                     allow_incomplete_mean: bool = False) -> list[Path]:
+    """``runs.*`` and ``failed.csv``, ``reference.*`` (when the paper's rows were read from files now) and the
+    leaderboards under ``<results>/leaderboards``; returns the files written."""
+    results = Path(results)
+    written = report_runs.collection.write(results)
+    reference = report_runs.reference
+    if reference is not None and report_runs.reference_read:
+        buf = io.BytesIO()
+        reference.to_parquet(buf, index=False)
+        written.append(write_bytes(results / REFERENCE_FILE, buf.getvalue()))
+        written.append(write_bytes(results / "reference.csv", reference.to_csv(index=False).encode()))
+    written += write_leaderboards(report_runs.runs, results / "leaderboards", source=source,
+                                  allow_incomplete_mean=allow_incomplete_mean)
+    return written
+
+
+def compare_with_paper(runs: pd.DataFrame, out_dir: Path, *, metric: str = "primary",
+                       alpha: float = 0.05) -> tuple[pd.DataFrame, list[Path]]:
+    """Our results against the paper's, per cell (:func:`~transferbench.report.compare.compare`), written to
+    ``out_dir``; ``runs`` must hold the paper's rows. Returns (the table, the files written)."""
+    if not (source_of(runs) == PAPER).any():
+        raise TransferbenchError(f"compare needs the paper's results: {PAPER_NEEDED}")
+    table = compare(runs, metric=metric, alpha=alpha)
+    return table, write_compare(table, out_dir)
+
+
+def analyse_predictions(runs: pd.DataFrame, out_dir: Path, *,
+                        min_count: int = MIN_COUNT) -> tuple[Beyond, list[Path]]:
+    """Each sparse run's test predictions against its dense partner's (churn, calibration, entropy, per-class
+    drops, pruning-identified exemplars), written to ``out_dir``; classes with fewer than ``min_count`` test samples
+    are left out of the per-class drop summaries. Returns (the analysis, the files written)."""
+    result = beyond(runs, min_count=min_count)
+    return result, write_beyond(result, out_dir)
+
+
+@dataclass(frozen=True)
+class StepCommands:
+    """The ``transferbench`` command lines that reproduce each step of a report, as they would be typed."""
+
+    results: Path
+    reference_groups: list[list[str]]
+    reference_mode: str | None = None
+    reference_arch: str | None = None
+    source: str | None = None
+
+    def line(self, name: str, *extra: str) -> str:
+        """``transferbench <name> --results R`` with the reference flags (and ``--source``, which ``compare`` does
+        not take), then ``extra``."""
+        text = f"transferbench {name} --results {shlex.quote(str(self.results))}"
+        return " ".join(p for p in (text, self._reference_flags(with_source=name != "compare"), *extra) if p)
+
+    def predictions(self, min_count: int) -> str:
+        return f"transferbench report beyond --results {shlex.quote(str(self.results))} --min-count {min_count}"
+
+    def _reference_flags(self, with_source: bool) -> str:
+        parts = []
+        for group in self.reference_groups:
+            parts += ["--reference", *group]
+        flags = [("--reference-mode", self.reference_mode), ("--reference-arch", self.reference_arch)]
+        for flag, value in flags + ([("--source", self.source)] if with_source else []):
+            if value:
+                parts += [flag, value]
+        return " ".join(shlex.quote(str(p)) for p in parts)
+
+
+def write_report(
+    results: Path,
+    *,
+    reference_files: ReferenceFiles | None = None,
+    reference_mode: str | None = None,
+    reference_arch: str | None = None,
+    source: str | None = None,
+    min_count: int = MIN_COUNT,
+    allow_incomplete_mean: bool = False,
+) -> list[Path]:
+    """Every table and figure of the results store ``results``, then ``<results>/report/index.md`` and
+    ``index.html`` linking them; returns the two index files.
+
+    ``reference_files`` are the paper's ``raw_results/*.txt`` (their mode and architecture read from the file
+    names unless ``reference_mode``/``reference_arch`` say); ``source`` chooses ``ours``, ``paper`` or ``both``
+    (default: both when the paper's results are there); ``min_count`` and ``allow_incomplete_mean`` are those of
+    :func:`analyse_predictions` and the leaderboards."""
+    results = Path(results)
+    commands = StepCommands(results, reference_groups(reference_files), reference_mode, reference_arch, source)
+    incomplete = ["--allow-incomplete-mean"] if allow_incomplete_mean else []
+    report_runs = read_runs(results, reference_files=reference_files, reference_mode=reference_mode,
+                            reference_arch=reference_arch, source=source)
+    runs = report_runs.runs
+    collected = write_collection(results, report_runs, source=source, allow_incomplete_mean=allow_incomplete_mean)
+    boards = [p for p in collected if p.suffix == ".md" and p.parent.name == "leaderboards"]
+    sections = [
+        Section("Collected runs and leaderboards", commands.line("collect", *incomplete), files=collected,
+                inline=boards),
+        Section("Figures", commands.line("figures"), files=write_figures(runs, results / "figures", source=source)),
+    ]
+    if report_runs.reference is not None:
+        sections.append(_compare_section(runs, results / "compare", commands.line("compare")))
+    result, files = analyse_predictions(runs, results / "beyond", min_count=min_count)
+    sections.append(Section("Beyond accuracy", commands.predictions(min_count), files=files,
+                            tables=[results / "beyond" / "beyond.csv"], text=result.summary()))
+    return write_index(
+        results / "report",
+        commands.line("report", f"--min-count {min_count}", *incomplete),
+        sections,
+        summary=report_runs.summary(),
+        record_versions=run_versions(runs),
+    )
+
+
+def _compare_section(runs: pd.DataFrame, out_dir: Path, command: str) -> Section:
+    """The page's "Ours vs the paper" section; a comparison that cannot be made (e.g. no runs of ours yet) says
+    why, and the rest of the report still stands."""
+    try:
+        table, files = compare_with_paper(runs, out_dir)
+        return Section("Ours vs the paper", command, files=files, tables=[p for p in files if p.suffix == ".csv"],
+                       text=compare_summary(table))
+    except TransferbenchError as exc:
+        return Section("Ours vs the paper", command, text=f"not done: {exc}")
+
+
+__all__ = [
+    "REFERENCE_FILE",
+    "ReportRuns",
+    "StepCommands",
+    "analyse_predictions",
+    "compare_with_paper",
+    "load_reference",
+    "read_runs",
+    "reference_groups",
+    "write_collection",
+    "write_report",
+]
