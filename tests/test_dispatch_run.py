@@ -22,16 +22,19 @@ from transferbench.errors import TransferbenchError
 from transferbench.store import (
     DONE,
     FAILED,
+    LOST,
     MISSING,
     QUEUED,
     RUNNING,
+    Metrics,
+    RunRecord,
     append_ledger,
     claim_path,
     claim_runs,
     command_error_line,
     failure_path,
 )
-from transferbench.store import states as state_module
+from transferbench.store import claims as state_module
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +43,7 @@ def _block(printed: str, index_header: str) -> list[str]:
     """The rows of the status table whose index header is ``index_header`` (whitespace collapsed)."""
     lines = [" ".join(line.split()) for line in printed.splitlines()]
     start = lines.index(index_header)
-    assert lines[start - 1] == "state done running queued failed missing"
+    assert lines[start - 1] == "state done running queued unfinished failed lost missing"
     return lines[start + 1:lines.index("", start)]
 
 
@@ -51,7 +54,7 @@ def _records(out):
 def test_debug_sweep_runs_everything_once_and_a_second_sweep_is_a_noop(tmp_path, capsys):
     sweep_file, _ = write_fixture_sweep(tmp_path, linear_seeds=(21, 51), full_seeds=(21,))
     out = tmp_path / "out"
-    assert main(["sweep", str(sweep_file), "--executor", "debug", "--out", str(out), "--workers", "0"]) == 0
+    assert main(["sweep", str(sweep_file), "--executor", "debug", "--results", str(out), "--workers", "0"]) == 0
     records = _records(out)
     plan = plan_sweep(load_sweep(sweep_file), out)
     assert set(records) == {s.run_key for s in plan.specs} and len(records) == 6
@@ -61,7 +64,7 @@ def test_debug_sweep_runs_everything_once_and_a_second_sweep_is_a_noop(tmp_path,
     assert not list((out / "work").glob("*/claim.json"))  # claims are released
     capsys.readouterr()
     mtimes = {k: (out / "runs" / k / "result.json").stat().st_mtime_ns for k in records}
-    assert main(["sweep", str(sweep_file), "--executor", "debug", "--out", str(out)]) == 0
+    assert main(["sweep", str(sweep_file), "--executor", "debug", "--results", str(out)]) == 0
     assert "nothing to do" in capsys.readouterr().out
     assert mtimes == {k: (out / "runs" / k / "result.json").stat().st_mtime_ns for k in records}
 
@@ -69,7 +72,7 @@ def test_debug_sweep_runs_everything_once_and_a_second_sweep_is_a_noop(tmp_path,
 def test_sweep_passes_the_run_switches_to_every_job(tmp_path):
     sweep_file, _ = write_fixture_sweep(tmp_path, linear_seeds=(21,), full_seeds=())
     out = tmp_path / "out"
-    assert main(["sweep", str(sweep_file), "--executor", "debug", "--out", str(out), "--workers", "0",
+    assert main(["sweep", str(sweep_file), "--executor", "debug", "--results", str(out), "--workers", "0",
                  "--cudnn-benchmark"]) == 0
     records = _records(out)
     assert records and all(r["config"]["cudnn_benchmark"] is True for r in records.values())
@@ -89,7 +92,7 @@ def test_a_failure_is_recorded_shown_by_status_and_retried_alone(tmp_path, capsy
     image = sorted((data / "cifar10").rglob("*.jpg"))[0]
     original = image.read_bytes()
     image.write_bytes(b"not an image")  # data is not part of a run's key: the keys stay the same
-    assert main(["sweep", str(sweep_file), "--executor", "debug", "--out", str(out), "--workers", "0"]) == 1
+    assert main(["sweep", str(sweep_file), "--executor", "debug", "--results", str(out), "--workers", "0"]) == 1
     printed = capsys.readouterr().out
     assert re.search(r"failed: cifar10\.dense0\.resnet_tiny\.linear: .*" + re.escape(image.name), printed)
     failures = {k: json.loads(failure_path(out, k).read_text()) for k in broken}
@@ -97,26 +100,27 @@ def test_a_failure_is_recorded_shown_by_status_and_retried_alone(tmp_path, capsy
         assert failure["job_id"] == "debug" and "\n" not in failure["error"] and "Traceback" in failure["traceback"]
     assert set(_records(out)) == fine
 
-    assert main(["status", str(sweep_file), "--out", str(out)]) == 0
+    assert main(["status", str(sweep_file), "--results", str(out)]) == 0
     status = capsys.readouterr().out
     for key, failure in failures.items():
         assert f"  {key} [job debug]: {failure['error']}" in status
     # grid, done, running, queued, unfinished, failed, lost, missing
     assert re.search(r"linear\s+4\s+2\s+0\s+0\s+0\s+2\s+0\s+0", status)
     # per method and sparsity, and per task: each checkpoint failed on cifar10 and finished digits
-    assert _block(status, "mode method sparsity") == ["linear dense 0.0 1 0 0 1 0", "magnitude 50.0 1 0 0 1 0"]
-    assert _block(status, "mode task") == ["linear cifar10 0 0 0 2 0", "digits 2 0 0 0 0"]
-    assert main(["status", str(sweep_file), "--out", str(out), "--failures", "1"]) == 0
+    assert _block(status, "mode method sparsity") == ["linear dense 0.0 1 0 0 0 1 0 0",
+                                                           "magnitude 50.0 1 0 0 0 1 0 0"]
+    assert _block(status, "mode task") == ["linear cifar10 0 0 0 0 2 0 0", "digits 2 0 0 0 0 0 0"]
+    assert main(["status", str(sweep_file), "--results", str(out), "--failures", "1"]) == 0
     listed = capsys.readouterr().out.split("failed runs (2;", 1)[1].splitlines()[1:]
     assert len(listed) == 2 and listed[0].startswith("  cifar10.") and "[job debug]" in listed[0]
     assert listed[1] == "  ... and 1 more (--failures N shows more, --json all)"
 
     # a plain sweep does not resubmit failures; --retry-failed does, and only them
-    assert main(["sweep", str(sweep_file), "--executor", "debug", "--out", str(out)]) == 0
+    assert main(["sweep", str(sweep_file), "--executor", "debug", "--results", str(out)]) == 0
     assert "nothing to do" in capsys.readouterr().out
     image.write_bytes(original)
     mtimes = {k: (out / "runs" / k / "result.json").stat().st_mtime_ns for k in fine}
-    assert main(["sweep", str(sweep_file), "--executor", "debug", "--retry-failed", "--out", str(out),
+    assert main(["sweep", str(sweep_file), "--executor", "debug", "--retry-failed", "--results", str(out),
                  "--workers", "0"]) == 0
     assert "to retry: 2 run(s) in 2 job(s)" in capsys.readouterr().out
     assert mtimes == {k: (out / "runs" / k / "result.json").stat().st_mtime_ns for k in fine}
@@ -132,7 +136,7 @@ def test_local_executor_runs_units_as_subprocesses(tmp_path, capsys):
     profile = tmp_path / "seven_requeues.yaml"  # not submitit's default of 3, so a lost setting shows
     profile.write_text(yaml.safe_dump({"gpus_per_node": 0, "cpus_per_task": 1, "max_requeues": 7, "time_min": 20}))
     assert main(["sweep", str(sweep_file), "--executor", "local", "--parallel", "2", "--workers", "0",
-                 "--out", str(out), "--profile", str(profile)]) == 0
+                 "--results", str(out), "--profile", str(profile)]) == 0
     records = _records(out)
     assert len(records) == 4
     assert {r["hardware"]["hostname"] for r in records.values()}
@@ -171,8 +175,8 @@ def test_local_jobs_are_judged_by_submitits_result_file_and_on_their_host_only(t
     states = run_states(out, ["ended_pid_reused", "running_here", "gone_here", "other_host", "other_host_ended"],
                         notes=notes)
     assert {k: s.state for k, s in states.items()} == {
-        "ended_pid_reused": MISSING, "running_here": QUEUED, "gone_here": MISSING, "other_host": QUEUED,
-        "other_host_ended": MISSING}
+        "ended_pid_reused": LOST, "running_here": QUEUED, "gone_here": LOST, "other_host": QUEUED,
+        "other_host_ended": LOST}
     assert states["ended_pid_reused"].detail == f"job {reused} ended without a record"
     assert states["running_here"].detail == f"job {alive}"
     assert states["other_host"].detail == f"job {dead - 1} (not confirmed: local job on node7)"
@@ -184,7 +188,8 @@ def test_run_states_from_files(tmp_path):
     out = tmp_path
     keys = ["done", "incomplete", "running", "stale", "failed", "queued", "queued_after_failure", "gone", "never"]
     now = time.time()
-    for key, record in (("done", {"status": "completed"}), ("incomplete", {"status": "running"})):
+    done = RunRecord("done", "digits", "dense", "resnet_tiny", "linear", 21, 0.0, Metrics(0.5, 0.5, "top1", 0.5))
+    for key, record in (("done", done.to_json()), ("incomplete", {**done.to_json(), "status": "running"})):
         (out / "runs" / key).mkdir(parents=True)
         (out / "runs" / key / "result.json").write_text(json.dumps(record))
     for key, age in (("running", 5), ("stale", 3600)):
@@ -206,12 +211,14 @@ def test_run_states_from_files(tmp_path):
     ])
     states = run_states(out, keys, now=now)
     assert {k: s.state for k, s in states.items()} == {
-        "done": DONE, "incomplete": MISSING,  # done as jobs see it: a completed record
-        "running": RUNNING, "stale": MISSING, "failed": FAILED, "queued": QUEUED,
-        "queued_after_failure": QUEUED, "gone": MISSING, "never": MISSING,
+        "done": DONE, "incomplete": FAILED,  # done as jobs see it: a completed record; else the reason
+        "running": RUNNING, "stale": LOST, "failed": FAILED, "queued": QUEUED,
+        "queued_after_failure": QUEUED, "gone": LOST, "never": MISSING,
     }
-    assert states["running"].detail == "on node1" and states["running"].job_id == "7_running"
-    assert states["stale"].detail.startswith("lost: job 7_stale stopped sending heartbeats 60 min ago")
+    assert states["incomplete"].detail == "status 'running'"
+    assert states["running"].detail.startswith("claimed by job 7_running on node1, heartbeat ")
+    assert states["running"].job_id == "7_running"
+    assert states["stale"].detail.startswith("job 7_stale stopped sending heartbeats 60 min ago")
     assert states["failed"].detail == "ValueError: boom"
     assert states["gone"].detail == ("job 999999999 ended without a record: slurmstepd: error: Detected 1 "
                                      "oom_kill event")
@@ -262,7 +269,7 @@ def test_without_squeue_status_says_so_and_submitits_result_file_ends_a_job(tmp_
     notes: list[str] = []
     states = run_states(out, ["waiting", "ended"], notes=notes)
     assert (states["waiting"].state, states["waiting"].detail) == (QUEUED, "job 12_0 (not confirmed: no squeue)")
-    assert (states["ended"].state, states["ended"].detail) == (MISSING, "job 12_1 ended without a record")
+    assert (states["ended"].state, states["ended"].detail) == (LOST, "job 12_1 ended without a record")
     assert len(notes) == 1 and notes[0].startswith(f"squeue is not on PATH: SLURM jobs of {out / 'jobs'}")
 
 
@@ -294,7 +301,7 @@ def test_squeue_is_asked_for_this_users_jobs_only(tmp_path, monkeypatch):
     calls = _path_with(tmp_path, monkeypatch, squeue="print('12_0\\n13\\n99_4')")
     notes: list[str] = []
     states = run_states(out, ["waiting", "gone", "whole_array_listed"], notes=notes)
-    assert {k: s.state for k, s in states.items()} == {"waiting": QUEUED, "gone": MISSING,
+    assert {k: s.state for k, s in states.items()} == {"waiting": QUEUED, "gone": LOST,
                                                       "whole_array_listed": QUEUED}
     assert states["waiting"].detail == "job 12_0" and notes == []
     assert calls.read_text().split() == ["-h", "-r", "-u", getpass.getuser(), "-o", "%i"]
@@ -306,7 +313,7 @@ def test_status_prints_the_squeue_note(tmp_path, monkeypatch, capsys):
     keys = [s.run_key for s in plan_sweep(load_sweep(sweep_file), out).specs]
     _slurm_ledger(out, {"12_0": keys})
     _path_with(tmp_path, monkeypatch, squeue=None)
-    assert main(["status", str(sweep_file), "--out", str(out)]) == 0
+    assert main(["status", str(sweep_file), "--results", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "note: squeue is not on PATH: SLURM jobs of" in printed
     assert re.search(r"linear\s+2\s+0\s+0\s+2\s+0\s+0\s+0\s+0", printed)
@@ -322,13 +329,13 @@ def no_flock(monkeypatch):
 
 def test_a_filesystem_without_flock_is_a_one_line_error(tmp_path, no_flock, capsys):
     with pytest.raises(TransferbenchError, match=r"cannot lock .*ledger\.jsonl \(Function not implemented\): the "
-                                                 r"filesystem under --out does not support flock"):
+                                                 r"filesystem under --results does not support flock"):
         append_ledger(tmp_path, [{"run_keys": ["a"]}])
     with pytest.raises(TransferbenchError, match=r"cannot lock .*work/a/\.lock .*Lustre: mount with -o flock"), \
             claim_runs(["a"], tmp_path, job_id="1"):
         pass
     sweep_file, _ = write_fixture_sweep(tmp_path, linear_seeds=(21,), full_seeds=())
-    assert main(["sweep", str(sweep_file), "--executor", "debug", "--out", str(tmp_path / "out")]) == 2
+    assert main(["sweep", str(sweep_file), "--executor", "debug", "--results", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: cannot lock ") and "does not support flock" in err
     assert not (tmp_path / "out" / "runs").exists()  # nothing ran
@@ -336,11 +343,11 @@ def test_a_filesystem_without_flock_is_a_one_line_error(tmp_path, no_flock, caps
 
 def test_status_needs_no_data_root(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "none"))
-    assert main(["status", "paper_resnet50_linear", "--out", str(tmp_path / "out")]) == 0
+    assert main(["status", "paper_resnet50_linear", "--results", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
     assert "data not found" not in printed
     assert re.search(r"linear\s+1200\s+0\s+0\s+0\s+0\s+0\s+0\s+1200\s+1200\s+0", printed)
     # given a data root, status also says what would keep the runs from starting
-    assert main(["status", "paper_resnet50_linear", "--out", str(tmp_path / "out"), "--data-root",
+    assert main(["status", "paper_resnet50_linear", "--results", str(tmp_path / "out"), "--data-root",
                  str(tmp_path / "nodata")]) == 0
     assert "data not found: aircraft" in capsys.readouterr().out

@@ -136,26 +136,8 @@ def train_upstream(method: str, sparsities: list[float], arch: str | None = None
     Every method but CrAM takes exactly one sparsity. CrAM trains one dense model and produces one candidate per
     sparsity by one-shot pruning and BN recalibration (§6.3).
     """
-    sparsities = [0.0] if method == "dense" and sparsities in ([0.9], [0.0]) else sparsities
-    try:
-        sparsities = [normalize_sparsity(sp) for sp in sparsities]
-    except (ValueError, TransferbenchError) as exc:
-        raise TransferbenchError(f"bad --sparsity {sparsities}: {exc}") from None
-    if method == "dense" and sparsities != [0.0]:
-        raise TransferbenchError("--method dense trains a dense model: drop --sparsity (or pass 0)")
-    rec = load_recipe(recipe)
-    if arch:
-        rec["arch"] = arch
-    if dataset:
-        rec["dataset"] = dataset
-    if method not in METHODS:
-        raise TransferbenchError(f"unknown pruning method '{method}' (--method); choose one of: {', '.join(METHODS)}")
-    knobs = dict(rec["methods"].get(method, {}))
-    rec["schedule"] = knobs.pop("schedule", rec["schedule"])  # a method may bring its own schedule (WoodFisher)
-    if method == "cram_nm" and sparsities != [0.5]:
-        raise TransferbenchError("cram_nm produces 2:4 models: pass --sparsity 0.5")
-    if method != "cram" and len(sparsities) != 1:
-        raise TransferbenchError(f"--sparsity takes one value for {method} (only cram accepts several)")
+    sparsities = _checked_sparsities(method, sparsities)
+    rec, knobs = _method_recipe(method, recipe, arch, dataset)
     dev = resolve_device(device)
     torch.manual_seed(seed)
     train_set, test_set = upstream_datasets(rec, data_root)
@@ -182,38 +164,79 @@ def train_upstream(method: str, sparsities: list[float], arch: str | None = None
     seconds = time.perf_counter() - start
     candidates = [(sparsities[0], model, pruner.masks)]
     if method in ("cram", "cram_nm"):
-        from .pruning.bn import bn_recalibrate
-        from .pruning.oneshot import one_shot_prune
-
-        calib = rec.get("calibration", {})
-        calib_loader = DataLoader(Subset(train_set, range(min(len(train_set), 1000))),
-                                  batch_size=int(calib.get("batch_size", 128)), shuffle=True,
-                                  generator=torch.Generator().manual_seed(42))
-        candidates = []
-        for sp in sparsities:
-            pruned = copy.deepcopy(model)
-            masks = one_shot_prune(pruned, "2:4" if method == "cram_nm" else sp)
-            bn_recalibrate(pruned, calib_loader, iters=int(calib.get("batches", 20)), device=dev)
-            candidates.append((sp, pruned, masks))
-    results = []
+        candidates = _one_shot_candidates(model, method, sparsities, rec, train_set, dev)
     folder = out_dir or checkpoint_dir() / "upstream"
-    for sp, net, masks in candidates:
-        top1 = evaluate(net, test_set, dev)
-        measured = measure_sparsity(net, include_head=True).overall
-        name = _checkpoint_name(rec, method, sp, seed)
-        path = folder / f"{name}.pth"
-        metadata = {"method": method, "target_sparsity": float(sp), "measured_sparsity": measured,
-                    "recipe": rec["name"], "recipe_config": yaml.safe_dump(rec), "upstream_dataset": rec["dataset"],
-                    "upstream_top1": top1, "seed": seed, "train_seconds": seconds,
-                    "transferbench_version": __version__}
-        digest = save_checkpoint(path, net, masks, arch=rec["arch"], dataset=rec["dataset"], metadata=metadata)
-        spec = register_local(CheckpointSpec(
-            name=name, method=method, sparsity=float(sp), arch=rec["arch"], format="ist", filename=path.name,
-            sha256=digest, upstream_top1=round(100 * top1, 2),
-            notes=f"trained by transferbench upstream ({rec['name']} recipe, {rec['dataset']}, seed {seed})"), path)
-        log.info("upstream %s %s: top1=%.4f sparsity=%.4f → %s", method, format_sparsity(sp), top1, measured, path)
-        results.append(UpstreamResult(path, spec, top1, measured))
-    return results
+    return [_register_candidate(folder, rec, method, sp, net, masks, test_set, dev, seed, seconds)
+            for sp, net, masks in candidates]
+
+
+def _checked_sparsities(method: str, sparsities: list[float]) -> list[float]:
+    """The requested sparsities as fractions, checked against what ``method`` can produce."""
+    sparsities = [0.0] if method == "dense" and sparsities in ([0.9], [0.0]) else sparsities
+    try:
+        sparsities = [normalize_sparsity(sp) for sp in sparsities]
+    except (ValueError, TransferbenchError) as exc:
+        raise TransferbenchError(f"bad --sparsity {sparsities}: {exc}") from None
+    if method == "dense" and sparsities != [0.0]:
+        raise TransferbenchError("--method dense trains a dense model: drop --sparsity (or pass 0)")
+    if method not in METHODS:
+        raise TransferbenchError(f"unknown pruning method '{method}' (--method); choose one of: {', '.join(METHODS)}")
+    if method == "cram_nm" and sparsities != [0.5]:
+        raise TransferbenchError("cram_nm produces 2:4 models: pass --sparsity 0.5")
+    if method != "cram" and len(sparsities) != 1:
+        raise TransferbenchError(f"--sparsity takes one value for {method} (only cram accepts several)")
+    return sparsities
+
+
+def _method_recipe(method: str, recipe: str | Path, arch: str | None, dataset: str | None) -> tuple[dict, dict]:
+    """(the recipe with the run's arch and dataset, the method's knobs); a method may bring its own schedule."""
+    rec = load_recipe(recipe)
+    if arch:
+        rec["arch"] = arch
+    if dataset:
+        rec["dataset"] = dataset
+    knobs = dict(rec["methods"].get(method, {}))
+    rec["schedule"] = knobs.pop("schedule", rec["schedule"])  # WoodFisher's step schedule
+    return rec, knobs
+
+
+def _one_shot_candidates(model: torch.nn.Module, method: str, sparsities: list[float], rec: dict,
+                         train_set: Dataset, dev: torch.device) -> list[tuple]:
+    """CrAM's candidates: the trained model one-shot pruned to each sparsity (2:4 for cram_nm), BN recalibrated."""
+    from .pruning.bn import bn_recalibrate
+    from .pruning.oneshot import one_shot_prune
+
+    calib = rec.get("calibration", {})
+    calib_loader = DataLoader(Subset(train_set, range(min(len(train_set), 1000))),
+                              batch_size=int(calib.get("batch_size", 128)), shuffle=True,
+                              generator=torch.Generator().manual_seed(42))
+    candidates = []
+    for sp in sparsities:
+        pruned = copy.deepcopy(model)
+        masks = one_shot_prune(pruned, "2:4" if method == "cram_nm" else sp)
+        bn_recalibrate(pruned, calib_loader, iters=int(calib.get("batches", 20)), device=dev)
+        candidates.append((sp, pruned, masks))
+    return candidates
+
+
+def _register_candidate(folder: Path, rec: dict, method: str, sp: float, net: torch.nn.Module, masks: dict,
+                        test_set: Dataset, dev: torch.device, seed: int, seconds: float) -> UpstreamResult:
+    """Evaluate one trained (or one-shot) model, write it in the project's format and register it."""
+    top1 = evaluate(net, test_set, dev)
+    measured = measure_sparsity(net, include_head=True).overall
+    name = _checkpoint_name(rec, method, sp, seed)
+    path = folder / f"{name}.pth"
+    metadata = {"method": method, "target_sparsity": float(sp), "measured_sparsity": measured,
+                "recipe": rec["name"], "recipe_config": yaml.safe_dump(rec), "upstream_dataset": rec["dataset"],
+                "upstream_top1": top1, "seed": seed, "train_seconds": seconds,
+                "transferbench_version": __version__}
+    digest = save_checkpoint(path, net, masks, arch=rec["arch"], dataset=rec["dataset"], metadata=metadata)
+    spec = register_local(CheckpointSpec(
+        name=name, method=method, sparsity=float(sp), arch=rec["arch"], format="ist", filename=path.name,
+        sha256=digest, upstream_top1=round(100 * top1, 2),
+        notes=f"trained by transferbench upstream ({rec['name']} recipe, {rec['dataset']}, seed {seed})"), path)
+    log.info("upstream %s %s: top1=%.4f sparsity=%.4f → %s", method, format_sparsity(sp), top1, measured, path)
+    return UpstreamResult(path, spec, top1, measured)
 
 
 def dense_upstream(rec: dict, recipe: str | Path, data_root: Path | None, seed: int, device: str) -> Path:

@@ -152,14 +152,7 @@ def finetune_full(
     # Weight decay on every parameter, BN and biases included (pitfall P5): one param group.
     opt = torch.optim.SGD(model.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
     state_path = work_dir / STATE_FILE
-    curve: list[dict] = []
-    start_epoch, train_seconds = 0, 0.0
-    if state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        curve, start_epoch, train_seconds = state["curve"], state["epoch"], state["train_seconds"]
-        log.info("full: resuming from %s after epoch %d", state_path, start_epoch)
+    curve, start_epoch, train_seconds = _resume(state_path, model, opt, device)
 
     if loaders is None:
         loaders = TorchLoaders(train_set, test_set, hp.batch_size, eval_batch_size, num_workers, device)
@@ -172,25 +165,8 @@ def finetune_full(
             group["lr"] = lr
         torch.manual_seed(_epoch_seed(seed, epoch))
         loader = loaders.train(epoch, _epoch_seed(seed, epoch))
-        model.train()  # BN statistics adapt to the downstream data (pitfall P6)
-        loss_sum, steps = 0.0, 0
-        for images, targets in progress(loader, desc=f"epoch {epoch + 1}", unit="batch"):
-            images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            targets = targets.to(device, non_blocking=True)
-            with _autocast(device, hp.precision):
-                loss = F.cross_entropy(model(images).float(), targets)
-            if not torch.isfinite(loss):
-                raise TransferbenchError(
-                    f"full fine-tuning loss became NaN/inf at epoch {epoch} step {steps} (lr={lr:g}); "
-                    "lower --lr or check the checkpoint and the data"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            keeper.apply()  # pitfall P7: pruned weights stay exactly zero
-            loss_sum += loss.item()
-            steps += 1
-        point = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / max(steps, 1)}
+        point = {"epoch": epoch, "lr": lr,
+                 "train_loss": _train_epoch(model, opt, keeper, loader, device, hp.precision, epoch, lr)}
         if should_evaluate(hp, epoch):  # always true for the last epoch, whose logits are the result
             logits, labels = evaluate(model, test_loader, device, hp.precision)
             point.update(accuracy_metrics(logits, labels, num_classes))
@@ -203,11 +179,7 @@ def finetune_full(
 
     if start_epoch >= hp.epochs or "top1" not in curve[-1]:  # resumed after the last epoch, or never evaluated
         logits, labels = evaluate(model, test_loader, device, hp.precision)
-    revived = check_masks(model, masks)
-    after = measure_sparsity(model, include_head=False)
-    if revived or after.zeros < before.zeros:
-        raise RuntimeError(f"mask violated after fine-tuning: {revived} masked weights are non-zero, "
-                           f"backbone sparsity {before.overall:.6f} -> {after.overall:.6f}")
+    after = _check_mask_kept(model, masks, before)
     metrics = accuracy_metrics(logits, labels, num_classes)
     evaluated = [p for p in curve if "top1" in p]
     best = max(evaluated, key=lambda p: p["top1"])
@@ -217,3 +189,49 @@ def finetune_full(
         sparsity_before=before.to_dict(), sparsity_after=after.to_dict(), train_seconds=train_seconds,
         resumed_from_epoch=start_epoch, best_epoch=best["epoch"], best_top1=best["top1"],
     )
+
+
+def _resume(state_path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+            device: torch.device) -> tuple[list[dict], int, float]:
+    """Load the state saved after the last finished epoch, if any: (curve, epochs done, training seconds)."""
+    if not state_path.exists():
+        return [], 0, 0.0
+    state = torch.load(state_path, map_location=device, weights_only=True)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    log.info("full: resuming from %s after epoch %d", state_path, state["epoch"])
+    return state["curve"], state["epoch"], state["train_seconds"]
+
+
+def _train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, keeper: FixedMasks, loader,
+                 device: torch.device, precision: str, epoch: int, lr: float) -> float:
+    """One epoch of SGD with the mask re-applied after every step; returns the mean training loss."""
+    model.train()  # BN statistics adapt to the downstream data (pitfall P6)
+    loss_sum, steps = 0.0, 0
+    for images, targets in progress(loader, desc=f"epoch {epoch + 1}", unit="batch"):
+        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        targets = targets.to(device, non_blocking=True)
+        with _autocast(device, precision):
+            loss = F.cross_entropy(model(images).float(), targets)
+        if not torch.isfinite(loss):
+            raise TransferbenchError(
+                f"full fine-tuning loss became NaN/inf at epoch {epoch} step {steps} (lr={lr:g}); "
+                "lower --lr or check the checkpoint and the data"
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        keeper.apply()  # pitfall P7: pruned weights stay exactly zero
+        loss_sum += loss.item()
+        steps += 1
+    return loss_sum / max(steps, 1)
+
+
+def _check_mask_kept(model: torch.nn.Module, masks: dict[str, torch.Tensor], before):
+    """The backbone's sparsity after fine-tuning; an error if any masked weight came back."""
+    revived = check_masks(model, masks)
+    after = measure_sparsity(model, include_head=False)
+    if revived or after.zeros < before.zeros:
+        raise RuntimeError(f"mask violated after fine-tuning: {revived} masked weights are non-zero, "
+                           f"backbone sparsity {before.overall:.6f} -> {after.overall:.6f}")
+    return after

@@ -101,23 +101,7 @@ def train_sgd_heads(
     for epoch in epochs:
         lr = lr_at_epoch(hp, epoch)
         order = torch.stack([torch.randperm(n, generator=g) for g in generators]).to(device)  # [S, N]
-        loss_sum = torch.zeros(s, device=device)
-        steps = 0
-        for start in range(0, n, hp.batch_size):
-            idx = order[:, start:start + hp.batch_size]  # [S, B]
-            xb = train_x.index_select(0, idx.flatten()).view(s, -1, dim)  # [S, B, D]
-            yb = train_y[idx].unsqueeze(2)  # [S, B, 1]
-            # Closed-form gradient of the mean cross-entropy of a linear softmax head (no autograd on the
-            # hot path): d loss / d logits = (softmax - onehot) / B.
-            log_probs = torch.baddbmm(bias.unsqueeze(1), xb, weight.transpose(1, 2)).log_softmax(dim=2)
-            loss_sum -= log_probs.gather(2, yb).squeeze(2).mean(dim=1)
-            grad_logits = log_probs.exp_()
-            grad_logits.scatter_add_(2, yb, torch.full_like(yb, -1, dtype=grad_logits.dtype))
-            grad_logits /= xb.shape[1]
-            grad_weight = torch.bmm(grad_logits.transpose(1, 2).contiguous(), xb)  # [S, C, D]
-            sgd.step([grad_weight, grad_logits.sum(dim=1)], lr)
-            steps += 1
-        train_loss = (loss_sum / steps).cpu()
+        train_loss = _sgd_epoch(weight, bias, sgd, train_x, train_y, order, hp.batch_size, lr).cpu()
         if not torch.isfinite(train_loss).all():
             bad = [seeds[i] for i in range(s) if not torch.isfinite(train_loss[i])]
             raise TransferbenchError(
@@ -138,19 +122,37 @@ def train_sgd_heads(
                      " ".join(f"{m['top1']:.4f}" for m in test_metrics))
 
     logits, final = _batched_metrics(weight, bias, test_x, test_y, num_classes)
-    results = []
-    for i, seed in enumerate(seeds):
-        evaluated = [p for p in curves[i] if "top1" in p]
-        best = max(evaluated, key=lambda p: p["top1"])
-        results.append(HeadResult(
-            seed=seed,
-            test_logits=logits[i].cpu().numpy(),
-            top1=final[i]["top1"],
-            mean_per_class_acc=final[i]["mean_per_class_acc"],
-            curve=curves[i],
-            extra={"best_epoch": best["epoch"], "best_top1": best["top1"]},
-        ))
-    return results
+    return [_head_result(seed, logits[i], final[i], curves[i]) for i, seed in enumerate(seeds)]
+
+
+def _sgd_epoch(weight: torch.Tensor, bias: torch.Tensor, sgd: _StackedSGD, train_x: torch.Tensor,
+               train_y: torch.Tensor, order: torch.Tensor, batch_size: int, lr: float) -> torch.Tensor:
+    """One epoch of every head, each over its own minibatch order ``order`` [S, N]; the mean loss per head [S]."""
+    s, (n, dim) = weight.shape[0], train_x.shape
+    loss_sum = torch.zeros(s, device=train_x.device)
+    steps = 0
+    for start in range(0, n, batch_size):
+        idx = order[:, start:start + batch_size]  # [S, B]
+        xb = train_x.index_select(0, idx.flatten()).view(s, -1, dim)  # [S, B, D]
+        yb = train_y[idx].unsqueeze(2)  # [S, B, 1]
+        # Closed-form gradient of the mean cross-entropy of a linear softmax head (no autograd on the
+        # hot path): d loss / d logits = (softmax - onehot) / B.
+        log_probs = torch.baddbmm(bias.unsqueeze(1), xb, weight.transpose(1, 2)).log_softmax(dim=2)
+        loss_sum -= log_probs.gather(2, yb).squeeze(2).mean(dim=1)
+        grad_logits = log_probs.exp_()
+        grad_logits.scatter_add_(2, yb, torch.full_like(yb, -1, dtype=grad_logits.dtype))
+        grad_logits /= xb.shape[1]
+        grad_weight = torch.bmm(grad_logits.transpose(1, 2).contiguous(), xb)  # [S, C, D]
+        sgd.step([grad_weight, grad_logits.sum(dim=1)], lr)
+        steps += 1
+    return loss_sum / steps
+
+
+def _head_result(seed: int, logits: torch.Tensor, final: dict[str, float], curve: list[dict]) -> HeadResult:
+    best = max((p for p in curve if "top1" in p), key=lambda p: p["top1"])
+    return HeadResult(seed=seed, test_logits=logits.cpu().numpy(), top1=final["top1"],
+                      mean_per_class_acc=final["mean_per_class_acc"], curve=curve,
+                      extra={"best_epoch": best["epoch"], "best_top1": best["top1"]})
 
 
 def train_lbfgs_head(
