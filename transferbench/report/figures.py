@@ -71,8 +71,10 @@ def _legend_below(fig: Figure, ax, n_entries: int) -> None:
 def _warn_incomplete(lb, what: str) -> None:
     missing = lb.table.index[lb.table[(MEAN, "mean")].isna()]
     if len(missing):
+        # a side-by-side leaderboard's rows are (method, sparsity, source)
+        labels = [_row_label(row[0], row[1]) + (_tag(row[2]) if lb.side_by_side else "") for row in missing]
         log.warning("%s: %s leaves out %d (method, sparsity) row(s) with a missing task: %s", _title(
-            lb.arch, lb.mode, lb.solver), what, len(missing), ", ".join(_row_label(m, s) for m, s in missing))
+            lb.arch, lb.mode, lb.solver), what, len(missing), ", ".join(labels))
 
 
 def accuracy_vs_sparsity_figure(
