@@ -15,8 +15,8 @@ from typing import Any
 
 from .errors import TransferbenchError
 from .store.layout import record_dir, work_dir
-from .tasks import get_task
 from .store.record import SCHEMA_VERSION
+from .tasks import get_task
 
 # The paper's protocol (transfer_protocol.md §3-4). The LR is multiplied by lr_gamma *after* the listed
 # 0-based epoch indices (50 and 100 → 51/50/49 epochs at LR, LR/10, LR/100; pitfall P4).
@@ -24,26 +24,48 @@ PAPER_EPOCHS = 150
 PAPER_DECAY_AFTER = (50, 100)
 
 
+SOLVERS = ("sgd", "lbfgs")
+PRECISIONS = ("fp32", "bf16")
+INTERPOLATIONS = ("bilinear", "bicubic")
+LOADERS = ("torchvision", "ffcv")
+ENGINES = ("torch", "deepsparse")
+
+
+def _hparam(default: Any, help: str, *, flag: bool = False, choices: tuple[str, ...] | None = None) -> Any:
+    """A hyper-parameter field. Every field can be set with ``--set NAME=VALUE``; ``flag`` also gives it a
+    ``transferbench run --name`` flag (generated from this metadata), with ``help`` and ``choices``."""
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices})
+
+
 @dataclass(frozen=True)
 class HParams:
-    epochs: int = PAPER_EPOCHS
-    batch_size: int = 64
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4  # on every parameter, BN and biases included (pitfall P5)
-    lr_decay_after: tuple[int, ...] = PAPER_DECAY_AFTER
-    lr_gamma: float = 0.1
-    solver: str = "sgd"  # linear only: "sgd" (the paper) or "lbfgs" (Kornblith et al.)
-    lbfgs_c_grid: tuple[float, ...] = tuple(10.0**k for k in range(-6, 6))
-    lbfgs_holdout: float = 0.2
-    lbfgs_max_iter: int = 1000
-    image_size: int = 224  # anything but 224 departs from the protocol (tests and demos only)
-    interpolation: str = ""  # "" = the architecture's (bicubic for RigL, pitfall P9)
-    eval_every: int = 1
-    precision: str = "fp32"  # the paper's; "bf16" autocast is faster (see benchmarks/) but not the protocol
+    epochs: int = _hparam(PAPER_EPOCHS, "override the protocol's 150 epochs", flag=True)
+    batch_size: int = _hparam(64, "override the protocol's batch size of 64", flag=True)
+    lr: float = _hparam(0.01, "override the protocol's learning rate", flag=True)
+    momentum: float = _hparam(0.9, "override the protocol's momentum 0.9", flag=True)
+    # on every parameter, BN and biases included (pitfall P5)
+    weight_decay: float = _hparam(5e-4, "override the protocol's weight decay 5e-4", flag=True)
+    lr_decay_after: tuple[int, ...] = _hparam(
+        PAPER_DECAY_AFTER, "0-based epochs after which the LR is multiplied by lr_gamma (default 50 and 100, kept "
+        "in proportion when only the epochs change)")
+    lr_gamma: float = _hparam(0.1, "the LR's factor at each decay point (default 0.1)")
+    solver: str = _hparam("sgd", "linear head solver (default sgd, the paper's)", flag=True,
+                          choices=SOLVERS)  # lbfgs: Kornblith et al.
+    lbfgs_c_grid: tuple[float, ...] = _hparam(tuple(10.0**k for k in range(-6, 6)),
+                                              "inverse L2 strengths --solver lbfgs chooses from (1e-6 ... 1e5)")
+    lbfgs_holdout: float = _hparam(0.2, "share of train held out to choose C (--solver lbfgs)")
+    lbfgs_max_iter: int = _hparam(1000, "L-BFGS iterations per fit (--solver lbfgs)")
+    image_size: int = _hparam(224, "override the 224 px input (tests and demos only)", flag=True)
+    interpolation: str = _hparam("", "override the architecture's resize interpolation", flag=True,
+                                 choices=INTERPOLATIONS)  # "" = the architecture's (bicubic for RigL, pitfall P9)
+    eval_every: int = _hparam(1, "evaluate on the test split every N epochs (default 1)")
+    precision: str = _hparam("fp32", "fp32 (the paper's, default) or bf16 autocast (faster; not the protocol)",
+                             flag=True, choices=PRECISIONS)
     # Fast paths that change numbers within float/JPEG tolerance, so they are part of the run (see key_material):
-    loader: str = "torchvision"  # or "ffcv": decode and augment from .beton files (transferbench data convert)
-    engine: str = "torch"  # linear feature extraction: or "deepsparse", a sparsity-aware CPU runtime
+    loader: str = _hparam("torchvision", "image pipeline: torchvision (default) or ffcv (.beton files from "
+                          "`transferbench data convert`; pip install transferbench[ffcv])", flag=True, choices=LOADERS)
+    engine: str = _hparam("torch", "linear feature extraction: torch (default) or deepsparse (sparsity-aware CPU "
+                          "runtime in its own environment, see docs/fast_paths.md)", flag=True, choices=ENGINES)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}  # flat: asdict's deep copies cost ~80 µs
@@ -58,8 +80,6 @@ class HParams:
 
 
 _LATER_FIELDS = {"loader": "torchvision", "engine": "torch"}
-LOADERS = ("torchvision", "ffcv")
-ENGINES = ("torch", "deepsparse")
 
 
 def resolve_hparams(mode: str, task_full_lr: float, overrides: dict[str, Any] | None = None) -> HParams:
