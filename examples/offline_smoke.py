@@ -78,7 +78,7 @@ def main() -> int:
     if not ckpt.exists():
         write_sparse_checkpoint(ckpt)
     common = ["run", "--checkpoint", str(ckpt), "--method", "magnitude", "--sparsity", "0.9", "--task",
-              "cifar10", "--data-root", str(data_root), "--out", str(args.out), "--image-size", "32",
+              "cifar10", "--data-root", str(data_root), "--results", str(args.out), "--image-size", "32",
               "--workers", "0"]
     for extra in (["--mode", "linear", "--epochs", str(5 * args.epochs)],
                   ["--mode", "full", "--epochs", str(args.epochs), "--lr", "0.05"]):

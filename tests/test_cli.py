@@ -10,7 +10,9 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,7 +20,9 @@ from fixtures_data import write_task
 from fixtures_models import write_pruned_checkpoint
 
 from transferbench.checkpoints import find_checkpoint, register_local
-from transferbench.cli import main
+from transferbench.cli import build_parser, main
+from transferbench.cli_flags import OUT_DEPRECATION
+from transferbench.runspec import HParams
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +52,7 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
 
 def _run_args(world, out, *extra, checkpoint=None, data=None):
     return ["run", "--checkpoint", checkpoint or world["ckpt"], "--sparsity", "0.5", "--task", "cifar10",
-            "--data-root", data or world["data"], "--out", out, "--image-size", "32", "--epochs", "1",
+            "--data-root", data or world["data"], "--results", out, "--image-size", "32", "--epochs", "1",
             "--workers", "0", *extra]
 
 
@@ -126,7 +130,7 @@ def test_bad_input_unknown_task(capsys, world, tmp_path, flag, value, needle):
 
 def test_bad_input_unknown_method_and_missing_registered_file(capsys, world, tmp_path, monkeypatch):
     monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
-    base = ["run", "--task", "cifar10", "--data-root", world["data"], "--out", tmp_path]
+    base = ["run", "--task", "cifar10", "--data-root", world["data"], "--results", tmp_path]
     code, _, err = run_cli(capsys, *base, "--method", "snip", "--sparsity", "0.9")
     assert_clean_failure(code, err, tmp_path, "unknown method 'snip'", "acdc")
     code, _, err = run_cli(capsys, *base, "--method", "acdc", "--sparsity", "0.85")
@@ -164,7 +168,7 @@ def test_bad_input_checksum_mismatch(capsys, world, tmp_path, monkeypatch):
     register_local(replace(template, name="mine_tiny_50", method="mine", sparsity=0.5, arch="resnet_tiny",
                            sha256=None, url=None), mine)
     base = ["run", "--method", "mine", "--sparsity", "0.5", "--arch", "resnet_tiny", "--task", "cifar10",
-            "--data-root", world["data"], "--out", tmp_path, "--image-size", "32", "--epochs", "1",
+            "--data-root", world["data"], "--results", tmp_path, "--image-size", "32", "--epochs", "1",
             "--workers", "0"]
     with mine.open("ab") as f:  # the registered file changed after registration
         f.write(b"\0")
@@ -241,7 +245,7 @@ def test_a_changed_registered_file_is_a_new_run(capsys, world, tmp_path, monkeyp
     spec = replace(find_checkpoint("acdc", 0.9), name="mine_tiny_50", method="mine", sparsity=0.5,
                    arch="resnet_tiny", sha256=None, url=None)
     args = ["run", "--method", "mine", "--sparsity", "0.5", "--arch", "resnet_tiny", "--task", "cifar10",
-            "--data-root", world["data"], "--out", tmp_path / "out", "--image-size", "32", "--epochs", "1",
+            "--data-root", world["data"], "--results", tmp_path / "out", "--image-size", "32", "--epochs", "1",
             "--workers", "0"]
     for seed in (0, 1):  # the same registry name, re-registered with a different file
         write_pruned_checkpoint(mine, sparsity=0.5, seed=seed)
@@ -269,3 +273,122 @@ def test_a_corrupt_image_is_a_one_line_error(capsys, world, tmp_path, workers):
     args[args.index("--workers") + 1] = workers
     code, _, err = run_cli(capsys, *args)
     assert_clean_failure(code, err, tmp_path / "out", str(victim), "re-extract")
+
+
+# --- flags: --results everywhere, --out deprecated where it meant the results root ---
+
+RESULTS_COMMANDS = {  # each command that reads or writes a results root, with its other required arguments
+    "run": ["run", "--task", "digits"], "sweep": ["sweep", "mini"], "status": ["status", "mini"],
+    "demo": ["demo"], "collect": ["collect"], "figures": ["figures"], "compare": ["compare"], "report": ["report"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(RESULTS_COMMANDS))
+def test_every_command_names_its_results_root_with_results(command):
+    args = build_parser().parse_args([*RESULTS_COMMANDS[command], "--results", "elsewhere"])
+    assert args.results == Path("elsewhere")
+
+
+@pytest.mark.parametrize("command", ["run", "sweep", "status"])  # demo's --out: tests/test_demo.py
+def test_out_still_names_the_results_root_with_one_note(command, capsys):
+    args = build_parser().parse_args([*RESULTS_COMMANDS[command], "--out", "old", "--out", "older"])
+    assert args.results == Path("older")
+    assert capsys.readouterr().err.splitlines() == [OUT_DEPRECATION]
+    build_parser().parse_args([*RESULTS_COMMANDS[command], "--results", "new"])
+    assert capsys.readouterr().err == ""
+
+
+def test_status_with_the_deprecated_out_reads_that_root(capsys, tmp_path):
+    assert main(["status", "mini", "--out", str(tmp_path / "old")]) == 0
+    out, err = capsys.readouterr()
+    assert f"sweep mini -> {tmp_path / 'old'}" in out and err.splitlines()[0] == OUT_DEPRECATION
+
+
+def test_out_names_output_folders_only(capsys):
+    parser = build_parser()
+    assert parser.parse_args(["upstream", "--method", "gmp", "--out", "ck"]).out == Path("ck")
+    assert parser.parse_args(["data", "convert", "--task", "digits", "--out", "conv"]).out == Path("conv")
+    assert parser.parse_args(["compare", "--out", "cmp"]).out == Path("cmp")
+    assert capsys.readouterr().err == ""
+
+
+# --- hyper-parameter flags come from HParams ---
+
+TODAYS_FLAGS = ("epochs", "lr", "batch_size", "weight_decay", "momentum", "solver", "image_size", "interpolation",
+                "precision", "loader", "engine")
+
+
+def test_hparam_flags_are_generated_from_hparams(capsys):
+    flagged = [f for f in fields(HParams) if f.metadata["flag"]]
+    assert set(TODAYS_FLAGS) <= {f.name for f in flagged}
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for hparam in flagged:
+        flag = f"--{hparam.name.replace('_', '-')}"
+        choices = hparam.metadata["choices"]
+        assert f"{flag} {{{','.join(choices)}}}" in help_text if choices else f"{flag} " in help_text, flag
+        assert " ".join(hparam.metadata["help"].split()) in help_text, hparam.name
+    assert "--lr-gamma" not in help_text and "lr_gamma" in help_text  # no flag, but --set lists every key
+
+
+@pytest.fixture
+def captured_specs(monkeypatch):
+    """`transferbench run` up to the runner: the specs it would run (the DeepSparse environment taken as there)."""
+    specs = []
+
+    def fake_run(spec, ctx):
+        specs.append(spec)
+        return [SimpleNamespace(metrics=SimpleNamespace(top1=0.0, mean_per_class_acc=0.0))]
+
+    monkeypatch.setattr("transferbench.runner.run", fake_run)
+    monkeypatch.setattr("transferbench.finetune.sparse_cpu.deepsparse_python", lambda: "python")
+    return specs
+
+
+def _sample_value(hparam) -> str:
+    choices = hparam.metadata["choices"]
+    return choices[-1] if choices else str(hparam.default * 2)
+
+
+@pytest.mark.parametrize("name", [f.name for f in fields(HParams) if f.metadata["flag"]])
+def test_a_flag_and_set_give_the_same_run(capsys, world, tmp_path, captured_specs, name):
+    hparam = next(f for f in fields(HParams) if f.name == name)
+    value = _sample_value(hparam)
+    base = ["run", "--checkpoint", world["ckpt"], "--sparsity", "0.5", "--task", "digits", "--results", tmp_path]
+    for extra in ([], [f"--{name.replace('_', '-')}", value], ["--set", f"{name}={value}"]):
+        assert run_cli(capsys, *base, *extra)[0] == 0
+    default, by_flag, by_set = captured_specs
+    assert by_flag.run_key == by_set.run_key != default.run_key
+    assert str(getattr(by_flag.hparams, name)) == value
+
+
+def test_a_flag_wins_over_set(capsys, world, tmp_path, captured_specs):
+    assert run_cli(capsys, "run", "--checkpoint", world["ckpt"], "--sparsity", "0.5", "--task", "digits",
+                   "--results", tmp_path, "--set", "lr=0.5", "--lr", "0.25")[0] == 0
+    assert captured_specs[0].hparams.lr == 0.25
+
+
+# --- the package root: a small, lazily imported public API ---
+
+def test_import_transferbench_loads_no_torch():
+    code = ("import sys, transferbench; assert 'torch' not in sys.modules, 'torch'; "
+            "assert set(transferbench.__all__) <= set(dir(transferbench))")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_every_public_name_resolves():
+    import transferbench
+    from transferbench import checkpoints, context, dispatch, runner, runspec, store, tasks
+    from transferbench.report import build
+    from transferbench.report.collect import collect
+
+    expected = {"get_task": tasks.get_task, "find_checkpoint": checkpoints.find_checkpoint,
+                "resolve_checkpoint": checkpoints.resolve_checkpoint, "make_spec": runspec.make_spec,
+                "RunContext": context.RunContext, "run": runner.run, "RunRecord": store.RunRecord,
+                "collect": collect, "plan_sweep": dispatch.plan_sweep, "write_report": build.write_report}
+    assert sorted(transferbench.__all__) == sorted(expected)
+    for name, value in expected.items():
+        assert getattr(transferbench, name) is value, name
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        transferbench.nope  # noqa: B018

@@ -121,7 +121,7 @@ def test_slurm_sweep_submits_chunked_arrays_and_jobs_complete_on_the_nodes(tmp_p
 
     sweep_file, _ = write_fixture_sweep(tmp_path, linear_seeds=(21, 51), full_seeds=(21, 51), full_epochs=2)
     out = tmp_path / "out"
-    args = ["sweep", str(sweep_file), "--profile", str(_profile(tmp_path)), "--out", str(out), "--workers", "0"]
+    args = ["sweep", str(sweep_file), "--profile", str(_profile(tmp_path)), "--results", str(out), "--workers", "0"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "submitted 6 job(s) as array(s) 12, 13, 14" in printed
@@ -143,14 +143,14 @@ def test_slurm_sweep_submits_chunked_arrays_and_jobs_complete_on_the_nodes(tmp_p
 
     # while squeue lists the jobs, everything is queued and a second sweep submits nothing
     (fake_slurm / "squeue").write_text("\n".join(e["job_id"] for e in ledger) + "\n")
-    assert main(["status", str(sweep_file), "--out", str(out)]) == 0
+    assert main(["status", str(sweep_file), "--results", str(out)]) == 0
     assert re.search(r"linear\s+4\s+0\s+0\s+4\s+0\s+0\s+0\s+0", capsys.readouterr().out)
     assert main(args) == 0
     assert "nothing to do" in capsys.readouterr().out and len(list(fake_slurm.glob("sbatch_*.sh"))) == 3
 
     # job 14 was cancelled before it started: squeue no longer lists it, so its run is missing and resubmitted
     (fake_slurm / "squeue").write_text("\n".join(e["job_id"] for e in ledger[:-1]) + "\n")
-    assert main(["status", str(sweep_file), "--out", str(out)]) == 0
+    assert main(["status", str(sweep_file), "--results", str(out)]) == 0
     assert f"missing {ledger[-1]['run_keys'][0]}: job 14 ended without a record" in capsys.readouterr().out
     assert main(args) == 0
     assert "to run: 1 run(s) in 1 job(s)" in capsys.readouterr().out
@@ -163,7 +163,7 @@ def test_slurm_sweep_submits_chunked_arrays_and_jobs_complete_on_the_nodes(tmp_p
         with _compute_node(entry["job_id"]):
             process_job(Path(entry["stdout"]).parent)
     (fake_slurm / "squeue").write_text("")
-    assert main(["status", str(sweep_file), "--out", str(out), "--json"]) == 0
+    assert main(["status", str(sweep_file), "--results", str(out), "--json"]) == 0
     totals = json.loads(capsys.readouterr().out)["totals"]
     assert [(t["mode"], t["done"], t["missing"]) for t in totals] == [("linear", 4, 0), ("full", 4, 0)]
     records = [json.loads(p.read_text()) for p in (out / "runs").glob("*/result.json")]
@@ -192,7 +192,7 @@ def test_workers_flag_wins_over_the_profile_under_slurm(flag, workers, tmp_path,
     profile = tmp_path / "three_cores.yaml"
     profile.write_text(yaml.safe_dump({"gpus_per_node": 0, "cpus_per_task": 3}))  # profile's default: 2 workers
     out = tmp_path / "out"
-    args = ["sweep", str(sweep_file), "--profile", str(profile), "--out", str(out)]
+    args = ["sweep", str(sweep_file), "--profile", str(profile), "--results", str(out)]
     assert main(args + (["--workers", flag] if flag else [])) == 0
     ledger = _ledger(out)
     assert len(ledger) == 2
@@ -202,7 +202,7 @@ def test_workers_flag_wins_over_the_profile_under_slurm(flag, workers, tmp_path,
 def test_a_failing_sbatch_is_one_line_naming_the_submission_and_what_was_submitted(tmp_path, fake_slurm, capsys):
     sweep_file, _ = write_fixture_sweep(tmp_path, linear_seeds=(21, 51), full_seeds=(21, 51))
     out = tmp_path / "out"
-    args = ["sweep", str(sweep_file), "--profile", str(_profile(tmp_path)), "--out", str(out)]
+    args = ["sweep", str(sweep_file), "--profile", str(_profile(tmp_path)), "--results", str(out)]
     fake_slurm.mkdir()
     (fake_slurm / "fail_at").write_text("13: Batch job submission failed: Job violates accounting/QOS policy\n")
     (fake_slurm / "warning").write_text("--mem is deprecated here, use --mem-per-gpu\n")
@@ -229,7 +229,7 @@ def test_sbatch_missing_is_one_line_and_submits_nothing(tmp_path, fake_slurm, mo
     (fake_slurm.parent / "sbatch").unlink()  # srun stays, so submitit's own check passes
     monkeypatch.setenv("PATH", str(fake_slurm.parent))  # and no real sbatch either
     out = tmp_path / "out"
-    assert main(["sweep", str(sweep_file), "--profile", str(_profile(tmp_path)), "--out", str(out)]) == 2
+    assert main(["sweep", str(sweep_file), "--profile", str(_profile(tmp_path)), "--results", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "sbatch failed on submission 1 of 1" in err
     assert "No such file or directory" in err and "nothing was submitted" in err
@@ -244,7 +244,7 @@ def _preview_scripts(printed: str) -> list[str]:
 def test_the_submitted_sbatch_script_matches_the_golden_file_and_the_dry_run(tmp_path, fake_slurm, capsys):
     sweep_file, _ = write_fixture_sweep(tmp_path, linear_seeds=(21, 51), full_seeds=(21,))
     out = tmp_path / "out"
-    args = ["sweep", str(sweep_file), "--profile", "example_site", "--out", str(out)]
+    args = ["sweep", str(sweep_file), "--profile", "example_site", "--results", str(out)]
     assert main([*args, "--dry-run"]) == 0
     previews = _preview_scripts(capsys.readouterr().out)
     assert main(args) == 0
@@ -263,7 +263,7 @@ def test_a_time_out_requeues_until_max_requeues_runs_out_and_preemption_does_not
     profile = tmp_path / "requeues.yaml"
     profile.write_text(yaml.safe_dump({"gpus_per_node": 0, "cpus_per_task": 1, "max_requeues": 1, "time_min": 60}))
     out = tmp_path / "out"
-    assert main(["sweep", str(sweep_file), "--profile", str(profile), "--out", str(out)]) == 0
+    assert main(["sweep", str(sweep_file), "--profile", str(profile), "--results", str(out)]) == 0
     entry = _ledger(out)[0]
     assert entry["job_id"] == "12_0"
     assert _submitted_job(entry)._timeout_countdown == 1  # the profile's max_requeues, in the job's pickle

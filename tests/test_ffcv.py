@@ -78,7 +78,7 @@ def setup(tmp_path_factory):
 
 def _run_args(data: Path, ckpt: Path, out: Path, *extra: str) -> list[str]:
     return ["run", "--checkpoint", str(ckpt), "--sparsity", "0.5", "--method", "magnitude", "--task", "cifar10",
-            "--data-root", str(data), "--out", str(out), "--image-size", "32", "--workers", "1", "--loader", "ffcv",
+            "--data-root", str(data), "--results", str(out), "--image-size", "32", "--workers", "1", "--loader", "ffcv",
             *extra]
 
 

@@ -33,7 +33,7 @@ def setup(tmp_path_factory):
 
 def _args(data, ckpt, out, *extra):
     return ["run", "--checkpoint", str(ckpt), "--sparsity", "0.5", "--method", "magnitude", "--task",
-            "cifar10", "--data-root", str(data), "--out", str(out), "--image-size", "32", "--workers", "0",
+            "cifar10", "--data-root", str(data), "--results", str(out), "--image-size", "32", "--workers", "0",
             *extra]
 
 
@@ -205,7 +205,7 @@ def test_rigl_resnet50_checkpoint_runs_end_to_end_with_bicubic_resizing(setup, t
     write_pruned_checkpoint(ckpt, arch="resnet50_rigl", sparsity=0.9, ist_format=False)
     out = tmp_path / "out"
     args = ["run", "--checkpoint", str(ckpt), "--sparsity", "0.9", "--method", "rigl_erk5x", "--task", "cifar10",
-            "--data-root", str(data), "--out", str(out), "--image-size", "32", "--workers", "0", "--epochs", "2"]
+            "--data-root", str(data), "--results", str(out), "--image-size", "32", "--workers", "0", "--epochs", "2"]
     assert main(args) == 0
     rec = _record(out)
     assert rec["arch"] == "resnet50_rigl" and rec["checkpoint"]["format"] in ("rigl", "plain")

@@ -66,7 +66,7 @@ def test_sweep_on_a_real_slurm_survives_an_interruption_and_resubmits_nothing(sl
     monkeypatch.setenv("SLURM_CONF", slurm_conf)
     sweep_file, data = write_fixture_sweep(tmp_path, linear_seeds=(21, 51), full_seeds=(21, 51), full_epochs=20)
     out = tmp_path / "out"
-    args = ["sweep", str(sweep_file), "--executor", "slurm", "--profile", "testcluster", "--out", str(out)]
+    args = ["sweep", str(sweep_file), "--executor", "slurm", "--profile", "testcluster", "--results", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "8 run(s) in 6 job(s)" in printed and "submitted 6 job(s) as array(s)" in printed
@@ -131,7 +131,7 @@ def test_sweep_on_a_real_slurm_survives_an_interruption_and_resubmits_nothing(sl
     assert "nothing to do" in capsys.readouterr().out
     assert len((out / "jobs" / "ledger.jsonl").read_text().splitlines()) == len(ledger)
     assert mtimes == {k: (out / "runs" / k / "result.json").stat().st_mtime_ns for k in keys}
-    assert main(["status", str(sweep_file), "--out", str(out), "--json"]) == 0
+    assert main(["status", str(sweep_file), "--results", str(out), "--json"]) == 0
     totals = json.loads(capsys.readouterr().out)["totals"]
     assert [(t["mode"], t["done"], t["grid"]) for t in totals] == [("linear", 4, 4), ("full", 4, 4)]
 
@@ -148,7 +148,7 @@ def test_a_gpu_job_is_given_a_gpu_by_slurms_gres(slurm_conf, tmp_path, monkeypat
     sweep_file, _ = write_fixture_sweep(tmp_path, linear_seeds=(21,), full_seeds=())
     out = tmp_path / "out"
     assert main(["sweep", str(sweep_file), "--executor", "slurm", "--profile", str(tmp_path / "gpu.yaml"),
-                 "--out", str(out)]) == 0
+                 "--results", str(out)]) == 0
     ledger = [json.loads(line) for line in (out / "jobs" / "ledger.jsonl").read_text().splitlines()]
     keys = [k for e in ledger for k in e["run_keys"]]
     _wait(lambda: all((out / "runs" / k / "result.json").exists() for k in keys), 240, "the GPU jobs to finish",

@@ -40,7 +40,7 @@ def test_without_the_deepsparse_environment_the_run_is_a_one_line_error(tmp_path
     ckpt = tmp_path / "tiny.pth"
     write_pruned_checkpoint(ckpt, sparsity=0.9)
     code = main(["run", "--checkpoint", str(ckpt), "--sparsity", "0.9", "--task", "digits", "--engine",
-                 "deepsparse", "--out", str(tmp_path / "out"), "--epochs", "2"])
+                 "deepsparse", "--results", str(tmp_path / "out"), "--epochs", "2"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "pip install deepsparse==1.8.0" in err
     assert not (tmp_path / "out" / "runs").exists()
@@ -55,7 +55,7 @@ def test_without_the_deepsparse_environment_the_run_is_a_one_line_error(tmp_path
 ])
 def test_engine_flag_combinations(args, message, tmp_path, capsys):
     assert main(["run", "--method", "dense", "--task", "digits", "--engine", "deepsparse", *args,
-                 "--out", str(tmp_path)]) == 2
+                 "--results", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
 
 
@@ -93,7 +93,7 @@ def test_linear_run_with_deepsparse_matches_the_torch_run(deepsparse_python, tmp
     for engine in ("torch", "deepsparse"):
         out = tmp_path / engine
         assert main(["run", "--checkpoint", str(ckpt), "--sparsity", "0.9", "--method", "magnitude", "--task",
-                     "digits", "--engine", engine, "--out", str(out), "--epochs", "20", "--workers", "0"]) == 0
+                     "digits", "--engine", engine, "--results", str(out), "--epochs", "20", "--workers", "0"]) == 0
         (path,) = (out / "runs").glob("*/result.json")
         records[engine] = json.loads(path.read_text())
     torch_rec, sparse_rec = records["torch"], records["deepsparse"]

@@ -61,7 +61,7 @@ def test_resnet50_linear_sweep_matches_the_papers_published_configs():
 
 def test_dry_run_prints_counts_jobs_and_the_sbatch_script(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "none"))
-    assert main(["sweep", "paper_resnet50_linear", "--dry-run", "--out", str(tmp_path / "out")]) == 0
+    assert main(["sweep", "paper_resnet50_linear", "--dry-run", "--results", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert re.search(r"linear\s+1200\s+0\s+0\s+0\s+0\s+0\s+0\s+1200\s+1200\s+1200", out)
     assert "1200 run(s) in 240 job(s)" in out and "need 240 feature extraction(s)" in out
@@ -71,7 +71,7 @@ def test_dry_run_prints_counts_jobs_and_the_sbatch_script(tmp_path, monkeypatch,
     small = tmp_path / "small.yaml"
     small.write_text(yaml.safe_dump({**yaml.safe_load(load_profile_text("default")), "max_array_size": 100,
                                      "array_parallelism": 20}))
-    assert main(["sweep", "paper_resnet50_full", "--dry-run", "--profile", str(small), "--out",
+    assert main(["sweep", "paper_resnet50_full", "--dry-run", "--profile", str(small), "--results",
                  str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert re.search(r"full\s+720\s", out) and "720 run(s) in 720 job(s)" in out
@@ -159,7 +159,7 @@ def test_bad_sweeps_are_one_line_errors_naming_the_file(edit, message, tmp_path,
     with pytest.raises(TransferbenchError, match=re.escape(message)) as info:
         load_sweep(sweep_file)
     assert str(sweep_file) in str(info.value) and "\n" not in str(info.value)
-    assert main(["sweep", str(sweep_file), "--dry-run", "--out", str(tmp_path / "o")]) == 2
+    assert main(["sweep", str(sweep_file), "--dry-run", "--results", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and message in err
 
@@ -234,7 +234,7 @@ def test_profile_values_of_the_wrong_type_are_one_line_errors(text, message, tmp
     path.write_text(text + "\n")
     with pytest.raises(TransferbenchError, match=re.escape(message)):
         load_profile(path)
-    assert main(["sweep", "mini", "--dry-run", "--profile", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert main(["sweep", "mini", "--dry-run", "--profile", str(path), "--results", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: profile {path}: ") and err.count("\n") == 1
 
@@ -259,7 +259,7 @@ def _blocked_fixture_sweep(tmp_path):
 
 def test_dry_run_with_only_ready_previews_the_ready_jobs(tmp_path, capsys):
     sweep_file = _blocked_fixture_sweep(tmp_path)
-    args = ["sweep", str(sweep_file), "--dry-run", "--out", str(tmp_path / "o"), "--profile", "testcluster"]
+    args = ["sweep", str(sweep_file), "--dry-run", "--results", str(tmp_path / "o"), "--profile", "testcluster"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "4 run(s) in 4 job(s) (2 ready now)" in printed
@@ -277,7 +277,7 @@ def test_dry_run_with_only_ready_previews_the_ready_jobs(tmp_path, capsys):
 def test_dry_run_of_local_and_debug_shows_no_slurm_arrays(executor, line, tmp_path, capsys):
     sweep_file = _blocked_fixture_sweep(tmp_path)
     assert main(["sweep", str(sweep_file), "--dry-run", "--executor", executor, "--parallel", "3", "--only-ready",
-                 "--out", str(tmp_path / "o"), "--profile", "testcluster"]) == 0
+                 "--results", str(tmp_path / "o"), "--profile", "testcluster"]) == 0
     printed = capsys.readouterr().out
     assert line in printed.splitlines()
     assert "array" not in printed and "running at once" not in printed and "#SBATCH" not in printed
@@ -285,17 +285,17 @@ def test_dry_run_of_local_and_debug_shows_no_slurm_arrays(executor, line, tmp_pa
 
 def test_submission_refuses_missing_checkpoints_unless_only_ready(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "none"))
-    assert main(["sweep", "paper_resnet50_linear", "--executor", "debug", "--out", str(tmp_path / "o")]) == 2
+    assert main(["sweep", "paper_resnet50_linear", "--executor", "debug", "--results", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "20 checkpoint(s) missing and 12 task(s) without data" in err and "--only-ready" in err
     assert main(["sweep", "paper_resnet50_linear", "--executor", "debug", "--only-ready",
-                 "--out", str(tmp_path / "o")]) == 0
+                 "--results", str(tmp_path / "o")]) == 0
     assert "nothing to do" in capsys.readouterr().out
 
 
 def test_slurm_executor_without_srun_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     sweep_file, _ = write_fixture_sweep(tmp_path)
     monkeypatch.setenv("PATH", "/nonexistent")
-    assert main(["sweep", str(sweep_file), "--executor", "slurm", "--out", str(tmp_path / "o")]) == 2
+    assert main(["sweep", str(sweep_file), "--executor", "slurm", "--results", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "`srun` is not on PATH" in err and err.count("\n") == 1

@@ -67,7 +67,7 @@ def test_bad_recipe_knobs_are_one_line_errors(tiny_recipe, tmp_path, capsys):
 
 def test_run_on_a_mini_task_builds_and_caches_the_upstream_model(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
-    args = ["run", "--method", "acdc", "--task", "digits", "--out", str(tmp_path / "out"), "--epochs", "20",
+    args = ["run", "--method", "acdc", "--task", "digits", "--results", str(tmp_path / "out"), "--epochs", "20",
             "--workers", "0"]
     assert main(args) == 0
     (spec,) = [s for s in list_checkpoints() if s.source == "local"]

@@ -1,4 +1,8 @@
-"""The `transferbench` command: a thin layer over the package's functions."""
+"""The `transferbench` command: a thin layer over the package's functions.
+
+Each command parses its flags, calls the functions a user would call from Python (README, "Python API") and
+prints what they return. ``--results`` names the results root in every command, ``--out`` an output folder.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +10,23 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import yaml
 
 from . import __version__
+from .cli_flags import add_results_flag
 from .dispatch.cli import add_dispatch_commands
 from .errors import TransferbenchError
 from .report.cli import add_report_commands
+from .runspec import HParams
 
 log = logging.getLogger("transferbench")
 
 
 def _parse_set(items: list[str]) -> dict:
+    """``--set KEY=VALUE`` items as overrides (values read as YAML; ``-`` in keys as ``_``)."""
     overrides = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -28,48 +36,40 @@ def _parse_set(items: list[str]) -> dict:
     return overrides
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from .checkpoints import resolve_checkpoint
-    from .context import RunContext
-    from .runner import run
-    from .runspec import CheckpointRef, make_spec
-    from .store import existing_record, result_path
-    from .tasks import detect_layout, get_task, load_split
-    from .upstream import ensure_mini_checkpoint
+def _flagged_hparams() -> list:
+    return [f for f in fields(HParams) if f.metadata.get("flag")]
 
+
+def _hparam_overrides(args: argparse.Namespace) -> dict:
+    """The hyper-parameter overrides of a parsed `run`: ``--set`` pairs, then the flags given (a flag wins)."""
     overrides = _parse_set(args.set)
-    for name in ("epochs", "lr", "batch_size", "weight_decay", "momentum", "solver", "image_size",
-                 "interpolation", "precision", "loader", "engine"):
-        value = getattr(args, name)
-        if value is not None:
-            overrides[name] = value
+    overrides.update({f.name: getattr(args, f.name) for f in _flagged_hparams() if getattr(args, f.name) is not None})
+    return overrides
 
-    task = get_task(args.task)
-    make_spec(task.name, args.mode, args.seed, CheckpointRef("check", 0.0, "check", "check"), overrides)  # validates
-    if task.kind == "paper":  # missing data is reported before anything about checkpoints
-        if args.data_root is None:
-            load_split(task, "test", None)  # raises: where the data is expected and how to get it
-        detect_layout(task, args.data_root)
-    if task.kind == "mini" and args.checkpoint is None and args.method is not None:
-        ref = ensure_mini_checkpoint(args.method, args.sparsity, args.arch)
-    else:
-        ref = resolve_checkpoint(args.method, args.sparsity, args.arch, args.checkpoint, args.checkpoint_dir)
-    spec = make_spec(args.task, args.mode, args.seed, ref, overrides)
-    if spec.hparams.engine == "deepsparse":  # before any checkpoint or data work
-        from .finetune.sparse_cpu import deepsparse_python
 
-        deepsparse_python()
-    ctx = RunContext(results=args.out, data_root=args.data_root, cache_dir=args.cache_dir,
-                     checkpoint_dir=args.checkpoint_dir, device=args.device, force=args.force,
-                     verify_md5=args.verify_md5, allow_sparsity_gap=args.allow_sparsity_gap, compile=args.compile,
-                     cudnn_benchmark=args.cudnn_benchmark,
-                     **({"num_workers": args.workers} if args.workers is not None else {}))
-    if not args.force and existing_record(args.out, spec.run_key) is not None:
-        print(f"already done: {result_path(args.out, spec.run_key)} (use --force to run it again)")
+def _run_context(args: argparse.Namespace):
+    """The RunContext of a parsed `run`: its flags are named as RunContext's fields (``--workers`` is
+    ``num_workers``); a flag not given keeps the field's default."""
+    from .context import RunContext
+
+    return RunContext(**{f.name: getattr(args, f.name) for f in fields(RunContext)
+                         if getattr(args, f.name, None) is not None})
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .resolve import resolve_spec
+    from .runner import run
+    from .store import existing_record, result_path
+
+    spec = resolve_spec(args.task, args.mode, args.seed, method=args.method, sparsity=args.sparsity, arch=args.arch,
+                        checkpoint=args.checkpoint, checkpoint_dir=args.checkpoint_dir, data_root=args.data_root,
+                        overrides=_hparam_overrides(args))
+    if not args.force and existing_record(args.results, spec.run_key) is not None:
+        print(f"already done: {result_path(args.results, spec.run_key)} (use --force to run it again)")
         return 0
-    [record] = run(spec, ctx)
+    [record] = run(spec, _run_context(args))
     print(f"{spec.run_key}: top1={record.metrics.top1:.4f} mean_per_class_acc={record.metrics.mean_per_class_acc:.4f}")
-    print(f"record: {result_path(args.out, spec.run_key)}")
+    print(f"record: {result_path(args.results, spec.run_key)}")
     return 0
 
 
@@ -162,11 +162,29 @@ def _print_table(header: tuple, rows: list[tuple]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="transferbench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="transferbench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"transferbench {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_run_command(sub)
+    _add_upstream_command(sub)
 
+    demo = sub.add_parser("demo", help="offline end-to-end demo: upstream pruning, transfer, leaderboard, figures")
+    demo.add_argument("--results", "--out", dest="results", type=Path, default=Path("results/demo"),
+                      help="results root, checkpoints included (default results/demo; --out is a deprecated alias)")
+    demo.add_argument("--quick", action="store_true", help="the sweep demo_quick instead of demo (3 methods, "
+                      "1 task, short training)")
+    demo.set_defaults(func=cmd_demo)
+
+    add_dispatch_commands(sub)
+    add_report_commands(sub)
+    _add_tasks_commands(sub)
+    _add_data_commands(sub)
+    _add_checkpoints_commands(sub)
+    return parser
+
+
+def _add_run_command(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="run one transfer experiment and write its result record")
     run.add_argument("--task", required=True, help="downstream task (see `transferbench tasks list`)")
     run.add_argument("--mode", choices=("linear", "full"), default="linear")
@@ -179,41 +197,38 @@ def build_parser() -> argparse.ArgumentParser:
                           "~/.cache/transferbench/checkpoints)")
     run.add_argument("--data-root", type=Path, help="folder holding the downstream datasets")
     run.add_argument("--seed", type=int, default=21, help="seed (the paper used 21 51 81 111 141)")
-    run.add_argument("--out", type=Path, default=Path("results"), help="results root (default results/)")
-    run.add_argument("--cache-dir", type=Path, help="feature cache (default <out>/cache/features)")
+    # where and how it runs: these flags are named as RunContext's fields (_run_context)
+    add_results_flag(run)
+    run.add_argument("--cache-dir", type=Path, help="feature cache (default <results>/cache/features)")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    run.add_argument("--workers", type=int, help="data-loading worker processes (default min(4, cores))")
-    run.add_argument("--epochs", type=int, help="override the protocol's 150 epochs")
-    run.add_argument("--lr", type=float, help="override the protocol's learning rate")
-    run.add_argument("--batch-size", type=int, help="override the protocol's batch size of 64")
-    run.add_argument("--weight-decay", type=float, help="override the protocol's weight decay 5e-4")
-    run.add_argument("--momentum", type=float, help="override the protocol's momentum 0.9")
-    run.add_argument("--solver", choices=("sgd", "lbfgs"), help="linear head solver (default sgd, the paper's)")
-    run.add_argument("--image-size", type=int, help="override the 224 px input (tests and demos only)")
-    run.add_argument("--interpolation", choices=("bilinear", "bicubic"),
-                     help="override the architecture's resize interpolation")
-    run.add_argument("--precision", choices=("fp32", "bf16"),
-                     help="fp32 (the paper's, default) or bf16 autocast (faster; not the protocol)")
-    run.add_argument("--loader", choices=("torchvision", "ffcv"),
-                     help="image pipeline: torchvision (default) or ffcv (.beton files from `transferbench data "
-                          "convert`; pip install transferbench[ffcv])")
-    run.add_argument("--engine", choices=("torch", "deepsparse"),
-                     help="linear feature extraction: torch (default) or deepsparse (sparsity-aware CPU runtime in "
-                          "its own environment, see docs/fast_paths.md)")
+    run.add_argument("--workers", dest="num_workers", type=int, metavar="N",
+                     help="data-loading worker processes (default min(4, cores))")
+    _add_hparam_flags(run)
     run.add_argument("--compile", action="store_true",
                      help="torch.compile the model (extraction 1.4x eager on 2 CPU cores after ~20 s of compiling; "
                           "see docs/fast_paths.md)")
     run.add_argument("--cudnn-benchmark", action="store_true",
                      help="let cuDNN autotune convolutions (GPU; faster, but a resumed full fine-tuning is no "
                           "longer bit-identical)")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override any hyper-parameter, e.g. --set lr_decay_after=[30,60]")
     run.add_argument("--force", action="store_true", help="run again even if the record exists")
     run.add_argument("--verify-md5", action="store_true", help="also check official archives' md5 sums")
     run.add_argument("--allow-sparsity-gap", action="store_true",
                      help="accept a checkpoint whose measured sparsity is >0.5 points off its target")
     run.set_defaults(func=cmd_run)
 
+
+def _add_hparam_flags(parser: argparse.ArgumentParser) -> None:
+    """A flag for each HParams field whose metadata asks for one (its help and choices from there), and
+    ``--set`` for every field."""
+    for hparam in _flagged_hparams():
+        parser.add_argument(f"--{hparam.name.replace('_', '-')}", dest=hparam.name, type=type(hparam.default),
+                            choices=hparam.metadata["choices"], help=hparam.metadata["help"])
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any hyper-parameter, e.g. --set lr_decay_after=[30,60] (a flag wins over "
+                             f"--set); keys: {', '.join(f.name for f in fields(HParams))}")
+
+
+def _add_upstream_command(sub: argparse._SubParsersAction) -> None:
     up = sub.add_parser("upstream", help="train/prune an upstream model and register its checkpoint(s)")
     up.add_argument("--method", required=True,
                     help="dense, magnitude, gmp, woodfisher, rigl, lth, acdc, cram, cram_nm")
@@ -228,22 +243,16 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--out", type=Path, help="where to write the checkpoints (default <checkpoint dir>/upstream)")
     up.set_defaults(func=cmd_upstream)
 
-    demo = sub.add_parser("demo", help="offline end-to-end demo: upstream pruning, transfer, leaderboard, figures")
-    demo.add_argument("--results", "--out", dest="results", type=Path, default=Path("results/demo"),
-                      help="results root, checkpoints included (default results/demo; --out is a deprecated alias)")
-    demo.add_argument("--quick", action="store_true", help="the sweep demo_quick instead of demo (3 methods, "
-                      "1 task, short training)")
-    demo.set_defaults(func=cmd_demo)
 
-    add_dispatch_commands(sub)
-    add_report_commands(sub)
-
+def _add_tasks_commands(sub: argparse._SubParsersAction) -> None:
     tasks = sub.add_parser("tasks", help="the task registry").add_subparsers(dest="tasks_cmd", required=True)
     tasks.add_parser("list", help="list the 12 tasks").set_defaults(func=cmd_tasks_list)
     show = tasks.add_parser("show", help="show one task card")
     show.add_argument("task")
     show.set_defaults(func=cmd_tasks_show)
 
+
+def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="datasets on disk").add_subparsers(dest="data_cmd", required=True)
     check = data.add_parser("check", help="check a task's data and print its layout and split sizes as JSON")
     check.add_argument("--task", required=True)
@@ -268,13 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--workers", type=int, help="encoding processes (default min(4, cores))")
     convert.set_defaults(func=cmd_data_convert)
 
+
+def _add_checkpoints_commands(sub: argparse._SubParsersAction) -> None:
     ckpts = sub.add_parser("checkpoints", help="the checkpoint registry").add_subparsers(dest="ck_cmd",
                                                                                           required=True)
     lst = ckpts.add_parser("list", help="list registered upstream checkpoints")
     lst.add_argument("--method")
     lst.add_argument("--arch")
     lst.set_defaults(func=cmd_checkpoints_list)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""The sweep commands of `transferbench`: sweep (plan and submit) and status."""
+"""The sweep commands of `transferbench`: sweep (plan and submit) and status. Each parses its flags, calls the
+functions of :mod:`transferbench.dispatch` (see ``dispatch.pipeline``) and prints what they return."""
 
 from __future__ import annotations
 
@@ -8,76 +9,58 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..context import RunContext
-from ..errors import TransferbenchError
-from ..store import FAILED, LOST, STATES, TO_RUN
+from ..cli_flags import add_results_flag
+from ..store import FAILED, LOST, STATES
+from .pipeline import status_table, sweep_context, units_to_submit, wanted_states
 from .plan import Plan, WorkUnit, plan_sweep
 from .profiles import Profile, load_profile
 from .stages import missing_upstream, prepare_upstream
-from .submit import EXECUTORS, ArrayPlan, by_mode, plan_arrays, sbatch_preview, submit_units
+from .submit import EXECUTORS, ArrayPlan, Submission, by_mode, plan_arrays, sbatch_preview, submit_units
 from .sweep import load_sweep, packaged_sweeps
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    sweep = load_sweep(args.spec)
-    profile = load_profile(args.profile)
-    out = args.out.resolve()  # job scripts and the ledger name absolute paths: jobs start elsewhere
+    sweep, profile = load_sweep(args.spec), load_profile(args.profile)
+    results = args.results.resolve()  # job scripts and the ledger name absolute paths: jobs start elsewhere
     if args.dry_run:
         for entry in missing_upstream(sweep):
             print(f"upstream stage: would train {entry.label} (small_cpu recipe) before the transfer jobs")
     else:
         prepare_upstream(sweep)  # an explicit stage before planning the jobs: planning itself changes nothing
-    plan = plan_sweep(sweep, out, data_root=args.data_root, checkpoint_dir=args.checkpoint_dir)
-    wanted = {FAILED} if args.retry_failed else set(TO_RUN)
-    units = plan.units(wanted, ready_only=False)
-    ready = plan.units(wanted)
-    print(f"sweep {sweep.name} ({sweep.source}) -> {out}")
-    _print_frame(pd.DataFrame(plan.counts()).set_index("mode"))
-    linear = [u for u in units if u.mode == "linear"]
-    print(f"\nto {'retry' if args.retry_failed else 'run'}: {sum(len(u.specs) for u in units)} run(s) in "
-          f"{len(units)} job(s) ({len(ready)} ready now); the {sum(len(u.specs) for u in linear)} linear run(s) "
-          f"need {len(linear)} feature extraction(s)")  # one per linear job (Plan.units)
-    _print_problems(plan)
+    plan = plan_sweep(sweep, results, data_root=args.data_root, checkpoint_dir=args.checkpoint_dir)
+    _print_plan(plan, results, args.retry_failed)
     if args.dry_run:
         # the jobs the same command without --dry-run would submit, so the preview is what gets submitted
-        _print_jobs(ready if args.only_ready else units, args, profile, out, sweep.name)
+        units = plan.units(wanted_states(args.retry_failed), ready_only=args.only_ready)
+        _print_jobs(units, args.executor, args.parallel, profile, results, sweep.name)
         return 0
-    if len(ready) < len(units) and not args.only_ready:
-        first = next(iter(plan.unresolved.values()), None) or next(iter(plan.missing_data.values()))
-        raise TransferbenchError(f"{len(plan.unresolved)} checkpoint(s) missing and {len(plan.missing_data)} task(s) "
-                                 f"without data (first: {first}); fix that, or pass --only-ready to submit the rest")
-    units = ready
+    units = units_to_submit(plan, args.retry_failed, args.only_ready)
     if not units:
         print("nothing to do")
         return 0
-    ctx = RunContext(results=out, data_root=args.data_root or _path(sweep.data_root), device=args.device,
-                     checkpoint_dir=args.checkpoint_dir or _path(sweep.checkpoint_dir),
-                     allow_sparsity_gap=args.allow_sparsity_gap, compile=args.compile,
-                     cudnn_benchmark=args.cudnn_benchmark)
+    ctx = sweep_context(sweep, results, data_root=args.data_root, checkpoint_dir=args.checkpoint_dir,
+                        device=args.device, allow_sparsity_gap=args.allow_sparsity_gap, compile=args.compile,
+                        cudnn_benchmark=args.cudnn_benchmark)
     submission = submit_units(units, ctx, args.executor, profile, sweep.name, parallel=args.parallel,
                               workers=args.workers)
-    if submission.arrays:
-        print(f"submitted {len(submission.jobs)} job(s) as array(s) {', '.join(submission.arrays)}; "
-              f"follow them with `transferbench status {args.spec} --out {out}`")
-    for unit, error in submission.failed:
-        print(f"failed: {unit}: {error}")
-    if args.executor != "slurm":
-        states = plan_sweep(sweep, out, data_root=args.data_root, checkpoint_dir=args.checkpoint_dir).counts()
-        _print_frame(pd.DataFrame(states).set_index("mode"))
+    _print_submission(submission, args.spec, results)
+    if args.executor != "slurm":  # the jobs ran here: their states now
+        _print_frame(pd.DataFrame(plan_sweep(sweep, results, data_root=args.data_root,
+                                             checkpoint_dir=args.checkpoint_dir).counts()).set_index("mode"))
     return 1 if submission.failed else 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.spec)
     # states come from the results root; the data is checked only where a data root is given (what would block)
-    plan = plan_sweep(sweep, args.out, data_root=args.data_root, checkpoint_dir=args.checkpoint_dir,
+    plan = plan_sweep(sweep, args.results, data_root=args.data_root, checkpoint_dir=args.checkpoint_dir,
                       check_data=args.data_root is not None or sweep.data_root is not None)
     table = status_table(plan)
     if args.json:
         print(json.dumps({"sweep": sweep.name, "totals": plan.counts(), "notes": plan.notes,
                           "runs": table.to_dict(orient="records")}, indent=1))
         return 0
-    print(f"sweep {sweep.name} -> {args.out}")
+    print(f"sweep {sweep.name} -> {args.results}")
     if not table.empty:
         for by in (["mode", "method", "sparsity"], ["mode", "task"]):
             counts = table.pivot_table(index=by, columns="state", values="run_key", aggfunc="count", fill_value=0)
@@ -98,27 +81,40 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_plan(plan: Plan, results: Path, retry_failed: bool) -> None:
+    """The grid's counts by state, what the sweep would run (jobs, feature extractions), and what blocks runs."""
+    states = wanted_states(retry_failed)
+    units, ready = plan.units(states, ready_only=False), plan.units(states)
+    print(f"sweep {plan.sweep.name} ({plan.sweep.source}) -> {results}")
+    _print_frame(pd.DataFrame(plan.counts()).set_index("mode"))
+    linear = [u for u in units if u.mode == "linear"]
+    print(f"\nto {'retry' if retry_failed else 'run'}: {sum(len(u.specs) for u in units)} run(s) in "
+          f"{len(units)} job(s) ({len(ready)} ready now); the {sum(len(u.specs) for u in linear)} linear run(s) "
+          f"need {len(linear)} feature extraction(s)")  # one per linear job (Plan.units)
+    _print_problems(plan)
+
+
+def _print_submission(submission: Submission, spec: str, results: Path) -> None:
+    if submission.arrays:
+        print(f"submitted {len(submission.jobs)} job(s) as array(s) {', '.join(submission.arrays)}; "
+              f"follow them with `transferbench status {spec} --results {results}`")
+    for unit, error in submission.failed:
+        print(f"failed: {unit}: {error}")
+
+
 def _print_more(count: int, shown: int) -> None:
     if count > shown:
         print(f"  ... and {count - shown} more (--failures N shows more, --json all)")
 
 
-def status_table(plan: Plan) -> pd.DataFrame:
-    rows = [{"run_key": s.run_key, "mode": s.mode, "task": s.task, "method": s.checkpoint.method,
-             "sparsity": round(s.checkpoint.sparsity * 100, 2), "seed": s.seed,
-             "state": plan.states[s.run_key].state, "detail": plan.states[s.run_key].detail,
-             "job_id": plan.states[s.run_key].job_id} for s in plan.specs]
-    return pd.DataFrame(rows, columns=["run_key", "mode", "task", "method", "sparsity", "seed", "state", "detail",
-                                       "job_id"])
-
-
-def _print_jobs(units: list[WorkUnit], args: argparse.Namespace, profile: Profile, out: Path, sweep: str) -> None:
+def _print_jobs(units: list[WorkUnit], executor: str, parallel: int, profile: Profile, results: Path,
+                sweep: str) -> None:
     """The jobs of a dry run as the executor will run them: arrays and sbatch scripts only for SLURM (local
     jobs know no arrays, and their parallelism is --parallel, not the profile's)."""
-    if args.executor != "slurm":
+    if executor != "slurm":
         for mode, of_mode in by_mode(units).items():
-            how = (f"as subprocesses here, at most {max(1, args.parallel)} at once (--parallel)"
-                   if args.executor == "local" else "one after the other in this process")
+            how = (f"as subprocesses here, at most {max(1, parallel)} at once (--parallel)"
+                   if executor == "local" else "one after the other in this process")
             print(f"\n{mode}: {len(of_mode)} job(s) {how}")
         return
     arrays = plan_arrays(units, profile)
@@ -127,7 +123,7 @@ def _print_jobs(units: list[WorkUnit], args: argparse.Namespace, profile: Profil
         print(f"\n{mode}: {sum(len(a.units) for a in of_mode)} job(s) as {len(of_mode)} array(s) of "
               f"{', '.join(str(len(a.units)) for a in of_mode)}, at most "
               f"{' + '.join(str(a.parallelism) for a in of_mode)} running at once")
-        print(sbatch_preview(profile, mode, len(of_mode[0].units), out, sweep, of_mode[0].parallelism))
+        print(sbatch_preview(profile, mode, len(of_mode[0].units), results, sweep, of_mode[0].parallelism))
     if arrays:
         _print_parallelism(arrays, profile)
 
@@ -159,11 +155,12 @@ def _print_frame(frame: pd.DataFrame) -> None:
     print(frame.to_string())
 
 
-def _path(value: str | None) -> Path | None:
-    return Path(value).expanduser() if value else None
-
-
 def add_dispatch_commands(sub: argparse._SubParsersAction) -> None:
+    _add_sweep_command(sub)
+    _add_status_command(sub)
+
+
+def _add_sweep_command(sub: argparse._SubParsersAction) -> None:
     sweep = sub.add_parser("sweep", help="plan a sweep, skip finished runs, submit the rest (debug, local or SLURM)",
                            description=f"SPEC is a sweep .yaml file or one of: {', '.join(packaged_sweeps())}")
     sweep.add_argument("spec", help="sweep .yaml or a packaged sweep name")
@@ -188,6 +185,8 @@ def add_dispatch_commands(sub: argparse._SubParsersAction) -> None:
     _common(sweep)
     sweep.set_defaults(func=cmd_sweep)
 
+
+def _add_status_command(sub: argparse._SubParsersAction) -> None:
     status = sub.add_parser("status", help="done / running / queued / failed / missing runs of a sweep")
     status.add_argument("spec", help="sweep .yaml or a packaged sweep name")
     status.add_argument("--failures", type=int, default=20,
@@ -198,7 +197,7 @@ def add_dispatch_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("results"), help="results root (default results/)")
+    add_results_flag(parser)
     parser.add_argument("--data-root", type=Path, help="folder holding the datasets (default: the sweep's data_root)")
     parser.add_argument("--checkpoint-dir", type=Path,
                         help="registered checkpoints (default: the sweep's, $TRANSFERBENCH_CHECKPOINTS or "

@@ -125,7 +125,7 @@ def _flock(fd: int, operation: int, path: Path) -> bool:
         raise
     except OSError as exc:  # ENOSYS, ENOLCK, EOPNOTSUPP: Lustre mounted without -o flock, some NFS set-ups
         raise TransferbenchError(
-            f"cannot lock {path} ({os.strerror(exc.errno) if exc.errno else exc}): the filesystem under --out does "
+            f"cannot lock {path} ({os.strerror(exc.errno) if exc.errno else exc}): the filesystem under --results does "
             "not support flock, which keeps concurrent jobs from running a run twice and the ledger whole; put "
             "the results root on one that does (Lustre: mount with -o flock)") from None
     return True
