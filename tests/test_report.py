@@ -165,15 +165,15 @@ def test_collect_counts_completed_and_lists_failed(store):
     assert coll.n_completed == len(truth)
     reasons = dict(zip(coll.failed["run_key"], coll.failed["reason"], strict=True))
     assert set(reasons) == {"corrupt", "failed", "noseed", "partial", "unclaimed"}
-    assert reasons["corrupt"].startswith("unreadable JSON")
-    assert reasons["failed"] == "status 'failed'"
-    assert reasons["noseed"] == "missing fields: seed"
-    assert reasons["partial"].startswith("partial")
+    assert reasons["corrupt"].startswith("failed: unreadable JSON")
+    assert reasons["failed"] == "failed: status 'failed'"
+    assert reasons["noseed"] == "failed: missing fields: seed"
+    assert reasons["partial"].startswith("lost: partial")
     assert reasons["unclaimed"].startswith("unfinished: no record; work/ holds train_state.pt; no sweep job claims")
     states = dict(zip(coll.failed["run_key"], coll.failed["state"], strict=True))
-    assert states == {"corrupt": "failed", "failed": "failed", "noseed": "failed", "partial": "partial",
+    assert states == {"corrupt": "failed", "failed": "failed", "noseed": "failed", "partial": "lost",
                       "unclaimed": "unfinished"}
-    assert "4 failed or partial, 1 unfinished" in coll.summary()
+    assert "4 failed or lost, 1 unfinished" in coll.summary()
 
 
 def test_collect_reads_layout_variations(store):
@@ -431,12 +431,12 @@ def _methods_seen_together() -> dict[str, set[str]]:
     """The method sets that can share a figure, read from where they are defined (not from the palette)."""
     import yaml
 
-    from transferbench.demo import DemoPlan
+    from transferbench.dispatch import load_sweep
     from transferbench.pruning.factory import METHODS
 
     table = Path(__file__).resolve().parent.parent / "transferbench" / "shipped" / "checkpoints" / "table.yaml"
     registry = {spec["method"] for spec in yaml.safe_load(table.read_text())}
-    return {"registry": registry, "trained": set(METHODS), "demo": {"dense", *DemoPlan().methods}}
+    return {"registry": registry, "trained": set(METHODS), "demo": {c.method for c in load_sweep("demo").checkpoints}}
 
 
 def test_palette_distinct_colours_within_each_set_that_appears_together():
