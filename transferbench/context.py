@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from . import __version__
 from .errors import TransferbenchError
+from .version import __version__
 
 
 @dataclass

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import yaml
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from . import __version__, shipped, synthetic
+from . import shipped, synthetic
 from .checkpoints import CheckpointSpec, checkpoint_dir, lookup_checkpoint, register_local, save_checkpoint
 from .checkpoints.resolve import resolve_checkpoint
 from .context import resolve_device
@@ -35,6 +35,7 @@ from .sparsity import measure_sparsity
 from .tasks import IMAGENET_NORMALIZATION, Transformed
 from .tasks.builtin import ArrayDataset
 from .transforms import TransformConfig, build_transform
+from .version import __version__
 from .vocabulary import format_sparsity, normalize_sparsity
 
 log = logging.getLogger("transferbench")
