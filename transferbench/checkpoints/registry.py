@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 
 from .. import shipped
-from ..atomic import sha256_file, write_bytes
+from ..atomic import write_bytes
+from ..digests import sha256_file
 from ..errors import TransferbenchError
 from ..models import model_class
 from ..vocabulary import arch_family, format_sparsity, normalize_sparsity
@@ -140,6 +141,15 @@ def list_checkpoints(include_local: bool = True) -> list[CheckpointSpec]:
 def _arch_matches(spec: CheckpointSpec, arch: str) -> bool:
     # A family name (resnet50, mobilenet) selects every variant of it; a variant name selects only itself.
     return spec.family == arch if arch_family(arch) == arch else spec.arch == arch
+
+
+def lookup_checkpoint(method: str, sparsity: float | int | str, arch: str | None = None) -> CheckpointSpec | None:
+    """The registered checkpoint of ``method`` at ``sparsity`` for ``arch``, or None when there is none (as
+    ``find_checkpoint``, without the error)."""
+    target, arch = normalize_sparsity(sparsity), arch or DEFAULT_FAMILY
+    return next((s for s in [*reversed(_local()), *_table()]
+                 if s.method == method and _arch_matches(s, arch) and abs(s.sparsity - target) < _SPARSITY_TOLERANCE),
+                None)
 
 
 def find_checkpoint(method: str, sparsity: float | int | str, arch: str | None = None) -> CheckpointSpec:
