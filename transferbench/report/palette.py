@@ -4,8 +4,8 @@ Colours come from seaborn's colour-blind-safe ``"colorblind"`` palette (10 colou
 other method gets, so the baseline is never mistaken for a method. The 13 sparse methods that can occur come in
 two sets that appear together:
 
-* the checkpoint registry's (``checkpoints/table.yaml``, the paper's methods): acdc, rigl_erk1x, rigl_erk5x, str,
-  woodfisher, lth_t, gmp, cram, mfac;
+* the checkpoint registry's (``transferbench/shipped/checkpoints/table.yaml``, the paper's methods): acdc,
+  rigl_erk1x, rigl_erk5x, str, woodfisher, lth_t, gmp, cram, mfac;
 * the methods ``transferbench upstream`` trains (``pruning/factory.py``, the demo's): magnitude, gmp, woodfisher,
   rigl, lth, acdc, cram, cram_nm.
 
