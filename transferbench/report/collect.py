@@ -265,7 +265,7 @@ def record_row(record: RunRecord) -> dict[str, Any]:
         "top1": record.metrics.top1, "mean_per_class_acc": record.metrics.mean_per_class_acc,
         "primary_metric": record.metrics.primary_metric, "primary": record.metrics.primary,
         "solver": record.solver, "upstream_top1": math.nan if upstream is None else upstream,
-        "total_s": _number(record.timings.get("total_s")), "created_at": record.created_at,
+        "total_s": record.total_s, "created_at": record.created_at,
         "checkpoint": record.checkpoint.identity, "schema_version": record.schema_version,
         "versions": _versions_text(record.versions),
     }
@@ -274,16 +274,6 @@ def record_row(record: RunRecord) -> dict[str, Any]:
 def parse_record(data: Any, default_run_key: str = "") -> dict[str, Any]:
     """One row of ``runs`` from a parsed ``result.json``; raises RecordError when it is not a completed run."""
     return record_row(RunRecord.from_json(data, default_run_key))
-
-
-def _number(x: Any) -> float:
-    if isinstance(x, bool) or x is None:
-        return math.nan
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return math.nan
-    return v if math.isfinite(v) else math.nan
 
 
 def runs_frame(rows: list[dict[str, Any]], source: str = OURS) -> pd.DataFrame:

@@ -85,6 +85,11 @@ class RunRecord:
         return solver if isinstance(solver, str) and solver else None
 
     @property
+    def total_s(self) -> float:
+        """The run's wall time in seconds (NaN when the record does not say)."""
+        return _number(self.timings.get("total_s"))
+
+    @property
     def upstream_fraction(self) -> float | None:
         """The upstream model's ImageNet top-1 as a fraction."""
         if self.upstream_top1 is not None:
