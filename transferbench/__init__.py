@@ -14,7 +14,7 @@ The public API is the few names below; each is imported on first use, so ``impor
 import importlib as _importlib
 import typing as _typing
 
-__version__ = "0.1.0"
+from .version import __version__ as __version__
 
 # public name -> the module that defines it
 _PUBLIC = {

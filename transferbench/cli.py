@@ -15,12 +15,12 @@ from pathlib import Path
 
 import yaml
 
-from . import __version__
 from .cli_flags import add_results_flag
 from .dispatch.cli import add_dispatch_commands
 from .errors import TransferbenchError
 from .report.cli import add_report_commands
 from .runspec import HParams
+from .version import __version__
 
 log = logging.getLogger("transferbench")
 
