@@ -18,7 +18,7 @@ from .acdc import ACDCPruner, acdc_imagenet_schedule, acdc_scaled_schedule
 from .base import Pruner
 from .cram import CrAM
 from .gmp import GMPPruner, gmp_scaled_schedule
-from .lth import LTHPruner, rounds_for_sparsity
+from .lth import LTH_PRUNABLE, LTH_RATE, LTHPruner, rounds_for_sparsity
 from .magnitude import MagnitudePruner
 from .rigl import RigLPruner
 from .woodfisher import WoodFisherPruner
@@ -89,34 +89,50 @@ def _rigl(model, opt, sparsity, knobs, ctx) -> Built:
 
 
 def _lth(model, opt, sparsity, knobs, ctx) -> Built:
-    """Iterative magnitude pruning with rewinding (§4).
+    """Iterative magnitude pruning with rewinding (§4); by default LTH-T as Chen et al. (§4.2).
 
-    ``rewind: pretrained`` (default) is LTH-T (§4.2): tickets found from the dense upstream model and rewound
-    to it; the checkpoint is the ticket θ_p ⊙ m (§10 item 3 leaves open whether the paper's were retrained).
+    ``rewind: pretrained`` (default) is LTH-T: state 0 prunes θ_p itself, then every round rewinds to θ_p, trains
+    ``epochs_per_round`` epochs with a fresh optimizer and prunes ``rate`` (20%) of the remaining weights of the
+    ``prunable`` set (every Conv2d but conv1). The checkpoint is the ticket θ_p ⊙ m (as Chen et al. transfer it;
+    §10 item 3 leaves open whether the paper's were retrained). θ_p is the published dense row named by
+    ``pretrained`` (ImageNet: torchvision's ResNet-50), else the recipe's own dense model (the CPU recipe).
     ``rewind: <fraction>`` is Frankle et al.'s rewinding: IMP from scratch, rewinding to the weights at that
     fraction of the first round, and the final ticket is retrained for one more round.
-    Rounds remove a fixed fraction of the remaining weights; the rate is set just below 20% so that the last
-    round lands exactly on the requested sparsity (20% rounds reach 89.3%).
+    The number of rounds r is the one whose 1 − 0.8^r is nearest the requested sparsity (§4.2: 80/90/95% →
+    7/10/13 rounds = 79.0/89.3/94.5% of the prunable set), so the sparsity lands on the 20% grid, not on the request.
     """
-    from ..checkpoints import load_checkpoint
-
-    rounds = rounds_for_sparsity(sparsity, knobs.get("rate", 0.2), at_least=True)
-    rate = 1.0 - (1.0 - sparsity) ** (1.0 / rounds)
+    rate = float(knobs.get("rate", LTH_RATE))
+    rounds = rounds_for_sparsity(sparsity, rate)
+    if rounds < 1:
+        raise ValueError(f"LTH prunes {rate:.0%} per round: a sparsity of {sparsity:g} is less than half a round")
     per_round = knobs.get("epochs_per_round", 1)
     steps_per_round = per_round * len(ctx["loader"])
     rewind = knobs.get("rewind", "pretrained")
     if rewind == "pretrained":
-        model.load_state_dict(load_checkpoint(ctx["dense_model"]()).model.state_dict())
+        model.load_state_dict(_pretrained(model, knobs.get("pretrained"), ctx).state_dict())
         rewind_step, training_rounds = None, rounds - 1
     else:
         # the extra round trains the final ticket (steps past the pruner's last round keep the mask fixed)
         rewind_step, training_rounds = math.floor(float(rewind) * steps_per_round), rounds + 1
-    pruner = LTHPruner(model, rounds=rounds, steps_per_round=steps_per_round, rate=rate,
-                       rewind_step=rewind_step, prune_at_start=rewind == "pretrained",
-                       conv_only=knobs.get("conv_only", False), include_head=knobs.get("include_head", True),
-                       exclude=tuple(knobs.get("exclude", ())))
-    ctx["schedule_epochs"] = per_round  # IMP restarts the LR schedule every round
+    pruner = LTHPruner(model, rounds=rounds, steps_per_round=steps_per_round, rate=rate, rewind_step=rewind_step,
+                       prune_at_start=rewind == "pretrained", prunable=knobs.get("prunable", LTH_PRUNABLE))
+    ctx["schedule_epochs"] = per_round  # IMP restarts the LR schedule every round (a constant LR for LTH-T)
     return pruner, opt, training_rounds * per_round
+
+
+def _pretrained(model: nn.Module, row: str | None, ctx: dict) -> nn.Module:
+    """LTH-T's θ_p: the published registry row ``row`` (its file found in the checkpoint directory or the torch
+    hub cache and checked against the row's sha256, never downloaded), else the recipe's own dense model."""
+    from ..checkpoints import load_checkpoint, load_registered
+    from ..checkpoints.registry import published_checkpoint
+
+    if row is None:
+        return load_checkpoint(ctx["dense_model"]()).model
+    spec, arch = published_checkpoint(row), getattr(model, "arch", type(model).__name__)
+    if spec.arch != arch or spec.sparsity != 0.0:
+        raise ValueError(f"pretrained: {row} is a {spec.arch} at sparsity {spec.sparsity:g}, but LTH-T rewinds "
+                         f"a {arch} to dense pre-trained weights")
+    return load_registered(spec).model
 
 
 def _acdc(model, opt, sparsity, knobs, ctx) -> Built:
