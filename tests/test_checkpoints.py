@@ -505,3 +505,108 @@ def test_sparsity_gap_and_allow_flag(tiny_file):
     loaded = load_checkpoint(path, target_sparsity=0.9, allow_sparsity_gap=True)
     assert loaded.sparsity.overall == pytest.approx(0.5, abs=1e-3)
     assert load_checkpoint(path, target_sparsity=0.6, max_gap=0.2).arch == "resnet_tiny"
+
+
+# ------------------------------------------------------------------- per-method sparsity: the registry gate
+
+
+def test_every_row_names_the_weights_its_method_prunes():
+    for spec in list_checkpoints(include_local=False):
+        expected = "conv_except_first" if spec.method == "lth_t" else "all_conv_fc"  # §0.1
+        assert spec.prunable == expected == spec.sparsity_rule.prunable, spec.name
+    assert find_checkpoint("lth_t", 0.9).sparsity_rule.expected(0.9) == pytest.approx(1 - 0.8**10)
+    assert CheckpointSpec("mine", "lth", 0.9, "resnet_tiny").sparsity_rule.prunable == "conv_except_first"
+    with pytest.raises(TransferbenchError, match=r"prunable 'convs'.*all_conv_fc"):
+        CheckpointSpec.from_row({"name": "x", "method": "acdc", "sparsity": 0.9, "arch": "resnet50",
+                                 "prunable": "convs"}, "table.yaml", "table")
+
+
+def lth_t_ticket(path, rounds: int, seed: int = 0) -> nn.Module:
+    """An authentic-layout LTH-T ticket, made by Chen et al.'s own calls: conv1 and fc dense, every other conv
+    pruned by ``prune.global_unstructured(L1Unstructured, amount=0.2)`` ``rounds`` times, saved with the
+    torch.nn.utils.prune keys (weight_orig + weight_mask) under ``state_dict`` as their checkpoints are."""
+    model = tiny(seed=seed)
+    convs = [(m, "weight") for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and name != "conv1"]
+    for _ in range(rounds):
+        prune.global_unstructured(convs, pruning_method=prune.L1Unstructured, amount=0.2)
+    torch.save({"state": rounds, "state_dict": model.state_dict()}, path)
+    return model
+
+
+@pytest.mark.parametrize(("registered", "rounds"), [(0.8, 7), (0.9, 10), (0.95, 13)])
+def test_an_authentic_lth_t_ticket_passes_the_gate_at_its_nominal_sparsity(tmp_path, registered, rounds):
+    path = tmp_path / "ticket.pth"
+    lth_t_ticket(path, rounds)
+    loaded = load_checkpoint(path, target_sparsity=registered, method="lth_t")
+    assert loaded.format == "torch_prune" and loaded.prunable == "conv_except_first"
+    assert loaded.method_sparsity.overall == pytest.approx(1 - 0.8**rounds, abs=2e-4)
+    assert loaded.sparsity.per_layer["conv1.weight"]["zeros"] == loaded.sparsity.per_layer["fc.weight"]["zeros"] == 0
+    assert loaded.sparsity.overall < loaded.method_sparsity.overall - 0.01  # over every weight it reads lower
+    # the gate of every other method (all Conv/Linear weights against the nominal value) refuses the same file
+    message = one_line_error(load_checkpoint, path, target_sparsity=registered)
+    assert f"registered as {round(registered * 100)}%" in message and "(all_conv_fc)" in message
+
+
+def test_a_file_pruned_otherwise_fails_the_lth_t_gate(tmp_path):
+    path = tmp_path / "round7.pth"
+    lth_t_ticket(path, 7)  # a real ticket, but the 80% one
+    message = one_line_error(load_checkpoint, path, target_sparsity=0.9, method="lth_t")
+    assert "registered as 90%, which means 89.26% there (rounds rule)" in message and "(conv_except_first)" in message
+    lth_t_ticket(path, 14)  # the other reading of "95%": 95.60%, 1.1 pp from round 13's 94.50%
+    assert "which means 94.50%" in one_line_error(load_checkpoint, path, target_sparsity=0.95, method="lth_t")
+
+    model = tiny()
+    sparsify(model, 0.8926)  # 89.26% in every layer, conv1 and fc included: right figure, wrong method
+    torch.save(model.state_dict(), path)
+    message = one_line_error(load_checkpoint, path, target_sparsity=0.9, method="lth_t")
+    assert "zeros in the weights lth_t keeps dense (outside conv_except_first: conv1.weight, fc.weight)" in message
+    assert "--allow-sparsity-gap" in message
+    loaded = load_checkpoint(path, target_sparsity=0.9, method="lth_t", allow_sparsity_gap=True)
+    assert loaded.method_sparsity.overall == pytest.approx(0.8926, abs=1e-3)
+
+
+def test_a_registered_lth_t_ticket_loads_through_its_row(checkpoint_home, tmp_path):
+    path = tmp_path / "ticket.pth"
+    lth_t_ticket(path, 10)
+    spec = register_local(CheckpointSpec("my_lth_t_90", "lth_t", 0.9, "resnet_tiny"), path)
+    loaded = load_registered(find_checkpoint("lth_t", 0.9, arch="resnet_tiny"))
+    assert spec.prunable is None and loaded.prunable == "conv_except_first"  # the method's own set
+    row = register_local(CheckpointSpec("my_lth_t_90", "lth_t", 0.9, "resnet_tiny", prunable="all_conv_fc"), path)
+    assert row.prunable == "all_conv_fc"  # a row may say otherwise, and is then held to it
+    with pytest.raises(TransferbenchError, match="registered as 90%"):
+        load_registered(find_checkpoint("lth_t", 0.9, arch="resnet_tiny"))
+
+
+STR_LEARNED = {0.8: 0.8127, 0.9: 0.9023, 0.95: 0.9515, 0.98: 0.9805}  # STR README, ResNet-50 (§7)
+
+
+def str_file(path, sparsity: float) -> None:
+    """STR's layout: a 1×1-conv head, every layer pruned (conv1 and fc too), a learned per-layer budget — here one
+    global magnitude threshold over all layers, which leaves the layers unequally sparse."""
+    torch.manual_seed(0)
+    model = create_model("mobilenet_str", num_classes=1000)
+    layers = [(m, "weight") for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    total = sum(m.weight.numel() for m, _ in layers)
+    prune.global_unstructured(layers, pruning_method=prune.L1Unstructured, amount=round(sparsity * total))
+    for module, _ in layers:
+        prune.remove(module, "weight")
+    torch.save(model.state_dict(), path)
+
+
+def test_str_checkpoints_pass_at_their_learned_sparsity_and_a_wrong_file_still_fails(tmp_path):
+    path = tmp_path / "str.pth"
+    str_file(path, STR_LEARNED[0.8])
+    loaded = load_checkpoint(path, target_sparsity=0.8, method="str")
+    assert loaded.arch == "mobilenet_str" and loaded.prunable == "all_conv_fc"
+    assert loaded.method_sparsity.overall == loaded.sparsity.overall == pytest.approx(0.8127, abs=1e-6)
+    assert "fc.weight" in loaded.method_sparsity.per_layer  # STR prunes its 1×1-conv head
+    assert "registered as 80%" in one_line_error(load_checkpoint, path, target_sparsity=0.8)  # nominal: 1.27 pp
+    assert "1.50 pp" in one_line_error(load_checkpoint, path, target_sparsity=0.9, method="str")
+    str_file(path, STR_LEARNED[0.9])
+    assert "registered as 80%" in one_line_error(load_checkpoint, path, target_sparsity=0.8, method="str")
+    # every learned sparsity passes at its own row, and at no other: the tolerance is under half the gap
+    rows = [s for s in list_checkpoints(include_local=False) if s.method == "str" and s.family == "resnet50"]
+    for learned in STR_LEARNED.values():
+        passing = [s.sparsity for s in rows
+                   if abs(learned - s.sparsity_rule.expected(s.sparsity)) <= s.sparsity_rule.allowed_gap(0.005)]
+        assert passing == [min(STR_LEARNED, key=lambda nominal: abs(nominal - learned))], learned

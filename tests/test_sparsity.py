@@ -7,14 +7,20 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from transferbench.errors import TransferbenchError
 from transferbench.models import create_model
 from transferbench.sparsity import (
     SparsityReport,
+    SparsityRule,
     apply_masks,
     check_masks,
     masks_from_zeros,
     measure_sparsity,
+    prunable_set,
+    prunable_set_names,
     prunable_weights,
+    set_weights,
+    sparsity_rule,
 )
 
 
@@ -124,3 +130,67 @@ def test_apply_masks_rejects_unknown_names_and_wrong_shapes():
         apply_masks(model, {"nope.weight": torch.ones(1, dtype=torch.bool)})
     with pytest.raises(ValueError):
         apply_masks(model, {"conv1.weight": torch.ones(3, dtype=torch.bool)})
+
+
+# --- prunable sets and sparsity rules (sparsity_rules.yaml; pruning_methods.md §0.1, §4.2, §7) --------------------
+
+
+def test_prunable_sets_select_the_weights_each_method_prunes():
+    torch.manual_seed(0)
+    model = create_model("resnet_tiny", num_classes=7)
+    everything = prunable_weights(model)
+    assert set_weights(model, "all_conv_fc").keys() == everything.keys()
+    lth = set_weights(model, "conv_except_first")
+    assert lth.keys() == everything.keys() - {"conv1.weight", "fc.weight"}  # LTH-T: stem and head dense
+    assert all(lth[name] is weight for name, weight in everything.items() if name in lth)  # the parameters
+    for name in ("all_conv_fc", "conv_except_first"):  # a state dict is read the same way
+        assert set_weights(model.state_dict(), name).keys() == set_weights(model, name).keys()
+    with torch.device("meta"):  # STR: the head is a 1×1 conv, pruned by STR, kept dense by conv_except_first
+        str_model = create_model("mobilenet_str")
+    assert "fc.weight" in set_weights(str_model, "all_conv_fc")
+    assert not {"fc.weight", "model.0.0.weight"} & set(set_weights(str_model, "conv_except_first"))
+    with pytest.raises(TransferbenchError, match=r"unknown prunable set 'convs'.*all_conv_fc"):
+        set_weights(model, "convs")
+
+
+def test_resnet50_counts_and_what_an_authentic_lth_t_ticket_measures_over_all_weights():
+    with torch.device("meta"):
+        model = create_model("resnet50")
+    count = {name: sum(w.numel() for w in set_weights(model, name).values())
+             for name in ("all_conv_fc", "conv_except_first")}
+    assert count == {"all_conv_fc": 25_502_912, "conv_except_first": 25_502_912 - 9_408 - 2_048_000}  # §0.1
+    rule = sparsity_rule("lth_t")
+    grid = [rule.expected(s) for s in (0.8, 0.9, 0.95)]
+    assert grid == [pytest.approx(1 - 0.8**r) for r in (7, 10, 13)]
+    # the figures: such tickets measure 72.7 / 82.1 / 86.9% over every Conv/Linear weight
+    over_all = [round(100 * g * count["conv_except_first"] / count["all_conv_fc"], 1) for g in grid]
+    assert over_all == [72.7, 82.1, 86.9]
+
+
+def test_sparsity_rules_by_method():
+    lth = sparsity_rule("lth_t")
+    assert (lth.prunable, lth.kind, lth.rate) == ("conv_except_first", "rounds", 0.2) and sparsity_rule("lth") == lth
+    assert lth.expected(0.9) == pytest.approx(0.8926258176) and lth.allowed_gap(0.005) == 0.005
+    str_rule = sparsity_rule("str")
+    assert (str_rule.prunable, str_rule.kind, str_rule.expected(0.8)) == ("all_conv_fc", "learned", 0.8)
+    assert str_rule.allowed_gap(0.005) == 0.015 and str_rule.allowed_gap(0.2) == 0.2
+    for method in ("acdc", "rigl_erk5x", "woodfisher", "gmp", "cram", "dense", "custom", None):
+        assert sparsity_rule(method) == SparsityRule("all_conv_fc", "nominal"), method
+    assert sparsity_rule("acdc", "conv_except_first").prunable == "conv_except_first"  # a row's own set
+    with pytest.raises(TransferbenchError, match="unknown prunable set"):
+        sparsity_rule("acdc", "convs")
+    assert set(prunable_set_names()) == {"all_conv_fc", "conv_except_first"}
+    assert prunable_set("conv_except_first").description
+
+
+def test_measure_sparsity_over_a_prunable_set():
+    torch.manual_seed(1)
+    model = create_model("resnet_tiny", num_classes=7)
+    with torch.no_grad():
+        model.conv1.weight.view(-1)[:100] = 0.0  # outside the LTH-T set
+        model.layer1[0].conv1.weight.view(-1)[:50] = 0.0
+    lth = measure_sparsity(model, prunable="conv_except_first")
+    assert lth.zeros == 50 and "conv1.weight" not in lth.per_layer
+    assert lth.total == sum(w.numel() for w in set_weights(model, "conv_except_first").values())
+    assert measure_sparsity(model).zeros == 150
+    assert measure_sparsity(model.state_dict(), prunable="conv_except_first") == lth

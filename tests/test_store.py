@@ -22,6 +22,7 @@ from transferbench.store import (
     Metrics,
     RecordError,
     RunRecord,
+    SparsityInfo,
     existing_record,
     read_record,
     run_states,
@@ -74,6 +75,18 @@ def test_write_then_read_is_the_same_record(tmp_path):
     npz = np.load(tmp_path / "runs" / "k" / "predictions.npz")
     assert npz["logits"].shape == (3, 10) and list(npz["classes"]) == [str(i) for i in range(10)]
     assert record.solver == "sgd" and record.metrics.extra == {"best_epoch": 3}
+
+
+def test_the_sparsity_over_the_method_s_prunable_set_is_written_only_when_known(tmp_path):
+    known = _record(sparsity=SparsityInfo(upstream_measured=0.8206, backbone_before=0.8206, backbone_after=0.8206,
+                                          prunable_set="conv_except_first", upstream_measured_prunable=0.8926))
+    data = known.to_json()
+    assert data["sparsity"]["prunable_set"] == "conv_except_first"
+    assert data["sparsity"]["upstream_measured_prunable"] == 0.8926
+    assert RunRecord.from_json(json.loads(json.dumps(data))) == known
+    unknown = _record(sparsity=SparsityInfo(upstream_measured=0.9))  # as every record written before them
+    assert not {"prunable_set", "upstream_measured_prunable"} & set(unknown.to_json()["sparsity"])
+    assert RunRecord.from_json(unknown.to_json()) == unknown
 
 
 @pytest.mark.parametrize(("change", "reason"), [

@@ -36,6 +36,7 @@ def _load(ref, registered: CheckpointSpec | None, ctx: RunContext) -> LoadedChec
     return load_checkpoint(
         ref.path, arch=ref.arch, expected_sha256=registered.sha256 if registered else None,
         target_sparsity=ref.sparsity, allow_sparsity_gap=ctx.allow_sparsity_gap,
+        method=ref.method, prunable=registered.prunable if registered else None,  # the method's prunable set
     )
 
 
@@ -176,15 +177,21 @@ def _train_heads(todo: list[RunSpec], prep: _Prepared, feats: dict) -> tuple[dic
     return results, seconds
 
 
+def _upstream_sparsity(loaded: LoadedCheckpoint) -> dict:
+    """The upstream model's sparsity over every Conv/Linear weight and over the weights its method prunes."""
+    in_set = loaded.method_sparsity
+    return {"upstream_measured": loaded.sparsity.overall, "prunable_set": loaded.prunable,
+            "upstream_measured_prunable": in_set.overall if in_set is not None else None}
+
+
 def _write_linear(spec: RunSpec, prep: _Prepared, tcfg: TransformConfig, feats: dict, head: HeadResult,
                   training_s: float, group_size: int, elapsed_s: float, ctx: RunContext) -> RunRecord:
     loaded = prep.loaded
     record = _record(
         spec, prep, ctx, metrics=_metrics(prep.task, head.top1, head.mean_per_class_acc, head.extra),
-        sparsity=SparsityInfo(upstream_measured=loaded.sparsity.overall,
-                              backbone_before=loaded.backbone_sparsity.overall,
+        sparsity=SparsityInfo(backbone_before=loaded.backbone_sparsity.overall,
                               backbone_after=loaded.backbone_sparsity.overall,  # frozen backbone: unchanged
-                              per_layer=loaded.backbone_sparsity.per_layer),
+                              per_layer=loaded.backbone_sparsity.per_layer, **_upstream_sparsity(loaded)),
         config={"transform_train": tcfg.to_dict(), "transform_test": tcfg.to_dict(),
                 "feature_cache": {n: str(f.path) if f.path else None for n, f in feats.items()}},
         curve=head.curve,
@@ -230,10 +237,9 @@ def _run_full(spec: RunSpec, ctx: RunContext) -> RunRecord:
         spec, prep, ctx,
         metrics=_metrics(task, result.top1, result.mean_per_class_acc,
                          {"best_epoch": result.best_epoch, "best_top1": result.best_top1}),
-        sparsity=SparsityInfo(upstream_measured=prep.loaded.sparsity.overall,
-                              backbone_before=result.sparsity_before["overall"],
+        sparsity=SparsityInfo(backbone_before=result.sparsity_before["overall"],
                               backbone_after=result.sparsity_after["overall"],
-                              per_layer=result.sparsity_after["per_layer"]),
+                              per_layer=result.sparsity_after["per_layer"], **_upstream_sparsity(prep.loaded)),
         config={"transform_train": train_cfg.to_dict(), "transform_test": test_cfg.to_dict(),
                 "num_workers": ctx.num_workers, **({"ffcv": loaders.describe()} if loaders is not None else {})},
         curve=result.curve,

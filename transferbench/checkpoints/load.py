@@ -21,7 +21,8 @@ import torch
 from ..digests import sha256_file
 from ..errors import TransferbenchError
 from ..models import TransferModel, create_model, list_archs, model_class
-from ..sparsity import SparsityReport, measure_sparsity, prunable_weights
+from ..sparsity import SparsityReport, SparsityRule, measure_sparsity, prunable_weights, set_weights
+from ..sparsity import sparsity_rule as method_sparsity_rule
 from .formats import decode_checkpoint
 from .registry import CheckpointSpec, format_sparsity, local_path, normalize_sha256, normalize_sparsity
 
@@ -45,6 +46,8 @@ class LoadedCheckpoint:
     sparsity: SparsityReport  # all prunable weights, the stored upstream head included
     backbone_sparsity: SparsityReport  # head excluded
     config: dict[str, Any] | None = field(default=None)  # the IST model_config, when the file has one
+    prunable: str = "all_conv_fc"  # the prunable set of the checkpoint's method (sparsity_rules.yaml)
+    method_sparsity: SparsityReport | None = None  # over that set: what the registered sparsity is compared with
 
     @property
     def num_classes(self) -> int:
@@ -169,6 +172,37 @@ def _build(arch: str, state: dict[str, torch.Tensor]) -> TransferModel:
     return model
 
 
+def check_sparsity(path: Path, rule: SparsityRule, target: float, sparsity: SparsityReport, in_set: SparsityReport,
+                   max_gap: float = 0.005, allow_sparsity_gap: bool = False, method: str | None = None) -> None:
+    """The registered-vs-measured gate, like with like: ``in_set`` (the zeros over the weights the method prunes)
+    must be within the rule's allowed gap of what an authentic file registered at ``target`` measures there, and
+    the weights outside that set must be dense (a file pruned where the method never prunes is another's).
+
+    Raises a TransferbenchError naming the file and the fix, or only warns with ``allow_sparsity_gap``.
+    """
+    expected, allowed = rule.expected(target), rule.allowed_gap(max_gap)
+    outside = sparsity.select([name for name in sparsity.per_layer if name not in in_set.per_layer])
+    who = method or "its method"
+    problems = []
+    gap = abs(in_set.overall - expected)
+    if gap > allowed:
+        meaning = "" if expected == target else f", which means {expected:.2%} there ({rule.kind} rule)"
+        problems.append(f"{path} has {in_set.overall:.2%} zeros over the weights {who} prunes ({rule.prunable}) but "
+                        f"is registered as "
+                        f"{format_sparsity(target)}{meaning}: a gap of {gap * 100:.2f} pp > {allowed * 100:.2f} pp")
+    if outside.total and outside.overall > allowed:
+        names = sorted(outside.per_layer)
+        examples = ", ".join(names[:_EXAMPLES]) + (", ..." if len(names) > _EXAMPLES else "")
+        problems.append(f"{path} has {outside.overall:.2%} zeros in the weights {who} keeps "
+                        f"dense (outside {rule.prunable}: {examples})")
+    if not problems:
+        return
+    message = "; ".join(problems)
+    if not allow_sparsity_gap:
+        raise TransferbenchError(f"{message}; check that this is the right file, or pass --allow-sparsity-gap")
+    log.warning("%s (allowed)", message)
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     arch: str | None = None,
@@ -177,13 +211,17 @@ def load_checkpoint(
     target_sparsity: float | None = None,
     allow_sparsity_gap: bool = False,
     max_gap: float = 0.005,
+    method: str | None = None,
+    prunable: str | None = None,
 ) -> LoadedCheckpoint:
     """Load ``path`` into a model of ``arch`` (default: from the file's model_config, else from its keys).
 
     The head is sized from the stored one. Masks are the stored ones where the file has them, else
     ``weight != 0``, for every backbone Conv/Linear weight. With ``expected_sha256`` (full or a ≥ 8-digit
-    prefix) the file's digest must match. With ``target_sparsity`` (0.9 or 90) the measured overall sparsity
-    (head included) must be within ``max_gap`` of it unless ``allow_sparsity_gap``.
+    prefix) the file's digest must match. ``method`` (and a registry row's ``prunable`` set) say which weights
+    the checkpoint's method prunes (sparsity_rules.yaml; default: every Conv/Linear weight, head included). With
+    ``target_sparsity`` (0.9 or 90) the sparsity measured over those weights must match it as the method's rule
+    says (``check_sparsity``; ``max_gap`` for a nominal rule) unless ``allow_sparsity_gap``.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -204,24 +242,17 @@ def load_checkpoint(
              for name, weight in backbone.items()}
     sparsity = measure_sparsity(model, include_head=True)
     backbone_sparsity = sparsity.select(backbone)
+    rule = method_sparsity_rule(method, prunable)
+    method_sparsity = sparsity.select(set_weights(model, rule.prunable))
 
     if target_sparsity is not None:
-        target = normalize_sparsity(target_sparsity)
-        gap = abs(sparsity.overall - target)
-        if gap > max_gap:
-            message = (
-                f"{path} has {sparsity.overall:.2%} zeros over its prunable weights (head included) but is "
-                f"registered as {format_sparsity(target)}: a gap of {gap * 100:.2f} pp > {max_gap * 100:.2f} pp"
-            )
-            if not allow_sparsity_gap:
-                raise TransferbenchError(
-                    f"{message}; check that this is the right file, or pass --allow-sparsity-gap"
-                )
-            log.warning("%s (allowed)", message)
+        check_sparsity(path, rule, normalize_sparsity(target_sparsity), sparsity, method_sparsity, max_gap,
+                       allow_sparsity_gap, method)
 
     log.info(
-        "checkpoint %s: arch %s, format %s, sparsity %.2f%% (backbone %.2f%%), %d classes in the stored head",
-        path, chosen, decoded.format, 100 * sparsity.overall, 100 * backbone_sparsity.overall, model.num_classes,
+        "checkpoint %s: arch %s, format %s, sparsity %.2f%% (backbone %.2f%%, %s %.2f%%), %d classes in the stored "
+        "head", path, chosen, decoded.format, 100 * sparsity.overall, 100 * backbone_sparsity.overall, rule.prunable,
+        100 * method_sparsity.overall, model.num_classes,
     )
     return LoadedCheckpoint(
         model=model,
@@ -233,6 +264,8 @@ def load_checkpoint(
         sparsity=sparsity,
         backbone_sparsity=backbone_sparsity,
         config=decoded.config,
+        prunable=rule.prunable,
+        method_sparsity=method_sparsity,
     )
 
 
@@ -257,7 +290,8 @@ def load_registered(
     allow_sparsity_gap: bool = False,
     max_gap: float = 0.005,
 ) -> LoadedCheckpoint:
-    """Find ``spec``'s file and load it, checking its sha256 (when known), arch and registered sparsity.
+    """Find ``spec``'s file and load it, checking its sha256 (when known), arch and registered sparsity (over the
+    weights its method prunes, as its sparsity rule says).
 
     One-shot rows (CrAM) are dense files, so their sparsity is checked by whoever prunes them, not here.
     """
@@ -268,4 +302,6 @@ def load_registered(
         target_sparsity=None if spec.oneshot else spec.sparsity,
         allow_sparsity_gap=allow_sparsity_gap,
         max_gap=max_gap,
+        method=spec.method,
+        prunable=spec.prunable,
     )

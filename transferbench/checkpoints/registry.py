@@ -21,6 +21,7 @@ from ..atomic import write_bytes
 from ..digests import sha256_file
 from ..errors import TransferbenchError
 from ..models import model_class
+from ..sparsity import SparsityRule, prunable_set_names, sparsity_rule
 from ..vocabulary import arch_family, format_sparsity, normalize_sparsity
 
 ENV_CHECKPOINTS = "TRANSFERBENCH_CHECKPOINTS"
@@ -52,7 +53,7 @@ class CheckpointSpec:
 
     name: str
     method: str
-    sparsity: float  # target fraction of zeros over all prunable weights, head included
+    sparsity: float  # registered (nominal) fraction of zeros over the weights the method prunes (`prunable`)
     arch: str
     format: str = "auto"
     filename: str = ""
@@ -63,6 +64,7 @@ class CheckpointSpec:
     notes: str = ""
     path: str | None = None  # absolute file of a user-registered checkpoint (local.yaml)
     source: str = "table"  # "table" or "local"
+    prunable: str | None = None  # the prunable set (sparsity_rules.yaml); None: the method's own
 
     @property
     def family(self) -> str:
@@ -71,6 +73,11 @@ class CheckpointSpec:
     @property
     def public(self) -> bool:
         return self.url is not None
+
+    @property
+    def sparsity_rule(self) -> SparsityRule:
+        """Which weights the method prunes and what its registered sparsity means there (the loader's gate)."""
+        return sparsity_rule(self.method, self.prunable)
 
     @property
     def label(self) -> str:
@@ -96,6 +103,9 @@ class CheckpointSpec:
         values["sha256"] = normalize_sha256(values.get("sha256"), f"{origin} ({row['name']})")
         values["filename"] = values.get("filename") or f"{row['name']}.pth"
         values["notes"] = values.get("notes") or ""
+        if values.get("prunable") is not None and values["prunable"] not in prunable_set_names():
+            raise TransferbenchError(f"{origin}: entry {row['name']!r} has prunable {values['prunable']!r}; use one "
+                                     f"of {', '.join(prunable_set_names())}")
         return cls(**values)
 
 
@@ -109,6 +119,15 @@ def _table() -> tuple[CheckpointSpec, ...]:
     if len(set(names)) != len(names):
         raise TransferbenchError(f"{origin} has duplicate names")
     return specs
+
+
+def published_checkpoint(name: str) -> CheckpointSpec:
+    """The published (table) row called ``name``, never a user-registered one: its file is the one the table's
+    sha256 names (e.g. ``resnet50_dense``, torchvision's ResNet-50)."""
+    spec = next((s for s in _table() if s.name == name), None)
+    if spec is None:
+        raise TransferbenchError(f"no published checkpoint named {name!r}; see `transferbench checkpoints list`")
+    return spec
 
 
 def checkpoint_dir() -> Path:

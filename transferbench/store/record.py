@@ -35,10 +35,14 @@ class CheckpointInfo:
 
 @dataclass(frozen=True)
 class SparsityInfo:
-    upstream_measured: float | None = None
+    upstream_measured: float | None = None  # over every Conv/Linear weight of the upstream model, head included
     backbone_before: float | None = None
     backbone_after: float | None = None
     per_layer: dict[str, float] = field(default_factory=dict)
+    # Over the weights the checkpoint's method prunes (sparsity_rules.yaml): what its registered sparsity means.
+    # Optional: records written before these existed have neither, and to_json leaves them out when None.
+    prunable_set: str | None = None
+    upstream_measured_prunable: float | None = None
 
     @property
     def measured(self) -> float | None:
@@ -103,7 +107,8 @@ class RunRecord:
             "mode": self.mode, "seed": self.seed, "target_sparsity": self.target_sparsity,
             "predictions": self.predictions, "versions": self.versions,
             "checkpoint": {k: getattr(self.checkpoint, k) for k in CheckpointInfo.__dataclass_fields__},
-            "sparsity": {k: getattr(self.sparsity, k) for k in SparsityInfo.__dataclass_fields__},
+            "sparsity": {k: getattr(self.sparsity, k) for k in SparsityInfo.__dataclass_fields__
+                         if k not in _OPTIONAL_SPARSITY or getattr(self.sparsity, k) is not None},
             "config": self.config,
             "metrics": {"top1": self.metrics.top1, "mean_per_class_acc": self.metrics.mean_per_class_acc,
                         "primary_metric": self.metrics.primary_metric, "primary": self.metrics.primary,
@@ -131,6 +136,7 @@ class RunRecord:
 
 
 _METRIC_KEYS = ("top1", "mean_per_class_acc", "primary_metric", "primary")
+_OPTIONAL_SPARSITY = ("prunable_set", "upstream_measured_prunable")  # written only when known
 
 
 def _build(data: dict, version: int | None, default_run_key: str) -> RunRecord:
@@ -163,7 +169,8 @@ def _build(data: dict, version: int | None, default_run_key: str) -> RunRecord:
         sparsity=SparsityInfo(_optional(_number(sparsity.get("upstream_measured"))),
                               _optional(_number(sparsity.get("backbone_before"))),
                               _optional(_number(sparsity.get("backbone_after"))),
-                              _dict(sparsity.get("per_layer"))),
+                              _dict(sparsity.get("per_layer")), _text(sparsity.get("prunable_set")),
+                              _optional(_number(sparsity.get("upstream_measured_prunable")))),
         config=_dict(data.get("config")), curve=data.get("curve") if isinstance(data.get("curve"), list) else [],
         timings=_dict(data.get("timings")), hardware=_dict(data.get("hardware")),
         versions={str(k): str(v) for k, v in _dict(data.get("versions")).items()},
