@@ -116,7 +116,8 @@ def _streamed_peak(parts: dict[str, int], layout: list[LayerBlocks], n: int, fis
         "gradients": n * sum(layer.padded for layer in layout) * grad.itemsize,  # the [B, N, c] buffers
         "inverse_diagonals": sum(layer.padded for layer in layout) * f,
         "saliencies": d * f,
-        "layer_temporaries": 2 * largest_layer * f,  # one layer's weights in blocks, and its ρ or δw
+        # one layer's weights in blocks with w², 2·diag and ρ (scores), or u, δw and the pruned blocks (update)
+        "layer_temporaries": 4 * largest_layer * f + largest_layer,
         "chunk": max(blocks_per_chunk(layer, n, fisher, grad, offloaded, chunk_bytes)
                      * chunk_block_bytes(layer.size, n, fisher, grad, offloaded) for layer in layout),
         "selection": d * (4 + 4 + 8 + 1),  # global_masks: float32 copy of all scores, sorted values, int64 order, kept
