@@ -16,7 +16,7 @@ one job. One job per run extracts once per run: jobs running at the same time al
 cache. The benchmark checks that a second solver doubles the runs and leaves the extractions as they are.
 
 Run keys hold each checkpoint file's sha256; the grid's checkpoints here are 8-byte files, so hashing is not
-in the timings (a ResNet50 checkpoint is about 100 MB; its digest is kept across calls, see atomic.sha256_file).
+in the timings (a ResNet50 checkpoint is about 100 MB; its digest is kept across calls, see digests.sha256_file).
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ from pathlib import Path
 
 import yaml
 
+from transferbench.checkpoints import resolve_checkpoint
 from transferbench.dispatch import load_sweep, plan_sweep
-from transferbench.records import existing_record
-from transferbench.runner import make_spec, resolve_checkpoint
+from transferbench.runspec import make_spec
+from transferbench.store import existing_record
 
 LINEAR_SEEDS, FULL_SEEDS = list(range(10)), list(range(100, 107))
 
@@ -72,7 +73,7 @@ def baseline(sweep_file: Path, out: Path) -> tuple[float, int]:
         for mode in sweep.modes:
             for task in sweep.tasks:
                 for seed in sweep.seeds[mode]:
-                    todo += existing_record(make_spec(task, mode, seed, ref, {}), out) is None
+                    todo += existing_record(out, make_spec(task, mode, seed, ref, {}).run_key) is None
     return time.perf_counter() - t0, todo
 
 
