@@ -13,6 +13,7 @@ import pytest
 from transferbench.checkpoints import resolve_checkpoint
 from transferbench.checkpoints.registry import ENV_CHECKPOINTS, CheckpointSpec, register_local
 from transferbench.cli import build_parser
+from transferbench.cli_flags import OUT_DEPRECATION
 from transferbench.demo import run_demo
 from transferbench.dispatch import load_sweep, plan_sweep
 from transferbench.report import collect, leaderboard
@@ -59,11 +60,13 @@ def test_the_demo_sweeps_plan_the_runs_of_the_earlier_demo(sweep_name, registere
     assert sorted(planned) == sorted(expected)
 
 
-def test_demo_takes_results_and_still_the_deprecated_out():
+def test_demo_takes_results_and_still_the_deprecated_out(capsys):
     parser = build_parser()
     assert parser.parse_args(["demo"]).results == Path("results/demo")
     assert parser.parse_args(["demo", "--results", "r1", "--quick"]).results == Path("r1")
+    assert "--out" not in capsys.readouterr().err
     assert parser.parse_args(["demo", "--out", "r2"]).results == Path("r2")
+    assert OUT_DEPRECATION in capsys.readouterr().err
 
 
 @pytest.mark.slow

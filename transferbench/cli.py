@@ -170,8 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_upstream_command(sub)
 
     demo = sub.add_parser("demo", help="offline end-to-end demo: upstream pruning, transfer, leaderboard, figures")
-    demo.add_argument("--results", "--out", dest="results", type=Path, default=Path("results/demo"),
-                      help="results root, checkpoints included (default results/demo; --out is a deprecated alias)")
+    add_results_flag(demo, Path("results/demo"), help="results root, checkpoints included (default {default}/)")
     demo.add_argument("--quick", action="store_true", help="the sweep demo_quick instead of demo (3 methods, "
                       "1 task, short training)")
     demo.set_defaults(func=cmd_demo)
