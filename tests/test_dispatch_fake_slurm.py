@@ -151,7 +151,7 @@ def test_slurm_sweep_submits_chunked_arrays_and_jobs_complete_on_the_nodes(tmp_p
     # job 14 was cancelled before it started: squeue no longer lists it, so its run is missing and resubmitted
     (fake_slurm / "squeue").write_text("\n".join(e["job_id"] for e in ledger[:-1]) + "\n")
     assert main(["status", str(sweep_file), "--results", str(out)]) == 0
-    assert f"missing {ledger[-1]['run_keys'][0]}: job 14 ended without a record" in capsys.readouterr().out
+    assert f"lost {ledger[-1]['run_keys'][0]}: job 14 ended without a record" in capsys.readouterr().out
     assert main(args) == 0
     assert "to run: 1 run(s) in 1 job(s)" in capsys.readouterr().out
     assert _ledger(out)[-1]["job_id"] == "15" and _ledger(out)[-1]["run_keys"] == ledger[-1]["run_keys"]

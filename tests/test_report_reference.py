@@ -7,6 +7,7 @@ this file, independently of transferbench.report.reference.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -243,8 +244,13 @@ def test_side_by_side_figure_with_rows_missing_a_task(paper, tmp_path, caplog):
     ours = _ours_from_paper(paper).query("task in ['cifar10', 'dtd']")
     ours = ours[~((ours["method"] == "acdc") & (ours["task"] == "dtd"))]  # our acdc rows have no mean over tasks
     both = pd.concat([ours, paper[paper["arch"] == "resnet50"]]).query("task in ['cifar10', 'dtd']")
-    with caplog.at_level("WARNING", logger="transferbench"):
-        saved = plot_accuracy_vs_sparsity(both, "resnet50", "linear", tmp_path / "acc", source="both")
+    logger = logging.getLogger("transferbench")  # a CLI test before this one may have stopped it propagating
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("WARNING", logger="transferbench"):
+            saved = plot_accuracy_vs_sparsity(both, "resnet50", "linear", tmp_path / "acc", source="both")
+    finally:
+        logger.removeHandler(caplog.handler)
     assert all(p.exists() for p in saved)
     left_out = [r.getMessage() for r in caplog.records if "leaves out" in r.getMessage()]
     assert len(left_out) == 1 and "acdc" in left_out[0] and "(paper)" not in left_out[0], left_out

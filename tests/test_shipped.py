@@ -77,7 +77,7 @@ def test_a_file_that_is_not_utf8_is_one_line_naming_it(kind, tmp_path):
 def test_the_command_line_reports_loader_errors_as_one_line(tmp_path, capsys):
     latin1 = tmp_path / "latin1.yaml"
     latin1.write_bytes(b"name: caf\xe9\n")
-    assert main(["sweep", str(latin1), "--dry-run", "--out", str(tmp_path / "o")]) == 2
+    assert main(["sweep", str(latin1), "--dry-run", "--results", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err == f"error: sweep {latin1} is not UTF-8 text (byte 9): save it as UTF-8\n"
     assert main(["upstream", "--method", "gmp", "--sparsity", "0.8", "--recipe", "nope", "--out",
                  str(tmp_path / "u")]) == 2
