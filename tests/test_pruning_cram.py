@@ -349,3 +349,34 @@ def test_step_needs_a_closure_and_scheduler_drives_base_lr() -> None:
     opt.step(lambda: (opt.zero_grad(), model.loss().backward())[0])
     scheduler.step()
     assert base.param_groups[0]["lr"] == pytest.approx(0.05)
+
+
+# The calibration sample (§6.3: 1000 random training images, seed 42) --------------------------------------------
+
+
+def test_the_calibration_sample_is_drawn_from_every_class_of_a_class_sorted_imagefolder(tmp_path) -> None:
+    from PIL import Image
+    from torchvision.datasets import ImageFolder
+
+    from transferbench.pruning.bn import balanced_sample, dataset_labels, indices_digest
+    from transferbench.tasks import Transformed
+
+    sizes = {"n01": 9, "n02": 3, "n03": 7, "n04": 5}  # an ImageFolder lists class by class: a prefix is one class
+    for wnid, count in sizes.items():
+        (tmp_path / wnid).mkdir()
+        for i in range(count):
+            Image.new("RGB", (4, 4), (i, 0, 0)).save(tmp_path / wnid / f"{i}.png")
+    folder = ImageFolder(tmp_path)
+    labels = dataset_labels(Transformed(folder, lambda x: x))  # labels read through the wrapper, no image decoded
+    assert list(labels) == folder.targets and list(labels[:9]) == [0] * 9
+
+    sample = balanced_sample(labels, 12, seed=42)
+    counts = np.bincount(labels[sample], minlength=4)
+    assert len(set(sample)) == 12 and list(counts) == [3, 3, 3, 3]  # 12 over 4 classes: three each
+    uneven = balanced_sample(labels, 16, seed=42)  # n02 has only 3: its fourth turn goes to the others
+    assert sorted(np.bincount(labels[uneven], minlength=4)) == [3, 4, 4, 5] and len(set(uneven)) == 16
+    assert sorted(balanced_sample(labels, 1000, seed=42)) == list(range(24))  # more than there is: all of it
+    assert balanced_sample(labels, 12, seed=42) == sample  # seeded: the same sample and the same digest
+    assert indices_digest(sample) == indices_digest(list(sample)) != indices_digest(balanced_sample(labels, 12, 7))
+    with pytest.raises(TypeError, match="no targets or labels"):
+        dataset_labels(object())

@@ -50,8 +50,20 @@ def test_cram_gives_one_candidate_per_sparsity_from_one_model(tiny_recipe):
     assert main(["upstream", "--method", "cram", "--sparsity", "0.5", "0.9", "--recipe", str(tiny_recipe)]) == 0
     specs = {s.sparsity: s for s in list_checkpoints() if s.method == "cram" and s.source == "local"}
     assert set(specs) == {0.5, 0.9}
+    calibrations = []
     for sparsity, spec in specs.items():
-        assert load_checkpoint(spec.path).sparsity.overall == pytest.approx(sparsity, abs=1e-4)
+        loaded = load_checkpoint(spec.path)
+        assert loaded.sparsity.overall == pytest.approx(sparsity, abs=1e-4)
+        blob = torch.load(spec.path, weights_only=True)
+        calibrations.append(blob["metadata"]["calibration"])
+    # both candidates recalibrated BN on one class-balanced sample of the 512 training images, named by its digest
+    from transferbench.pruning.bn import balanced_sample, indices_digest
+    from transferbench.upstream import upstream_datasets
+
+    train_set, _ = upstream_datasets(load_recipe(str(tiny_recipe)), None)
+    expected = balanced_sample(train_set.dataset.labels, 1000, 42)
+    assert calibrations[0] == calibrations[1] == {"size": 512, "seed": 42, "batches": 20, "sampling": "class-balanced",
+                                                  "indices_sha256": indices_digest(expected)}
 
 
 def test_bad_recipe_knobs_are_one_line_errors(tiny_recipe, tmp_path, capsys):

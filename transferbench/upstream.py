@@ -163,12 +163,12 @@ def train_upstream(method: str, sparsities: list[float], arch: str | None = None
     train_loop(model, optimizer, pruner, loader, rec, epochs, dev, opt_cfg["lr"],
                schedule_epochs=context.get("schedule_epochs"), desc=f"upstream {method}")
     seconds = time.perf_counter() - start
-    candidates = [(sparsities[0], model, pruner.masks)]
+    candidates = [(sparsities[0], model, pruner.masks, {})]
     if method in ("cram", "cram_nm"):
         candidates = _one_shot_candidates(model, method, sparsities, rec, train_set, dev)
     folder = out_dir or checkpoint_dir() / "upstream"
-    return [_register_candidate(folder, rec, method, sp, net, masks, test_set, dev, seed, seconds)
-            for sp, net, masks in candidates]
+    return [_register_candidate(folder, rec, method, sp, net, masks, test_set, dev, seed, seconds, about)
+            for sp, net, masks, about in candidates]
 
 
 def _checked_sparsities(method: str, sparsities: list[float]) -> list[float]:
@@ -203,25 +203,31 @@ def _method_recipe(method: str, recipe: str | Path, arch: str | None, dataset: s
 
 def _one_shot_candidates(model: torch.nn.Module, method: str, sparsities: list[float], rec: dict,
                          train_set: Dataset, dev: torch.device) -> list[tuple]:
-    """CrAM's candidates: the trained model one-shot pruned to each sparsity (2:4 for cram_nm), BN recalibrated."""
-    from .pruning.bn import bn_recalibrate
+    """CrAM's candidates: the trained model one-shot pruned to each sparsity (2:4 for cram_nm), BN recalibrated on
+    a seeded class-balanced sample of the training set (§6.3: 1000 images, seed 42, training augmentation).
+    Returns (sparsity, model, masks, calibration metadata) per candidate."""
+    from .pruning.bn import balanced_sample, bn_recalibrate, dataset_labels, indices_digest
     from .pruning.oneshot import one_shot_prune
 
     calib = rec.get("calibration", {})
-    calib_loader = DataLoader(Subset(train_set, range(min(len(train_set), 1000))),
-                              batch_size=int(calib.get("batch_size", 128)), shuffle=True,
-                              generator=torch.Generator().manual_seed(42))
+    seed = int(calib.get("seed", 42))
+    indices = balanced_sample(dataset_labels(train_set), int(calib.get("size", 1000)), seed)
+    calib_loader = DataLoader(Subset(train_set, indices), batch_size=int(calib.get("batch_size", 128)), shuffle=True,
+                              generator=torch.Generator().manual_seed(seed))
+    about = {"calibration": {"size": len(indices), "seed": seed, "batches": int(calib.get("batches", 20)),
+                             "indices_sha256": indices_digest(indices), "sampling": "class-balanced"}}
     candidates = []
     for sp in sparsities:
         pruned = copy.deepcopy(model)
         masks = one_shot_prune(pruned, "2:4" if method == "cram_nm" else sp)
         bn_recalibrate(pruned, calib_loader, iters=int(calib.get("batches", 20)), device=dev)
-        candidates.append((sp, pruned, masks))
+        candidates.append((sp, pruned, masks, about))
     return candidates
 
 
 def _register_candidate(folder: Path, rec: dict, method: str, sp: float, net: torch.nn.Module, masks: dict,
-                        test_set: Dataset, dev: torch.device, seed: int, seconds: float) -> UpstreamResult:
+                        test_set: Dataset, dev: torch.device, seed: int, seconds: float,
+                        about: dict | None = None) -> UpstreamResult:
     """Evaluate one trained (or one-shot) model, write it in the project's format and register it."""
     top1 = evaluate(net, test_set, dev)
     measured = measure_sparsity(net, include_head=True).overall
@@ -230,7 +236,7 @@ def _register_candidate(folder: Path, rec: dict, method: str, sp: float, net: to
     metadata = {"method": method, "target_sparsity": float(sp), "measured_sparsity": measured,
                 "recipe": rec["name"], "recipe_config": yaml.safe_dump(rec), "upstream_dataset": rec["dataset"],
                 "upstream_top1": top1, "seed": seed, "train_seconds": seconds,
-                "transferbench_version": __version__}
+                "transferbench_version": __version__, **(about or {})}
     digest = save_checkpoint(path, net, masks, arch=rec["arch"], dataset=rec["dataset"], metadata=metadata)
     spec = register_local(CheckpointSpec(
         name=name, method=method, sparsity=float(sp), arch=rec["arch"], format="ist", filename=path.name,

@@ -7,10 +7,12 @@ no longer match; re-estimating them on a few calibration batches (BN tuning, "BN
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -93,3 +95,42 @@ def bn_recalibrate(model: nn.Module, loader: Iterable[Any], iters: int,
             m.momentum = momentum
         model.eval()
     return model
+
+
+def balanced_sample(labels: Sequence[int] | np.ndarray, size: int, seed: int) -> list[int]:
+    """A seeded random sample of ``size`` indices drawn evenly across the classes of ``labels``.
+
+    The calibration set of BN recalibration (§6.3: 1000 random train images, seed 42). A prefix of the training
+    set is not a sample: an ImageFolder is sorted by class, so its first 1000 images are all one class. Each class
+    gives its images in a seeded random order, round-robin over the classes (themselves in a seeded order), so class
+    counts differ by at most one; a class that runs out leaves its turns to the others.
+    """
+    labels = np.asarray(labels)
+    size = min(int(size), len(labels))
+    rng = np.random.default_rng(seed)
+    by_class = np.argsort(labels, kind="stable")
+    bounds = np.flatnonzero(np.diff(labels[by_class])) + 1
+    pools = [rng.permutation(group) for group in np.split(by_class, bounds)] if len(labels) else []
+    pools = [pools[i] for i in rng.permutation(len(pools))]
+    chosen: list[int] = []
+    for depth in range(max((len(p) for p in pools), default=0)):
+        chosen += [int(p[depth]) for p in pools if depth < len(p)][: size - len(chosen)]
+        if len(chosen) == size:
+            break
+    return chosen
+
+
+def indices_digest(indices: Sequence[int]) -> str:
+    """A short, stable fingerprint of a sample's indices (recorded with the checkpoints calibrated on it)."""
+    return hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def dataset_labels(dataset: Any) -> np.ndarray:
+    """The labels of a dataset without decoding an image: an ImageFolder's ``targets``, an array dataset's
+    ``labels``, looked up through wrappers that keep the wrapped dataset as ``.dataset``."""
+    while dataset is not None:
+        for name in ("targets", "labels"):
+            if hasattr(dataset, name):
+                return np.asarray(getattr(dataset, name))
+        dataset = getattr(dataset, "dataset", None)
+    raise TypeError("the calibration dataset has no targets or labels to draw a class-balanced sample from")
