@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from .errors import TransferbenchError
+from .store import feature_cache_dir
 from .version import __version__
 
 
@@ -41,8 +42,6 @@ class RunContext:
         return resolve_device(self.device)
 
     def feature_cache(self) -> Path:
-        from .store import feature_cache_dir
-
         return self.cache_dir if self.cache_dir is not None else feature_cache_dir(self.results)
 
 

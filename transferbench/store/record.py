@@ -253,7 +253,7 @@ def _primary_metric_of_task(task: str | None) -> str | None:
     if task is None:
         return None
     try:
-        from ..tasks import get_task
+        from ..tasks import get_task  # here, not at the top: the task registry loads torch, the store must not
 
         return get_task(task).metric
     except Exception:  # an unknown task (or a broken card) just leaves the metric unknown
