@@ -78,12 +78,16 @@ def cmd_upstream(args: argparse.Namespace) -> int:
 
     results = train_upstream(args.method, args.sparsity, arch=args.arch, dataset=args.dataset, recipe=args.recipe,
                              data_root=args.data_root, seed=args.seed, device=args.device, out_dir=args.out)
+    _print_upstream_results(args, results)
+    return 0
+
+
+def _print_upstream_results(args: argparse.Namespace, results: list) -> None:
     _print_table(("method", "sparsity", "measured", "upstream_top1", "checkpoint"),
                  [(r.spec.method, f"{r.spec.sparsity:g}", f"{r.sparsity:.4f}", f"{r.top1:.4f}", r.path)
                   for r in results])
     print("registered: run them with `transferbench run --method "
           f"{args.method} --sparsity {args.sparsity[0]:g} --arch {results[0].spec.arch} --task ...`")
-    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -240,7 +244,22 @@ def _add_upstream_command(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--seed", type=int, default=0)
     up.add_argument("--device", default="auto")
     up.add_argument("--out", type=Path, help="where to write the checkpoints (default <checkpoint dir>/upstream)")
+    _add_upstream_source_flags(up)
+    _add_upstream_speed_flags(up)
+    _add_upstream_launch_flags(up)
     up.set_defaults(func=cmd_upstream)
+
+
+def _add_upstream_source_flags(up: argparse.ArgumentParser) -> None:
+    """Where the model comes from when it is not trained here (one-shot candidates of a published dense model)."""
+
+
+def _add_upstream_speed_flags(up: argparse.ArgumentParser) -> None:
+    """Loader workers, precision and memory format of the upstream loop (each recorded in the checkpoint)."""
+
+
+def _add_upstream_launch_flags(up: argparse.ArgumentParser) -> None:
+    """Where the upstream job runs: here (torchrun for several processes) or on SLURM through submitit."""
 
 
 def _add_tasks_commands(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,27 @@
+"""Producing upstream checkpoints: train or prune a model with a method's recipe and register the result.
+
+- ``recipes``: the shipped recipes, the method's knobs, the LR schedule, checkpoint names;
+- ``data``: the upstream datasets;
+- ``train``: the training loop and ``train_upstream`` (what ``transferbench upstream`` calls);
+- ``candidates``: one-shot candidates (CrAM), evaluation, writing and registering the checkpoint;
+- ``mini``: the offline mini-suite's models, trained by the explicit upstream stage of a sweep.
+"""
+
+from .candidates import UpstreamResult, evaluate
+from .data import upstream_datasets
+from .mini import (
+    MINI_ARCH,
+    MINI_DEFAULT_SPARSITY,
+    MINI_RECIPE,
+    ensure_mini_checkpoint,
+    mini_checkpoint_missing,
+    train_mini_checkpoints,
+)
+from .recipes import load_recipe, lr_at
+from .train import dense_upstream, train_loop, train_upstream
+
+__all__ = [
+    "MINI_ARCH", "MINI_DEFAULT_SPARSITY", "MINI_RECIPE", "UpstreamResult", "dense_upstream", "ensure_mini_checkpoint",
+    "evaluate", "load_recipe", "lr_at", "mini_checkpoint_missing", "train_loop", "train_mini_checkpoints",
+    "train_upstream", "upstream_datasets",
+]
