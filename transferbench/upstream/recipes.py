@@ -1,15 +1,20 @@
-"""Upstream recipes: the shipped YAML (or a user's file), the method's knobs, the LR schedule, checkpoint names."""
+"""Upstream recipes: the shipped YAML (or a user's file), one method's run resolved from it (its own batch, LR and
+schedule, stretched or scaled to another batch as the recipe's rule says), the LR schedule, checkpoint names."""
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any
 
 from .. import shipped
 from ..errors import TransferbenchError
-from ..pruning.factory import METHODS
+from ..pruning.factory import METHODS, RUN_KEYS, at_sparsity, pruner_name
 from ..vocabulary import format_sparsity, normalize_sparsity
+
+SCHEDULE_KINDS = ("cosine", "step", "multistep")
+SCALING_RULES = ("linear_lr", "same_lr")
 
 
 def load_recipe(recipe: str | Path) -> dict[str, Any]:
@@ -18,19 +23,34 @@ def load_recipe(recipe: str | Path) -> dict[str, Any]:
 
 
 def lr_at(schedule: dict, epoch: float, base_lr: float, total_epochs: int) -> float:
-    """The recipe's LR at a (fractional) epoch: cosine with linear warm-up (§0.5), or WoodFisher's step decay
-    (constant until ``constant_until``, then × ``gamma`` every ``every`` epochs; §2.3)."""
-    if schedule.get("kind", "cosine") == "step":  # decays at the END of epochs until, until+every, ..., last
+    """The recipe's LR at a (fractional) epoch.
+
+    - ``cosine``: linear warm-up ``base·(e+1)/W`` for the integer epoch e < W, then half a cosine to 0 at
+      ``total_epochs`` (§0.5); ``per: epoch`` holds the cosine part constant within an epoch, as STR's and
+      IST-DASLab's CosineLR (stepped once per epoch), else it moves every step.
+    - ``step``: WoodFisher's decay (§2.3): constant until ``constant_until``, then × ``gamma`` at the END of epochs
+      ``constant_until``, ``+every``, … up to ``last``.
+    - ``multistep``: RigL's TF schedule (§3.3): ``base·epoch/W`` over the warm-up, continuous in the fractional
+      epoch (0 at the first step), then ``base·gamma^k`` after the k-th of ``milestones``.
+    """
+    kind = schedule.get("kind", "cosine")
+    if kind == "step":
         points = range(schedule["constant_until"], schedule.get("last", 10**9) + 1, schedule["every"])
         return base_lr * schedule["gamma"] ** sum(epoch >= k + 1 for k in points)
     warm = schedule.get("warmup_epochs", 0)
+    if kind == "multistep":
+        if epoch < warm:
+            return base_lr * epoch / warm
+        return base_lr * schedule.get("gamma", 0.1) ** sum(epoch >= m for m in schedule["milestones"])
     if epoch < warm:  # §0.5: base·(e+1)/W for the integer epoch e
         return base_lr * (math.floor(epoch) + 1) / warm
-    return 0.5 * (1 + math.cos(math.pi * (epoch - warm) / max(total_epochs - warm, 1))) * base_lr
+    at = math.floor(epoch) if schedule.get("per") == "epoch" else epoch
+    return 0.5 * (1 + math.cos(math.pi * (at - warm) / max(total_epochs - warm, 1))) * base_lr
 
 
 def checked_sparsities(method: str, sparsities: list[float]) -> list[float]:
-    """The requested sparsities as fractions, checked against what ``method`` can produce."""
+    """The requested sparsities as fractions, checked against what ``method`` can produce (whether the recipe has
+    the method is ``method_recipe``'s check)."""
     sparsities = [0.0] if method == "dense" and sparsities in ([0.9], [0.0]) else sparsities
     try:
         sparsities = [normalize_sparsity(sp) for sp in sparsities]
@@ -38,8 +58,6 @@ def checked_sparsities(method: str, sparsities: list[float]) -> list[float]:
         raise TransferbenchError(f"bad --sparsity {sparsities}: {exc}") from None
     if method == "dense" and sparsities != [0.0]:
         raise TransferbenchError("--method dense trains a dense model: drop --sparsity (or pass 0)")
-    if method not in METHODS:
-        raise TransferbenchError(f"unknown pruning method '{method}' (--method); choose one of: {', '.join(METHODS)}")
     if method == "cram_nm" and sparsities != [0.5]:
         raise TransferbenchError("cram_nm produces 2:4 models: pass --sparsity 0.5")
     if method != "cram" and len(sparsities) != 1:
@@ -47,16 +65,138 @@ def checked_sparsities(method: str, sparsities: list[float]) -> list[float]:
     return sparsities
 
 
-def method_recipe(method: str, recipe: str | Path, arch: str | None, dataset: str | None) -> tuple[dict, dict]:
-    """(the recipe with the run's arch and dataset, the method's knobs); a method may bring its own schedule."""
+def method_recipe(method: str, recipe: str | Path, arch: str | None = None, dataset: str | None = None,
+                  batch_size: int | None = None, sparsity: float | None = None) -> tuple[dict, dict]:
+    """(the run's recipe, the method's pruner knobs) for recipe entry ``method``.
+
+    The entry's run keys (``RUN_KEYS``: its epochs, batch, label smoothing, optimizer, LR schedule, scaling rule)
+    replace the recipe's (the optimizer and the scaling rule are merged over them); ``sparsity`` applies the
+    entry's ``by_sparsity`` overrides (else ``pruning.factory.build`` applies those of the pruner);
+    ``training_steps_multiplier`` stretches the run (``stretch_recipe``); ``batch_size`` runs it at another global
+    batch (``scale_recipe``).
+    The returned recipe is what the run does: ``methods`` holds only this entry (as resolved), so the checkpoint's
+    ``recipe_config`` records it, with ``scaled`` when the batch was changed.
+    """
     rec = load_recipe(recipe)
     if arch:
         rec["arch"] = arch
     if dataset:
         rec["dataset"] = dataset
-    knobs = dict(rec["methods"].get(method, {}))
-    rec["schedule"] = knobs.pop("schedule", rec["schedule"])  # WoodFisher's step schedule
-    return rec, knobs
+    entries = rec.get("methods") or {}
+    if method not in entries:
+        raise TransferbenchError(f"recipe {rec['name']} has no method '{method}' (--method); choose one of: "
+                                 f"{', '.join(entries)}")
+    entry = copy.deepcopy(entries[method] or {})  # YAML aliases (rigl: *rigl_erk1x) share their objects
+    if sparsity is not None:
+        entry = at_sparsity(entry, sparsity)[0]
+    if pruner_name(method, entry) not in METHODS:
+        raise TransferbenchError(f"recipe {rec['name']}, method {method}: unknown pruner "
+                                 f"'{pruner_name(method, entry)}'; choose one of: {', '.join(METHODS)}")
+    rec["methods"] = {method: copy.deepcopy(entry)}
+    for key in RUN_KEYS:
+        if key in entry:
+            value = entry.pop(key)
+            rec[key] = {**(rec.get(key) or {}), **value} if key in ("optimizer", "scaling") else value
+    multiplier = entry.pop("training_steps_multiplier", 1)
+    if multiplier != 1:
+        stretch_recipe(rec, multiplier, method)
+    _check_run(rec, method)
+    if batch_size is not None:
+        scale_recipe(rec, entry, batch_size, method)
+    return rec, entry
+
+
+def stretch_recipe(rec: dict, multiplier: float, method: str = "") -> None:
+    """RigL's ``--training_steps_multiplier`` (§3.3, ERK 5x): the epochs and every epoch of the LR schedule (its
+    warm-up included) × ``multiplier``. Knobs given as fractions of the run (T_end) follow by themselves; ΔT, in
+    steps, is not scaled, as in RigL's code."""
+    if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)) or multiplier <= 0:
+        raise TransferbenchError(f"recipe {rec['name']}, method {method}: training_steps_multiplier must be a "
+                                 f"positive number, got {multiplier!r}")
+
+    def stretched(epochs: float) -> float:
+        value = epochs * multiplier
+        return int(value) if float(value).is_integer() else value
+
+    rec["epochs"] = stretched(rec["epochs"])
+    schedule = dict(rec["schedule"])
+    for key in ("warmup_epochs", "constant_until", "every", "last"):
+        if key in schedule:
+            schedule[key] = stretched(schedule[key])
+    if "milestones" in schedule:
+        schedule["milestones"] = [stretched(m) for m in schedule["milestones"]]
+    rec["schedule"] = schedule
+
+
+def scale_recipe(rec: dict, knobs: dict, batch_size: int, method: str = "") -> None:
+    """Run ``rec`` (a resolved run recipe, whose ``batch_size`` is the batch its numbers are for: the published one
+    in the shipped recipes) at global batch ``batch_size``, by its ``scaling`` rule, and record what changed in
+    ``rec["scaled"]``.
+
+    ``linear_lr`` multiplies the lr by ``batch_size / batch`` (Goyal et al.; NVIDIA's recipe, RigL's code and CrAM's
+    configs); ``same_lr`` keeps it (WoodFisher/IST's runs used one lr at batch 180 and 256). Every knob named in
+    ``scaling.step_knobs`` counts optimizer steps and is multiplied by ``batch / batch_size`` (RigL's ΔT: 100 at 4096
+    is 400 at 1024), which must come out whole. Epochs, warm-up, LR schedules and knobs given as fractions of the
+    run are left as they are.
+    """
+    flag = f"--batch-size {batch_size}"
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise TransferbenchError(f"{flag}: give the global batch, a whole number of images per step (1 or more)")
+    source = int(rec["batch_size"])
+    if batch_size == source:
+        return
+    scaling = rec.get("scaling") or {}
+    rule = scaling.get("rule")
+    where = f"recipe {rec['name']}" + (f", method {method}" if method else "")
+    if rule not in SCALING_RULES:
+        raise TransferbenchError(f"{flag}: {where} has no scaling rule for another batch (scaling.rule is {rule!r}); "
+                                 f"set one of {', '.join(SCALING_RULES)} in the recipe, or drop --batch-size")
+    steps = {}
+    for key in scaling.get("step_knobs") or ():
+        if key in knobs:
+            steps[key] = {"from": knobs[key], "to": _steps_at(knobs[key], source, batch_size, key, flag, where)}
+    lr_factor = batch_size / source if rule == "linear_lr" else 1.0
+    lr = float(rec["optimizer"]["lr"])
+    rec["optimizer"] = {**rec["optimizer"], "lr": lr * lr_factor}
+    rec["batch_size"] = batch_size
+    for key, change in steps.items():
+        knobs[key] = change["to"]
+    rec["scaled"] = {"rule": rule, "from_batch": source, "to_batch": batch_size, "lr_factor": lr_factor,
+                     "lr": {"from": lr, "to": lr * lr_factor}, **({"step_knobs": steps} if steps else {})}
+
+
+def _steps_at(steps: int, source: int, batch_size: int, key: str, flag: str, where: str) -> int:
+    """``steps`` optimizer steps at batch ``source`` as steps at ``batch_size`` (the same number of images)."""
+    images = int(steps) * source
+    if images % batch_size:
+        lower = next(b for b in range(batch_size, 0, -1) if images % b == 0)
+        higher = next(b for b in range(batch_size, images + 1) if images % b == 0)
+        raise TransferbenchError(
+            f"{flag}: {where} counts {key} in steps ({steps} at batch {source}), which would be "
+            f"{images / batch_size:.4g} steps at batch {batch_size}; pass a batch that divides {images} "
+            f"(nearest: {lower} or {higher})")
+    return images // batch_size
+
+
+def _check_run(rec: dict, method: str) -> None:
+    """One-line errors for a run the loop could not follow: a bad batch, epoch count or LR schedule."""
+    where = f"recipe {rec['name']}, method {method}"
+    for key in ("epochs", "batch_size"):
+        value = rec.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise TransferbenchError(f"{where}: {key} must be a whole number of 1 or more, got {value!r}")
+    schedule = rec.get("schedule") or {}
+    kind = schedule.get("kind", "cosine")
+    needs = {"cosine": (), "step": ("constant_until", "every", "gamma"), "multistep": ("milestones",)}
+    if kind not in SCHEDULE_KINDS:
+        raise TransferbenchError(f"{where}: unknown schedule kind {kind!r}; choose one of: {', '.join(SCHEDULE_KINDS)}")
+    missing = [key for key in needs[kind] if key not in schedule]
+    if missing:
+        raise TransferbenchError(f"{where}: a {kind} schedule needs {', '.join(missing)}")
+    if kind == "step" and not all(isinstance(schedule.get(k, 0), int) for k in ("constant_until", "every", "last")):
+        raise TransferbenchError(f"{where}: a step schedule's constant_until, every and last are whole epochs")
+    if "lr" not in (rec.get("optimizer") or {}):
+        raise TransferbenchError(f"{where}: the optimizer has no lr")
 
 
 def checkpoint_name(rec: dict, method: str, sparsity: float, seed: int) -> str:
