@@ -121,7 +121,8 @@ def test_the_imagenet_recipe_builds_every_method_on_resnet50(tmp_path, monkeypat
         model = create_model("resnet50")
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         ctx = {"recipe": recipe, "loader": range(steps_per_epoch), "device": torch.device("cpu"), "seed": 0,
-               "train_set": None, "base_lr": 0.1, "dense_model": lambda: dense_path}
+               "train_set": None, "base_lr": 0.1, "dense_model": lambda: dense_path,
+               "fisher_batches": lambda num_grads, batch_size: iter(())}
         pruner, optimizer, epochs = build(method, model, opt, 0.9, dict(recipe["methods"][method]), ctx)
         assert epochs >= 1 and pruner.model is model, method
         if method == "acdc":

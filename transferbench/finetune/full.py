@@ -27,6 +27,7 @@ from ..errors import TransferbenchError
 from ..metrics import accuracy_metrics
 from ..progress import progress
 from ..runspec import HParams
+from ..seeding import epoch_seed, seeded_item
 from ..sparsity import FixedMasks, check_masks, measure_sparsity
 from .schedule import lr_at_epoch, should_evaluate
 from .workers import leave_signals_to_main
@@ -51,10 +52,6 @@ class FullResult:
     best_top1: float
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return (seed * 1_000_003 + epoch) % (2**63 - 1)
-
-
 class _SeededAugmentation(Dataset):
     """Draws each sample's augmentation from a seed of (epoch seed, index).
 
@@ -69,11 +66,7 @@ class _SeededAugmentation(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int):
-        with torch.random.fork_rng(devices=[]):  # the caller's RNG stream is left as it was
-            # The CPU generator alone: torch.manual_seed also queues a lazy CUDA seed on CUDA builds, which
-            # formats the Python stack on every call (measured: half of a small full fine-tuning run).
-            torch.default_generator.manual_seed((self.epoch_seed * 1_000_003 + index) % (2**63 - 1))
-            return self.dataset[index]
+        return seeded_item(self.dataset, index, self.epoch_seed)
 
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -163,8 +156,8 @@ def finetune_full(
         lr = lr_at_epoch(hp, epoch)
         for group in opt.param_groups:
             group["lr"] = lr
-        torch.manual_seed(_epoch_seed(seed, epoch))
-        loader = loaders.train(epoch, _epoch_seed(seed, epoch))
+        torch.manual_seed(epoch_seed(seed, epoch))
+        loader = loaders.train(epoch, epoch_seed(seed, epoch))
         point = {"epoch": epoch, "lr": lr,
                  "train_loss": _train_epoch(model, opt, keeper, loader, device, hp.precision, epoch, lr)}
         if should_evaluate(hp, epoch):  # always true for the last epoch, whose logits are the result

@@ -45,7 +45,6 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import islice
 
 import torch
 import torch.nn.functional as F
@@ -220,6 +219,20 @@ def _page_locked(tensors: Iterable[torch.Tensor], enabled: bool) -> Iterator[Non
             torch.cuda.check_error(cudart.cudaHostUnregister(t.data_ptr()))
 
 
+def _sum_over_ranks(buffer: torch.Tensor) -> None:
+    """All-reduce (sum) a gradient buffer in which this rank filled only its own columns, the rest being zero, so
+    the sum assembles every rank's share exactly (x + 0 = x). NCCL reduces device tensors only: a host buffer is
+    reduced through the GPU."""
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl" and buffer.device.type == "cpu":
+        on_device = buffer.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(on_device)
+        buffer.copy_(on_device)
+    else:
+        dist.all_reduce(buffer)
+
+
 class WoodFisherPruner(GMPPruner):
     """Gradual WoodFisher pruning as training-loop hooks (pruning_methods.md §2; loop protocol in ``base``).
 
@@ -265,6 +278,10 @@ class WoodFisherPruner(GMPPruner):
         self.grad_dtype = grad_dtype or fisher_dtype
         self.offload_grads, self.chunk_bytes, self.grad_microbatch = offload_grads, int(chunk_bytes), grad_microbatch
         self.layout = fisher_blocks({name: p.shape for name, p in self.params.items()}, self.block_size)
+        # (rank, world) of a data-parallel job: each rank computes gradients n ≡ rank (mod world), then the shares
+        # are summed over ranks, so every rank prunes from the same N gradients (``fisher_batches(rank, world)``
+        # must then yield that rank's share, in order)
+        self.shard = (0, 1)
 
     def before_step(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> None:
         if step in self._prune_set:
@@ -310,8 +327,8 @@ class WoodFisherPruner(GMPPruner):
         same gradient up to rounding (eval mode, so no sample's loss depends on another), with the activations of
         one piece alive at a time.
         """
-        x, y = x.to(self.device), y.to(self.device)
         params, piece = list(self.params.values()), self.grad_microbatch or len(x)
+        x, y = x.to(self.device, dtype=params[0].dtype), y.to(self.device)  # images in the weights' precision
         total: tuple[torch.Tensor, ...] | None = None
         for xs, ys in zip(x.split(piece), y.split(piece), strict=True):
             loss = self.loss_fn(self.model(xs), ys)
@@ -330,18 +347,24 @@ class WoodFisherPruner(GMPPruner):
         if self.num_grads == 0:
             return grads
         assert self.fisher_batches is not None
+        rank, world = self.shard
+        mine = range(rank, self.num_grads, world)
+        batches = self.fisher_batches() if world == 1 else self.fisher_batches(rank, world)
         was_training, got = self.model.training, 0
         self.model.eval()  # the reference asserts eval mode: BN uses (and keeps) its running statistics
         try:
-            for n, (x, y) in enumerate(islice(self.fisher_batches(), self.num_grads)):
+            for n, (x, y) in zip(mine, batches, strict=False):  # the source may yield more than needed
                 for layer, g in zip(self.layout, self.mini_batch_gradient(x, y), strict=True):
                     flat = (g * self.masks[layer.name]).flatten().to(self.grad_dtype)
                     grads[layer.name][:, n].copy_(_blocks(flat, layer.size))
-                got = n + 1
+                got += 1
         finally:
             self.model.train(was_training)
-        if got < self.num_grads:
-            raise ValueError(f"fisher_batches() yielded {got} mini-batches, WoodFisher needs {self.num_grads}")
+        if got < len(mine):
+            raise ValueError(f"fisher_batches() yielded {got} mini-batches, WoodFisher needs {len(mine)}")
+        if world > 1:
+            for buffer in grads.values():
+                _sum_over_ranks(buffer)
         return grads
 
     def _scores(self, grads: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

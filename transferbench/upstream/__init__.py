@@ -3,12 +3,15 @@
 - ``recipes``: the shipped recipes, the method's knobs, the LR schedule, checkpoint names;
 - ``data``: the upstream datasets;
 - ``train``: the training loop and ``train_upstream`` (what ``transferbench upstream`` calls);
+- ``options``, ``distributed``, ``state``: loader/precision switches, data-parallel jobs, the resume state;
 - ``candidates``: one-shot candidates (CrAM), evaluation, writing and registering the checkpoint;
+- ``from_dense``: one-shot candidates of a published dense model (``upstream --from``, the registry's one-shot rows);
 - ``mini``: the offline mini-suite's models, trained by the explicit upstream stage of a sweep.
 """
 
 from .candidates import UpstreamResult, evaluate
 from .data import upstream_datasets
+from .from_dense import oneshot_rows_missing, prepare_oneshot_rows, prune_published
 from .mini import (
     MINI_ARCH,
     MINI_DEFAULT_SPARSITY,
@@ -17,11 +20,13 @@ from .mini import (
     mini_checkpoint_missing,
     train_mini_checkpoints,
 )
+from .options import LoopOptions
 from .recipes import load_recipe, lr_at
 from .train import dense_upstream, train_loop, train_upstream
 
 __all__ = [
-    "MINI_ARCH", "MINI_DEFAULT_SPARSITY", "MINI_RECIPE", "UpstreamResult", "dense_upstream", "ensure_mini_checkpoint",
-    "evaluate", "load_recipe", "lr_at", "mini_checkpoint_missing", "train_loop", "train_mini_checkpoints",
-    "train_upstream", "upstream_datasets",
+    "MINI_ARCH", "MINI_DEFAULT_SPARSITY", "MINI_RECIPE", "LoopOptions", "UpstreamResult", "dense_upstream",
+    "ensure_mini_checkpoint", "evaluate", "load_recipe", "lr_at", "mini_checkpoint_missing", "oneshot_rows_missing",
+    "prepare_oneshot_rows", "prune_published", "train_loop", "train_mini_checkpoints", "train_upstream",
+    "upstream_datasets",
 ]

@@ -1,112 +1,251 @@
 """`transferbench upstream`: train/prune an upstream model with a method and register the checkpoint(s).
 
 One loop serves every method and recipe: pruners are hooks (pruning/base.py), CrAM is an optimizer wrapper.
-The result is written in the project's checkpoint format (checkpoints/save.py) and registered in the user's
-local registry, so ``transferbench run --method M --sparsity S`` finds it.
+The loop runs as one process or as one process per GPU under ``torch.distributed`` (``distributed``; launched by
+torchrun or a SLURM multi-task job), saves its state after every epoch and resumes from it (``state``), and reads
+images with loader workers (``data``). The result is written in the project's checkpoint format
+(checkpoints/save.py) and registered in the user's local registry, so ``transferbench run --method M --sparsity S``
+finds it. Running the same command again skips a run already registered with the same identity.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from ..checkpoints import checkpoint_dir
-from ..context import resolve_device
+from ..checkpoints import checkpoint_dir, list_checkpoints, local_path
 from ..errors import TransferbenchError
 from ..models import create_model
 from ..progress import progress
-from ..pruning.base import training_step
+from ..pruning.base import Pruner, training_step
 from ..pruning.factory import build
 from .candidates import UpstreamResult, one_shot_candidates, register_candidate
-from .data import upstream_datasets
+from .data import DATA_ORDER, FisherBatches, train_loader, upstream_datasets
+from .distributed import (
+    World,
+    broadcast_object,
+    check_same_on_every_rank,
+    convert_sync_batchnorm,
+    join_world,
+    revert_sync_batchnorm,
+)
+from .options import LoopOptions
 from .recipes import checked_sparsities, checkpoint_name, lr_at, method_recipe
+from .state import discard_state, load_state, run_identity, save_state, state_dir
 
 log = logging.getLogger("transferbench")
 
 
-def train_loop(model, optimizer, pruner, loader: DataLoader, recipe: dict, epochs: int, device: torch.device,
-               base_lr: float, schedule_epochs: int | None = None, desc: str = "upstream") -> int:
-    """Ordinary SGD training with the pruner's hooks; returns the number of steps taken.
+class Forward(nn.Module):
+    """The training forward pass: inputs moved to the model's device, dtype and memory format; bf16 autocast as a
+    switch (logits back in the model's dtype for the loss)."""
+
+    def __init__(self, net: nn.Module, device: torch.device, options: LoopOptions) -> None:
+        super().__init__()
+        self.net, self.device, self.options = net, device, options
+        self.dtype = torch.float64 if options.precision == "fp64" else torch.float32
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, dtype=self.dtype, non_blocking=True)
+        if self.options.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.options.precision == "bf16"):
+            return self.net(x).to(self.dtype)
+
+
+def train_loop(forward: nn.Module, optimizer: torch.optim.Optimizer, pruner: Pruner, loader, recipe: dict,
+               epochs: int, base_lr: float, *, start_epoch: int = 0, schedule_epochs: int | None = None,
+               end_of_epoch=None, desc: str = "upstream") -> list[float]:
+    """Epochs ``start_epoch..epochs-1`` of SGD with the pruner's hooks; returns each epoch's mean loss.
 
     The LR schedule spans ``schedule_epochs`` (default: the whole run) and restarts after each such period
-    (IMP's per-round restart).
+    (IMP's per-round restart). ``end_of_epoch(epoch, mean_loss)`` runs after every epoch (the resume state).
     """
-    step = 0
     period = schedule_epochs or epochs
     smoothing = float(recipe.get("label_smoothing", 0.0))
     steps_per_epoch = len(loader)
-    for epoch in progress(range(epochs), desc=desc, unit="epoch"):
-        model.train()
-        losses = []
+    losses = []
+    for epoch in progress(range(start_epoch, epochs), desc=desc, unit="epoch", initial=start_epoch, total=epochs):
+        forward.train()
+        loader.batch_sampler.set_epoch(epoch)
+        started, epoch_losses = time.perf_counter(), []
         for i, (x, y) in enumerate(loader):
+            step = epoch * steps_per_epoch + i
             lr = lr_at(recipe["schedule"], epoch % period + i / steps_per_epoch, base_lr, period)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss = training_step(model, optimizer, pruner, x.to(device), y.to(device), step,
+            loss = training_step(forward, optimizer, pruner, x, y.to(forward.device, non_blocking=True), step,
                                  loss_fn=lambda logits, target: F.cross_entropy(logits, target,
                                                                                 label_smoothing=smoothing))
             if not torch.isfinite(loss):
                 raise TransferbenchError(f"upstream loss became NaN at step {step}; lower the recipe's lr")
-            losses.append(loss.item())
-            step += 1
-        log.info("%s epoch %d/%d loss=%.4f sparsity=%.4f", desc, epoch + 1, epochs, float(np.mean(losses)),
-                 pruner.sparsity)
+            epoch_losses.append(loss.item())
+        seconds = time.perf_counter() - started
+        losses.append(float(np.mean(epoch_losses)))
+        images = steps_per_epoch * len(x) * int(os.environ.get("WORLD_SIZE", "1"))
+        log.info("%s epoch %d/%d loss=%.4f sparsity=%.4f lr=%.5g images/s=%.0f", desc, epoch + 1, epochs,
+                 losses[-1], pruner.sparsity, lr, images / max(seconds, 1e-9))
+        if end_of_epoch is not None:
+            end_of_epoch(epoch, losses[-1])
     pruner.finalize()
-    return step
+    return losses
 
 
 def train_upstream(method: str, sparsities: list[float], arch: str | None = None, dataset: str | None = None,
                    recipe: str | Path = "small_cpu", data_root: Path | None = None, seed: int = 0,
-                   device: str = "auto", out_dir: Path | None = None) -> list[UpstreamResult]:
+                   device: str = "auto", out_dir: Path | None = None, options: LoopOptions | None = None,
+                   force: bool = False) -> list[UpstreamResult]:
     """Train ``method`` with ``recipe`` and write + register one checkpoint per requested sparsity.
 
     Every method but CrAM takes exactly one sparsity. CrAM trains one dense model and produces one candidate per
-    sparsity by one-shot pruning and BN recalibration (§6.3).
+    sparsity by one-shot pruning and BN recalibration (§6.3). In a job of several processes (torchrun, SLURM) every
+    process calls this; all of them return the results. ``force`` trains again a run already registered.
     """
+    options = options or LoopOptions()
     sparsities = checked_sparsities(method, sparsities)
     rec, knobs = method_recipe(method, recipe, arch, dataset)
-    dev = resolve_device(device)
+    world, dev = join_world(device)
+    return _train(method, sparsities, rec, knobs, recipe, data_root, seed, device, out_dir, options, force, world,
+                  dev)
+
+
+def _train(method: str, sparsities: list[float], rec: dict, knobs: dict, recipe: str | Path,
+           data_root: Path | None, seed: int, device: str, out_dir: Path | None, options: LoopOptions, force: bool,
+           world: World, dev: torch.device) -> list[UpstreamResult]:
+    folder = Path(out_dir or checkpoint_dir() / "upstream")
+    identity = run_identity(method=method, sparsities=sparsities, recipe=rec, knobs=knobs, seed=seed,
+                            numbers=options.numbers(), world_size=world.size, data_order=DATA_ORDER)
+    done = None if force else already_registered(rec, method, sparsities, seed, identity)
+    if done is not None:
+        log.info("upstream %s: already registered with this configuration (%s); --force trains it again",
+                 method, ", ".join(r.spec.name for r in done))
+        return done
+    work = state_dir(folder, checkpoint_name(rec, method, sparsities[0], seed), identity)
+    if force:
+        discard_state(work, world)
+        world.barrier()
+    start = time.perf_counter()
+    run = _build_run(method, sparsities, rec, knobs, recipe, data_root, seed, device, options, world, dev)
+    model, optimizer, pruner, loader, epochs = run["model"], run["optimizer"], run["pruner"], run["loader"], \
+        run["epochs"]
+    resumed = load_state(work, world, dev, model=model, optimizer=optimizer, pruner=pruner,
+                         generators=run["generators"])
+    earlier_seconds, losses = (resumed.train_seconds, resumed.losses) if resumed else (0.0, [])
+
+    def end_of_epoch(epoch: int, loss: float) -> None:
+        losses.append(loss)
+        if world.distributed:
+            check_same_on_every_rank(world, "masks", pruner.masks)
+        save_state(work, world, dev, epoch=epoch + 1, epochs=epochs, model=model, optimizer=optimizer,
+                   pruner=pruner, generators=run["generators"],
+                   train_seconds=earlier_seconds + time.perf_counter() - start, losses=losses)
+
+    forward = Forward(run["net"], dev, options)
+    train_loop(forward, optimizer, pruner, loader, rec, epochs, run["base_lr"],
+               start_epoch=resumed.epoch if resumed else 0, schedule_epochs=run["context"].get("schedule_epochs"),
+               end_of_epoch=end_of_epoch, desc=f"upstream {method}")
+    seconds = earlier_seconds + time.perf_counter() - start
+    model = revert_sync_batchnorm(model).float()  # checkpoints hold fp32 weights and plain BatchNorm
+    training = {"run_identity": identity, "world_size": world.size, "loop": options.to_dict(),
+                "loader_workers": run["workers"], "data_order": DATA_ORDER, "epoch_losses": losses,
+                "resumed_from_epoch": resumed.epoch if resumed else 0}
+    results = None
+    if world.is_main:
+        results = _register(method, sparsities, rec, model, pruner, run["train_set"], run["test_set"], dev, seed,
+                            seconds, folder, training)
+    results = broadcast_object(world, results)
+    discard_state(work, world)
+    return results
+
+
+def _build_run(method: str, sparsities: list[float], rec: dict, knobs: dict, recipe: str | Path,
+               data_root: Path | None, seed: int, device: str, options: LoopOptions, world: World,
+               dev: torch.device) -> dict[str, Any]:
+    """Data, model (on its device, in its dtype and memory format), optimizer and the method's pruner."""
     torch.manual_seed(seed)
     train_set, test_set = upstream_datasets(rec, data_root)
-    num_classes = 16 if rec["dataset"] == "shapes" else 1000
-    model = create_model(rec["arch"], num_classes=num_classes).to(dev)
-    loader = DataLoader(train_set, batch_size=int(rec["batch_size"]), shuffle=True,
-                        generator=torch.Generator().manual_seed(seed), drop_last=True)
+    workers = options.loader_workers(dev, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    loader = train_loader(train_set, int(rec["batch_size"]), world, seed, workers, dev)
+    fisher = FisherBatches(train_set, seed, workers, dev)
+    model = create_model(rec["arch"], num_classes=16 if rec["dataset"] == "shapes" else 1000)
+    if options.sync_bn and world.distributed:
+        model = convert_sync_batchnorm(model, dev)
+    model = model.to(dev, dtype=torch.float64 if options.precision == "fp64" else torch.float32)
+    if options.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    knobs = dict(knobs)
     opt_cfg = {**rec["optimizer"], **knobs.pop("optimizer", {})}
     base = torch.optim.SGD(model.parameters(), lr=opt_cfg["lr"], momentum=opt_cfg["momentum"],
                            weight_decay=opt_cfg["weight_decay"])
-    start = time.perf_counter()
     context = {"recipe": rec, "loader": loader, "device": dev, "seed": seed, "train_set": train_set,
-               "base_lr": opt_cfg["lr"], "dense_model": (lambda: dense_upstream(rec, recipe, data_root, seed, device))}
+               "base_lr": opt_cfg["lr"], "fisher_batches": fisher.source,
+               "dense_model": (lambda: dense_upstream(rec, recipe, data_root, seed, device))}
     if knobs.pop("init", None) == "dense":  # start from the recipe's dense model (WoodFisher §2.3)
         from ..checkpoints import load_checkpoint
 
-        model.load_state_dict(load_checkpoint(context["dense_model"]()).model.state_dict())
+        own = model.state_dict()
+        model.load_state_dict({k: v.to(dtype=own[k].dtype)
+                               for k, v in load_checkpoint(context["dense_model"]()).model.state_dict().items()})
     try:
         pruner, optimizer, epochs = build(method, model, base, sparsities[0], knobs, context)
     except (ValueError, TypeError) as exc:  # knobs that do not fit the method or the run length
         raise TransferbenchError(f"recipe {rec['name']}, method {method}: {exc}; fix the recipe's knobs") from None
-    train_loop(model, optimizer, pruner, loader, rec, epochs, dev, opt_cfg["lr"],
-               schedule_epochs=context.get("schedule_epochs"), desc=f"upstream {method}")
-    seconds = time.perf_counter() - start
+    if hasattr(pruner, "shard"):  # WoodFisher: each rank computes its share of the Fisher gradients
+        pruner.shard = (world.rank, world.size)
+    generators = {"fisher": fisher.generator}
+    if isinstance(getattr(optimizer, "generator", None), torch.Generator):
+        generators["compression"] = optimizer.generator  # CrAM's draws of the compression target
+    net = model
+    if world.distributed:
+        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    return {"model": model, "net": net, "optimizer": optimizer, "pruner": pruner, "loader": loader,
+            "epochs": epochs, "base_lr": opt_cfg["lr"], "context": context, "generators": generators,
+            "train_set": train_set, "test_set": test_set, "workers": workers}
+
+
+def _register(method: str, sparsities: list[float], rec: dict, model: nn.Module, pruner: Pruner, train_set,
+              test_set, dev: torch.device, seed: int, seconds: float, folder: Path,
+              training: dict) -> list[UpstreamResult]:
     candidates = [(sparsities[0], model, pruner.masks, {})]
     if method in ("cram", "cram_nm"):
         candidates = one_shot_candidates(model, method, sparsities, rec, train_set, dev)
-    folder = out_dir or checkpoint_dir() / "upstream"
-    return [register_candidate(folder, rec, method, sp, net, masks, test_set, dev, seed, seconds, about)
+    return [register_candidate(folder, rec, method, sp, net, masks, test_set, dev, seed, seconds,
+                               {"training": training, **about})
             for sp, net, masks, about in candidates]
+
+
+def already_registered(rec: dict, method: str, sparsities: list[float], seed: int,
+                       identity: str) -> list[UpstreamResult] | None:
+    """The registered results of this very run (same names, files present, same run identity), or None."""
+    rows = {spec.name: spec for spec in list_checkpoints()}
+    results = []
+    for sp in sparsities:
+        spec = rows.get(checkpoint_name(rec, method, sp, seed))
+        try:
+            path = local_path(spec) if spec is not None else None
+        except TransferbenchError:  # registered, but the file is gone: train it again
+            path = None
+        if path is None:
+            return None
+        metadata = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("metadata", {})
+        if metadata.get("training", {}).get("run_identity") != identity:
+            return None
+        results.append(UpstreamResult(path, spec, float(metadata["upstream_top1"]),
+                                      float(metadata["measured_sparsity"])))
+    return results
 
 
 def dense_upstream(rec: dict, recipe: str | Path, data_root: Path | None, seed: int, device: str) -> Path:
     """The registered dense model of this recipe (trained on first use): LTH-T rewinds to it."""
-    from ..checkpoints import list_checkpoints, local_path
-
     name = checkpoint_name(rec, "dense", 0.0, seed)
     for spec in reversed(list_checkpoints()):
         if spec.name == name:

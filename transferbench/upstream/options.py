@@ -1,0 +1,51 @@
+"""How an upstream run executes: loader workers, precision, memory format, BatchNorm across ranks.
+
+Each switch that can change a number (precision, channels_last, sync_bn) is part of the run's identity (the resume
+state's key) and of the checkpoint's metadata; the worker count is recorded too but cannot change a number (every
+sample's augmentation is seeded by its index, ``transferbench.seeding``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ..errors import TransferbenchError
+
+PRECISIONS = ("fp32", "bf16", "fp64")
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    """``workers``: loader processes per rank (None: up to 8 per GPU process, none on a CPU, where the model
+    itself needs the cores). ``precision``: fp32; bf16 autocast (forward in bfloat16, weights, gradients and the
+    optimizer in fp32); fp64 for numerical reference checks (the data-parallel equivalence test). ``sync_bn``:
+    BatchNorm statistics over the global batch; off by default, as the published runs normalised per GPU."""
+
+    workers: int | None = None
+    precision: str = "fp32"
+    channels_last: bool = False
+    sync_bn: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise TransferbenchError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if self.workers is not None and self.workers < 0:
+            raise TransferbenchError(f"--workers {self.workers}: give 0 (load on the main process) or more")
+
+    def numbers(self) -> dict:
+        """The switches that change the numbers a run produces (part of its identity)."""
+        return {"precision": self.precision, "channels_last": self.channels_last, "sync_bn": self.sync_bn}
+
+    def loader_workers(self, device: torch.device, local_processes: int = 1) -> int:
+        if self.workers is not None:
+            return self.workers
+        if device.type != "cuda":
+            return 0
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, min(8, cores // max(local_processes, 1) - 1))
+
+    def to_dict(self) -> dict:
+        return asdict(self)

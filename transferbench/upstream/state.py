@@ -1,0 +1,130 @@
+"""The resume state of an upstream run, written atomically after every epoch and read back by the same command
+after a crash, a ``kill -9``, a preemption or a SLURM requeue.
+
+It holds everything the rest of the run depends on: the weights, the optimizer (momentum), the pruner (masks, AC/DC's
+phase and dense snapshot, LTH's round and rewind point, ...), the named random generators of the run (WoodFisher's
+Fisher-batch draws, CrAM's compression targets) and the torch RNG of every rank. The training order needs no state:
+it is a function of (seed, epoch) (``data.ShardedBatches``). So on a CPU a resumed run ends with the same bits as an
+uninterrupted one.
+
+The state lives in ``<checkpoint folder>/work/<checkpoint name>-<identity>/``, where the identity digests everything
+that changes the numbers (recipe, method knobs, sparsities, seed, precision switches, world size): the same command
+resumes, a changed one starts afresh in its own folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..atomic import torch_save, write_json
+from ..errors import TransferbenchError
+from ..pruning.base import Pruner
+from .distributed import World, gather_objects
+
+log = logging.getLogger("transferbench")
+
+STATE_FILE = "upstream_state.pt"
+PROGRESS_FILE = "progress.json"  # a few bytes beside the state, for `status` (the state can be gigabytes)
+STATE_VERSION = 1
+
+
+def run_identity(**what_changes_the_numbers: Any) -> str:
+    """A digest of the run's configuration (JSON with sorted keys; non-JSON values by their str)."""
+    text = json.dumps(what_changes_the_numbers, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def state_dir(folder: Path, name: str, identity: str) -> Path:
+    return Path(folder) / "work" / f"{name}-{identity[:12]}"
+
+
+@dataclass(frozen=True)
+class Resumed:
+    epoch: int  # epochs finished before this process started
+    train_seconds: float
+    losses: list[float]  # mean training loss of every finished epoch
+
+
+def _optimizer_with_state(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    # CrAM wraps the base optimizer and shares its state; loading into the wrapper would unshare them
+    return getattr(optimizer, "base_optimizer", optimizer)
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def save_state(folder: Path, world: World, device: torch.device, *, epoch: int, epochs: int, model: nn.Module,
+               optimizer: torch.optim.Optimizer, pruner: Pruner, generators: dict[str, torch.Generator],
+               train_seconds: float, losses: list[float]) -> None:
+    """Write the state after ``epoch`` epochs (rank 0 writes; every rank contributes its RNG state)."""
+    rngs = gather_objects(world, _rng_state(device))
+    if world.is_main:
+        torch_save(Path(folder) / STATE_FILE, {
+            "version": STATE_VERSION, "epoch": epoch, "epochs": epochs, "world_size": world.size,
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": _optimizer_with_state(optimizer).state_dict(),
+            "pruner": pruner.state_dict(),
+            "generators": {name: g.get_state() for name, g in generators.items()},
+            "rng": rngs, "train_seconds": train_seconds, "losses": losses,
+        })
+        write_json(Path(folder) / PROGRESS_FILE, {"epoch": epoch, "epochs": epochs, "world_size": world.size})
+    world.barrier()  # no rank starts the next epoch before the state that covers it is on disk
+
+
+def load_state(folder: Path, world: World, device: torch.device, *, model: nn.Module,
+               optimizer: torch.optim.Optimizer, pruner: Pruner,
+               generators: dict[str, torch.Generator]) -> Resumed | None:
+    """Restore the state saved in ``folder``, if any; returns where it left off."""
+    path = Path(folder) / STATE_FILE
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("version") != STATE_VERSION:
+        raise TransferbenchError(f"{path} was written by another transferbench version; delete it to start afresh")
+    if state["world_size"] != world.size:
+        raise TransferbenchError(
+            f"{path} is the state of a run on {state['world_size']} processes, this job has {world.size}: resume "
+            "it with the same number of GPUs (the per-GPU batch and BatchNorm statistics would differ), or delete "
+            "the folder to start afresh")
+    model.load_state_dict(state["model"])
+    _optimizer_with_state(optimizer).load_state_dict(state["optimizer"])
+    pruner.load_state_dict(state["pruner"])
+    for name, generator in generators.items():
+        generator.set_state(state["generators"][name])
+    _set_rng_state(state["rng"][world.rank], device)
+    log.info("upstream: resuming from %s after epoch %d of %d", path, state["epoch"], state["epochs"])
+    return Resumed(state["epoch"], state["train_seconds"], list(state["losses"]))
+
+
+def upstream_progress(folder: Path) -> tuple[int, int] | None:
+    """(epochs finished, epochs in all) of the run whose state is in ``folder``; None when it has none."""
+    path = Path(folder) / PROGRESS_FILE
+    if not path.is_file():
+        return None
+    progress = json.loads(path.read_text())
+    return int(progress["epoch"]), int(progress["epochs"])
+
+
+def discard_state(folder: Path, world: World) -> None:
+    """After the checkpoint is registered: the state is no longer needed (it can be as large as the model ×3)."""
+    if world.is_main:
+        shutil.rmtree(folder, ignore_errors=True)
