@@ -65,19 +65,11 @@ def _gmp(model, opt, sparsity, knobs, ctx) -> Built:
                      **_gmp_knobs(knobs, total, len(ctx["loader"]))), opt, epochs
 
 
-def _fisher_batches(ctx: dict, num_grads: int, batch_size: int) -> Callable[[], Iterator]:
-    """N mini-batches of ``batch_size`` freshly drawn train samples per pruning step (``--full-subsample``)."""
-    dataset, device = ctx["train_set"], ctx["device"]
-    generator = torch.Generator().manual_seed(ctx["seed"] + 7)
-
-    def batches():
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
-        for i, (x, y) in enumerate(loader):
-            if i == num_grads:
-                break
-            yield x.to(device), y.to(device)
-
-    return batches
+def _fisher_batches(ctx: dict, num_grads: int, batch_size: int) -> Callable[..., Iterator]:
+    """N mini-batches of ``batch_size`` freshly drawn train samples per pruning step (``--full-subsample``), from
+    the run's data source (``ctx["fisher_batches"]``: upstream.data.FisherBatches.source, whose draws are part of
+    the run's resume state)."""
+    return ctx["fisher_batches"](num_grads, batch_size)
 
 
 def _woodfisher(model, opt, sparsity, knobs, ctx) -> Built:
