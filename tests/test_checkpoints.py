@@ -27,7 +27,7 @@ from transferbench.errors import TransferbenchError
 from transferbench.models import create_model, list_archs
 from transferbench.sparsity import prunable_weights
 
-METHODS = {"dense", "acdc", "rigl_erk1x", "rigl_erk5x", "str", "woodfisher", "lth_t", "gmp", "cram", "mfac"}
+METHODS = {"dense", "acdc", "rigl_erk1x", "rigl_erk5x", "str", "woodfisher", "lth_t", "gmp", "cram", "cram_nm", "mfac"}
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -277,7 +277,8 @@ def test_table_has_every_method_and_the_published_sparsities():
     for method in ("rigl_erk1x", "rigl_erk5x", "woodfisher", "lth_t", "gmp"):
         assert sparsities(method, "resnet50") == {0.8, 0.9, 0.95}, method
     assert sparsities("str", "resnet50") == {0.8, 0.9, 0.95, 0.98}
-    assert sparsities("cram", "resnet50") == {0.8, 0.9}
+    assert sparsities("cram", "resnet50") == {0.0, 0.8, 0.9}  # the dense CrAM+-Multi file and its one-shot rows
+    assert sparsities("cram_nm", "resnet50") == {0.0, 0.5}  # CrAM+-N:M, dense and 2:4
     assert sparsities("dense", "mobilenet") == {0.0}
     assert sparsities("acdc", "mobilenet") == {0.3, 0.4, 0.5, 0.75, 0.9}
     assert sparsities("mfac", "mobilenet") == {0.75, 0.89}
@@ -292,7 +293,7 @@ def test_table_rows_are_valid():
         assert spec.arch in archs, spec.name
         assert spec.source == "table" and spec.path is None and spec.filename
         assert spec.sha256 is None or re.fullmatch(r"[0-9a-f]{8,64}", spec.sha256), spec.name
-        assert spec.oneshot == (spec.method == "cram"), spec.name
+        assert spec.oneshot == (spec.method.startswith("cram") and spec.sparsity > 0), spec.name
         assert (spec.url is None) == (spec.method == "lth_t"), spec.name
         assert spec.upstream_top1 is None or 40 < spec.upstream_top1 < 80, spec.name
         assert spec.format in ("auto", "plain", "rigl", "torch_prune", "ist", "str"), spec.name
@@ -300,9 +301,14 @@ def test_table_rows_are_valid():
             assert spec.arch == "resnet50_rigl"
         if spec.method == "str":
             assert spec.arch.endswith("_str")
-    # Only the CrAM rows share a file: one dense checkpoint pruned one-shot to each sparsity.
-    filenames = [s.filename for s in table if s.method != "cram"]
+    # Only the one-shot rows share a file: their dense row's, pruned one-shot to each sparsity.
+    filenames = [s.filename for s in table if not s.oneshot]
     assert len(set(filenames)) == len(filenames)
+    by_name = {s.name: s for s in table}
+    for spec in (s for s in table if s.oneshot):
+        source = by_name[spec.oneshot_from]
+        assert (source.sparsity, source.oneshot, source.filename, source.method) == (0.0, False, spec.filename,
+                                                                                     spec.method), spec.name
     dense = find_checkpoint("dense", 0)
     assert dense.url == "https://download.pytorch.org/models/resnet50-0676ba61.pth"
     assert dense.sha256 == "0676ba61" and dense.filename == "resnet50-0676ba61.pth"

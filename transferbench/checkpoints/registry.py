@@ -31,6 +31,9 @@ DEFAULT_FAMILY = "resnet50"
 _SPARSITY_TOLERANCE = 5e-4
 _HEX = re.compile(r"^[0-9a-f]+$")
 MIN_SHA256_PREFIX = 8
+# What a one-shot candidate was pruned from: a registry row's file (NAME@sha256:HEX) or a file given by path
+# (sha256:HEX), as a run's CheckpointRef.identity names its checkpoint.
+_SOURCE_IDENTITY = re.compile(r"^(?:(?P<name>[^@\s]+)@)?sha256:(?P<digest>[0-9a-f]{64})$")
 
 
 def normalize_sha256(value: str | None, origin: str) -> str | None:
@@ -61,6 +64,8 @@ class CheckpointSpec:
     sha256: str | None = None  # full digest or a prefix of ≥ 8 hex digits; None: unknown
     upstream_top1: float | None = None
     oneshot: bool = False  # dense file; prune one-shot + recalibrate BN to reach `sparsity` (CrAM)
+    oneshot_from: str | None = None  # a one-shot row: the dense row (name) whose file is pruned
+    pruned_from: str | None = None  # a one-shot candidate: the dense file it came from, NAME@sha256:HEX or sha256:HEX
     notes: str = ""
     path: str | None = None  # absolute file of a user-registered checkpoint (local.yaml)
     source: str = "table"  # "table" or "local"
@@ -106,6 +111,12 @@ class CheckpointSpec:
         if values.get("prunable") is not None and values["prunable"] not in prunable_set_names():
             raise TransferbenchError(f"{origin}: entry {row['name']!r} has prunable {values['prunable']!r}; use one "
                                      f"of {', '.join(prunable_set_names())}")
+        if bool(values.get("oneshot")) != bool(values.get("oneshot_from")):
+            raise TransferbenchError(f"{origin}: entry {row['name']!r}: a one-shot row (oneshot: true) names the dense "
+                                     "row it is pruned from (oneshot_from), and only a one-shot row does")
+        if values.get("pruned_from") is not None and not _SOURCE_IDENTITY.match(str(values["pruned_from"])):
+            raise TransferbenchError(f"{origin}: entry {row['name']!r} has pruned_from {values['pruned_from']!r}; "
+                                     "write NAME@sha256:<64 hex digits> or sha256:<64 hex digits>")
         return cls(**values)
 
 
@@ -118,7 +129,17 @@ def _table() -> tuple[CheckpointSpec, ...]:
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise TransferbenchError(f"{origin} has duplicate names")
+    by_name = {s.name: s for s in specs}
+    for spec in specs:
+        if spec.oneshot and not _is_dense_source_of(by_name.get(spec.oneshot_from), spec):
+            raise TransferbenchError(f"{origin}: {spec.name} is pruned from {spec.oneshot_from!r}, which must be a "
+                                     f"dense row of the same arch and file ({spec.filename})")
     return specs
+
+
+def _is_dense_source_of(source: CheckpointSpec | None, oneshot: CheckpointSpec) -> bool:
+    return (source is not None and not source.oneshot and source.sparsity == 0.0 and source.arch == oneshot.arch
+            and source.filename == oneshot.filename)
 
 
 def published_checkpoint(name: str) -> CheckpointSpec:
@@ -198,6 +219,46 @@ def find_checkpoint(method: str, sparsity: float | int | str, arch: str | None =
         f"no '{method}' checkpoint at {format_sparsity(target)} sparsity for '{arch}'; available: "
         f"{', '.join(format_sparsity(s) for s in available)} (--sparsity)"
     )
+
+
+def named_checkpoint(name: str) -> CheckpointSpec | None:
+    """The row called ``name``: the user's newest registration of it, else the published one; None if none."""
+    return next((s for s in [*reversed(_local()), *_table()] if s.name == name), None)
+
+
+def oneshot_source(spec: CheckpointSpec) -> CheckpointSpec:
+    """The dense row a one-shot row is pruned from (its ``oneshot_from``)."""
+    source = named_checkpoint(spec.oneshot_from) if spec.oneshot_from else None
+    if source is None or source.oneshot or source.sparsity != 0.0:
+        raise TransferbenchError(f"{spec.label} is pruned one-shot from {spec.oneshot_from!r}, which is not a dense "
+                                 "registered checkpoint; fix the row's oneshot_from")
+    return source
+
+
+def source_identity(name: str | None, digest: str) -> str:
+    """How a one-shot candidate names the dense file it was pruned from (its ``pruned_from``)."""
+    return f"{name}@sha256:{digest}" if name else f"sha256:{digest}"
+
+
+def pruned_from_source(candidate: CheckpointSpec, source: CheckpointSpec) -> bool:
+    """Whether ``candidate`` was pruned from ``source``'s file: the same digest where the row knows its sha256
+    (whatever name or path the file was given under), else the same row."""
+    match = _SOURCE_IDENTITY.match(candidate.pruned_from or "")
+    if match is None:
+        return False
+    if source.sha256:
+        return match["digest"].startswith(source.sha256)
+    return match["name"] == source.name
+
+
+def prepared_candidate(spec: CheckpointSpec) -> CheckpointSpec | None:
+    """The one-shot row ``spec``'s prepared checkpoint: the newest registered candidate pruned from its dense row's
+    file at its sparsity, for its method and arch, whose file is still there; None when there is none."""
+    source = oneshot_source(spec)
+    return next((c for c in reversed(_local())
+                 if pruned_from_source(c, source) and c.method == spec.method and c.arch == spec.arch
+                 and abs(c.sparsity - spec.sparsity) < _SPARSITY_TOLERANCE and c.path and Path(c.path).is_file()),
+                None)
 
 
 def _torch_hub_file(filename: str) -> Path | None:

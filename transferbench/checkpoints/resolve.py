@@ -9,27 +9,56 @@ from ..errors import TransferbenchError
 from ..runspec import CheckpointRef
 from ..vocabulary import normalize_sparsity
 from .load import peek_arch
-from .registry import CheckpointSpec, find_checkpoint, list_checkpoints, local_path
+from .registry import (
+    CheckpointSpec,
+    find_checkpoint,
+    list_checkpoints,
+    local_path,
+    oneshot_source,
+    prepared_candidate,
+)
 
 
 def resolve_checkpoint(method: str | None, sparsity: float | None, arch: str | None,
                        checkpoint: str | Path | None, checkpoint_dir: Path | None = None) -> CheckpointRef:
-    """A registry entry (method + sparsity [+ arch]) or a local file (--checkpoint PATH)."""
+    """A registry entry (method + sparsity [+ arch]) or a local file (--checkpoint PATH).
+
+    A one-shot row (a published dense CrAM file, pruned per sparsity) resolves to the candidate `transferbench
+    upstream --from` prepared from that row's file at its sparsity and arch; with none prepared yet, a one-line
+    error gives that command. The identity is always the file's own: ``<row name>@sha256:<digest of the file>``.
+    """
     if checkpoint is not None:
         return _local_file(method, sparsity, arch, Path(checkpoint).expanduser())
     if method is None or sparsity is None:
         raise TransferbenchError("name an upstream checkpoint with --method and --sparsity, or --checkpoint PATH")
     spec = find_checkpoint(method, sparsity, arch)
-    if spec.oneshot:
-        raise TransferbenchError(
-            f"{spec.name} is a dense CrAM model that must be one-shot pruned to {spec.sparsity:g} and "
-            "BN-recalibrated before transfer; produce that checkpoint first and pass it with --checkpoint"
-        )
+    if spec.oneshot:  # a published dense file to prune: the candidate `upstream --from` made of it, if any
+        spec = _prepared(spec)
     path = local_path(spec, checkpoint_dir)
     # The file's digest is part of the identity: a re-trained or re-downloaded file under the same registry name
     # is a different run (sha256_file remembers digests by path, size and mtime, so a file is read once).
     return CheckpointRef(method=spec.method, sparsity=spec.sparsity, arch=spec.arch,
                          identity=f"{spec.name}@sha256:{sha256_file(path)}", path=str(path))
+
+
+def prepare_command(specs: list[CheckpointSpec]) -> str:
+    """The `transferbench upstream --from` command that prepares the candidates of one-shot rows (of one source)."""
+    source = oneshot_source(specs[0])
+    sparsities = " ".join(f"{s:g}" for s in sorted({spec.sparsity for spec in specs}))
+    return (f"transferbench upstream --method {specs[0].method} --from {source.name} --sparsity {sparsities} "
+            f"--dataset imagenet --data-root IMAGENET")
+
+
+def _prepared(spec: CheckpointSpec) -> CheckpointSpec:
+    candidate = prepared_candidate(spec)
+    if candidate is None:
+        source = oneshot_source(spec)
+        raise TransferbenchError(
+            f"{spec.label} is the dense {source.name} pruned one-shot and BN-recalibrated, and none is prepared yet: "
+            f"run `{prepare_command([spec])}` first (IMAGENET: the folder with train/ and val/; the dense file "
+            f"{source.filename} in the checkpoint directory)"
+        )
+    return candidate
 
 
 def _local_file(method: str | None, sparsity: float | None, arch: str | None, path: Path) -> CheckpointRef:
