@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.data import Subset
 
 # The momentum the recalibration uses (§6.5: ``m.momentum = 0.1``), PyTorch's default.
 RECALIBRATION_MOMENTUM = 0.1
@@ -127,10 +128,13 @@ def indices_digest(indices: Sequence[int]) -> str:
 
 def dataset_labels(dataset: Any) -> np.ndarray:
     """The labels of a dataset without decoding an image: an ImageFolder's ``targets``, an array dataset's
-    ``labels``, looked up through wrappers that keep the wrapped dataset as ``.dataset``."""
+    ``labels``, looked up through wrappers that keep the wrapped dataset as ``.dataset`` (a ``Subset``'s own
+    ``indices`` select from the wrapped labels, so its sample indexes the subset, not the whole set)."""
     while dataset is not None:
         for name in ("targets", "labels"):
             if hasattr(dataset, name):
                 return np.asarray(getattr(dataset, name))
+        if isinstance(dataset, Subset):
+            return dataset_labels(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
         dataset = getattr(dataset, "dataset", None)
     raise TypeError("the calibration dataset has no targets or labels to draw a class-balanced sample from")
