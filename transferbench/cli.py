@@ -74,9 +74,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_upstream(args: argparse.Namespace) -> int:
+    if args.source is not None:  # one-shot candidates of a dense model (_add_upstream_source_flags)
+        return _prune_from_dense(args)
     from .upstream import train_upstream
 
-    results = train_upstream(args.method, args.sparsity, arch=args.arch, dataset=args.dataset, recipe=args.recipe,
+    results = train_upstream(args.method, args.sparsity, arch=args.arch, dataset=args.dataset,
+                             recipe=args.recipe or "small_cpu",
                              data_root=args.data_root, seed=args.seed, device=args.device, out_dir=args.out)
     _print_upstream_results(args, results)
     return 0
@@ -239,7 +242,8 @@ def _add_upstream_command(sub: argparse._SubParsersAction) -> None:
                     help="target sparsity (several for cram: one candidate each)")
     up.add_argument("--arch", help="architecture (default: the recipe's)")
     up.add_argument("--dataset", help="upstream data: shapes (procedural, offline) or imagenet (default: recipe's)")
-    up.add_argument("--recipe", default="small_cpu", help="small_cpu, imagenet_resnet50, or a recipe .yaml file")
+    up.add_argument("--recipe", help="small_cpu, imagenet_resnet50, or a recipe .yaml file (default: small_cpu; "
+                                     "with --from, imagenet_resnet50 for --dataset imagenet)")
     up.add_argument("--data-root", type=Path, help="ImageNet folder with train/ and val/ (for --dataset imagenet)")
     up.add_argument("--seed", type=int, default=0)
     up.add_argument("--device", default="auto")
@@ -252,6 +256,21 @@ def _add_upstream_command(sub: argparse._SubParsersAction) -> None:
 
 def _add_upstream_source_flags(up: argparse.ArgumentParser) -> None:
     """Where the model comes from when it is not trained here (one-shot candidates of a published dense model)."""
+    up.add_argument("--from", dest="source", metavar="NAME|PATH",
+                    help="prune this dense model one-shot instead of training one: a registry row (cram_resnet50, "
+                         "cram_nm_resnet50: its file in the checkpoint directory, checked against the row's sha256, "
+                         "never downloaded) or a checkpoint file; with --method cram (global magnitude, one candidate "
+                         "per --sparsity) or cram_nm (2:4), BN recalibrated on a class-balanced sample of the "
+                         "training set (the recipe's calibration block)")
+
+
+def _prune_from_dense(args: argparse.Namespace) -> int:
+    from .upstream.from_dense import prune_published
+
+    results = prune_published(args.source, args.method, args.sparsity, dataset=args.dataset, recipe=args.recipe,
+                              data_root=args.data_root, arch=args.arch, device=args.device, out_dir=args.out)
+    _print_upstream_results(args, results)
+    return 0
 
 
 def _add_upstream_speed_flags(up: argparse.ArgumentParser) -> None:
