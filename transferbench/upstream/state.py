@@ -54,11 +54,6 @@ class Resumed:
     losses: list[float]  # mean training loss of every finished epoch
 
 
-def _optimizer_with_state(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    # CrAM wraps the base optimizer and shares its state; loading into the wrapper would unshare them
-    return getattr(optimizer, "base_optimizer", optimizer)
-
-
 def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
     state = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
@@ -81,7 +76,7 @@ def save_state(folder: Path, world: World, device: torch.device, *, epoch: int, 
         torch_save(Path(folder) / STATE_FILE, {
             "version": STATE_VERSION, "epoch": epoch, "epochs": epochs, "world_size": world.size,
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": _optimizer_with_state(optimizer).state_dict(),
+            "optimizer": optimizer.state_dict(),
             "pruner": pruner.state_dict(),
             "generators": {name: g.get_state() for name, g in generators.items()},
             "rng": rngs, "train_seconds": train_seconds, "losses": losses,
@@ -106,7 +101,7 @@ def load_state(folder: Path, world: World, device: torch.device, *, model: nn.Mo
             "it with the same number of GPUs (the per-GPU batch and BatchNorm statistics would differ), or delete "
             "the folder to start afresh")
     model.load_state_dict(state["model"])
-    _optimizer_with_state(optimizer).load_state_dict(state["optimizer"])
+    optimizer.load_state_dict(state["optimizer"])
     pruner.load_state_dict(state["pruner"])
     for name, generator in generators.items():
         generator.set_state(state["generators"][name])

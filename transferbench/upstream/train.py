@@ -201,9 +201,7 @@ def _build_run(method: str, sparsities: list[float], rec: dict, knobs: dict, rec
         raise TransferbenchError(f"recipe {rec['name']}, method {method}: {exc}; fix the recipe's knobs") from None
     if hasattr(pruner, "shard"):  # WoodFisher: each rank computes its share of the Fisher gradients
         pruner.shard = (world.rank, world.size)
-    generators = {"fisher": fisher.generator}
-    if isinstance(getattr(optimizer, "generator", None), torch.Generator):
-        generators["compression"] = optimizer.generator  # CrAM's draws of the compression target
+    generators = {"fisher": fisher.generator}  # CrAM's draws are in its optimizer's state_dict
     net = model
     if world.distributed:
         net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)

@@ -1,0 +1,105 @@
+"""Resumable upstream runs: kill -9 in the middle, run the same command again, and the final checkpoint is
+bit-identical to an uninterrupted run's (CPU), registered once; a finished run is skipped when asked again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from transferbench.upstream import load_recipe
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory) -> Path:
+    rec = load_recipe("small_cpu")
+    rec.update(name="resume", train_size=384, test_size=64, batch_size=32, epochs=10)  # AC/DC needs 10 epochs
+    rec["methods"]["woodfisher"].update(num_grads=4, grad_batch_size=8, block_size=64)
+    rec["methods"]["rigl"]["update_every"] = 4
+    rec["methods"]["lth"]["rate"] = 0.5  # 0.8 → 2 rounds of one epoch from the dense model: LTH rewinds mid-run
+    path = tmp_path_factory.mktemp("recipe") / "resume.yaml"
+    path.write_text(yaml.safe_dump(rec))
+    return path
+
+
+def _command(method: str, recipe: Path) -> list[str]:
+    sparsity = ["0.5", "0.9"] if method == "cram" else ["0.8"]
+    return [sys.executable, "-m", "transferbench", "upstream", "--method", method, "--sparsity", *sparsity,
+            "--recipe", str(recipe), "--device", "cpu"]
+
+
+def _env(checkpoints: Path) -> dict[str, str]:
+    return dict(os.environ, TRANSFERBENCH_CHECKPOINTS=str(checkpoints), PYTHONHASHSEED="0")
+
+
+def _checkpoints(folder: Path, method: str) -> list[Path]:
+    return sorted((folder / "upstream").glob(f"resnet_tiny_{method}_*_resume_s0.pth"))
+
+
+def _kill_after_first_epoch(command: list[str], env: dict, work: Path, pattern: str) -> None:
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list(work.glob(f"{pattern}/progress.json")):
+        assert proc.poll() is None, "the run finished before it could be interrupted"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.parametrize("method", ["acdc", "woodfisher", "rigl", "lth", "cram"])
+def test_killed_run_resumes_and_ends_bit_identical(recipe, tmp_path, method):
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    command = _command(method, recipe)
+    assert subprocess.run(command, env=_env(reference), capture_output=True).returncode == 0
+
+    _kill_after_first_epoch(command, _env(killed), killed / "upstream" / "work", f"resnet_tiny_{method}_*")
+    assert not _checkpoints(killed, method), "nothing is registered before the run ends"
+    resumed = subprocess.run(command, env=_env(killed), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stderr
+
+    ours, theirs = _checkpoints(killed, method), _checkpoints(reference, method)
+    assert len(ours) == len(theirs) == (2 if method == "cram" else 1)
+    for a_path, b_path in zip(ours, theirs, strict=True):
+        a, b = (torch.load(p, weights_only=True) for p in (a_path, b_path))
+        assert a["metadata"]["training"]["resumed_from_epoch"] >= 1
+        assert b["metadata"]["training"]["resumed_from_epoch"] == 0
+        assert a["metadata"]["training"]["epoch_losses"] == b["metadata"]["training"]["epoch_losses"]
+        assert a["model_state_dict"].keys() == b["model_state_dict"].keys()
+        for key, tensor in a["model_state_dict"].items():
+            assert torch.equal(tensor, b["model_state_dict"][key]), f"{method}: {key} differs after resuming"
+    assert not list((killed / "upstream" / "work").iterdir()), "the resume state is removed once registered"
+
+
+def test_a_registered_run_is_skipped_and_force_trains_it_again(recipe, tmp_path):
+    command, env = _command("gmp", recipe), _env(tmp_path)
+    assert subprocess.run(command, env=env, capture_output=True).returncode == 0
+    [path] = _checkpoints(tmp_path, "gmp")
+    written = path.stat().st_mtime_ns
+    again = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and "already registered" in again.stderr
+    assert path.stat().st_mtime_ns == written
+    assert subprocess.run([*command, "--force"], env=env, capture_output=True).returncode == 0
+    assert path.stat().st_mtime_ns != written
+
+
+def test_a_changed_recipe_is_another_run(recipe, tmp_path):
+    """The run identity covers the recipe: a changed knob is trained, not mistaken for the registered run."""
+    env = _env(tmp_path)
+    assert subprocess.run(_command("gmp", recipe), env=env, capture_output=True).returncode == 0
+    changed = tmp_path / "resume.yaml"
+    rec = yaml.safe_load(recipe.read_text())
+    rec["methods"]["gmp"]["t_end"] = 0.5
+    changed.write_text(yaml.safe_dump(rec))
+    again = subprocess.run(_command("gmp", changed), env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and "already registered" not in again.stderr
