@@ -101,7 +101,9 @@ def _compute_node(job_id: str):
     env = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": job_id.replace("_", "9"),  # array tasks: own numeric id
            "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NTASKS": "1",
            "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "node1", **array_env}
-    saved_env = {k: os.environ.get(k) for k in [*env, "SUBMITIT_FOLDER"]}
+    # submitit sets SUBMITIT_FOLDER; an upstream job exports torch.distributed's variables
+    exported = ["SUBMITIT_FOLDER", "MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"]
+    saved_env = {k: os.environ.get(k) for k in [*env, *exported]}
     saved_signals = {s: signal.getsignal(s) for s in (signal.SIGUSR2, signal.SIGTERM, signal.SIGCONT)}
     os.environ.update(env)
     try:
@@ -286,3 +288,200 @@ def test_a_time_out_requeues_until_max_requeues_runs_out_and_preemption_does_not
     with pytest.raises(UncompletedJobError, match="timed-out too many times"):  # time-out 2: the end
         signal_usr2(timed_out=True)
     assert len(requeues()) == 2
+
+
+# --- the upstream stage: upstream jobs first, transfer jobs after them (afterok) ---
+
+def tiny_recipe(root: Path) -> Path:
+    """small_cpu at a few seconds of training (256 images, 2 epochs)."""
+    from transferbench.upstream import load_recipe
+
+    recipe = load_recipe("small_cpu")
+    recipe.update(name="tiny", train_size=256, test_size=64, batch_size=64, epochs=2)
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def upstream_sweep(root: Path, **entry) -> Path:
+    """The fixture sweep (cifar10, linear seed 21) with its dense file and a magnitude 50% checkpoint made by an
+    upstream entry of the tiny recipe (``entry`` adds to it)."""
+    sweep_file, _ = write_fixture_sweep(root, linear_seeds=(21,), full_seeds=())
+    spec = yaml.safe_load(sweep_file.read_text())
+    spec["upstream"] = [{"method": "magnitude", "sparsity": 50, "recipe": str(tiny_recipe(root)), **entry}]
+    spec["checkpoints"] = [spec["checkpoints"][0], {"method": "magnitude", "sparsity": 50}]
+    sweep_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return sweep_file
+
+
+UNIT = "resnet_tiny_magnitude_50_tiny_s0"
+
+
+def _upstream_ledger(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "upstream" / "jobs" / "ledger.jsonl").read_text().splitlines()]
+
+
+def _upstream_row(capsys, sweep_file: Path, out: Path) -> dict:
+    assert main(["status", str(sweep_file), "--results", str(out), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    (row,) = status["upstream"]
+    return {**row, "runs": {r["method"]: r for r in status["runs"]}}
+
+
+def test_a_sweep_submits_its_upstream_jobs_first_and_the_transfer_jobs_after_them(tmp_path, fake_slurm, capsys,
+                                                                                   monkeypatch):
+    from submitit.core.submission import process_job
+
+    monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
+    sweep_file, out = upstream_sweep(tmp_path), tmp_path / "out"
+    args = ["sweep", str(sweep_file), "--profile", str(_profile(tmp_path)), "--results", str(out), "--workers", "0"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert f"upstream stage: submitted {UNIT} as job 12" in printed
+    assert "submitted 2 job(s) as array(s) 13, 14" in printed  # the dense file's job waits for nothing
+    scripts = {int(p.stem.split("_")[1]): p.read_text() for p in fake_slurm.glob("sbatch_*.sh")}
+    assert sorted(scripts) == [12, 13, 14]
+    assert f"#SBATCH --job-name=tb-upstream-{UNIT}" in scripts[12] and "#SBATCH --nodes=1" in scripts[12]
+    assert "#SBATCH --ntasks-per-node=1" in scripts[12] and "#SBATCH --time=60" in scripts[12]  # time_min full
+    assert "--dependency" not in scripts[12] + scripts[13]
+    assert "#SBATCH --dependency=afterok:12" in scripts[14] and "#SBATCH --kill-on-invalid-dep=yes" in scripts[14]
+    assert [(e["unit"], e["job_id"], e["mode"]) for e in _upstream_ledger(out)] == [(UNIT, "12", "upstream")]
+    assert [(e["job_id"], e.get("after")) for e in _ledger(out)] == [("13", None), ("14", ["12"])]
+
+    # all three queued: status shows both stages, and the same command submits nothing
+    (fake_slurm / "squeue").write_text("12\n13\n14\n")
+    row = _upstream_row(capsys, sweep_file, out)
+    assert (row["unit"], row["state"], row["detail"], row["runs"]["magnitude"]["state"]) == \
+        (UNIT, "queued", "job 12", "queued")
+    assert main(["status", str(sweep_file), "--results", str(out)]) == 0
+    assert re.search(rf"upstream stage \(1 unit\(s\)\):\n.*\n.*\n{UNIT}\s+magnitude\s+50\s+0\s+tiny\s+queued\s+job 12",
+                     capsys.readouterr().out)
+    assert main(args) == 0
+    assert "nothing to do" in capsys.readouterr().out and len(list(fake_slurm.glob("sbatch_*.sh"))) == 3
+
+    # the upstream job runs: its checkpoint is registered, and the transfer job that waited for it is still queued
+    # under the key it was submitted with (the checkpoint's digest was not known then)
+    with _compute_node("12"):
+        process_job(out / "upstream" / "jobs" / "12")
+    (fake_slurm / "squeue").write_text("13\n14\n")
+    row = _upstream_row(capsys, sweep_file, out)
+    assert (row["state"], row["detail"]) == ("done", "registered")
+    magnitude = row["runs"]["magnitude"]
+    assert (magnitude["state"], magnitude["job_id"]) == ("queued", "14")
+    assert magnitude["detail"] == "job 14 (submitted before its checkpoint existed)"
+    assert main(args) == 0
+    assert "nothing to do" in capsys.readouterr().out and len(list(fake_slurm.glob("sbatch_*.sh"))) == 3
+
+    # the transfer jobs run: the waiting one finds the registered checkpoint; a third sweep submits nothing
+    for job_id in ("13", "14"):
+        with _compute_node(job_id):
+            process_job(out / "jobs" / job_id)
+    (fake_slurm / "squeue").write_text("")
+    row = _upstream_row(capsys, sweep_file, out)
+    assert {m: r["state"] for m, r in row["runs"].items()} == {"dense": "done", "magnitude": "done"}
+    record = json.loads((out / "runs" / row["runs"]["magnitude"]["run_key"] / "result.json").read_text())
+    assert record["checkpoint"]["identity"].startswith(f"{UNIT}@sha256:")
+    assert main(args) == 0
+    assert "nothing to do" in capsys.readouterr().out and len(list(fake_slurm.glob("sbatch_*.sh"))) == 3
+
+
+def test_a_failed_upstream_job_blocks_its_transfer_jobs_until_it_is_retried(tmp_path, fake_slurm, capsys,
+                                                                            monkeypatch):
+    from submitit.core.submission import process_job
+
+    monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
+    # ImageNet without its folder: the upstream job fails at once
+    sweep_file = upstream_sweep(tmp_path, dataset="imagenet", data_root=str(tmp_path / "no_imagenet"))
+    out = tmp_path / "out"
+    args = ["sweep", str(sweep_file), "--profile", str(_profile(tmp_path)), "--results", str(out), "--workers", "0"]
+    assert main(args) == 0
+    capsys.readouterr()
+    with _compute_node("12"), pytest.raises(Exception, match="needs --data-root"):
+        process_job(out / "upstream" / "jobs" / "12")
+    (fake_slurm / "squeue").write_text("13\n")  # SLURM cancelled job 14 (kill-on-invalid-dep)
+    row = _upstream_row(capsys, sweep_file, out)
+    assert row["state"] == "failed" and "needs --data-root" in row["detail"] and row["job_id"] == "12"
+    assert row["runs"]["magnitude"]["state"] == "lost"
+
+    assert main(args) == 2  # the lost transfer job cannot be resubmitted: nobody makes its checkpoint
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "1 job(s) waiting for the upstream stage" in err
+    assert f"needs {UNIT}, whose upstream unit is failed: " in err and "--only-ready" in err
+    assert len(list(fake_slurm.glob("sbatch_*.sh"))) == 3
+
+    assert main([*args, "--retry-failed"]) == 0  # the upstream unit again (its transfer run is lost, not failed)
+    assert f"upstream stage: submitted {UNIT} as job 15" in capsys.readouterr().out
+    (fake_slurm / "squeue").write_text("13\n15\n")
+    assert main(args) == 0  # and the transfer job after it
+    assert "#SBATCH --dependency=afterok:15" in (fake_slurm / "sbatch_16.sh").read_text()
+
+
+def _gpu_profile(tmp_path: Path) -> Path:
+    path = tmp_path / "gpu.yaml"
+    path.write_text(yaml.safe_dump({"gpus_per_node": 1, "cpus_per_task": 6, "mem_gb": 32, "time_min": 600,
+                                    "max_requeues": 2, "upstream": {"mem_gb": 400, "time_min": 2880}}))
+    return path
+
+
+def test_upstream_on_slurm_is_one_requeueable_job_of_one_process_per_gpu(tmp_path, fake_slurm, capsys, monkeypatch):
+    from submitit.core.job_environment import SignalHandler
+    from submitit.core.utils import DelayedSubmission, JobPaths
+
+    from transferbench.dispatch.upstream_jobs import UpstreamJob
+
+    monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
+    args = ["upstream", "--method", "acdc", "--sparsity", "0.9", "--dataset", "imagenet", "--data-root",
+            str(tmp_path / "imagenet"), "--recipe", str(tiny_recipe(tmp_path)), "--executor", "slurm", "--profile",
+            str(_gpu_profile(tmp_path)), "--gpus", "4", "--nodes", "2"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "submitted upstream job 12: acdc 90% resnet_tiny (tiny recipe, imagenet, seed 0), 2 node(s) x 2 " \
+           "process(es), 2 GPU(s) per node, 2880 min" in printed
+    script = (fake_slurm / "sbatch_12.sh").read_text()
+    for line in ("--nodes=2", "--ntasks-per-node=2", "--gpus-per-node=2", "--cpus-per-task=6", "--mem=400GB",
+                 "--time=2880", "--signal=USR2@120", "--job-name=tb-upstream-resnet_tiny_acdc_90_tiny_s0"):
+        assert f"#SBATCH {line}\n" in script
+    assert "--array" not in script and "--dependency" not in script
+    store = tmp_path / "ckpts" / "upstream"
+    assert [(e["unit"], e["job_id"], e["nodes"], e["tasks_per_node"], e["gpus_per_node"])
+            for e in _upstream_ledger(tmp_path / "ckpts")] == [("resnet_tiny_acdc_90_tiny_s0", "12", 2, 2, 2)]
+
+    # what every task runs: the unit as a Checkpointable, whose checkpoint resubmits itself
+    paths = JobPaths(store / "jobs" / "%j", job_id="12")
+    delayed = DelayedSubmission.load(paths.submitted_pickle)
+    job = delayed.function
+    assert isinstance(job, UpstreamJob) and job.unit.name == "resnet_tiny_acdc_90_tiny_s0"
+    assert job.unit.train_kwargs()["data_root"] == tmp_path / "imagenet" and delayed._timeout_countdown == 2
+    assert job.checkpoint().function is job
+    with _compute_node("12"):  # SLURM's USR2 before the time limit: checkpointed and requeued by submitit
+        handler = SignalHandler(submitit.JobEnvironment(), paths, delayed)
+        handler.has_timed_out = lambda: True
+        with pytest.raises(SystemExit):
+            handler.checkpoint_and_try_requeue(signal.SIGUSR2)
+    assert [c for c in _calls(fake_slurm) if c.startswith("scontrol")] == ["scontrol requeue 12"]
+    assert isinstance(DelayedSubmission.load(paths.submitted_pickle).function, UpstreamJob)
+
+    # the same command while the job is queued submits nothing
+    (fake_slurm / "squeue").write_text("12\n")
+    assert main(args) == 0
+    assert "resnet_tiny_acdc_90_tiny_s0: queued (job 12); nothing submitted" in capsys.readouterr().out
+    assert sorted(p.name for p in fake_slurm.glob("sbatch_*.sh")) == ["sbatch_12.sh"]
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--executor", "slurm", "--profile", "GPU", "--gpus", "3", "--nodes", "2"],
+     "error: --gpus/--nodes: 3 GPU(s) do not split evenly over 2 node(s)"),
+    (["--executor", "slurm", "--gpus", "4"], "error: --executor slurm needs --profile NAME|FILE"),
+    (["--gpus", "4", "--profile", "GPU"], "error: --gpus, --nodes and --profile size a SLURM job: add --executor"),
+    (["--executor", "slurm", "--profile", "GPU", "--gpus", "0"], "nodes and GPUs must be 1 or more"),
+    (["--executor", "slurm", "--profile", "default", "--force"], "error: --force with --executor slurm"),
+    (["--executor", "slurm", "--profile", "testcluster", "--gpus", "2"], "profile testcluster has no GPUs"),
+])
+def test_bad_upstream_launch_flags_are_one_line_and_submit_nothing(flags, message, tmp_path, fake_slurm, capsys,
+                                                                   monkeypatch):
+    monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
+    flags = [str(_gpu_profile(tmp_path)) if f == "GPU" else f for f in flags]
+    assert main(["upstream", "--method", "acdc", "--sparsity", "0.9", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not list(fake_slurm.glob("sbatch_*.sh")) and not (tmp_path / "ckpts").exists()

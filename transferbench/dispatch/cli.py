@@ -11,33 +11,38 @@ import pandas as pd
 
 from ..cli_flags import add_results_flag
 from ..store import FAILED, LOST, STATES
-from .pipeline import status_table, sweep_context, units_to_submit, wanted_states
+from .pipeline import (
+    StageOutcome,
+    status_table,
+    sweep_context,
+    units_to_submit,
+    upstream_stage,
+    upstream_table,
+    wanted_states,
+)
 from .plan import Plan, WorkUnit, plan_sweep
 from .profiles import Profile, load_profile
-from .stages import missing_upstream, prepare_upstream
+from .stages import UpstreamPlan, plan_upstream, upstream_store
 from .submit import EXECUTORS, ArrayPlan, Submission, by_mode, plan_arrays, sbatch_preview, submit_units
-from .sweep import load_sweep, packaged_sweeps
+from .sweep import SweepSpec, load_sweep, packaged_sweeps
+from .upstream_jobs import layouts, upstream_preview
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     sweep, profile = load_sweep(args.spec), load_profile(args.profile)
     results = args.results.resolve()  # job scripts and the ledger name absolute paths: jobs start elsewhere
     if args.dry_run:
-        for entry in missing_upstream(sweep):
-            print(f"upstream stage: would train {entry.label} (small_cpu recipe) before the transfer jobs")
-    else:
-        prepare_upstream(sweep)  # an explicit stage before planning the jobs: planning itself changes nothing
-    plan = plan_sweep(sweep, results, data_root=args.data_root, checkpoint_dir=args.checkpoint_dir)
+        return _dry_run(sweep, profile, results, args)
+    # the upstream stage first, explicitly: planning itself changes nothing
+    stage = upstream_stage(sweep, results, args.executor, profile, args.retry_failed, args.device)
+    _print_stage(stage)
+    plan = plan_sweep(sweep, results, data_root=args.data_root, checkpoint_dir=args.checkpoint_dir,
+                      upstream_submitted=stage.submitted)
     _print_plan(plan, results, args.retry_failed)
-    if args.dry_run:
-        # the jobs the same command without --dry-run would submit, so the preview is what gets submitted
-        units = plan.units(wanted_states(args.retry_failed), ready_only=args.only_ready)
-        _print_jobs(units, args.executor, args.parallel, profile, results, sweep.name)
-        return 0
-    units = units_to_submit(plan, args.retry_failed, args.only_ready)
+    units = units_to_submit(plan, args.retry_failed, args.only_ready, can_wait=args.executor == "slurm")
     if not units:
         print("nothing to do")
-        return 0
+        return 1 if stage.failed else 0
     ctx = sweep_context(sweep, results, data_root=args.data_root, checkpoint_dir=args.checkpoint_dir,
                         device=args.device, allow_sparsity_gap=args.allow_sparsity_gap, compile=args.compile,
                         cudnn_benchmark=args.cudnn_benchmark)
@@ -47,7 +52,44 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.executor != "slurm":  # the jobs ran here: their states now
         _print_frame(pd.DataFrame(plan_sweep(sweep, results, data_root=args.data_root,
                                              checkpoint_dir=args.checkpoint_dir).counts()).set_index("mode"))
-    return 1 if submission.failed else 0
+    return 1 if submission.failed or stage.failed else 0
+
+
+def _dry_run(sweep: SweepSpec, profile: Profile, results: Path, args: argparse.Namespace) -> int:
+    """Both stages as the same command without --dry-run would run them; nothing is written or submitted."""
+    upstream = plan_upstream(sweep, results)
+    todo = upstream.to_run(args.retry_failed)
+    _print_upstream_preview(upstream, todo, args.executor, profile, results)
+    # the transfer jobs as they would be submitted: those of the units above wait for them
+    plan = plan_sweep(sweep, results, data_root=args.data_root, checkpoint_dir=args.checkpoint_dir,
+                      upstream_submitted={u.name: f"<{u.name}>" for u in todo})
+    _print_plan(plan, results, args.retry_failed)
+    units = plan.units(wanted_states(args.retry_failed), ready_only=args.only_ready)
+    _print_jobs(units, args.executor, args.parallel, profile, results, sweep.name)
+    return 0
+
+
+def _print_upstream_preview(upstream: UpstreamPlan, todo: list, executor: str, profile: Profile,
+                            results: Path) -> None:
+    if not upstream.units:
+        return
+    counts = ", ".join(f"{n} {state}" for state, n in upstream.counts().items())
+    print(f"upstream stage: {len(upstream.units)} unit(s) ({counts}); {len(todo)} to "
+          f"{'submit first' if executor == 'slurm' else 'make here first, one after the other'}")
+    sizes = layouts(todo, profile) if executor == "slurm" else {}
+    for unit in todo:
+        size = f": one SLURM job, {sizes[unit.name].describe()}" if executor == "slurm" else ""
+        print(f"  {'prepare' if unit.source else 'train'} {unit.name} ({unit.label}){size}")
+    if todo and executor == "slurm":
+        print(upstream_preview(todo[0], sizes[todo[0].name], profile, upstream_store(results)))
+    print()
+
+
+def _print_stage(stage: StageOutcome) -> None:
+    for name, job_id in stage.submitted.items():
+        print(f"upstream stage: submitted {name} as job {job_id}")
+    for name, error in stage.failed:
+        print(f"upstream stage: failed: {name}: {error}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -56,11 +98,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     plan = plan_sweep(sweep, args.results, data_root=args.data_root, checkpoint_dir=args.checkpoint_dir,
                       check_data=args.data_root is not None or sweep.data_root is not None)
     table = status_table(plan)
+    upstream = upstream_table(plan.upstream) if plan.upstream else pd.DataFrame()
     if args.json:
         print(json.dumps({"sweep": sweep.name, "totals": plan.counts(), "notes": plan.notes,
+                          "upstream": upstream.to_dict(orient="records"),
                           "runs": table.to_dict(orient="records")}, indent=1))
         return 0
     print(f"sweep {sweep.name} -> {args.results}")
+    if not upstream.empty:
+        print(f"\nupstream stage ({len(upstream)} unit(s)):")
+        _print_frame(upstream.drop(columns=["job_id"]).set_index("unit"))
+        print("\ntransfer stage:")
     if not table.empty:
         for by in (["mode", "method", "sparsity"], ["mode", "task"]):
             counts = table.pivot_table(index=by, columns="state", values="run_key", aggfunc="count", fill_value=0)
@@ -123,7 +171,8 @@ def _print_jobs(units: list[WorkUnit], executor: str, parallel: int, profile: Pr
         print(f"\n{mode}: {sum(len(a.units) for a in of_mode)} job(s) as {len(of_mode)} array(s) of "
               f"{', '.join(str(len(a.units)) for a in of_mode)}, at most "
               f"{' + '.join(str(a.parallelism) for a in of_mode)} running at once")
-        print(sbatch_preview(profile, mode, len(of_mode[0].units), results, sweep, of_mode[0].parallelism))
+        print(sbatch_preview(profile, mode, len(of_mode[0].units), results, sweep, of_mode[0].parallelism,
+                             of_mode[0].after))
     if arrays:
         _print_parallelism(arrays, profile)
 

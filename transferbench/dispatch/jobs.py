@@ -12,7 +12,7 @@ import torch
 from ..context import RunContext
 from ..runner import run
 from ..store import claim_runs, existing_record, write_failure
-from .plan import WorkUnit
+from .plan import WorkUnit, resolve_waiting
 
 log = logging.getLogger("transferbench")
 
@@ -32,6 +32,12 @@ def execute_unit(unit: WorkUnit, ctx: RunContext, job_id: str | None = None) -> 
     scheduler also sees the job fail.
     """
     job_id = job_id or current_job_id()
+    try:  # a job submitted while its upstream job was making the checkpoint finds the file now
+        unit = replace(unit, specs=resolve_waiting(unit.specs, ctx.checkpoint_dir))
+    except Exception as exc:
+        for spec in unit.specs:
+            write_failure(ctx.results, spec.run_key, exc, job_id)
+        raise
     todo = [s for s in unit.specs if ctx.force or existing_record(ctx.results, s.run_key) is None]
     if not todo:
         log.info("job %s: %s already done", job_id, unit.name)

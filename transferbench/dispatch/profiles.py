@@ -15,6 +15,13 @@
     exclude: null
     setup: ["module load cuda/12.4"]   # shell lines run before the job: modules, variables
     sbatch: {}                     # any other #SBATCH option, e.g. {gres: "gpu:a100:1"} (then gpus_per_node: 0)
+    upstream:                      # upstream training jobs (one DDP job each; every key optional)
+      nodes: 1
+      gpus_per_node: 8             # one process per GPU (default: gpus_per_node above)
+      tasks_per_node: 1            # processes per node when there are no GPUs (CPU clusters, gloo)
+      cpus_per_task: 8             # per process (default: cpus_per_task above)
+      mem_gb: 480                  # per node (default: mem_gb above)
+      time_min: 2880               # per allocation; training resumes after each requeue (default: time_min full)
 
 A job runs the Python that ran ``transferbench sweep``, by its absolute path (submitit's srun line), so the
 environment is chosen by activating it before submitting; activating another one in ``setup`` changes PATH
@@ -52,6 +59,7 @@ class Profile:
     exclude: str | None = None
     setup: tuple[str, ...] = ()
     sbatch: dict[str, Any] = field(default_factory=dict)
+    upstream: dict[str, int | float] = field(default_factory=dict)  # overrides for upstream jobs (UPSTREAM_KEYS)
     description: str = ""
 
     @property
@@ -67,17 +75,77 @@ class Profile:
             "name": job_name, "timeout_min": int(self.time_min[mode]), "mem_gb": self.mem_gb,
             "cpus_per_task": self.cpus_per_task, "nodes": 1, "tasks_per_node": 1,
             "slurm_array_parallelism": array_parallelism or self.array_parallelism,
-            "slurm_signal_delay_s": self.signal_delay_s,
-            "slurm_setup": list(self.setup),
         }
         if self.gpus_per_node:
             params["gpus_per_node"] = self.gpus_per_node
+        return {**params, **self._site_parameters()}
+
+    def upstream_layout(self, nodes: int | None = None, gpus: int | None = None, single_process: bool = False,
+                        what: str = "--gpus/--nodes") -> JobLayout:
+        """The size of one upstream job: ``gpus`` in all over ``nodes`` (one process per GPU), else the profile's
+        ``upstream:`` section over its base values. ``single_process``: one process on one node (one GPU if the
+        profile has any), for work too small to share (a mini-suite model, one-shot candidates). ``what`` names
+        where ``nodes``/``gpus`` came from, for the error."""
+        up = self.upstream
+        per_node = int(up.get("gpus_per_node", self.gpus_per_node))
+        common = {"cpus_per_task": int(up.get("cpus_per_task", self.cpus_per_task)),
+                  "mem_gb": float(up.get("mem_gb", self.mem_gb)),
+                  "time_min": int(up.get("time_min", self.time_min["full"]))}
+        if single_process:
+            return JobLayout(1, 1, min(per_node, 1), **common)
+        nodes = int(up.get("nodes", 1)) if nodes is None else nodes
+        if nodes < 1 or (gpus is not None and gpus < 1):
+            raise TransferbenchError(f"{what}: nodes and GPUs must be 1 or more, got nodes {nodes}, GPUs {gpus}")
+        if gpus is not None:
+            if gpus % nodes:
+                raise TransferbenchError(f"{what}: {gpus} GPU(s) do not split evenly over {nodes} node(s); every "
+                                         "node runs as many processes, so give a multiple of the node count")
+            if not per_node:
+                raise TransferbenchError(f"{what}: profile {self.name} has no GPUs (gpus_per_node 0 and no "
+                                         "upstream: gpus_per_node); leave out the GPU count or use a GPU profile")
+            per_node = gpus // nodes
+        tasks = per_node if per_node else int(up.get("tasks_per_node", 1))
+        return JobLayout(nodes, tasks, per_node, **common)
+
+    def upstream_parameters(self, layout: JobLayout, job_name: str) -> dict[str, Any]:
+        """``update_parameters`` keywords of one upstream job of ``layout``: one task per process, which submitit
+        starts with srun on every node."""
+        params: dict[str, Any] = {"name": job_name, "timeout_min": layout.time_min, "mem_gb": layout.mem_gb,
+                                  "cpus_per_task": layout.cpus_per_task, "nodes": layout.nodes,
+                                  "tasks_per_node": layout.tasks_per_node}
+        if layout.gpus_per_node:
+            params["gpus_per_node"] = layout.gpus_per_node
+        return {**params, **self._site_parameters()}
+
+    def _site_parameters(self) -> dict[str, Any]:
+        """The SLURM-only keywords every job of this profile gets: signal, set-up lines, partition and such."""
+        params: dict[str, Any] = {"slurm_signal_delay_s": self.signal_delay_s, "slurm_setup": list(self.setup)}
         optional = {"partition": self.partition, "account": self.account, "qos": self.qos,
                     "constraint": self.constraint, "exclude": self.exclude}
         params.update({f"slurm_{k}": v for k, v in optional.items() if v})
         if self.sbatch:
             params["slurm_additional_parameters"] = dict(self.sbatch)
         return params
+
+
+@dataclass(frozen=True)
+class JobLayout:
+    """One upstream job's size: ``nodes`` × ``tasks_per_node`` processes (one per GPU where there are GPUs)."""
+
+    nodes: int
+    tasks_per_node: int
+    gpus_per_node: int
+    cpus_per_task: int
+    mem_gb: float
+    time_min: int
+
+    @property
+    def processes(self) -> int:
+        return self.nodes * self.tasks_per_node
+
+    def describe(self) -> str:
+        gpus = f", {self.gpus_per_node} GPU(s) per node" if self.gpus_per_node else ", no GPU"
+        return f"{self.nodes} node(s) x {self.tasks_per_node} process(es){gpus}, {self.time_min} min"
 
 
 def packaged_profiles() -> list[str]:
@@ -121,6 +189,7 @@ def parse_profile(raw: Any, origin: str, name: str) -> Profile:
         values.pop("description", None)
     values["setup"] = _setup_lines(values.get("setup"), origin)
     values["sbatch"] = _sbatch_options(values.get("sbatch"), origin)
+    values["upstream"] = _upstream_section(values.get("upstream"), origin)
     profile = Profile(name=name, **values)
     if min(profile.time_min.values()) < 1 or profile.cpus_per_task < 1 or profile.array_parallelism < 1 \
             or profile.max_array_size < 1:
@@ -129,6 +198,32 @@ def parse_profile(raw: Any, origin: str, name: str) -> Profile:
     if negative := [k for k in ("gpus_per_node", "max_requeues", "signal_delay_s") if getattr(profile, k) < 0]:
         raise TransferbenchError(f"profile {origin}: {', '.join(negative)} must be 0 or more")
     return profile
+
+
+UPSTREAM_KEYS = ("nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task", "mem_gb", "time_min")
+
+
+def _upstream_section(raw: Any, origin: str) -> dict[str, int | float]:
+    """``upstream:``: the size of upstream jobs, each key optional (``Profile.upstream_layout`` fills the rest)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise TransferbenchError(f"profile {origin}: upstream must be a mapping of {', '.join(UPSTREAM_KEYS)}")
+    if unknown := sorted(set(raw) - set(UPSTREAM_KEYS)):
+        raise TransferbenchError(f"profile {origin}: upstream has unknown key(s) {', '.join(map(str, unknown))}; "
+                                 f"known: {', '.join(UPSTREAM_KEYS)}")
+    section: dict[str, int | float] = {}
+    for key, value in raw.items():
+        if key == "mem_gb":
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise TransferbenchError(f"profile {origin}: upstream mem_gb must be a positive number, got {value!r}")
+            section[key] = float(value)
+            continue
+        section[key] = _whole_number(value, f"upstream {key}", origin)
+        least = 0 if key == "gpus_per_node" else 1
+        if section[key] < least:
+            raise TransferbenchError(f"profile {origin}: upstream {key} must be {least} or more, got {value!r}")
+    return section
 
 
 def _whole_number(value: Any, key: str, origin: str) -> int:

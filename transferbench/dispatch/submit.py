@@ -52,23 +52,40 @@ def chunks(units: list[WorkUnit], size: int) -> Iterator[list[WorkUnit]]:
 
 @dataclass(frozen=True)
 class ArrayPlan:
-    """One sbatch submission: an array of ``units`` of one mode (a plain job when there is one unit)."""
+    """One sbatch submission: an array of ``units`` of one mode that wait for the same upstream jobs (a plain
+    job when there is one unit)."""
 
     mode: str
     units: list[WorkUnit]
     parallelism: int  # the array's %N
+    after: tuple[str, ...] = ()  # upstream job ids (afterok)
 
 
 def plan_arrays(units: list[WorkUnit], profile: Profile) -> list[ArrayPlan]:
-    """The submissions of one sweep command, per mode and at most ``max_array_size`` units each.
+    """The submissions of one sweep command, per mode and upstream dependency, at most ``max_array_size`` units
+    each (an array has one set of sbatch options, its dependency included).
 
     SLURM's ``%N`` throttles one array, so ``array_parallelism`` is split across the arrays submitted together
     to keep the sweep at that many running jobs (see ``split_parallelism``).
     """
-    arrays = [(mode, chunk) for mode, mode_units in by_mode(units).items()
-              for chunk in chunks(mode_units, profile.max_array_size)]
-    shares = split_parallelism([len(chunk) for _, chunk in arrays], profile.array_parallelism)
-    return [ArrayPlan(mode, chunk, share) for (mode, chunk), share in zip(arrays, shares, strict=True)]
+    groups: dict[tuple[str, tuple[str, ...]], list[WorkUnit]] = {}
+    for unit in units:
+        groups.setdefault((unit.mode, unit.after), []).append(unit)
+    arrays = [(mode, after, chunk) for (mode, after), of_group in groups.items()
+              for chunk in chunks(of_group, profile.max_array_size)]
+    shares = split_parallelism([len(chunk) for _, _, chunk in arrays], profile.array_parallelism)
+    return [ArrayPlan(mode, chunk, share, after) for (mode, after, chunk), share in zip(arrays, shares, strict=True)]
+
+
+def dependency_parameters(after: tuple[str, ...], profile: Profile) -> dict:
+    """``update_parameters`` keywords that make a job wait for ``after`` (SLURM ``afterok``), or wait for nothing.
+    With ``kill-on-invalid-dep`` SLURM cancels the waiting jobs when an upstream job fails, instead of keeping
+    them pending for ever; the next sweep sees them gone and submits them again with the upstream unit."""
+    extra = dict(profile.sbatch)
+    if after:
+        extra["kill-on-invalid-dep"] = "yes"
+    return {"slurm_dependency": f"afterok:{':'.join(after)}" if after else None,
+            "slurm_additional_parameters": extra}
 
 
 def split_parallelism(sizes: list[int], total: int) -> list[int]:
@@ -143,7 +160,7 @@ def _run_local(units: list[WorkUnit], ctx: RunContext, profile: Profile, sweep: 
             unit = pending.pop(0)
             executor.update_parameters(timeout_min=profile.time_min[unit.mode], name=job_name(sweep, unit.mode))
             job = executor.submit(SweepJob(unit, ctx))
-            entry = _ledger_entry(unit, job, "local", sweep)
+            entry = ledger_entry(unit.name, unit.mode, unit.keys, job, "local", sweep)
             append_ledger(ctx.results, [entry])
             result.jobs.append(entry)
             running.append((unit, job))
@@ -167,20 +184,24 @@ def _submit_slurm(units: list[WorkUnit], ctx: RunContext, profile: Profile, swee
     result = Submission("slurm")
     arrays = plan_arrays(units, profile)
     for number, planned in enumerate(arrays, 1):
-        executor.update_parameters(**profile.executor_parameters(planned.mode, job_name(sweep, planned.mode),
-                                                                 array_parallelism=planned.parallelism))
+        executor.update_parameters(**{**profile.executor_parameters(planned.mode, job_name(sweep, planned.mode),
+                                                                    array_parallelism=planned.parallelism),
+                                      **dependency_parameters(planned.after, profile)})
         try:
             # submitit echoes a failed sbatch's stderr; it is in the exception, and the user gets one line
             with contextlib.redirect_stderr(io.StringIO()), executor.batch():
                 jobs = [executor.submit(SweepJob(unit, ctx)) for unit in planned.units]
         except (FailedJobError, FailedSubmissionError, OSError) as exc:
             raise TransferbenchError(_sbatch_failed(exc, number, arrays, result, ctx.results)) from None
-        entries = [_ledger_entry(unit, job, "slurm", sweep) for unit, job in zip(planned.units, jobs, strict=True)]
+        entries = [{**ledger_entry(unit.name, unit.mode, unit.keys, job, "slurm", sweep),
+                    **({"after": list(unit.after)} if unit.after else {})}
+                   for unit, job in zip(planned.units, jobs, strict=True)]
         append_ledger(ctx.results, entries)
         result.jobs.extend(entries)
         array = str(jobs[0].job_id).split("_")[0]
         result.arrays.append(array)
-        log.info("submitted %s array %s: %d %s job(s)", sweep, array, len(planned.units), planned.mode)
+        log.info("submitted %s array %s: %d %s job(s)%s", sweep, array, len(planned.units), planned.mode,
+                 f" after upstream job(s) {', '.join(planned.after)}" if planned.after else "")
     return result
 
 
@@ -197,10 +218,12 @@ def _sbatch_failed(exc: BaseException, number: int, arrays: list[ArrayPlan], res
     return message + "fix the cause and run the same sweep command again: it submits only what is not queued"
 
 
-def _ledger_entry(unit: WorkUnit, job: submitit.Job, executor: str, sweep: str) -> dict:
+def ledger_entry(name: str, mode: str, keys: tuple[str, ...] | list[str], job: submitit.Job, executor: str,
+                 sweep: str) -> dict:
+    """The ledger line of one submitted job (a transfer unit, or an upstream unit: mode "upstream")."""
     # host: where the command ran, which for local jobs is where their pid means something (see state._liveness)
     return {
-        "sweep": sweep, "unit": unit.name, "mode": unit.mode, "run_keys": list(unit.keys),
+        "sweep": sweep, "unit": name, "mode": mode, "run_keys": list(keys),
         "job_id": str(job.job_id), "executor": executor, "host": socket.gethostname(),
         "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr),
         "submitted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds"),
@@ -237,9 +260,17 @@ class _PreviewExecutor(submitit.AutoExecutor):
 
 
 def sbatch_preview(profile: Profile, mode: str, array_size: int, out: Path, sweep: str,
-                   array_parallelism: int | None = None) -> str:
+                   array_parallelism: int | None = None, after: tuple[str, ...] = ()) -> str:
     """The sbatch script submitit will write for an array of ``array_size`` ``mode`` jobs (for --dry-run);
-    ``array_parallelism`` is the array's share (``plan_arrays``), by default the profile's."""
-    executor = _PreviewExecutor(job_folder(out), profile.max_requeues)
-    executor.update_parameters(**profile.executor_parameters(mode, job_name(sweep, mode), array_parallelism))
+    ``array_parallelism`` is the array's share (``plan_arrays``), by default the profile's; ``after``: the
+    upstream jobs it waits for."""
+    params = {**profile.executor_parameters(mode, job_name(sweep, mode), array_parallelism),
+              **dependency_parameters(after, profile)}
+    return render_sbatch(params, job_folder(out), profile.max_requeues, array_size)
+
+
+def render_sbatch(params: dict, folder: Path, max_requeues: int, array_size: int = 1) -> str:
+    """The sbatch script of a submission with these ``update_parameters`` keywords, without submitting it."""
+    executor = _PreviewExecutor(folder, max_requeues)
+    executor.update_parameters(**params)
     return executor.script(array_size)

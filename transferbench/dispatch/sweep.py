@@ -12,6 +12,12 @@
     overrides: {}                     # hyper-parameters for every mode, or per mode: {linear: {...}, full: {...}}
     data_root: /data                  # optional defaults for the run context (CLI flags win)
     checkpoint_dir: /ckpts
+    upstream:                         # optional: checkpoints trained first, in a stage of their own
+      - {method: acdc, sparsity: [80, 90], recipe: imagenet_resnet50, dataset: imagenet, data_root: /imagenet}
+
+Upstream entries (``upstream_spec``) are submitted before the transfer jobs, which wait for them (SLURM
+``afterok``); a checkpoint entry with their method, sparsity and arch uses what they register, and without
+``checkpoints:`` the sweep transfers every checkpoint they make.
 
 The paper's sweeps ship with the package (`transferbench sweep paper_resnet50_linear`); any other name is a path.
 """
@@ -23,30 +29,34 @@ from pathlib import Path
 from typing import Any
 
 from .. import shipped
+from ..checkpoints.registry import arch_family
 from ..errors import TransferbenchError
 from ..runspec import resolve_hparams
 from ..tasks import get_task, list_tasks
 from ..vocabulary import normalize_sparsity
+from .upstream_spec import UpstreamUnit, parse_upstream
 
 MODES = ("linear", "full")
 SOLVERS = ("sgd", "lbfgs")
 _KEYS = {"name", "description", "checkpoints", "tasks", "modes", "seeds", "solvers", "overrides", "data_root",
-         "checkpoint_dir", "arch"}
-_CHECKPOINT_KEYS = {"method", "sparsity", "arch", "path"}
+         "checkpoint_dir", "arch", "upstream"}
+_CHECKPOINT_KEYS = {"method", "sparsity", "arch", "path", "seed", "recipe"}  # seed, recipe: of an upstream entry
 
 
 @dataclass(frozen=True)
 class CheckpointEntry:
-    """One upstream checkpoint of the grid: a registry entry, or a local file when ``path`` is set."""
+    """One upstream checkpoint of the grid: a registry entry, a local file when ``path`` is set, or what an
+    upstream entry of the sweep registers under the name ``upstream``."""
 
     method: str
     sparsity: float
     arch: str | None = None
     path: str | None = None
+    upstream: str | None = None
 
     @property
     def label(self) -> str:
-        where = f" ({self.path})" if self.path else ""
+        where = f" ({self.path})" if self.path else f" (upstream {self.upstream})" if self.upstream else ""
         return f"{self.method} {round(self.sparsity * 100, 2):g}% {self.arch or ''}".rstrip() + where
 
 
@@ -63,6 +73,7 @@ class SweepSpec:
     data_root: str | None = None
     checkpoint_dir: str | None = None
     description: str = ""
+    upstream: tuple[UpstreamUnit, ...] = ()
 
     def grid_size(self, mode: str) -> int:
         """Runs of ``mode`` in the grid (checkpoints × tasks × seeds [× solvers])."""
@@ -90,7 +101,8 @@ def parse_sweep(raw: Any, origin: str) -> SweepSpec:
         raise TransferbenchError(
             f"sweep {origin}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_KEYS))}"
         )
-    for key in ("checkpoints", "tasks", "modes", "seeds"):
+    upstream = parse_upstream(raw["upstream"], origin) if raw.get("upstream") not in (None, []) else ()
+    for key in ("checkpoints", "tasks", "modes", "seeds") if not upstream else ("tasks", "modes", "seeds"):
         if raw.get(key) in (None, [], {}):
             raise TransferbenchError(f"sweep {origin}: '{key}' is missing or empty")
     modes = tuple(_as_list(raw["modes"]))
@@ -105,7 +117,7 @@ def parse_sweep(raw: Any, origin: str) -> SweepSpec:
     spec = SweepSpec(
         name=str(raw.get("name") or Path(origin).stem),
         source=origin,
-        checkpoints=_checkpoints(raw["checkpoints"], raw.get("arch"), origin),
+        checkpoints=_checkpoints(raw.get("checkpoints"), raw.get("arch"), origin, upstream),
         tasks=_tasks(raw["tasks"], origin),
         modes=modes,
         seeds=_per_mode(raw["seeds"], modes, origin, "seeds", _seeds),
@@ -114,6 +126,7 @@ def parse_sweep(raw: Any, origin: str) -> SweepSpec:
         data_root=raw.get("data_root"),
         checkpoint_dir=raw.get("checkpoint_dir"),
         description=str(raw.get("description") or ""),
+        upstream=upstream,
     )
     for mode in modes:  # fail at load time, not in job 4711 on the cluster
         try:
@@ -128,7 +141,11 @@ def _as_list(value: Any) -> list:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
-def _checkpoints(raw: Any, default_arch: str | None, origin: str) -> tuple[CheckpointEntry, ...]:
+def _checkpoints(raw: Any, default_arch: str | None, origin: str,
+                 upstream: tuple[UpstreamUnit, ...]) -> tuple[CheckpointEntry, ...]:
+    if raw in (None, []):  # a sweep of upstream entries only: transfer everything they make
+        return tuple(CheckpointEntry(u.method, s, u.arch, upstream=p)
+                     for u in upstream for s, p in zip(u.sparsities, u.products, strict=True))
     entries: list[CheckpointEntry] = []
     for item in _as_list(raw):
         if not isinstance(item, dict) or "method" not in item or "sparsity" not in item:
@@ -136,18 +153,41 @@ def _checkpoints(raw: Any, default_arch: str | None, origin: str) -> tuple[Check
         if unknown := sorted(set(item) - _CHECKPOINT_KEYS):
             raise TransferbenchError(f"sweep {origin}: checkpoint {item['method']!r} has unknown key(s) {unknown}")
         sparsities = _as_list(item["sparsity"])
-        if item.get("path") and len(sparsities) != 1:
-            raise TransferbenchError(f"sweep {origin}: a checkpoint with a path has exactly one sparsity")
+        if item.get("path") and (len(sparsities) != 1 or "seed" in item or "recipe" in item):
+            raise TransferbenchError(f"sweep {origin}: a checkpoint with a path has exactly one sparsity and no "
+                                     "seed or recipe (those choose an upstream entry's checkpoint)")
         for sparsity in sparsities:
             try:
                 fraction = normalize_sparsity(sparsity)
             except TransferbenchError as exc:
                 raise TransferbenchError(f"sweep {origin}: checkpoint {item['method']!r}: {exc}") from None
-            entries.append(CheckpointEntry(str(item["method"]), fraction, item.get("arch") or default_arch,
-                                           str(Path(item["path"]).expanduser()) if item.get("path") else None))
+            entry = CheckpointEntry(str(item["method"]), fraction, item.get("arch") or default_arch,
+                                    str(Path(item["path"]).expanduser()) if item.get("path") else None)
+            entries.append(entry if entry.path else _bind(entry, item, upstream, origin))
     if len(set(entries)) != len(entries):
         raise TransferbenchError(f"sweep {origin}: a checkpoint is listed twice")
     return tuple(entries)
+
+
+def _bind(entry: CheckpointEntry, item: dict, upstream: tuple[UpstreamUnit, ...], origin: str) -> CheckpointEntry:
+    """The entry bound to the upstream product of the same method, sparsity and arch (``seed``/``recipe`` choose
+    among several); unchanged when no upstream entry makes it (a registry checkpoint)."""
+    matches = [(unit, product) for unit in upstream
+               for sparsity, product in zip(unit.sparsities, unit.products, strict=True)
+               if unit.method == entry.method and abs(sparsity - entry.sparsity) < 1e-9
+               and entry.arch in (None, unit.arch, arch_family(unit.arch))
+               and item.get("seed", unit.seed) == unit.seed
+               and str(item.get("recipe", unit.recipe)) in (unit.recipe, unit.recipe_name)]
+    if len(matches) > 1:
+        raise TransferbenchError(f"sweep {origin}: checkpoint {entry.label} is made by {len(matches)} upstream "
+                                 f"entries ({', '.join(p for _, p in matches)}); add seed: or recipe: to it")
+    if not matches:
+        if "seed" in item or "recipe" in item:
+            raise TransferbenchError(f"sweep {origin}: checkpoint {entry.label} names a seed or recipe, but no "
+                                     "upstream entry of the sweep makes it")
+        return entry
+    unit, product = matches[0]
+    return CheckpointEntry(entry.method, entry.sparsity, unit.arch, upstream=product)
 
 
 def _tasks(raw: Any, origin: str) -> tuple[str, ...]:

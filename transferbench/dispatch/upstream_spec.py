@@ -1,0 +1,177 @@
+"""The upstream entries of a sweep: checkpoints the sweep trains (or prepares) in a stage before its transfer jobs.
+
+    upstream:
+      - method: acdc
+        sparsity: [80, 90, 95]         # one job per sparsity (CrAM: one job makes every candidate of one model)
+        seed: [0, 1]                   # default 0
+        recipe: imagenet_resnet50      # default small_cpu; a list trains each; a path names a recipe .yaml
+        dataset: imagenet              # default: the recipe's
+        data_root: /imagenet           # the upstream dataset's folder (train/ and val/)
+        arch: resnet50                 # default: the recipe's
+        gpus: 8                        # the SLURM job's size (default: the profile's upstream: section)
+        nodes: 2
+      - {method: cram, from: cram_resnet50, sparsity: [50, 70, 90], dataset: imagenet, data_root: /imagenet}
+
+A unit registers one checkpoint per sparsity, named ``checkpoint_name(recipe, method, sparsity, seed)``. A
+transfer checkpoint of the sweep with the same method, sparsity and arch uses it (the ``seed:`` or ``recipe:``
+of the checkpoint entry chooses between several); without ``checkpoints:`` the sweep transfers every one.
+``from: NAME`` prepares one-shot candidates of a published dense model (CrAM) instead of training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from ..checkpoints import checkpoint_dir
+from ..checkpoints.registry import named_checkpoint
+from ..errors import TransferbenchError
+from ..upstream.from_dense import DEFAULT_RECIPES, ONE_SHOT_METHODS, oneshot_name
+from ..upstream.mini import MINI_RECIPE, ONE_MODEL_MANY_SPARSITIES
+from ..upstream.recipes import checked_sparsities, checkpoint_name, load_recipe, method_recipe
+from ..vocabulary import format_sparsity
+
+UPSTREAM_ENTRY_KEYS = ("method", "sparsity", "seed", "recipe", "arch", "dataset", "data_root", "from", "nodes", "gpus")
+
+
+@dataclass(frozen=True)
+class UpstreamUnit:
+    """What one upstream job makes: ``method`` at ``sparsities`` with one recipe and seed (several sparsities
+    only where one model gives them all), registered as ``products`` (one checkpoint name per sparsity)."""
+
+    method: str
+    sparsities: tuple[float, ...]
+    arch: str
+    dataset: str
+    recipe: str
+    recipe_name: str
+    products: tuple[str, ...]
+    seed: int = 0
+    data_root: str | None = None
+    source: str | None = None  # `from:` a dense model to prune one-shot, instead of training
+    nodes: int | None = None  # job size; None: the profile's
+    gpus: int | None = None
+    single_process: bool = False  # too small to share across processes (mini-suite model, one-shot candidates)
+    out_dir: str | None = None  # where the checkpoints (and the training's resume state) go; None: the default
+
+    @property
+    def name(self) -> str:
+        """The unit's key in the upstream store (its ledger line, claim, failure file)."""
+        if len(self.products) == 1:
+            return self.products[0]
+        sparsities = "-".join(format_sparsity(s).rstrip("%") for s in self.sparsities)
+        return f"{self.arch}_{self.method}_{sparsities}_{self.recipe_name}_s{self.seed}"
+
+    @property
+    def label(self) -> str:
+        how = f"one-shot from {self.source}" if self.source else f"{self.recipe_name} recipe"
+        return (f"{self.method} {', '.join(format_sparsity(s) for s in self.sparsities)} {self.arch} ({how}, "
+                f"{self.dataset}, seed {self.seed})")
+
+    def train_kwargs(self) -> dict[str, Any]:
+        """Keywords of ``transferbench.upstream.train_upstream`` for this unit (device and speed switches aside)."""
+        return {"method": self.method, "sparsities": list(self.sparsities), "arch": self.arch,
+                "dataset": self.dataset, "recipe": self.recipe, "seed": self.seed,
+                "data_root": Path(self.data_root).expanduser() if self.data_root else None,
+                "out_dir": Path(self.out_dir) if self.out_dir else None}
+
+    def folder(self) -> Path:
+        """Where ``train_upstream`` writes the unit's checkpoints and keeps its resume state."""
+        return Path(self.out_dir) if self.out_dir else checkpoint_dir() / "upstream"
+
+
+def make_unit(method: str, sparsities: list, *, recipe: str | Path | None = None, seed: int = 0,
+              arch: str | None = None, dataset: str | None = None, data_root: str | Path | None = None,
+              source: str | None = None, nodes: int | None = None, gpus: int | None = None,
+              single_process: bool = False, out_dir: str | Path | None = None) -> UpstreamUnit:
+    """One unit, checked as `transferbench upstream` checks its flags (method, sparsities, recipe) before
+    anything is trained or submitted. ``recipe`` None: small_cpu, or for ``source`` the one
+    ``prune_published`` takes for the dataset."""
+    where = {"data_root": str(data_root) if data_root else None, "nodes": nodes, "gpus": gpus,
+             "out_dir": str(Path(out_dir).expanduser().resolve()) if out_dir else None}
+    if source:
+        return _oneshot_unit(method, sparsities, source, recipe, dataset, arch, where)
+    fractions = tuple(checked_sparsities(method, list(sparsities)))
+    rec, _ = method_recipe(method, recipe or MINI_RECIPE, arch, dataset)
+    products = tuple(checkpoint_name(rec, method, s, seed) for s in fractions)
+    return UpstreamUnit(method, fractions, rec["arch"], rec["dataset"], str(recipe or MINI_RECIPE), rec["name"],
+                        products, seed, single_process=single_process, **where)
+
+
+def _oneshot_unit(method: str, sparsities: list, source: str, recipe: str | Path | None, dataset: str | None,
+                  arch: str | None, where: dict[str, Any]) -> UpstreamUnit:
+    """One-shot candidates of the registered dense model ``source`` (``from:``), named as ``prune_published``
+    names them (the dense row, the method, the sparsity, the recipe and its calibration seed). A file by path is
+    named after its digest, known only by reading it: register it first (``register_local``) and name that."""
+    if method not in ONE_SHOT_METHODS:
+        raise TransferbenchError(f"--from prepares one-shot candidates of CrAM models: use --method "
+                                 f"{' or '.join(ONE_SHOT_METHODS)}, not {method}")
+    row = named_checkpoint(source)
+    if row is None or row.oneshot or row.sparsity != 0.0:
+        raise TransferbenchError(f"--from {source}: not the name of a registered dense model; a sweep or a SLURM job "
+                                 "prepares candidates of a registry row (register a file with register_local first)")
+    fractions = tuple(checked_sparsities(method, list(sparsities)))
+    rec = load_recipe(recipe or DEFAULT_RECIPES.get(dataset or "imagenet", MINI_RECIPE))
+    named = SimpleNamespace(stem=row.name)  # oneshot_name reads only the dense source's stem: the row's name
+    seed = int(rec["calibration"]["seed"])
+    products = tuple(oneshot_name(named, method, s, rec, seed) for s in fractions)  # type: ignore[arg-type]
+    if arch and arch != row.arch:
+        raise TransferbenchError(f"--from {source} is a {row.arch} (registry row); drop --arch {arch}")
+    return UpstreamUnit(method, fractions, row.arch, dataset or rec["dataset"], str(recipe or rec["name"]),
+                        rec["name"], products, seed, source=source, single_process=True, **where)
+
+
+def parse_upstream(raw: Any, origin: str) -> tuple[UpstreamUnit, ...]:
+    """The units of a sweep's ``upstream:`` list (method × sparsity × seed × recipe), each problem one line naming
+    the sweep file."""
+    units: list[UpstreamUnit] = []
+    for item in raw if isinstance(raw, list) else [raw]:
+        if not isinstance(item, dict) or "method" not in item:
+            raise TransferbenchError(f"sweep {origin}: each upstream entry needs a method, got {item!r}")
+        method = str(item["method"])
+        if unknown := sorted(set(item) - set(UPSTREAM_ENTRY_KEYS)):
+            raise TransferbenchError(f"sweep {origin}: upstream {method!r} has unknown key(s) {', '.join(unknown)}; "
+                                     f"known: {', '.join(UPSTREAM_ENTRY_KEYS)}")
+        sparsities = _as_list(item.get("sparsity", 0 if method == "dense" else None))
+        if sparsities == [None]:
+            raise TransferbenchError(f"sweep {origin}: upstream {method!r} needs a sparsity")
+        together = bool(item.get("from")) or method in ONE_MODEL_MANY_SPARSITIES
+        size = {k: _positive(item.get(k), f"upstream {method!r} {k}", origin) for k in ("nodes", "gpus")}
+        if size["gpus"] and size["nodes"] and size["gpus"] % size["nodes"]:
+            raise TransferbenchError(f"sweep {origin}: upstream {method!r}: gpus {size['gpus']} do not split evenly "
+                                     f"over nodes {size['nodes']}; give a multiple of the node count")
+        for recipe in _as_list(item.get("recipe", MINI_RECIPE)):
+            for seed in _as_list(item.get("seed", 0)):
+                for group in [sparsities] if together else [[s] for s in sparsities]:
+                    try:
+                        units.append(make_unit(
+                            method, group, recipe=str(recipe), seed=_integer(seed, origin), arch=item.get("arch"),
+                            dataset=item.get("dataset"), data_root=item.get("data_root"),
+                            source=str(item["from"]) if item.get("from") else None, **size))
+                    except TransferbenchError as exc:
+                        raise TransferbenchError(f"sweep {origin}: upstream {method!r}: {exc}") from None
+    products = [p for u in units for p in u.products]
+    if twice := sorted({p for p in products if products.count(p) > 1}):
+        raise TransferbenchError(f"sweep {origin}: upstream entries make {', '.join(twice)} more than once; list "
+                                 "each method, sparsity, seed and recipe once")
+    return tuple(units)
+
+
+def _as_list(value: Any) -> list:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _integer(value: Any, origin: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TransferbenchError(f"sweep {origin}: upstream seeds must be integers, got {value!r}")
+    return value
+
+
+def _positive(value: Any, what: str, origin: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise TransferbenchError(f"sweep {origin}: {what} must be a whole number of 1 or more, got {value!r}")
+    return value
