@@ -74,6 +74,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_upstream(args: argparse.Namespace) -> int:
+    if args.executor == "slurm" or args.gpus is not None or args.nodes is not None or args.profile:
+        from .dispatch.upstream_jobs import submit_upstream_command
+
+        return submit_upstream_command(args, _loop_options(args))
     if args.source is not None:  # one-shot candidates of a dense model (_add_upstream_source_flags)
         return _prune_from_dense(args)
     from .upstream import train_upstream
@@ -279,6 +283,13 @@ def _add_upstream_speed_flags(up: argparse.ArgumentParser) -> None:
 
 def _add_upstream_launch_flags(up: argparse.ArgumentParser) -> None:
     """Where the upstream job runs: here (torchrun for several processes) or on SLURM through submitit."""
+    up.add_argument("--executor", choices=("local", "slurm"), default="local",
+                    help="local (this process; torchrun --nproc-per-node N for several) or slurm: one job of "
+                         "--nodes x (--gpus / --nodes) processes, one per GPU, requeued on preemption and resumed")
+    up.add_argument("--profile", help="--executor slurm: cluster profile, slurm/<name>.yaml or a .yaml path (its "
+                                      "upstream: section sizes the job unless --gpus/--nodes do)")
+    up.add_argument("--gpus", type=int, help="--executor slurm: GPUs in all (one process each), a multiple of --nodes")
+    up.add_argument("--nodes", type=int, help="--executor slurm: nodes the GPUs are spread over (default 1)")
 
 
 def _add_tasks_commands(sub: argparse._SubParsersAction) -> None:
