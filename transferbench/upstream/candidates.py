@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoints import CheckpointSpec, register_local, save_checkpoint
 from ..pruning.bn import balanced_sample, bn_recalibrate, dataset_labels, indices_digest
 from ..pruning.oneshot import one_shot_prune
+from ..seeding import epoch_seed
 from ..sparsity import measure_sparsity
 from ..version import __version__
 from ..vocabulary import format_sparsity
+from .data import SeededSamples, eval_loader
 from .recipes import checkpoint_name
 
 log = logging.getLogger("transferbench")
@@ -31,11 +34,13 @@ class UpstreamResult:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 256) -> float:
+def evaluate(model: torch.nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 256,
+             workers: int = 0) -> float:
+    """Top-1 on ``dataset`` (read by ``workers`` loader processes, pinned on a GPU)."""
     model.eval()
     correct = total = 0
-    for x, y in DataLoader(dataset, batch_size=batch_size):
-        correct += int((model(x.to(device)).argmax(1).cpu() == y).sum())
+    for x, y in eval_loader(dataset, batch_size, workers, device):
+        correct += int((model(x.to(device, non_blocking=True)).argmax(1).cpu() == y).sum())
         total += len(y)
     return correct / max(total, 1)
 
@@ -75,21 +80,34 @@ class Calibration:
         return {"size": len(self.indices), "seed": self.seed, "batches": self.batches,
                 "indices_sha256": indices_digest(self.indices), "sampling": "class-balanced"}
 
-    def recalibrate(self, model: torch.nn.Module, device: torch.device) -> None:
-        loader = DataLoader(Subset(self.dataset, list(self.indices)), batch_size=self.batch_size, shuffle=True,
-                            generator=torch.Generator().manual_seed(self.seed))
-        with torch.random.fork_rng(devices=[]):  # the augmentation's draws, without disturbing the caller's RNG
-            torch.manual_seed(self.seed)
-            bn_recalibrate(model, loader, iters=self.batches, device=device)
+    def batches_of_samples(self) -> list[list[tuple[int, int]]]:
+        """The ``batches`` batches of (index, augmentation seed): passes over the sample, each in its own seeded
+        order (the last batch of a pass may be short, as a DataLoader's), until there are enough."""
+        per_pass = math.ceil(len(self.indices) / self.batch_size)
+        if per_pass == 0:
+            raise ValueError("the calibration sample is empty")
+        generator, out = torch.Generator().manual_seed(self.seed), []
+        for n in range(math.ceil(self.batches / per_pass)):
+            seed = epoch_seed(self.seed, n)
+            order = [self.indices[i] for i in torch.randperm(len(self.indices), generator=generator).tolist()]
+            out += [[(i, seed) for i in order[k:k + self.batch_size]] for k in range(0, len(order), self.batch_size)]
+        return out[:self.batches]
+
+    def recalibrate(self, model: torch.nn.Module, device: torch.device, workers: int = 0) -> None:
+        """Recalibrate ``model``'s BN in place; ``workers`` loader processes never change the result (each image's
+        augmentation is seeded by its index and pass)."""
+        loader = DataLoader(SeededSamples(self.dataset), batch_sampler=self.batches_of_samples(),
+                            num_workers=workers, pin_memory=device.type == "cuda")
+        bn_recalibrate(model, loader, iters=self.batches, device=device)
 
 
 def one_shot_candidate(model: torch.nn.Module, method: str, sparsity: float, calibration: Calibration,
-                       device: torch.device) -> tuple[torch.nn.Module, dict]:
+                       device: torch.device, workers: int = 0) -> tuple[torch.nn.Module, dict]:
     """A copy of the dense ``model`` pruned one-shot to ``sparsity`` (2:4 for cram_nm) with its BN recalibrated;
     returns (the copy, its masks). ``model`` itself is left as it was."""
     pruned = copy.deepcopy(model)
     masks = one_shot_prune(pruned, ONE_SHOT_PATTERN.get(method, sparsity))
-    calibration.recalibrate(pruned, device)
+    calibration.recalibrate(pruned, device, workers)
     return pruned, masks
 
 
@@ -100,22 +118,22 @@ def oneshot_metadata(method: str, calibration: Calibration) -> dict:
 
 
 def one_shot_candidates(model: torch.nn.Module, method: str, sparsities: list[float], rec: dict,
-                        train_set: Dataset, dev: torch.device) -> list[tuple]:
+                        train_set: Dataset, dev: torch.device, workers: int = 0) -> list[tuple]:
     """CrAM's candidates: the trained model one-shot pruned to each sparsity (2:4 for cram_nm), BN recalibrated on
     a seeded class-balanced sample of the training set (§6.3: 1000 images, seed 42, training augmentation).
     Returns (sparsity, model, masks, metadata) per candidate."""
     calibration = Calibration.from_recipe(rec, train_set)
     about = oneshot_metadata(method, calibration)
-    return [(sp, *one_shot_candidate(model, method, sp, calibration, dev), about) for sp in sparsities]
+    return [(sp, *one_shot_candidate(model, method, sp, calibration, dev, workers), about) for sp in sparsities]
 
 
 def register_candidate(folder: Path, rec: dict, method: str, sp: float, net: torch.nn.Module, masks: dict,
                        test_set: Dataset, dev: torch.device, seed: int, seconds: float,
                        about: dict | None = None, *, name: str | None = None, notes: str | None = None,
-                       pruned_from: str | None = None) -> UpstreamResult:
+                       pruned_from: str | None = None, workers: int = 0) -> UpstreamResult:
     """Evaluate one trained (or one-shot) model, write it in the project's format and register it (as ``name``,
     default the recipe's checkpoint name; ``pruned_from``: the dense file a one-shot candidate was pruned from)."""
-    top1 = evaluate(net, test_set, dev)
+    top1 = evaluate(net, test_set, dev, workers=workers)
     measured = measure_sparsity(net, include_head=True).overall
     name = name or checkpoint_name(rec, method, sp, seed)
     notes = notes or f"trained by transferbench upstream ({rec['name']} recipe, {rec['dataset']}, seed {seed})"

@@ -103,16 +103,17 @@ def train_loop(forward: nn.Module, optimizer: torch.optim.Optimizer, pruner: Pru
 def train_upstream(method: str, sparsities: list[float], arch: str | None = None, dataset: str | None = None,
                    recipe: str | Path = "small_cpu", data_root: Path | None = None, seed: int = 0,
                    device: str = "auto", out_dir: Path | None = None, options: LoopOptions | None = None,
-                   force: bool = False) -> list[UpstreamResult]:
+                   force: bool = False, batch_size: int | None = None) -> list[UpstreamResult]:
     """Train ``method`` with ``recipe`` and write + register one checkpoint per requested sparsity.
 
     Every method but CrAM takes exactly one sparsity. CrAM trains one dense model and produces one candidate per
     sparsity by one-shot pruning and BN recalibration (§6.3). In a job of several processes (torchrun, SLURM) every
-    process calls this; all of them return the results. ``force`` trains again a run already registered.
+    process calls this; all of them return the results. ``force`` trains again a run already registered;
+    ``batch_size`` runs the recipe at another global batch by its scaling rule (``recipes.method_recipe``).
     """
     options = options or LoopOptions()
     sparsities = checked_sparsities(method, sparsities)
-    rec, knobs = method_recipe(method, recipe, arch, dataset)
+    rec, knobs = method_recipe(method, recipe, arch, dataset, batch_size=batch_size, sparsity=sparsities[0])
     world, dev = join_world(device)
     return _train(method, sparsities, rec, knobs, recipe, data_root, seed, device, out_dir, options, force, world,
                   dev)
@@ -160,8 +161,7 @@ def _train(method: str, sparsities: list[float], rec: dict, knobs: dict, recipe:
                 "resumed_from_epoch": resumed.epoch if resumed else 0}
     results = None
     if world.is_main:
-        results = _register(method, sparsities, rec, model, pruner, run["train_set"], run["test_set"], dev, seed,
-                            seconds, folder, training)
+        results = _register(method, sparsities, rec, model, pruner, run, dev, seed, seconds, folder, training)
     results = broadcast_object(world, results)
     discard_state(work, world)
     return results
@@ -210,14 +210,14 @@ def _build_run(method: str, sparsities: list[float], rec: dict, knobs: dict, rec
             "train_set": train_set, "test_set": test_set, "workers": workers}
 
 
-def _register(method: str, sparsities: list[float], rec: dict, model: nn.Module, pruner: Pruner, train_set,
-              test_set, dev: torch.device, seed: int, seconds: float, folder: Path,
-              training: dict) -> list[UpstreamResult]:
+def _register(method: str, sparsities: list[float], rec: dict, model: nn.Module, pruner: Pruner, run: dict,
+              dev: torch.device, seed: int, seconds: float, folder: Path, training: dict) -> list[UpstreamResult]:
+    """Rank 0: the checkpoint(s) of the trained model (CrAM: one-shot candidates), evaluated, written, registered."""
     candidates = [(sparsities[0], model, pruner.masks, {})]
     if method in ("cram", "cram_nm"):
-        candidates = one_shot_candidates(model, method, sparsities, rec, train_set, dev)
-    return [register_candidate(folder, rec, method, sp, net, masks, test_set, dev, seed, seconds,
-                               {"training": training, **about})
+        candidates = one_shot_candidates(model, method, sparsities, rec, run["train_set"], dev, run["workers"])
+    return [register_candidate(folder, rec, method, sp, net, masks, run["test_set"], dev, seed, seconds,
+                               {"training": training, **about}, workers=run["workers"])
             for sp, net, masks, about in candidates]
 
 
