@@ -12,6 +12,7 @@ import yaml
 from torch.utils.data import TensorDataset
 
 from transferbench import shipped
+from transferbench.cli import main
 from transferbench.errors import TransferbenchError
 from transferbench.models import create_model
 from transferbench.pruning import factory
@@ -280,3 +281,29 @@ def test_an_alias_entry_is_resolved_on_its_own_copy():
     knobs = method_recipe("rigl", "imagenet_resnet50", batch_size=1024)[1]
     assert knobs["update_every"] == 400
     assert method_recipe("rigl_erk1x", "imagenet_resnet50")[1]["update_every"] == 100
+
+
+@pytest.mark.parametrize("bad", ["0", "48", "-1"])
+def test_the_command_line_refuses_a_bad_batch_size_before_writing_anything(bad, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
+    out = tmp_path / "out"
+    code = main(["upstream", "--method", "rigl", "--sparsity", "0.9", "--batch-size", bad, "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith(f"error: --batch-size {bad}: ") and "Traceback" not in "".join(err)
+    assert not out.exists() and not (tmp_path / "ckpts").exists()
+
+
+def test_upstream_at_another_batch_records_the_scaling_in_the_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
+    recipe = {**load_recipe("small_cpu"), "name": "tiny", "train_size": 256, "test_size": 64, "batch_size": 64,
+              "epochs": 2}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    args = ["upstream", "--method", "rigl", "--sparsity", "0.8", "--recipe", str(path), "--batch-size", "32"]
+    assert main(args) == 0
+    (checkpoint,) = (tmp_path / "ckpts" / "upstream").glob("*.pth")
+    config = yaml.safe_load(torch.load(checkpoint, weights_only=True)["metadata"]["recipe_config"])
+    assert config["scaled"] == {"rule": "linear_lr", "from_batch": 64, "to_batch": 32, "lr_factor": 0.5,
+                                "lr": {"from": 0.1, "to": 0.05},
+                                "step_knobs": {"update_every": {"from": 20, "to": 40}}}
+    assert (config["batch_size"], config["optimizer"]["lr"]) == (32, 0.05)

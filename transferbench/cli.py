@@ -84,7 +84,8 @@ def cmd_upstream(args: argparse.Namespace) -> int:
 
     results = train_upstream(args.method, args.sparsity, arch=args.arch, dataset=args.dataset,
                              recipe=args.recipe or "small_cpu",
-                             data_root=args.data_root, seed=args.seed, device=args.device, out_dir=args.out)
+                             data_root=args.data_root, seed=args.seed, device=args.device, out_dir=args.out,
+                             batch_size=args.batch_size)
     _print_upstream_results(args, results)
     return 0
 
@@ -241,7 +242,8 @@ def _add_hparam_flags(parser: argparse.ArgumentParser) -> None:
 def _add_upstream_command(sub: argparse._SubParsersAction) -> None:
     up = sub.add_parser("upstream", help="train/prune an upstream model and register its checkpoint(s)")
     up.add_argument("--method", required=True,
-                    help="dense, magnitude, gmp, woodfisher, rigl, lth, acdc, cram, cram_nm")
+                    help="an entry of the recipe: dense, magnitude, gmp, woodfisher, rigl, lth, acdc, cram, cram_nm; "
+                         "imagenet_resnet50 adds gmp_str, rigl_erk1x and rigl_erk5x (the registry's names)")
     up.add_argument("--sparsity", type=float, nargs="+", default=[0.9],
                     help="target sparsity (several for cram: one candidate each)")
     up.add_argument("--arch", help="architecture (default: the recipe's)")
@@ -253,6 +255,7 @@ def _add_upstream_command(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--device", default="auto")
     up.add_argument("--out", type=Path, help="where to write the checkpoints (default <checkpoint dir>/upstream)")
     _add_upstream_source_flags(up)
+    _add_upstream_recipe_flags(up)
     _add_upstream_speed_flags(up)
     _add_upstream_launch_flags(up)
     up.set_defaults(func=cmd_upstream)
@@ -275,6 +278,15 @@ def _prune_from_dense(args: argparse.Namespace) -> int:
                               data_root=args.data_root, arch=args.arch, device=args.device, out_dir=args.out)
     _print_upstream_results(args, results)
     return 0
+
+
+def _add_upstream_recipe_flags(up: argparse.ArgumentParser) -> None:
+    """How the recipe is run: at its published global batch, or at another one by the recipe's scaling rule."""
+    up.add_argument("--batch-size", type=int, metavar="B",
+                    help="global batch (all GPUs together) instead of the recipe's published one: the lr and "
+                         "step-counted knobs (RigL's ΔT) follow the recipe's scaling rule (linear_lr: lr x "
+                         "B/published; same_lr), epochs and warm-up stay; recorded as `scaled` in the checkpoint's "
+                         "recipe_config")
 
 
 def _add_upstream_speed_flags(up: argparse.ArgumentParser) -> None:
