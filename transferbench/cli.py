@@ -85,7 +85,7 @@ def cmd_upstream(args: argparse.Namespace) -> int:
     results = train_upstream(args.method, args.sparsity, arch=args.arch, dataset=args.dataset,
                              recipe=args.recipe or "small_cpu",
                              data_root=args.data_root, seed=args.seed, device=args.device, out_dir=args.out,
-                             batch_size=args.batch_size)
+                             options=_loop_options(args), force=args.force, batch_size=args.batch_size)
     _print_upstream_results(args, results)
     return 0
 
@@ -291,6 +291,24 @@ def _add_upstream_recipe_flags(up: argparse.ArgumentParser) -> None:
 
 def _add_upstream_speed_flags(up: argparse.ArgumentParser) -> None:
     """Loader workers, precision and memory format of the upstream loop (each recorded in the checkpoint)."""
+    from .upstream.options import PRECISIONS
+
+    up.add_argument("--workers", type=int, help="loader processes per GPU process (default: up to 8 on a GPU, "
+                                                "0 on a CPU); never changes a number")
+    up.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                    help="fp32, bf16 autocast, or fp64 (numerical reference checks); part of the run's identity")
+    up.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster on GPUs)")
+    up.add_argument("--sync-bn", action="store_true",
+                    help="BatchNorm over the global batch across GPUs (the published runs normalised per GPU)")
+    up.add_argument("--force", action="store_true",
+                    help="train again even if this run is registered already (it is skipped otherwise)")
+
+
+def _loop_options(args: argparse.Namespace):
+    from .upstream.options import LoopOptions
+
+    return LoopOptions(workers=args.workers, precision=args.precision, channels_last=args.channels_last,
+                       sync_bn=args.sync_bn)
 
 
 def _add_upstream_launch_flags(up: argparse.ArgumentParser) -> None:
