@@ -27,7 +27,7 @@ from ..errors import TransferbenchError
 from ..models import create_model
 from ..progress import progress
 from ..pruning.base import Pruner, training_step
-from ..pruning.factory import build
+from ..pruning.factory import build, pruner_name
 from .candidates import UpstreamResult, one_shot_candidates, register_candidate
 from .data import DATA_ORDER, FisherBatches, train_loader, upstream_datasets
 from .distributed import (
@@ -161,7 +161,9 @@ def _train(method: str, sparsities: list[float], rec: dict, knobs: dict, recipe:
                 "resumed_from_epoch": resumed.epoch if resumed else 0}
     results = None
     if world.is_main:
-        results = _register(method, sparsities, rec, model, pruner, run, dev, seed, seconds, folder, training)
+        one_shot = pruner_name(method, knobs) in ("cram", "cram_nm")  # CrAM: one-shot candidates of the model
+        results = _register(method, sparsities, rec, model, pruner, run, dev, seed, seconds, folder, training,
+                            one_shot)
     results = broadcast_object(world, results)
     discard_state(work, world)
     return results
@@ -211,10 +213,11 @@ def _build_run(method: str, sparsities: list[float], rec: dict, knobs: dict, rec
 
 
 def _register(method: str, sparsities: list[float], rec: dict, model: nn.Module, pruner: Pruner, run: dict,
-              dev: torch.device, seed: int, seconds: float, folder: Path, training: dict) -> list[UpstreamResult]:
+              dev: torch.device, seed: int, seconds: float, folder: Path, training: dict,
+              one_shot: bool) -> list[UpstreamResult]:
     """Rank 0: the checkpoint(s) of the trained model (CrAM: one-shot candidates), evaluated, written, registered."""
     candidates = [(sparsities[0], model, pruner.masks, {})]
-    if method in ("cram", "cram_nm"):
+    if one_shot:
         candidates = one_shot_candidates(model, method, sparsities, rec, run["train_set"], dev, run["workers"])
     return [register_candidate(folder, rec, method, sp, net, masks, run["test_set"], dev, seed, seconds,
                                {"training": training, **about}, workers=run["workers"])
