@@ -351,3 +351,59 @@ def test_status_needs_no_data_root(tmp_path, monkeypatch, capsys):
     assert main(["status", "paper_resnet50_linear", "--results", str(tmp_path / "out"), "--data-root",
                  str(tmp_path / "nodata")]) == 0
     assert "data not found: aircraft" in capsys.readouterr().out
+
+
+def _sweep_with_upstream(root, **entry):
+    """The fixture sweep (cifar10, linear seed 21) with a magnitude 50% checkpoint of an upstream entry (small_cpu
+    at 256 images and 2 epochs)."""
+    from transferbench.upstream import load_recipe
+
+    recipe = load_recipe("small_cpu")
+    recipe.update(name="tiny", train_size=256, test_size=64, batch_size=64, epochs=2)
+    (root / "tiny.yaml").write_text(yaml.safe_dump(recipe))
+    sweep_file, _ = write_fixture_sweep(root, linear_seeds=(21,), full_seeds=())
+    spec = yaml.safe_load(sweep_file.read_text())
+    spec["upstream"] = [{"method": "magnitude", "sparsity": 50, "recipe": str(root / "tiny.yaml"), **entry}]
+    spec["checkpoints"] = [spec["checkpoints"][0], {"method": "magnitude", "sparsity": 50}]
+    sweep_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return sweep_file
+
+
+def _status(sweep_file, out, capsys):
+    assert main(["status", str(sweep_file), "--results", str(out), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    return [(u["unit"], u["state"]) for u in status["upstream"]], {r["method"]: r["state"] for r in status["runs"]}
+
+
+def test_debug_sweep_makes_its_upstream_units_first_then_runs_the_transfer_jobs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
+    sweep_file, out = _sweep_with_upstream(tmp_path), tmp_path / "out"
+    args = ["sweep", str(sweep_file), "--executor", "debug", "--results", str(out), "--workers", "0"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "[upstream 1/1] training magnitude 50% resnet_tiny (tiny recipe, shapes, seed 0) ..." in printed
+    assert printed.index("resnet_tiny_magnitude_50_tiny_s0 ready") < printed.index("to run: 2 run(s) in 2 job(s)")
+    unit = "resnet_tiny_magnitude_50_tiny_s0"
+    assert _status(sweep_file, out, capsys) == ([(unit, DONE)], {"dense": DONE, "magnitude": DONE})
+    assert main(args) == 0  # a second sweep trains and runs nothing
+    printed = capsys.readouterr().out
+    assert "nothing to do" in printed and "[upstream" not in printed
+
+
+def test_a_failing_upstream_unit_is_recorded_and_blocks_only_its_transfer_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
+    sweep_file = _sweep_with_upstream(tmp_path, dataset="imagenet", data_root=str(tmp_path / "no_imagenet"))
+    out = tmp_path / "out"
+    args = ["sweep", str(sweep_file), "--executor", "debug", "--results", str(out), "--workers", "0"]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert "upstream stage: failed: resnet_tiny_magnitude_50_tiny_s0: TransferbenchError: --dataset imagenet " \
+           "needs --data-root" in captured.out
+    assert "1 job(s) waiting for the upstream stage" in captured.err
+    assert json.loads((out / "upstream" / "failures" / "resnet_tiny_magnitude_50_tiny_s0.json").read_text())["error"]
+    assert main([*args, "--only-ready"]) == 0  # the rest runs; a failed unit is retried by --retry-failed only
+    assert "[upstream" not in capsys.readouterr().out
+    assert main([*args, "--retry-failed"]) == 1  # tried again, and failed again
+    assert "upstream stage: failed: resnet_tiny_magnitude_50_tiny_s0" in capsys.readouterr().out
+    assert _status(sweep_file, out, capsys) == ([("resnet_tiny_magnitude_50_tiny_s0", FAILED)],
+                                                {"dense": DONE, "magnitude": MISSING})

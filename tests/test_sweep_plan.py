@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -299,3 +300,125 @@ def test_slurm_executor_without_srun_is_a_one_line_error(tmp_path, monkeypatch, 
     assert main(["sweep", str(sweep_file), "--executor", "slurm", "--results", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "`srun` is not on PATH" in err and err.count("\n") == 1
+
+
+# --- upstream entries: the stage before the transfer jobs ---
+
+def _tiny_recipe(root: Path) -> Path:
+    from transferbench.upstream import load_recipe
+
+    recipe = load_recipe("small_cpu")
+    recipe.update(name="tiny", train_size=256, test_size=64, batch_size=64, epochs=2)
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def _upstream_sweep(root: Path, upstream: list[dict], checkpoints: list[dict] | None = None) -> Path:
+    """A digits sweep (no data needed) whose checkpoints come from ``upstream`` entries of the tiny recipe."""
+    recipe = str(_tiny_recipe(root))
+    spec = {"name": "up", "upstream": [{"recipe": recipe, **entry} for entry in upstream], "tasks": ["digits"],
+            "modes": ["linear"], "seeds": [21]}
+    if checkpoints is not None:
+        spec["checkpoints"] = checkpoints
+    path = root / "up.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _register_product(root: Path, name: str, method: str, sparsity: float) -> None:
+    """A registered checkpoint under the name an upstream unit gives it (as if its job had run)."""
+    from fixtures_models import write_pruned_checkpoint
+
+    from transferbench.checkpoints import CheckpointSpec, register_local
+
+    path = root / f"{name}.pth"
+    write_pruned_checkpoint(path, sparsity=sparsity)
+    register_local(CheckpointSpec(name=name, method=method, sparsity=sparsity, arch="resnet_tiny",
+                                  filename=path.name), path)
+
+
+def test_dry_run_lists_the_upstream_stage_then_the_transfer_jobs_that_wait_for_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
+    sweep_file = _upstream_sweep(tmp_path, [{"method": "magnitude", "sparsity": [50, 80], "gpus": 4, "nodes": 2},
+                                            {"method": "dense"}])
+    out = tmp_path / "out"
+    args = ["sweep", str(sweep_file), "--dry-run", "--results", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "upstream stage: 3 unit(s) (3 missing); 3 to submit first" in printed
+    assert ("  train resnet_tiny_magnitude_50_tiny_s0 (magnitude 50% resnet_tiny (tiny recipe, shapes, seed 0)): one "
+            "SLURM job, 2 node(s) x 2 process(es), 2 GPU(s) per node, 1440 min") in printed
+    assert "  train resnet_tiny_dense_0_tiny_s0 (dense 0% resnet_tiny (tiny recipe, shapes, seed 0)): one SLURM " \
+           "job, 1 node(s) x 1 process(es), 1 GPU(s) per node, 1440 min" in printed  # the default profile's size
+    upstream_script, transfer_script = re.findall(r"^#!/bin/bash\n.*?^srun [^\n]*\n", printed, flags=re.M | re.S)
+    for line in ("--nodes=2", "--ntasks-per-node=2", "--gpus-per-node=2",
+                 "--job-name=tb-upstream-resnet_tiny_magnitude_50_tiny_s0"):
+        assert f"#SBATCH {line}\n" in upstream_script
+    assert f"{out}/upstream/jobs/%j" in upstream_script and "--dependency" not in upstream_script
+    assert "#SBATCH --dependency='afterok:<resnet_tiny_magnitude_50_tiny_s0>'\n" in transfer_script
+    # every transfer run waits for the upstream stage, one array per upstream job it waits for
+    assert re.search(r"linear\s+3\s+0\s+0\s+0\s+0\s+0\s+0\s+3\s+0\s+0\s+3\n", printed)
+    assert "linear: 3 job(s) as 3 array(s) of 1, 1, 1" in printed
+    assert not out.exists() and not (tmp_path / "ckpts").exists()  # a dry run writes nothing
+
+    # one unit registered, one half-trained: nothing to submit for the first, the second resumes
+    _register_product(tmp_path, "resnet_tiny_magnitude_50_tiny_s0", "magnitude", 0.5)
+    state = tmp_path / "ckpts" / "upstream" / "work" / "resnet_tiny_magnitude_80_tiny_s0-0123456789ab"
+    state.mkdir(parents=True)
+    (state / "progress.json").write_text(json.dumps({"epoch": 1, "epochs": 2, "world_size": 4}))
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "upstream stage: 3 unit(s) (1 done, 1 unfinished, 1 missing); 2 to submit first" in printed
+    assert "train resnet_tiny_magnitude_50_tiny_s0" not in printed
+    assert re.search(r"linear\s+3\s+0\s+0\s+0\s+0\s+0\s+0\s+3\s+0\s+0\s+2\n", printed)  # 1 run needs no upstream
+    assert main(["status", str(sweep_file), "--results", str(out), "--json"]) == 0
+    rows = {r["unit"]: r for r in json.loads(capsys.readouterr().out)["upstream"]}
+    assert [(r["state"], r["detail"]) for r in rows.values()] == [
+        ("done", "registered"),
+        ("unfinished", "epoch 1 of 2 (resume state, no job running it)"),
+        ("missing", "")]
+
+
+def test_checkpoints_are_bound_to_the_upstream_entry_that_makes_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
+    upstream = [{"method": "magnitude", "sparsity": 50, "seed": [0, 1]}, {"method": "cram", "sparsity": [50, 90]}]
+    everything = load_sweep(_upstream_sweep(tmp_path, upstream))  # no checkpoints: transfer every product
+    assert [(u.name, u.sparsities) for u in everything.upstream] == [
+        ("resnet_tiny_magnitude_50_tiny_s0", (0.5,)), ("resnet_tiny_magnitude_50_tiny_s1", (0.5,)),
+        ("resnet_tiny_cram_50-90_tiny_s0", (0.5, 0.9))]  # CrAM: one model, every candidate
+    assert [e.upstream for e in everything.checkpoints] == [
+        "resnet_tiny_magnitude_50_tiny_s0", "resnet_tiny_magnitude_50_tiny_s1", "resnet_tiny_cram_50_tiny_s0",
+        "resnet_tiny_cram_90_tiny_s0"]
+    chosen = load_sweep(_upstream_sweep(tmp_path, upstream, [{"method": "magnitude", "sparsity": 0.5, "seed": 1},
+                                                             {"method": "cram", "sparsity": 90},
+                                                             {"method": "dense", "sparsity": 0}]))
+    assert [e.upstream for e in chosen.checkpoints] == ["resnet_tiny_magnitude_50_tiny_s1",
+                                                        "resnet_tiny_cram_90_tiny_s0", None]  # dense: the registry's
+    plan = plan_sweep(chosen, tmp_path / "out")
+    assert [s.checkpoint.identity for s in plan.specs[:2]] == ["upstream:resnet_tiny_magnitude_50_tiny_s1",
+                                                               "upstream:resnet_tiny_cram_90_tiny_s0"]
+    assert all(plan.blocked(s) for s in plan.specs)  # nothing submitted the upstream units yet
+
+
+@pytest.mark.parametrize(("upstream", "checkpoints", "message"), [
+    ([{"sparsity": 90}], None, "each upstream entry needs a method"),
+    ([{"method": "acdc", "sparsity": 90, "epochs": 3}], None, "upstream 'acdc' has unknown key(s) epochs"),
+    ([{"method": "acdc"}], None, "upstream 'acdc' needs a sparsity"),
+    ([{"method": "acdc", "sparsity": 90, "gpus": 3, "nodes": 2}], None, "gpus 3 do not split evenly over nodes 2"),
+    ([{"method": "acdc", "sparsity": 90, "gpus": 0}], None, "upstream 'acdc' gpus must be a whole number of 1 or more"),
+    ([{"method": "acdc", "sparsity": 90}, {"method": "acdc", "sparsity": [80, 90]}], None,
+     "make resnet_tiny_acdc_90_tiny_s0 more than once"),
+    ([{"method": "snip", "sparsity": 90}], None, "upstream 'snip': "),
+    ([{"method": "acdc", "sparsity": 90, "recipe": "nope"}], None, "upstream 'acdc':"),
+    ([{"method": "acdc", "sparsity": 90, "from": "cram_resnet50"}], None, "one-shot candidates of CrAM models"),
+    ([{"method": "acdc", "sparsity": 90, "seed": [0, 1]}], [{"method": "acdc", "sparsity": 90}],
+     "is made by 2 upstream entries (resnet_tiny_acdc_90_tiny_s0, resnet_tiny_acdc_90_tiny_s1); add seed: or recipe:"),
+    ([{"method": "acdc", "sparsity": 90}], [{"method": "acdc", "sparsity": 80, "seed": 0}],
+     "names a seed or recipe, but no upstream entry of the sweep makes it"),
+])
+def test_bad_upstream_entries_are_one_line_errors_naming_the_file(upstream, checkpoints, message, tmp_path, capsys):
+    sweep_file = _upstream_sweep(tmp_path, upstream, checkpoints)
+    with pytest.raises(TransferbenchError, match=re.escape(message)) as info:
+        load_sweep(sweep_file)
+    assert str(info.value).startswith(f"sweep {sweep_file}: ") and "\n" not in str(info.value)
