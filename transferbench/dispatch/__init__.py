@@ -4,13 +4,20 @@
 
     plan = plan_sweep(load_sweep("paper_resnet50_linear"), "results", data_root="/data")
     submit_units(plan.units(), RunContext(results=Path("results")), "slurm", load_profile("default"), "paper")
+
+A sweep with ``upstream:`` entries has a stage before its transfer jobs (``plan_upstream``, ``upstream_stage``;
+``dispatch.pipeline`` shows the order); ``submit_upstream`` sends upstream units to SLURM as DDP jobs.
 """
 
 from ..store import STATES, RunState, run_states
+from .pipeline import upstream_stage
 from .plan import Plan, WorkUnit, plan_sweep
 from .profiles import Profile, load_profile, packaged_profiles
+from .stages import UpstreamPlan, plan_upstream
 from .submit import Submission, sbatch_preview, submit_units
 from .sweep import CheckpointEntry, SweepSpec, load_sweep, packaged_sweeps
+from .upstream_jobs import UpstreamJob, submit_upstream
+from .upstream_spec import UpstreamUnit, make_unit
 
 __all__ = [
     "STATES",
@@ -20,13 +27,20 @@ __all__ = [
     "RunState",
     "Submission",
     "SweepSpec",
+    "UpstreamJob",
+    "UpstreamPlan",
+    "UpstreamUnit",
     "WorkUnit",
     "load_profile",
     "load_sweep",
+    "make_unit",
     "packaged_profiles",
     "packaged_sweeps",
     "plan_sweep",
+    "plan_upstream",
     "run_states",
     "sbatch_preview",
     "submit_units",
+    "submit_upstream",
+    "upstream_stage",
 ]
