@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -157,3 +158,54 @@ def test_a_gpu_job_is_given_a_gpu_by_slurms_gres(slurm_conf, tmp_path, monkeypat
         log = Path(entry["stdout"]).read_text()
         assert "allocated GPU: 0" in log or "allocated GPU: 1" in log, log
     assert all(json.loads((out / "runs" / k / "result.json").read_text())["config"]["device"] == "cpu" for k in keys)
+
+
+def test_an_upstream_entry_trains_on_two_processes_before_the_transfer_job_that_waits_for_it(slurm_conf, tmp_path,
+                                                                                              monkeypatch, capsys):
+    """A sweep's upstream unit as one SLURM job of two tasks (DDP over gloo, started by submitit's srun), and the
+    transfer job that needs its checkpoint submitted at once with afterok: it can only succeed after the upstream
+    job registered the checkpoint."""
+    from transferbench.checkpoints import list_checkpoints
+    from transferbench.upstream import load_recipe
+
+    monkeypatch.setenv("SLURM_CONF", slurm_conf)
+    monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))  # the jobs inherit it (--export=ALL)
+    recipe = load_recipe("small_cpu")
+    recipe.update(name="tiny", train_size=256, test_size=64, batch_size=64, epochs=2)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(recipe))
+    sweep_file, _ = write_fixture_sweep(tmp_path, linear_seeds=(21,), full_seeds=())
+    spec = yaml.safe_load(sweep_file.read_text())
+    spec["upstream"] = [{"method": "magnitude", "sparsity": 50, "recipe": str(tmp_path / "tiny.yaml")}]
+    spec["checkpoints"] = [{"method": "magnitude", "sparsity": 50}]
+    sweep_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+    profile = yaml.safe_load((SCRIPT.parent / "testcluster.yaml").read_text())
+    profile.update(gpus_per_node=0, upstream={"tasks_per_node": 2, "cpus_per_task": 1, "mem_gb": 2})
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(profile))
+    out = tmp_path / "out"
+    args = ["sweep", str(sweep_file), "--executor", "slurm", "--profile", str(tmp_path / "two.yaml"), "--results",
+            str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    upstream_job = re.search(r"upstream stage: submitted resnet_tiny_magnitude_50_tiny_s0 as job (\d+)", printed)[1]
+    ledger = [json.loads(line) for line in (out / "jobs" / "ledger.jsonl").read_text().splitlines()]
+    assert [e["after"] for e in ledger] == [[upstream_job]]
+
+    keys = ledger[0]["run_keys"]
+    _wait(lambda: all(state.state == DONE for state in plan_sweep(load_sweep(sweep_file), out).states.values()),
+          420, "the upstream job and then the transfer job to complete", poll=1.0)
+    plan = plan_sweep(load_sweep(sweep_file), out)
+    assert plan.upstream.states["resnet_tiny_magnitude_50_tiny_s0"].state == DONE
+    [record] = [json.loads((out / "runs" / s.run_key / "result.json").read_text()) for s in plan.specs]
+    assert record["checkpoint"]["identity"].startswith("resnet_tiny_magnitude_50_tiny_s0@sha256:")
+    assert record["run_key"] != keys[0]  # submitted under the placeholder, recorded under the real key
+    [spec_row] = [s for s in list_checkpoints() if s.name == "resnet_tiny_magnitude_50_tiny_s0"]  # registered once
+    metadata = torch.load(spec_row.path, map_location="cpu", weights_only=True)["metadata"]
+    assert metadata["training"]["world_size"] == 2, metadata  # both tasks trained it
+    upstream_log = next((out / "upstream" / "jobs" / upstream_job).glob("*_1_log.err")).read_text()
+    assert "process 1 of 2" in upstream_log  # the second task's log
+
+    _wait(lambda: not subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.strip(), 60,
+          "the queue to drain")
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "nothing to do" in printed and "upstream stage: submitted" not in printed
