@@ -209,3 +209,43 @@ def test_an_upstream_entry_trains_on_two_processes_before_the_transfer_job_that_
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "nothing to do" in printed and "upstream stage: submitted" not in printed
+
+
+def test_an_upstream_job_interrupted_by_usr2_is_requeued_and_resumes_from_its_last_epoch(slurm_conf, tmp_path,
+                                                                                         monkeypatch, capsys):
+    """`transferbench upstream --executor slurm`: two gloo processes; USR2 (what SLURM sends before a time limit
+    or a preemption) once an epoch is saved; submitit requeues the job, which resumes and registers once."""
+    from transferbench.checkpoints import list_checkpoints
+    from transferbench.upstream import load_recipe
+
+    monkeypatch.setenv("SLURM_CONF", slurm_conf)
+    monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
+    recipe = load_recipe("small_cpu")
+    recipe.update(name="tiny", train_size=512, test_size=64, batch_size=64, epochs=6)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(recipe))
+    profile = yaml.safe_load((SCRIPT.parent / "testcluster.yaml").read_text())
+    profile.update(gpus_per_node=0, upstream={"tasks_per_node": 2, "cpus_per_task": 1, "mem_gb": 2})
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(profile))
+    args = ["upstream", "--method", "magnitude", "--sparsity", "0.5", "--recipe", str(tmp_path / "tiny.yaml"),
+            "--executor", "slurm", "--profile", str(tmp_path / "two.yaml")]
+    assert main(args) == 0
+    job_id = re.search(r"submitted upstream job (\d+)", capsys.readouterr().out)[1]
+    store = tmp_path / "ckpts" / "upstream"
+    _wait(lambda: any(json.loads(p.read_text())["epoch"] >= 1 for p in store.glob("work/*/progress.json")), 240,
+          "the job to save an epoch", poll=0.1)
+    scancel = subprocess.Popen(["scancel", "--signal=USR2", job_id])
+    log = store / "jobs" / job_id / f"{job_id}_0_log.err"
+    _wait(lambda: "SIGUSR2" in log.read_text(errors="replace"), 60, "the job to get USR2")
+    if scancel.poll() is None:
+        scancel.kill()
+    scancel.wait()
+    name = "resnet_tiny_magnitude_50_tiny_s0"
+    _wait(lambda: any(s.name == name for s in list_checkpoints()), 420, "the requeued job to register", poll=1.0)
+    [spec] = [s for s in list_checkpoints() if s.name == name]  # registered once
+    training = torch.load(spec.path, map_location="cpu", weights_only=True)["metadata"]["training"]
+    assert training["world_size"] == 2 and training["resumed_from_epoch"] >= 1, training
+    assert "Requeued" in log.read_text(errors="replace") or "requeue" in log.read_text(errors="replace").lower()
+    _wait(lambda: not subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.strip(), 60,
+          "the queue to drain")
+    assert main(args) == 0
+    assert f"{name}: done (registered); nothing submitted" in capsys.readouterr().out
