@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 
 from transferbench.models import create_model
 from transferbench.pruning.gmp import GMPPruner
-from transferbench.upstream.data import train_loader, upstream_datasets
+from transferbench.upstream.data import TorchTrainBatches, upstream_datasets
 from transferbench.upstream.distributed import World
 from transferbench.upstream.options import LoopOptions
 from transferbench.upstream.train import Forward, train_loop
@@ -106,7 +106,7 @@ def plain_loop(args, train_set, workers: int, device: torch.device, options: Loo
 
 def upstream_loop(args, train_set, workers: int, device: torch.device, options: LoopOptions) -> float:
     model, opt = model_and_optimizer(args.arch, device, options.channels_last)
-    loader = train_loader(train_set, args.batch, World(), seed=0, workers=workers, device=device)
+    loader = TorchTrainBatches(train_set, args.batch, World(), seed=0, workers=workers, device=device)
     total, first = 2 * len(loader), len(loader)
     # every pruning step falls in the warm-up pass: the timed pass is the steady state between pruning steps
     # (hooks that mask weights and gradients every step), as nearly all of a real run's steps are

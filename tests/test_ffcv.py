@@ -141,28 +141,28 @@ def test_missing_stale_and_ambiguous_beton_files_are_one_line_errors(setup, ffcv
     task = get_task("cifar10")
     split = load_split(task, "test", data)
     with pytest.raises(TransferbenchError) as err:
-        find_beton(task, split, "test", data)
+        find_beton(task.name, split, "test", data)
     assert str(err.value) == (f"--loader ffcv: {ffcv_dir}/cifar10/test_r512_q90.beton does not exist; write it "
                               f"with `transferbench data convert --task cifar10 --data-root {data}`")
     path = _fake_conversion(ffcv_dir, split, num_samples=len(split) + 1)
     with pytest.raises(TransferbenchError, match=f"{path} is stale: written with num_samples 61 \\(data now: 60\\)"):
-        find_beton(task, split, "test", data)
+        find_beton(task.name, split, "test", data)
     _fake_conversion(ffcv_dir, split, labels_digest="0" * 16, layout="official")
     with pytest.raises(TransferbenchError, match=r"is stale: .*labels_digest.*layout 'official'") as err:
-        find_beton(task, split, "test", data)
+        find_beton(task.name, split, "test", data)
     assert "\n" not in str(err.value) and "transferbench data convert --task cifar10" in str(err.value)
     _fake_conversion(ffcv_dir, split, source_root="/elsewhere/cifar10")  # same labels, other images
     with pytest.raises(TransferbenchError, match="source_root '/elsewhere/cifar10'"):
-        find_beton(task, split, "test", data)
+        find_beton(task.name, split, "test", data)
     path = _fake_conversion(ffcv_dir, split)
-    assert find_beton(task, split, "test", data)[0] == path
+    assert find_beton(task.name, split, "test", data)[0] == path
     path.unlink()  # any one conversion is used; two are refused, the default among them too
     other = _fake_conversion(ffcv_dir, split, res=384)
-    assert find_beton(task, split, "test", data)[0] == other
+    assert find_beton(task.name, split, "test", data)[0] == other
     _fake_conversion(ffcv_dir, split)
     with pytest.raises(TransferbenchError, match=r"several conversions of the test split .*test_r384_q90\.beton, "
                                                  r"test_r512_q90\.beton.*delete all but one"):
-        find_beton(task, split, "test", data)
+        find_beton(task.name, split, "test", data)
 
 
 def test_ffcv_cannot_feed_deepsparse(setup, tmp_path, capsys):
@@ -382,3 +382,74 @@ def test_an_epoch_left_early_stops_ffcvs_thread(need_ffcv, setup, ffcv_dir):
         time.sleep(0.05)
     assert threading.active_count() <= before
 
+
+
+# --- upstream ImageNet through FFCV (`data convert --task imagenet`, `upstream --loader ffcv`) ------------------
+
+
+@pytest.fixture(scope="module")
+def imagenet_folder(tmp_path_factory) -> Path:
+    """ImageNet's layout in miniature: train/<wnid>/*.JPEG (4 classes x 12) and val/<wnid>/*.JPEG (4 x 3)."""
+    root = tmp_path_factory.mktemp("imagenet")
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 12), ("val", 3)):
+        for c in range(4):
+            folder = root / split / f"n0000000{c}"
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                learnable_image(c, i, rng).resize((40, 40)).save(folder / f"{c}_{i}.JPEG", quality=95)
+    return root
+
+
+def _imagenet_recipe(path: Path) -> Path:
+    from transferbench.upstream import load_recipe
+
+    recipe = load_recipe("small_cpu")
+    recipe.update(name="ffcv", dataset="imagenet", image_size=32, batch_size=8, epochs=2)
+    path.write_text(json.dumps(recipe))  # JSON is YAML
+    return path
+
+
+def test_imagenet_converts_and_the_ffcv_batches_follow_the_rank_order(need_ffcv, imagenet_folder, ffcv_dir):
+    from transferbench.fastdata.convert import imagenet_splits
+    from transferbench.upstream.data import FFCVTrainBatches, _train_transform, rank_order
+    from transferbench.upstream.distributed import World
+
+    assert main(["data", "convert", "--task", "imagenet", "--data-root", str(imagenet_folder)]) == 0
+    assert sorted(p.name for p in (ffcv_dir / "imagenet").glob("*.beton")) == ["train_r512_q90.beton",
+                                                                             "val_r512_q90.beton"]
+    train = imagenet_splits(imagenet_folder)["train"]
+    cfg = _train_transform({"image_size": 32})
+    for rank in (0, 1):  # each rank of two reads its half of every global batch of 8, in step order
+        world = World(rank=rank, size=2)
+        batches = FFCVTrainBatches(imagenet_folder, train, cfg, 8, world, seed=3, workers=1)
+        batches.set_epoch(1)
+        labels = [int(y) for _, y in batches for y in y]
+        expected = [train.labels[i] for i in rank_order(len(train), 8, world, seed=3, epoch=1)]
+        assert len(batches) == 6 and labels == expected
+        assert len(set(expected)) > 1  # the order is not trivially one class
+
+
+def test_upstream_trains_from_ffcv_and_records_the_loader(need_ffcv, imagenet_folder, ffcv_dir, tmp_path,
+                                                          monkeypatch):
+    monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
+    assert main(["data", "convert", "--task", "imagenet", "--data-root", str(imagenet_folder)]) == 0
+    recipe = _imagenet_recipe(tmp_path / "ffcv.yaml")
+    args = ["upstream", "--method", "gmp", "--sparsity", "0.5", "--recipe", str(recipe), "--data-root",
+            str(imagenet_folder), "--device", "cpu"]
+    assert main([*args, "--loader", "ffcv"]) == 0
+    [path] = (tmp_path / "ckpts" / "upstream").glob("*.pth")
+    training = torch.load(path, weights_only=True)["metadata"]["training"]
+    assert training["loop"]["loader"] == "ffcv" and len(training["epoch_losses"]) == 2
+
+
+def test_upstream_ffcv_errors_are_one_line(need_ffcv, imagenet_folder, ffcv_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
+    recipe = _imagenet_recipe(tmp_path / "ffcv.yaml")
+    args = ["upstream", "--method", "dense", "--recipe", str(recipe), "--device", "cpu", "--loader", "ffcv"]
+    assert main([*args, "--dataset", "shapes"]) == 2  # no .beton for the procedural set
+    assert "--loader ffcv reads ImageNet's .beton files" in capsys.readouterr().err
+    assert main([*args, "--data-root", str(imagenet_folder)]) == 2  # not converted yet
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "transferbench data convert --task imagenet" in err
+    assert not (tmp_path / "ckpts").exists() or not list((tmp_path / "ckpts").rglob("*.pth"))

@@ -291,7 +291,7 @@ def _add_upstream_recipe_flags(up: argparse.ArgumentParser) -> None:
 
 def _add_upstream_speed_flags(up: argparse.ArgumentParser) -> None:
     """Loader workers, precision and memory format of the upstream loop (each recorded in the checkpoint)."""
-    from .upstream.options import PRECISIONS
+    from .upstream.options import LOADERS, PRECISIONS
 
     up.add_argument("--workers", type=int, help="loader processes per GPU process (default: up to 8 on a GPU, "
                                                 "0 on a CPU); never changes a number")
@@ -300,6 +300,9 @@ def _add_upstream_speed_flags(up: argparse.ArgumentParser) -> None:
     up.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster on GPUs)")
     up.add_argument("--sync-bn", action="store_true",
                     help="BatchNorm over the global batch across GPUs (the published runs normalised per GPU)")
+    up.add_argument("--loader", default="torchvision", choices=LOADERS,
+                    help="training batches decoded by torchvision in loader workers, or by FFCV from the .beton "
+                         "files of `transferbench data convert --task imagenet` (ImageNet only)")
     up.add_argument("--force", action="store_true",
                     help="train again even if this run is registered already (it is skipped otherwise)")
 
@@ -308,7 +311,7 @@ def _loop_options(args: argparse.Namespace):
     from .upstream.options import LoopOptions
 
     return LoopOptions(workers=args.workers, precision=args.precision, channels_last=args.channels_last,
-                       sync_bn=args.sync_bn)
+                       sync_bn=args.sync_bn, loader=args.loader)
 
 
 def _add_upstream_launch_flags(up: argparse.ArgumentParser) -> None:
@@ -340,7 +343,8 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     check.set_defaults(func=cmd_data_check)
     convert = data.add_parser("convert", help="write a task's FFCV .beton files for `run --loader ffcv` "
                                               "(pip install 'transferbench[ffcv]'; see docs/fast_paths.md)")
-    convert.add_argument("--task", required=True)
+    convert.add_argument("--task", required=True, help="a task of `tasks list`, or imagenet (the upstream train/val "
+                                                      "folders, for `upstream --loader ffcv`)")
     convert.add_argument("--data-root", type=Path, help="folder holding the datasets (not needed for mini-tasks)")
     convert.add_argument("--out", type=Path, help="write under OUT/<task>/ instead of $TRANSFERBENCH_FFCV_DIR, "
                                                   "<data-root>/.ffcv or ~/.cache/transferbench/ffcv")

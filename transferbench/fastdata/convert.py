@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from ..atomic import write_json
 from ..errors import TransferbenchError
 from ..progress import interactive
-from ..tasks import get_task, load_split
+from ..tasks import Split, get_task, load_split
 from . import (
     DEFAULT_MAX_RESOLUTION,
     DEFAULT_QUALITY,
@@ -83,6 +83,24 @@ def _writer_progress(desc: str) -> Iterator[None]:
         ffcv.writer.tqdm = original
 
 
+def imagenet_splits(data_root: str | Path | None) -> dict[str, Split]:
+    """ImageNet as ``upstream --dataset imagenet`` reads it: DIR/train/<wnid>/ and DIR/val/<wnid>/ (ImageFolder);
+    written as ``imagenet/train_*.beton`` and ``imagenet/val_*.beton`` for ``upstream --loader ffcv``."""
+    from torchvision.datasets import ImageFolder
+
+    root = Path(data_root).expanduser() if data_root is not None else None
+    if root is None or not (root / "train").is_dir() or not (root / "val").is_dir():
+        raise TransferbenchError("data convert --task imagenet needs --data-root DIR with DIR/train/<wnid>/ and "
+                                 "DIR/val/<wnid>/")
+    folders = {name: ImageFolder(root / name) for name in ("train", "val")}
+    return {name: Split(folder, list(folder.targets), list(folder.classes), "imagefolder", root / name)
+            for name, folder in folders.items()}
+
+
+# Upstream training sets `data convert --task NAME` writes besides the downstream tasks.
+UPSTREAM_DATASETS = {"imagenet": imagenet_splits}
+
+
 def convert_task(task: str, data_root: str | Path | None = None, out: str | Path | None = None,
                  max_resolution: int = DEFAULT_MAX_RESOLUTION, quality: int = DEFAULT_QUALITY,
                  splits: tuple[str, ...] = ("train", "test"), num_workers: int | None = None,
@@ -96,11 +114,15 @@ def convert_task(task: str, data_root: str | Path | None = None, out: str | Path
                                  f"{DEFAULT_MAX_RESOLUTION} (longest image side after conversion)")
     if not 1 <= quality <= 100:
         raise TransferbenchError(f"--quality {quality} must be a JPEG quality in 1..100 (default {DEFAULT_QUALITY})")
-    unknown = sorted(set(splits) - {"train", "test"})
-    if unknown:
-        raise TransferbenchError(f"--splits {' '.join(unknown)}: choose from train test")
-    spec = get_task(task)
-    loaded = {name: load_split(spec, name, data_root) for name in splits}  # data errors before the ffcv import
+    if task in UPSTREAM_DATASETS:  # an upstream training set (ImageNet), not one of the downstream tasks
+        dataset_name, loaded = task, UPSTREAM_DATASETS[task](data_root)
+    else:
+        unknown = sorted(set(splits) - {"train", "test"})
+        if unknown:
+            raise TransferbenchError(f"--splits {' '.join(unknown)}: choose from train test")
+        spec = get_task(task)
+        dataset_name = spec.name
+        loaded = {name: load_split(spec, name, data_root) for name in splits}  # data errors before ffcv's import
     require_ffcv("transferbench data convert")
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
@@ -109,7 +131,7 @@ def convert_task(task: str, data_root: str | Path | None = None, out: str | Path
     workers = max(1, num_workers if num_workers is not None else min(4, os.cpu_count() or 1))
     written = []
     for name, split in loaded.items():
-        path = beton_path(root, spec.name, name, max_resolution, quality, write_mode)
+        path = beton_path(root, dataset_name, name, max_resolution, quality, write_mode)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         fields = {"image": RGBImageField(write_mode=write_mode, max_resolution=max_resolution, jpeg_quality=quality),
@@ -117,20 +139,20 @@ def convert_task(task: str, data_root: str | Path | None = None, out: str | Path
         errors = tmp.with_suffix(".errors")
         try:
             # The sample order is the split's own order, so index i of the .beton is index i of load_split.
-            with _writer_progress(f"convert {spec.name} {name}"):
+            with _writer_progress(f"convert {dataset_name} {name}"):
                 DatasetWriter(str(tmp), fields, num_workers=workers).from_indexed_dataset(
                     _RGBArrays(split.dataset, max_resolution, errors), chunksize=64)
             if errors.exists():
                 failed = errors.read_text().splitlines()
                 more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-                raise TransferbenchError(f"data convert --task {spec.name}: {failed[0]}{more}; nothing written "
+                raise TransferbenchError(f"data convert --task {dataset_name}: {failed[0]}{more}; nothing written "
                                          f"for the {name} split")
             sidecar_path(path).unlink(missing_ok=True)  # never a new .beton beside the old file's sidecar
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
             errors.unlink(missing_ok=True)
-        sidecar = {"format": SIDECAR_FORMAT, "task": spec.name, "split": name, "num_samples": len(split),
+        sidecar = {"format": SIDECAR_FORMAT, "task": dataset_name, "split": name, "num_samples": len(split),
                    "labels_digest": labels_digest(split.labels), "num_classes": len(split.classes),
                    "layout": split.layout, "source_root": str(split.root), "max_resolution": max_resolution,
                    "write_mode": write_mode, "jpeg_quality": quality if write_mode == "jpg" else None,

@@ -44,16 +44,16 @@ from . import (
 )
 
 
-def find_beton(task: TaskSpec, split: Split, name: str, data_root: str | Path | None) -> tuple[Path, dict]:
+def find_beton(dataset: str, split: Split, name: str, data_root: str | Path | None) -> tuple[Path, dict]:
     """The ``.beton`` of ``name`` ("train"/"test") that matches ``split``; a one-line error when missing or stale.
 
     The one conversion present is used. Several (say the default jpg and a raw one) are refused: the run has no
     flag to choose, and picking one silently could train on the conversion the user did not mean.
     """
     root = ffcv_root(data_root)
-    default = beton_path(root, task.name, name, DEFAULT_MAX_RESOLUTION, DEFAULT_QUALITY)
+    default = beton_path(root, dataset, name, DEFAULT_MAX_RESOLUTION, DEFAULT_QUALITY)
     found = sorted(p for p in default.parent.glob(f"{name}_r*.beton") if sidecar_path(p).exists())
-    command = convert_command(task.name, data_root)
+    command = convert_command(dataset, data_root)
     if not found:
         raise TransferbenchError(f"--loader ffcv: {default} does not exist; write it with `{command}`")
     if len(found) > 1:
@@ -81,8 +81,11 @@ def _order_class():
         counter of the Loader object to its seed, which a resumed process would have to replay)."""
 
         epoch_seed: int | None = None  # None: the split's order (test, extraction)
+        planned: np.ndarray | None = None  # an explicit order (an upstream rank's share of the global batches)
 
         def sample_order(self, epoch: int) -> np.ndarray:
+            if self.planned is not None:
+                return self.planned
             if self.epoch_seed is None:
                 return np.asarray(self.indices)
             return np.random.default_rng(self.epoch_seed).permutation(self.indices)
@@ -114,7 +117,8 @@ class FFCVBatches:
     within the step (a forward pass, a training step), or clone them. Labels are copied (callers keep them).
     """
 
-    def __init__(self, path: Path, cfg: TransformConfig, batch_size: int, num_workers: int) -> None:
+    def __init__(self, path: Path, cfg: TransformConfig, batch_size: int, num_workers: int,
+                 drop_last: bool = False) -> None:
         require_ffcv()
         from ffcv.loader import Loader, OrderOption
         from numba import config as numba_config
@@ -128,7 +132,7 @@ class FFCVBatches:
         threads = min(max(1, num_workers), numba_config.NUMBA_NUM_THREADS)
         with torch_threads_kept():
             self.loader = Loader(str(path), batch_size=batch_size, num_workers=threads,
-                                 order=OrderOption.SEQUENTIAL, pipelines=_pipelines(cfg), drop_last=False,
+                                 order=OrderOption.SEQUENTIAL, pipelines=_pipelines(cfg), drop_last=drop_last,
                                  os_cache=True)
         # ffcv 1.0.2 rejects a TraversalOrder class as `order=` (it tests isinstance, then calls it): swap it in.
         self.loader.traversal_order = _order_class()(self.loader)
@@ -137,6 +141,11 @@ class FFCVBatches:
     def epoch(self, epoch_seed: int | None) -> FFCVBatches:
         """Shuffle the next pass with ``epoch_seed`` (None: the file's order)."""
         self.loader.traversal_order.epoch_seed = epoch_seed
+        return self
+
+    def planned(self, order: np.ndarray) -> FFCVBatches:
+        """Read exactly these samples, in this order, in the next passes."""
+        self.loader.traversal_order.planned = np.asarray(order, dtype=np.int64)
         return self
 
     def __len__(self) -> int:
@@ -188,7 +197,7 @@ class FFCVSplit:
 def open_split(task: TaskSpec, split: Split, name: str, data_root: str | Path | None,
                cfg: TransformConfig) -> FFCVSplit:
     require_ffcv()
-    path, meta = find_beton(task, split, name, data_root)
+    path, meta = find_beton(task.name, split, name, data_root)
     return FFCVSplit(path, meta, cfg)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -18,7 +19,7 @@ from .. import synthetic
 from ..errors import TransferbenchError
 from ..finetune.workers import leave_signals_to_main
 from ..seeding import epoch_seed, seeded_item
-from ..tasks import IMAGENET_NORMALIZATION, Transformed
+from ..tasks import IMAGENET_NORMALIZATION, Split, Transformed
 from ..tasks.builtin import ArrayDataset
 from ..transforms import TransformConfig, build_transform
 from .distributed import World
@@ -26,6 +27,15 @@ from .distributed import World
 # How the training order is drawn; recorded with every checkpoint, so a change to it is never silent.
 DATA_ORDER = "v2: per-epoch permutation seeded by (seed, epoch), global batches split across ranks, " \
              "augmentation seeded by (epoch seed, index)"
+
+
+def _eval_transform(recipe: dict) -> TransformConfig:
+    size = int(recipe["image_size"])
+    return TransformConfig(image_size=size, mean=IMAGENET_NORMALIZATION.mean, std=IMAGENET_NORMALIZATION.std)
+
+
+def _train_transform(recipe: dict) -> TransformConfig:
+    return TransformConfig(**{**_eval_transform(recipe).to_dict(), "augment": True})
 
 
 def upstream_datasets(recipe: dict, data_root: Path | None) -> tuple[Dataset, Dataset]:
@@ -42,8 +52,7 @@ def upstream_datasets(recipe: dict, data_root: Path | None) -> tuple[Dataset, Da
             raise TransferbenchError(
                 "--dataset imagenet needs --data-root DIR with DIR/train/<wnid>/ and DIR/val/<wnid>/"
             )
-        cfg = TransformConfig(image_size=size, mean=IMAGENET_NORMALIZATION.mean, std=IMAGENET_NORMALIZATION.std)
-        train_cfg = TransformConfig(**{**cfg.to_dict(), "augment": True})
+        cfg, train_cfg = _eval_transform(recipe), _train_transform(recipe)
         train, test = ImageFolder(Path(data_root) / "train"), ImageFolder(Path(data_root) / "val")
     else:
         raise TransferbenchError(f"unknown upstream dataset '{recipe['dataset']}' (--dataset); use shapes or imagenet")
@@ -64,18 +73,28 @@ class SeededSamples(Dataset):
         return seeded_item(self.dataset, index, seed)
 
 
+def rank_order(num_samples: int, global_batch: int, world: World, seed: int, epoch: int) -> list[int]:
+    """This rank's samples of epoch ``epoch``, in step order: a permutation seeded by (seed, epoch) cut into global
+    batches (the last partial one dropped), of which rank r of w takes positions [r·B/w, (r+1)·B/w). So w processes
+    with B/w samples each see exactly the samples one process with B sees, in the same steps."""
+    if global_batch % world.size:
+        raise TransferbenchError(f"the global batch {global_batch} does not split evenly over {world.size} "
+                                 "processes; use a batch size divisible by the number of GPUs")
+    if num_samples < global_batch:
+        raise TransferbenchError(f"the upstream training set has {num_samples} images, fewer than one batch "
+                                 f"of {global_batch}")
+    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    order = torch.randperm(num_samples, generator=generator).tolist()
+    per_rank, first = global_batch // world.size, world.rank * (global_batch // world.size)
+    return [i for b in range(0, num_samples // global_batch * global_batch, global_batch)
+            for i in order[b + first:b + first + per_rank]]
+
+
 class ShardedBatches(Sampler[list[tuple[int, int]]]):
-    """Epoch ``e``'s global batches: a permutation seeded by (seed, e) cut into batches of the global batch size
-    (the last partial batch dropped); rank r of w takes positions [r·B/w, (r+1)·B/w) of each. So w processes with
-    B/w samples each see exactly the samples one process with B sees, in the same steps."""
+    """``rank_order`` as batches of (index, epoch seed) for a DataLoader over ``SeededSamples``."""
 
     def __init__(self, num_samples: int, global_batch: int, world: World, seed: int) -> None:
-        if global_batch % world.size:
-            raise TransferbenchError(f"the global batch {global_batch} does not split evenly over {world.size} "
-                                     "processes; use a batch size divisible by the number of GPUs")
-        if num_samples < global_batch:
-            raise TransferbenchError(f"the upstream training set has {num_samples} images, fewer than one batch "
-                                     f"of {global_batch}")
+        rank_order(num_samples, global_batch, world, seed, 0)  # the one-line errors before any work
         self.num_samples, self.global_batch, self.world, self.seed = num_samples, global_batch, world, seed
         self.epoch = 0
 
@@ -86,20 +105,79 @@ class ShardedBatches(Sampler[list[tuple[int, int]]]):
         return self.num_samples // self.global_batch
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        seed = epoch_seed(self.seed, self.epoch)
-        order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(seed)).tolist()
-        per_rank = self.global_batch // self.world.size
-        for b in range(len(self)):
-            start = b * self.global_batch + self.world.rank * per_rank
+        seed, per_rank = epoch_seed(self.seed, self.epoch), self.global_batch // self.world.size
+        order = rank_order(self.num_samples, self.global_batch, self.world, self.seed, self.epoch)
+        for start in range(0, len(order), per_rank):
             yield [(i, seed) for i in order[start:start + per_rank]]
 
 
-def train_loader(train_set: Dataset, global_batch: int, world: World, seed: int, workers: int,
-                 device: torch.device) -> DataLoader:
-    """This rank's training batches; call ``loader.batch_sampler.set_epoch(e)`` before each epoch."""
-    return DataLoader(SeededSamples(train_set), batch_sampler=ShardedBatches(len(train_set), global_batch, world, seed),
-                      num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-                      worker_init_fn=leave_signals_to_main)
+class TrainBatches(Protocol):
+    """What the upstream loop reads: this rank's batches of an epoch (``set_epoch`` first); ``len`` = steps."""
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+class TorchTrainBatches:
+    """A DataLoader over ``SeededSamples`` with ``ShardedBatches``: worker processes (persistent), pinned memory."""
+
+    def __init__(self, train_set: Dataset, global_batch: int, world: World, seed: int, workers: int,
+                 device: torch.device) -> None:
+        self.sampler = ShardedBatches(len(train_set), global_batch, world, seed)
+        self.loader = DataLoader(SeededSamples(train_set), batch_sampler=self.sampler, num_workers=workers,
+                                 pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                                 worker_init_fn=leave_signals_to_main)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return iter(self.loader)
+
+
+class FFCVTrainBatches:
+    """ImageNet's training batches from the ``.beton`` of ``data convert --task imagenet`` (``--loader ffcv``): the
+    same samples in the same steps as ``TorchTrainBatches`` (``rank_order``), decoded and augmented by FFCV
+    (random-resized crop + flip). FFCV draws its crops from numba's unseeded RNG, so an FFCV run is not
+    bit-reproducible (a resumed run differs like another augmentation draw would)."""
+
+    def __init__(self, data_root: Path | None, split: Split, cfg: TransformConfig, global_batch: int, world: World,
+                 seed: int, workers: int) -> None:
+        from ..fastdata.ffcv_loader import FFCVBatches, find_beton
+
+        path, self.meta = find_beton("imagenet", split, "train", data_root)
+        rank_order(len(split), global_batch, world, seed, 0)  # the one-line errors before any work
+        self.batches = FFCVBatches(path, cfg, global_batch // world.size, max(workers, 1), drop_last=True)
+        self.num_samples, self.global_batch, self.world, self.seed = len(split), global_batch, world, seed
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.planned(rank_order(self.num_samples, self.global_batch, self.world, self.seed, epoch))
+
+    def __len__(self) -> int:
+        return self.num_samples // self.global_batch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return iter(self.batches)
+
+
+def train_batches(rec: dict, train_set: Dataset, data_root: Path | None, world: World, seed: int, workers: int,
+                  device: torch.device, loader: str = "torchvision") -> TrainBatches:
+    """The training batches of the run: torchvision's decoding in loader workers, or FFCV's (ImageNet only)."""
+    if loader == "torchvision":
+        return TorchTrainBatches(train_set, int(rec["batch_size"]), world, seed, workers, device)
+    if rec["dataset"] != "imagenet":
+        raise TransferbenchError(f"--loader ffcv reads ImageNet's .beton files; the {rec['dataset']} set has none "
+                                 "(use --loader torchvision)")
+    from ..fastdata.convert import imagenet_splits
+
+    return FFCVTrainBatches(data_root, imagenet_splits(data_root)["train"], _train_transform(rec),
+                            int(rec["batch_size"]), world, seed, workers)
 
 
 def eval_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device) -> DataLoader:

@@ -29,7 +29,7 @@ from ..progress import progress
 from ..pruning.base import Pruner, training_step
 from ..pruning.factory import build, pruner_name
 from .candidates import UpstreamResult, one_shot_candidates, register_candidate
-from .data import DATA_ORDER, FisherBatches, train_loader, upstream_datasets
+from .data import DATA_ORDER, FisherBatches, TrainBatches, train_batches, upstream_datasets
 from .distributed import (
     World,
     broadcast_object,
@@ -62,7 +62,7 @@ class Forward(nn.Module):
             return self.net(x).to(self.dtype)
 
 
-def train_loop(forward: nn.Module, optimizer: torch.optim.Optimizer, pruner: Pruner, loader, recipe: dict,
+def train_loop(forward: nn.Module, optimizer: torch.optim.Optimizer, pruner: Pruner, loader: TrainBatches, recipe: dict,
                epochs: int, base_lr: float, *, start_epoch: int = 0, schedule_epochs: int | None = None,
                end_of_epoch=None, desc: str = "upstream") -> list[float]:
     """Epochs ``start_epoch..epochs-1`` of SGD with the pruner's hooks; returns each epoch's mean loss.
@@ -76,7 +76,7 @@ def train_loop(forward: nn.Module, optimizer: torch.optim.Optimizer, pruner: Pru
     losses = []
     for epoch in progress(range(start_epoch, epochs), desc=desc, unit="epoch", initial=start_epoch, total=epochs):
         forward.train()
-        loader.batch_sampler.set_epoch(epoch)
+        loader.set_epoch(epoch)
         started, epoch_losses = time.perf_counter(), []
         for i, (x, y) in enumerate(loader):
             step = epoch * steps_per_epoch + i
@@ -176,7 +176,7 @@ def _build_run(method: str, sparsities: list[float], rec: dict, knobs: dict, rec
     torch.manual_seed(seed)
     train_set, test_set = upstream_datasets(rec, data_root)
     workers = options.loader_workers(dev, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    loader = train_loader(train_set, int(rec["batch_size"]), world, seed, workers, dev)
+    loader = train_batches(rec, train_set, data_root, world, seed, workers, dev, options.loader)
     fisher = FisherBatches(train_set, seed, workers, dev)
     model = create_model(rec["arch"], num_classes=16 if rec["dataset"] == "shapes" else 1000)
     if options.sync_bn and world.distributed:
