@@ -407,3 +407,32 @@ def test_a_failing_upstream_unit_is_recorded_and_blocks_only_its_transfer_runs(t
     assert "upstream stage: failed: resnet_tiny_magnitude_50_tiny_s0" in capsys.readouterr().out
     assert _status(sweep_file, out, capsys) == ([("resnet_tiny_magnitude_50_tiny_s0", FAILED)],
                                                 {"dense": DONE, "magnitude": MISSING})
+
+
+def test_a_from_entry_prepares_one_shot_candidates_under_the_names_the_stage_expects(tmp_path, monkeypatch, capsys):
+    """``from: NAME`` (CrAM): the stage prunes the registered dense model one-shot; the unit is done exactly when
+    what prune_published registered carries the names the planner gave its products."""
+    from transferbench.checkpoints import CheckpointSpec, register_local, save_checkpoint
+    from transferbench.models import create_model
+
+    monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
+    dense = tmp_path / "cram_tiny_dense.pth"
+    save_checkpoint(dense, create_model("resnet_tiny", num_classes=16), {}, arch="resnet_tiny", dataset="shapes",
+                    metadata={})
+    register_local(CheckpointSpec(name="cram_tiny", method="cram", sparsity=0.0, arch="resnet_tiny",
+                                  filename=dense.name), dense)
+    sweep_file = _sweep_with_upstream(tmp_path)
+    spec = yaml.safe_load(sweep_file.read_text())
+    spec["upstream"] = [{"method": "cram", "from": "cram_tiny", "sparsity": [50, 90], "dataset": "shapes",
+                         "recipe": str(tmp_path / "tiny.yaml")}]
+    spec.pop("checkpoints")  # transfer every candidate
+    sweep_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+    out = tmp_path / "out"
+    assert main(["sweep", str(sweep_file), "--executor", "debug", "--results", str(out), "--workers", "0"]) == 0
+    assert "[upstream 1/1] preparing cram 50%, 90% resnet_tiny (one-shot from cram_tiny, shapes" in \
+        capsys.readouterr().out
+    unit = "cram_tiny_cram_50-90_oneshot_tiny_s42"
+    assert _status(sweep_file, out, capsys) == ([(unit, DONE)], {"cram": DONE})
+    assert main(["status", str(sweep_file), "--results", str(out), "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)["upstream"]
+    assert row["detail"] == "registered as cram_tiny_cram_50_oneshot_tiny_s42, cram_tiny_cram_90_oneshot_tiny_s42"

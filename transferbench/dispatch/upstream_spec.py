@@ -28,6 +28,7 @@ from typing import Any
 from ..checkpoints import checkpoint_dir
 from ..checkpoints.registry import named_checkpoint
 from ..errors import TransferbenchError
+from ..upstream.candidates import CALIBRATION_DEFAULTS
 from ..upstream.from_dense import DEFAULT_RECIPES, ONE_SHOT_METHODS, oneshot_name
 from ..upstream.mini import MINI_RECIPE, ONE_MODEL_MANY_SPARSITIES
 from ..upstream.recipes import checked_sparsities, checkpoint_name, load_recipe, method_recipe
@@ -62,6 +63,8 @@ class UpstreamUnit:
         if len(self.products) == 1:
             return self.products[0]
         sparsities = "-".join(format_sparsity(s).rstrip("%") for s in self.sparsities)
+        if self.source:  # as its candidates are named (from_dense.oneshot_name)
+            return f"{self.source}_{self.method}_{sparsities}_oneshot_{self.recipe_name}_s{self.seed}"
         return f"{self.arch}_{self.method}_{sparsities}_{self.recipe_name}_s{self.seed}"
 
     @property
@@ -115,7 +118,7 @@ def _oneshot_unit(method: str, sparsities: list, source: str, recipe: str | Path
     fractions = tuple(checked_sparsities(method, list(sparsities)))
     rec = load_recipe(recipe or DEFAULT_RECIPES.get(dataset or "imagenet", MINI_RECIPE))
     named = SimpleNamespace(stem=row.name)  # oneshot_name reads only the dense source's stem: the row's name
-    seed = int(rec["calibration"]["seed"])
+    seed = int({**CALIBRATION_DEFAULTS, **(rec.get("calibration") or {})}["seed"])  # as Calibration.from_recipe
     products = tuple(oneshot_name(named, method, s, rec, seed) for s in fractions)  # type: ignore[arg-type]
     if arch and arch != row.arch:
         raise TransferbenchError(f"--from {source} is a {row.arch} (registry row); drop --arch {arch}")
