@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import submitit
+import torch
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 
 from ..errors import TransferbenchError
+from ..progress import setup_logging
 from ..store import DONE, QUEUED, RUNNING, append_ledger, check_locking, command_error_line, ledger_path
 from .jobs import current_job_id
 from .profiles import JobLayout, Profile, load_profile
@@ -47,8 +49,6 @@ class UpstreamJob(submitit.helpers.Checkpointable):
         self.train_options = dict(train_options or {})
 
     def __call__(self) -> list[str]:
-        from ..progress import setup_logging
-
         setup_logging(verbose=False)
         # RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT from SLURM's variables; CUDA_VISIBLE_DEVICES stays
         # as SLURM set it (the node's allocated GPUs, which need not be 0..n-1): train_upstream takes the
@@ -57,8 +57,6 @@ class UpstreamJob(submitit.helpers.Checkpointable):
                                                                             overwrite=True)
         cpus = os.environ.get("SLURM_CPUS_PER_TASK")
         if cpus and cpus.isdigit():  # torch would start one thread per core of the node, not of the allocation
-            import torch
-
             torch.set_num_threads(int(cpus))
         log.info("upstream %s: process %d of %d (local %d), master %s:%s", self.unit.name, distributed.rank,
                  distributed.world_size, distributed.local_rank, distributed.master_addr, distributed.master_port)
@@ -69,10 +67,10 @@ def upstream_job_name(unit: UpstreamUnit) -> str:
     return f"tb-upstream-{unit.name}"
 
 
-def layouts(units: list[UpstreamUnit], profile: Profile, origin: str = "") -> dict[str, JobLayout]:
+def layouts(units: list[UpstreamUnit], profile: Profile) -> dict[str, JobLayout]:
     """Each unit's job size (its own nodes/gpus, else the profile's), checked before anything is submitted."""
-    return {u.name: profile.upstream_layout(u.nodes, u.gpus, u.single_process,
-                                            what=origin or f"upstream {u.name}") for u in units}
+    return {u.name: profile.upstream_layout(u.nodes, u.gpus, u.single_process, what=f"upstream {u.name}")
+            for u in units}
 
 
 def upstream_parameters(unit: UpstreamUnit, layout: JobLayout, profile: Profile) -> dict[str, Any]:
