@@ -141,3 +141,19 @@ def test_dense_upstream_is_registered_as_dense(tiny_recipe):
     spec = find_checkpoint("dense", 0.0, "resnet_tiny")
     assert load_checkpoint(spec.path, target_sparsity=0.0).sparsity.overall == 0.0
     assert main(["upstream", "--method", "dense", "--sparsity", "0.5", "--recipe", str(tiny_recipe)]) == 2
+
+
+def test_one_lth_run_registers_the_ticket_of_every_sparsity_as_its_own_run_would(tiny_recipe, tmp_path):
+    """IMP passes every sparsity of the 20% grid on its way: the 50% ticket of a run to 80% is the ticket of a run
+    to 50%, bit for bit (θ_p ⊙ m after the same rounds of the same training)."""
+    from transferbench.upstream import train_upstream
+
+    multi = train_upstream("lth", [0.5, 0.8], recipe=tiny_recipe, device="cpu", out_dir=tmp_path / "multi")
+    [single] = train_upstream("lth", [0.5], recipe=tiny_recipe, device="cpu", out_dir=tmp_path / "single")
+    assert [r.spec.sparsity for r in multi] == [0.5, 0.8]
+    assert multi[0].sparsity < multi[1].sparsity  # 3 and 7 rounds of 20% of the prunable set (conv1, fc dense)
+    a, b = (torch.load(r.path, weights_only=True) for r in (multi[0], single))
+    assert a["metadata"]["lth_rounds"] == 3
+    assert a["model_state_dict"].keys() == b["model_state_dict"].keys()
+    for key, tensor in a["model_state_dict"].items():
+        assert torch.equal(tensor, b["model_state_dict"][key]), key

@@ -105,6 +105,7 @@ class LTHPruner(Pruner):
         self.rewind_step = rewind_step
         self.snapshot: dict[str, torch.Tensor] | None = self._state() if rewind_step is None else None
         self.pruned_rounds = 0
+        self.round_masks: dict[int, M.Masks] = {}  # the masks after each prune (IMP's tickets at every sparsity)
         # after_step of the last step of each training round prunes; the keys are the round's prune number
         offset = 1 + int(self.prune_at_start)
         self._prune_after = {(j + 1) * self.steps_per_round - 1: j + offset for j in range(training_rounds)}
@@ -139,6 +140,7 @@ class LTHPruner(Pruner):
         if optimizer is not None:
             optimizer.state.clear()
         self.pruned_rounds = k
+        self.round_masks[k] = {name: m.detach().cpu().clone() for name, m in self.masks.items()}
 
     def before_step(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> None:
         if step == 0 and self.prune_at_start and self.pruned_rounds == 0:
@@ -159,11 +161,26 @@ class LTHPruner(Pruner):
             warnings.warn(f"LTH stopped after {self.pruned_rounds} of {self.rounds} rounds "
                           f"(sparsity {self.sparsity:.4f} < {self.target_sparsity:.4f})", stacklevel=2)
 
+    def ticket(self, rounds: int, model: nn.Module) -> M.Masks:
+        """Make ``model`` (a copy of this pruner's model) the LTH-T ticket after ``rounds`` prunes, θ_p ⊙ m_rounds,
+        and return its masks: one IMP run to r rounds holds the tickets of every sparsity on its way (§4.2)."""
+        if not self.prune_at_start:
+            raise ValueError("intermediate tickets are LTH-T's (θ_p ⊙ m); rewinding to θ_k retrains each ticket")
+        if rounds not in self.round_masks:
+            raise ValueError(f"no ticket after {rounds} rounds (pruned {sorted(self.round_masks)})")
+        model.load_state_dict(self.snapshot)
+        masks = self.round_masks[rounds]
+        params = S.set_weights(model, self.prunable)
+        M.apply(params, {name: m.to(params[name].device) for name, m in masks.items()})
+        return masks
+
     def state_dict(self) -> dict[str, Any]:
         snapshot = None if self.snapshot is None else {k: v.cpu() for k, v in self.snapshot.items()}
-        return {**super().state_dict(), "snapshot": snapshot, "pruned_rounds": self.pruned_rounds}
+        return {**super().state_dict(), "snapshot": snapshot, "pruned_rounds": self.pruned_rounds,
+                "round_masks": self.round_masks}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.pruned_rounds = int(state["pruned_rounds"])
         self.snapshot = state["snapshot"]
+        self.round_masks = {int(k): v for k, v in state.get("round_masks", {}).items()}

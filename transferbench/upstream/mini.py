@@ -10,12 +10,13 @@ from ..checkpoints.resolve import resolve_checkpoint
 from ..pruning.factory import METHODS
 from ..runspec import CheckpointRef
 from ..vocabulary import format_sparsity, normalize_sparsity
+from .recipes import SEVERAL_SPARSITIES
 from .train import train_upstream
 
 log = logging.getLogger("transferbench")
 
 MINI_ARCH, MINI_RECIPE, MINI_DEFAULT_SPARSITY = "resnet_tiny", "small_cpu", 0.9
-ONE_MODEL_MANY_SPARSITIES = ("cram",)  # train_upstream makes one candidate per sparsity from one trained model
+ONE_MODEL_MANY_SPARSITIES = SEVERAL_SPARSITIES  # one run of train_upstream makes each of its sparsities
 
 
 def mini_checkpoint_missing(method: str, sparsity: float | None, arch: str | None = None) -> bool:
@@ -34,8 +35,8 @@ def ensure_mini_checkpoint(method: str, sparsity: float | None, arch: str | None
 
 def train_mini_checkpoints(method: str, sparsities: list[float], arch: str = MINI_ARCH) -> list[float]:
     """Train and register the mini-suite models of ``method`` at those of ``sparsities`` that are missing; returns
-    them. CrAM makes every candidate from one model (one-shot pruning + BN recalibration), so its sparsities are
-    trained together, the first being the one CrAM trains for."""
+    them. CrAM makes every candidate from one model (one-shot pruning + BN recalibration) and LTH-T every ticket
+    from one IMP run, so their sparsities are trained together."""
     missing = [s for s in sparsities if mini_checkpoint_missing(method, s, arch)]
     batches = [missing] if method in ONE_MODEL_MANY_SPARSITIES and missing else [[s] for s in missing]
     for batch in batches:

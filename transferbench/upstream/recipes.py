@@ -48,6 +48,11 @@ def lr_at(schedule: dict, epoch: float, base_lr: float, total_epochs: int) -> fl
     return 0.5 * (1 + math.cos(math.pi * (at - warm) / max(total_epochs - warm, 1))) * base_lr
 
 
+# Methods one run of which yields several sparsities: CrAM (one-shot candidates of one model) and LTH-T (IMP passes
+# every sparsity of the 20% grid on its way to the largest one; each ticket is θ_p ⊙ m of its round).
+SEVERAL_SPARSITIES = ("cram", "lth")
+
+
 def checked_sparsities(method: str, sparsities: list[float]) -> list[float]:
     """The requested sparsities as fractions, checked against what ``method`` can produce (whether the recipe has
     the method is ``method_recipe``'s check)."""
@@ -60,8 +65,9 @@ def checked_sparsities(method: str, sparsities: list[float]) -> list[float]:
         raise TransferbenchError("--method dense trains a dense model: drop --sparsity (or pass 0)")
     if method == "cram_nm" and sparsities != [0.5]:
         raise TransferbenchError("cram_nm produces 2:4 models: pass --sparsity 0.5")
-    if method != "cram" and len(sparsities) != 1:
-        raise TransferbenchError(f"--sparsity takes one value for {method} (only cram accepts several)")
+    if method not in SEVERAL_SPARSITIES and len(sparsities) != 1:
+        raise TransferbenchError(f"--sparsity takes one value for {method} (only {' and '.join(SEVERAL_SPARSITIES)} "
+                                 "make several from one run)")
     return sparsities
 
 

@@ -10,6 +10,7 @@ finds it. Running the same command again skips a run already registered with the
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -28,6 +29,7 @@ from ..models import create_model
 from ..progress import progress
 from ..pruning.base import Pruner, training_step
 from ..pruning.factory import build, pruner_name
+from ..pruning.lth import rounds_for_sparsity
 from .candidates import UpstreamResult, one_shot_candidates, register_candidate
 from .data import DATA_ORDER, FisherBatches, TrainBatches, train_batches, upstream_datasets
 from .distributed import (
@@ -198,9 +200,13 @@ def _build_run(method: str, sparsities: list[float], rec: dict, knobs: dict, rec
         model.load_state_dict({k: v.to(dtype=own[k].dtype)
                                for k, v in load_checkpoint(context["dense_model"]()).model.state_dict().items()})
     try:
-        pruner, optimizer, epochs = build(method, model, base, sparsities[0], knobs, context)
+        # a run that yields several sparsities (LTH-T's tickets on the way) trains for the largest
+        pruner, optimizer, epochs = build(method, model, base, max(sparsities), knobs, context)
     except (ValueError, TypeError) as exc:  # knobs that do not fit the method or the run length
         raise TransferbenchError(f"recipe {rec['name']}, method {method}: {exc}; fix the recipe's knobs") from None
+    if len(sparsities) > 1 and getattr(pruner, "prune_at_start", True) is False:
+        raise TransferbenchError(f"recipe {rec['name']}, method {method}: only LTH-T (rewinding to θ_p) gives "
+                                 "several sparsities from one run; pass one --sparsity per command")
     if hasattr(pruner, "shard"):  # WoodFisher: each rank computes its share of the Fisher gradients
         pruner.shard = (world.rank, world.size)
     generators = {"fisher": fisher.generator}  # CrAM's draws are in its optimizer's state_dict
@@ -219,6 +225,12 @@ def _register(method: str, sparsities: list[float], rec: dict, model: nn.Module,
     candidates = [(sparsities[0], model, pruner.masks, {})]
     if one_shot:
         candidates = one_shot_candidates(model, method, sparsities, rec, run["train_set"], dev, run["workers"])
+    elif len(sparsities) > 1:  # LTH-T: the ticket of every requested sparsity's round, θ_p ⊙ m_r
+        candidates = []
+        for sp in sparsities:
+            rounds = rounds_for_sparsity(sp, pruner.rate)
+            ticket = copy.deepcopy(model)
+            candidates.append((sp, ticket, pruner.ticket(rounds, ticket), {"lth_rounds": rounds}))
     return [register_candidate(folder, rec, method, sp, net, masks, run["test_set"], dev, seed, seconds,
                                {"training": training, **about}, workers=run["workers"])
             for sp, net, masks, about in candidates]
