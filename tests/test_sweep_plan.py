@@ -390,6 +390,11 @@ def test_checkpoints_are_bound_to_the_upstream_entry_that_makes_them(tmp_path, m
     assert [e.upstream for e in everything.checkpoints] == [
         "resnet_tiny_magnitude_50_tiny_s0", "resnet_tiny_magnitude_50_tiny_s1", "resnet_tiny_cram_50_tiny_s0",
         "resnet_tiny_cram_90_tiny_s0"]
+    switches = load_sweep(_upstream_sweep(tmp_path, [{"method": "acdc", "sparsity": 90, "batch_size": 32,
+                                                      "precision": "bf16", "channels_last": True}]))
+    kwargs = switches.upstream[0].train_kwargs()  # what the job passes to train_upstream
+    assert kwargs["batch_size"] == 32 and (kwargs["options"].precision, kwargs["options"].channels_last) == \
+        ("bf16", True)
     chosen = load_sweep(_upstream_sweep(tmp_path, upstream, [{"method": "magnitude", "sparsity": 0.5, "seed": 1},
                                                              {"method": "cram", "sparsity": 90},
                                                              {"method": "dense", "sparsity": 0}]))
@@ -410,6 +415,8 @@ def test_checkpoints_are_bound_to_the_upstream_entry_that_makes_them(tmp_path, m
     ([{"method": "acdc", "sparsity": 90}, {"method": "acdc", "sparsity": [80, 90]}], None,
      "make resnet_tiny_acdc_90_tiny_s0 more than once"),
     ([{"method": "snip", "sparsity": 90}], None, "upstream 'snip': "),
+    ([{"method": "acdc", "sparsity": 90, "precision": "fp8"}], None, "upstream 'acdc': --precision 'fp8'"),
+    ([{"method": "acdc", "sparsity": 90, "batch_size": 0}], None, "upstream 'acdc': --batch-size 0"),
     ([{"method": "acdc", "sparsity": 90, "recipe": "nope"}], None, "upstream 'acdc':"),
     ([{"method": "acdc", "sparsity": 90, "from": "cram_resnet50"}], None, "one-shot candidates of CrAM models"),
     ([{"method": "acdc", "sparsity": 90, "seed": [0, 1]}], [{"method": "acdc", "sparsity": 90}],

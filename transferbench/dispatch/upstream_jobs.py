@@ -140,7 +140,7 @@ def submit_upstream_command(args: argparse.Namespace, options: Any = None) -> in
     profile = load_profile(args.profile)
     unit = make_unit(args.method, args.sparsity, recipe=args.recipe, seed=args.seed, arch=args.arch,
                      dataset=args.dataset, data_root=args.data_root, source=args.source, nodes=args.nodes,
-                     gpus=args.gpus, out_dir=args.out)
+                     gpus=args.gpus, out_dir=args.out, batch_size=args.batch_size)
     layout = profile.upstream_layout(unit.nodes, unit.gpus, unit.single_process)
     store = unit.folder().resolve()  # jobs start elsewhere: absolute paths
     state = upstream_states([unit], store)[unit.name]

@@ -10,6 +10,9 @@
         arch: resnet50                 # default: the recipe's
         gpus: 8                        # the SLURM job's size (default: the profile's upstream: section)
         nodes: 2
+        batch_size: 1024               # the global batch, the recipe scaled by its rule (default: the recipe's)
+        precision: bf16                # loop switches, as the upstream command's flags: precision, channels_last,
+        channels_last: true            # sync_bn, loader, workers
       - {method: cram, from: cram_resnet50, sparsity: [50, 70, 90], dataset: imagenet, data_root: /imagenet}
 
 A unit registers one checkpoint per sparsity, named ``checkpoint_name(recipe, method, sparsity, seed)``. A
@@ -31,10 +34,13 @@ from ..errors import TransferbenchError
 from ..upstream.candidates import CALIBRATION_DEFAULTS
 from ..upstream.from_dense import DEFAULT_RECIPES, ONE_SHOT_METHODS, oneshot_name
 from ..upstream.mini import MINI_RECIPE, ONE_MODEL_MANY_SPARSITIES
+from ..upstream.options import LoopOptions
 from ..upstream.recipes import checked_sparsities, checkpoint_name, load_recipe, method_recipe
 from ..vocabulary import format_sparsity
 
-UPSTREAM_ENTRY_KEYS = ("method", "sparsity", "seed", "recipe", "arch", "dataset", "data_root", "from", "nodes", "gpus")
+LOOP_KEYS = ("precision", "channels_last", "sync_bn", "loader", "workers")  # upstream.options.LoopOptions
+UPSTREAM_ENTRY_KEYS = ("method", "sparsity", "seed", "recipe", "arch", "dataset", "data_root", "from", "nodes", "gpus",
+                       "batch_size", *LOOP_KEYS)
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,8 @@ class UpstreamUnit:
     gpus: int | None = None
     single_process: bool = False  # too small to share across processes (mini-suite model, one-shot candidates)
     out_dir: str | None = None  # where the checkpoints (and the training's resume state) go; None: the default
+    batch_size: int | None = None  # the global batch (None: the recipe's)
+    loop: tuple[tuple[str, Any], ...] = ()  # LoopOptions switches, as (name, value) pairs
 
     @property
     def name(self) -> str:
@@ -78,7 +86,8 @@ class UpstreamUnit:
         return {"method": self.method, "sparsities": list(self.sparsities), "arch": self.arch,
                 "dataset": self.dataset, "recipe": self.recipe, "seed": self.seed,
                 "data_root": Path(self.data_root).expanduser() if self.data_root else None,
-                "out_dir": Path(self.out_dir) if self.out_dir else None}
+                "out_dir": Path(self.out_dir) if self.out_dir else None, "batch_size": self.batch_size,
+                **({"options": LoopOptions(**dict(self.loop))} if self.loop else {})}
 
     def folder(self) -> Path:
         """Where ``train_upstream`` writes the unit's checkpoints and keeps its resume state."""
@@ -88,19 +97,26 @@ class UpstreamUnit:
 def make_unit(method: str, sparsities: list, *, recipe: str | Path | None = None, seed: int = 0,
               arch: str | None = None, dataset: str | None = None, data_root: str | Path | None = None,
               source: str | None = None, nodes: int | None = None, gpus: int | None = None,
-              single_process: bool = False, out_dir: str | Path | None = None) -> UpstreamUnit:
+              single_process: bool = False, out_dir: str | Path | None = None, batch_size: int | None = None,
+              loop: dict[str, Any] | None = None) -> UpstreamUnit:
     """One unit, checked as `transferbench upstream` checks its flags (method, sparsities, recipe) before
     anything is trained or submitted. ``recipe`` None: small_cpu, or for ``source`` the one
-    ``prune_published`` takes for the dataset."""
+    ``prune_published`` takes for the dataset. ``loop``: ``LoopOptions`` switches."""
     where = {"data_root": str(data_root) if data_root else None, "nodes": nodes, "gpus": gpus,
              "out_dir": str(Path(out_dir).expanduser().resolve()) if out_dir else None}
     if source:
         return _oneshot_unit(method, sparsities, source, recipe, dataset, arch, where)
+    try:  # a bad switch fails here, before anything is submitted
+        LoopOptions(**(loop or {}))
+    except TypeError as exc:
+        raise TransferbenchError(f"bad loop switch ({', '.join(LOOP_KEYS)}): {exc}") from None
     fractions = tuple(checked_sparsities(method, list(sparsities)))
-    rec, _ = method_recipe(method, recipe or MINI_RECIPE, arch, dataset)
+    rec, _ = method_recipe(method, recipe or MINI_RECIPE, arch, dataset, batch_size=batch_size,
+                           sparsity=fractions[0])
     products = tuple(checkpoint_name(rec, method, s, seed) for s in fractions)
     return UpstreamUnit(method, fractions, rec["arch"], rec["dataset"], str(recipe or MINI_RECIPE), rec["name"],
-                        products, seed, single_process=single_process, **where)
+                        products, seed, single_process=single_process, batch_size=batch_size,
+                        loop=tuple(sorted((loop or {}).items())), **where)
 
 
 def _oneshot_unit(method: str, sparsities: list, source: str, recipe: str | Path | None, dataset: str | None,
@@ -152,7 +168,8 @@ def parse_upstream(raw: Any, origin: str) -> tuple[UpstreamUnit, ...]:
                         units.append(make_unit(
                             method, group, recipe=str(recipe), seed=_integer(seed, origin), arch=item.get("arch"),
                             dataset=item.get("dataset"), data_root=item.get("data_root"),
-                            source=str(item["from"]) if item.get("from") else None, **size))
+                            source=str(item["from"]) if item.get("from") else None, **size,
+                            batch_size=item.get("batch_size"), loop={k: item[k] for k in LOOP_KEYS if k in item}))
                     except TransferbenchError as exc:
                         raise TransferbenchError(f"sweep {origin}: upstream {method!r}: {exc}") from None
     products = [p for u in units for p in u.products]
