@@ -108,9 +108,10 @@ def train_upstream(method: str, sparsities: list[float], arch: str | None = None
                    force: bool = False, batch_size: int | None = None) -> list[UpstreamResult]:
     """Train ``method`` with ``recipe`` and write + register one checkpoint per requested sparsity.
 
-    Every method but CrAM takes exactly one sparsity. CrAM trains one dense model and produces one candidate per
-    sparsity by one-shot pruning and BN recalibration (§6.3). In a job of several processes (torchrun, SLURM) every
-    process calls this; all of them return the results. ``force`` trains again a run already registered;
+    Every method but CrAM and LTH-T takes exactly one sparsity. CrAM trains one dense model and produces one
+    candidate per sparsity by one-shot pruning and BN recalibration (§6.3); LTH-T prunes to the largest and keeps
+    the ticket of every requested sparsity's round on the way (§4.2). In a job of several processes (torchrun,
+    SLURM) every process calls this; all of them return the results. ``force`` trains again a run already registered;
     ``batch_size`` runs the recipe at another global batch by its scaling rule (``recipes.method_recipe``).
     """
     options = options or LoopOptions()
