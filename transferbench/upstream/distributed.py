@@ -65,10 +65,13 @@ def join_world(device: str) -> tuple[World, torch.device]:
         return World(), dev
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if dev.type == "cuda":
-        if local_rank >= torch.cuda.device_count():
-            raise TransferbenchError(f"LOCAL_RANK {local_rank} but {torch.cuda.device_count()} GPU(s) visible: one "
-                                     "process per GPU (torchrun --nproc_per_node, or --gpus on SLURM)")
-        dev = torch.device("cuda", local_rank)
+        visible = torch.cuda.device_count()
+        if visible > 1 and local_rank >= visible:
+            raise TransferbenchError(f"LOCAL_RANK {local_rank} but {visible} GPUs visible: one process per GPU "
+                                     "(torchrun --nproc_per_node, or --gpus on SLURM)")
+        # each process sees every GPU of the node (torchrun) and takes its own, or sees only its own (sites that
+        # bind one GPU per SLURM task)
+        dev = torch.device("cuda", local_rank if visible > 1 else 0)
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
         missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
