@@ -21,6 +21,7 @@ from transferbench.errors import TransferbenchError
 from transferbench.models import create_model
 from transferbench.pruning.bn import balanced_sample, dataset_labels, indices_digest
 from transferbench.upstream import load_recipe, oneshot_rows_missing, prepare_oneshot_rows, prune_published
+from transferbench.upstream.from_dense import oneshot_name, oneshot_names
 
 CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 4, 6, 2
 CALIBRATION = {"size": 8, "seed": 42, "batches": 3, "batch_size": 4}
@@ -107,6 +108,7 @@ def test_candidates_of_a_registered_dense_row(home, imagenet, recipe, capsys):
     for row in rows:
         candidate = prepared_candidate(row)
         assert candidate is not None and candidate.pruned_from == f"tiny_cram@sha256:{digest}"
+        assert candidate.name == f"tiny_cram_cram_{round(row.sparsity * 100)}_oneshot_tiny_imagenet_s42"
         loaded = load_registered(candidate)  # its own sha256 and the registered sparsity, checked
         n = magnitudes.numel()
         assert loaded.sparsity.overall == pytest.approx(row.sparsity, abs=1 / n)
@@ -127,6 +129,17 @@ def test_candidates_of_a_registered_dense_row(home, imagenet, recipe, capsys):
         assert meta["source"] == {"row": "tiny_cram", "path": str(dense_path.resolve()), "sha256": digest,
                                   "format": "ist"}
         assert meta["upstream_top1"] == pytest.approx(candidate.upstream_top1 / 100, abs=5e-5)
+
+
+def test_oneshot_names_follow_the_row_method_sparsity_recipe_and_calibration_seed():
+    # without a calibration: block the sample is CrAM's (seed 42); the recipe's own seed otherwise
+    assert oneshot_names("cram_resnet50", "cram", [0.5, 0.975], {"name": "imagenet_resnet50"}) == [
+        "cram_resnet50_cram_50_oneshot_imagenet_resnet50_s42", "cram_resnet50_cram_97.5_oneshot_imagenet_resnet50_s42"]
+    seeded = {"name": "r", "calibration": {"seed": 7}}
+    assert oneshot_names("d", "cram_nm", [0.5], seeded) == ["d_cram_nm_50_oneshot_r_s7"]
+    # several sparsities name their group (a sweep unit), one names a candidate
+    assert oneshot_name("d", "cram", [0.5, 0.9], "r", 7) == "d_cram_50-90_oneshot_r_s7"
+    assert oneshot_name("d", "cram", [0.9], "r", 7) == oneshot_names("d", "cram", [0.9], seeded)[0]
 
 
 def test_run_resolves_a_one_shot_row_to_its_candidate_or_names_the_command(home, imagenet, recipe):

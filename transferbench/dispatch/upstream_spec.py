@@ -25,14 +25,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from ..checkpoints import checkpoint_dir
 from ..checkpoints.registry import named_checkpoint
 from ..errors import TransferbenchError
-from ..upstream.candidates import CALIBRATION_DEFAULTS
-from ..upstream.from_dense import DEFAULT_RECIPES, ONE_SHOT_METHODS, oneshot_name
+from ..upstream.candidates import calibration_seed
+from ..upstream.from_dense import DEFAULT_RECIPES, ONE_SHOT_METHODS, oneshot_name, oneshot_names
 from ..upstream.mini import MINI_RECIPE, ONE_MODEL_MANY_SPARSITIES
 from ..upstream.options import LoopOptions
 from ..upstream.recipes import checked_sparsities, checkpoint_name, load_recipe, method_recipe
@@ -70,9 +69,9 @@ class UpstreamUnit:
         """The unit's key in the upstream store (its ledger line, claim, failure file)."""
         if len(self.products) == 1:
             return self.products[0]
+        if self.source:  # as its candidates are named
+            return oneshot_name(self.source, self.method, self.sparsities, self.recipe_name, self.seed)
         sparsities = "-".join(format_sparsity(s).rstrip("%") for s in self.sparsities)
-        if self.source:  # as its candidates are named (from_dense.oneshot_name)
-            return f"{self.source}_{self.method}_{sparsities}_oneshot_{self.recipe_name}_s{self.seed}"
         return f"{self.arch}_{self.method}_{sparsities}_{self.recipe_name}_s{self.seed}"
 
     @property
@@ -133,13 +132,11 @@ def _oneshot_unit(method: str, sparsities: list, source: str, recipe: str | Path
                                  "prepares candidates of a registry row (register a file with register_local first)")
     fractions = tuple(checked_sparsities(method, list(sparsities)))
     rec = load_recipe(recipe or DEFAULT_RECIPES.get(dataset or "imagenet", MINI_RECIPE))
-    named = SimpleNamespace(stem=row.name)  # oneshot_name reads only the dense source's stem: the row's name
-    seed = int({**CALIBRATION_DEFAULTS, **(rec.get("calibration") or {})}["seed"])  # as Calibration.from_recipe
-    products = tuple(oneshot_name(named, method, s, rec, seed) for s in fractions)  # type: ignore[arg-type]
+    products = tuple(oneshot_names(row.name, method, fractions, rec))
     if arch and arch != row.arch:
         raise TransferbenchError(f"--from {source} is a {row.arch} (registry row); drop --arch {arch}")
     return UpstreamUnit(method, fractions, row.arch, dataset or rec["dataset"], str(recipe or rec["name"]),
-                        rec["name"], products, seed, source=source, single_process=True, **where)
+                        rec["name"], products, calibration_seed(rec), source=source, single_process=True, **where)
 
 
 def parse_upstream(raw: Any, origin: str) -> tuple[UpstreamUnit, ...]:

@@ -52,6 +52,16 @@ CALIBRATION_DEFAULTS = {"size": 1000, "seed": 42, "batches": 100, "batch_size": 
 ONE_SHOT_PATTERN = {"cram_nm": "2:4"}
 
 
+def calibration_settings(rec: dict) -> dict:
+    """The recipe's ``calibration:`` block (size, seed, batches, batch_size) over ``CALIBRATION_DEFAULTS``."""
+    return {**CALIBRATION_DEFAULTS, **(rec.get("calibration") or {})}
+
+
+def calibration_seed(rec: dict) -> int:
+    """The seed the recipe's calibration sample is drawn with (part of its candidates' names)."""
+    return int(calibration_settings(rec)["seed"])
+
+
 @dataclass(frozen=True)
 class Calibration:
     """The BN recalibration of one-shot candidates: ``batches`` train-mode passes of ``batch_size`` images over a
@@ -70,8 +80,7 @@ class Calibration:
     @classmethod
     def from_recipe(cls, rec: dict, train_set: Dataset) -> Calibration:
         """The sample the recipe's ``calibration:`` block (size, seed, batches, batch_size) asks for."""
-        calib = {**CALIBRATION_DEFAULTS, **(rec.get("calibration") or {})}
-        seed = int(calib["seed"])
+        calib, seed = calibration_settings(rec), calibration_seed(rec)
         indices = balanced_sample(dataset_labels(train_set), int(calib["size"]), seed)
         return cls(train_set, tuple(indices), seed, int(calib["batches"]), int(calib["batch_size"]))
 

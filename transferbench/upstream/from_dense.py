@@ -21,12 +21,19 @@ from pathlib import Path
 
 from ..checkpoints import CheckpointSpec, LoadedCheckpoint, list_checkpoints, load_checkpoint, load_registered
 from ..checkpoints import checkpoint_dir as default_checkpoint_dir
-from ..checkpoints.registry import named_checkpoint, oneshot_source, prepared_candidate, source_identity
+from ..checkpoints.registry import file_identity, named_checkpoint, oneshot_source, prepared_candidate
 from ..context import resolve_device
 from ..errors import TransferbenchError
 from ..pruning.bn import dataset_labels
 from ..vocabulary import format_sparsity
-from .candidates import Calibration, UpstreamResult, one_shot_candidate, oneshot_metadata, register_candidate
+from .candidates import (
+    Calibration,
+    UpstreamResult,
+    calibration_seed,
+    one_shot_candidate,
+    oneshot_metadata,
+    register_candidate,
+)
 from .data import upstream_datasets
 from .recipes import checked_sparsities, load_recipe
 
@@ -49,7 +56,7 @@ class DenseSource:
     @property
     def identity(self) -> str:
         """What its candidates record as ``pruned_from``: ``NAME@sha256:HEX`` or ``sha256:HEX``."""
-        return source_identity(self.row.name if self.row else None, self.loaded.sha256)
+        return file_identity(self.row.name if self.row else None, self.loaded.sha256)
 
     @property
     def stem(self) -> str:
@@ -102,8 +109,18 @@ def _dense_row(name: str, method: str, arch: str | None) -> CheckpointSpec:
     return row
 
 
-def oneshot_name(source: DenseSource, method: str, sparsity: float, rec: dict, seed: int) -> str:
-    return f"{source.stem}_{method}_{format_sparsity(sparsity).rstrip('%')}_oneshot_{rec['name']}_s{seed}"
+def oneshot_name(stem: str, method: str, sparsities: Sequence[float], recipe_name: str, seed: int) -> str:
+    """``<stem>_<method>_<sparsities>_oneshot_<recipe>_s<calibration seed>``, the sparsities as percents joined by
+    ``-``: with one sparsity, a candidate's registry name; with several, the name of the group (a sweep unit)."""
+    percents = "-".join(format_sparsity(s).rstrip("%") for s in sparsities)
+    return f"{stem}_{method}_{percents}_oneshot_{recipe_name}_s{seed}"
+
+
+def oneshot_names(stem: str, method: str, sparsities: Sequence[float], rec: dict) -> list[str]:
+    """The registry names of the candidates ``prune_published`` makes of the dense model ``stem`` (a registry row's
+    name, or ``DenseSource.stem`` for a file) with the recipe ``rec``, one per sparsity. Reads nothing."""
+    seed = calibration_seed(rec)
+    return [oneshot_name(stem, method, [sparsity], rec["name"], seed) for sparsity in sparsities]
 
 
 def prune_published(source: str | Path, method: str, sparsities: Sequence[float], *, dataset: str | None = None,
@@ -136,12 +153,12 @@ def prune_published(source: str | Path, method: str, sparsities: Sequence[float]
     log.info("one-shot %s candidates of %s at %s; BN calibration on %d images (seed %d)", method, dense.identity,
              ", ".join(format_sparsity(s) for s in sparsities), len(calibration.indices), calibration.seed)
     results = []
-    for sparsity in sparsities:
+    for sparsity, name in zip(sparsities, oneshot_names(dense.stem, method, sparsities, rec), strict=True):
         start = time.perf_counter()
         net, masks = one_shot_candidate(model, method, sparsity, calibration, dev)
         results.append(register_candidate(
             folder, rec, method, sparsity, net, masks, test_set, dev, calibration.seed, time.perf_counter() - start,
-            about, name=oneshot_name(dense, method, sparsity, rec, calibration.seed), pruned_from=dense.identity,
+            about, name=name, pruned_from=dense.identity,
             notes=f"{dense.identity} pruned one-shot ({about['oneshot_pruning']}) and BN-recalibrated on "
                   f"{len(calibration.indices)} class-balanced {rec['dataset']} training images by transferbench "
                   f"upstream --from ({rec['name']} recipe)"))
