@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 
@@ -22,9 +23,11 @@ from transferbench.checkpoints import (
     peek_arch,
     register_local,
 )
+from transferbench.checkpoints.resolve import registered_ref, resolve_checkpoint
 from transferbench.digests import sha256_file
 from transferbench.errors import TransferbenchError
 from transferbench.models import create_model, list_archs
+from transferbench.runspec import CheckpointRef
 from transferbench.sparsity import prunable_weights
 
 METHODS = {"dense", "acdc", "rigl_erk1x", "rigl_erk5x", "str", "woodfisher", "lth_t", "gmp", "cram", "cram_nm", "mfac"}
@@ -391,6 +394,20 @@ def test_register_local_makes_a_trained_checkpoint_findable(checkpoint_home, tin
                                       sha256="deadbeef"), path)
     with pytest.raises(TransferbenchError, match="unknown architecture"):
         register_local(CheckpointSpec(name="x", method="gmp", sparsity=0.5, arch="vgg16"), path)
+
+
+def test_a_checkpoint_is_identified_by_its_row_name_and_its_file_digest(checkpoint_home, tmp_path):
+    path = tmp_path / "mine.pth"
+    path.write_bytes(b"the identity reads the bytes, not the model")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    row = register_local(CheckpointSpec(name="my_gmp_50", method="gmp", sparsity=0.5, arch="resnet_tiny"), path)
+    for ref in (resolve_checkpoint("gmp", 0.5, "resnet_tiny", None), registered_ref(row)):
+        assert ref == CheckpointRef("gmp", 0.5, "resnet_tiny", f"my_gmp_50@sha256:{digest}")
+        assert ref.path == str(path.resolve())
+    by_path = resolve_checkpoint(None, 0.5, "resnet_tiny", path)  # no row names a file given by path
+    assert by_path == CheckpointRef("custom", 0.5, "resnet_tiny", f"sha256:{digest}")
+    path.write_bytes(b"re-trained under the same name")  # another file: another identity
+    assert registered_ref(row).identity == f"my_gmp_50@sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}"
 
 
 def test_a_corrupt_local_registry_is_reported(checkpoint_home):

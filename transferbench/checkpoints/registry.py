@@ -235,8 +235,9 @@ def oneshot_source(spec: CheckpointSpec) -> CheckpointSpec:
     return source
 
 
-def source_identity(name: str | None, digest: str) -> str:
-    """How a one-shot candidate names the dense file it was pruned from (its ``pruned_from``)."""
+def file_identity(name: str | None, digest: str) -> str:
+    """How a checkpoint file is identified, as a run's checkpoint identity and as the ``pruned_from`` of a one-shot
+    candidate: ``NAME@sha256:HEX`` for a registry row's file, ``sha256:HEX`` for a file no row names."""
     return f"{name}@sha256:{digest}" if name else f"sha256:{digest}"
 
 

@@ -11,6 +11,7 @@ from ..vocabulary import normalize_sparsity
 from .load import peek_arch
 from .registry import (
     CheckpointSpec,
+    file_identity,
     find_checkpoint,
     list_checkpoints,
     local_path,
@@ -34,11 +35,17 @@ def resolve_checkpoint(method: str | None, sparsity: float | None, arch: str | N
     spec = find_checkpoint(method, sparsity, arch)
     if spec.oneshot:  # a published dense file to prune: the candidate `upstream --from` made of it, if any
         spec = _prepared(spec)
+    return registered_ref(spec, checkpoint_dir)
+
+
+def registered_ref(spec: CheckpointSpec, checkpoint_dir: Path | None = None) -> CheckpointRef:
+    """The CheckpointRef of the registry row ``spec``: its file (``local_path``) and the identity
+    ``<row name>@sha256:<digest of the file>``."""
     path = local_path(spec, checkpoint_dir)
     # The file's digest is part of the identity: a re-trained or re-downloaded file under the same registry name
     # is a different run (sha256_file remembers digests by path, size and mtime, so a file is read once).
     return CheckpointRef(method=spec.method, sparsity=spec.sparsity, arch=spec.arch,
-                         identity=f"{spec.name}@sha256:{sha256_file(path)}", path=str(path))
+                         identity=file_identity(spec.name, sha256_file(path)), path=str(path))
 
 
 def prepare_command(specs: list[CheckpointSpec]) -> str:
@@ -74,7 +81,7 @@ def _local_file(method: str | None, sparsity: float | None, arch: str | None, pa
         if arch is None:
             raise TransferbenchError(f"{path} does not name its architecture; pass --arch (e.g. resnet50)")
     return CheckpointRef(method=method or "custom", sparsity=normalize_sparsity(sparsity), arch=arch,
-                         identity=f"sha256:{sha256_file(path)}", path=str(path))
+                         identity=file_identity(None, sha256_file(path)), path=str(path))
 
 
 def registered_spec(ref: CheckpointRef) -> CheckpointSpec | None:

@@ -16,8 +16,9 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..checkpoints import list_checkpoints, local_path, resolve_checkpoint
-from ..digests import sha256_file
+from ..checkpoints import resolve_checkpoint
+from ..checkpoints.registry import named_checkpoint
+from ..checkpoints.resolve import registered_ref
 from ..errors import TransferbenchError
 from ..runspec import CheckpointRef, RunSpec, group_by_extraction, make_spec
 from ..store import DONE, MISSING, STATES, TO_RUN, RunState, run_states
@@ -186,13 +187,11 @@ def resolve_waiting(specs: tuple[RunSpec, ...], checkpoint_dir: Path | None = No
 def _registered_ref(name: str, checkpoint_dir: Path | None) -> CheckpointRef:
     """The registered checkpoint called ``name`` (an upstream unit's product; several seeds of one method and
     sparsity are told apart by name, not by method and sparsity), identified as resolve_checkpoint does."""
-    spec = next((s for s in reversed(list_checkpoints()) if s.name == name), None)
+    spec = named_checkpoint(name)
     if spec is None:
         raise TransferbenchError(f"checkpoint {name} is not registered: its upstream job has not made it (see "
                                  "`transferbench status`)")
-    path = local_path(spec, checkpoint_dir)
-    return CheckpointRef(method=spec.method, sparsity=spec.sparsity, arch=spec.arch,
-                         identity=f"{spec.name}@sha256:{sha256_file(path)}", path=str(path))
+    return registered_ref(spec, checkpoint_dir)
 
 
 def _resolve(entry: CheckpointEntry, checkpoint_dir: Path | None) -> CheckpointRef:
