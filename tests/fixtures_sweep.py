@@ -8,6 +8,18 @@ import yaml
 from fixtures_data import learnable_image, write_task
 from fixtures_models import write_pruned_checkpoint
 
+from transferbench.upstream import load_recipe
+
+
+def write_tiny_recipe(root: Path) -> Path:
+    """small_cpu at a few seconds of training (256 images, 2 epochs), written as ``root/tiny.yaml`` for the
+    upstream entries of a sweep."""
+    recipe = load_recipe("small_cpu")
+    recipe.update(name="tiny", train_size=256, test_size=64, batch_size=64, epochs=2)
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
 
 def write_fixture_sweep(root: Path, *, linear_seeds=(21, 51), full_seeds=(21,), full_epochs: int = 3,
                         linear_epochs: int = 20, solvers=("sgd",), tasks=("cifar10",)) -> tuple[Path, Path]:
@@ -37,3 +49,14 @@ def write_fixture_sweep(root: Path, *, linear_seeds=(21, 51), full_seeds=(21,), 
     path = root / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path, data
+
+
+def write_upstream_sweep(root: Path, **entry) -> Path:
+    """The fixture sweep (cifar10, linear seed 21) with its dense file and a magnitude 50% checkpoint made by an
+    upstream entry of the tiny recipe (``entry`` adds to it)."""
+    sweep_file, _ = write_fixture_sweep(root, linear_seeds=(21,), full_seeds=())
+    spec = yaml.safe_load(sweep_file.read_text())
+    spec["upstream"] = [{"method": "magnitude", "sparsity": 50, "recipe": str(write_tiny_recipe(root)), **entry}]
+    spec["checkpoints"] = [spec["checkpoints"][0], {"method": "magnitude", "sparsity": 50}]
+    sweep_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return sweep_file

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import submitit
 import yaml
-from fixtures_sweep import write_fixture_sweep
+from fixtures_sweep import write_fixture_sweep, write_tiny_recipe, write_upstream_sweep
 
 from transferbench.cli import main
 from transferbench.dispatch import load_sweep, plan_sweep
@@ -292,28 +292,6 @@ def test_a_time_out_requeues_until_max_requeues_runs_out_and_preemption_does_not
 
 # --- the upstream stage: upstream jobs first, transfer jobs after them (afterok) ---
 
-def tiny_recipe(root: Path) -> Path:
-    """small_cpu at a few seconds of training (256 images, 2 epochs)."""
-    from transferbench.upstream import load_recipe
-
-    recipe = load_recipe("small_cpu")
-    recipe.update(name="tiny", train_size=256, test_size=64, batch_size=64, epochs=2)
-    path = root / "tiny.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
-
-
-def upstream_sweep(root: Path, **entry) -> Path:
-    """The fixture sweep (cifar10, linear seed 21) with its dense file and a magnitude 50% checkpoint made by an
-    upstream entry of the tiny recipe (``entry`` adds to it)."""
-    sweep_file, _ = write_fixture_sweep(root, linear_seeds=(21,), full_seeds=())
-    spec = yaml.safe_load(sweep_file.read_text())
-    spec["upstream"] = [{"method": "magnitude", "sparsity": 50, "recipe": str(tiny_recipe(root)), **entry}]
-    spec["checkpoints"] = [spec["checkpoints"][0], {"method": "magnitude", "sparsity": 50}]
-    sweep_file.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return sweep_file
-
-
 UNIT = "resnet_tiny_magnitude_50_tiny_s0"
 
 
@@ -333,7 +311,7 @@ def test_a_sweep_submits_its_upstream_jobs_first_and_the_transfer_jobs_after_the
     from submitit.core.submission import process_job
 
     monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
-    sweep_file, out = upstream_sweep(tmp_path), tmp_path / "out"
+    sweep_file, out = write_upstream_sweep(tmp_path), tmp_path / "out"
     args = ["sweep", str(sweep_file), "--profile", str(_profile(tmp_path)), "--results", str(out), "--workers", "0"]
     assert main(args) == 0
     printed = capsys.readouterr().out
@@ -391,7 +369,7 @@ def test_a_failed_upstream_job_blocks_its_transfer_jobs_until_it_is_retried(tmp_
 
     monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
     # ImageNet without its folder: the upstream job fails at once
-    sweep_file = upstream_sweep(tmp_path, dataset="imagenet", data_root=str(tmp_path / "no_imagenet"))
+    sweep_file = write_upstream_sweep(tmp_path, dataset="imagenet", data_root=str(tmp_path / "no_imagenet"))
     out = tmp_path / "out"
     args = ["sweep", str(sweep_file), "--profile", str(_profile(tmp_path)), "--results", str(out), "--workers", "0"]
     assert main(args) == 0
@@ -431,8 +409,8 @@ def test_upstream_on_slurm_is_one_requeueable_job_of_one_process_per_gpu(tmp_pat
 
     monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
     args = ["upstream", "--method", "acdc", "--sparsity", "0.9", "--dataset", "imagenet", "--data-root",
-            str(tmp_path / "imagenet"), "--recipe", str(tiny_recipe(tmp_path)), "--executor", "slurm", "--profile",
-            str(_gpu_profile(tmp_path)), "--gpus", "4", "--nodes", "2"]
+            str(tmp_path / "imagenet"), "--recipe", str(write_tiny_recipe(tmp_path)), "--executor", "slurm",
+            "--profile", str(_gpu_profile(tmp_path)), "--gpus", "4", "--nodes", "2"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "submitted upstream job 12: acdc 90% resnet_tiny (tiny recipe, imagenet, seed 0), 2 node(s) x 2 " \

@@ -14,10 +14,11 @@ import time
 import pytest
 import torch
 import yaml
-from fixtures_sweep import write_fixture_sweep
+from fixtures_sweep import write_fixture_sweep, write_upstream_sweep
 
 from transferbench.cli import main
 from transferbench.dispatch import load_sweep, plan_sweep, run_states
+from transferbench.dispatch.jobs import use_allocated_cpus
 from transferbench.errors import TransferbenchError
 from transferbench.store import (
     DONE,
@@ -353,22 +354,6 @@ def test_status_needs_no_data_root(tmp_path, monkeypatch, capsys):
     assert "data not found: aircraft" in capsys.readouterr().out
 
 
-def _sweep_with_upstream(root, **entry):
-    """The fixture sweep (cifar10, linear seed 21) with a magnitude 50% checkpoint of an upstream entry (small_cpu
-    at 256 images and 2 epochs)."""
-    from transferbench.upstream import load_recipe
-
-    recipe = load_recipe("small_cpu")
-    recipe.update(name="tiny", train_size=256, test_size=64, batch_size=64, epochs=2)
-    (root / "tiny.yaml").write_text(yaml.safe_dump(recipe))
-    sweep_file, _ = write_fixture_sweep(root, linear_seeds=(21,), full_seeds=())
-    spec = yaml.safe_load(sweep_file.read_text())
-    spec["upstream"] = [{"method": "magnitude", "sparsity": 50, "recipe": str(root / "tiny.yaml"), **entry}]
-    spec["checkpoints"] = [spec["checkpoints"][0], {"method": "magnitude", "sparsity": 50}]
-    sweep_file.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return sweep_file
-
-
 def _status(sweep_file, out, capsys):
     assert main(["status", str(sweep_file), "--results", str(out), "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
@@ -377,7 +362,7 @@ def _status(sweep_file, out, capsys):
 
 def test_debug_sweep_makes_its_upstream_units_first_then_runs_the_transfer_jobs(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
-    sweep_file, out = _sweep_with_upstream(tmp_path), tmp_path / "out"
+    sweep_file, out = write_upstream_sweep(tmp_path), tmp_path / "out"
     args = ["sweep", str(sweep_file), "--executor", "debug", "--results", str(out), "--workers", "0"]
     assert main(args) == 0
     printed = capsys.readouterr().out
@@ -392,7 +377,7 @@ def test_debug_sweep_makes_its_upstream_units_first_then_runs_the_transfer_jobs(
 
 def test_a_failing_upstream_unit_is_recorded_and_blocks_only_its_transfer_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
-    sweep_file = _sweep_with_upstream(tmp_path, dataset="imagenet", data_root=str(tmp_path / "no_imagenet"))
+    sweep_file = write_upstream_sweep(tmp_path, dataset="imagenet", data_root=str(tmp_path / "no_imagenet"))
     out = tmp_path / "out"
     args = ["sweep", str(sweep_file), "--executor", "debug", "--results", str(out), "--workers", "0"]
     assert main(args) == 2
@@ -421,7 +406,7 @@ def test_a_from_entry_prepares_one_shot_candidates_under_the_names_the_stage_exp
                     metadata={})
     register_local(CheckpointSpec(name="cram_tiny", method="cram", sparsity=0.0, arch="resnet_tiny",
                                   filename=dense.name), dense)
-    sweep_file = _sweep_with_upstream(tmp_path)
+    sweep_file = write_upstream_sweep(tmp_path)
     spec = yaml.safe_load(sweep_file.read_text())
     spec["upstream"] = [{"method": "cram", "from": "cram_tiny", "sparsity": [50, 90], "dataset": "shapes",
                          "recipe": str(tmp_path / "tiny.yaml")}]
@@ -436,3 +421,17 @@ def test_a_from_entry_prepares_one_shot_candidates_under_the_names_the_stage_exp
     assert main(["status", str(sweep_file), "--results", str(out), "--json"]) == 0
     [row] = json.loads(capsys.readouterr().out)["upstream"]
     assert row["detail"] == "registered as cram_tiny_cram_50_oneshot_tiny_s42, cram_tiny_cram_90_oneshot_tiny_s42"
+
+
+def test_a_slurm_task_uses_as_many_threads_as_it_has_cpus(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setenv("SLURM_CPUS_PER_TASK", "garbage")
+        use_allocated_cpus()
+        assert torch.get_num_threads() == 2
+        monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+        use_allocated_cpus()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
 from fixtures_data import PAPER_RESULTS
 from fixtures_records import write_completed
-from fixtures_sweep import write_fixture_sweep
+from fixtures_sweep import write_fixture_sweep, write_tiny_recipe
 
+from transferbench.checkpoints import CheckpointSpec, register_local, resolve_checkpoint
 from transferbench.cli import main
 from transferbench.dispatch import load_profile, load_sweep, plan_sweep, sbatch_preview
+from transferbench.dispatch.plan import resolve_waiting
 from transferbench.dispatch.submit import split_parallelism
 from transferbench.errors import TransferbenchError
+from transferbench.runspec import CheckpointRef, make_spec
 from transferbench.store import FAILED, LOST, MISSING
 from transferbench.tasks import list_tasks
 
@@ -300,23 +305,17 @@ def test_slurm_executor_without_srun_is_a_one_line_error(tmp_path, monkeypatch, 
     assert main(["sweep", str(sweep_file), "--executor", "slurm", "--results", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "`srun` is not on PATH" in err and err.count("\n") == 1
+    monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))  # an upstream job: the same line
+    assert main(["upstream", "--method", "magnitude", "--sparsity", "0.5", "--recipe", str(write_tiny_recipe(tmp_path)),
+                 "--executor", "slurm", "--profile", "example_site"]) == 2
+    assert capsys.readouterr().err == err
 
 
 # --- upstream entries: the stage before the transfer jobs ---
 
-def _tiny_recipe(root: Path) -> Path:
-    from transferbench.upstream import load_recipe
-
-    recipe = load_recipe("small_cpu")
-    recipe.update(name="tiny", train_size=256, test_size=64, batch_size=64, epochs=2)
-    path = root / "tiny.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
-
-
 def _upstream_sweep(root: Path, upstream: list[dict], checkpoints: list[dict] | None = None) -> Path:
     """A digits sweep (no data needed) whose checkpoints come from ``upstream`` entries of the tiny recipe."""
-    recipe = str(_tiny_recipe(root))
+    recipe = str(write_tiny_recipe(root))
     spec = {"name": "up", "upstream": [{"recipe": recipe, **entry} for entry in upstream], "tasks": ["digits"],
             "modes": ["linear"], "seeds": [21]}
     if checkpoints is not None:
@@ -429,3 +428,19 @@ def test_bad_upstream_entries_are_one_line_errors_naming_the_file(upstream, chec
     with pytest.raises(TransferbenchError, match=re.escape(message)) as info:
         load_sweep(sweep_file)
     assert str(info.value).startswith(f"sweep {sweep_file}: ") and "\n" not in str(info.value)
+
+
+def test_a_waiting_run_resolves_its_upstream_checkpoint_as_run_would(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
+    waiting = make_spec("digits", "linear", 0, CheckpointRef("gmp", 0.5, "resnet_tiny", "upstream:my_gmp_50"))
+    with pytest.raises(TransferbenchError, match="checkpoint my_gmp_50 is not registered"):
+        resolve_waiting((waiting,))
+    path = tmp_path / "mine.pth"
+    path.write_bytes(b"the identity reads the bytes, not the model")
+    register_local(CheckpointSpec(name="my_gmp_50", method="gmp", sparsity=0.5, arch="resnet_tiny"), path)
+    (resolved,) = resolve_waiting((waiting,))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    expected = CheckpointRef("gmp", 0.5, "resnet_tiny", f"my_gmp_50@sha256:{digest}")
+    assert resolved == replace(waiting, checkpoint=expected)
+    assert resolved.checkpoint.path == str(path.resolve())
+    assert resolved.checkpoint == resolve_checkpoint("gmp", 0.5, "resnet_tiny", None)

@@ -25,6 +25,14 @@ def current_job_id() -> str:
     return env.get("SLURM_JOB_ID") or str(os.getpid())
 
 
+def use_allocated_cpus() -> None:
+    """Under SLURM, one torch thread per CPU of the task's allocation (``SLURM_CPUS_PER_TASK``): torch would start
+    one per core of the node."""
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    if cpus and cpus.isdigit():
+        torch.set_num_threads(int(cpus))
+
+
 def execute_unit(unit: WorkUnit, ctx: RunContext, job_id: str | None = None) -> list[str]:
     """Run the unit's runs that are not done and not running elsewhere; returns the keys completed here.
 
@@ -80,7 +88,5 @@ class SweepJob(submitit.helpers.Checkpointable):
         from ..progress import setup_logging
 
         setup_logging(verbose=False)
-        cpus = os.environ.get("SLURM_CPUS_PER_TASK")
-        if cpus and cpus.isdigit():  # torch would start one thread per core of the node, not of the allocation
-            torch.set_num_threads(int(cpus))
+        use_allocated_cpus()
         return execute_unit(self.unit, self.ctx)

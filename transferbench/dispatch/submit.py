@@ -174,13 +174,18 @@ def _run_local(units: list[WorkUnit], ctx: RunContext, profile: Profile, sweep: 
     return result
 
 
-def _submit_slurm(units: list[WorkUnit], ctx: RunContext, profile: Profile, sweep: str) -> Submission:
+def slurm_executor(folder: Path, profile: Profile) -> submitit.AutoExecutor:
+    """submitit's SLURM executor, its job logs under ``folder``, requeued at most ``profile.max_requeues`` times
+    on time-outs; one line where this machine cannot submit (no ``srun``)."""
     try:
-        executor = submitit.AutoExecutor(folder=job_folder(ctx.results), cluster="slurm",
-                                         slurm_max_num_timeout=profile.max_requeues)
+        return submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=profile.max_requeues)
     except RuntimeError:  # submitit's SlurmExecutor refuses to exist without srun
         raise TransferbenchError("--executor slurm: `srun` is not on PATH; submit from a SLURM login node, or use "
                                  "--executor local or debug") from None
+
+
+def _submit_slurm(units: list[WorkUnit], ctx: RunContext, profile: Profile, sweep: str) -> Submission:
+    executor = slurm_executor(job_folder(ctx.results), profile)
     result = Submission("slurm")
     arrays = plan_arrays(units, profile)
     for number, planned in enumerate(arrays, 1):

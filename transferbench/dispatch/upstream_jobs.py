@@ -16,21 +16,19 @@ import argparse
 import contextlib
 import io
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import submitit
-import torch
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 
 from ..errors import TransferbenchError
 from ..progress import setup_logging
 from ..store import DONE, QUEUED, RUNNING, append_ledger, check_locking, command_error_line, ledger_path
-from .jobs import current_job_id
+from .jobs import current_job_id, use_allocated_cpus
 from .profiles import JobLayout, Profile, load_profile
 from .stages import execute_upstream, upstream_states
-from .submit import job_folder, ledger_entry, render_sbatch
+from .submit import job_folder, ledger_entry, render_sbatch, slurm_executor
 from .upstream_spec import UpstreamUnit, make_unit
 
 log = logging.getLogger("transferbench")
@@ -55,9 +53,7 @@ class UpstreamJob(submitit.helpers.Checkpointable):
         # LOCAL_RANK-th of them
         distributed = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False,
                                                                             overwrite=True)
-        cpus = os.environ.get("SLURM_CPUS_PER_TASK")
-        if cpus and cpus.isdigit():  # torch would start one thread per core of the node, not of the allocation
-            torch.set_num_threads(int(cpus))
+        use_allocated_cpus()
         log.info("upstream %s: process %d of %d (local %d), master %s:%s", self.unit.name, distributed.rank,
                  distributed.world_size, distributed.local_rank, distributed.master_addr, distributed.master_port)
         return execute_upstream(self.unit, self.store, current_job_id(), self.device, **self.train_options)
@@ -83,12 +79,7 @@ def submit_upstream(units: list[UpstreamUnit], store: Path, profile: Profile, sw
     ledger at once, so a failing sbatch leaves a ledger that says exactly what was submitted."""
     sizes = layouts(units, profile)
     check_locking(store)
-    try:
-        executor = submitit.AutoExecutor(folder=job_folder(store), cluster="slurm",
-                                         slurm_max_num_timeout=profile.max_requeues)
-    except RuntimeError:  # submitit's SlurmExecutor refuses to exist without srun
-        raise TransferbenchError("--executor slurm: `srun` is not on PATH; submit from a SLURM login node, or use "
-                                 "--executor local or debug") from None
+    executor = slurm_executor(job_folder(store), profile)
     submitted: dict[str, str] = {}
     for number, unit in enumerate(units, 1):
         executor.update_parameters(**upstream_parameters(unit, sizes[unit.name], profile))
