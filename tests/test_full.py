@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 from torch.utils.data import TensorDataset
 
 import transferbench.finetune.full as full
@@ -65,3 +67,80 @@ def test_without_remasking_momentum_and_weight_decay_revive_pruned_weights(tmp_p
         full.finetune_full(model, masks, _data(), _data(20, seed=1), 5, hp, seed=0, work_dir=tmp_path,
                            device=torch.device("cpu"))
     assert measure_sparsity(model, include_head=False).overall < 0.7 - 0.5
+
+
+# --- host syncs of the training step (issue #13) -----------------------------------------------------------------
+
+HOST_SYNCS = {"item", "__bool__", "cpu", "tolist", "numpy", "__float__", "__int__"}
+
+
+class _SyncCounter(TorchFunctionMode):
+    """Counts the tensor methods that make the host wait for the device (``.item()``, ``bool()``, ``.cpu()``...)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.syncs: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in HOST_SYNCS:
+            self.syncs.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def _batches(n: int, poison_step: int | None = None):
+    g = torch.Generator().manual_seed(3)
+    out = []
+    for step in range(n):
+        x = torch.randn(8, 3, 32, 32, generator=g)
+        if step == poison_step:
+            x[0, 0, 0, 0] = float("nan")
+        out.append((x, torch.arange(8) % 5))
+    return out
+
+
+def _epoch_setup():
+    model, masks = _model_and_masks()
+    keeper = full.FixedMasks(model, masks)
+    keeper.apply()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    return model, keeper, opt
+
+
+def test_a_training_epoch_reads_the_device_once():
+    """Before: isfinite(loss) and loss.item() every step, 2 syncs a step; now the loss sum is read once an epoch
+    (every FINITE_CHECK_EVERY steps on long epochs)."""
+    model, keeper, opt = _epoch_setup()
+    with _SyncCounter() as counter:
+        full._train_epoch(model, opt, keeper, _batches(5), torch.device("cpu"), "fp32", epoch=0, lr=0.05)
+    assert counter.syncs == ["item"]
+
+
+def test_the_epoch_loss_and_weights_equal_the_per_step_reads():
+    """The reference is the loop as it was: finite-check and ``loss.item()`` summed in Python after every step."""
+    model, keeper, opt = _epoch_setup()
+    ref_model, ref_keeper, ref_opt = _epoch_setup()
+    ref_model.train()
+    loss_sum = 0.0
+    for images, targets in _batches(5):
+        loss = F.cross_entropy(ref_model(images.contiguous(memory_format=torch.channels_last)).float(), targets)
+        assert torch.isfinite(loss)
+        ref_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        ref_opt.step()
+        ref_keeper.apply()
+        loss_sum += loss.item()
+    mean = full._train_epoch(model, opt, keeper, _batches(5), torch.device("cpu"), "fp32", epoch=0, lr=0.05)
+    assert mean == loss_sum / 5  # bit for bit: the float64 device sum is the Python sum
+    for (name, p), q in zip(model.state_dict().items(), ref_model.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+
+
+def test_a_diverged_epoch_names_its_first_non_finite_step(monkeypatch):
+    model, keeper, opt = _epoch_setup()
+    monkeypatch.setattr(full, "FINITE_CHECK_EVERY", 4)  # stopped at the first read after the bad step, not later
+    seen = []
+    batches = _batches(12, poison_step=2)
+    with pytest.raises(full.TransferbenchError, match=r"NaN/inf at epoch 3 step 2 \(lr=0.05\)"):
+        full._train_epoch(model, opt, keeper, (seen.append(b) or b for b in batches), torch.device("cpu"), "fp32",
+                          epoch=3, lr=0.05)
+    assert len(seen) == 4

@@ -11,6 +11,7 @@ data-loading workers.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -196,28 +197,50 @@ def _resume(state_path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer
     return state["curve"], state["epoch"], state["train_seconds"]
 
 
+# Steps between reads of the running loss on the host: each read waits for the device to finish its queue, so the
+# loss and its finite-check stay on the device in between (a diverged run is still stopped within this many steps).
+FINITE_CHECK_EVERY = 64
+
+
 def _train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, keeper: FixedMasks, loader,
                  device: torch.device, precision: str, epoch: int, lr: float) -> float:
-    """One epoch of SGD with the mask re-applied after every step; returns the mean training loss."""
+    """One epoch of SGD with the mask re-applied after every step; returns the mean training loss.
+
+    The losses are summed on the device in float64 (the same sum, bit for bit, as adding each ``loss.item()`` in
+    Python) and read every ``FINITE_CHECK_EVERY`` steps and at the end: a non-finite loss makes the sum non-finite,
+    so that read is also the finite-check, and the first bad step is kept on the device for the error message.
+    """
     model.train()  # BN statistics adapt to the downstream data (pitfall P6)
-    loss_sum, steps = 0.0, 0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+    steps = 0
     for images, targets in progress(loader, desc=f"epoch {epoch + 1}", unit="batch"):
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         targets = targets.to(device, non_blocking=True)
         with _autocast(device, precision):
             loss = F.cross_entropy(model(images).float(), targets)
-        if not torch.isfinite(loss):
-            raise TransferbenchError(
-                f"full fine-tuning loss became NaN/inf at epoch {epoch} step {steps} (lr={lr:g}); "
-                "lower --lr or check the checkpoint and the data"
-            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         keeper.apply()  # pitfall P7: pruned weights stay exactly zero
-        loss_sum += loss.item()
+        loss = loss.detach()
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), steps, first_bad)
+        loss_sum += loss
         steps += 1
-    return loss_sum / max(steps, 1)
+        if steps % FINITE_CHECK_EVERY == 0:
+            _check_finite(loss_sum, first_bad, epoch, lr)
+    return _check_finite(loss_sum, first_bad, epoch, lr) / max(steps, 1)
+
+
+def _check_finite(loss_sum: torch.Tensor, first_bad: torch.Tensor, epoch: int, lr: float) -> float:
+    """The running loss sum on the host (one sync), or the divergence error naming the first non-finite step."""
+    total = loss_sum.item()
+    if not math.isfinite(total):
+        raise TransferbenchError(
+            f"full fine-tuning loss became NaN/inf at epoch {epoch} step {int(first_bad.item())} (lr={lr:g}); "
+            "lower --lr or check the checkpoint and the data"
+        )
+    return total
 
 
 def _check_mask_kept(model: torch.nn.Module, masks: dict[str, torch.Tensor], before):
