@@ -158,8 +158,15 @@ def test_cudnn_benchmark_switch_is_recorded_and_off_by_default(setup, tmp_path):
     for name, extra in (("default", ()), ("autotuned", ("--cudnn-benchmark",))):
         assert main(_args(data, ckpt, tmp_path / name, "--mode", "linear", "--epochs", "2", *extra)) == 0
         autotuned = name == "autotuned"
-        assert _record(tmp_path / name)["config"]["cudnn_benchmark"] is autotuned
+        config = _record(tmp_path / name)["config"]
+        assert config["cudnn_benchmark"] is autotuned
         assert torch.backends.cudnn.benchmark is autotuned and torch.backends.cudnn.deterministic is not autotuned
+        # the record says which algorithms ran, and the float policy (true fp32 on this CPU)
+        assert config["determinism"]["deterministic_algorithms"] is not autotuned
+        assert torch.are_deterministic_algorithms_enabled() is not autotuned
+        assert config["precision_policy"] == {"device_type": "cpu", "precision": "fp32", "tf32": False,
+                                              "autocast": None}
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
 
 
 def _cli(*args: str) -> list[str]:

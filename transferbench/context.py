@@ -5,6 +5,8 @@ Nothing here changes a run's numbers; what does is in the RunSpec (and so in its
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
 import platform
 import socket
@@ -17,6 +19,13 @@ import torch
 from .errors import TransferbenchError
 from .store import feature_cache_dir
 from .version import __version__
+
+log = logging.getLogger("transferbench")
+
+# cuBLAS picks its GEMM workspaces per stream, so its reductions are only reproducible with a fixed workspace; it
+# reads this variable when CUDA creates a handle, so it must be set before the first matmul on a GPU.
+CUBLAS_WORKSPACE_ENV = "CUBLAS_WORKSPACE_CONFIG"
+DETERMINISTIC_CUBLAS_WORKSPACE = ":4096:8"
 
 
 @dataclass
@@ -61,10 +70,80 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def configure_determinism(cudnn_benchmark: bool = False) -> None:
-    """Deterministic cuDNN kernels (the default: reruns and resumes reproduce records), or its autotuner."""
-    torch.backends.cudnn.deterministic = not cudnn_benchmark
+def configure_determinism(cudnn_benchmark: bool = False) -> dict[str, Any]:
+    """Deterministic algorithms (the default: reruns and resumes reproduce records), or cuDNN's autotuner.
+
+    Deterministic: cuDNN's deterministic kernels, ``torch.use_deterministic_algorithms`` (``warn_only``: an op that
+    has no deterministic kernel warns instead of failing the run) and cuBLAS's fixed workspace, set here, before
+    any GPU work of the run. Uninitialised memory is not filled: correct code never reads it, and the fill would
+    cost a memset per allocation. Returns ``determinism_state()`` (what the record says).
+    """
+    deterministic = not cudnn_benchmark
+    if deterministic and CUBLAS_WORKSPACE_ENV not in os.environ:
+        if torch.cuda.is_initialized():  # cuBLAS handles made before this read the old (unset) value
+            log.warning("%s set after CUDA started in this process: matmuls may not be reproducible",
+                        CUBLAS_WORKSPACE_ENV)
+        os.environ[CUBLAS_WORKSPACE_ENV] = DETERMINISTIC_CUBLAS_WORKSPACE
+    torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = cudnn_benchmark
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
+    return determinism_state()
+
+
+def determinism_state() -> dict[str, Any]:
+    """How this process picks its kernels now (each run's record carries it)."""
+    return {"deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "cudnn_deterministic": torch.backends.cudnn.deterministic,
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "cublas_workspace_config": os.environ.get(CUBLAS_WORKSPACE_ENV)}
+
+
+def precision_policy(device_type: str, precision: str) -> dict[str, Any]:
+    """What decides the float arithmetic of a run with ``precision`` (fp32, tf32 or bf16) on ``device_type``: pure,
+    so the feature-cache key and the record carry it. fp32 is true fp32 (TensorFloat-32 off for cuDNN convolutions
+    and matmuls); tf32 turns TF32 on (CUDA only); bf16 runs the forward pass under bfloat16 autocast."""
+    return {"device_type": device_type, "precision": precision,
+            "tf32": device_type == "cuda" and precision == "tf32",
+            "autocast": "bfloat16" if precision == "bf16" else None}
+
+
+def apply_precision(device_type: str, precision: str) -> dict[str, Any]:
+    """Set this process's TF32 switches for ``precision`` (cuDNN's default is TF32 on) and return the policy."""
+    policy = precision_policy(device_type, precision)
+    torch.backends.cudnn.allow_tf32 = policy["tf32"]
+    torch.backends.cuda.matmul.allow_tf32 = policy["tf32"]
+    return policy
+
+
+def check_capabilities(device: torch.device, precisions: set[str], compile: bool) -> None:
+    """One-line errors, before any work, for what this machine cannot run as asked (``device`` is resolved, so an
+    index that does not exist was refused already)."""
+    if "tf32" in precisions and device.type != "cuda":
+        raise TransferbenchError(f"--precision tf32 is TensorFloat-32 on CUDA GPUs; on {device} use --precision fp32")
+    if device.type != "cuda":
+        return
+    name = torch.cuda.get_device_name(device)
+    if "bf16" in precisions and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise TransferbenchError(f"--precision bf16: {device} ({name}) has no native bfloat16 (Ampere or newer "
+                                 "has); use --precision fp32")
+    if "tf32" in precisions and torch.cuda.get_device_capability(device)[0] < 8:
+        raise TransferbenchError(f"--precision tf32: {device} ({name}) has no TensorFloat-32 (Ampere or newer "
+                                 "has); use --precision fp32")
+    if compile and not triton_available():
+        raise TransferbenchError(f"--compile on {device} needs Triton, which is not installed: pip install triton, "
+                                 "or drop --compile")
+
+
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def select_device(device: torch.device) -> None:
+    """Make ``cuda:N`` the current device, so that nothing (a stream, a handle, a default ``cuda`` tensor) opens a
+    context on GPU 0 of a job given another GPU."""
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
 
 
 def package_versions() -> dict[str, str]:

@@ -19,12 +19,22 @@ import torch
 
 from .checkpoints import CheckpointSpec, LoadedCheckpoint, load_checkpoint
 from .checkpoints.resolve import registered_spec
-from .context import RunContext, configure_determinism, hardware, package_versions
+from .context import (
+    RunContext,
+    apply_precision,
+    check_capabilities,
+    configure_determinism,
+    determinism_state,
+    hardware,
+    package_versions,
+    precision_policy,
+    select_device,
+)
 from .errors import TransferbenchError
 from .finetune.features import cached_features, extract_with, feature_cache_key
 from .finetune.full import finetune_full
 from .finetune.linear import HeadResult, train_lbfgs_head, train_sgd_heads
-from .runspec import RunSpec, group_by_extraction
+from .runspec import HParams, RunSpec, group_by_extraction
 from .store import CheckpointInfo, Metrics, RunRecord, SparsityInfo, existing_record, write_record
 from .tasks import Split, TaskSpec, Transformed, get_task, load_split
 from .transforms import TransformConfig, build_transform, protocol_transform
@@ -96,7 +106,11 @@ def run(specs: RunSpec | list[RunSpec], ctx: RunContext) -> list[RunRecord]:
     """Run ``specs`` and return their records, in order. Runs whose record is complete are not run again (unless
     ``ctx.force``); the linear probes that share an extraction key share one feature extraction."""
     specs = [specs] if isinstance(specs, RunSpec) else list(specs)
-    configure_determinism(ctx.cudnn_benchmark)
+    configure_determinism(ctx.cudnn_benchmark)  # first: cuBLAS's workspace must be set before CUDA starts
+    device = ctx.torch_device()  # a device index that does not exist: a one-line error before any work
+    select_device(device)
+    check_capabilities(device, {s.hparams.precision for s in specs},
+                       ctx.compile and any(s.hparams.engine == "torch" for s in specs))
     records: dict[str, RunRecord] = {}
     for group in group_by_extraction(specs):
         if group[0].mode == "linear":
@@ -115,6 +129,7 @@ def _run_linear(specs: list[RunSpec], ctx: RunContext) -> list[RunRecord]:
         t_start = time.perf_counter()
         _require_loader(todo[0])
         prep = _prepare(todo[0], ctx)
+        apply_precision(prep.device.type, todo[0].hparams.precision)
         tcfg = protocol_transform(prep.task, "linear", train=False, interpolation=prep.interpolation,
                                   image_size=todo[0].hparams.image_size)
         feats = _features(todo[0], prep, tcfg, ctx)
@@ -135,12 +150,8 @@ def _features(first: RunSpec, prep: _Prepared, tcfg: TransformConfig, ctx: RunCo
         fast = {n: open_split(task, s, n, ctx.data_root, tcfg) for n, s in (("train", prep.train), ("test", prep.test))}
     feats = {}
     for name, split in (("train", prep.train), ("test", prep.test)):
-        key = feature_cache_key(loaded.sha256, task.name, name, tcfg.to_dict(),
-                                {"layout": split.layout, "root": str(split.root), "size": len(split),
-                                 "labels": _digest(split.labels), "arch": loaded.arch,
-                                 "precision": first.hparams.precision, "version": FEATURES_VERSION,
-                                 **({"engine": first.hparams.engine} if first.hparams.engine != "torch" else {}),
-                                 **(fast[name].key_info() if fast else {})})  # torchvision keys unchanged
+        key = features_key(loaded.sha256, loaded.arch, task.name, name, tcfg.to_dict(), split, first.hparams,
+                           prep.device.type, fast[name].key_info() if fast else None)
         dataset = fast[name] if fast else Transformed(split.dataset, build_transform(tcfg))
         feats[name] = cached_features(
             ctx.feature_cache(), key,
@@ -149,6 +160,17 @@ def _features(first: RunSpec, prep: _Prepared, tcfg: TransformConfig, ctx: RunCo
                                                    precision=first.hparams.precision),
         )
     return feats
+
+
+def features_key(checkpoint_sha256: str, arch: str, task: str, split_name: str, transform: dict, split: Split,
+                 hp: HParams, device_type: str, loader_info: dict | None = None) -> str:
+    """The feature-cache key of one split: everything the features depend on, the device type and precision policy
+    included (CPU, fp32-GPU, TF32-GPU and bf16 features never stand in for each other)."""
+    data = {"layout": split.layout, "root": str(split.root), "size": len(split), "labels": _digest(split.labels),
+            "arch": arch, "precision": hp.precision, "version": FEATURES_VERSION,
+            "numerics": precision_policy(device_type, hp.precision),
+            **({"engine": hp.engine} if hp.engine != "torch" else {}), **(loader_info or {})}
+    return feature_cache_key(checkpoint_sha256, task, split_name, transform, data)
 
 
 def _train_heads(todo: list[RunSpec], prep: _Prepared, feats: dict) -> tuple[dict, dict]:
@@ -210,6 +232,7 @@ def _run_full(spec: RunSpec, ctx: RunContext) -> RunRecord:
     t_start = time.perf_counter()
     _require_loader(spec)
     prep = _prepare(spec, ctx)
+    apply_precision(prep.device.type, spec.hparams.precision)
     task, train, test = prep.task, prep.train, prep.test
     torch.manual_seed(spec.seed)
     prep.loaded.model.reset_head(task.num_classes)  # the upstream head is never reused (pitfall P8)
@@ -220,7 +243,7 @@ def _run_full(spec: RunSpec, ctx: RunContext) -> RunRecord:
         from .fastdata.ffcv_loader import ffcv_loaders
 
         loaders = ffcv_loaders(task, train, test, ctx.data_root, train_cfg, test_cfg, spec.hparams.batch_size,
-                               ctx.extract_batch_size, ctx.num_workers)
+                               ctx.extract_batch_size, ctx.num_workers, prep.device)
     work = spec.work_dir(ctx.results)
     if ctx.force and work.exists():
         shutil.rmtree(work)
@@ -277,7 +300,9 @@ def _record(spec: RunSpec, prep: _Prepared, ctx: RunContext, *, metrics: Metrics
                                   format=loaded.format, arch=loaded.arch,
                                   upstream_top1=prep.registered.upstream_top1 if prep.registered else None),
         config={"hparams": spec.hparams.to_dict(), "data": _data_info(prep.train, prep.test), "device": device,
-                "compiled": ctx.compile, "cudnn_benchmark": ctx.cudnn_benchmark, **config},
+                "compiled": ctx.compile, "cudnn_benchmark": ctx.cudnn_benchmark,
+                "precision_policy": precision_policy(prep.device.type, spec.hparams.precision),
+                "determinism": determinism_state(), **config},
         curve=curve, timings=timings, hardware=hardware(device), versions=package_versions(),
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )

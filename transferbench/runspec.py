@@ -25,7 +25,7 @@ PAPER_DECAY_AFTER = (50, 100)
 
 
 SOLVERS = ("sgd", "lbfgs")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "tf32", "bf16")
 INTERPOLATIONS = ("bilinear", "bicubic")
 LOADERS = ("torchvision", "ffcv")
 ENGINES = ("torch", "deepsparse")
@@ -59,8 +59,9 @@ class HParams:
     interpolation: str = _hparam("", "override the architecture's resize interpolation", flag=True,
                                  choices=INTERPOLATIONS)  # "" = the architecture's (bicubic for RigL, pitfall P9)
     eval_every: int = _hparam(1, "evaluate on the test split every N epochs (default 1)")
-    precision: str = _hparam("fp32", "fp32 (the paper's, default) or bf16 autocast (faster; not the protocol)",
-                             flag=True, choices=PRECISIONS)
+    precision: str = _hparam("fp32", "fp32 (the paper's, default: true fp32, TF32 off on GPUs), tf32 (TensorFloat-32 "
+                             "convolutions and matmuls, CUDA GPUs from Ampere on) or bf16 autocast (faster; not the "
+                             "protocol)", flag=True, choices=PRECISIONS)
     # Fast paths that change numbers within float/JPEG tolerance, so they are part of the run (see key_material):
     loader: str = _hparam("torchvision", "image pipeline: torchvision (default) or ffcv (.beton files from "
                           "`transferbench data convert`; pip install transferbench[ffcv])", flag=True, choices=LOADERS)
@@ -106,8 +107,8 @@ def resolve_hparams(mode: str, task_full_lr: float, overrides: dict[str, Any] | 
         raise TransferbenchError(f"--solver must be sgd or lbfgs, not {hp.solver!r}")
     if hp.solver == "lbfgs" and mode != "linear":
         raise TransferbenchError("--solver lbfgs applies to --mode linear only")
-    if hp.precision not in ("fp32", "bf16"):
-        raise TransferbenchError(f"--precision must be fp32 or bf16, not {hp.precision!r}")
+    if hp.precision not in PRECISIONS:
+        raise TransferbenchError(f"--precision must be one of {', '.join(PRECISIONS)}, not {hp.precision!r}")
     if hp.loader not in LOADERS:
         raise TransferbenchError(f"--loader must be one of {', '.join(LOADERS)}, not {hp.loader!r}")
     if hp.engine not in ENGINES:
@@ -115,7 +116,7 @@ def resolve_hparams(mode: str, task_full_lr: float, overrides: dict[str, Any] | 
     if hp.engine != "torch" and mode != "linear":
         raise TransferbenchError(f"--engine {hp.engine} extracts frozen features: it applies to --mode linear only")
     if hp.engine == "deepsparse" and hp.precision != "fp32":
-        raise TransferbenchError("--engine deepsparse runs in fp32: drop --precision bf16")
+        raise TransferbenchError(f"--engine deepsparse runs in fp32: drop --precision {hp.precision}")
     if hp.engine == "deepsparse" and hp.loader == "ffcv":  # the DeepSparse worker reads a torch DataLoader
         raise TransferbenchError("--engine deepsparse reads images with torchvision: drop --loader ffcv")
     if hp.interpolation not in ("", "bilinear", "bicubic"):

@@ -110,15 +110,48 @@ def _pipelines(cfg: TransformConfig) -> dict:
             "label": [IntDecoder(), ToTensor()]}
 
 
+class RingHandoff:
+    """Takes each batch's images out of FFCV's ring of reused (possibly pinned) buffers before the next batch is
+    fetched, so no reader of a buffer can outlive its reuse, whatever the consumer does with the batch.
+
+    On a CUDA device the copy is asynchronous on a side stream (it overlaps the previous step's compute, which the
+    consumer's stream keeps queuing) and ``wait`` blocks on that copy alone before the ring is advanced. Elsewhere
+    the images are cloned on the host (one memcpy per batch, negligible next to a CPU step).
+    """
+
+    def __init__(self, device: torch.device | None) -> None:
+        self.device = device if device is not None and device.type == "cuda" else None
+        self.stream = torch.cuda.Stream(self.device) if self.device is not None else None
+        self.pending = None  # the event of the copy still reading a ring buffer, if any
+
+    def take(self, images: torch.Tensor) -> torch.Tensor:
+        if self.device is None:
+            return images.clone()
+        with torch.cuda.stream(self.stream):
+            on_device = images.to(self.device, non_blocking=True, copy=True)  # a copy even if already there
+            self.pending = torch.cuda.Event()
+            self.pending.record(self.stream)
+        consumer = torch.cuda.current_stream(self.device)
+        consumer.wait_stream(self.stream)  # the consumer's kernels read the batch after the copy
+        on_device.record_stream(consumer)  # and the caching allocator keeps it until they have
+        return on_device
+
+    def wait(self) -> None:
+        """Block until no copy reads a ring buffer: call before FFCV may overwrite one (the next fetch)."""
+        if self.pending is not None:
+            self.pending.synchronize()
+            self.pending = None
+
+
 class FFCVBatches:
     """Batches of (float32 NCHW normalised images, int64 labels) from one ``.beton``; re-iterable.
 
-    Image tensors live in FFCV's ring of buffers and are overwritten once the next batch is fetched: use them
-    within the step (a forward pass, a training step), or clone them. Labels are copied (callers keep them).
+    The images are taken out of FFCV's ring of buffers (``RingHandoff``): on ``device`` when it is a CUDA device,
+    else as a host copy; callers may keep them. Labels are copied too.
     """
 
     def __init__(self, path: Path, cfg: TransformConfig, batch_size: int, num_workers: int,
-                 drop_last: bool = False) -> None:
+                 drop_last: bool = False, device: torch.device | None = None) -> None:
         require_ffcv()
         from ffcv.loader import Loader, OrderOption
         from numba import config as numba_config
@@ -127,7 +160,7 @@ class FFCVBatches:
         # happens inside the ast.parse of ffcv's code generation, Python 3.11 turns it into "SystemError: AST
         # constructor recursion depth mismatch" (CPython gh-106905).
         gc.collect()
-        self.path, self.batch_size = path, batch_size
+        self.path, self.batch_size, self.device = path, batch_size, device
         # numba refuses more threads than it started with (the machine's cores): clamp, rather than fail.
         threads = min(max(1, num_workers), numba_config.NUMBA_NUM_THREADS)
         with torch_threads_kept():
@@ -154,13 +187,19 @@ class FFCVBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         threads = torch.get_num_threads()
         batches = iter(self.loader)
+        handoff = RingHandoff(self.device)
         try:
-            for images, labels in batches:
+            while True:
+                handoff.wait()  # the last batch's copy is done before FFCV may reuse its buffer
+                fetched = next(batches, None)
+                if fetched is None:
+                    return
+                images, labels = fetched
                 # iter() and ffcv's epoch thread both call torch.set_num_threads; with OpenMP the thread's call
                 # can land after iter() returns, so the count is restored before each batch is used.
                 if torch.get_num_threads() != threads:
                     torch.set_num_threads(threads)
-                yield images, labels.reshape(-1).to(torch.int64, copy=True)  # FFCV reuses this buffer too
+                yield handoff.take(images), labels.reshape(-1).to(torch.int64, copy=True)  # FFCV reuses both
         finally:  # an epoch left early (an error, a break) must not leave ffcv's thread and buffers behind
             batches.close()
             if torch.get_num_threads() != threads:
@@ -180,8 +219,8 @@ class FFCVSplit:
     def __len__(self) -> int:
         return int(self.meta["num_samples"])
 
-    def batches(self, batch_size: int, num_workers: int) -> FFCVBatches:
-        return FFCVBatches(self.path, self.cfg, batch_size, num_workers).epoch(None)
+    def batches(self, batch_size: int, num_workers: int, device: torch.device | None = None) -> FFCVBatches:
+        return FFCVBatches(self.path, self.cfg, batch_size, num_workers, device=device).epoch(None)
 
     def key_info(self) -> dict:
         """What the feature-cache key needs beyond the torchvision path's: the loader and the conversion (its
@@ -205,9 +244,9 @@ class FFCVLoaders:
     """The ``finetune_full`` loader factory (see ``finetune.full.EpochLoaders``) over the two ``.beton`` files."""
 
     def __init__(self, train: FFCVSplit, test: FFCVSplit, batch_size: int, eval_batch_size: int,
-                 num_workers: int) -> None:
-        self._train = FFCVBatches(train.path, train.cfg, batch_size, num_workers)
-        self._test = FFCVBatches(test.path, test.cfg, eval_batch_size, num_workers)
+                 num_workers: int, device: torch.device | None = None) -> None:
+        self._train = FFCVBatches(train.path, train.cfg, batch_size, num_workers, device=device)
+        self._test = FFCVBatches(test.path, test.cfg, eval_batch_size, num_workers, device=device)
         self.splits = {"train": train, "test": test}
 
     def describe(self) -> dict:
@@ -222,8 +261,9 @@ class FFCVLoaders:
 
 def ffcv_loaders(task: TaskSpec, train: Split, test: Split, data_root: str | Path | None,
                  train_cfg: TransformConfig, test_cfg: TransformConfig, batch_size: int, eval_batch_size: int,
-                 num_workers: int) -> FFCVLoaders:
-    """Both splits checked against the data on disk (one-line errors) before any training starts."""
+                 num_workers: int, device: torch.device | None = None) -> FFCVLoaders:
+    """Both splits checked against the data on disk (one-line errors) before any training starts; batches are
+    handed over on ``device`` when it is a CUDA device (``RingHandoff``)."""
     return FFCVLoaders(open_split(task, train, "train", data_root, train_cfg),
                        open_split(task, test, "test", data_root, test_cfg), batch_size, eval_batch_size,
-                       num_workers)
+                       num_workers, device)

@@ -34,16 +34,23 @@ def feature_cache_key(checkpoint_sha256: str, task: str, split: str, transform: 
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:24]
 
 
-@torch.inference_mode()
 def extract(model: torch.nn.Module, dataset: Dataset, batch_size: int, device: torch.device,
             num_workers: int, desc: str, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
     """Run the backbone in eval mode (BN uses the upstream running statistics) over ``dataset`` in order.
 
-    channels_last is used on every device: it is measured faster on CPU too (benchmarks/bench_core.py).
+    channels_last is used on every device: it is measured faster on CPU too (benchmarks/bench_core.py). The model
+    is moved outside inference mode: tensors made inside it are inference tensors, and parameters that became ones
+    could never be trained again (a later backward on the same model raises).
     """
     model.eval().to(device, memory_format=torch.channels_last)
+    with torch.inference_mode():
+        return _extract_batches(model, dataset, batch_size, device, num_workers, desc, precision)
+
+
+def _extract_batches(model: torch.nn.Module, dataset: Dataset, batch_size: int, device: torch.device,
+                     num_workers: int, desc: str, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
     if getattr(dataset, "prebatched", False):  # a fast loader's split (fastdata.ffcv_loader) batches itself
-        loader = dataset.batches(batch_size, num_workers)  # type: ignore[attr-defined]
+        loader = dataset.batches(batch_size, num_workers, device)  # type: ignore[attr-defined]
     else:
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                             pin_memory=device.type == "cuda", persistent_workers=False,

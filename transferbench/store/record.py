@@ -89,6 +89,21 @@ class RunRecord:
         return solver if isinstance(solver, str) and solver else None
 
     @property
+    def precision_policy(self) -> dict[str, Any] | None:
+        """The run's float arithmetic: device type, precision, TF32, autocast (``context.precision_policy``); None
+        for records written before runs recorded it."""
+        policy = self.config.get("precision_policy")
+        return policy if isinstance(policy, dict) else None
+
+    @property
+    def deterministic(self) -> bool | None:
+        """Whether the run picked deterministic algorithms (False: ``--cudnn-benchmark``); None when the record
+        does not say."""
+        state = self.config.get("determinism")
+        value = state.get("deterministic_algorithms") if isinstance(state, dict) else None
+        return value if isinstance(value, bool) else None
+
+    @property
     def total_s(self) -> float:
         """The run's wall time in seconds (NaN when the record does not say)."""
         return _number(self.timings.get("total_s"))
