@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..checkpoints import checkpoint_dir, list_checkpoints, local_path
+from ..checkpoints import checkpoint_dir, local_path
+from ..checkpoints.registry import named_checkpoint
 from ..errors import TransferbenchError
 from ..models import create_model
 from ..progress import progress
@@ -240,10 +241,9 @@ def _register(method: str, sparsities: list[float], rec: dict, model: nn.Module,
 def already_registered(rec: dict, method: str, sparsities: list[float], seed: int,
                        identity: str) -> list[UpstreamResult] | None:
     """The registered results of this very run (same names, files present, same run identity), or None."""
-    rows = {spec.name: spec for spec in list_checkpoints()}
     results = []
     for sp in sparsities:
-        spec = rows.get(checkpoint_name(rec, method, sp, seed))
+        spec = named_checkpoint(checkpoint_name(rec, method, sp, seed))
         try:
             path = local_path(spec) if spec is not None else None
         except TransferbenchError:  # registered, but the file is gone: train it again
@@ -260,8 +260,7 @@ def already_registered(rec: dict, method: str, sparsities: list[float], seed: in
 
 def dense_upstream(rec: dict, recipe: str | Path, data_root: Path | None, seed: int, device: str) -> Path:
     """The registered dense model of this recipe (trained on first use): LTH-T rewinds to it."""
-    name = checkpoint_name(rec, "dense", 0.0, seed)
-    for spec in reversed(list_checkpoints()):
-        if spec.name == name:
-            return local_path(spec)
+    spec = named_checkpoint(checkpoint_name(rec, "dense", 0.0, seed))
+    if spec is not None:
+        return local_path(spec)
     return train_upstream("dense", [0.0], rec["arch"], rec["dataset"], recipe, data_root, seed, device)[0].path
