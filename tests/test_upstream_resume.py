@@ -114,3 +114,40 @@ def test_a_changed_recipe_is_another_run(recipe, tmp_path, monkeypatch, capsys):
     assert main(_upstream_args("gmp", changed)) == 0
     err = capsys.readouterr().err
     assert "already registered" not in err and "epoch 1/10" in err
+
+
+def test_a_state_saved_by_another_number_of_processes_is_refused(tmp_path):
+    """Resuming a 2-process run in 1 process would change the per-process batch: one clear line, nothing loaded."""
+    from transferbench.errors import TransferbenchError
+    from transferbench.models import create_model
+    from transferbench.pruning.base import Pruner
+    from transferbench.upstream.distributed import World
+    from transferbench.upstream.state import load_state, save_state, upstream_progress
+
+    model = create_model("resnet_tiny", num_classes=4)
+    opt, pruner = torch.optim.SGD(model.parameters(), lr=0.1), Pruner(model)
+    save_state(tmp_path, World(), torch.device("cpu"), epoch=3, epochs=10, model=model, optimizer=opt,
+               pruner=pruner, generators={}, train_seconds=1.0, losses=[1.0, 0.9, 0.8])
+    assert upstream_progress(tmp_path) == (3, 10)
+    state = torch.load(tmp_path / "upstream_state.pt", weights_only=True)
+    state["world_size"] = 2
+    torch.save(state, tmp_path / "upstream_state.pt")
+    with pytest.raises(TransferbenchError, match="run on 2 processes, this job has 1: resume it with the same"):
+        load_state(tmp_path, World(), torch.device("cpu"), model=model, optimizer=opt, pruner=pruner, generators={})
+
+
+def test_precision_and_memory_format_switches_are_recorded_and_make_another_run(recipe, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path))
+    args = _upstream_args("dense", recipe)
+    args[args.index("--sparsity") + 1] = "0"
+    assert main(args) == 0
+    [path] = _checkpoints(tmp_path, "dense")
+    fp32 = torch.load(path, weights_only=True)
+    assert main([*args, "--precision", "bf16", "--channels-last", "--workers", "1"]) == 0
+    bf16 = torch.load(path, weights_only=True)
+    assert bf16["metadata"]["training"]["loop"] == {"workers": 1, "precision": "bf16", "channels_last": True,
+                                                   "sync_bn": False, "loader": "torchvision"}
+    assert bf16["metadata"]["training"]["run_identity"] != fp32["metadata"]["training"]["run_identity"]
+    weight = next(k for k in fp32["model_state_dict"] if k.startswith("conv1") and k.endswith("weight"))
+    assert not torch.equal(bf16["model_state_dict"][weight], fp32["model_state_dict"][weight])  # bf16 forward
+    assert bf16["model_state_dict"][weight].dtype == torch.float32  # the checkpoint holds fp32 weights
