@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 import transferbench.finetune.full as full
+from transferbench.finetune.features import extract
 from transferbench.models import create_model
 from transferbench.runspec import resolve_hparams
 from transferbench.sparsity import measure_sparsity, prunable_weights
@@ -144,3 +146,24 @@ def test_a_diverged_epoch_names_its_first_non_finite_step(monkeypatch):
         full._train_epoch(model, opt, keeper, (seen.append(b) or b for b in batches), torch.device("cpu"), "fp32",
                           epoch=3, lr=0.05)
     assert len(seen) == 4
+
+
+def test_extraction_and_evaluation_never_wait_for_the_device_per_batch():
+    """Before: one blocking ``.cpu()`` per batch; now outputs are copied to the host without a wait (on a GPU into
+    pinned memory, waited for once at the end), with the same numbers."""
+    model, _ = _model_and_masks()
+    data = _data(20)
+    with _SyncCounter() as counter:
+        feats, labels = extract(model, data, batch_size=8, device=torch.device("cpu"), num_workers=0, desc="t")
+    assert counter.syncs == ["item"]  # only the DataLoader's base seed, drawn on the host once per pass
+    with torch.inference_mode():
+        reference = torch.cat([model.forward_features(x.contiguous(memory_format=torch.channels_last))
+                               for x, _ in DataLoader(data, batch_size=8)])
+    assert torch.equal(feats, reference) and labels.tolist() == (torch.arange(20) % 5).tolist()
+    with _SyncCounter() as counter:
+        logits, _ = full.evaluate(model, DataLoader(data, batch_size=8), torch.device("cpu"))
+    assert "cpu" not in counter.syncs and len(counter.syncs) <= 3  # the seed, and the results' .numpy() once each
+    with torch.inference_mode():
+        expected = torch.cat([model(x.contiguous(memory_format=torch.channels_last)) for x, _ in
+                              DataLoader(data, batch_size=8)])
+    assert np.array_equal(logits, expected.numpy())

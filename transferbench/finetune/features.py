@@ -60,9 +60,25 @@ def _extract_batches(model: torch.nn.Module, dataset: Dataset, batch_size: int, 
     for images, targets in progress(loader, desc=desc, unit="batch"):
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with autocast:
-            feats.append(model.forward_features(images).float().cpu())
+            feats.append(to_host_async(model.forward_features(images).float()))
         labels.append(targets)
+    host_copies_done(device)
     return torch.cat(feats), torch.cat(labels).long()
+
+
+def to_host_async(output: torch.Tensor) -> torch.Tensor:
+    """``output`` on the host without waiting for the device: a GPU tensor is copied into pinned memory
+    asynchronously (read it only after ``host_copies_done``); a host tensor is returned as it is."""
+    if output.device.type != "cuda":
+        return output
+    host = torch.empty(output.shape, dtype=output.dtype, pin_memory=True)
+    return host.copy_(output, non_blocking=True)
+
+
+def host_copies_done(device: torch.device) -> None:
+    """Wait, once, for every ``to_host_async`` copy queued on ``device``'s current stream."""
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
 
 
 def extract_with(engine: str, model: torch.nn.Module, dataset: Dataset, batch_size: int, device: torch.device,

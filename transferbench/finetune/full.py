@@ -30,6 +30,7 @@ from ..progress import progress
 from ..runspec import HParams
 from ..seeding import epoch_seed, seeded_item
 from ..sparsity import FixedMasks, check_masks, measure_sparsity
+from .features import host_copies_done, to_host_async
 from .schedule import lr_at_epoch, should_evaluate
 from .workers import leave_signals_to_main
 
@@ -115,8 +116,9 @@ def evaluate(model: torch.nn.Module, loader: Batches, device: torch.device,
     for images, targets in loader:
         with _autocast(device, precision):
             images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            logits.append(model(images).float().cpu())
+            logits.append(to_host_async(model(images).float()))  # no wait for the device per batch
         labels.append(targets)
+    host_copies_done(device)
     return torch.cat(logits).numpy(), torch.cat(labels).numpy()
 
 
