@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import io
 import logging
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import submitit
+import torch
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 
 from ..context import RunContext
@@ -148,9 +150,14 @@ def _run_here(units: list[WorkUnit], ctx: RunContext) -> Submission:
 
 
 def _run_local(units: list[WorkUnit], ctx: RunContext, profile: Profile, sweep: str, parallel: int) -> Submission:
-    """One subprocess per unit (submitit's local executor), at most ``parallel`` at a time; waits for all."""
-    executor = submitit.AutoExecutor(folder=job_folder(ctx.results), cluster="local",
-                                     local_max_num_timeout=profile.max_requeues)
+    """One subprocess per unit (submitit's local executor), at most ``parallel`` at a time; waits for all.
+
+    Each job sees one GPU (``CUDA_VISIBLE_DEVICES``), taken round-robin from ``local_gpus``; submitit would
+    otherwise hide every GPU from its jobs (it sets the variable to its ``gpus_per_node``, 0 by default).
+    """
+    # submitit's LocalExecutor itself: AutoExecutor does not pass ``visible_gpus`` on
+    executor = submitit.LocalExecutor(folder=job_folder(ctx.results), max_num_timeout=profile.max_requeues)
+    gpus = local_gpus(ctx.device)
     result = Submission("local")
     pending, running = list(units), []
     bar = progress(range(len(units)), desc="sweep", unit="job")
@@ -158,9 +165,15 @@ def _run_local(units: list[WorkUnit], ctx: RunContext, profile: Profile, sweep: 
     while pending or running:
         while pending and len(running) < max(1, parallel):
             unit = pending.pop(0)
-            executor.update_parameters(timeout_min=profile.time_min[unit.mode], name=job_name(sweep, unit.mode))
-            job = executor.submit(SweepJob(unit, ctx))
+            gpu = gpus[len(result.jobs) % len(gpus)] if gpus else None
+            executor.update_parameters(timeout_min=profile.time_min[unit.mode], gpus_per_node=0 if gpu is None else 1,
+                                       visible_gpus=() if gpu is None else (gpu,))
+            # the job's only GPU is its cuda:0, whatever index --device named here
+            job = executor.submit(SweepJob(unit, ctx if gpu is None else replace(ctx, device="cuda")))
             entry = ledger_entry(unit.name, unit.mode, unit.keys, job, "local", sweep)
+            if gpu is not None:
+                entry["gpu"] = gpu
+            log.info("local job %s: %s on %s", job.job_id, unit.name, "CPU" if gpu is None else f"GPU {gpu}")
             append_ledger(ctx.results, [entry])
             result.jobs.append(entry)
             running.append((unit, job))
@@ -172,6 +185,25 @@ def _run_local(units: list[WorkUnit], ctx: RunContext, profile: Profile, sweep: 
             if exc is not None:
                 result.failed.append((unit.name, error_line(exc)))
     return result
+
+
+def local_gpus(device: str) -> list[int]:
+    """The GPUs that local jobs share, one per job: none for ``--device cpu``, the one ``cuda:N`` names, else every
+    visible GPU, as this process's ``CUDA_VISIBLE_DEVICES`` numbers them (when set) or torch counts them."""
+    if device == "cpu":
+        return []
+    count = torch.cuda.device_count()  # counts without creating a CUDA context in this process
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    names = [n.strip() for n in listed.split(",") if n.strip()] if listed is not None else list(map(str, range(count)))
+    names = names[:count]
+    if not all(n.isdigit() for n in names):
+        raise TransferbenchError(f"--executor local: CUDA_VISIBLE_DEVICES={listed} names GPUs by UUID; local jobs "
+                                 "get their GPU by index: set it to indices (0,1,...) or use --device cpu")
+    index = torch.device(device).index if device.startswith("cuda") else None
+    if index is not None and index >= len(names):
+        raise TransferbenchError(f"--device {device} requested but {len(names)} CUDA GPU(s) are visible; use a "
+                                 "visible index, or --device cuda to spread the jobs over all of them")
+    return [int(n) for n in (names if index is None else names[index:index + 1])]
 
 
 def slurm_executor(folder: Path, profile: Profile) -> submitit.AutoExecutor:
