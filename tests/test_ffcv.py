@@ -422,7 +422,7 @@ def test_imagenet_converts_and_the_ffcv_batches_follow_the_rank_order(need_ffcv,
     cfg = _train_transform({"image_size": 32})
     for rank in (0, 1):  # each rank of two reads its half of every global batch of 8, in step order
         world = World(rank=rank, size=2)
-        batches = FFCVTrainBatches(imagenet_folder, train, cfg, 8, world, seed=3, workers=1)
+        batches = FFCVTrainBatches(imagenet_folder, train, cfg, 8, world, seed=3, workers=1, device=torch.device("cpu"))
         batches.set_epoch(1)
         labels = [int(y) for _, y in batches for y in y]
         expected = [train.labels[i] for i in rank_order(len(train), 8, world, seed=3, epoch=1)]

@@ -148,12 +148,14 @@ class FFCVTrainBatches:
     bit-reproducible (a resumed run differs like another augmentation draw would)."""
 
     def __init__(self, data_root: Path | None, split: Split, cfg: TransformConfig, global_batch: int, world: World,
-                 seed: int, workers: int) -> None:
+                 seed: int, workers: int, device: torch.device) -> None:
         from ..fastdata.ffcv_loader import FFCVBatches, find_beton
 
         path, self.meta = find_beton("imagenet", split, "train", data_root)
         rank_order(len(split), global_batch, world, seed, 0)  # the one-line errors before any work
-        self.batches = FFCVBatches(path, cfg, global_batch // world.size, max(workers, 1), drop_last=True)
+        # on a GPU each batch leaves FFCV's reused buffers by a side-stream copy to the device
+        self.batches = FFCVBatches(path, cfg, global_batch // world.size, max(workers, 1), drop_last=True,
+                                   device=device)
         self.num_samples, self.global_batch, self.world, self.seed = len(split), global_batch, world, seed
 
     def set_epoch(self, epoch: int) -> None:
@@ -177,7 +179,7 @@ def train_batches(rec: dict, train_set: Dataset, data_root: Path | None, world: 
     from ..fastdata.convert import imagenet_splits
 
     return FFCVTrainBatches(data_root, imagenet_splits(data_root)["train"], _train_transform(rec),
-                            int(rec["batch_size"]), world, seed, workers)
+                            int(rec["batch_size"]), world, seed, workers, device)
 
 
 def eval_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device) -> DataLoader:
