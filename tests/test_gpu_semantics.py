@@ -122,9 +122,12 @@ def test_host_reads_of_values_raise():
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_full_finetuning_step_with_fixed_masks_stays_on_cuda(precision, fake_autograd):
+def test_full_finetuning_step_with_fixed_masks_stays_on_cuda(precision, fake_autograd, monkeypatch):
     """finetune_full's step (finetune/full.py): autocast forward, loss in fp32, backward, SGD with momentum and
     weight decay, masks re-applied by FixedMasks; every tensor it touches stays on cuda."""
+    # torch.autocast("cuda") turns itself off where no GPU is present; a bf16-capable GPU is stood in for here
+    monkeypatch.setattr(torch.cuda.amp.common, "amp_definitely_not_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     with FakeTensorMode():
         model = _tiny_model()
         fake_autograd(model)
@@ -138,7 +141,9 @@ def test_full_finetuning_step_with_fixed_masks_stays_on_cuda(precision, fake_aut
         for _ in range(2):  # the second step uses the momentum buffers
             x, y = _batch()
             with _autocast(CUDA, precision):
-                loss = F.cross_entropy(model(x).float(), y)
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y)
+            assert logits.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
             assert _on_fake_cuda(loss) and loss.dtype == torch.float32
             opt.zero_grad(set_to_none=True)
             loss.backward()
