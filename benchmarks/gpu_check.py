@@ -242,6 +242,39 @@ def check_compile(setup: Setup, dry_run: bool) -> Outcome:
         torch._dynamo.reset()
 
 
+def check_ffcv(setup: Setup) -> Outcome:
+    """Extraction of the built-in digits test split (299 images) read through FFCV (raw pixels) against the same
+    images through torchvision: close features (FFCV resamples with OpenCV, torchvision with PIL)."""
+    from transferbench.fastdata import FFCV_DIR_ENV, ffcv_available
+
+    if not ffcv_available():
+        return Outcome("SKIP", note="ffcv is not installed (pip install 'transferbench[ffcv]')")
+    from transferbench.fastdata.convert import convert_task
+    from transferbench.fastdata.ffcv_loader import open_split
+    from transferbench.finetune.features import extract
+    from transferbench.tasks import Transformed, get_task, load_split
+    from transferbench.transforms import build_transform, protocol_transform
+
+    task = get_task("digits")
+    os.environ[FFCV_DIR_ENV] = str(setup.work / "ffcv")  # where open_split looks for the .beton
+    convert_task(task.name, None, setup.work / "ffcv", splits=("test",), num_workers=2, write_mode="raw")
+    split = load_split(task, "test", None)
+    cfg = protocol_transform(task, "linear", train=False, image_size=setup.image_size)
+    fast = open_split(task, split, "test", None, cfg)
+    model, _ = sparse_model(setup)
+    reference, _ = extract(model, Transformed(split.dataset, build_transform(cfg)), setup.batch_size,
+                           setup.device, 0, "torchvision")
+
+    def work() -> str:
+        features, labels = extract(model, fast, setup.batch_size, setup.device, 2, "ffcv")
+        assert torch.equal(labels, torch.as_tensor(split.labels).long()), "FFCV labels out of order"
+        err = ((features - reference).norm() / reference.norm()).item()
+        assert err < 0.1, f"relative error {err:.3g} against torchvision"
+        return f"digits test split ({len(labels)} images, raw), relative error against torchvision {err:.1e}"
+
+    return measured(setup, len(split.labels), work)
+
+
 def check_sparse_24(setup: Setup) -> Outcome:
     if setup.device.type != "cuda" or torch.cuda.get_device_capability(setup.device) < (8, 0):
         return Outcome("SKIP", note="2:4 semi-structured sparsity needs a CUDA GPU of compute capability >= 8.0")
@@ -387,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         ("full-masked", lambda: check_full(setup)),
         ("linear-heads", lambda: check_heads(setup)),
         ("compile", lambda: check_compile(setup, args.dry_run)),
-        ("ffcv", lambda: Outcome("SKIP", note="not wired into this check yet: use benchmarks/bench_loaders.py")),
+        ("ffcv", lambda: check_ffcv(setup)),
         ("resume-after-kill", lambda: check_resume(setup)),
         ("sparse-2:4", lambda: check_sparse_24(setup)),
     ]

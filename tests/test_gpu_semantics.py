@@ -374,5 +374,9 @@ def test_gpu_check_dry_run_passes_every_check_on_cpu(tmp_path):
     assert lines[0].startswith("machine: ")
     results = [line.split()[:2] for line in lines if line.startswith(("PASS", "FAIL", "SKIP"))]
     assert not [r for r in results if r[0] == "FAIL"], proc.stdout
-    for check in ("extract-fp32", "extract-bf16", "full-masked", "linear-heads", "compile", "resume-after-kill"):
+    from transferbench.fastdata import ffcv_available
+
+    expected = ["extract-fp32", "extract-bf16", "full-masked", "linear-heads", "compile", "resume-after-kill"]
+    for check in expected + (["ffcv"] if ffcv_available() else []):
         assert ["PASS", check] in results, proc.stdout
+    assert ["SKIP", "sparse-2:4"] in results  # needs a GPU of compute capability >= 8.0
