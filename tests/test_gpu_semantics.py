@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensor, FakeTensorMode
 
-from transferbench.finetune.full import _autocast
+from transferbench.finetune import full
 from transferbench.finetune.linear import _sgd_epoch, _StackedSGD
 from transferbench.models import create_model
 from transferbench.pruning import masks as M
@@ -122,38 +122,38 @@ def test_host_reads_of_values_raise():
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_full_finetuning_step_with_fixed_masks_stays_on_cuda(precision, fake_autograd, monkeypatch):
-    """finetune_full's step (finetune/full.py): autocast forward, loss in fp32, backward, SGD with momentum and
-    weight decay, masks re-applied by FixedMasks; every tensor it touches stays on cuda."""
+def test_full_finetuning_epoch_with_fixed_masks_stays_on_cuda(precision, fake_autograd, monkeypatch):
+    """finetune_full's epoch (finetune/full._train_epoch) on cuda: CPU batches copied in, autocast forward, loss in
+    fp32, backward, SGD with momentum and weight decay, masks re-applied by FixedMasks, the loss summed on the
+    device. Its one host read (``_check_finite``, every few steps) is stood in for: it must get cuda tensors."""
     # torch.autocast("cuda") turns itself off where no GPU is present; a bf16-capable GPU is stood in for here
     monkeypatch.setattr(torch.cuda.amp.common, "amp_definitely_not_available", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    host_reads = []
+
+    def check_finite(loss_sum, first_bad, epoch, lr):
+        host_reads.append(_on_fake_cuda(loss_sum) and _on_fake_cuda(first_bad) and loss_sum.dtype == torch.float64)
+        return 0.0
+
+    monkeypatch.setattr(full, "_check_finite", check_finite)
     with FakeTensorMode():
         model = _tiny_model()
         fake_autograd(model)
+        head_dtypes = []
+        model.fc.register_forward_hook(lambda module, args, out: head_dtypes.append(out.dtype))
         weights = prunable_weights(model, include_head=False)
         # masks arrive from the checkpoint on the CPU; finetune_full moves them to the device, FixedMasks binds them
         masks = {name: (torch.rand(w.shape) > 0.5).to(CUDA) for name, w in weights.items()}
         keeper = FixedMasks(model, masks)
-        keeper.apply()
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-        model.train()
-        for _ in range(2):  # the second step uses the momentum buffers
-            x, y = _batch()
-            with _autocast(CUDA, precision):
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y)
-            assert logits.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
-            assert _on_fake_cuda(loss) and loss.dtype == torch.float32
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            keeper.apply()
+        batches = [(torch.randn(4, 3, 32, 32), torch.randint(0, 5, (4,))) for _ in range(3)]  # as a loader gives
+        full._train_epoch(model, opt, keeper, batches, CUDA, precision, 0, 0.1)
+        assert head_dtypes == [torch.bfloat16 if precision == "bf16" else torch.float32] * 3
+        assert host_reads and all(host_reads)
         assert all(_on_fake_cuda(p) and _on_fake_cuda(p.grad) for p in model.parameters())
         assert all(_on_fake_cuda(m) for m in keeper.masks)
         assert all(_on_fake_cuda(s["momentum_buffer"]) for s in opt.state.values())
-        bn = model.bn1 if hasattr(model, "bn1") else next(m for m in model.modules()
-                                                          if isinstance(m, torch.nn.BatchNorm2d))
+        bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
         assert _on_fake_cuda(bn.running_mean) and _on_fake_cuda(bn.num_batches_tracked)
 
 
