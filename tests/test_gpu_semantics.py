@@ -380,3 +380,22 @@ def test_gpu_check_dry_run_passes_every_check_on_cpu(tmp_path):
     for check in expected + (["ffcv"] if ffcv_available() else []):
         assert ["PASS", check] in results, proc.stdout
     assert ["SKIP", "sparse-2:4"] in results  # needs a GPU of compute capability >= 8.0
+
+
+def test_gpu_check_busy_fraction_counts_overlapping_kernels_once(monkeypatch):
+    """The GPU-only measurement of gpu_check, on hand-made profiler events: kernels at [0, 10], [5, 15] and [20, 30]
+    µs cover 25 of 50 µs; a CPU event does not count."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_check", gpu_check)  # its dataclasses look their module up there
+    spec.loader.exec_module(gpu_check)
+    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+
+    def event(device, start, end):
+        return SimpleNamespace(device_type=device, time_range=SimpleNamespace(start=start, end=end))
+
+    events = [event(cuda, 20, 30), event(cuda, 0, 10), event(cpu, 0, 50), event(cuda, 5, 15)]
+    assert gpu_check.busy_fraction(events, 50.0) == pytest.approx(0.5)
+    assert gpu_check.busy_fraction([event(cuda, 0, 10), event(cuda, 2, 4)], 20.0) == pytest.approx(0.5)
