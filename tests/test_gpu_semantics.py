@@ -15,6 +15,7 @@ job one GPU, round-robin.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import subprocess
 import sys
@@ -320,6 +321,8 @@ def _local_sweep(tmp_path, monkeypatch, gpu_count: int, device: str, n_jobs: int
 
 
 def test_local_jobs_get_one_gpu_each_round_robin(tmp_path, monkeypatch, caplog):
+    # an earlier CLI test in the same process may have stopped transferbench's logger propagating to caplog's root
+    monkeypatch.setattr(logging.getLogger("transferbench"), "propagate", True)
     caplog.set_level("INFO", logger="transferbench")
     entries, job_env, devices = _local_sweep(tmp_path, monkeypatch, gpu_count=2, device="auto", n_jobs=3,
                                              visible=None)
