@@ -157,3 +157,15 @@ def test_one_lth_run_registers_the_ticket_of_every_sparsity_as_its_own_run_would
     assert a["model_state_dict"].keys() == b["model_state_dict"].keys()
     for key, tensor in a["model_state_dict"].items():
         assert torch.equal(tensor, b["model_state_dict"][key]), key
+
+
+def test_a_diverging_run_stops_with_one_line_and_registers_nothing(tiny_recipe, tmp_path, capsys):
+    """The loss is read on the host every few steps (not every step); a NaN/inf still ends the run, named."""
+    recipe = yaml.safe_load(tiny_recipe.read_text())
+    recipe["optimizer"]["lr"] = 1.0e12
+    path = tmp_path / "diverging.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["upstream", "--method", "gmp", "--sparsity", "0.5", "--recipe", str(path), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "upstream loss became NaN/inf between steps 0 and" in err
+    assert not list((tmp_path / "ckpts").glob("upstream/*.pth"))

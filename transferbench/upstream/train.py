@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -46,6 +45,9 @@ from .recipes import checked_sparsities, checkpoint_name, lr_at, method_recipe
 from .state import discard_state, load_state, run_identity, save_state, state_dir
 
 log = logging.getLogger("transferbench")
+
+# Steps between two host reads of the loss (its finite check): a read every step would stall a GPU once a step.
+CHECK_EVERY = 64
 
 
 class Forward(nn.Module):
@@ -80,7 +82,8 @@ def train_loop(forward: nn.Module, optimizer: torch.optim.Optimizer, pruner: Pru
     for epoch in progress(range(start_epoch, epochs), desc=desc, unit="epoch", initial=start_epoch, total=epochs):
         forward.train()
         loader.set_epoch(epoch)
-        started, epoch_losses = time.perf_counter(), []
+        started, checked = time.perf_counter(), epoch * steps_per_epoch
+        loss_sum = torch.zeros((), dtype=torch.float64, device=forward.device)  # read on the host every k steps
         for i, (x, y) in enumerate(loader):
             step = epoch * steps_per_epoch + i
             lr = lr_at(recipe["schedule"], epoch % period + i / steps_per_epoch, base_lr, period)
@@ -89,11 +92,14 @@ def train_loop(forward: nn.Module, optimizer: torch.optim.Optimizer, pruner: Pru
             loss = training_step(forward, optimizer, pruner, x, y.to(forward.device, non_blocking=True), step,
                                  loss_fn=lambda logits, target: F.cross_entropy(logits, target,
                                                                                 label_smoothing=smoothing))
-            if not torch.isfinite(loss):
-                raise TransferbenchError(f"upstream loss became NaN at step {step}; lower the recipe's lr")
-            epoch_losses.append(loss.item())
+            loss_sum += loss.detach().double()
+            if (i + 1) % CHECK_EVERY == 0 or i + 1 == steps_per_epoch:
+                if not torch.isfinite(loss_sum):
+                    raise TransferbenchError(f"upstream loss became NaN/inf between steps {checked} and {step}; "
+                                             "lower the recipe's lr")
+                checked = step + 1
         seconds = time.perf_counter() - started
-        losses.append(float(np.mean(epoch_losses)))
+        losses.append(float(loss_sum) / steps_per_epoch)
         images = steps_per_epoch * len(x) * int(os.environ.get("WORLD_SIZE", "1"))
         log.info("%s epoch %d/%d loss=%.4f sparsity=%.4f lr=%.5g images/s=%.0f", desc, epoch + 1, epochs,
                  losses[-1], pruner.sparsity, lr, images / max(seconds, 1e-9))
