@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields, replace
 from functools import cache
 from pathlib import Path
@@ -22,7 +23,7 @@ from ..digests import sha256_file
 from ..errors import TransferbenchError
 from ..models import model_class
 from ..sparsity import SparsityRule, prunable_set_names, sparsity_rule
-from ..vocabulary import arch_family, format_sparsity, normalize_sparsity
+from ..vocabulary import arch_family, format_sparsity, method_matches, normalize_sparsity, resolve_method
 
 ENV_CHECKPOINTS = "TRANSFERBENCH_CHECKPOINTS"
 DEFAULT_CHECKPOINT_DIR = "~/.cache/transferbench/checkpoints"
@@ -184,33 +185,48 @@ def _arch_matches(spec: CheckpointSpec, arch: str) -> bool:
 
 
 def lookup_checkpoint(method: str, sparsity: float | int | str, arch: str | None = None) -> CheckpointSpec | None:
-    """The registered checkpoint of ``method`` at ``sparsity`` for ``arch``, or None when there is none (as
-    ``find_checkpoint``, without the error)."""
+    """The registered checkpoint of ``method`` (aliases resolved as ``method_for_arch`` does) at ``sparsity`` for
+    ``arch``, or None when there is none (as ``find_checkpoint``, without the error; an ambiguous alias still
+    raises)."""
     target, arch = normalize_sparsity(sparsity), arch or DEFAULT_FAMILY
-    return next((s for s in [*reversed(_local()), *_table()]
+    rows = [*reversed(_local()), *_table()]
+    here = {s.method for s in rows if _arch_matches(s, arch)}
+    if not method_matches(method, here):
+        return None
+    method = resolve_method(method, here, where=f" for {arch}")
+    return next((s for s in rows
                  if s.method == method and _arch_matches(s, arch) and abs(s.sparsity - target) < _SPARSITY_TOLERANCE),
                 None)
 
 
+def method_for_arch(method: str, arch: str | None = None, trainable: Iterable[str] = ()) -> str:
+    """The method name that ``method`` (as typed: ``rigl``, ``lth``, ``LTH-T``) stands for with ``arch`` (default:
+    the resnet50 family), among the methods registered for it and ``trainable`` (the recipe entries a command can
+    train there): the one resolution every command uses (vocabulary.resolve_method). An alias matching several
+    (``rigl`` on resnet50: rigl_erk1x, rigl_erk5x) is a one-line choice; a name registered only for other
+    architectures names them (--arch); an unknown one lists the known methods."""
+    arch = arch or DEFAULT_FAMILY
+    rows = [*_local(), *_table()]
+    here = {s.method for s in rows if _arch_matches(s, arch)} | set(trainable)
+    if method_matches(method, here):
+        return resolve_method(method, here, where=f" for {arch}")
+    meanings = set(method_matches(method, {s.method for s in rows}))
+    if elsewhere := sorted({s.arch for s in rows if s.method in meanings}):
+        raise TransferbenchError(f"no '{method}' checkpoint for arch '{arch}'; '{method}' exists for: "
+                                 f"{', '.join(elsewhere)} (--arch)")
+    return resolve_method(method, here | {s.method for s in rows})  # raises: unknown, with the known ones
+
+
 def find_checkpoint(method: str, sparsity: float | int | str, arch: str | None = None) -> CheckpointSpec:
-    """The checkpoint of ``method`` at ``sparsity`` (0.9 or 90) for ``arch`` (default: the resnet50 family).
+    """The checkpoint of ``method`` (a registered name or an alias, ``method_for_arch``) at ``sparsity`` (0.9 or
+    90) for ``arch`` (default: the resnet50 family).
 
     User-registered checkpoints (``local.yaml``) take precedence, the most recently registered first.
     """
     target = normalize_sparsity(sparsity)
     arch = arch or DEFAULT_FAMILY
-    local = _local()
-    candidates = [*reversed(local), *_table()]
-    methods = sorted({s.method for s in candidates})
-    if method not in methods:
-        raise TransferbenchError(f"unknown method '{method}' (--method); known: {', '.join(methods)}")
-    same_method = [s for s in candidates if s.method == method]
-    for_arch = [s for s in same_method if _arch_matches(s, arch)]
-    if not for_arch:
-        archs = sorted({s.arch for s in same_method})
-        raise TransferbenchError(
-            f"no '{method}' checkpoint for arch '{arch}'; '{method}' exists for: {', '.join(archs)} (--arch)"
-        )
+    method = method_for_arch(method, arch)
+    for_arch = [s for s in [*reversed(_local()), *_table()] if s.method == method and _arch_matches(s, arch)]
     for spec in for_arch:
         if abs(spec.sparsity - target) < _SPARSITY_TOLERANCE:
             return spec

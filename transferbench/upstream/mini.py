@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 from ..checkpoints import lookup_checkpoint
+from ..checkpoints.registry import method_for_arch
 from ..checkpoints.resolve import resolve_checkpoint
 from ..pruning.factory import METHODS
 from ..runspec import CheckpointRef
@@ -28,7 +29,9 @@ def mini_checkpoint_missing(method: str, sparsity: float | None, arch: str | Non
 def ensure_mini_checkpoint(method: str, sparsity: float | None, arch: str | None = None) -> CheckpointRef:
     """For the offline mini-tasks: the registered upstream model of ``method``, trained now (small_cpu recipe,
     seconds to minutes on a CPU) when there is none yet. An explicit stage: planning never calls this."""
-    arch, sparsity = arch or MINI_ARCH, _mini_sparsity(method, sparsity)
+    arch = arch or MINI_ARCH
+    method = method_for_arch(method, arch, trainable=METHODS)  # lth_t → lth; rigl stays rigl (vocabulary)
+    sparsity = _mini_sparsity(method, sparsity)
     train_mini_checkpoints(method, [sparsity], arch)
     return resolve_checkpoint(method, sparsity, arch, None)
 
