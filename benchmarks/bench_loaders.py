@@ -87,7 +87,7 @@ def run_path(path: str, data_root: Path, workers: int, epochs: int) -> dict:
                                                        num_workers=workers), epochs)
         return {"images_per_s": images / seconds}
 
-    from transferbench.finetune.full import TorchLoaders
+    from transferbench.finetune.loaders import TorchLoaders
     from transferbench.tasks import Transformed, get_task, load_split
     from transferbench.transforms import build_transform, protocol_transform
 

@@ -34,6 +34,7 @@ from .errors import TransferbenchError
 from .finetune.features import cached_features, extract_with, feature_cache_key
 from .finetune.full import finetune_full
 from .finetune.linear import HeadResult, train_lbfgs_head, train_sgd_heads
+from .finetune.loaders import runner_loaders
 from .runspec import HParams, RunSpec, group_by_extraction
 from .store import CheckpointInfo, Metrics, RunRecord, SparsityInfo, existing_record, write_record
 from .tasks import Split, TaskSpec, Transformed, get_task, load_split
@@ -244,15 +245,16 @@ def _run_full(spec: RunSpec, ctx: RunContext) -> RunRecord:
 
         loaders = ffcv_loaders(task, train, test, ctx.data_root, train_cfg, test_cfg, spec.hparams.batch_size,
                                ctx.extract_batch_size, ctx.num_workers, prep.device)
+    ffcv_info = {"ffcv": loaders.describe()} if loaders is not None else {}
     work = spec.work_dir(ctx.results)
     if ctx.force and work.exists():
         shutil.rmtree(work)
     try:
-        result = finetune_full(
-            prep.loaded.model, prep.loaded.masks, Transformed(train.dataset, build_transform(train_cfg)),
-            Transformed(test.dataset, build_transform(test_cfg)), task.num_classes, spec.hparams, spec.seed, work,
-            prep.device, ctx.num_workers, ctx.extract_batch_size, loaders=loaders,
-        )
+        if loaders is None:
+            loaders = runner_loaders(train.dataset, test.dataset, train_cfg, test_cfg, spec.hparams.batch_size,
+                                     ctx.extract_batch_size, ctx.num_workers, prep.device, work)
+        result = finetune_full(prep.loaded.model, prep.loaded.masks, None, None, task.num_classes, spec.hparams,
+                               spec.seed, work, prep.device, loaders=loaders)
     except TransferbenchError:
         shutil.rmtree(work, ignore_errors=True)  # a diverged run is not resumable
         raise
@@ -264,7 +266,7 @@ def _run_full(spec: RunSpec, ctx: RunContext) -> RunRecord:
                               backbone_after=result.sparsity_after["overall"],
                               per_layer=result.sparsity_after["per_layer"], **_upstream_sparsity(prep.loaded)),
         config={"transform_train": train_cfg.to_dict(), "transform_test": test_cfg.to_dict(),
-                "num_workers": ctx.num_workers, **({"ffcv": loaders.describe()} if loaders is not None else {})},
+                "num_workers": ctx.num_workers, **ffcv_info},
         curve=result.curve,
         timings={"checkpoint_load_s": prep.load_seconds, "extraction_s": 0.0, "training_s": result.train_seconds,
                  "resumed_from_epoch": result.resumed_from_epoch, "total_s": time.perf_counter() - t_start})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import torch
 from torchvision import transforms as T
 
 from .tasks.spec import IMAGENET_NORMALIZATION, Normalization, TaskSpec
@@ -52,10 +53,28 @@ def protocol_transform(
     )
 
 
-def build_transform(cfg: TransformConfig) -> T.Compose:
+def _spatial(cfg: TransformConfig) -> list:
     interp = _INTERPOLATIONS[cfg.interpolation]
     if cfg.augment:
-        spatial = [T.RandomResizedCrop(cfg.image_size, interpolation=interp), T.RandomHorizontalFlip()]
-    else:
-        spatial = [T.Resize(cfg.resize_size, interpolation=interp), T.CenterCrop(cfg.image_size)]
-    return T.Compose([*spatial, T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])
+        return [T.RandomResizedCrop(cfg.image_size, interpolation=interp), T.RandomHorizontalFlip()]
+    return [T.Resize(cfg.resize_size, interpolation=interp), T.CenterCrop(cfg.image_size)]
+
+
+def build_transform(cfg: TransformConfig) -> T.Compose:
+    return T.Compose([*_spatial(cfg), T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])
+
+
+def pixel_transform(cfg: TransformConfig) -> T.Compose:
+    """``build_transform`` up to the pixels: uint8 [3, H, W] (a quarter of float32's bytes), for a split decoded once
+    and kept. ``normalize_pixels`` then gives exactly ``build_transform``'s floats."""
+    if cfg.augment:
+        raise ValueError("an augmenting transform draws new pixels every epoch; only deterministic ones are kept")
+    return T.Compose([*_spatial(cfg), T.PILToTensor()])
+
+
+def normalize_pixels(pixels: torch.Tensor, cfg: TransformConfig) -> torch.Tensor:
+    """uint8 images [..., 3, H, W] → ``build_transform``'s float32, on the pixels' device: the same operations in the
+    same order as ToTensor (to float32, / 255) and Normalize (- mean, / std), so bit-identical on any device."""
+    mean = torch.as_tensor(cfg.mean, dtype=torch.float32, device=pixels.device).view(-1, 1, 1)
+    std = torch.as_tensor(cfg.std, dtype=torch.float32, device=pixels.device).view(-1, 1, 1)
+    return pixels.to(torch.float32).div_(255).sub_(mean).div_(std)

@@ -13,26 +13,24 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ..atomic import torch_save
 from ..errors import TransferbenchError
 from ..metrics import accuracy_metrics
 from ..progress import progress
 from ..runspec import HParams
-from ..seeding import epoch_seed, seeded_item
+from ..seeding import epoch_seed
 from ..sparsity import FixedMasks, check_masks, measure_sparsity
 from .features import host_copies_done, to_host_async
+from .loaders import Batches, EpochLoaders, TorchLoaders
 from .schedule import lr_at_epoch, should_evaluate
-from .workers import leave_signals_to_main
 
 log = logging.getLogger("transferbench")
 
@@ -52,56 +50,6 @@ class FullResult:
     resumed_from_epoch: int
     best_epoch: int
     best_top1: float
-
-
-class _SeededAugmentation(Dataset):
-    """Draws each sample's augmentation from a seed of (epoch seed, index).
-
-    DataLoader workers seed their RNG from the worker id, so with per-worker RNGs the crops and flips would
-    depend on how many workers a job has (cores per node); seeded per sample they do not.
-    """
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset, self.epoch_seed = dataset, 0
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int):
-        return seeded_item(self.dataset, index, self.epoch_seed)
-
-
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
-
-
-class EpochLoaders(Protocol):
-    """Where ``finetune_full`` gets its batches: an epoch's train batches from (epoch, epoch seed), test batches in
-    the split's order. ``TorchLoaders`` is the default; ``fastdata.ffcv_loader.FFCVLoaders`` the FFCV one."""
-
-    def train(self, epoch: int, epoch_seed: int) -> Batches: ...
-
-    def test(self) -> Batches: ...
-
-
-class TorchLoaders:
-    """torch DataLoaders over map-style datasets: shuffled by the epoch seed, augmentation seeded per sample."""
-
-    def __init__(self, train_set: Dataset, test_set: Dataset, batch_size: int, eval_batch_size: int,
-                 num_workers: int, device: torch.device) -> None:
-        self.augmented = _SeededAugmentation(train_set)
-        self.test_set, self.batch_size, self.eval_batch_size = test_set, batch_size, eval_batch_size
-        self.num_workers, self.pin_memory = num_workers, device.type == "cuda"
-
-    def test(self) -> DataLoader:
-        return DataLoader(self.test_set, batch_size=self.eval_batch_size, shuffle=False,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          worker_init_fn=leave_signals_to_main)
-
-    def train(self, epoch: int, epoch_seed: int) -> DataLoader:
-        self.augmented.epoch_seed = epoch_seed
-        return DataLoader(self.augmented, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
-                          generator=torch.Generator().manual_seed(epoch_seed), pin_memory=self.pin_memory,
-                          worker_init_fn=leave_signals_to_main)
 
 
 def _autocast(device: torch.device, precision: str):

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .. import synthetic
 from ..errors import TransferbenchError
 from ..finetune.workers import leave_signals_to_main
-from ..seeding import epoch_seed, seeded_item
+from ..seeding import SeededSamples, epoch_seed
 from ..tasks import IMAGENET_NORMALIZATION, Split, Transformed
 from ..tasks.builtin import ArrayDataset
 from ..transforms import TransformConfig, build_transform
@@ -57,20 +57,6 @@ def upstream_datasets(recipe: dict, data_root: Path | None) -> tuple[Dataset, Da
     else:
         raise TransferbenchError(f"unknown upstream dataset '{recipe['dataset']}' (--dataset); use shapes or imagenet")
     return Transformed(train, build_transform(train_cfg)), Transformed(test, build_transform(cfg))
-
-
-class SeededSamples(Dataset):
-    """Indexed by (index, seed): the sample with its augmentation drawn from that seed."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, key: tuple[int, int]):
-        index, seed = key
-        return seeded_item(self.dataset, index, seed)
 
 
 def rank_order(num_samples: int, global_batch: int, world: World, seed: int, epoch: int) -> list[int]:
