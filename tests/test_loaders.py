@@ -132,3 +132,15 @@ def test_a_full_run_decodes_its_test_split_once_however_many_evaluations(tmp_pat
     assert len([p for p in result.curve if "top1" in p]) == 3  # three evaluations...
     assert test.reads == len(test)  # ...of images decoded once (the old loaders decoded 3 x 9)
     assert train.reads == 3 * len(train)
+
+
+def test_the_default_worker_count_follows_the_allocation_not_the_node(monkeypatch):
+    from transferbench import context
+
+    monkeypatch.setattr(context.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    assert context.allocated_cores() == 16
+    assert context.default_workers() == 8 and context.default_workers(4) == 3 and context.default_workers(16) == 0
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "6")  # a job given 6 of the node's cores
+    assert context.allocated_cores() == 6 and context.default_workers() == 5
+    assert context.RunContext().num_workers == 5

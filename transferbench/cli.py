@@ -213,7 +213,7 @@ def _add_run_command(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--cache-dir", type=Path, help="feature cache (default <results>/cache/features)")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     run.add_argument("--workers", dest="num_workers", type=int, metavar="N",
-                     help="data-loading worker processes (default min(4, cores))")
+                     help="data-loading worker processes (default: this allocation's cores - 1, at most 8)")
     _add_hparam_flags(run)
     run.add_argument("--compile", action="store_true",
                      help="torch.compile the model (extraction 1.4x eager on 2 CPU cores after ~20 s of compiling; "

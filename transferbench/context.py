@@ -37,7 +37,7 @@ class RunContext:
     cache_dir: Path | None = None  # feature cache; default <results>/cache/features
     checkpoint_dir: Path | None = None
     device: str = "auto"
-    num_workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    num_workers: int = field(default_factory=lambda: default_workers())
     extract_batch_size: int = 128
     force: bool = False
     verify_md5: bool = False
@@ -52,6 +52,20 @@ class RunContext:
 
     def feature_cache(self) -> Path:
         return self.cache_dir if self.cache_dir is not None else feature_cache_dir(self.results)
+
+
+def allocated_cores() -> int:
+    """The cores this process may use: its CPU affinity (what a SLURM allocation's cgroup grants, not the node's
+    core count), capped by ``SLURM_CPUS_PER_TASK`` inside a job that sets it."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    return min(cores, int(slurm)) if slurm.isdigit() and int(slurm) > 0 else cores
+
+
+def default_workers(processes: int = 1) -> int:
+    """Loader workers per process when none are asked for: the allocation's cores shared by ``processes``, one
+    kept for each process's own work, at most 8 (beyond that a loader stops being the bottleneck)."""
+    return max(0, min(8, allocated_cores() // max(processes, 1) - 1))
 
 
 def resolve_device(name: str) -> torch.device:

@@ -23,16 +23,16 @@ import submitit
 import torch
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 
-from ..context import RunContext
+from ..context import RunContext, default_workers
 from ..errors import TransferbenchError
 from ..progress import progress
 from ..store import append_ledger, check_locking, command_error_line, error_line, ledger_path
 from .jobs import SweepJob, execute_unit
 from .plan import WorkUnit
 from .profiles import Profile
+from .sweep import EXECUTORS
 
 log = logging.getLogger("transferbench")
-EXECUTORS = ("debug", "local", "slurm")
 
 
 @dataclass
@@ -120,9 +120,10 @@ def job_name(sweep: str, mode: str) -> str:
 def submit_units(units: list[WorkUnit], ctx: RunContext, executor: str, profile: Profile, sweep: str,
                  parallel: int = 1, workers: int | None = None) -> Submission:
     """Run or submit ``units``. ``workers`` (--workers) sets the data-loading workers per job; without it SLURM
-    jobs use the profile's ``cpus_per_task - 1`` and local/debug jobs ``ctx.num_workers``."""
+    jobs use the profile's ``cpus_per_task - 1``, local jobs their share of this allocation's cores and debug jobs
+    ``ctx.num_workers``."""
     if workers is None:  # the profile's cores are those of a SLURM allocation, not of this machine
-        workers = profile.workers if executor == "slurm" else ctx.num_workers
+        workers = {"slurm": profile.workers, "local": default_workers(parallel)}.get(executor, ctx.num_workers)
     ctx = replace(ctx, num_workers=workers)
     check_locking(ctx.results)  # every executor's jobs lock their runs: fail here once, not in each job
     if executor == "debug":

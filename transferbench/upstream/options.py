@@ -7,12 +7,13 @@ sample's augmentation is seeded by its index, ``transferbench.seeding``).
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import TransferbenchError
+
+if TYPE_CHECKING:  # torch-free at import: `upstream --help` reads PRECISIONS and LOADERS
+    import torch
 
 PRECISIONS = ("fp32", "bf16", "fp64")
 LOADERS = ("torchvision", "ffcv")
@@ -51,8 +52,9 @@ class LoopOptions:
             return self.workers
         if device.type != "cuda":
             return 0
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return max(1, min(8, cores // max(local_processes, 1) - 1))
+        from ..context import default_workers  # torch-free import of this module (the CLI builds options)
+
+        return max(1, default_workers(local_processes))
 
     def to_dict(self) -> dict:
         return asdict(self)
