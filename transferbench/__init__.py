@@ -11,26 +11,25 @@ The public API is the few names below; each is imported on first use, so ``impor
     print(record.run_key, record.metrics.top1)
 """
 
-import importlib as _importlib
 import typing as _typing
 
+from .lazy import lazy_package as _lazy_package
 from .version import __version__ as __version__
 
-# public name -> the module that defines it
-_PUBLIC = {
-    "get_task": "transferbench.tasks",
-    "find_checkpoint": "transferbench.checkpoints",
-    "resolve_checkpoint": "transferbench.checkpoints",
-    "make_spec": "transferbench.runspec",
-    "RunContext": "transferbench.context",
-    "run": "transferbench.runner",
-    "RunRecord": "transferbench.store",
-    "collect": "transferbench.report.collect",
-    "plan_sweep": "transferbench.dispatch.plan",
-    "write_report": "transferbench.report.build",
-}
+# the module that defines each public name (imported on first use)
+_lazy_package(__name__, {
+    ".tasks": ("get_task",),
+    ".checkpoints": ("find_checkpoint", "resolve_checkpoint"),
+    ".runspec": ("make_spec",),
+    ".context": ("RunContext",),
+    ".runner": ("run",),
+    ".store": ("RunRecord",),
+    ".report.collect": ("collect",),
+    ".dispatch.plan": ("plan_sweep",),
+    ".report.build": ("write_report",),
+})
 
-__all__ = [  # the names of _PUBLIC, spelled out for tools that read __all__ without running the module
+__all__ = [  # the names above, spelled out for tools that read __all__ without running the module
     "RunContext",
     "RunRecord",
     "collect",
@@ -43,7 +42,7 @@ __all__ = [  # the names of _PUBLIC, spelled out for tools that read __all__ wit
     "write_report",
 ]
 
-if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
+if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time each is imported on first use
     from .checkpoints import find_checkpoint, resolve_checkpoint
     from .context import RunContext
     from .dispatch.plan import plan_sweep
@@ -54,15 +53,3 @@ if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__
     from .store import RunRecord
     from .tasks import get_task
 
-
-def __getattr__(name: str) -> object:
-    """PEP 562: a public name's module is imported when the name is first used, then the name is cached here."""
-    if name not in _PUBLIC:
-        raise AttributeError(f"module 'transferbench' has no attribute {name!r}")
-    value = getattr(_importlib.import_module(_PUBLIC[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))

@@ -6,29 +6,29 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from ..cli_flags import add_results_flag
 from ..store import FAILED, LOST, STATES
-from .pipeline import (
-    StageOutcome,
-    status_table,
-    sweep_context,
-    units_to_submit,
-    upstream_stage,
-    upstream_table,
-    wanted_states,
-)
-from .plan import Plan, WorkUnit, plan_sweep
 from .profiles import Profile, load_profile
-from .stages import UpstreamPlan, plan_upstream, upstream_store
-from .submit import EXECUTORS, ArrayPlan, Submission, by_mode, plan_arrays, sbatch_preview, submit_units
-from .sweep import SweepSpec, load_sweep, packaged_sweeps
-from .upstream_jobs import layouts, upstream_preview
+from .sweep import EXECUTORS, SweepSpec, load_sweep, packaged_sweeps
+
+if TYPE_CHECKING:  # planning, pandas and submitit load when a command runs, not for `sweep --help`
+    import pandas as pd
+
+    from .pipeline import StageOutcome
+    from .plan import Plan, WorkUnit
+    from .stages import UpstreamPlan
+    from .submit import ArrayPlan, Submission
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .pipeline import sweep_context, units_to_submit, upstream_stage
+    from .plan import plan_sweep
+    from .submit import submit_units
+
     sweep, profile = load_sweep(args.spec), load_profile(args.profile)
     results = args.results.resolve()  # job scripts and the ledger name absolute paths: jobs start elsewhere
     if args.dry_run:
@@ -57,6 +57,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def _dry_run(sweep: SweepSpec, profile: Profile, results: Path, args: argparse.Namespace) -> int:
     """Both stages as the same command without --dry-run would run them; nothing is written or submitted."""
+    from .pipeline import wanted_states
+    from .plan import plan_sweep
+    from .stages import plan_upstream
+
     upstream = plan_upstream(sweep, results)
     todo = upstream.to_run(args.retry_failed)
     _print_upstream_preview(upstream, todo, args.executor, profile, results)
@@ -71,6 +75,9 @@ def _dry_run(sweep: SweepSpec, profile: Profile, results: Path, args: argparse.N
 
 def _print_upstream_preview(upstream: UpstreamPlan, todo: list, executor: str, profile: Profile,
                             results: Path) -> None:
+    from .stages import upstream_store
+    from .upstream_jobs import layouts, upstream_preview
+
     if not upstream.units:
         return
     counts = ", ".join(f"{n} {state}" for state, n in upstream.counts().items())
@@ -93,6 +100,11 @@ def _print_stage(stage: StageOutcome) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .pipeline import status_table, upstream_table
+    from .plan import plan_sweep
+
     sweep = load_sweep(args.spec)
     # states come from the results root; the data is checked only where a data root is given (what would block)
     plan = plan_sweep(sweep, args.results, data_root=args.data_root, checkpoint_dir=args.checkpoint_dir,
@@ -131,6 +143,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _print_plan(plan: Plan, results: Path, retry_failed: bool) -> None:
     """The grid's counts by state, what the sweep would run (jobs, feature extractions), and what blocks runs."""
+    import pandas as pd
+
+    from .pipeline import wanted_states
+
     states = wanted_states(retry_failed)
     units, ready = plan.units(states, ready_only=False), plan.units(states)
     print(f"sweep {plan.sweep.name} ({plan.sweep.source}) -> {results}")
@@ -159,6 +175,8 @@ def _print_jobs(units: list[WorkUnit], executor: str, parallel: int, profile: Pr
                 sweep: str) -> None:
     """The jobs of a dry run as the executor will run them: arrays and sbatch scripts only for SLURM (local
     jobs know no arrays, and their parallelism is --parallel, not the profile's)."""
+    from .submit import by_mode, plan_arrays, sbatch_preview
+
     if executor != "slurm":
         for mode, of_mode in by_mode(units).items():
             how = (f"as subprocesses here, at most {max(1, parallel)} at once (--parallel)"

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import shipped
 from ..checkpoints.registry import arch_family
@@ -34,10 +34,13 @@ from ..errors import TransferbenchError
 from ..runspec import resolve_hparams
 from ..tasks import get_task, list_tasks
 from ..vocabulary import normalize_sparsity
-from .upstream_spec import UpstreamUnit, parse_upstream
+
+if TYPE_CHECKING:  # upstream_spec needs torch; `sweep --help` lists the packaged sweeps without it
+    from .upstream_spec import UpstreamUnit
 
 MODES = ("linear", "full")
 SOLVERS = ("sgd", "lbfgs")
+EXECUTORS = ("debug", "local", "slurm")  # where a sweep's jobs run (dispatch.submit)
 _KEYS = {"name", "description", "checkpoints", "tasks", "modes", "seeds", "solvers", "overrides", "data_root",
          "checkpoint_dir", "arch", "upstream"}
 _CHECKPOINT_KEYS = {"method", "sparsity", "arch", "path", "seed", "recipe"}  # seed, recipe: of an upstream entry
@@ -101,6 +104,8 @@ def parse_sweep(raw: Any, origin: str) -> SweepSpec:
         raise TransferbenchError(
             f"sweep {origin}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_KEYS))}"
         )
+    from .upstream_spec import parse_upstream
+
     upstream = parse_upstream(raw["upstream"], origin) if raw.get("upstream") not in (None, []) else ()
     for key in ("checkpoints", "tasks", "modes", "seeds") if not upstream else ("tasks", "modes", "seeds"):
         if raw.get(key) in (None, [], {}):

@@ -7,26 +7,48 @@
     write_report(Path("results"))  # every table and figure, and results/report/index.html linking them
 """
 
-from .build import write_report
-from .collect import Collection, collect, parse_record
-from .compare import compare, write_compare
-from .figstyle import FigureNotApplicable, SavedFigure
-from .figures import (
-    accuracy_vs_sparsity_figure,
-    delta_heatmap_figure,
-    linear_vs_full_ranks_figure,
-    plot_accuracy_vs_sparsity,
-    plot_delta_heatmap,
-    plot_linear_vs_full_ranks,
-    plot_upstream_vs_transfer,
-    upstream_vs_transfer_figure,
-    write_figures,
-)
-from .index import write_index
-from .leaderboard import DELTA, MEAN, Leaderboard, leaderboard, write_leaderboards
-from .palette import METHOD_ORDER, MethodStyle, method_color, method_colors, method_style
-from .predictions import Beyond, beyond, write_beyond
-from .reference import read_reference, read_references
+import typing as _typing
+
+from ..lazy import lazy_package as _lazy_package
+
+# each public name's submodule, imported on first use: the report commands' --help needs neither pandas nor
+# matplotlib
+_lazy_package(__name__, {
+    ".build": ("write_report",),
+    ".collect": ("Collection", "collect", "parse_record"),
+    ".compare": ("compare", "write_compare"),
+    ".figstyle": ("FigureNotApplicable", "SavedFigure"),
+    ".figures": ("accuracy_vs_sparsity_figure", "delta_heatmap_figure", "linear_vs_full_ranks_figure",
+                 "plot_accuracy_vs_sparsity", "plot_delta_heatmap", "plot_linear_vs_full_ranks",
+                 "plot_upstream_vs_transfer", "upstream_vs_transfer_figure", "write_figures"),
+    ".index": ("write_index",),
+    ".leaderboard": ("DELTA", "MEAN", "Leaderboard", "leaderboard", "write_leaderboards"),
+    ".palette": ("METHOD_ORDER", "MethodStyle", "method_color", "method_colors", "method_style"),
+    ".predictions": ("Beyond", "beyond", "write_beyond"),
+    ".reference": ("read_reference", "read_references"),
+})
+
+if _typing.TYPE_CHECKING:
+    from .build import write_report
+    from .collect import Collection, collect, parse_record
+    from .compare import compare, write_compare
+    from .figstyle import FigureNotApplicable, SavedFigure
+    from .figures import (
+        accuracy_vs_sparsity_figure,
+        delta_heatmap_figure,
+        linear_vs_full_ranks_figure,
+        plot_accuracy_vs_sparsity,
+        plot_delta_heatmap,
+        plot_linear_vs_full_ranks,
+        plot_upstream_vs_transfer,
+        upstream_vs_transfer_figure,
+        write_figures,
+    )
+    from .index import write_index
+    from .leaderboard import DELTA, MEAN, Leaderboard, leaderboard, write_leaderboards
+    from .palette import METHOD_ORDER, MethodStyle, method_color, method_colors, method_style
+    from .predictions import Beyond, beyond, write_beyond
+    from .reference import read_reference, read_references
 
 __all__ = [
     "DELTA",

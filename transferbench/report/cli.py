@@ -8,15 +8,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import pandas as pd
-
-from .build import analyse_predictions, compare_with_paper, read_runs, write_collection, write_report
-from .collect import collect
-from .compare import display_frame, summary
-from .figures import write_figures
+# pandas, matplotlib and the report modules load when a command runs, not for `--help`
 
 
 def _read_runs(args: argparse.Namespace):
+    from .build import read_runs
+
     return read_runs(args.results, reference_files=args.reference, reference_mode=args.reference_mode,
                      reference_arch=args.reference_arch, source=getattr(args, "source", None),
                      workers=getattr(args, "workers", None))
@@ -28,6 +25,8 @@ def _print_paths(paths: list[Path]) -> None:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
+    from .build import write_collection
+
     report_runs = _read_runs(args)
     written = write_collection(args.results, report_runs, source=args.source,
                                allow_incomplete_mean=args.allow_incomplete_mean)
@@ -37,11 +36,18 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
+    from .figures import write_figures
+
     _print_paths(write_figures(_read_runs(args).runs, args.results / "figures", source=args.source))
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .build import compare_with_paper
+    from .compare import display_frame, summary
+
     table, written = compare_with_paper(_read_runs(args).runs, args.out or args.results / "compare",
                                         metric=args.metric, alpha=args.alpha)
     with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200):
@@ -52,6 +58,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_beyond(args: argparse.Namespace) -> int:
+    from .build import analyse_predictions
+    from .collect import collect
+
     result, written = analyse_predictions(collect(args.results).runs, args.out or args.results / "beyond",
                                           min_count=args.min_count)
     print(result.summary())
@@ -61,6 +70,8 @@ def cmd_beyond(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Every table and figure, then the index page linking them."""
+    from .build import write_report
+
     _print_paths(write_report(args.results, reference_files=args.reference, reference_mode=args.reference_mode,
                               reference_arch=args.reference_arch, source=args.source, min_count=args.min_count,
                               allow_incomplete_mean=args.allow_incomplete_mean))

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import typing as _typing
 from functools import cache
 from pathlib import Path
 
 from .. import shipped
 from ..errors import TransferbenchError
-from .builtin import load_builtin
-from .data import Split, Transformed
-from .folders import list_classes, read_folders
-from .official import READERS
+from ..lazy import lazy_package as _lazy_package
 from .spec import IMAGENET_NORMALIZATION, Normalization, TaskSpec
+
+# the cards are YAML, read without torch (`tasks list`, flag choices); the readers, which need torch and
+# torchvision, are imported when a split is loaded
+_lazy_package(__name__, {".data": ("Split", "Transformed")})
+
+if _typing.TYPE_CHECKING:
+    from .data import Split, Transformed
 
 __all__ = [
     "IMAGENET_NORMALIZATION",
@@ -80,6 +85,10 @@ def load_split(
     task = get_task(task) if isinstance(task, str) else task
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    from .builtin import load_builtin
+    from .folders import list_classes, read_folders
+    from .official import READERS
+
     if task.builtin is not None:
         return load_builtin(task.builtin, split)
     if data_root is None:
