@@ -60,8 +60,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .resolve import resolve_spec
     from .runner import run
     from .store import existing_record, result_path
+    from .vocabulary import parse_sparsity
 
-    spec = resolve_spec(args.task, args.mode, args.seed, method=args.method, sparsity=args.sparsity, arch=args.arch,
+    spec = resolve_spec(args.task, args.mode, args.seed, method=args.method, sparsity=parse_sparsity(args.sparsity),
+                        arch=args.arch,
                         checkpoint=args.checkpoint, checkpoint_dir=args.checkpoint_dir, data_root=args.data_root,
                         overrides=_hparam_overrides(args))
     if not args.force and existing_record(args.results, spec.run_key) is not None:
@@ -74,6 +76,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_upstream(args: argparse.Namespace) -> int:
+    from .vocabulary import parse_sparsity
+
+    args.sparsity = [parse_sparsity(s) for s in args.sparsity]  # 0.9 or 90%; a bare 90 is refused
     if args.executor == "slurm" or args.gpus is not None or args.nodes is not None or args.profile:
         from .dispatch.upstream_jobs import submit_upstream_command
 
@@ -91,11 +96,15 @@ def cmd_upstream(args: argparse.Namespace) -> int:
 
 
 def _print_upstream_results(args: argparse.Namespace, results: list) -> None:
+    from .vocabulary import format_sparsity
+
     _print_table(("method", "sparsity", "measured", "upstream_top1", "checkpoint"),
-                 [(r.spec.method, f"{r.spec.sparsity:g}", f"{r.sparsity:.4f}", f"{r.top1:.4f}", r.path)
+                 [(r.spec.method, format_sparsity(r.spec.sparsity), format_sparsity(r.sparsity),
+                   f"{r.top1:.4f}", r.path)
                   for r in results])
     print("registered: run them with `transferbench run --method "
-          f"{args.method} --sparsity {args.sparsity[0]:g} --arch {results[0].spec.arch} --task ...`")
+          f"{results[0].spec.method} --sparsity {format_sparsity(args.sparsity[0])} --arch {results[0].spec.arch} "
+          "--task ...`")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -157,13 +166,27 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_checkpoints_list(args: argparse.Namespace) -> int:
-    from .checkpoints import list_checkpoints
+    from .checkpoints.listing import TABLE_COLUMNS, checkpoint_row, filter_checkpoints, table_cells
 
-    rows = [(c.method, f"{c.sparsity:g}", c.arch, c.format,
-             "-" if c.upstream_top1 is None else f"{c.upstream_top1:.2f}", c.name)
-            for c in list_checkpoints()
-            if (args.method is None or c.method == args.method) and (args.arch is None or c.arch == args.arch)]
-    _print_table(("method", "sparsity", "arch", "format", "imagenet_top1", "name"), rows)
+    rows = [checkpoint_row(spec) for spec in filter_checkpoints(args.method, args.arch)]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    _print_table(TABLE_COLUMNS, [table_cells(row) for row in rows])
+    if any(row["top1_on"] != "imagenet" for row in rows):
+        print("upstream_top1: top-1 (%) on the set named in top1_on (ImageNet for published rows; a model trained "
+              "here is measured on its own upstream set, e.g. the synthetic shapes set of resnet_tiny)")
+    return 0
+
+
+def cmd_checkpoints_show(args: argparse.Namespace) -> int:
+    from .checkpoints.listing import show_checkpoint
+
+    row = show_checkpoint(args.name)
+    if args.json:
+        print(json.dumps(row, indent=1))
+    else:
+        print(yaml.safe_dump(row, sort_keys=False, width=110), end="")
     return 0
 
 
@@ -200,7 +223,7 @@ def _add_run_command(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--task", required=True, help="downstream task (see `transferbench tasks list`)")
     run.add_argument("--mode", choices=("linear", "full"), default="linear")
     run.add_argument("--method", help="upstream pruning method (see `transferbench checkpoints list`)")
-    run.add_argument("--sparsity", type=float, help="target sparsity, as 0.9 or 90")
+    run.add_argument("--sparsity", help="target sparsity: a fraction (0.9) or a percent (90%%)")
     run.add_argument("--arch", help="architecture (default: the registry's, or read from --checkpoint)")
     run.add_argument("--checkpoint", type=Path, help="use this local checkpoint file instead of the registry's")
     run.add_argument("--checkpoint-dir", type=Path,
@@ -244,8 +267,9 @@ def _add_upstream_command(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--method", required=True,
                     help="an entry of the recipe: dense, magnitude, gmp, woodfisher, rigl, lth, acdc, cram, cram_nm; "
                          "imagenet_resnet50 adds gmp_str, rigl_erk1x and rigl_erk5x (the registry's names)")
-    up.add_argument("--sparsity", type=float, nargs="+", default=[0.9],
-                    help="target sparsity (several for cram: one candidate each)")
+    up.add_argument("--sparsity", nargs="+", default=[0.9],
+                    help="target sparsity: a fraction (0.9) or a percent (90%%); several for cram and lth (one "
+                         "candidate each)")
     up.add_argument("--arch", help="architecture (default: the recipe's)")
     up.add_argument("--dataset", help="upstream data: shapes (procedural, offline) or imagenet (default: recipe's)")
     up.add_argument("--recipe", help="small_cpu, imagenet_resnet50, or a recipe .yaml file (default: small_cpu; "
@@ -363,10 +387,16 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
 def _add_checkpoints_commands(sub: argparse._SubParsersAction) -> None:
     ckpts = sub.add_parser("checkpoints", help="the checkpoint registry").add_subparsers(dest="ck_cmd",
                                                                                           required=True)
-    lst = ckpts.add_parser("list", help="list registered upstream checkpoints")
-    lst.add_argument("--method")
-    lst.add_argument("--arch")
+    lst = ckpts.add_parser("list", help="list registered upstream checkpoints: sparsity, upstream top-1, whether "
+                                        "the file is on disk and where, sha256, URL")
+    lst.add_argument("--method", help="a method or an alias (rigl: rigl_erk1x and rigl_erk5x; lth: lth_t)")
+    lst.add_argument("--arch", help="an architecture or a family (resnet50 includes resnet50_rigl, resnet50_str)")
+    lst.add_argument("--json", action="store_true", help="every field of every row, as a JSON list")
     lst.set_defaults(func=cmd_checkpoints_list)
+    show = ckpts.add_parser("show", help="every field of one registry row, and whether its file is on disk (path)")
+    show.add_argument("name", help="a row's name (see `checkpoints list`)")
+    show.add_argument("--json", action="store_true", help="as JSON")
+    show.set_defaults(func=cmd_checkpoints_show)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoints import resolve_checkpoint
+from .checkpoints.registry import method_for_arch
 from .runspec import RunSpec, make_spec, resolve_hparams
 from .tasks import detect_layout, get_task, load_split
 from .upstream import ensure_mini_checkpoint
@@ -27,6 +28,8 @@ def resolve_spec(task: str, mode: str = "linear", seed: int = 21, *, method: str
         from .finetune.sparse_cpu import deepsparse_python
 
         deepsparse_python()  # raises when its environment is missing
+    if method is not None and checkpoint is None:  # a misspelt or ambiguous name costs no data check either
+        method = _method_name(method, arch, task_spec.kind == "mini")
     if task_spec.kind == "paper":
         if data_root is None:
             load_split(task_spec, "test", None)  # raises: where the data is expected and how to get it
@@ -36,3 +39,15 @@ def resolve_spec(task: str, mode: str = "linear", seed: int = 21, *, method: str
     else:
         ref = resolve_checkpoint(method, sparsity, arch, checkpoint, checkpoint_dir)
     return make_spec(task_spec.name, mode, seed, ref, overrides)
+
+
+def _method_name(method: str, arch: str | None, mini: bool) -> str:
+    """The registered (or, for a mini-task, also trainable) method ``method`` stands for with the run's arch: the
+    registry's one resolution (``checkpoints.registry.method_for_arch``): ``rigl`` on resnet_tiny is the mini-suite's
+    rigl, on resnet50 a choice between rigl_erk1x and rigl_erk5x; ``lth`` there is lth_t."""
+    if mini:
+        from .pruning.factory import METHODS
+        from .upstream import MINI_ARCH
+
+        return method_for_arch(method, arch or MINI_ARCH, trainable=METHODS)
+    return method_for_arch(method, arch)

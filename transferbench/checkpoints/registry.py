@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields, replace
 from functools import cache
@@ -34,6 +35,10 @@ _HEX = re.compile(r"^[0-9a-f]+$")
 MIN_SHA256_PREFIX = 8
 # What a one-shot candidate was pruned from: a registry row's file (NAME@sha256:HEX) or a file given by path
 # (sha256:HEX), as a run's CheckpointRef.identity names its checkpoint.
+# The notes `transferbench upstream` writes on a model it trained ("... (small_cpu recipe, shapes, seed 0)") or
+# pruned one-shot (`--from`: "... on 2000 class-balanced imagenet training images ..."), which name its dataset.
+_TRAINED_HERE = re.compile(r"\([^,()]+ recipe, (?P<dataset>[^,()]+), seed \d+\)"
+                           r"|class-balanced (?P<calibrated_on>\S+) training images")
 _SOURCE_IDENTITY = re.compile(r"^(?:(?P<name>[^@\s]+)@)?sha256:(?P<digest>[0-9a-f]{64})$")
 
 
@@ -84,6 +89,16 @@ class CheckpointSpec:
     def sparsity_rule(self) -> SparsityRule:
         """Which weights the method prunes and what its registered sparsity means there (the loader's gate)."""
         return sparsity_rule(self.method, self.prunable)
+
+    @property
+    def upstream_data(self) -> str:
+        """What ``upstream_top1`` was measured on: ImageNet for the published rows; for a model trained here, the
+        dataset its notes name (`transferbench upstream` writes "(<recipe> recipe, <dataset>, seed N)"), e.g. the
+        synthetic ``shapes`` set of the mini-suite's resnet_tiny; else "unknown"."""
+        if self.source == "table":
+            return "imagenet"
+        trained_here = _TRAINED_HERE.search(self.notes)
+        return (trained_here["dataset"] or trained_here["calibrated_on"]) if trained_here else "unknown"
 
     @property
     def label(self) -> str:
@@ -278,33 +293,40 @@ def prepared_candidate(spec: CheckpointSpec) -> CheckpointSpec | None:
                 None)
 
 
-def _torch_hub_file(filename: str) -> Path | None:
-    """torchvision's own download cache, so an already-downloaded dense ResNet-50 is found where it is."""
-    try:
-        import torch.hub
+def _torch_hub_dir() -> Path:
+    """torch's hub directory without importing torch for it (listings stay fast): ``torch.hub.get_dir()`` when
+    torch is loaded already, else its documented default ($TORCH_HOME/hub, $XDG_CACHE_HOME/torch/hub,
+    ~/.cache/torch/hub)."""
+    if "torch" in sys.modules:
+        return Path(sys.modules["torch"].hub.get_dir())
+    torch_home = os.environ.get("TORCH_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "torch"
+    return Path(torch_home).expanduser() / "hub"
 
-        candidate = Path(torch.hub.get_dir()) / "checkpoints" / filename
-    except Exception:  # the hub dir is a convenience only; never fail a lookup because of it
-        return None
-    return candidate if candidate.is_file() else None
+
+def checkpoint_file(spec: CheckpointSpec, directory: str | os.PathLike | None = None) -> tuple[Path, bool]:
+    """(where the file of ``spec`` is, or is expected, whether it is there): its registered path (local.yaml), else
+    ``filename`` in ``directory`` (default ``checkpoint_dir()``), else in torch's hub cache, where torchvision keeps
+    an already-downloaded dense ResNet-50."""
+    if spec.path:
+        return Path(spec.path), Path(spec.path).is_file()
+    folder = Path(directory).expanduser() if directory is not None else checkpoint_dir()
+    path = folder / spec.filename
+    if path.is_file():
+        return path, True
+    hub_file = _torch_hub_dir() / "checkpoints" / spec.filename
+    return (hub_file, True) if hub_file.is_file() else (path, False)
 
 
 def local_path(spec: CheckpointSpec, directory: str | os.PathLike | None = None) -> Path:
     """The file of ``spec`` on this machine, or a TransferbenchError saying where to put it and where to get it."""
+    path, present = checkpoint_file(spec, directory)
+    if present:
+        return path
     if spec.path:
-        path = Path(spec.path)
-        if path.is_file():
-            return path
         raise TransferbenchError(
             f"checkpoint {spec.label} was registered at {path}, which no longer exists; register it again "
             f"(register_local) or pass --checkpoint PATH"
         )
-    folder = Path(directory).expanduser() if directory is not None else checkpoint_dir()
-    path = folder / spec.filename
-    if path.is_file():
-        return path
-    if (hub_file := _torch_hub_file(spec.filename)) is not None:
-        return hub_file
     where = f"expected {path} (another directory: --checkpoint-dir or ${ENV_CHECKPOINTS})"
     if spec.url is None:
         raise TransferbenchError(
