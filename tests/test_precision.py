@@ -179,7 +179,7 @@ def test_fp32_is_true_fp32_and_tf32_is_an_explicit_choice(restore_backends):
 def test_run_keys_of_fp32_runs_are_unchanged_and_tf32_is_another_run():
     ref = CheckpointRef("magnitude", 0.5, "resnet_tiny", "sha256:" + "0" * 64)
     specs = {p: make_spec("cifar10", "full", 21, ref, {"precision": p}) for p in PRECISIONS}
-    assert len({s.run_key for s in specs.values()}) == 3
+    assert len({s.run_key for s in specs.values()}) == len(PRECISIONS) == 4
     assert "precision" in specs["fp32"].key_material()["hparams"]  # as before: fp32 keys did not move
 
 
@@ -280,3 +280,56 @@ def test_the_cli_exits_2_with_the_one_line(fake_gpu, tmp_path, capsys):
     assert code == 2 and not (tmp_path / "r").exists()
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--precision bf16" in err
+
+
+def test_fp16_is_offered_to_gpus_without_bf16_and_refused_on_cpu(fake_gpu, tmp_path):
+    message = _one_line_refusal(_spec("bf16"), RunContext(results=tmp_path / "r", device="cuda:1"))
+    assert "--precision fp16" in message  # the V100's way to a faster run
+    message = _one_line_refusal(_spec("fp16", "full"), RunContext(results=tmp_path / "r2", device="cpu"))
+    assert message.startswith("--precision fp16") and "fp32 or bf16" in message
+    policy = precision_policy("cuda", "fp16")
+    assert policy["autocast"] == "float16" and policy["loss_scaling"] == "dynamic" and policy["tf32"] is False
+    assert "loss_scaling" not in precision_policy("cuda", "bf16")  # the other policies' keys did not move
+
+
+def test_fp16_full_fine_tuning_scales_its_loss_and_resumes_with_the_scale(tmp_path, monkeypatch):
+    """float16 autocast with GradScaler (run on the CPU here, where the CLI refuses it: the arithmetic is the same
+    code): the scale is saved with each epoch's state, and a run resumed from epoch 1 ends where an uninterrupted
+    one does."""
+    import numpy as np
+    from torch.utils.data import TensorDataset
+
+    from transferbench.finetune import full
+    from transferbench.models import create_model
+
+    def model_and_data():
+        torch.manual_seed(0)
+        model = create_model("resnet_tiny", num_classes=3)
+        g = torch.Generator().manual_seed(1)
+        y = torch.arange(24) % 3
+        return model, TensorDataset(torch.randn(24, 3, 16, 16, generator=g) + y.view(-1, 1, 1, 1), y)
+
+    hp = resolve_hparams("full", 0.001, {"epochs": 3, "lr": 0.05, "batch_size": 8, "precision": "fp16"})
+    cpu = torch.device("cpu")
+    model, data = model_and_data()
+    whole = full.finetune_full(model, {}, data, data, 3, hp, 0, tmp_path / "whole", cpu)
+
+    saved = []
+    real_save = full.torch_save
+
+    def stop_after_first_epoch(path, state):
+        real_save(path, state)
+        saved.append(state["scaler"])
+        raise KeyboardInterrupt  # killed right after epoch 1's state was written
+
+    monkeypatch.setattr(full, "torch_save", stop_after_first_epoch)
+    model, data = model_and_data()
+    with pytest.raises(KeyboardInterrupt):
+        full.finetune_full(model, {}, data, data, 3, hp, 0, tmp_path / "resumed", cpu)
+    assert saved[0]["scale"] > 1 and "growth_interval" in saved[0]  # the live dynamic loss scale was saved
+    monkeypatch.setattr(full, "torch_save", real_save)
+    model, data = model_and_data()
+    resumed = full.finetune_full(model, {}, data, data, 3, hp, 0, tmp_path / "resumed", cpu)
+    assert resumed.resumed_from_epoch == 1
+    assert np.array_equal(resumed.test_logits, whole.test_logits)
+    assert [p["train_loss"] for p in resumed.curve] == [p["train_loss"] for p in whole.curve]

@@ -114,12 +114,25 @@ def determinism_state() -> dict[str, Any]:
 
 
 def precision_policy(device_type: str, precision: str) -> dict[str, Any]:
-    """What decides the float arithmetic of a run with ``precision`` (fp32, tf32 or bf16) on ``device_type``: pure,
-    so the feature-cache key and the record carry it. fp32 is true fp32 (TensorFloat-32 off for cuDNN convolutions
-    and matmuls); tf32 turns TF32 on (CUDA only); bf16 runs the forward pass under bfloat16 autocast."""
-    return {"device_type": device_type, "precision": precision,
-            "tf32": device_type == "cuda" and precision == "tf32",
-            "autocast": "bfloat16" if precision == "bf16" else None}
+    """What decides the float arithmetic of a run with ``precision`` (fp32, tf32, bf16 or fp16) on ``device_type``:
+    pure, so the feature-cache key and the record carry it. fp32 is true fp32 (TensorFloat-32 off for cuDNN
+    convolutions and matmuls); tf32 turns TF32 on (CUDA only); bf16 runs the forward pass under bfloat16 autocast;
+    fp16 under float16 autocast, training with a dynamic loss scale (float16's range is too short for gradients)."""
+    policy = {"device_type": device_type, "precision": precision,
+              "tf32": device_type == "cuda" and precision == "tf32",
+              "autocast": AUTOCAST_DTYPES.get(precision)}
+    if precision == "fp16":  # added only here, so the keys of the other policies stay as they were
+        policy["loss_scaling"] = "dynamic"
+    return policy
+
+
+AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """The forward pass's autocast for ``precision`` (disabled for fp32 and tf32)."""
+    dtype = getattr(torch, AUTOCAST_DTYPES.get(precision, "bfloat16"))
+    return torch.autocast(device.type, dtype=dtype, enabled=precision in AUTOCAST_DTYPES)
 
 
 def apply_precision(device_type: str, precision: str) -> dict[str, Any]:
@@ -135,12 +148,15 @@ def check_capabilities(device: torch.device, precisions: set[str], compile: bool
     index that does not exist was refused already)."""
     if "tf32" in precisions and device.type != "cuda":
         raise TransferbenchError(f"--precision tf32 is TensorFloat-32 on CUDA GPUs; on {device} use --precision fp32")
+    if "fp16" in precisions and device.type != "cuda":
+        raise TransferbenchError(f"--precision fp16 (float16 with loss scaling) is for GPUs without bfloat16; on "
+                                 f"{device} use --precision fp32 or bf16")
     if device.type != "cuda":
         return
     name = torch.cuda.get_device_name(device)
     if "bf16" in precisions and not torch.cuda.is_bf16_supported(including_emulation=False):
         raise TransferbenchError(f"--precision bf16: {device} ({name}) has no native bfloat16 (Ampere or newer "
-                                 "has); use --precision fp32")
+                                 "has); use --precision fp16 (float16 with loss scaling) or --precision fp32")
     if "tf32" in precisions and torch.cuda.get_device_capability(device)[0] < 8:
         raise TransferbenchError(f"--precision tf32: {device} ({name}) has no TensorFloat-32 (Ampere or newer "
                                  "has); use --precision fp32")

@@ -25,7 +25,7 @@ PAPER_DECAY_AFTER = (50, 100)
 
 
 SOLVERS = ("sgd", "lbfgs")
-PRECISIONS = ("fp32", "tf32", "bf16")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 INTERPOLATIONS = ("bilinear", "bicubic")
 LOADERS = ("torchvision", "ffcv")
 ENGINES = ("torch", "deepsparse")
@@ -60,8 +60,9 @@ class HParams:
                                  choices=INTERPOLATIONS)  # "" = the architecture's (bicubic for RigL, pitfall P9)
     eval_every: int = _hparam(1, "evaluate on the test split every N epochs (default 1)")
     precision: str = _hparam("fp32", "fp32 (the paper's, default: true fp32, TF32 off on GPUs), tf32 (TensorFloat-32 "
-                             "convolutions and matmuls, CUDA GPUs from Ampere on) or bf16 autocast (faster; not the "
-                             "protocol)", flag=True, choices=PRECISIONS)
+                             "convolutions and matmuls, CUDA GPUs from Ampere on), bf16 autocast (faster; not the "
+                             "protocol) or fp16 autocast with loss scaling (GPUs without bfloat16: V100, T4)",
+                             flag=True, choices=PRECISIONS)
     # Fast paths that change numbers within float/JPEG tolerance, so they are part of the run (see key_material):
     loader: str = _hparam("torchvision", "image pipeline: torchvision (default) or ffcv (.beton files from "
                           "`transferbench data convert`; pip install transferbench[ffcv])", flag=True, choices=LOADERS)

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..atomic import torch_save
+from ..context import autocast
 from ..progress import progress
 from .workers import leave_signals_to_main
 
@@ -56,10 +57,9 @@ def _extract_batches(model: torch.nn.Module, dataset: Dataset, batch_size: int, 
                             pin_memory=device.type == "cuda", persistent_workers=False,
                             worker_init_fn=leave_signals_to_main)
     feats, labels = [], []
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     for images, targets in progress(loader, desc=desc, unit="batch"):
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with autocast:
+        with autocast(device, precision):
             feats.append(to_host_async(model.forward_features(images).float()))
         labels.append(targets)
     host_copies_done(device)

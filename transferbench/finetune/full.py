@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..atomic import torch_save
+from ..context import autocast
 from ..errors import TransferbenchError
 from ..metrics import accuracy_metrics
 from ..progress import progress
@@ -52,17 +53,13 @@ class FullResult:
     best_top1: float
 
 
-def _autocast(device: torch.device, precision: str):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, loader: Batches, device: torch.device,
              precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
     model.eval()
     logits, labels = [], []
     for images, targets in loader:
-        with _autocast(device, precision):
+        with autocast(device, precision):
             images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             logits.append(to_host_async(model(images).float()))  # no wait for the device per batch
         labels.append(targets)
@@ -95,8 +92,11 @@ def finetune_full(
     before = measure_sparsity(model, include_head=False)
     # Weight decay on every parameter, BN and biases included (pitfall P5): one param group.
     opt = torch.optim.SGD(model.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+    # fp16: a dynamic loss scale keeps small gradients from flushing to zero (its step reads one flag per step on
+    # the host: the fallback for GPUs without bfloat16 pays that sync). Disabled, it passes everything through.
+    scaler = torch.amp.GradScaler(device.type, enabled=hp.precision == "fp16")
     state_path = work_dir / STATE_FILE
-    curve, start_epoch, train_seconds = _resume(state_path, model, opt, device)
+    curve, start_epoch, train_seconds = _resume(state_path, model, opt, scaler, device)
 
     if loaders is None:
         loaders = TorchLoaders(train_set, test_set, hp.batch_size, eval_batch_size, num_workers, device)
@@ -110,14 +110,15 @@ def finetune_full(
         torch.manual_seed(epoch_seed(seed, epoch))
         loader = loaders.train(epoch, epoch_seed(seed, epoch))
         point = {"epoch": epoch, "lr": lr,
-                 "train_loss": _train_epoch(model, opt, keeper, loader, device, hp.precision, epoch, lr)}
+                 "train_loss": _train_epoch(model, opt, keeper, loader, device, hp.precision, epoch, lr,
+                                            scaler)}
         if should_evaluate(hp, epoch):  # always true for the last epoch, whose logits are the result
             logits, labels = evaluate(model, test_loader, device, hp.precision)
             point.update(accuracy_metrics(logits, labels, num_classes))
         train_seconds += time.perf_counter() - t0
         curve.append(point)
         torch_save(state_path, {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                "curve": curve, "train_seconds": train_seconds})
+                                "scaler": scaler.state_dict(), "curve": curve, "train_seconds": train_seconds})
         log.info("full epoch %d/%d lr=%g loss=%.4f%s", epoch + 1, hp.epochs, lr, point["train_loss"],
                  f" top1={point['top1']:.4f}" if "top1" in point else "")
 
@@ -135,7 +136,7 @@ def finetune_full(
     )
 
 
-def _resume(state_path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+def _resume(state_path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
             device: torch.device) -> tuple[list[dict], int, float]:
     """Load the state saved after the last finished epoch, if any: (curve, epochs done, training seconds)."""
     if not state_path.exists():
@@ -143,6 +144,8 @@ def _resume(state_path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer
     state = torch.load(state_path, map_location=device, weights_only=True)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
+    if state.get("scaler"):  # fp16's loss scale continues where it was (an empty dict when disabled)
+        scaler.load_state_dict(state["scaler"])
     log.info("full: resuming from %s after epoch %d", state_path, state["epoch"])
     return state["curve"], state["epoch"], state["train_seconds"]
 
@@ -153,7 +156,8 @@ FINITE_CHECK_EVERY = 64
 
 
 def _train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, keeper: FixedMasks, loader,
-                 device: torch.device, precision: str, epoch: int, lr: float) -> float:
+                 device: torch.device, precision: str, epoch: int, lr: float,
+                 scaler: torch.amp.GradScaler | None = None) -> float:
     """One epoch of SGD with the mask re-applied after every step; returns the mean training loss.
 
     The losses are summed on the device in float64 (the same sum, bit for bit, as adding each ``loss.item()`` in
@@ -161,17 +165,19 @@ def _train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, keeper: Fix
     so that read is also the finite-check, and the first bad step is kept on the device for the error message.
     """
     model.train()  # BN statistics adapt to the downstream data (pitfall P6)
+    scaler = scaler if scaler is not None else torch.amp.GradScaler(device.type, enabled=False)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     first_bad = torch.full((), -1, dtype=torch.int64, device=device)
     steps = 0
     for images, targets in progress(loader, desc=f"epoch {epoch + 1}", unit="batch"):
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         targets = targets.to(device, non_blocking=True)
-        with _autocast(device, precision):
+        with autocast(device, precision):
             loss = F.cross_entropy(model(images).float(), targets)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)  # skipped (and the scale lowered) when fp16 gradients overflowed
+        scaler.update()
         keeper.apply()  # pitfall P7: pruned weights stay exactly zero
         loss = loss.detach()
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), steps, first_bad)
