@@ -397,6 +397,50 @@ def _add_checkpoints_commands(sub: argparse._SubParsersAction) -> None:
     show.add_argument("name", help="a row's name (see `checkpoints list`)")
     show.add_argument("--json", action="store_true", help="as JSON")
     show.set_defaults(func=cmd_checkpoints_show)
+    _add_checkpoints_fetch_commands(ckpts)
+
+
+def _add_checkpoints_fetch_commands(ckpts: argparse._SubParsersAction) -> None:
+    """`checkpoints fetch` (published files, downloaded and verified) and `checkpoints add` (one's own file)."""
+    fetch = ckpts.add_parser("fetch", help="download published checkpoints into the checkpoint directory "
+                                           "(resumable, sha256-checked; digests recorded in checkpoints.lock.json)")
+    fetch.add_argument("names", nargs="*", metavar="NAME", help="rows to fetch (see `checkpoints list`)")
+    fetch.add_argument("--all", action="store_true", help="every published row (of --method / --arch when given)")
+    fetch.add_argument("--method", help="with --all: only this method (or alias: rigl, lth)")
+    fetch.add_argument("--arch", help="with --all: only this architecture or family")
+    fetch.add_argument("--checkpoint-dir", type=Path, help="where to put them (default $TRANSFERBENCH_CHECKPOINTS or "
+                                                           "~/.cache/transferbench/checkpoints)")
+    fetch.set_defaults(func=cmd_checkpoints_fetch)
+    add = ckpts.add_parser("add", help="register your own checkpoint file, so `run`, `sweep` and `upstream --from` "
+                                       "find it by method and sparsity (checked by loading it first)")
+    add.add_argument("path", type=Path, metavar="PATH", help="the checkpoint file (any format `checkpoints` reads)")
+    add.add_argument("--method", required=True, help="a registered method (its published row then gets this file) "
+                                                     "or a name of your own")
+    add.add_argument("--sparsity", required=True, help="its target sparsity: 0.9 or 90%%")
+    add.add_argument("--arch", required=True, help="its architecture (resnet50, resnet50_rigl, mobilenet, ...)")
+    add.add_argument("--name", help="the row's name (default: the published row of that method, sparsity and arch, "
+                                    "else <method>_<percent>_<arch>)")
+    add.add_argument("--allow-sparsity-gap", action="store_true",
+                     help="accept a file whose measured sparsity is off its target")
+    add.set_defaults(func=cmd_checkpoints_add)
+
+
+def cmd_checkpoints_fetch(args: argparse.Namespace) -> int:
+    from .checkpoints.fetch import fetch_rows, rows_to_fetch
+
+    return fetch_rows(rows_to_fetch(args.names, args.all, args.method, args.arch), args.checkpoint_dir,
+                      names_given=bool(args.names))
+
+
+def cmd_checkpoints_add(args: argparse.Namespace) -> int:
+    from .checkpoints.fetch import add_checkpoint
+    from .vocabulary import parse_sparsity
+
+    spec = add_checkpoint(args.path, args.method, parse_sparsity(args.sparsity), args.arch, name=args.name,
+                          allow_sparsity_gap=args.allow_sparsity_gap)
+    print(f"registered {spec.name}: {spec.path} (sha256 {spec.sha256[:16]}…); run it with `transferbench run "
+          f"--method {spec.method} --sparsity {spec.sparsity:g} --arch {spec.arch} --task ...`")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

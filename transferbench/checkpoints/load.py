@@ -23,6 +23,7 @@ from ..errors import TransferbenchError
 from ..models import TransferModel, create_model, list_archs, model_class
 from ..sparsity import SparsityReport, SparsityRule, measure_sparsity, prunable_weights, set_weights
 from ..sparsity import sparsity_rule as method_sparsity_rule
+from .fetch import verify_recorded
 from .formats import decode_checkpoint
 from .registry import CheckpointSpec, format_sparsity, local_path, normalize_sha256, normalize_sparsity
 
@@ -295,8 +296,10 @@ def load_registered(
 
     One-shot rows (CrAM) are dense files, so their sparsity is checked by whoever prunes them, not here.
     """
+    path = local_path(spec, directory)
+    verify_recorded(spec, path, sha256_file(path))  # a published file: its pinned sha256, or the one fetch recorded
     return load_checkpoint(
-        local_path(spec, directory),
+        path,
         arch=spec.arch,
         expected_sha256=spec.sha256,
         target_sparsity=None if spec.oneshot else spec.sparsity,

@@ -8,6 +8,7 @@ from ..digests import sha256_file
 from ..errors import TransferbenchError
 from ..runspec import CheckpointRef
 from ..vocabulary import normalize_sparsity
+from .fetch import verify_recorded
 from .load import peek_arch
 from .registry import (
     CheckpointSpec,
@@ -44,8 +45,10 @@ def registered_ref(spec: CheckpointSpec, checkpoint_dir: Path | None = None) -> 
     path = local_path(spec, checkpoint_dir)
     # The file's digest is part of the identity: a re-trained or re-downloaded file under the same registry name
     # is a different run (sha256_file remembers digests by path, size and mtime, so a file is read once).
+    digest = sha256_file(path)
+    verify_recorded(spec, path, digest)  # a published file: its pinned sha256, or the one fetch recorded
     return CheckpointRef(method=spec.method, sparsity=spec.sparsity, arch=spec.arch,
-                         identity=file_identity(spec.name, sha256_file(path)), path=str(path))
+                         identity=file_identity(spec.name, digest), path=str(path))
 
 
 def prepare_command(specs: list[CheckpointSpec]) -> str:
