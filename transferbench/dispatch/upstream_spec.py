@@ -122,14 +122,15 @@ def _oneshot_unit(method: str, sparsities: list, source: str, recipe: str | Path
                   arch: str | None, where: dict[str, Any]) -> UpstreamUnit:
     """One-shot candidates of the registered dense model ``source`` (``from:``), named as ``prune_published``
     names them (the dense row, the method, the sparsity, the recipe and its calibration seed). A file by path is
-    named after its digest, known only by reading it: register it first (``register_local``) and name that."""
+    named after its digest, known only by reading it: add it first (``transferbench checkpoints add``), name that."""
     if method not in ONE_SHOT_METHODS:
         raise TransferbenchError(f"--from prepares one-shot candidates of CrAM models: use --method "
                                  f"{' or '.join(ONE_SHOT_METHODS)}, not {method}")
     row = named_checkpoint(source)
     if row is None or row.oneshot or row.sparsity != 0.0:
         raise TransferbenchError(f"--from {source}: not the name of a registered dense model; a sweep or a SLURM job "
-                                 "prepares candidates of a registry row (register a file with register_local first)")
+                                 "prepares candidates of a registry row (add a file first: `transferbench "
+                                 "checkpoints add FILE --method M --sparsity 0 --arch A --name NAME`)")
     fractions = tuple(checked_sparsities(method, list(sparsities)))
     rec = load_recipe(recipe or DEFAULT_RECIPES.get(dataset or "imagenet", MINI_RECIPE))
     products = tuple(oneshot_names(row.name, method, fractions, rec))
