@@ -86,7 +86,7 @@ def test_checkpoints_list(capsys):
     assert {"dense", "acdc", "rigl_erk1x", "rigl_erk5x", "str", "woodfisher", "lth_t", "gmp", "cram",
             "mfac"} <= methods
     code, out, _ = run_cli(capsys, "checkpoints", "list", "--method", "acdc", "--arch", "mobilenet")
-    assert [line.split()[1] for line in out.splitlines()[1:]] == ["0.3", "0.4", "0.5", "0.75", "0.9"]
+    assert [line.split()[1] for line in out.splitlines()[1:]] == ["30%", "40%", "50%", "75%", "90%"]
 
 
 @pytest.mark.parametrize("layout", ["data", "official"])

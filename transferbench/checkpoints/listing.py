@@ -12,7 +12,7 @@ from ..vocabulary import arch_family, format_sparsity, method_aliases, method_ke
 from .registry import CheckpointSpec, checkpoint_file, list_checkpoints, named_checkpoint
 
 # The human table's columns (``--json`` has every field of ``checkpoint_row``).
-TABLE_COLUMNS = ("name", "method", "sparsity", "arch", "format", "upstream_top1", "top1_on", "on_disk", "sha256",
+TABLE_COLUMNS = ("method", "sparsity", "arch", "format", "upstream_top1", "top1_on", "name", "on_disk", "sha256",
                  "file", "url")
 SHA256_SHOWN = 12  # hex digits of a digest in the table (``show`` and ``--json`` give all of them)
 
@@ -32,8 +32,9 @@ def filter_checkpoints(method: str | None = None, arch: str | None = None) -> li
         return rows
     everywhere = {s.method for s in list_checkpoints()}
     if not method_matches(method, everywhere):
-        known = sorted(everywhere | {a for a, names in method_aliases().items() if set(names) & everywhere})
-        raise TransferbenchError(f"unknown method '{method}' (--method); known: {', '.join(known)}")
+        aliases = sorted(a for a, names in method_aliases().items() if a not in everywhere and set(names) & everywhere)
+        raise TransferbenchError(f"unknown method '{method}' (--method); known: {', '.join(sorted(everywhere))}; "
+                                 f"aliases: {', '.join(aliases)}")
     meant = set(method_matches(method, {s.method for s in rows}))
     if not meant:
         elsewhere = sorted({s.arch for s in list_checkpoints() if s.method in method_matches(method, everywhere)})
@@ -56,8 +57,8 @@ def checkpoint_row(spec: CheckpointSpec, directory: str | os.PathLike | None = N
 def table_cells(row: dict[str, Any]) -> tuple[str, ...]:
     """One row of the human table (``TABLE_COLUMNS``)."""
     sha = row["sha256"] or "-"
-    return (row["name"], row["method"], row["sparsity_text"], row["arch"], row["format"],
-            "-" if row["upstream_top1"] is None else f"{row['upstream_top1']:.2f}", row["top1_on"],
+    return (row["method"], row["sparsity_text"], row["arch"], row["format"],
+            "-" if row["upstream_top1"] is None else f"{row['upstream_top1']:.2f}", row["top1_on"], row["name"],
             "yes" if row["on_disk"] else "no", sha[:SHA256_SHOWN], row["file"], row["url"] or "not public")
 
 
