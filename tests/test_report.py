@@ -280,7 +280,7 @@ def test_leaderboard_renderings(store, tmp_path):
     single = (SINGLE_SEED[1], SINGLE_SEED[2])
     assert shown(single, SINGLE_SEED[3], f"{lb.cell(single, SINGLE_SEED[3])[0]:.2f}", 1) in md
     assert "| method | sparsity | cifar10 | dtd | pets | mean | Δ vs dense |" in md
-    assert "**" in md and "—" in md and "| rigl_erk5x | 0.90 |" in md
+    assert "**" in md and "—" in md and "| rigl_erk5x | 90% |" in md
     tex = lb.to_latex()
     for s in (r"\toprule", r"\midrule", r"\bottomrule", r"$\pm$", "n=3", r"\textbf{", r"rigl\_erk5x", "---",
               r"$\Delta$ vs dense"):

@@ -223,7 +223,7 @@ def test_outputs_and_figure(store, tmp_path):
             assert p.stat().st_size > 5000
     assert len(pd.read_csv(tmp_path / "beyond_missing.csv")) == 3
     md = (tmp_path / "beyond.md").read_text()
-    assert "| resnet50 | linear | dtd | acdc | 0.90 | 3 |" in md and "## Not paired" in md and "orphan" in md
+    assert "| resnet50 | linear | dtd | acdc | 90% | 3 |" in md and "## Not paired" in md and "orphan" in md
     fig = beyond_figure(store["result"].cells, "resnet50", "linear")
     legend = [t.get_text() for lg in fig.legends for t in lg.get_texts()]
     assert legend == ["rigl_erk5x", "acdc"]  # the fixed method order of every figure

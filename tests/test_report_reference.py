@@ -203,7 +203,7 @@ def test_side_by_side_leaderboard(paper, tmp_path):
         assert lb.cell((*row, "ours"), "dtd") == pytest.approx(lb.cell((*row, "paper"), "dtd"), nan_ok=True)
     md = lb.to_markdown()
     assert "| method | sparsity | source | cifar10 | dtd | mean | Δ vs dense |" in md
-    assert "| rigl_erk1x | 0.90 | paper |" in md and "ours vs the paper's" in md
+    assert "| rigl_erk1x | 90% | paper |" in md and "ours vs the paper's" in md
     assert r"\begin{tabular}{lllrrrr}" in lb.to_latex()
     with pytest.raises(ValueError, match="mix our runs"):
         leaderboard(both, "resnet50", "linear")
@@ -295,7 +295,7 @@ def test_compare_flags_only_the_shifted_cell(paper):
     assert cell.loc[far, "paper_mean"] == pytest.approx(e.mean() * 100)
     assert cell.loc[far, "ours_mean"] == pytest.approx(e.mean() * 100 + 5)
     md = to_markdown(table)
-    assert "| resnet50 | linear | sgd | dtd | acdc | 0.90 |" in md and "Welch" in md and "+5.00" in md
+    assert "| resnet50 | linear | sgd | dtd | acdc | 90% |" in md and "Welch" in md and "+5.00" in md
 
 
 @needs_ref

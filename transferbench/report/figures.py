@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ..vocabulary import format_sparsity
 from .figstyle import COLUMN_WIDTH_IN, PAGE_WIDTH_IN, FigureNotApplicable, SavedFigure, new_figure, paper_style, save
 from .leaderboard import DENSE, MEAN, SOURCE_SUFFIX, group_sources, leaderboard, resolve_source
 from .palette import DENSE_LINESTYLE, method_style, order_methods
@@ -39,7 +40,7 @@ def _label(metric: str) -> str:
 
 
 def _pct(sparsity: float) -> str:
-    return f"{sparsity * 100:g}%"
+    return format_sparsity(sparsity)
 
 
 def _row_label(method: str, sparsity: float) -> str:

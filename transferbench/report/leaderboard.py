@@ -383,7 +383,7 @@ def _latex(lb: Leaderboard) -> str:
         if previous == DENSE and method != DENSE:
             lines.append(r"\midrule")
         previous = method
-        first = [latex_escape(method), fmt_sparsity(sparsity), *([source] if source else [])]
+        first = [latex_escape(method), latex_escape(fmt_sparsity(sparsity)), *([source] if source else [])]
         lines.append(" & ".join([*first, *(_latex_cell(parts, best) for parts, best in cells)]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     lines += ["% warning: " + latex_escape(w).replace("Δ", r"$\Delta$") for w in lb.warnings]

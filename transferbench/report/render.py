@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+from ..vocabulary import format_sparsity
+
 MISSING = "—"
 LATEX_MISSING = "---"
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$",
@@ -15,10 +17,8 @@ _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&",
 
 
 def fmt_sparsity(s: float) -> str:
-    """A target fraction with at least 2 decimals: 0.90, 0.95, 0.975."""
-    text = f"{s:.4f}".rstrip("0")
-    head, _, tail = text.partition(".")
-    return f"{head}.{tail.ljust(2, '0')}"
+    """A target sparsity as every table, key and log line prints it (``vocabulary.format_sparsity``): 90%, 97.5%."""
+    return format_sparsity(s)
 
 
 def markdown_table(header: list[str], rows: Iterable[Iterable[object]], left: Iterable[str] = ()) -> str:
