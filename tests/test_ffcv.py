@@ -262,7 +262,8 @@ def test_full_and_linear_runs_with_the_ffcv_loader(need_ffcv, setup, tmp_path, f
     rec = json.loads(path.read_text())
     assert rec["config"]["hparams"]["loader"] == "ffcv" and len(rec["curve"]) == 2
     assert rec["config"]["ffcv"] == {"train": {"beton": "train_r512_q90", "beton_format": 1},
-                                     "test": {"beton": "test_r512_q90", "beton_format": 1}}
+                                     "test": {"beton": "test_r512_q90", "beton_format": 1},
+                                     "normalization": "on the host"}
     assert rec["sparsity"]["backbone_before"] == rec["sparsity"]["backbone_after"] > 0.45
     assert np.isfinite(rec["curve"][-1]["train_loss"]) and "top1" in rec["curve"][-1]
     assert not (out / "work" / rec["run_key"]).exists()
@@ -453,3 +454,26 @@ def test_upstream_ffcv_errors_are_one_line(need_ffcv, imagenet_folder, ffcv_dir,
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "transferbench data convert --task imagenet" in err
     assert not (tmp_path / "ckpts").exists() or not list((tmp_path / "ckpts").rglob("*.pth"))
+
+
+def test_pixels_moved_by_ffcv_and_normalised_by_lookup_equal_the_host_pipeline(need_ffcv, tmp_path, ffcv_dir):
+    """The GPU path (uint8 crops ToDevice'd by FFCV, normalised there by table lookup) gives the host pipeline's floats
+    bit for bit; run here with the CPU as the pixels' device (the same code, which a GPU merely runs elsewhere)."""
+    from transferbench.fastdata.ffcv_loader import FFCVBatches, _pipelines, normalization_site, open_split
+
+    data = tmp_path / "data"
+    write_task("cifar10", data, "folders", train_per_class=1, test_per_class=5, image_fn=_smooth_image)
+    assert main(["data", "convert", "--task", "cifar10", "--data-root", str(data), "--splits", "test"]) == 0
+    task = get_task("cifar10")
+    cfg = protocol_transform(task, "full", train=False, image_size=32)
+    split = open_split(task, load_split(task, "test", data), "test", data, cfg)
+    host = _read_all(FFCVBatches(split.path, cfg, 8, 1))
+    moved = FFCVBatches(split.path, cfg, 8, 1, pixels_to=torch.device("cpu"))
+    assert moved.table is not None  # the lookup path, not the host pipeline
+    assert [type(op).__name__ for op in _pipelines(cfg, torch.device("cpu"))["image"][1:]] == \
+        ["ToTensor", "ToDevice", "ToTorchImage"]  # no float work on the host
+    on_device = _read_all(moved)
+    assert on_device[0].dtype == torch.float32 and torch.equal(on_device[0], host[0])
+    assert torch.equal(on_device[1], host[1])
+    assert normalization_site(torch.device("cuda:1")) == "lookup on the GPU"
+    assert normalization_site(torch.device("cpu")) == "on the host"

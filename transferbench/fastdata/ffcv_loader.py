@@ -11,6 +11,11 @@ order is the split's own. FFCV draws crops and flips from numba's per-thread RNG
 to seed, so augmented full fine-tuning is NOT bit-reproducible (a resumed or repeated run differs like another
 augmentation draw would). Test images and linear features are deterministic.
 
+On a GPU the uint8 crops are moved there by FFCV (``ToDevice``: a quarter of float32's bytes over PCIe) and
+normalised there by a lookup in NormalizeImage's own float32 table (``normalize_by_table``), so the floats are those
+of the host pipeline bit for bit (tests/test_ffcv.py), with no float work on the host and no cupy dependency (FFCV's
+GPU NormalizeImage needs cupy and rounds to float16).
+
 Pipeline order matters: every numba-jitted op (decoder, flip, NormalizeImage) comes before the first torch op
 (ToTensor); a jitted op after a non-jitted one makes ``Loader()`` spin forever (libffcv/ffcv#396).
 """
@@ -93,10 +98,36 @@ def _order_class():
     return EpochSeededOrder
 
 
-def _pipelines(cfg: TransformConfig) -> dict:
+def normalization_site(device: torch.device | None) -> str:
+    """Where a split read for ``device`` is normalised (recorded; the numbers are the same either way)."""
+    return "lookup on the GPU" if on_gpu(device) else "on the host"
+
+
+def on_gpu(device: torch.device | None) -> bool:
+    return device is not None and device.type == "cuda"
+
+
+def normalization_table(cfg: TransformConfig) -> torch.Tensor:
+    """[256, 3] float32: uint8 value v of channel c → (v - 255·mean_c) / (255·std_c), computed as FFCV's
+    NormalizeImage computes its table (float64, then float32), so a lookup gives its floats bit for bit."""
+    mean, std = np.array(cfg.mean) * 255, np.array(cfg.std) * 255
+    return torch.from_numpy(((np.arange(256)[:, None] - mean[None, :]) / std[None, :]).astype(np.float32))
+
+
+def normalize_by_table(pixels: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """uint8 images [B, C, H, W] → float32 through ``normalization_table``, on the images' device."""
+    channels = pixels.shape[1]
+    channel = torch.arange(channels, device=pixels.device).view(1, channels, 1, 1)
+    return table.to(pixels.device).flatten()[pixels.long() * channels + channel]
+
+
+def _pipelines(cfg: TransformConfig, pixels_to: torch.device | None = None) -> dict:
+    """FFCV's pipelines for ``cfg``: normalised floats on the host, or with ``pixels_to`` the uint8 crops moved
+    there by FFCV (``ToDevice``: a quarter of float32's bytes over PCIe, no float work on the host) for
+    ``normalize_by_table`` to normalise on that device."""
     from ffcv.fields.basics import IntDecoder
     from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
-    from ffcv.transforms import NormalizeImage, RandomHorizontalFlip, ToTensor, ToTorchImage
+    from ffcv.transforms import NormalizeImage, RandomHorizontalFlip, ToDevice, ToTensor, ToTorchImage
 
     size = (cfg.image_size, cfg.image_size)
     if cfg.augment:
@@ -104,10 +135,13 @@ def _pipelines(cfg: TransformConfig) -> dict:
                    RandomHorizontalFlip()]
     else:
         spatial = [CenterCropRGBImageDecoder(size, ratio=cfg.image_size / cfg.resize_size)]
+    labels = [IntDecoder(), ToTensor()]
+    if pixels_to is not None:
+        return {"image": [*spatial, ToTensor(), ToDevice(pixels_to, non_blocking=True),
+                          ToTorchImage(channels_last=True)], "label": labels}
     normalize = NormalizeImage(np.array(cfg.mean) * 255, np.array(cfg.std) * 255, np.float32)
     # jitted ops first, torch ops last (libffcv/ffcv#396)
-    return {"image": [*spatial, normalize, ToTensor(), ToTorchImage(channels_last=True)],
-            "label": [IntDecoder(), ToTensor()]}
+    return {"image": [*spatial, normalize, ToTensor(), ToTorchImage(channels_last=True)], "label": labels}
 
 
 class RingHandoff:
@@ -127,11 +161,12 @@ class RingHandoff:
     def take(self, images: torch.Tensor) -> torch.Tensor:
         if self.device is None:
             return images.clone()
+        consumer = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(consumer)  # pixels FFCV moved to the device are ready on the consumer's stream
         with torch.cuda.stream(self.stream):
             on_device = images.to(self.device, non_blocking=True, copy=True)  # a copy even if already there
             self.pending = torch.cuda.Event()
             self.pending.record(self.stream)
-        consumer = torch.cuda.current_stream(self.device)
         consumer.wait_stream(self.stream)  # the consumer's kernels read the batch after the copy
         on_device.record_stream(consumer)  # and the caching allocator keeps it until they have
         return on_device
@@ -151,7 +186,8 @@ class FFCVBatches:
     """
 
     def __init__(self, path: Path, cfg: TransformConfig, batch_size: int, num_workers: int,
-                 drop_last: bool = False, device: torch.device | None = None) -> None:
+                 drop_last: bool = False, device: torch.device | None = None,
+                 pixels_to: torch.device | None = None) -> None:
         require_ffcv()
         from ffcv.loader import Loader, OrderOption
         from numba import config as numba_config
@@ -161,11 +197,15 @@ class FFCVBatches:
         # constructor recursion depth mismatch" (CPython gh-106905).
         gc.collect()
         self.path, self.batch_size, self.device = path, batch_size, device
+        # On a GPU the uint8 pixels go there and are normalised there (``pixels_to`` forces it, for tests on CPU).
+        self.pixels_to = pixels_to if pixels_to is not None else (device if on_gpu(device) else None)
+        self.table = normalization_table(cfg) if self.pixels_to is not None else None
         # numba refuses more threads than it started with (the machine's cores): clamp, rather than fail.
         threads = min(max(1, num_workers), numba_config.NUMBA_NUM_THREADS)
         with torch_threads_kept():
             self.loader = Loader(str(path), batch_size=batch_size, num_workers=threads,
-                                 order=OrderOption.SEQUENTIAL, pipelines=_pipelines(cfg), drop_last=drop_last,
+                                 order=OrderOption.SEQUENTIAL, pipelines=_pipelines(cfg, self.pixels_to),
+                                 drop_last=drop_last,
                                  os_cache=True)
         # ffcv 1.0.2 rejects a TraversalOrder class as `order=` (it tests isinstance, then calls it): swap it in.
         self.loader.traversal_order = _order_class()(self.loader)
@@ -199,7 +239,10 @@ class FFCVBatches:
                 # can land after iter() returns, so the count is restored before each batch is used.
                 if torch.get_num_threads() != threads:
                     torch.set_num_threads(threads)
-                yield handoff.take(images), labels.reshape(-1).to(torch.int64, copy=True)  # FFCV reuses both
+                images = handoff.take(images)
+                if self.table is not None:
+                    images = normalize_by_table(images, self.table)
+                yield images, labels.reshape(-1).to(torch.int64, copy=True)  # FFCV reuses both
         finally:  # an epoch left early (an error, a break) must not leave ffcv's thread and buffers behind
             batches.close()
             if torch.get_num_threads() != threads:
@@ -247,10 +290,11 @@ class FFCVLoaders:
                  num_workers: int, device: torch.device | None = None) -> None:
         self._train = FFCVBatches(train.path, train.cfg, batch_size, num_workers, device=device)
         self._test = FFCVBatches(test.path, test.cfg, eval_batch_size, num_workers, device=device)
-        self.splits = {"train": train, "test": test}
+        self.splits, self.device = {"train": train, "test": test}, device
 
     def describe(self) -> dict:
-        return {name: split.describe() for name, split in self.splits.items()}
+        return {**{name: split.describe() for name, split in self.splits.items()},
+                "normalization": normalization_site(self.device)}
 
     def train(self, epoch: int, epoch_seed: int) -> FFCVBatches:
         return self._train.epoch(epoch_seed)
