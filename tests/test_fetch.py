@@ -41,6 +41,7 @@ class FixtureServer:
         self.headers: dict[str, dict[str, str]] = {}
         self.content_type: dict[str, str] = {}
         self.cut: dict[str, int] = {}
+        self.redirects: dict[str, str] = {}
         self.requests: list[tuple[str, str, str | None]] = []
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.httpd.fixture = self  # type: ignore[attr-defined]
@@ -74,6 +75,12 @@ class _Handler(BaseHTTPRequestHandler):
         fixture: FixtureServer = self.server.fixture  # type: ignore[attr-defined]
         requested = self.headers.get("Range")
         fixture.requests.append((self.command, self.path, requested))
+        if self.path in fixture.redirects:  # as Seafile sends a shared file's link on to its file server
+            self.send_response(302)
+            self.send_header("Location", fixture.redirects[self.path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         data = fixture.files.get(self.path)
         if data is None:
             self.send_error(404)
@@ -159,12 +166,14 @@ def lock(folder: Path) -> dict:
 
 
 def test_an_interrupted_download_is_resumed_with_a_range_request(server, home, monkeypatch, capsys):
-    data, path = blob(300_000), SEAFILE.format("acdc_50.pth")
+    data, link, path = blob(300_000), SEAFILE.format("acdc_50.pth"), "/seafhttp/files/x/acdc_50.pth"
+    server.redirects[link] = path
     server.files[path] = data
     server.cut[path] = 100_000  # the first connection drops after 100,000 bytes
-    use_table(monkeypatch, row("tiny_acdc_50", server.url(path), sha256=sha(data)[:8]))
+    use_table(monkeypatch, row("tiny_acdc_50", server.url(link), sha256=sha(data)[:8]))
     code, out, _ = run_cli(capsys, "checkpoints", "fetch", "tiny_acdc_50")
     assert code == 0 and "downloaded" in out
+    assert server.gets(link) == [None, "bytes=100000-"]  # the Range header survives the redirect
     assert server.gets(path) == [None, "bytes=100000-"]  # the second request asked only for the rest
     assert sha((home / "tiny_acdc_50.pth").read_bytes()) == sha(data)
     assert not (home / "tiny_acdc_50.pth.part").exists()
@@ -208,7 +217,7 @@ def test_a_corrupt_download_is_refused_and_nothing_is_kept(server, home, monkeyp
     [line] = error_lines(err)
     assert code == 2 and out == ""
     assert "tiny_acdc_50" in line and f"not the pinned {sha(data)}" in line and "nothing was kept" in line
-    assert "0123abcd" in line  # where to pick the file by hand: the shared folder
+    assert f"open {server.base}/d/0123abcd/, download the acdc 50% file and save it as {home}/tiny_acdc_50.pth" in line
     assert list(home.iterdir()) == []  # no file, no .part, no lock entry
 
 
@@ -281,6 +290,14 @@ def test_a_non_public_row_says_so_in_one_line(home, monkeypatch, capsys):
     assert line == ("error: ticket_50: not public; ask the authors of the tickets; then `transferbench checkpoints "
                     "add FILE --method lth_t --sparsity 0.5 --arch resnet_tiny`")
     assert not home.exists()
+
+
+def test_a_name_the_shared_folder_lacks_is_one_line_naming_the_folder(server, home, monkeypatch, capsys):
+    use_table(monkeypatch, row("guessed", server.url(SEAFILE.format("acdc_50.pth"))))  # the folder has no such file
+    code, _, err = run_cli(capsys, "checkpoints", "fetch", "guessed")
+    [line] = error_lines(err)
+    assert code == 2 and "HTTP 404" in line and f"open {server.base}/d/0123abcd/" in line
+    assert list(home.iterdir()) == []
 
 
 def test_a_web_page_instead_of_the_file_is_refused(server, home, monkeypatch, capsys):

@@ -48,7 +48,7 @@ ATTEMPTS = 5  # connections per source: the first and up to four resumptions aft
 RETRY_WAIT_S = 1.0  # times the attempt number, between resumptions
 TIMEOUT_S = 60
 _CHUNK = 1 << 20
-_SEAFILE_FOLDER = re.compile(r"^(https://[^/]+/d/[0-9a-f]+/)files/\?p=")
+_SEAFILE_FOLDER = re.compile(r"^(https?://[^/]+/d/[0-9a-f]+/)files/\?p=")
 
 
 @dataclass(frozen=True)
