@@ -41,14 +41,14 @@ LABELS = ("baseline (ImageFolder)", "transferbench torchvision", "transferbench 
 BATCH = 64
 
 
-def write_images(data_root: Path, n: int) -> None:
-    """``n`` photo-like 500x375 JPEGs in cifar10's pre-split folder layout (train/ holds them all)."""
+def write_images(data_root: Path, n: int, n_test: int = 10) -> None:
+    """``n`` photo-like 500x375 JPEGs in cifar10's pre-split folder layout (and ``n_test`` in test/)."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
     classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     y, x = np.mgrid[0:375, 0:500] / 500.0
-    for split, count in (("train", n), ("test", len(classes))):
+    for split, count in (("train", n), ("test", n_test)):
         for i in range(count):
             folder = data_root / "cifar10" / split / classes[i % len(classes)]
             folder.mkdir(parents=True, exist_ok=True)
