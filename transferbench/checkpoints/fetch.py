@@ -10,6 +10,7 @@ file, which the first download (or the first fetch of a file put there by hand) 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import http.client
 import json
@@ -30,6 +31,7 @@ from ..errors import TransferbenchError
 from ..version import __version__
 from ..vocabulary import format_sparsity, method_matches, normalize_sparsity, resolve_method
 from .registry import (
+    ENV_CHECKPOINTS,
     CheckpointSpec,
     add_command,
     checkpoint_dir,
@@ -239,7 +241,8 @@ def fetch_checkpoint(spec: CheckpointSpec, directory: str | os.PathLike | None =
         digest = sha256_file(existing)
         verify_recorded(spec, existing, digest)
         if existing == folder / spec.filename and recorded_sha256(existing) is None:  # put there by hand
-            _record(folder, spec.filename, digest, existing.stat().st_size, spec, "found in place")
+            with contextlib.suppress(PermissionError):  # a shared read-only folder: checked, just not recorded
+                _record(folder, spec.filename, digest, existing.stat().st_size, spec, "found in place")
         return Fetched(spec, "present", existing, digest)
     if spec.path:
         raise TransferbenchError(f"{spec.name} was added from {spec.path}, which no longer exists; add it again with "
@@ -247,7 +250,12 @@ def fetch_checkpoint(spec: CheckpointSpec, directory: str | os.PathLike | None =
     found = sources(spec)
     if not found:
         return Fetched(spec, "not public", message=not_public_line(spec))
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f".{LOCK_FILE}.flock").touch()
+    except OSError as exc:
+        raise TransferbenchError(f"cannot write to {folder} ({exc.strerror}); choose another folder with "
+                                 f"--checkpoint-dir or ${ENV_CHECKPOINTS}") from None
     target, failures = folder / spec.filename, []
     part = target.with_name(target.name + PART_SUFFIX)
     for kind, location in found:
