@@ -7,9 +7,11 @@ Prints the machine, then one line per check: PASS/FAIL/SKIP, its name, images/s,
 the GPU was busy (union of the CUDA kernels' intervals in torch.profiler, profiler on), peak GPU memory, and a
 note. Exit status 0 when no check failed, 1 otherwise or without a GPU (one line on stderr).
 
-Checks: extraction in each precision the package accepts (fp32, tf32, bf16: read from HParams' ``precision``
-choices; a missing one is skipped with a note), a few full fine-tuning epochs with fixed 90% masks (the mask must
-hold), the batched linear heads, ``--compile`` (few graphs, features close to eager), resume equality after a
+Checks: extraction in each precision the package accepts (fp32, tf32, bf16, fp16: read from HParams'
+``precision`` choices; a missing one is skipped with a note), a few full fine-tuning epochs with fixed 90% masks
+(the mask must hold; in fp32 and in fp16 with loss scaling), the runner's loaders end to end over JPEGs (persistent
+workers, the test split decoded once: its busy fraction is the one to read), the batched linear heads,
+``--compile`` (few graphs, features close to eager), resume equality after a
 SIGKILL of a fine-tuning subprocess, and 2:4 semi-structured sparse matmul where the GPU supports it.
 """
 
@@ -168,13 +170,17 @@ def check_extraction(setup: Setup, precision: str, reference: dict) -> Outcome:
     return measured(setup, setup.images, work)
 
 
-def check_full(setup: Setup) -> Outcome:
+def check_full(setup: Setup, precision: str = "fp32") -> Outcome:
     from transferbench.finetune.full import finetune_full
     from transferbench.runspec import resolve_hparams
 
+    if precision not in precisions():
+        return Outcome("SKIP", note=f"--precision {precision} is not accepted by this version")
+    if precision == "fp16" and setup.device.type != "cuda":
+        return Outcome("SKIP", note="fp16 with loss scaling is a GPU path (the CLI refuses it on CPU)")
     model, masks = sparse_model(setup)
     hp = resolve_hparams("full", 0.01, {"epochs": setup.epochs, "batch_size": setup.batch_size,
-                                        "image_size": setup.image_size})
+                                        "image_size": setup.image_size, "precision": precision})
     train, test = dataset(setup, setup.images, seed=2), dataset(setup, setup.batch_size, seed=3)
     work_dir = Path(tempfile.mkdtemp(dir=setup.work, prefix="full-"))
 
@@ -183,6 +189,42 @@ def check_full(setup: Setup) -> Outcome:
         assert result.sparsity_after["overall"] >= result.sparsity_before["overall"], "the mask did not hold"
         return (f"{setup.epochs} epochs x {setup.images // setup.batch_size} steps, backbone sparsity "
                 f"{result.sparsity_after['overall']:.3f} kept")
+
+    return measured(setup, setup.images * setup.epochs, work)
+
+
+def check_pipeline(setup: Setup) -> Outcome:
+    """The runner's loaders end to end: JPEGs decoded and augmented by persistent workers (this allocation's cores
+    - 1), the test split decoded once and normalised on the device, masked fine-tuning with evaluation every epoch.
+    Its busy fraction is the issue's target (>= 90% of the step time for ResNet50 on one GPU)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_loaders import write_images
+
+    from transferbench.context import default_workers
+    from transferbench.finetune.full import finetune_full
+    from transferbench.finetune.loaders import runner_loaders
+    from transferbench.runspec import resolve_hparams
+    from transferbench.tasks import get_task, load_split
+    from transferbench.transforms import protocol_transform
+
+    data_root = Path(tempfile.mkdtemp(dir=setup.work, prefix="jpegs-"))
+    write_images(data_root, setup.images, setup.images // 2)
+    task, workers = get_task("cifar10"), default_workers()
+    train, test = (load_split(task, s, data_root).dataset for s in ("train", "test"))
+    train_cfg, test_cfg = (protocol_transform(task, "full", train=t, image_size=setup.image_size)
+                           for t in (True, False))
+    model, masks = sparse_model(setup)
+    hp = resolve_hparams("full", 0.01, {"epochs": setup.epochs, "batch_size": setup.batch_size,
+                                        "image_size": setup.image_size})
+    work_dir = Path(tempfile.mkdtemp(dir=setup.work, prefix="pipeline-"))
+
+    def work() -> str:
+        loaders = runner_loaders(train, test, train_cfg, test_cfg, setup.batch_size, setup.batch_size, workers,
+                                 setup.device, work_dir)
+        result = finetune_full(model, masks, None, None, CLASSES, hp, 0, work_dir, setup.device, loaders=loaders)
+        assert result.sparsity_after["overall"] >= result.sparsity_before["overall"], "the mask did not hold"
+        return (f"{setup.images} JPEGs (500x375) x {setup.epochs} epochs + {setup.images // 2} test images decoded "
+                f"once, {workers} loader workers")
 
     return measured(setup, setup.images * setup.epochs, work)
 
@@ -416,8 +458,11 @@ def main(argv: list[str] | None = None) -> int:
     print(machine(setup.device), flush=True)
     reference: dict = {}
     checks: list[tuple[str, Callable[[], Outcome]]] = [
-        *[(f"extract-{p}", lambda p=p: check_extraction(setup, p, reference)) for p in ("fp32", "tf32", "bf16")],
+        *[(f"extract-{p}", lambda p=p: check_extraction(setup, p, reference))
+          for p in ("fp32", "tf32", "bf16", "fp16")],
         ("full-masked", lambda: check_full(setup)),
+        ("full-masked-fp16", lambda: check_full(setup, "fp16")),
+        ("full-pipeline", lambda: check_pipeline(setup)),
         ("linear-heads", lambda: check_heads(setup)),
         ("compile", lambda: check_compile(setup, args.dry_run)),
         ("ffcv", lambda: check_ffcv(setup)),
