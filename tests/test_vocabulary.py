@@ -11,7 +11,10 @@ import yaml
 from transferbench.checkpoints.listing import filter_checkpoints
 from transferbench.checkpoints.registry import find_checkpoint, list_checkpoints, lookup_checkpoint, method_for_arch
 from transferbench.cli import main
+from transferbench.dispatch.stages import upstream_units
+from transferbench.dispatch.sweep import load_sweep
 from transferbench.errors import TransferbenchError
+from transferbench.upstream.recipes import recipe_method
 from transferbench.vocabulary import (
     format_sparsity,
     method_matches,
@@ -109,6 +112,25 @@ def test_run_names_the_choices_before_looking_at_data(capsys, tmp_path):
                            "--results", tmp_path)
     one_error_line(code, err, "--method rigl is ambiguous for resnet50", "rigl_erk1x, rigl_erk5x")
     assert not (tmp_path / "runs").exists()
+
+
+def test_upstream_reads_a_method_name_as_run_does():
+    assert recipe_method("lth_t", "small_cpu") == "lth" and recipe_method("LTH-T", "imagenet_resnet50") == "lth"
+    assert recipe_method("rigl", "imagenet_resnet50") == "rigl"  # an entry of its own: no choice to make
+    assert recipe_method("rigl_erk5x", "imagenet_resnet50") == "rigl_erk5x"
+    with pytest.raises(TransferbenchError, match=r"recipe small_cpu has no method 'rigl_erk5x' \(--method\)"):
+        recipe_method("rigl_erk5x", "small_cpu")
+
+
+def test_a_mini_sweep_trains_lth_t_as_the_recipes_lth(tmp_path, checkpoint_home):
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"name": "words", "arch": "resnet_tiny", "tasks": ["digits"], "modes": ["linear"],
+                                     "seeds": {"linear": [21]},
+                                     "checkpoints": [{"method": "lth_t", "sparsity": "80%"}]}))
+    units, binding = upstream_units(load_sweep(sweep))
+    [unit] = units
+    assert unit.method == "lth" and unit.sparsities == (0.8,) and unit.products == ("resnet_tiny_lth_80_small_cpu_s0",)
+    assert list(binding.values()) == ["resnet_tiny_lth_80_small_cpu_s0"]
 
 
 # ------------------------------------------------------------------------------------------ sparsity

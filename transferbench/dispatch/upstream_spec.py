@@ -34,7 +34,7 @@ from ..upstream.candidates import calibration_seed
 from ..upstream.from_dense import DEFAULT_RECIPES, ONE_SHOT_METHODS, oneshot_name, oneshot_names
 from ..upstream.mini import MINI_RECIPE, ONE_MODEL_MANY_SPARSITIES
 from ..upstream.options import LoopOptions
-from ..upstream.recipes import checked_sparsities, checkpoint_name, load_recipe, method_recipe
+from ..upstream.recipes import checked_sparsities, checkpoint_name, load_recipe, method_recipe, recipe_method
 from ..vocabulary import format_sparsity
 
 LOOP_KEYS = ("precision", "channels_last", "sync_bn", "loader", "workers")  # upstream.options.LoopOptions
@@ -109,6 +109,7 @@ def make_unit(method: str, sparsities: list, *, recipe: str | Path | None = None
         LoopOptions(**(loop or {}))
     except TypeError as exc:
         raise TransferbenchError(f"bad loop switch ({', '.join(LOOP_KEYS)}): {exc}") from None
+    method = recipe_method(method, recipe or MINI_RECIPE)  # lth_t → lth, as `transferbench upstream` reads it
     fractions = tuple(checked_sparsities(method, list(sparsities)))
     rec, _ = method_recipe(method, recipe or MINI_RECIPE, arch, dataset, batch_size=batch_size,
                            sparsity=fractions[0])

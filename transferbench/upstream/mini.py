@@ -22,6 +22,7 @@ ONE_MODEL_MANY_SPARSITIES = SEVERAL_SPARSITIES  # one run of train_upstream make
 
 def mini_checkpoint_missing(method: str, sparsity: float | None, arch: str | None = None) -> bool:
     """Whether the mini-suite upstream model of ``method`` is not registered yet (and ``upstream`` can train it)."""
+    method = method_for_arch(method, arch or MINI_ARCH, trainable=METHODS)  # a sweep's lth_t is lth (vocabulary)
     sparsity = _mini_sparsity(method, sparsity)
     return method in METHODS and lookup_checkpoint(method, sparsity, arch or MINI_ARCH) is None
 

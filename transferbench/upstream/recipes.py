@@ -11,7 +11,7 @@ from typing import Any
 from .. import shipped
 from ..errors import TransferbenchError
 from ..pruning.factory import METHODS, RUN_KEYS, at_sparsity, pruner_name
-from ..vocabulary import format_sparsity, normalize_sparsity
+from ..vocabulary import format_sparsity, method_matches, normalize_sparsity, resolve_method
 
 SCHEDULE_KINDS = ("cosine", "step", "multistep")
 SCALING_RULES = ("linear_lr", "same_lr")
@@ -69,6 +69,17 @@ def checked_sparsities(method: str, sparsities: list[float]) -> list[float]:
         raise TransferbenchError(f"--sparsity takes one value for {method} (only {' and '.join(SEVERAL_SPARSITIES)} "
                                  "make several from one run)")
     return sparsities
+
+
+def recipe_method(method: str, recipe: str | Path) -> str:
+    """The entry of ``recipe`` that ``method`` names, as every command resolves a method name
+    (vocabulary.resolve_method): itself, else its alias (``lth_t`` → ``lth``); several is a one-line choice."""
+    rec = load_recipe(recipe)
+    entries = list(rec.get("methods") or {})
+    if not method_matches(method, entries):
+        raise TransferbenchError(f"recipe {rec['name']} has no method '{method}' (--method); choose one of: "
+                                 f"{', '.join(entries)}")
+    return resolve_method(method, entries, where=f" in recipe {rec['name']}")
 
 
 def method_recipe(method: str, recipe: str | Path, arch: str | None = None, dataset: str | None = None,

@@ -41,7 +41,7 @@ from .distributed import (
     revert_sync_batchnorm,
 )
 from .options import LoopOptions
-from .recipes import checked_sparsities, checkpoint_name, lr_at, method_recipe
+from .recipes import checked_sparsities, checkpoint_name, lr_at, method_recipe, recipe_method
 from .state import discard_state, load_state, run_identity, save_state, state_dir
 
 log = logging.getLogger("transferbench")
@@ -122,6 +122,7 @@ def train_upstream(method: str, sparsities: list[float], arch: str | None = None
     ``batch_size`` runs the recipe at another global batch by its scaling rule (``recipes.method_recipe``).
     """
     options = options or LoopOptions()
+    method = recipe_method(method, recipe)  # lth_t → lth (vocabulary)
     sparsities = checked_sparsities(method, sparsities)
     rec, knobs = method_recipe(method, recipe, arch, dataset, batch_size=batch_size, sparsity=sparsities[0])
     world, dev = join_world(device)
