@@ -250,12 +250,11 @@ def fetch_checkpoint(spec: CheckpointSpec, directory: str | os.PathLike | None =
     found = sources(spec)
     if not found:
         return Fetched(spec, "not public", message=not_public_line(spec))
-    try:
+    with contextlib.suppress(OSError):
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f".{LOCK_FILE}.flock").touch()
-    except OSError as exc:
-        raise TransferbenchError(f"cannot write to {folder} ({exc.strerror}); choose another folder with "
-                                 f"--checkpoint-dir or ${ENV_CHECKPOINTS}") from None
+    if not os.access(folder, os.W_OK):
+        raise TransferbenchError(f"cannot write to {folder}; choose another folder with --checkpoint-dir or "
+                                 f"${ENV_CHECKPOINTS}")
     target, failures = folder / spec.filename, []
     part = target.with_name(target.name + PART_SUFFIX)
     for kind, location in found:
