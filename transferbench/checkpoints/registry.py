@@ -1,7 +1,8 @@
 """The checkpoint registry: published checkpoints (``table.yaml``) plus the user's own (``local.yaml``).
 
 Checkpoints are looked up by (method, sparsity, architecture family); files live in ``checkpoint_dir()``
-under the name the table gives, or wherever ``register_local`` recorded them.
+under the name the table gives (``transferbench checkpoints fetch`` downloads them there), or wherever
+``register_local`` (``transferbench checkpoints add``) recorded them.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ class CheckpointSpec:
     path: str | None = None  # absolute file of a user-registered checkpoint (local.yaml)
     source: str = "table"  # "table" or "local"
     prunable: str | None = None  # the prunable set (sparsity_rules.yaml); None: the method's own
+    mirrors: list | None = None  # other sources of the file: [{url: URL} | {hf: owner/repo:path}] (fetch.py)
+    obtain: str | None = None  # a row no source can download: how to get or produce its file (one line)
 
     @property
     def family(self) -> str:
@@ -324,20 +327,23 @@ def local_path(spec: CheckpointSpec, directory: str | os.PathLike | None = None)
         return path
     if spec.path:
         raise TransferbenchError(
-            f"checkpoint {spec.label} was registered at {path}, which no longer exists; register it again "
-            f"(register_local) or pass --checkpoint PATH"
+            f"checkpoint {spec.label} was registered at {path}, which no longer exists; add it again "
+            f"({add_command(spec)}) or pass --checkpoint PATH"
         )
     where = f"expected {path} (another directory: --checkpoint-dir or ${ENV_CHECKPOINTS})"
     if spec.url is None:
         raise TransferbenchError(
-            f"checkpoint {spec.label} is not publicly available; {where}. Put your copy there, register it "
-            f"with register_local, or pass --checkpoint PATH"
+            f"checkpoint {spec.label} is not publicly available; {where}. {spec.obtain or 'Get it from its authors'}; "
+            f"add your copy with {add_command(spec)}, or pass --checkpoint PATH"
         )
-    if not spec.url.endswith((".pth", ".pt", ".tar", ".ckpt", ".bin")):  # a folder or a project page
-        how = f"get the {spec.method} {format_sparsity(spec.sparsity)} file from {spec.url} and save it as {path}"
-    else:
-        how = f"download {spec.url} to {path}"
+    how = f"run `transferbench checkpoints fetch {spec.name}` (downloads {spec.url} and checks it)"
     raise TransferbenchError(f"checkpoint {spec.label} not found: {where}; {how}, or pass --checkpoint PATH")
+
+
+def add_command(spec: CheckpointSpec, path: str = "FILE") -> str:
+    """The `checkpoints add` command that registers one's own file as ``spec``'s."""
+    return (f"`transferbench checkpoints add {path} --method {spec.method} --sparsity {spec.sparsity:g} "
+            f"--arch {spec.arch}`")
 
 
 def register_local(spec: CheckpointSpec, path: str | os.PathLike) -> CheckpointSpec:
