@@ -108,8 +108,8 @@ def test_a_failure_is_recorded_shown_by_status_and_retried_alone(tmp_path, capsy
     # grid, done, running, queued, unfinished, failed, lost, missing
     assert re.search(r"linear\s+4\s+2\s+0\s+0\s+0\s+2\s+0\s+0", status)
     # per method and sparsity, and per task: each checkpoint failed on cifar10 and finished digits
-    assert _block(status, "mode method sparsity") == ["linear dense 0.0 1 0 0 0 1 0 0",
-                                                           "magnitude 50.0 1 0 0 0 1 0 0"]
+    assert _block(status, "mode method sparsity") == ["linear dense 0% 1 0 0 0 1 0 0",
+                                                           "magnitude 50% 1 0 0 0 1 0 0"]
     assert _block(status, "mode task") == ["linear cifar10 0 0 0 0 2 0 0", "digits 2 0 0 0 0 0 0"]
     assert main(["status", str(sweep_file), "--results", str(out), "--failures", "1"]) == 0
     listed = capsys.readouterr().out.split("failed runs (2;", 1)[1].splitlines()[1:]

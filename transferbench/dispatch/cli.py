@@ -102,6 +102,7 @@ def _print_stage(stage: StageOutcome) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from ..vocabulary import format_sparsity
     from .pipeline import status_table, upstream_table
     from .plan import plan_sweep
 
@@ -124,6 +125,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not table.empty:
         for by in (["mode", "method", "sparsity"], ["mode", "task"]):
             counts = table.pivot_table(index=by, columns="state", values="run_key", aggfunc="count", fill_value=0)
+            if "sparsity" in by:  # printed as everywhere (90%), once sorted by the number
+                counts = counts.rename(index=lambda percent: format_sparsity(percent / 100), level="sparsity")
             _print_frame(counts.reindex(columns=list(STATES), fill_value=0))
             print()
     _print_frame(pd.DataFrame(plan.counts()).set_index("mode"))
