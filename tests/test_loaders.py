@@ -144,3 +144,19 @@ def test_the_default_worker_count_follows_the_allocation_not_the_node(monkeypatc
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "6")  # a job given 6 of the node's cores
     assert context.allocated_cores() == 6 and context.default_workers() == 5
     assert context.RunContext().num_workers == 5
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_runner_training_batches_normalised_as_one_tensor_equal_the_per_image_transform(tmp_path, workers):
+    """uint8 crops from the workers, normalised per batch on the device: the floats of build_transform, image by
+    image, with the same crops and flips."""
+    pictures = Pictures(19, seed=3)
+    train_cfg = TransformConfig(**{**CFG.to_dict(), "augment": True})
+    runner = loaders.runner_loaders(pictures, Pictures(3), train_cfg, CFG, 6, 4, workers, torch.device("cpu"),
+                                    tmp_path)
+    for epoch, seed in enumerate((5, 6)):
+        got = list(runner.train(epoch, seed))
+        old = _old_epoch(Transformed(pictures, build_transform(train_cfg)), 6, seed)
+        assert len(got) == len(old) == 4
+        for (x, y), (x_old, y_old) in zip(got, old, strict=True):
+            assert x.dtype == torch.float32 and torch.equal(x, x_old) and torch.equal(y, y_old)

@@ -65,10 +65,9 @@ def build_transform(cfg: TransformConfig) -> T.Compose:
 
 
 def pixel_transform(cfg: TransformConfig) -> T.Compose:
-    """``build_transform`` up to the pixels: uint8 [3, H, W] (a quarter of float32's bytes), for a split decoded once
-    and kept. ``normalize_pixels`` then gives exactly ``build_transform``'s floats."""
-    if cfg.augment:
-        raise ValueError("an augmenting transform draws new pixels every epoch; only deterministic ones are kept")
+    """``build_transform`` up to the pixels: uint8 [3, H, W] (a quarter of float32's bytes, and no per-image float
+    work). ``normalize_pixels`` on a batch of them gives exactly ``build_transform``'s floats; an augmenting one
+    draws the same crops and flips from the same RNG state (the float steps draw nothing)."""
     return T.Compose([*_spatial(cfg), T.PILToTensor()])
 
 
