@@ -136,8 +136,8 @@ def use_table(monkeypatch, *rows: CheckpointSpec) -> None:
 
 def row(name: str, url: str | None, sha256: str | None = None, method: str = "acdc", sparsity: float = 0.5,
         **fields) -> CheckpointSpec:
-    return CheckpointSpec(name=name, method=method, sparsity=sparsity, arch="resnet_tiny", filename=f"{name}.pth",
-                          url=url, sha256=sha256, **fields)
+    return CheckpointSpec(name=name, method=method, sparsity=sparsity, arch="resnet_tiny", url=url, sha256=sha256,
+                          **{"filename": f"{name}.pth", **fields})
 
 
 def blob(size: int, seed: int = 0) -> bytes:
@@ -280,6 +280,20 @@ def test_fetch_all_of_one_method_fetches_only_that_method(server, home, monkeypa
     assert code == 2 and "unknown method 'snip' (--method)" in err
     code, _, err = run_cli(capsys, "checkpoints", "fetch", "--method", "acdc")
     assert code == 2 and "--all" in err
+
+
+def test_a_one_shot_row_fetches_its_dense_file_once_and_says_what_prepares_it(server, home, monkeypatch, capsys):
+    data = blob(3000, 9)
+    server.files["/cram.pth"] = data
+    dense = row("tiny_cram", server.url("/cram.pth"), method="cram", sparsity=0.0)
+    use_table(monkeypatch, dense, *(row(f"tiny_cram_{s}", dense.url, method="cram", sparsity=s / 100, oneshot=True,
+                                        oneshot_from="tiny_cram", filename="tiny_cram.pth") for s in (80, 90)))
+    code, out, _ = run_cli(capsys, "checkpoints", "fetch", "tiny_cram_80", "tiny_cram_90")
+    assert code == 0 and server.gets("/cram.pth") == [None]  # one file for both rows
+    assert "transferbench upstream --method cram --from tiny_cram --sparsity 0.8" in out
+    assert (home / "tiny_cram.pth").read_bytes() == data and "tiny_cram: downloaded" in out
+    code, out, _ = run_cli(capsys, "checkpoints", "fetch", "--all", "--method", "cram")
+    assert code == 0 and len(out.splitlines()) == 1 and "tiny_cram: present" in out  # one file, one line
 
 
 def test_a_non_public_row_says_so_in_one_line(home, monkeypatch, capsys):
