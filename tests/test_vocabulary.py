@@ -4,6 +4,7 @@ or 90% and printed one way, and a listing filter that names nothing is an error.
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import yaml
@@ -14,6 +15,7 @@ from transferbench.cli import main
 from transferbench.dispatch.stages import upstream_units
 from transferbench.dispatch.sweep import load_sweep
 from transferbench.errors import TransferbenchError
+from transferbench.report.reference import read_reference
 from transferbench.upstream.recipes import recipe_method
 from transferbench.vocabulary import (
     format_sparsity,
@@ -243,3 +245,13 @@ def test_show_gives_every_field_and_the_file(capsys, checkpoint_home):
     assert code == 0 and json.loads(out)["on_disk"] is False
     code, _, err = run_cli(capsys, "checkpoints", "show", "acdc_90_resnet")
     one_error_line(code, err, "no checkpoint named 'acdc_90_resnet'", "checkpoints list")
+
+
+def test_a_reference_of_another_arch_is_named_with_the_printed_sparsity(tmp_path, caplog, monkeypatch):
+    logger = logging.getLogger("transferbench")  # a CLI test before this one set it up for a closed stderr
+    monkeypatch.setattr(logger, "propagate", True)
+    monkeypatch.setattr(logger, "handlers", [])
+    path = tmp_path / "linear_transfer_results.txt"  # AC/DC at 30% exists for mobilenet only
+    path.write_text("dset,model,sparsity,seed,val_acc\ncifar10,AC/DC,0.3,seed_21,0.9\n")
+    read_reference(path, arch="resnet50")
+    assert "e.g. acdc 30%; check --reference-arch" in caplog.text

@@ -27,6 +27,7 @@ import pandas as pd
 
 from .. import shipped
 from ..errors import TransferbenchError
+from ..vocabulary import format_sparsity
 from .collect import METRIC_COLUMNS, RUN_COLUMNS, runs_frame
 from .select import arch_family
 
@@ -244,15 +245,17 @@ def _warn_unregistered(frame: pd.DataFrame, upstream: dict, path: Path, arch: st
         if (m, round(s, 6), arch) not in upstream
     }
     if unknown:
+        method, sparsity = min(unknown)
         log.warning(
-            "reference %s (%s/%s): %d (method, sparsity) not in the checkpoint registry for %s, e.g. %s %g; "
+            "reference %s (%s/%s): %d (method, sparsity) not in the checkpoint registry for %s, e.g. %s %s; "
             "check --reference-arch",
             path.name,
             arch,
             mode,
             len(unknown),
             arch,
-            *sorted(unknown)[0],
+            method,
+            format_sparsity(sparsity),
         )
 
 
