@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import http.client
 import json
 import os
 import re
 import shutil
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..atomic import write_json
 from ..digests import sha256_file
@@ -42,6 +40,9 @@ from .registry import (
     oneshot_source,
     register_local,
 )
+
+if TYPE_CHECKING:
+    from http.client import HTTPResponse
 
 LOCK_FILE = "checkpoints.lock.json"
 PART_SUFFIX = ".part"
@@ -152,6 +153,10 @@ def sources(spec: CheckpointSpec) -> list[tuple[str, str]]:
 
 def _download_url(url: str, part: Path) -> None:
     """``url`` into ``part``, resuming what ``part`` already holds with a Range request after an interruption."""
+    import http.client  # here, not at the top: resolve.py imports this module, and `run` need not pay for them
+    import urllib.error
+    import urllib.request
+
     failure, stalled, attempts = "no attempt", 0, 0
     while attempts < ATTEMPTS and stalled < 2:  # two attempts in a row without a byte (no such host): give up
         if attempts:
@@ -173,7 +178,9 @@ def _download_url(url: str, part: Path) -> None:
     raise _SourceFailed(f"{failure} (after {attempts} attempts)")
 
 
-def _receive(response: http.client.HTTPResponse, part: Path, have: int) -> None:
+def _receive(response: HTTPResponse, part: Path, have: int) -> None:
+    import http.client
+
     from ..progress import interactive
 
     if response.headers.get_content_type() == "text/html":
