@@ -191,6 +191,20 @@ def test_a_part_left_by_an_earlier_run_is_continued(server, home, monkeypatch, c
     assert (home / "tiny.pth").read_bytes() == data
 
 
+def test_checkpoint_dir_puts_the_file_and_its_lock_elsewhere(server, home, monkeypatch, capsys, tmp_path):
+    data = blob(2000, 10)
+    server.files["/e.pth"] = data
+    spec = row("e", server.url("/e.pth"))
+    use_table(monkeypatch, spec)
+    elsewhere = tmp_path / "shared"
+    assert run_cli(capsys, "checkpoints", "fetch", "e", "--checkpoint-dir", elsewhere)[0] == 0
+    assert (elsewhere / "e.pth").read_bytes() == data and lock(elsewhere)["e.pth"]["sha256"] == sha(data)
+    assert not home.exists()
+    (elsewhere / "e.pth").write_bytes(data[::-1])
+    with pytest.raises(TransferbenchError, match="changed since it was first downloaded"):
+        registered_ref(spec, elsewhere)
+
+
 def test_a_server_that_ignores_range_sends_the_whole_file_again(server, home, monkeypatch, capsys):
     data, path = blob(20_000, seed=2), "/plain.pth"
     server.files[path] = data
