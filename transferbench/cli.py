@@ -222,7 +222,8 @@ def _add_run_command(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="run one transfer experiment and write its result record")
     run.add_argument("--task", required=True, help="downstream task (see `transferbench tasks list`)")
     run.add_argument("--mode", choices=("linear", "full"), default="linear")
-    run.add_argument("--method", help="upstream pruning method (see `transferbench checkpoints list`)")
+    run.add_argument("--method", help="upstream pruning method (see `transferbench checkpoints list`) or an alias: "
+                                      "lth (lth_t), rigl (rigl_erk1x/rigl_erk5x on resnet50, rigl on resnet_tiny)")
     run.add_argument("--sparsity", help="target sparsity: a fraction (0.9) or a percent (90%%)")
     run.add_argument("--arch", help="architecture (default: the registry's, or read from --checkpoint)")
     run.add_argument("--checkpoint", type=Path, help="use this local checkpoint file instead of the registry's")

@@ -20,6 +20,7 @@ import pandas as pd
 from ..context import RunContext
 from ..errors import TransferbenchError
 from ..store import FAILED, TO_RUN
+from ..vocabulary import format_sparsity
 from .plan import UPSTREAM, Plan, WorkUnit
 from .profiles import Profile
 from .stages import UpstreamPlan, plan_upstream, run_upstream_here, upstream_store
@@ -88,7 +89,7 @@ def _first_reason(plan: Plan, planned: list[WorkUnit], ready: list[WorkUnit]) ->
 
 def upstream_table(upstream: UpstreamPlan) -> pd.DataFrame:
     """One row per upstream unit: what it makes, its state, what the state rests on, and its job."""
-    rows = [{"unit": u.name, "method": u.method, "sparsity": "/".join(f"{round(s * 100, 2):g}" for s in u.sparsities),
+    rows = [{"unit": u.name, "method": u.method, "sparsity": "/".join(format_sparsity(s) for s in u.sparsities),
              "seed": u.seed, "recipe": f"from {u.source}" if u.source else u.recipe_name,
              "state": upstream.states[u.name].state, "detail": upstream.states[u.name].detail,
              "job_id": upstream.states[u.name].job_id} for u in upstream.units]

@@ -33,7 +33,7 @@ from ..checkpoints.registry import arch_family
 from ..errors import TransferbenchError
 from ..runspec import resolve_hparams
 from ..tasks import get_task, list_tasks
-from ..vocabulary import normalize_sparsity
+from ..vocabulary import format_sparsity, normalize_sparsity
 
 if TYPE_CHECKING:  # upstream_spec needs torch; `sweep --help` lists the packaged sweeps without it
     from .upstream_spec import UpstreamUnit
@@ -60,7 +60,7 @@ class CheckpointEntry:
     @property
     def label(self) -> str:
         where = f" ({self.path})" if self.path else f" (upstream {self.upstream})" if self.upstream else ""
-        return f"{self.method} {round(self.sparsity * 100, 2):g}% {self.arch or ''}".rstrip() + where
+        return f"{self.method} {format_sparsity(self.sparsity)} {self.arch or ''}".rstrip() + where
 
 
 @dataclass(frozen=True)
