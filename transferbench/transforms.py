@@ -60,8 +60,17 @@ def _spatial(cfg: TransformConfig) -> list:
     return [T.Resize(cfg.resize_size, interpolation=interp), T.CenterCrop(cfg.image_size)]
 
 
-def build_transform(cfg: TransformConfig) -> T.Compose:
-    return T.Compose([*_spatial(cfg), T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])
+class ProtocolTransform(T.Compose):
+    """``build_transform``'s Compose, which remembers its config: a loader may then take the pixels
+    (``pixel_transform``) and normalise whole batches (``normalize_pixels``) for the same floats."""
+
+    def __init__(self, cfg: TransformConfig) -> None:
+        super().__init__([*_spatial(cfg), T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])
+        self.cfg = cfg
+
+
+def build_transform(cfg: TransformConfig) -> ProtocolTransform:
+    return ProtocolTransform(cfg)
 
 
 def pixel_transform(cfg: TransformConfig) -> T.Compose:

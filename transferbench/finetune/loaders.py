@@ -164,13 +164,27 @@ class TorchLoaders:
         self.sampler.epoch_seed = epoch_seed
         if self.normalize is None:
             return self.train_loader
-        return _Reiterable(lambda: ((normalize_pixels(images.to(self.device, non_blocking=True), self.normalize),
-                                     targets) for images, targets in self.train_loader))
+        return _Reiterable(lambda: normalized_batches(self.train_loader, self.normalize, self.device))
 
     def test(self) -> Batches:
         if isinstance(self.test_set, DecodedImages):
             return _Reiterable(lambda: self.test_set.batches(self.eval_batch_size, self.device))
         return self.test_loader
+
+
+def as_pixels(dataset: Dataset) -> tuple[Dataset, TransformConfig | None]:
+    """``dataset`` giving uint8 pixels and the config whose ``normalize_pixels`` restores its floats, when it is a
+    split under a protocol transform; else ``(dataset, None)``."""
+    cfg = getattr(getattr(dataset, "transform", None), "cfg", None)
+    if not isinstance(dataset, Transformed) or cfg is None:
+        return dataset, None
+    return Transformed(dataset.dataset, pixel_transform(cfg)), cfg
+
+
+def normalized_batches(loader: Iterable, cfg: TransformConfig, device: torch.device) -> Iterator:
+    """(images, targets) of ``loader`` with the uint8 images moved to ``device`` and normalised there."""
+    for images, targets in loader:
+        yield normalize_pixels(images.to(device, non_blocking=True), cfg), targets
 
 
 class _Reiterable:

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .. import synthetic
 from ..errors import TransferbenchError
+from ..finetune.loaders import as_pixels, normalized_batches
 from ..finetune.workers import leave_signals_to_main
 from ..seeding import SeededSamples, epoch_seed
 from ..tasks import IMAGENET_NORMALIZATION, Split, Transformed
@@ -108,11 +109,15 @@ class TrainBatches(Protocol):
 
 
 class TorchTrainBatches:
-    """A DataLoader over ``SeededSamples`` with ``ShardedBatches``: worker processes (persistent), pinned memory."""
+    """A DataLoader over ``SeededSamples`` with ``ShardedBatches``: worker processes (persistent), pinned memory.
+    Workers crop and flip to uint8 and each batch is normalised as one tensor on the device (the same floats as
+    the per-image transform, without its per-image float work)."""
 
     def __init__(self, train_set: Dataset, global_batch: int, world: World, seed: int, workers: int,
                  device: torch.device) -> None:
         self.sampler = ShardedBatches(len(train_set), global_batch, world, seed)
+        train_set, self.normalize = as_pixels(train_set)
+        self.device = device
         self.loader = DataLoader(SeededSamples(train_set), batch_sampler=self.sampler, num_workers=workers,
                                  pin_memory=device.type == "cuda", persistent_workers=workers > 0,
                                  worker_init_fn=leave_signals_to_main)
@@ -124,7 +129,9 @@ class TorchTrainBatches:
         return len(self.sampler)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return iter(self.loader)
+        if self.normalize is None:
+            return iter(self.loader)
+        return normalized_batches(self.loader, self.normalize, self.device)
 
 
 class FFCVTrainBatches:
