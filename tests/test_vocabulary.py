@@ -224,6 +224,14 @@ def test_list_table_has_the_promised_columns_and_says_what_is_on_disk(capsys, ch
     assert cells["resnet50_acdc_95"][7] == "no"
 
 
+def test_tasks_list_json_has_the_twelve_tasks_and_the_mini_tasks(capsys):
+    code, out, _ = run_cli(capsys, "tasks", "list", "--json")
+    tasks = {t["name"]: t for t in json.loads(out)}
+    assert code == 0 and sum(t["kind"] == "paper" for t in tasks.values()) == 12
+    assert {n for n, t in tasks.items() if t["kind"] == "mini"} == {"digits", "textures"}
+    assert tasks["aircraft"]["num_classes"] == 100 and tasks["aircraft"]["metric"] == "mean_per_class"
+
+
 def test_a_resnet_tiny_row_does_not_claim_imagenet(capsys, checkpoint_home):
     add_local_rows(checkpoint_home, {"name": "tiny_acdc_90", "method": "acdc", "sparsity": 0.9})
     code, out, _ = run_cli(capsys, "checkpoints", "list", "--arch", "resnet_tiny")

@@ -120,6 +120,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_tasks_list(args: argparse.Namespace) -> int:
     from .tasks import list_tasks
 
+    if args.json:
+        print(json.dumps([{"name": t.name, "kind": t.kind, "title": t.title, "num_classes": t.num_classes,
+                           "train_size": t.train_size, "test_size": t.test_size, "metric": t.metric,
+                           "full_lr": t.full_lr} for t in [*list_tasks(), *list_tasks("mini")]], indent=1))
+        return 0
     rows = [(t.name, t.num_classes, t.train_size or "?", t.test_size, t.metric, t.full_lr, t.title)
             for t in list_tasks()]
     _print_table(("task", "classes", "train", "test", "metric", "full_lr", "dataset"), rows)
@@ -352,7 +357,9 @@ def _add_upstream_launch_flags(up: argparse.ArgumentParser) -> None:
 
 def _add_tasks_commands(sub: argparse._SubParsersAction) -> None:
     tasks = sub.add_parser("tasks", help="the task registry").add_subparsers(dest="tasks_cmd", required=True)
-    tasks.add_parser("list", help="list the 12 tasks").set_defaults(func=cmd_tasks_list)
+    tasks_list = tasks.add_parser("list", help="list the 12 tasks and the offline mini-tasks")
+    tasks_list.add_argument("--json", action="store_true", help="as a JSON list (kind: paper or mini)")
+    tasks_list.set_defaults(func=cmd_tasks_list)
     show = tasks.add_parser("show", help="show one task card")
     show.add_argument("task")
     show.set_defaults(func=cmd_tasks_show)
