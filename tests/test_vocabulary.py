@@ -9,6 +9,7 @@ import logging
 import pytest
 import yaml
 
+from transferbench.checkpoints.fetch import LOCK_FILE
 from transferbench.checkpoints.listing import filter_checkpoints
 from transferbench.checkpoints.registry import find_checkpoint, list_checkpoints, lookup_checkpoint, method_for_arch
 from transferbench.cli import main
@@ -222,6 +223,22 @@ def test_list_table_has_the_promised_columns_and_says_what_is_on_disk(capsys, ch
     assert cells["resnet50_acdc_90"][:6] == ["acdc", "90%", "resnet50", "ist", "75.03", "imagenet"]
     assert cells["resnet50_acdc_90"][7:10] == ["yes", "-", str(checkpoint_home / "resnet50_acdc_90.pth")]
     assert cells["resnet50_acdc_95"][7] == "no"
+
+
+def test_list_shows_the_digest_recorded_on_first_download_and_another_directory(capsys, tmp_path,
+                                                                                 checkpoint_home):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "resnet50_acdc_80.pth").write_bytes(b"weights")
+    digest = "ab" * 32
+    (elsewhere / LOCK_FILE).write_text(json.dumps({"resnet50_acdc_80.pth": {"sha256": digest, "size": 7}}))
+    code, out, _ = run_cli(capsys, "checkpoints", "list", "--method", "acdc", "--arch", "resnet50",
+                           "--checkpoint-dir", elsewhere)
+    cells = next(line.split() for line in out.splitlines() if "resnet50_acdc_80" in line)
+    assert code == 0 and cells[7:10] == ["yes", "lock:" + digest[:12], str(elsewhere / "resnet50_acdc_80.pth")]
+    code, out, _ = run_cli(capsys, "checkpoints", "show", "resnet50_acdc_80", "--json", "--checkpoint-dir", elsewhere)
+    row = json.loads(out)
+    assert row["sha256"] is None and row["sha256_recorded"] == digest and row["on_disk"] is True
 
 
 def test_tasks_list_json_has_the_twelve_tasks_and_the_mini_tasks(capsys):

@@ -173,7 +173,7 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
 def cmd_checkpoints_list(args: argparse.Namespace) -> int:
     from .checkpoints.listing import TABLE_COLUMNS, checkpoint_row, filter_checkpoints, table_cells
 
-    rows = [checkpoint_row(spec) for spec in filter_checkpoints(args.method, args.arch)]
+    rows = [checkpoint_row(spec, args.checkpoint_dir) for spec in filter_checkpoints(args.method, args.arch)]
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
@@ -187,7 +187,7 @@ def cmd_checkpoints_list(args: argparse.Namespace) -> int:
 def cmd_checkpoints_show(args: argparse.Namespace) -> int:
     from .checkpoints.listing import show_checkpoint
 
-    row = show_checkpoint(args.name)
+    row = show_checkpoint(args.name, args.checkpoint_dir)
     if args.json:
         print(json.dumps(row, indent=1))
     else:
@@ -400,10 +400,14 @@ def _add_checkpoints_commands(sub: argparse._SubParsersAction) -> None:
     lst.add_argument("--method", help="a method or an alias (rigl: rigl_erk1x and rigl_erk5x; lth: lth_t)")
     lst.add_argument("--arch", help="an architecture or a family (resnet50 includes resnet50_rigl, resnet50_str)")
     lst.add_argument("--json", action="store_true", help="every field of every row, as a JSON list")
+    lst.add_argument("--checkpoint-dir", type=Path,
+                     help="look for the published files here (default $TRANSFERBENCH_CHECKPOINTS or "
+                          "~/.cache/transferbench/checkpoints)")
     lst.set_defaults(func=cmd_checkpoints_list)
     show = ckpts.add_parser("show", help="every field of one registry row, and whether its file is on disk (path)")
     show.add_argument("name", help="a row's name (see `checkpoints list`)")
     show.add_argument("--json", action="store_true", help="as JSON")
+    show.add_argument("--checkpoint-dir", type=Path, help="look for a published file here (as list)")
     show.set_defaults(func=cmd_checkpoints_show)
     _add_checkpoints_fetch_commands(ckpts)
 

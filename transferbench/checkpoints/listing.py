@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import TransferbenchError
 from ..vocabulary import arch_family, format_sparsity, method_aliases, method_key, method_matches
+from .fetch import recorded_sha256
 from .registry import CheckpointSpec, checkpoint_file, list_checkpoints, named_checkpoint
 
 # The human table's columns (``--json`` has every field of ``checkpoint_row``).
@@ -44,22 +45,25 @@ def filter_checkpoints(method: str | None = None, arch: str | None = None) -> li
 
 
 def checkpoint_row(spec: CheckpointSpec, directory: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Every field of a registry row, plus where its file is (or is expected), whether it is there, the sparsity
-    as printed, and what ``upstream_top1`` was measured on (``top1_on``: imagenet, or a model's own upstream set,
-    e.g. the mini-suite's synthetic ``shapes``)."""
+    """Every field of a registry row, plus where its file is (or is expected), whether it is there, the digest the
+    checkpoint directory's lock file recorded for it on its first download (``sha256_recorded``, `checkpoints fetch`),
+    the sparsity as printed, and what ``upstream_top1`` was measured on (``top1_on``: imagenet, or a model's own
+    upstream set, e.g. the mini-suite's synthetic ``shapes``)."""
     path, present = checkpoint_file(spec, directory)
     row = spec.to_dict()
     row.update(sparsity_text=format_sparsity(spec.sparsity), top1_on=spec.upstream_data, public=spec.public,
-               file=str(path), on_disk=present)
+               file=str(path), on_disk=present, sha256_recorded=recorded_sha256(path))
     return row
 
 
 def table_cells(row: dict[str, Any]) -> tuple[str, ...]:
-    """One row of the human table (``TABLE_COLUMNS``)."""
-    sha = row["sha256"] or "-"
+    """One row of the human table (``TABLE_COLUMNS``); sha256: the registry's pin, else ``lock:`` and the digest
+    recorded on first download, shortened."""
+    sha = row["sha256"] or (f"lock:{row['sha256_recorded']}" if row["sha256_recorded"] else "-")
     return (row["method"], row["sparsity_text"], row["arch"], row["format"],
             "-" if row["upstream_top1"] is None else f"{row['upstream_top1']:.2f}", row["top1_on"], row["name"],
-            "yes" if row["on_disk"] else "no", sha[:SHA256_SHOWN], row["file"], row["url"] or "not public")
+            "yes" if row["on_disk"] else "no", sha[:SHA256_SHOWN + 5 * sha.startswith("lock:")], row["file"],
+            row["url"] or "not public")
 
 
 def show_checkpoint(name: str, directory: str | os.PathLike | None = None) -> dict[str, Any]:
