@@ -61,9 +61,16 @@ def table_cells(row: dict[str, Any]) -> tuple[str, ...]:
     recorded on first download, shortened."""
     sha = row["sha256"] or (f"lock:{row['sha256_recorded']}" if row["sha256_recorded"] else "-")
     return (row["method"], row["sparsity_text"], row["arch"], row["format"],
-            "-" if row["upstream_top1"] is None else f"{row['upstream_top1']:.2f}", row["top1_on"], row["name"],
+            _top1_cell(row), row["top1_on"], row["name"],
             "yes" if row["on_disk"] else "no", sha[:SHA256_SHOWN + 5 * sha.startswith("lock:")], row["file"],
             row["url"] or "not public")
+
+
+def _top1_cell(row: dict[str, Any]) -> str:
+    """The upstream top-1 (%), marked "(chance)" for a model registered at chance (upstream/chance.py)."""
+    if row["upstream_top1"] is None:
+        return "-"
+    return f"{row['upstream_top1']:.2f}" + (" (chance)" if row.get("at_chance") else "")
 
 
 def show_checkpoint(name: str, directory: str | os.PathLike | None = None) -> dict[str, Any]:

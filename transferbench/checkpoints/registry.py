@@ -79,6 +79,7 @@ class CheckpointSpec:
     prunable: str | None = None  # the prunable set (sparsity_rules.yaml); None: the method's own
     mirrors: list | None = None  # other sources of the file: [{url: URL} | {hf: owner/repo:path}] (fetch.py)
     obtain: str | None = None  # a row no source can download: how to get or produce its file (one line)
+    at_chance: bool | None = None  # a model trained here scored chance upstream (upstream/chance.py); None: not known
 
     @property
     def family(self) -> str:

@@ -19,6 +19,7 @@ from ..seeding import epoch_seed
 from ..sparsity import measure_sparsity
 from ..version import __version__
 from ..vocabulary import format_sparsity
+from .chance import at_chance, chance_note, chance_threshold
 from .data import SeededSamples, eval_loader
 from .recipes import checkpoint_name
 
@@ -31,6 +32,11 @@ class UpstreamResult:
     spec: CheckpointSpec
     top1: float
     sparsity: float
+
+
+def head_classes(net: torch.nn.Module) -> int:
+    """The number of classes ``net`` predicts: the width of its last linear layer."""
+    return [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1].out_features
 
 
 @torch.no_grad()
@@ -146,15 +152,22 @@ def register_candidate(folder: Path, rec: dict, method: str, sp: float, net: tor
     measured = measure_sparsity(net, include_head=True).overall
     name = name or checkpoint_name(rec, method, sp, seed)
     notes = notes or f"trained by transferbench upstream ({rec['name']} recipe, {rec['dataset']}, seed {seed})"
+    classes, test_size = head_classes(net), len(test_set)
+    chance = at_chance(top1, classes, test_size)
+    if chance:
+        notes = f"{notes}; {chance_note(method, top1, classes, test_size)}"
     path = folder / f"{name}.pth"
     metadata = {"method": method, "target_sparsity": float(sp), "measured_sparsity": measured,
                 "recipe": rec["name"], "recipe_config": yaml.safe_dump(rec), "upstream_dataset": rec["dataset"],
-                "upstream_top1": top1, "seed": seed, "train_seconds": seconds,
+                "upstream_top1": top1, "at_chance": chance, "chance_threshold": chance_threshold(classes, test_size),
+                "upstream_test_size": test_size, "seed": seed, "train_seconds": seconds,
                 "transferbench_version": __version__, **(about or {})}
     digest = save_checkpoint(path, net, masks, arch=rec["arch"], dataset=rec["dataset"], metadata=metadata)
     spec = register_local(CheckpointSpec(
         name=name, method=method, sparsity=float(sp), arch=rec["arch"], format="ist", filename=path.name,
-        sha256=digest, upstream_top1=round(100 * top1, 2), pruned_from=pruned_from,
+        sha256=digest, upstream_top1=round(100 * top1, 2), pruned_from=pruned_from, at_chance=chance,
         notes=notes), path)
     log.info("upstream %s %s: top1=%.4f sparsity=%.4f → %s", method, format_sparsity(sp), top1, measured, path)
+    if chance:
+        log.warning("upstream %s %s: %s", method, format_sparsity(sp), chance_note(method, top1, classes, test_size))
     return UpstreamResult(path, spec, top1, measured)
