@@ -59,12 +59,15 @@ def _checkpoints_under(folder: Path) -> Iterator[None]:
 def _run(results: Path, sweep_name: str) -> dict[str, list[Path]]:
     from .dispatch import load_profile, load_sweep, plan_sweep, submit_units
     from .dispatch.stages import prepare_upstream
+    from .upstream.chance import chance_summary
 
     configure_determinism()
     start = time.perf_counter()
     sweep = load_sweep(sweep_name)
     prepare_upstream(sweep, echo=lambda line: print(f"[demo] {line}", flush=True))
     print(f"[demo] upstream models ready ({time.perf_counter() - start:.0f} s)", flush=True)
+    for line in chance_summary():  # e.g. LTH-T's 90% ticket, at chance before fine-tuning by design
+        print(f"[demo] {line}", flush=True)
     plan = plan_sweep(sweep, results)
     # a rerun retries what failed before, as a fresh demo would (a plain `sweep` needs --retry-failed for that)
     units = plan.units(TO_RUN | {FAILED})

@@ -14,7 +14,13 @@ from __future__ import annotations
 
 import math
 
+from ..vocabulary import format_sparsity
+
 CHANCE_MARGIN_SE = 2.0  # binomial standard errors above 1/K that still count as chance
+LTH_METHODS = ("lth", "lth_t")
+LTH_NOTE = ("expected for an LTH-T ticket, which is the dense model's weights masked by iterative magnitude pruning "
+            "without retraining: its transfer accuracy after fine-tuning is what counts "
+            "(docs/protocol.md#lth-t-tickets)")
 
 
 def chance_threshold(num_classes: int, test_size: int, margin_se: float = CHANCE_MARGIN_SE) -> float:
@@ -34,8 +40,18 @@ def chance_note(method: str, top1: float, num_classes: int, test_size: int) -> s
     """One line for a model at chance: the numbers, and why an LTH-T ticket may be expected there."""
     line = (f"AT CHANCE upstream: top-1 {100 * top1:.2f}% vs chance {100 / num_classes:.2f}% "
             f"({num_classes} classes, {test_size} test images)")
-    if method in ("lth", "lth_t"):
-        line += ("; expected for an LTH-T ticket, which is the dense model's weights masked by iterative magnitude "
-                 "pruning without retraining: its transfer accuracy after fine-tuning is what counts "
-                 "(docs/protocol.md#lth-t-tickets)")
-    return line
+    return f"{line}; {LTH_NOTE}" if method in LTH_METHODS else line
+
+
+def chance_summary() -> list[str]:
+    """Lines naming the registered models flagged at chance (none: no line), for the demo and sweeps to print."""
+    from ..checkpoints.registry import list_checkpoints
+
+    flagged = [s for s in list_checkpoints() if s.at_chance]
+    if not flagged:
+        return []
+    names = ", ".join(f"{s.method} {format_sparsity(s.sparsity)} {s.arch} ({s.upstream_top1:.2f}%)" for s in flagged)
+    lines = [f"upstream model(s) at chance accuracy: {names}; `transferbench checkpoints list` marks them"]
+    if any(s.method in LTH_METHODS for s in flagged):
+        lines.append(f"(LTH-T at chance: {LTH_NOTE})")
+    return lines
