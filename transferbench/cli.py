@@ -20,6 +20,7 @@ from .dispatch.cli import add_dispatch_commands
 from .errors import TransferbenchError
 from .report.cli import add_report_commands
 from .runspec import HParams
+from .tracking import add_log_flag, require_trackers
 from .version import __version__
 
 log = logging.getLogger("transferbench")
@@ -62,6 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .store import existing_record, result_path
     from .vocabulary import parse_sparsity
 
+    args.trackers = require_trackers(args.trackers)  # --log of a backend not installed: before any work
     spec = resolve_spec(args.task, args.mode, args.seed, method=args.method, sparsity=parse_sparsity(args.sparsity),
                         arch=args.arch,
                         checkpoint=args.checkpoint, checkpoint_dir=args.checkpoint_dir, data_root=args.data_root,
@@ -78,6 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_upstream(args: argparse.Namespace) -> int:
     from .vocabulary import parse_sparsity
 
+    args.trackers = require_trackers(args.trackers)  # --log of a backend not installed: before any work
     args.sparsity = [parse_sparsity(s) for s in args.sparsity]  # 0.9 or 90%; a bare 90 is refused
     if args.executor == "slurm" or args.gpus is not None or args.nodes is not None or args.profile:
         from .dispatch.upstream_jobs import submit_upstream_command
@@ -90,7 +93,8 @@ def cmd_upstream(args: argparse.Namespace) -> int:
     results = train_upstream(args.method, args.sparsity, arch=args.arch, dataset=args.dataset,
                              recipe=args.recipe or "small_cpu",
                              data_root=args.data_root, seed=args.seed, device=args.device, out_dir=args.out,
-                             options=_loop_options(args), force=args.force, batch_size=args.batch_size)
+                             options=_loop_options(args), force=args.force, batch_size=args.batch_size,
+                             trackers=args.trackers)
     _print_upstream_results(args, results)
     return 0
 
@@ -251,6 +255,7 @@ def _add_run_command(sub: argparse._SubParsersAction) -> None:
                      help="let cuDNN autotune convolutions (GPU; faster, but a resumed full fine-tuning is no "
                           "longer bit-identical)")
     run.add_argument("--force", action="store_true", help="run again even if the record exists")
+    add_log_flag(run, "the run")
     run.add_argument("--verify-md5", action="store_true", help="also check official archives' md5 sums")
     run.add_argument("--allow-sparsity-gap", action="store_true",
                      help="accept a checkpoint whose measured sparsity is >0.5 points off its target")
@@ -284,6 +289,7 @@ def _add_upstream_command(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--seed", type=int, default=0)
     up.add_argument("--device", default="auto")
     up.add_argument("--out", type=Path, help="where to write the checkpoints (default <checkpoint dir>/upstream)")
+    add_log_flag(up, "the training (rank 0)")
     _add_upstream_source_flags(up)
     _add_upstream_recipe_flags(up)
     _add_upstream_speed_flags(up)

@@ -46,6 +46,7 @@ class RunContext:
     # cuDNN autotuning on GPUs: faster convolutions, but float rounding then varies from run to run, so a resumed
     # full fine-tuning is no longer bit-identical to an uninterrupted one. Off: deterministic kernels.
     cudnn_benchmark: bool = False
+    trackers: tuple[str, ...] = ()  # --log: experiment trackers each run reports to (transferbench.tracking)
 
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)

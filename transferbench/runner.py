@@ -38,6 +38,8 @@ from .finetune.loaders import runner_loaders
 from .runspec import HParams, RunSpec, group_by_extraction
 from .store import CheckpointInfo, Metrics, RunRecord, SparsityInfo, existing_record, write_record
 from .tasks import Split, TaskSpec, Transformed, get_task, load_split
+from .tasks.limit import limit_split
+from .tracking import log_curve, require_trackers, spec_config, track
 from .transforms import TransformConfig, build_transform, protocol_transform
 
 log = logging.getLogger("transferbench")
@@ -79,7 +81,8 @@ def _prepare(spec: RunSpec, ctx: RunContext) -> _Prepared:
     """Read the data first (cheap, most likely to be wrong), then load and check the checkpoint."""
     start = time.perf_counter()
     task = get_task(spec.task)
-    train, test = (load_split(task, split, ctx.data_root, ctx.verify_md5) for split in ("train", "test"))
+    train, test = (limit_split(load_split(task, split, ctx.data_root, ctx.verify_md5), spec.hparams.limit)
+                   for split in ("train", "test"))  # --limit: a quick try on a subset (tasks.limit)
     registered = registered_spec(spec.checkpoint)
     loaded = _load(spec.checkpoint, registered, ctx)
     if loaded.arch != spec.checkpoint.arch:
@@ -107,6 +110,7 @@ def run(specs: RunSpec | list[RunSpec], ctx: RunContext) -> list[RunRecord]:
     """Run ``specs`` and return their records, in order. Runs whose record is complete are not run again (unless
     ``ctx.force``); the linear probes that share an extraction key share one feature extraction."""
     specs = [specs] if isinstance(specs, RunSpec) else list(specs)
+    require_trackers(ctx.trackers)  # --log of a backend not installed: its pip extra, before any work
     configure_determinism(ctx.cudnn_benchmark)  # first: cuBLAS's workspace must be set before CUDA starts
     device = ctx.torch_device()  # a device index that does not exist: a one-line error before any work
     select_device(device)
@@ -222,6 +226,8 @@ def _write_linear(spec: RunSpec, prep: _Prepared, tcfg: TransformConfig, feats: 
                  "features_cached": all(f.cached for f in feats.values()), "training_s": training_s,
                  "group_size": group_size, "total_s": elapsed_s})
     path = write_record(ctx.results, record, head.test_logits, feats["test"].labels.numpy(), prep.test.classes)
+    log_curve(ctx.trackers, spec.run_key, spec_config(spec), ctx.results, head.curve,
+              {"top1": head.top1, "mean_per_class_acc": head.mean_per_class_acc, **head.extra})
     log.info("run %s: top1=%.4f mean_per_class=%.4f → %s", spec.run_key, head.top1, head.mean_per_class_acc, path)
     return record
 
@@ -253,8 +259,12 @@ def _run_full(spec: RunSpec, ctx: RunContext) -> RunRecord:
         if loaders is None:
             loaders = runner_loaders(train.dataset, test.dataset, train_cfg, test_cfg, spec.hparams.batch_size,
                                      ctx.extract_batch_size, ctx.num_workers, prep.device, work)
-        result = finetune_full(prep.loaded.model, prep.loaded.masks, None, None, task.num_classes, spec.hparams,
-                               spec.seed, work, prep.device, loaders=loaders)
+        with track(ctx.trackers, spec.run_key, spec_config(spec), ctx.results) as tracking:  # no-op without --log
+            result = finetune_full(prep.loaded.model, prep.loaded.masks, None, None, task.num_classes,
+                                   spec.hparams, spec.seed, work, prep.device, loaders=loaders,
+                                   on_epoch=tracking.log_point)
+            tracking.summary.update(top1=result.top1, mean_per_class_acc=result.mean_per_class_acc,
+                                    best_epoch=result.best_epoch, best_top1=result.best_top1)
     except TransferbenchError:
         shutil.rmtree(work, ignore_errors=True)  # a diverged run is not resumable
         raise
@@ -304,7 +314,8 @@ def _record(spec: RunSpec, prep: _Prepared, ctx: RunContext, *, metrics: Metrics
         config={"hparams": spec.hparams.to_dict(), "data": _data_info(prep.train, prep.test), "device": device,
                 "compiled": ctx.compile, "cudnn_benchmark": ctx.cudnn_benchmark,
                 "precision_policy": precision_policy(prep.device.type, spec.hparams.precision),
-                "determinism": determinism_state(), **config},
+                "determinism": determinism_state(), **config,
+                **({"trackers": list(ctx.trackers)} if ctx.trackers else {})},
         curve=curve, timings=timings, hardware=hardware(device), versions=package_versions(),
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )

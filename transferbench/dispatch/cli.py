@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from ..cli_flags import add_results_flag
 from ..store import FAILED, LOST, STATES
+from ..tracking import add_log_flag, require_trackers
 from .profiles import Profile, load_profile
 from .sweep import EXECUTORS, SweepSpec, load_sweep, packaged_sweeps
 
@@ -29,12 +30,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .plan import plan_sweep
     from .submit import submit_units
 
+    trackers = require_trackers(args.trackers)  # --log of a backend not installed: before any work
     sweep, profile = load_sweep(args.spec), load_profile(args.profile)
     results = args.results.resolve()  # job scripts and the ledger name absolute paths: jobs start elsewhere
     if args.dry_run:
         return _dry_run(sweep, profile, results, args)
     # the upstream stage first, explicitly: planning itself changes nothing
-    stage = upstream_stage(sweep, results, args.executor, profile, args.retry_failed, args.device)
+    stage = upstream_stage(sweep, results, args.executor, profile, args.retry_failed, args.device,
+                           train_options={"trackers": trackers} if trackers else None)
     _print_stage(stage)
     plan = plan_sweep(sweep, results, data_root=args.data_root, checkpoint_dir=args.checkpoint_dir,
                       upstream_submitted=stage.submitted)
@@ -45,7 +48,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 1 if stage.failed else 0
     ctx = sweep_context(sweep, results, data_root=args.data_root, checkpoint_dir=args.checkpoint_dir,
                         device=args.device, allow_sparsity_gap=args.allow_sparsity_gap, compile=args.compile,
-                        cudnn_benchmark=args.cudnn_benchmark)
+                        cudnn_benchmark=args.cudnn_benchmark, trackers=trackers)
     submission = submit_units(units, ctx, args.executor, profile, sweep.name, parallel=args.parallel,
                               workers=args.workers)
     _print_submission(submission, args.spec, results)
@@ -252,6 +255,7 @@ def _add_sweep_command(sub: argparse._SubParsersAction) -> None:
     sweep.add_argument("--cudnn-benchmark", action="store_true",
                        help="as for `transferbench run`: cuDNN autotuning in every job (GPU; resumes no longer "
                             "bit-identical)")
+    add_log_flag(sweep, "every job (runs and upstream trainings)")
     _common(sweep)
     sweep.set_defaults(func=cmd_sweep)
 

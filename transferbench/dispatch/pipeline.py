@@ -43,16 +43,18 @@ class StageOutcome:
 
 
 def upstream_stage(sweep: SweepSpec, results: str | Path, executor: str, profile: Profile,
-                   retry_failed: bool = False, device: str = "auto", echo=print) -> StageOutcome:
+                   retry_failed: bool = False, device: str = "auto", echo=print,
+                   train_options: dict[str, Any] | None = None) -> StageOutcome:
     """The sweep's upstream units that are not done, queued or running: submitted as SLURM jobs (one each, sized by
-    the unit or the profile), or made here one after the other (debug, local) before the transfer jobs start."""
+    the unit or the profile), or made here one after the other (debug, local) before the transfer jobs start.
+    ``train_options``: further keywords of ``train_upstream`` (``trackers``)."""
     todo = plan_upstream(sweep, results).to_run(retry_failed)
     if not todo:
         return StageOutcome()
     store = upstream_store(Path(results))
     if executor == "slurm":
-        return StageOutcome(todo, submitted=submit_upstream(todo, store, profile, sweep.name, device))
-    return StageOutcome(todo, failed=run_upstream_here(todo, store, device, echo=echo))
+        return StageOutcome(todo, submitted=submit_upstream(todo, store, profile, sweep.name, device, train_options))
+    return StageOutcome(todo, failed=run_upstream_here(todo, store, device, echo=echo, train_options=train_options))
 
 
 def units_to_submit(plan: Plan, retry_failed: bool = False, only_ready: bool = False,

@@ -221,7 +221,7 @@ def prepare_oneshot(unit: UpstreamUnit, device: str) -> list[str]:
 
 
 def run_upstream_here(units: list[UpstreamUnit], store: Path | None, device: str = "auto",
-                      echo=print) -> list[tuple[str, str]]:
+                      echo=print, train_options: dict[str, Any] | None = None) -> list[tuple[str, str]]:
     """Make ``units`` one after the other in this process; returns (unit, first error line) of those that failed
     (recorded in the store's failures/ as well). The transfer jobs that need a failed unit cannot start."""
     failed = []
@@ -229,7 +229,7 @@ def run_upstream_here(units: list[UpstreamUnit], store: Path | None, device: str
         echo(f"[upstream {i}/{len(units)}] {'preparing' if unit.source else 'training'} {unit.label} ...")
         start = time.perf_counter()
         try:
-            execute_upstream(unit, store, job_id="here", device=device)
+            execute_upstream(unit, store, job_id="here", device=device, **(train_options or {}))
         except Exception as exc:  # recorded in the store by execute_upstream; the other units go on
             failed.append((unit.name, error_line(exc)))
             echo(f"[upstream {i}/{len(units)}] {unit.name} failed: {error_line(exc)}")

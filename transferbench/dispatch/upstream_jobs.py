@@ -139,7 +139,8 @@ def submit_upstream_command(args: argparse.Namespace, options: Any = None) -> in
         print(f"{unit.name}: {state.state} ({state.detail}); nothing submitted")
         return 0
     [job_id] = submit_upstream([unit], store, profile, "upstream", args.device,
-                               {"options": options} if options is not None and not unit.source else None).values()
+                               {"options": options, "trackers": args.trackers} if options is not None and not
+                               unit.source else None).values()
     print(f"submitted upstream job {job_id}: {unit.label}, {layout.describe()}")
     print(f"logs: {job_folder(store).parent / job_id}; the same command again reports its state and submits "
           "nothing while it is queued or running")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,10 +81,12 @@ def finetune_full(
     num_workers: int = 0,
     eval_batch_size: int = 128,
     loaders: EpochLoaders | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> FullResult:
     """Fine-tune ``model`` (whose head is already the new, dense one) with ``masks`` held fixed.
 
-    ``loaders`` replaces the default DataLoaders over ``train_set``/``test_set`` (e.g. FFCV's).
+    ``loaders`` replaces the default DataLoaders over ``train_set``/``test_set`` (e.g. FFCV's). ``on_epoch`` gets
+    each curve point once its epoch's state is saved (a resumed run's earlier points first): tracker logging.
     """
     model.to(device, memory_format=torch.channels_last)  # measured faster on CPU too (benchmarks/bench_core.py)
     masks = {name: m.to(device) for name, m in masks.items()}
@@ -97,6 +100,9 @@ def finetune_full(
     scaler = torch.amp.GradScaler(device.type, enabled=hp.precision == "fp16")
     state_path = work_dir / STATE_FILE
     curve, start_epoch, train_seconds = _resume(state_path, model, opt, scaler, device)
+    report = on_epoch or (lambda point: None)
+    for point in curve:  # a resumed run's earlier epochs, so that a tracker sees the whole curve
+        report(point)
 
     if loaders is None:
         loaders = TorchLoaders(train_set, test_set, hp.batch_size, eval_batch_size, num_workers, device)
@@ -121,6 +127,7 @@ def finetune_full(
                                 "scaler": scaler.state_dict(), "curve": curve, "train_seconds": train_seconds})
         log.info("full epoch %d/%d lr=%g loss=%.4f%s", epoch + 1, hp.epochs, lr, point["train_loss"],
                  f" top1={point['top1']:.4f}" if "top1" in point else "")
+        report(point)
 
     if start_epoch >= hp.epochs or "top1" not in curve[-1]:  # resumed after the last epoch, or never evaluated
         logits, labels = evaluate(model, test_loader, device, hp.precision)

@@ -14,6 +14,7 @@ import copy
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from ..progress import progress
 from ..pruning.base import Pruner, training_step
 from ..pruning.factory import build, pruner_name
 from ..pruning.lth import rounds_for_sparsity
+from ..tracking import Tracking, require_trackers
 from .candidates import UpstreamResult, one_shot_candidates, register_candidate
 from .data import DATA_ORDER, FisherBatches, TrainBatches, train_batches, upstream_datasets
 from .distributed import (
@@ -112,27 +114,32 @@ def train_loop(forward: nn.Module, optimizer: torch.optim.Optimizer, pruner: Pru
 def train_upstream(method: str, sparsities: list[float], arch: str | None = None, dataset: str | None = None,
                    recipe: str | Path = "small_cpu", data_root: Path | None = None, seed: int = 0,
                    device: str = "auto", out_dir: Path | None = None, options: LoopOptions | None = None,
-                   force: bool = False, batch_size: int | None = None) -> list[UpstreamResult]:
+                   force: bool = False, batch_size: int | None = None,
+                   trackers: Sequence[str] = ()) -> list[UpstreamResult]:
     """Train ``method`` with ``recipe`` and write + register one checkpoint per requested sparsity.
 
     Every method but CrAM and LTH-T takes exactly one sparsity. CrAM trains one dense model and produces one
     candidate per sparsity by one-shot pruning and BN recalibration (§6.3); LTH-T prunes to the largest and keeps
     the ticket of every requested sparsity's round on the way (§4.2). In a job of several processes (torchrun,
     SLURM) every process calls this; all of them return the results. ``force`` trains again a run already registered;
-    ``batch_size`` runs the recipe at another global batch by its scaling rule (``recipes.method_recipe``).
+    ``batch_size`` runs the recipe at another global batch by its scaling rule (``recipes.method_recipe``);
+    ``trackers`` (``--log``): the first process reports each epoch's loss, sparsity and lr, then the checkpoints'
+    upstream top-1, to these experiment trackers (``transferbench.tracking``).
     """
+    trackers = require_trackers(trackers)  # a backend not installed: its pip extra, before any work
     options = options or LoopOptions()
     method = recipe_method(method, recipe)  # lth_t → lth (vocabulary)
     sparsities = checked_sparsities(method, sparsities)
     rec, knobs = method_recipe(method, recipe, arch, dataset, batch_size=batch_size, sparsity=sparsities[0])
     world, dev = join_world(device)
-    return _train(method, sparsities, rec, knobs, recipe, data_root, seed, device, out_dir, options, force, world,
-                  dev)
+    with Tracking(trackers if world.is_main else ()) as tracking:  # started only if it trains (not when registered)
+        return _train(method, sparsities, rec, knobs, recipe, data_root, seed, device, out_dir, options, force,
+                      world, dev, tracking)
 
 
 def _train(method: str, sparsities: list[float], rec: dict, knobs: dict, recipe: str | Path,
            data_root: Path | None, seed: int, device: str, out_dir: Path | None, options: LoopOptions, force: bool,
-           world: World, dev: torch.device) -> list[UpstreamResult]:
+           world: World, dev: torch.device, tracking: Tracking) -> list[UpstreamResult]:
     folder = Path(out_dir or checkpoint_dir() / "upstream")
     identity = run_identity(method=method, sparsities=sparsities, recipe=rec, knobs=knobs, seed=seed,
                             numbers=options.numbers(), world_size=world.size, data_order=DATA_ORDER)
@@ -155,12 +162,20 @@ def _train(method: str, sparsities: list[float], rec: dict, knobs: dict, recipe:
 
     def end_of_epoch(epoch: int, loss: float) -> None:
         losses.append(loss)
+        tracking.log_point({"epoch": epoch, "train_loss": loss, "sparsity": float(pruner.sparsity),
+                            "lr": optimizer.param_groups[0]["lr"]})
         if world.distributed:
             check_same_on_every_rank(world, "masks", pruner.masks)
         save_state(work, world, dev, epoch=epoch + 1, epochs=epochs, model=model, optimizer=optimizer,
                    pruner=pruner, generators=run["generators"],
                    train_seconds=earlier_seconds + time.perf_counter() - start, losses=losses)
 
+    tracking.start(checkpoint_name(rec, method, sparsities[0], seed),
+                   {"method": method, "sparsities": sparsities, "recipe": rec["name"], "arch": rec["arch"],
+                    "dataset": rec["dataset"], "seed": seed, "knobs": knobs, "loop": options.to_dict(),
+                    "world_size": world.size, "run_identity": identity}, folder)
+    for epoch, loss in enumerate(losses):  # a resumed run's earlier epochs, so that a tracker sees the whole curve
+        tracking.log_point({"epoch": epoch, "train_loss": loss})
     forward = Forward(run["net"], dev, options)
     train_loop(forward, optimizer, pruner, loader, rec, epochs, run["base_lr"],
                start_epoch=resumed.epoch if resumed else 0, schedule_epochs=run["context"].get("schedule_epochs"),
@@ -175,9 +190,17 @@ def _train(method: str, sparsities: list[float], rec: dict, knobs: dict, recipe:
         one_shot = pruner_name(method, knobs) in ("cram", "cram_nm")  # CrAM: one-shot candidates of the model
         results = _register(method, sparsities, rec, model, pruner, run, dev, seed, seconds, folder, training,
                             one_shot)
+        tracking.summary.update(_tracked_summary(results))
     results = broadcast_object(world, results)
     discard_state(work, world)
     return results
+
+
+def _tracked_summary(results: list[UpstreamResult]) -> dict[str, float]:
+    """The final metrics a tracker shows: each checkpoint's upstream top-1 and measured sparsity (keyed by the
+    checkpoint's name when the run made several: CrAM's candidates, LTH-T's tickets)."""
+    return {f"{key}/{r.spec.name}" if len(results) > 1 else key: value
+            for r in results for key, value in (("upstream_top1", r.top1), ("measured_sparsity", r.sparsity))}
 
 
 def _build_run(method: str, sparsities: list[float], rec: dict, knobs: dict, recipe: str | Path,
