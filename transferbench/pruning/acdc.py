@@ -148,7 +148,7 @@ class ACDCPruner(Pruner):
         super().finalize()
         if self.target_sparsity > 0 and all(bool(m.all()) for m in self.masks.values()):
             warnings.warn("AC/DC ended in a decompressed phase, so the model is dense; the schedule should end "
-                          "with a compressed phase (§5.1)", stacklevel=2)
+                          "with a compressed phase", stacklevel=2)
 
     def state_dict(self) -> dict[str, Any]:
         dense = None if self.dense_state is None else {k: v.cpu() for k, v in self.dense_state.items()}
