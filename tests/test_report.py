@@ -31,7 +31,7 @@ from transferbench.report import (
     write_figures,
     write_leaderboards,
 )
-from transferbench.report.palette import METHOD_ORDER, method_style
+from transferbench.report.palette import METHOD_ORDER, display_name, method_style
 
 ARCH = "resnet50"
 TASKS = ["cifar10", "dtd", "pets"]  # pets reports mean per-class accuracy
@@ -293,7 +293,7 @@ def test_leaderboard_renderings(store, tmp_path):
     assert set(flagged["column"]) == {*TASKS, MEAN, DELTA}
     written = write_leaderboards(store["runs"], tmp_path / "lbs")
     assert sorted(p.name for p in written) == sorted(
-        f"leaderboard_{ARCH}_{m}.{e}" for m in ("full", "linear") for e in ("md", "csv", "tex"))
+        f"leaderboard_{ARCH}_{m}{e}" for m in ("full", "linear") for e in (".md", ".csv", ".tex", "_compact.tex"))
 
 
 def test_leaderboard_duplicates_and_solvers(store):
@@ -357,8 +357,8 @@ def test_figure_files(figures):
 def test_accuracy_figure_legend_and_colors(figures, store):
     fig = figures["acc"].figure
     labels = _legend_texts(fig)
-    assert set(labels) == {"dense", *SPARSE}
-    assert labels[0] == "dense"
+    assert set(labels) == {display_name(m) for m in ("dense", *SPARSE)}
+    assert labels[0] == "Dense"
     acc, ranks, up = (_colors_by_method(figures[k].figure) for k in ("acc", "ranks", "up"))
     for method in SPARSE:
         assert acc[method] == ranks[method] == tuple(round(c, 6) for c in method_color(method))
@@ -382,14 +382,14 @@ def _expected_rows() -> list[tuple[str, float]]:
 
 def test_upstream_figure_legend_names_every_method_with_an_upstream_top1(figures):
     labels = _legend_texts(figures["up"].figure)
-    assert sorted(labels) == sorted({m for m, _ in UPSTREAM}) and labels[0] == "dense"
+    assert sorted(labels) == sorted({display_name(m) for m, _ in UPSTREAM}) and labels[0] == "Dense"
     assert "zz_custom" not in labels  # its upstream top-1 is unknown, so it has no point
 
 
 def test_heatmap_rows_are_the_sparse_rows(figures):
     ax = figures["heat"].figure.axes[0]
     shown = [t.get_text() for t in ax.get_yticklabels()]
-    assert shown == [f"{m} {s * 100:g}%" for m, s in _expected_rows()]
+    assert shown == [f"{display_name(m)} {s * 100:g}%" for m, s in _expected_rows()]
     assert [t.get_text() for t in ax.get_xticklabels()] == [*sorted(TASKS), MEAN]
 
 
@@ -398,7 +398,7 @@ def test_rank_figure_labels_every_row(figures):
     # complete in both modes: every row but the one with a linear task missing
     rows = [("dense", 0.0), *(r for r in _expected_rows() if (r[0], r[1]) != INCOMPLETE[1:3])]
     for method, sparsity in rows:
-        label = "dense" if method == "dense" else f"{method} {sparsity * 100:g}%"
+        label = "Dense" if method == "dense" else f"{display_name(method)} {sparsity * 100:g}%"
         assert sum(t.endswith(f"  {label}") for t in texts) == 1, label  # right side
         assert sum(t.startswith(f"{label}  ") for t in texts) == 1, label  # left side
     assert len(texts) == 2 * len(rows)

@@ -20,6 +20,7 @@ from scipy.stats import ttest_ind
 from transferbench.cli import main
 from transferbench.report import leaderboard, plot_accuracy_vs_sparsity, write_figures, write_leaderboards
 from transferbench.report.compare import compare, to_markdown, welch
+from transferbench.report.palette import display_name
 from transferbench.report.reference import infer_mode_arch, read_reference, read_references
 from transferbench.report.select import arch_family
 
@@ -215,7 +216,7 @@ def test_side_by_side_leaderboard(paper, tmp_path):
     } <= names
     assert not any(n.startswith("leaderboard_resnet50_linear.") for n in names)
     ours_only = {p.name for p in write_leaderboards(both, tmp_path / "o", source="ours")}
-    assert ours_only == {f"leaderboard_resnet50_linear.{e}" for e in ("md", "csv", "tex")}
+    assert ours_only == {f"leaderboard_resnet50_linear{e}" for e in (".md", ".csv", ".tex", "_compact.tex")}
 
 
 @needs_ref
@@ -227,7 +228,7 @@ def test_side_by_side_figures(paper, tmp_path):
         assert p.exists() and p.stat().st_size > 5000
     legend = {t.get_text() for lg in saved.figure.legends for t in lg.get_texts()}
     methods = set(paper.loc[paper["arch"] == "resnet50", "method"])
-    assert legend == methods | {f"{m} (paper)" for m in methods}
+    assert legend == {display_name(m) for m in methods} | {f"{display_name(m)} (paper)" for m in methods}
     names = {p.name for p in write_figures(both, tmp_path / "figs")}
     assert {
         "resnet50_linear_ours_vs_paper_accuracy_vs_sparsity.png",

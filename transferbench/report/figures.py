@@ -8,7 +8,14 @@ marker and line style everywhere (``palette.method_style``); artists drawn for a
 
 ``source`` chooses our runs (``ours``), the paper's (``paper``) or both (``both``): the accuracy-vs-sparsity figure
 then draws the paper's results in the same colours with open markers and dotted lines, and the heatmap has one
-row per (method, sparsity, source); the rank and upstream figures are drawn once per source.
+row per (method, sparsity, source); the rank and upstream figures are drawn once per source. A figure of one source
+draws it in the methods' own styles, so a method looks the same in every figure of a report.
+
+Methods are named by their display names (``palette.display_name``; ``labels`` maps a method to other text, as
+``--label KEY=TEXT`` does). When a few points lie far below the rest (the paper's LTH-T at 90-95% in linear
+transfer), the accuracy-vs-sparsity figure moves them to a short panel under a broken axis, so the main panel keeps
+the range where the methods differ; the upstream-vs-transfer figure places each point's label where it overlaps no
+other label or point (greedy, :func:`place_labels`).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +33,7 @@ from matplotlib.figure import Figure
 from ..vocabulary import format_sparsity
 from .figstyle import COLUMN_WIDTH_IN, PAGE_WIDTH_IN, FigureNotApplicable, SavedFigure, new_figure, paper_style, save
 from .leaderboard import DENSE, MEAN, SOURCE_SUFFIX, group_sources, leaderboard, resolve_source
-from .palette import DENSE_LINESTYLE, method_style, order_methods
+from .palette import DENSE_LINESTYLE, display_name, method_style, order_methods, use_methods
 from .select import BOTH, METRIC_LABELS, OURS, PAPER, filter_source, in_family, metric_column, report_groups, safe_name
 
 PAPER_LINESTYLE = ":"
@@ -33,6 +41,11 @@ PAPER_LINESTYLE = ":"
 log = logging.getLogger("transferbench")
 
 LEGEND_COLUMNS = 3
+LONG_LABEL = 14  # characters: a legend with a longer entry has one column fewer, so it fits the column width
+OUTLIER_IQR = 1.5  # Tukey's fence: points this many IQRs below the lower quartile go to the outlier panel
+MAIN_SHARE = 0.3  # ... when the rest then spans at most this share of the whole range
+CLOSE_TICKS = 3.0  # sparsities (in %) closer than this get their tick labels on two lines (89 and 90)
+Labels = Mapping[str, str] | None  # method → the text a figure shows (``--label``); display names otherwise
 
 
 def _label(metric: str) -> str:
@@ -43,8 +56,13 @@ def _pct(sparsity: float) -> str:
     return format_sparsity(sparsity)
 
 
-def _row_label(method: str, sparsity: float) -> str:
-    return method if method == DENSE else f"{method} {_pct(sparsity)}"
+def _row_label(method: str, sparsity: float, labels: Labels = None) -> str:
+    name = display_name(method, labels)
+    return name if method == DENSE else f"{name} {_pct(sparsity)}"
+
+
+def _tasks(n: int) -> str:
+    return f"{n} task{'s' if n != 1 else ''}"
 
 
 def _title(arch: str, mode: str, solver: str | None, source: str | None = None) -> str:
@@ -65,7 +83,8 @@ def _by_source(table: pd.DataFrame, source: str | None) -> dict[str, pd.DataFram
 
 def _legend_below(fig: Figure, ax, n_entries: int) -> None:
     handles, labels = ax.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(LEGEND_COLUMNS, max(n_entries, 1)),
+    columns = LEGEND_COLUMNS if max(map(len, labels), default=0) <= LONG_LABEL else LEGEND_COLUMNS - 1
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(columns, max(n_entries, 1)),
                frameon=False, handlelength=2.2, columnspacing=1.0)
 
 
@@ -73,17 +92,20 @@ def _warn_incomplete(lb, what: str) -> None:
     missing = lb.table.index[lb.table[(MEAN, "mean")].isna()]
     if len(missing):
         # a side-by-side leaderboard's rows are (method, sparsity, source)
-        labels = [_row_label(row[0], row[1]) + (_tag(row[2]) if lb.side_by_side else "") for row in missing]
+        # code names in the log: what a user types to select the runs
+        labels = [(row[0] if row[0] == DENSE else f"{row[0]} {_pct(row[1])}") + (_tag(row[2]) if lb.side_by_side
+                                                                                else "") for row in missing]
         log.warning("%s: %s leaves out %d (method, sparsity) row(s) with a missing task: %s", _title(
             lb.arch, lb.mode, lb.solver), what, len(missing), ", ".join(labels))
 
 
 def accuracy_vs_sparsity_figure(
     runs: pd.DataFrame, arch: str, mode: str, *, metric: str = "primary", solver: str | None = None,
-    source: str | None = None,
+    source: str | None = None, labels: Labels = None,
 ) -> Figure:
     """x = target sparsity, y = mean over tasks of the per-task mean, one line per method (± the leaderboard's
-    sqrt(Σ_t s_t²)/T from the per-task stds); dense as a dashed horizontal line with its ± as a band."""
+    sqrt(Σ_t s_t²)/T from the per-task stds); dense as a dashed horizontal line with its ± as a band. Points far
+    below the rest are drawn in a short panel under a broken axis (:func:`split_range`)."""
     lb = leaderboard(runs, arch, mode, metric, solver=solver, source=source)
     _warn_incomplete(lb, "accuracy vs sparsity")
     parts = {s: t[MEAN].dropna(subset=["mean"]) for s, t in _by_source(lb.table, source).items()}
@@ -91,59 +113,123 @@ def accuracy_vs_sparsity_figure(
     if not parts:
         raise FigureNotApplicable(f"{_title(arch, mode, solver, source)}: no (method, sparsity) has every task")
     n_entries = sum(len(set(t.index.get_level_values("method"))) for t in parts.values())
+    split = split_range([float(v) for t in parts.values() for v in t["mean"]])
     with paper_style():
-        fig = new_figure(COLUMN_WIDTH_IN, 2.3 + 0.15 * math.ceil(n_entries / LEGEND_COLUMNS))
-        ax = fig.add_subplot()
+        fig = new_figure(COLUMN_WIDTH_IN, 2.3 + 0.15 * math.ceil(n_entries / LEGEND_COLUMNS) + 0.5 * bool(split))
+        if split:
+            ax, low_ax = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+        else:
+            ax, low_ax = fig.add_subplot(), None
+        limits = _panel_limits(*split) if split else (None, None)
         xs: set[float] = set()
         for src, agg in parts.items():
-            xs.update(_draw_accuracy(ax, agg, src))
+            for target, keep in ((ax, limits[0]), (low_ax, limits[1])) if low_ax is not None else ((ax, None),):
+                xs.update(_draw_accuracy(target, agg, src, side_by_side=source == BOTH, labels=labels,
+                                         gids=target is ax, keep=keep))
         if xs:
             ticks = sorted(xs)
-            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-        ax.set_xlabel("Target sparsity (%)")
-        ax.set_ylabel(f"Mean {_label(metric)} over {len(lb.tasks)} tasks (%)")
+            (low_ax or ax).set_xticks(ticks, _tick_labels(ticks))
+        (low_ax or ax).set_xlabel("Target sparsity (%)")
+        ylabel = f"Mean {_label(metric)} (%)\nover {_tasks(len(lb.tasks))}"
+        if split and low_ax is not None:
+            _break_axes(ax, low_ax, *limits)
+            fig.supylabel(ylabel, fontsize=8)
+        else:
+            ax.set_ylabel(ylabel)
         ax.set_title(_title(arch, mode, solver, source))
         _legend_below(fig, ax, n_entries)
     return fig
 
 
-def _draw_accuracy(ax, agg: pd.DataFrame, source: str) -> set[float]:
-    """One source's lines; the paper's in the same colours, open markers and dotted."""
+def _tick_labels(ticks: list[float]) -> list[str]:
+    """``f"{t:g}"`` per tick; a tick close to the previous one has its label on a second line, so that close
+    sparsities (STR's 89% next to 90%) do not print over each other."""
+    out: list[str] = []
+    for i, t in enumerate(ticks):
+        lowered = i > 0 and t - ticks[i - 1] < CLOSE_TICKS and not out[-1].startswith("\n")
+        out.append(("\n" if lowered else "") + f"{t:g}")
+    return out
+
+
+def split_range(values: list[float]) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """(main y-range, outlier y-range) when a few values lie far below the rest: below Tukey's fence (lower
+    quartile − 1.5 IQR) while the others span at most 30% of the whole range; None otherwise (one panel)."""
+    v = np.sort(np.asarray([x for x in values if math.isfinite(x)], dtype=float))
+    if len(v) < 5:
+        return None
+    q1, q3 = np.percentile(v, [25, 75])
+    fence = q1 - OUTLIER_IQR * max(q3 - q1, 1e-9)
+    low, main = v[v < fence], v[v >= fence]
+    if not len(low) or main.max() - main.min() > MAIN_SHARE * (v.max() - v.min()):
+        return None
+    return (float(main.min()), float(main.max())), (float(low.min()), float(low.max()))
+
+
+def _panel_limits(main: tuple[float, float], low: tuple[float, float]) -> tuple[tuple[float, float], ...]:
+    """The y-limits of the main and the outlier panel: each range with a margin."""
+    pad_main = max(0.15 * (main[1] - main[0]), 0.5)
+    pad_low = max(0.15 * (low[1] - low[0]), 0.5)
+    return (main[0] - pad_main, main[1] + pad_main), (low[0] - pad_low, low[1] + pad_low)
+
+
+def _break_axes(ax, low_ax, main: tuple[float, float], low: tuple[float, float]) -> None:
+    """Show ``main`` on ``ax`` and ``low`` on ``low_ax`` below it, with the diagonal marks of a broken axis."""
+    ax.set_ylim(*main)
+    low_ax.set_ylim(*low)
+    ax.spines["bottom"].set_visible(False)
+    low_ax.spines["top"].set_visible(False)
+    ax.tick_params(axis="x", which="both", bottom=False, labelbottom=False)
+    marks = {"marker": [(-1, -0.5), (1, 0.5)], "markersize": 6, "linestyle": "none", "color": "0.3",
+             "mec": "0.3", "mew": 0.8, "clip_on": False}
+    ax.plot([0, 1], [0, 0], transform=ax.transAxes, **marks)
+    low_ax.plot([0, 1], [1, 1], transform=low_ax.transAxes, **marks)
+
+
+def _draw_accuracy(ax, agg: pd.DataFrame, source: str, *, side_by_side: bool = False, labels: Labels = None,
+                   gids: bool = True, keep: tuple[float, float] | None = None) -> set[float]:
+    """One source's lines in the methods' styles; next to our runs (``side_by_side``) the paper's are drawn in the
+    same colours, open markers and dotted. ``gids`` marks the artists (off for a second, outlier panel); only the
+    points inside ``keep`` (a panel's y-limits) get a marker and error bar, so none peeks in at a panel's edge."""
     xs: set[float] = set()
-    paper = source == PAPER
+    paper = source == PAPER and side_by_side
+    tag = _tag(source) if side_by_side else ""
     for method in order_methods(agg.index.get_level_values("method")):
         sub = agg.xs(method, level="method")
         style = method_style(method)
-        gid = f"method:{method}" + (":paper" if paper else "")
+        gid = (f"method:{method}" + (":paper" if source == PAPER else "")) if gids else None
+        label = display_name(method, labels) + tag if gids else None
         if method == DENSE:
             mean, std = float(sub["mean"].iloc[0]), float(sub["std"].iloc[0])
             ax.axhline(mean, color=style.color, linestyle=PAPER_LINESTYLE if paper else DENSE_LINESTYLE,
-                       label=DENSE + _tag(source), zorder=1, gid=gid)
+                       label=label, zorder=1, gid=gid)
             if math.isfinite(std):
                 ax.axhspan(mean - std, mean + std, color=style.color, alpha=0.08 if paper else 0.15, linewidth=0,
                            zorder=0)
             continue
         x = sub.index.to_numpy() * 100
         xs.update(x.tolist())
-        bars = ax.errorbar(x, sub["mean"], yerr=sub["std"].fillna(0.0).to_numpy(), color=style.color,
-                           marker=style.marker, linestyle=PAPER_LINESTYLE if paper else style.linestyle, capsize=2,
-                           elinewidth=0.7, label=method + _tag(source), zorder=2,
-                           markerfacecolor="white" if paper else style.color)
-        bars.lines[0].set_gid(gid)
+        y, err = sub["mean"].to_numpy(), sub["std"].fillna(0.0).to_numpy()
+        shown = np.ones(len(y), bool) if keep is None else (y >= keep[0]) & (y <= keep[1])
+        ax.plot(x, y, color=style.color, marker=style.marker, markevery=list(np.flatnonzero(shown)),
+                linestyle=PAPER_LINESTYLE if paper else style.linestyle, label=label, zorder=2, gid=gid,
+                markerfacecolor="white" if paper else style.color)
+        if shown.any():
+            ax.errorbar(x[shown], y[shown], yerr=err[shown], fmt="none", ecolor=style.color, capsize=2,
+                        elinewidth=0.7, zorder=2)
     return xs
 
 
 def plot_accuracy_vs_sparsity(
     runs: pd.DataFrame, arch: str, mode: str, out_path_stem: str | Path, *, metric: str = "primary",
-    solver: str | None = None, source: str | None = None,
+    solver: str | None = None, source: str | None = None, labels: Labels = None,
 ) -> SavedFigure:
-    fig = accuracy_vs_sparsity_figure(runs, arch, mode, metric=metric, solver=solver, source=source)
+    fig = accuracy_vs_sparsity_figure(runs, arch, mode, metric=metric, solver=solver, source=source, labels=labels)
     return save(fig, out_path_stem)
 
 
 def delta_heatmap_figure(
     runs: pd.DataFrame, arch: str, mode: str, *, metric: str = "primary", solver: str | None = None,
-    source: str | None = None,
+    source: str | None = None, labels: Labels = None,
 ) -> Figure:
     """Per-task (and mean) Δ vs dense in percentage points for each sparse (method, sparsity) row; with both
     sources, each source's rows against its own dense row."""
@@ -159,7 +245,7 @@ def delta_heatmap_figure(
             log.info("%s: no dense row for %s, left out of the heatmap", title, src)
             continue
         delta = means.drop(index=dense_rows) - means.loc[dense_rows[0]]
-        delta.index = [_row_label(m, s) + _tag(src) for m, s in delta.index]
+        delta.index = [_row_label(m, s, labels) + (_tag(src) if source == BOTH else "") for m, s in delta.index]
         deltas.append(delta)
     if not deltas:
         raise FigureNotApplicable(f"{title}: no dense runs to compare with")
@@ -191,9 +277,10 @@ def delta_heatmap_figure(
 
 def plot_delta_heatmap(
     runs: pd.DataFrame, arch: str, mode: str, out_path_stem: str | Path, *, metric: str = "primary",
-    solver: str | None = None, source: str | None = None,
+    solver: str | None = None, source: str | None = None, labels: Labels = None,
 ) -> SavedFigure:
-    return save(delta_heatmap_figure(runs, arch, mode, metric=metric, solver=solver, source=source), out_path_stem)
+    fig = delta_heatmap_figure(runs, arch, mode, metric=metric, solver=solver, source=source, labels=labels)
+    return save(fig, out_path_stem)
 
 
 def _spearman(x, y) -> tuple[float, float]:
@@ -207,7 +294,7 @@ def _spearman(x, y) -> tuple[float, float]:
 
 def linear_vs_full_ranks_figure(
     runs: pd.DataFrame, arch: str, *, metric: str = "primary", linear_solver: str | None = None,
-    source: str | None = None,
+    source: str | None = None, labels: Labels = None,
 ) -> Figure:
     """Slopegraph: the rank (1 = best mean accuracy) of each (method, sparsity) under linear and full transfer."""
     runs = filter_source(runs, source)
@@ -227,7 +314,7 @@ def linear_vs_full_ranks_figure(
             style = method_style(method)
             ax.plot([0, 1], [r_lin, r_full], color=style.color, marker=style.marker, linestyle=style.linestyle,
                     gid=f"method:{method}")
-            label = _row_label(method, sparsity)
+            label = _row_label(method, sparsity, labels)
             ax.text(-0.08, r_lin, f"{label}  {r_lin:g}", ha="right", va="center", fontsize=7)
             ax.text(1.08, r_full, f"{r_full:g}  {label}", ha="left", va="center", fontsize=7)
         ax.set_xlim(-1.25, 2.25)
@@ -245,9 +332,10 @@ def linear_vs_full_ranks_figure(
 
 def plot_linear_vs_full_ranks(
     runs: pd.DataFrame, arch: str, out_path_stem: str | Path, *, metric: str = "primary",
-    linear_solver: str | None = None, source: str | None = None,
+    linear_solver: str | None = None, source: str | None = None, labels: Labels = None,
 ) -> SavedFigure:
-    fig = linear_vs_full_ranks_figure(runs, arch, metric=metric, linear_solver=linear_solver, source=source)
+    fig = linear_vs_full_ranks_figure(runs, arch, metric=metric, linear_solver=linear_solver, source=source,
+                                      labels=labels)
     return save(fig, out_path_stem)
 
 
@@ -267,10 +355,11 @@ def upstream_transfer_points(
 
 def upstream_vs_transfer_figure(
     runs: pd.DataFrame, arch: str, mode: str, *, metric: str = "primary", solver: str | None = None,
-    source: str | None = None,
+    source: str | None = None, labels: Labels = None,
 ) -> Figure:
-    """Scatter of ImageNet top-1 vs task-mean transfer accuracy, one point per (method, sparsity); the title has
-    the Spearman rank correlation."""
+    """Scatter of ImageNet top-1 vs task-mean transfer accuracy, one point per (method, sparsity), each sparse
+    point labelled with its sparsity where the label overlaps nothing; the title has the Spearman rank
+    correlation."""
     pts = upstream_transfer_points(runs, arch, mode, metric=metric, solver=solver, source=source)
     if len(pts) < 3:
         raise FigureNotApplicable(f"{_title(arch, mode, solver, source)}: upstream top-1 known for {len(pts)} complete "
@@ -280,44 +369,93 @@ def upstream_vs_transfer_figure(
     with paper_style():
         fig = new_figure(COLUMN_WIDTH_IN, 2.5 + 0.15 * math.ceil(len(methods) / LEGEND_COLUMNS))
         ax = fig.add_subplot()
+        texts = []
         for method in methods:
             sub = pts.xs(method, level="method")
             style = method_style(method)
             ax.scatter(sub["upstream"], sub["transfer"], color=style.color, marker=style.marker, s=18,
-                       label=method, zorder=2, gid=f"method:{method}")
+                       label=display_name(method, labels), zorder=2, gid=f"method:{method}")
             if method != DENSE:
-                for sparsity, row in sub.iterrows():
-                    ax.annotate(f"{sparsity * 100:g}", (row["upstream"], row["transfer"]), xytext=(3, 2),
-                                textcoords="offset points", fontsize=7, color="0.3")
+                texts += [(_pct(sparsity).rstrip("%"), (row["upstream"], row["transfer"]))
+                          for sparsity, row in sub.iterrows()]
         ax.set_xlabel("Upstream top-1 (%)")  # ImageNet for the paper's checkpoints
         ax.set_ylabel(f"Mean transfer {_label(metric)} (%)")
-        ax.set_title(f"{_title(arch, mode, solver, source)}: Spearman ρ = {rho:.2f} (p = {p:.2g}, n = {len(pts)})")
+        ax.set_title(f"{_title(arch, mode, solver, source)}\nSpearman ρ = {rho:.2f} (p = {p:.2g}, n = {len(pts)})")
         _legend_below(fig, ax, len(methods))
+        place_labels(ax, texts, fontsize=7, color="0.3")
     return fig
+
+
+# label offsets tried in order, in points from the point: right, left, above, below, then the diagonals, farther
+LABEL_OFFSETS = [(4, -3), (-4, -3), (0, 4), (0, -10)] + [(dx * k, dy * k) for k in (1, 2) for dx, dy in
+                                                         ((4, 3), (-4, 3), (4, -8), (-4, -8))] + [(10, -3), (-10, -3)]
+
+
+def place_labels(ax, texts: list[tuple[str, tuple[float, float]]], **kwargs) -> list:
+    """Annotate each (text, (x, y)) at the first offset of LABEL_OFFSETS whose box overlaps no label placed
+    before it, no point of ``texts`` and stays inside the axes; the first offset when none does. Greedy, in the
+    order given. Returns the annotations."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = ax.figure
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()  # layout first: boxes are measured in display units
+    renderer = canvas.get_renderer()
+    to_px = ax.transData.transform
+    points = [to_px(xy) for _, xy in texts]
+    frame = ax.get_window_extent(renderer)
+    dots = fig.dpi / 72
+    taken: list = []
+    placed = []
+    for text, xy in texts:
+        chosen = None
+        for dx, dy in LABEL_OFFSETS:
+            ha = "left" if dx > 0 else "right" if dx < 0 else "center"
+            ann = ax.annotate(text, xy, xytext=(dx, dy), textcoords="offset points", ha=ha, **kwargs)
+            box = ann.get_window_extent(renderer).expanded(1.05, 1.1)
+            clear = (frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
+                     and not any(box.overlaps(b) for b in taken)
+                     and not any(box.x0 - 3 * dots <= px <= box.x1 + 3 * dots
+                                 and box.y0 - 3 * dots <= py <= box.y1 + 3 * dots for px, py in points))
+            if clear or chosen is None:
+                if chosen is not None:
+                    chosen[0].remove()
+                chosen = (ann, box)
+                if clear:
+                    break
+            else:
+                ann.remove()
+        taken.append(chosen[1])
+        placed.append(chosen[0])
+    return placed
 
 
 def plot_upstream_vs_transfer(
     runs: pd.DataFrame, arch: str, mode: str, out_path_stem: str | Path, *, metric: str = "primary",
-    solver: str | None = None, source: str | None = None,
+    solver: str | None = None, source: str | None = None, labels: Labels = None,
 ) -> SavedFigure:
-    fig = upstream_vs_transfer_figure(runs, arch, mode, metric=metric, solver=solver, source=source)
+    fig = upstream_vs_transfer_figure(runs, arch, mode, metric=metric, solver=solver, source=source, labels=labels)
     return save(fig, out_path_stem)
 
 
 def write_figures(
-    runs: pd.DataFrame, out_dir: str | Path, metric: str = "primary", source: str | None = None
+    runs: pd.DataFrame, out_dir: str | Path, metric: str = "primary", source: str | None = None,
+    labels: Labels = None,
 ) -> list[Path]:
     """Every applicable figure for every (arch, mode) in ``runs``; figures that do not apply are logged.
 
     File stems end in ``_paper`` for the paper's results and ``_ours_vs_paper`` for both side by side; with
-    ``source="both"`` the rank and upstream figures are drawn once per source."""
+    ``source="both"`` the rank and upstream figures are drawn once per source. Every method of ``runs`` keeps one
+    colour in all of them (``palette.use_methods``); ``labels`` renames methods (``--label``)."""
     out = Path(out_dir)
     paths: list[Path] = []
     source = resolve_source(runs, source)
+    if "method" in runs.columns:
+        use_methods(runs["method"].dropna().astype(str))
 
     def attempt(name: str, fn, *args, **kwargs) -> None:
         try:
-            paths.extend(fn(*args, **kwargs))
+            paths.extend(fn(*args, labels=labels, **kwargs))
         except FigureNotApplicable as exc:
             log.info("figure %s skipped: %s", name, exc)
         except ValueError as exc:
