@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import write_bytes
+from .latex import compact_latex
 from .palette import DENSE, method_sort_key
 from .render import LATEX_MISSING, MISSING, cell_parts, cell_text, fmt_sparsity, latex_escape, markdown_table
 from .select import (
@@ -303,6 +304,7 @@ def write_leaderboards(
             paths.append(write_bytes(out / f"{stem}.md", lb.to_markdown().encode()))
             paths.append(lb.to_csv(out / f"{stem}.csv"))
             paths.append(write_bytes(out / f"{stem}.tex", lb.to_latex().encode()))
+            paths.append(write_bytes(out / f"{stem}_compact.tex", compact_latex(lb).encode()))  # one paper column
     log.info("wrote %d leaderboard file(s) to %s", len(paths), out)
     return paths
 
