@@ -68,6 +68,10 @@ class HParams:
                           "`transferbench data convert`; pip install transferbench[ffcv])", flag=True, choices=LOADERS)
     engine: str = _hparam("torch", "linear feature extraction: torch (default) or deepsparse (sparsity-aware CPU "
                           "runtime in its own environment, see docs/fast_paths.md)", flag=True, choices=ENGINES)
+    # Quick tries (lm-eval's --limit): a subset of both splits, so a limited run is never a full one (see key_material)
+    limit: int = _hparam(0, "quick try: the first N images of each split (train and test), taken class by class in "
+                         "turn; 0 = the whole splits (default). Part of the run key (-limitN); such runs are left out "
+                         "of the comparison with the paper", flag=True)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}  # flat: asdict's deep copies cost ~80 µs
@@ -81,7 +85,7 @@ class HParams:
         return values
 
 
-_LATER_FIELDS = {"loader": "torchvision", "engine": "torch"}
+_LATER_FIELDS = {"loader": "torchvision", "engine": "torch", "limit": 0}
 
 
 def resolve_hparams(mode: str, task_full_lr: float, overrides: dict[str, Any] | None = None) -> HParams:
@@ -122,6 +126,10 @@ def resolve_hparams(mode: str, task_full_lr: float, overrides: dict[str, Any] | 
         raise TransferbenchError("--engine deepsparse reads images with torchvision: drop --loader ffcv")
     if hp.interpolation not in ("", "bilinear", "bicubic"):
         raise TransferbenchError(f"--interpolation must be bilinear or bicubic, not {hp.interpolation!r}")
+    if hp.limit < 0:
+        raise TransferbenchError(f"--limit must be a number of images per split (0: all), not {hp.limit}")
+    if hp.limit and hp.loader == "ffcv":  # a .beton holds the whole split; a subset would need its own files
+        raise TransferbenchError("--limit reads a subset of each split with torchvision: drop --loader ffcv")
     if min(hp.epochs, hp.batch_size, hp.image_size, hp.eval_every) < 1 or hp.lr <= 0:
         raise TransferbenchError("--epochs, --batch-size, --image-size, eval_every and --lr must be positive")
     return hp
@@ -178,7 +186,7 @@ class RunSpec:
         runner's group and the sweep planner's work unit)."""
         hp = self.hparams
         return (self.task, self.mode, self.checkpoint, hp.image_size, hp.interpolation, hp.precision, hp.loader,
-                hp.engine)
+                hp.engine, hp.limit)
 
     @cached_property  # frozen: computed once (a sweep asks for 100k keys several times)
     def run_key(self) -> str:
@@ -186,7 +194,8 @@ class RunSpec:
         ck = self.checkpoint
         sparsity = f"{round(ck.sparsity * 100, 2):g}"
         solver = "-lbfgs" if self.hparams.solver == "lbfgs" else ""
-        return f"{self.task}.{ck.method}{sparsity}.{ck.arch}.{self.mode}{solver}.s{self.seed}.{digest}"
+        limit = f"-limit{self.hparams.limit}" if self.hparams.limit else ""  # a quick try, visible in every listing
+        return f"{self.task}.{ck.method}{sparsity}.{ck.arch}.{self.mode}{solver}{limit}.s{self.seed}.{digest}"
 
     def record_dir(self, results: str | Path) -> Path:
         return record_dir(results, self.run_key)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..cli_flags import add_results_flag
+from ..errors import TransferbenchError
 from ..store import FAILED, LOST, STATES
 from ..tracking import add_log_flag, require_trackers
 from .profiles import Profile, load_profile
@@ -24,6 +25,11 @@ if TYPE_CHECKING:  # planning, pandas and submitit load when a command runs, not
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    if args.spec in SHOW_WORDS:  # `sweep show [NAME|FILE]`, `sweep list`: print, plan nothing
+        return cmd_sweep_show(args)
+    if args.name is not None:
+        raise TransferbenchError(f"sweep {args.spec}: unexpected argument {args.name!r}; one SPEC per command "
+                                 "(`transferbench sweep show NAME` prints a sweep)")
     import pandas as pd
 
     from .pipeline import sweep_context, units_to_submit, upstream_stage
@@ -31,7 +37,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .submit import submit_units
 
     trackers = require_trackers(args.trackers)  # --log of a backend not installed: before any work
-    sweep, profile = load_sweep(args.spec), load_profile(args.profile)
+    sweep, profile = load_narrowed(args), load_profile(args.profile)
     results = args.results.resolve()  # job scripts and the ledger name absolute paths: jobs start elsewhere
     if args.dry_run:
         return _dry_run(sweep, profile, results, args)
@@ -51,7 +57,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                         cudnn_benchmark=args.cudnn_benchmark, trackers=trackers)
     submission = submit_units(units, ctx, args.executor, profile, sweep.name, parallel=args.parallel,
                               workers=args.workers)
-    _print_submission(submission, args.spec, results)
+    _print_submission(submission, spec_words(args), results)
     if args.executor != "slurm":  # the jobs ran here: their states now
         _print_frame(pd.DataFrame(plan_sweep(sweep, results, data_root=args.data_root,
                                              checkpoint_dir=args.checkpoint_dir).counts()).set_index("mode"))
@@ -109,7 +115,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .pipeline import status_table, upstream_table
     from .plan import plan_sweep
 
-    sweep = load_sweep(args.spec)
+    sweep = load_narrowed(args)
     # states come from the results root; the data is checked only where a data root is given (what would block)
     plan = plan_sweep(sweep, args.results, data_root=args.data_root, checkpoint_dir=args.checkpoint_dir,
                       check_data=args.data_root is not None or sweep.data_root is not None)
@@ -135,7 +141,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     _print_frame(pd.DataFrame(plan.counts()).set_index("mode"))
     failures = table[table.state == FAILED]
     if len(failures):
-        print(f"\nfailed runs ({len(failures)}; resubmit them with `transferbench sweep {args.spec} --retry-failed`):")
+        print(f"\nfailed runs ({len(failures)}; resubmit them with `transferbench sweep {spec_words(args)} "
+              "--retry-failed`):")
         for row in failures.head(args.failures).itertuples():
             print(f"  {row.run_key} [job {row.job_id or '?'}]: {row.detail}")
         _print_more(len(failures), args.failures)
@@ -228,6 +235,59 @@ def _print_frame(frame: pd.DataFrame) -> None:
     print(frame.to_string())
 
 
+SHOW_WORDS = ("show", "list")  # `sweep show NAME` and `sweep list` rather than a sweep of that name
+
+
+def load_narrowed(args: argparse.Namespace) -> SweepSpec:
+    """The sweep SPEC of a parsed `sweep`/`status`, narrowed by --only and --limit (``sweep_filter``)."""
+    from .sweep_filter import narrow_sweep, parse_only
+
+    only = parse_only(args.only)  # before loading: a bad --only is the first thing said
+    return narrow_sweep(load_sweep(args.spec), only, args.limit)
+
+
+def spec_words(args: argparse.Namespace) -> str:
+    """SPEC with its --only and --limit, as a later `status` or `sweep` must repeat them (they change the grid)."""
+    import shlex
+
+    words = [args.spec, *(w for only in args.only or [] for w in ("--only", only))]
+    return shlex.join(words + (["--limit", str(args.limit)] if args.limit is not None else []))
+
+
+def cmd_sweep_show(args: argparse.Namespace) -> int:
+    """`sweep show NAME|FILE`: the sweep's YAML as written and its grid's size (after --only/--limit);
+    `sweep show` or `sweep list`: the packaged sweeps, one line each."""
+    from .sweep_filter import grid_lines, sweep_text
+
+    if args.name is None:
+        for name in packaged_sweeps():
+            sweep = load_sweep(name)
+            total = sum(sweep.grid_size(mode) for mode in sweep.modes)
+            print(f"{name:<24} {total:>6} run(s)  {sweep.description}".rstrip())
+        print("\nshow one with `transferbench sweep show NAME`; run one with `transferbench sweep NAME`")
+        return 0
+    args.spec = args.name
+    text, origin = sweep_text(args.name)
+    sweep = load_narrowed(args)
+    print(f"# {origin}")
+    print(text.rstrip("\n"))
+    narrowed = " (with --only/--limit)" if args.only or args.limit is not None else ""
+    print(f"\n# grid{narrowed}:")
+    for line in grid_lines(sweep):
+        print(f"#   {line}")
+    return 0
+
+
+def _add_quick_flags(parser: argparse.ArgumentParser) -> None:
+    """--only and --limit: part of a sweep's grid, on a subset of each split (``sweep_filter``)."""
+    parser.add_argument("--only", action="append", metavar="KEY=VALUE,...",
+                        help="only part of the grid: task=, method=, mode=, seed=, sparsity= (e.g. "
+                             "task=cifar10,method=acdc; a key repeated or the flag given twice adds values)")
+    parser.add_argument("--limit", type=int, metavar="N",
+                        help="quick try: the first N images of each split in every run, taken class by class in "
+                             "turn (as `run --limit`; part of each run key, so never mistaken for a full run)")
+
+
 def add_dispatch_commands(sub: argparse._SubParsersAction) -> None:
     _add_sweep_command(sub)
     _add_status_command(sub)
@@ -236,7 +296,9 @@ def add_dispatch_commands(sub: argparse._SubParsersAction) -> None:
 def _add_sweep_command(sub: argparse._SubParsersAction) -> None:
     sweep = sub.add_parser("sweep", help="plan a sweep, skip finished runs, submit the rest (debug, local or SLURM)",
                            description=f"SPEC is a sweep .yaml file or one of: {', '.join(packaged_sweeps())}")
-    sweep.add_argument("spec", help="sweep .yaml or a packaged sweep name")
+    sweep.add_argument("spec", metavar="SPEC", help="sweep .yaml or a packaged sweep name; `sweep show NAME` prints "
+                                                    "one with its grid's size, `sweep list` lists the packaged ones")
+    sweep.add_argument("name", nargs="?", help=argparse.SUPPRESS)  # of `sweep show NAME`
     sweep.add_argument("--executor", choices=EXECUTORS, default="slurm",
                        help="slurm (job arrays through submitit), local (subprocesses here) or debug (in this "
                             "process); default slurm")
@@ -272,6 +334,7 @@ def _add_status_command(sub: argparse._SubParsersAction) -> None:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     add_results_flag(parser)
+    _add_quick_flags(parser)
     parser.add_argument("--data-root", type=Path, help="folder holding the datasets (default: the sweep's data_root)")
     parser.add_argument("--checkpoint-dir", type=Path,
                         help="registered checkpoints (default: the sweep's, $TRANSFERBENCH_CHECKPOINTS or "

@@ -20,6 +20,8 @@ Upstream entries (``upstream_spec``) are submitted before the transfer jobs, whi
 ``checkpoints:`` the sweep transfers every checkpoint they make.
 
 The paper's sweeps ship with the package (`transferbench sweep paper_resnet50_linear`); any other name is a path.
+Every key, with an example, is documented in docs/sweeps.md; ``sweep_filter`` narrows a grid (``--only``,
+``--limit``).
 """
 
 from __future__ import annotations

@@ -105,8 +105,9 @@ def read_runs(results: Path, *, reference_files: ReferenceFiles | None = None, r
     ``source`` (``ours``, ``paper``, ``both`` or None) is checked against what there is: ``paper`` and ``both``
     need the paper's results, ``ours`` at least one completed run of ours."""
     results = Path(results)
-    collection = collect(results, workers=workers)
     reference = load_reference(results, reference_files, reference_mode, reference_arch)
+    # with the paper's results, a root without runs is fine: the paper's own leaderboards before any run
+    collection = collect(results, workers=workers, missing_ok=reference is not None)
     runs = collection.runs if reference is None else pd.concat([collection.runs, reference], ignore_index=True)
     if source in ("paper", "both") and reference is None:
         raise TransferbenchError(f"--source {source} needs the paper's results: {PAPER_NEEDED}")

@@ -8,6 +8,8 @@ never disagree about a run. Nothing is dropped silently.
 Records are read with ``RunRecord.from_json`` (records older than schema 1 included) and flattened here into rows.
 All accuracies and sparsities in ``runs`` are fractions in [0, 1], ``upstream_top1`` (ImageNet top-1) included.
 Every row has ``source == "ours"``; the paper's results (``reference.py``) ``"paper"``.
+``limit`` is the images per split of a ``--limit`` quick try (0: the whole splits; the paper's rows are 0): such
+runs never stand for a full one (``select.full_split_first``; ``compare`` leaves them out).
 
 Large stores are read by several processes (the records are parsed with ``orjson`` when it is installed): about
 100,000 records in a few seconds on 2 cores (``benchmarks/bench_report.py``).
@@ -55,7 +57,7 @@ log = logging.getLogger("transferbench")
 RUN_COLUMNS: tuple[str, ...] = (
     "run_key", "task", "method", "arch", "mode", "seed", "target_sparsity", "measured_sparsity",
     "top1", "mean_per_class_acc", "primary_metric", "primary", "solver", "upstream_top1", "total_s",
-    "created_at", "checkpoint", "schema_version", "versions", "path", "source",
+    "created_at", "checkpoint", "schema_version", "versions", "path", "source", "limit",
 )
 OURS = "ours"
 # How each metric name a record or a paper result file may carry maps onto a column of `runs`.
@@ -132,15 +134,19 @@ class Collection:
         return paths
 
 
-def collect(results_dir: str | Path, workers: int | None = None, *, now: float | None = None) -> Collection:
+def collect(results_dir: str | Path, workers: int | None = None, *, now: float | None = None,
+            missing_ok: bool = False) -> Collection:
     """Read every ``runs/<run_key>/result.json`` under ``results_dir`` (or directly under it, if it has no
     ``runs/`` folder but run folders with records), and ask the store where every other run it knows of stands
     (running, queued, unfinished, failed, lost; see the module docstring).
 
     ``workers`` processes parse the records (default: the usable CPU cores, for stores of at least
     ``PARALLEL_MIN_RECORDS`` runs); the result does not depend on it. ``now`` (seconds since the epoch) is the
-    time claims' heartbeats are judged against (default: the clock)."""
+    time claims' heartbeats are judged against (default: the clock). ``missing_ok``: a root that does not exist
+    or holds no runs yet is an empty collection, not an error (the paper's leaderboard before any run)."""
     root = Path(results_dir)
+    if missing_ok and not _holds_runs(root):
+        return Collection(runs=runs_frame([]), failed=pd.DataFrame(columns=list(FAILED_COLUMNS)), results_dir=root)
     if not root.is_dir():
         raise TransferbenchError(f"no results folder at {root} (--results); run some experiments first or point "
                                  "--results at the folder that holds runs/")
@@ -180,6 +186,17 @@ def _listing(folder: Path, what: str) -> list[str]:
     except OSError as exc:
         raise TransferbenchError(f"cannot read {what} {folder} (--results): {exc.strerror or exc}; check that the "
                                  "folder is readable by you") from None
+
+
+def _holds_runs(root: Path) -> bool:
+    """Whether ``root`` is a results store with something to collect (see ``_run_folders``)."""
+    if not root.is_dir():
+        return False
+    try:
+        _run_folders(root)
+    except TransferbenchError:
+        return False
+    return True
 
 
 def _run_folders(root: Path) -> tuple[Path, list[str]]:
@@ -268,7 +285,15 @@ def record_row(record: RunRecord) -> dict[str, Any]:
         "total_s": record.total_s, "created_at": record.created_at,
         "checkpoint": record.checkpoint.identity, "schema_version": record.schema_version,
         "versions": _versions_text(record.versions),
+        "limit": record_limit(record),
     }
+
+
+def record_limit(record: RunRecord) -> int:
+    """Images per split of a ``--limit`` quick try (0: the whole splits, as in records written before --limit)."""
+    hparams = record.config.get("hparams")
+    limit = hparams.get("limit", 0) if isinstance(hparams, dict) else 0
+    return limit if isinstance(limit, int) and limit > 0 else 0
 
 
 def parse_record(data: Any, default_run_key: str = "") -> dict[str, Any]:
@@ -285,6 +310,7 @@ def runs_frame(rows: list[dict[str, Any]], source: str = OURS) -> pd.DataFrame:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
     df["seed"] = df["seed"].astype("Int64")
     df["schema_version"] = df["schema_version"].astype("Int64")
+    df["limit"] = pd.to_numeric(df["limit"], errors="coerce").fillna(0).astype("int64")  # the paper's: 0, full
     df["created_at"] = pd.to_datetime(df["created_at"], utc=True, errors="coerce", format="ISO8601")
     versions = set(df["schema_version"].dropna().astype(int))
     if any(v > SCHEMA_VERSION for v in versions):

@@ -34,7 +34,7 @@ from ..atomic import write_bytes
 from ..errors import TransferbenchError
 from .palette import method_sort_key
 from .render import fmt_sparsity, markdown_table
-from .select import OURS, PAPER, filter_source, metric_column, per_seed_runs
+from .select import OURS, PAPER, filter_source, limited, metric_column, per_seed_runs
 
 log = logging.getLogger("transferbench")
 
@@ -104,6 +104,14 @@ def compare(
     col = metric_column(metric)
     ours = filter_source(runs, OURS)
     paper = filter_source(runs if reference is None else reference, PAPER)
+    quick = limited(ours)  # a subset of each split is not the paper's protocol: never compared with it
+    if quick.any():
+        log.warning("%d --limit run(s) left out of the comparison with the paper (a subset of each split)",
+                    int(quick.sum()))
+        if quick.all():
+            raise TransferbenchError("only --limit runs under --results: they use a subset of each split and are "
+                                     "not compared with the paper; run without --limit first")
+        ours = ours[~quick]
     if ours.empty:
         raise TransferbenchError("no completed runs of ours to compare (--results); run experiments first")
     if paper.empty:

@@ -113,8 +113,26 @@ def select_runs(
                              "pass solver= to choose one")
     if tasks is not None:
         df = df[df["task"].isin(tasks)]
+    df = full_split_first(df, f"{arch}/{mode}")
     df = df.assign(sparsity=df["target_sparsity"].astype(float).round(6))
     return df
+
+
+def limited(runs: pd.DataFrame) -> pd.Series:
+    """Rows of ``--limit`` quick tries (a subset of each split); tables without a ``limit`` column have none."""
+    if "limit" not in runs.columns:
+        return pd.Series(False, index=runs.index)
+    return pd.to_numeric(runs["limit"], errors="coerce").fillna(0) > 0
+
+
+def full_split_first(runs: pd.DataFrame, what: str) -> pd.DataFrame:
+    """The runs on whole splits when ``runs`` has any, else ``runs`` as they are (a quick try's own tables): a
+    ``--limit`` run never averages with, or stands in for, a full one."""
+    quick = limited(runs)
+    if quick.any() and not quick.all():
+        log.info("%s: %d --limit run(s) left out beside the runs on whole splits", what, int(quick.sum()))
+        return runs[~quick]
+    return runs
 
 
 def split_duplicates(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
