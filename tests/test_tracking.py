@@ -265,7 +265,7 @@ def test_a_full_run_reports_its_curve_and_metrics_and_changes_no_number(world, o
         run = mlflow_runs(offline)[key]
         assert run["status"] == "FINISHED" and run["params"]["hparams.epochs"] == "3"
         assert run["metrics"]["train_loss"] == _curve_of(curve, "train_loss")
-        assert run["metrics"]["best_top1"] == {2: record["metrics"]["extra"]["best_top1"]}
+        assert run["metrics"]["best_top1"] == {2: record["metrics"]["best_top1"]}
     if "wandb" in INSTALLED:
         [run] = wandb_runs(offline / "wandb_dir")
         assert run["name"] == key and run["exit_code"] == 0

@@ -64,7 +64,9 @@ class WandbTracker:
         import wandb
 
         project = None if os.environ.get("WANDB_PROJECT") else "transferbench"  # None: W&B reads the variable
-        self.run = wandb.init(project=project, name=run_name, config=dict(config), reinit="create_new")
+        # WANDB_DIR read now: W&B reads its variables once per process, at the first run
+        self.run = wandb.init(project=project, dir=os.environ.get("WANDB_DIR") or None, name=run_name,
+                              config=dict(config), reinit="create_new")
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         self.run.log(dict(metrics), step=step)
