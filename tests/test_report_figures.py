@@ -158,3 +158,12 @@ def test_write_figures_labels_and_own_colours(tmp_path):
         assert {p.suffix for p in paths} == {".png", ".pdf"}
     finally:
         use_methods([])
+
+
+def test_label_flag_errors_in_one_line(capsys, tmp_path):
+    from transferbench.cli import main
+
+    code = main(["figures", "--results", str(tmp_path), "--label", "mine"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if not ln[:4].isdigit()]
+    assert code == 2 and len(err) == 1 and "--label 'mine'" in err[0] and "KEY=TEXT" in err[0]
+    assert not (tmp_path / "figures").exists()

@@ -44,7 +44,7 @@ def test_report_page(capsys, store):
     for pkg in ("transferbench", "torch", "pandas", "numpy", "seaborn"):
         assert f"| {pkg} | {metadata.version(pkg)} |" in md
     assert "| python |" in md
-    links = re.findall(r"\]\(([^)]+)\)", md)
+    links = [link for link in re.findall(r"\]\(([^)]+)\)", md) if not link.startswith("#")]  # not the contents
     targets = {(store / "report" / link).resolve() for link in links}
     assert all(t.is_file() for t in targets), [t for t in targets if not t.is_file()]
     names = {t.name for t in targets}
@@ -97,7 +97,7 @@ def test_report_versions_inline_leaderboards_and_incomplete_mean(tmp_path):
     acdc = next(line for line in board.splitlines() if line.startswith("| acdc |"))
     mean_cell = [c.strip() for c in acdc.split("|")][-3]
     assert mean_cell != "—"
-    assert "<h3>leaderboard_resnet50_linear</h3>" in page and "<td>acdc</td>" in page
+    assert "<h3 id='leaderboard_resnet50_linear'>leaderboard_resnet50_linear</h3>" in page and "<td>acdc</td>" in page
     assert f"<td>{mean_cell.replace('**', '')}</td>" in page.replace("<b>", "").replace("</b>", "")
 
 
@@ -105,5 +105,6 @@ def test_markdown_html():
     from transferbench.report.index import markdown_html
 
     page = markdown_html("| a | b |\n|:--|--:|\n| x | **1.0** (n=2) |\n\n_a note_\n\n**Warning:** w <x>\n")
-    assert page == ("<table><tr><th>a</th><th>b</th></tr><tr><td>x</td><td><b>1.0</b> (n=2)</td></tr></table>\n"
+    assert page == ("<div class='scroll'><table><tr><th>a</th><th>b</th></tr><tr><td>x</td><td><b>1.0</b> (n=2)</td>"
+                    "</tr></table></div>\n"
                     "<p><em>a note</em></p>\n<p><b>Warning:</b> w &lt;x&gt;</p>")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 import os
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,6 +191,7 @@ def write_report(
     source: str | None = None,
     min_count: int = MIN_COUNT,
     allow_incomplete_mean: bool = False,
+    labels: Mapping[str, str] | None = None,
 ) -> list[Path]:
     """Every table and figure of the results store ``results``, then ``<results>/report/index.md`` and
     ``index.html`` linking them; returns the two index files.
@@ -198,10 +199,11 @@ def write_report(
     ``reference_files`` are the paper's ``raw_results/*.txt`` (their mode and architecture read from the file
     names unless ``reference_mode``/``reference_arch`` say); ``source`` chooses ``ours``, ``paper`` or ``both``
     (default: both when the paper's results are there); ``min_count`` and ``allow_incomplete_mean`` are those of
-    :func:`analyse_predictions` and the leaderboards."""
+    :func:`analyse_predictions` and the leaderboards; ``labels`` renames methods in the figures (``--label``)."""
     results = Path(results)
     commands = StepCommands(results, reference_groups(reference_files), reference_mode, reference_arch, source)
     incomplete = ["--allow-incomplete-mean"] if allow_incomplete_mean else []
+    label_flags = [f"--label {shlex.quote(f'{k}={v}')}" for k, v in (labels or {}).items()]
     report_runs = read_runs(results, reference_files=reference_files, reference_mode=reference_mode,
                             reference_arch=reference_arch, source=source)
     runs = report_runs.runs
@@ -210,16 +212,18 @@ def write_report(
     sections = [
         Section("Collected runs and leaderboards", commands.line("collect", *incomplete), files=collected,
                 inline=boards),
-        Section("Figures", commands.line("figures"), files=write_figures(runs, results / "figures", source=source)),
+        Section("Figures", commands.line("figures", *label_flags),
+                files=write_figures(runs, results / "figures", source=source, labels=labels)),
     ]
     if report_runs.reference is not None:
         sections.append(_compare_section(runs, results / "compare", commands.line("compare")))
     result, files = analyse_predictions(runs, results / "beyond", min_count=min_count)
+    # the formatted tables (in %, as the leaderboards), not the CSV files, which keep every digit
     sections.append(Section("Beyond accuracy", commands.predictions(min_count), files=files,
-                            tables=[results / "beyond" / "beyond.csv"], text=result.summary()))
+                            inline=[p for p in files if p.suffix == ".md"], text=result.summary()))
     return write_index(
         results / "report",
-        commands.line("report", f"--min-count {min_count}", *incomplete),
+        commands.line("report", f"--min-count {min_count}", *incomplete, *label_flags),
         sections,
         summary=report_runs.summary(),
         record_versions=run_versions(runs),
@@ -231,7 +235,7 @@ def _compare_section(runs: pd.DataFrame, out_dir: Path, command: str) -> Section
     why, and the rest of the report still stands."""
     try:
         table, files = compare_with_paper(runs, out_dir)
-        return Section("Ours vs the paper", command, files=files, tables=[p for p in files if p.suffix == ".csv"],
+        return Section("Ours vs the paper", command, files=files, inline=[p for p in files if p.suffix == ".md"],
                        text=compare_summary(table))
     except TransferbenchError as exc:
         return Section("Ours vs the paper", command, text=f"not done: {exc}")

@@ -37,8 +37,10 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 def cmd_figures(args: argparse.Namespace) -> int:
     from .figures import write_figures
+    from .palette import parse_labels
 
-    _print_paths(write_figures(_read_runs(args).runs, args.results / "figures", source=args.source))
+    labels = parse_labels(args.label)  # checked before any record is read
+    _print_paths(write_figures(_read_runs(args).runs, args.results / "figures", source=args.source, labels=labels))
     return 0
 
 
@@ -71,10 +73,11 @@ def cmd_beyond(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     """Every table and figure, then the index page linking them."""
     from .build import write_report
+    from .palette import parse_labels
 
     _print_paths(write_report(args.results, reference_files=args.reference, reference_mode=args.reference_mode,
                               reference_arch=args.reference_arch, source=args.source, min_count=args.min_count,
-                              allow_incomplete_mean=args.allow_incomplete_mean))
+                              allow_incomplete_mean=args.allow_incomplete_mean, labels=parse_labels(args.label)))
     return 0
 
 
@@ -110,6 +113,12 @@ def _add_reference(p: argparse.ArgumentParser, source: bool = True) -> None:
         )
 
 
+def _add_labels(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--label", action="append", metavar="KEY=TEXT",
+                   help="show method KEY as TEXT in the figures, e.g. --label mine='Our method' (repeatable; "
+                   "default: the display names of transferbench/shipped/checkpoints/display_names.yaml)")
+
+
 def add_report_commands(sub: argparse._SubParsersAction) -> None:
     col = sub.add_parser("collect", help="read every run record into runs.parquet/csv and write leaderboards")
     _add_results(col)
@@ -124,6 +133,7 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
     fig = sub.add_parser("figures", help="draw the figures (PNG and PDF) from the run records")
     _add_results(fig)
     _add_reference(fig)
+    _add_labels(fig)
     fig.set_defaults(func=cmd_figures)
 
     cmp = sub.add_parser("compare", help="our results vs the paper's, per cell, with a seed-noise verdict")
@@ -139,6 +149,7 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
     rep = sub.add_parser("report", help="every table and figure, and <results>/report/index.md|html linking them")
     _add_results(rep)
     _add_reference(rep)
+    _add_labels(rep)
     rep.add_argument(
         "--min-count",
         type=int,
