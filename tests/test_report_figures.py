@@ -13,6 +13,7 @@ import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 from transferbench.errors import TransferbenchError
 from transferbench.report.figures import (
@@ -131,7 +132,8 @@ def test_place_labels_never_overlap():
     ax.set_ylim(69, 77)
     placed = place_labels(ax, [(f"{80 + i}", xy) for i, xy in enumerate(points)], fontsize=7)
     renderer = FigureCanvasAgg(fig).get_renderer()
-    boxes = [a.get_window_extent(renderer) for a in placed]
+    fig.draw(renderer)
+    boxes = [Text.get_window_extent(a, renderer) for a in placed]  # the text, not its leader line
     clear = [not a.overlaps(b) for a, b in itertools.combinations(boxes, 2)]
     assert len(placed) == len(points) and sum(clear) >= len(clear) - 2  # 6 points 0.05 apart: at most a near miss
     spread = _runs({"dense": {0.0: 0.745}, "acdc": {0.8: 0.755, 0.9: 0.753}, "rigl_erk5x": {0.8: 0.750, 0.9: 0.7525}},
@@ -140,7 +142,7 @@ def test_place_labels_never_overlap():
     fig = upstream_vs_transfer_figure(spread, "resnet50", "linear")
     renderer = FigureCanvasAgg(fig).get_renderer()
     fig.draw(renderer)
-    boxes = [t.get_window_extent(renderer) for t in fig.axes[0].texts]
+    boxes = [Text.get_window_extent(t, renderer) for t in fig.axes[0].texts]
     assert len(boxes) == 4 and not any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2))
     assert "\nSpearman" in fig.axes[0].get_title()  # on its own line: a long title stays inside the column
 
@@ -167,3 +169,19 @@ def test_label_flag_errors_in_one_line(capsys, tmp_path):
     err = [ln for ln in capsys.readouterr().err.splitlines() if not ln[:4].isdigit()]
     assert code == 2 and len(err) == 1 and "--label 'mine'" in err[0] and "KEY=TEXT" in err[0]
     assert not (tmp_path / "figures").exists()
+
+
+def test_upstream_at_chance_goes_to_a_panel_left_of_a_broken_axis():
+    # LTH's upstream models at chance (7% and 28% top-1) next to nine checkpoints at 90-97%
+    runs = _runs({"dense": {0.0: 0.72}, "gmp": {0.8: 0.716, 0.9: 0.733}, "acdc": {0.8: 0.726, 0.9: 0.712},
+                  "rigl": {0.8: 0.735, 0.9: 0.734}, "cram": {0.8: 0.756, 0.9: 0.726}, "lth": {0.8: 0.726, 0.9: 0.66}},
+                 upstream={"dense0.0": 0.966, "gmp0.8": 0.956, "gmp0.9": 0.940, "acdc0.8": 0.958, "acdc0.9": 0.922,
+                           "rigl0.8": 0.938, "rigl0.9": 0.907, "cram0.8": 0.933, "cram0.9": 0.919,
+                           "lth0.8": 0.285, "lth0.9": 0.07})
+    fig = upstream_vs_transfer_figure(runs, "resnet50", "linear")
+    main, low = fig.axes
+    assert 89 < main.get_xlim()[0] < 90.7 and 96.6 < main.get_xlim()[1] < 98  # 90.7..96.6 with a margin
+    assert low.get_xlim()[0] < 7 and 28.5 < low.get_xlim()[1] < 40
+    assert "Spearman ρ" in fig.get_suptitle() and main.get_xlabel() == "Upstream top-1 (%)"
+    assert sorted(t.get_text() for t in low.texts) == ["80", "90"]  # LTH's labels in its own panel
+    assert sorted(t.get_text() for t in main.texts) == ["80"] * 4 + ["90"] * 4

@@ -359,31 +359,66 @@ def upstream_vs_transfer_figure(
 ) -> Figure:
     """Scatter of ImageNet top-1 vs task-mean transfer accuracy, one point per (method, sparsity), each sparse
     point labelled with its sparsity where the label overlaps nothing; the title has the Spearman rank
-    correlation."""
+    correlation. Checkpoints far below the others upstream (at chance, :func:`split_range` on the x values) are
+    drawn in a narrow panel left of a broken x-axis, so that the others do not crowd into one corner."""
     pts = upstream_transfer_points(runs, arch, mode, metric=metric, solver=solver, source=source)
     if len(pts) < 3:
         raise FigureNotApplicable(f"{_title(arch, mode, solver, source)}: upstream top-1 known for {len(pts)} complete "
                                   "(method, sparsity) row(s); 3 needed")
     rho, p = _spearman(pts["upstream"], pts["transfer"])
     methods = order_methods(pts.index.get_level_values("method"))
+    split = split_range([float(x) for x in pts["upstream"]])
+    title = f"{_title(arch, mode, solver, source)}\nSpearman ρ = {rho:.2f} (p = {p:.2g}, n = {len(pts)})"
     with paper_style():
         fig = new_figure(COLUMN_WIDTH_IN, 2.5 + 0.15 * math.ceil(len(methods) / LEGEND_COLUMNS))
-        ax = fig.add_subplot()
+        if split:
+            grid = fig.add_gridspec(1, 2, width_ratios=[1, 3])
+            ax = fig.add_subplot(grid[0, 1])  # the main panel is the first axes, as without a split
+            low_ax = fig.add_subplot(grid[0, 0], sharey=ax)
+            limits = _panel_limits(*split)
+            panels = [(ax, limits[0]), (low_ax, limits[1])]
+        else:
+            ax, low_ax = fig.add_subplot(), None
+            panels = [(ax, None)]
         texts = []
         for method in methods:
             sub = pts.xs(method, level="method")
             style = method_style(method)
-            ax.scatter(sub["upstream"], sub["transfer"], color=style.color, marker=style.marker, s=18,
-                       label=display_name(method, labels), zorder=2, gid=f"method:{method}")
+            for target, _ in panels:
+                main = target is ax
+                target.scatter(sub["upstream"], sub["transfer"], color=style.color, marker=style.marker, s=18,
+                               label=display_name(method, labels) if main else None, zorder=2,
+                               gid=f"method:{method}" if main else None)
             if method != DENSE:
                 texts += [(_pct(sparsity).rstrip("%"), (row["upstream"], row["transfer"]))
                           for sparsity, row in sub.iterrows()]
-        ax.set_xlabel("Upstream top-1 (%)")  # ImageNet for the paper's checkpoints
         ax.set_ylabel(f"Mean transfer {_label(metric)} (%)")
-        ax.set_title(f"{_title(arch, mode, solver, source)}\nSpearman ρ = {rho:.2f} (p = {p:.2g}, n = {len(pts)})")
+        if low_ax is not None:
+            _break_x(low_ax, ax, limits[1], limits[0])
+            fig.suptitle(title, fontsize=8)
+        else:
+            ax.set_title(title)
+        ax.set_xlabel("Upstream top-1 (%)")  # ImageNet for the paper's checkpoints
         _legend_below(fig, ax, len(methods))
-        place_labels(ax, texts, fontsize=7, color="0.3")
+        for target, lim in panels:
+            inside = [t for t in texts if lim is None or lim[0] <= t[1][0] <= lim[1]]
+            place_labels(target, inside, fontsize=7, color="0.3")
     return fig
+
+
+def _break_x(low_ax, ax, low: tuple[float, float], main: tuple[float, float]) -> None:
+    """``low`` on ``low_ax`` left of ``ax`` showing ``main``, with the diagonal marks of a broken x-axis."""
+    low_ax.set_xlim(*low)
+    ax.set_xlim(*main)
+    low_ax.set_ylabel(ax.get_ylabel())
+    ax.set_ylabel("")
+    low_ax.spines["right"].set_visible(False)
+    ax.spines["left"].set_visible(False)
+    ax.tick_params(axis="y", which="both", left=False, labelleft=False)
+    marks = {"marker": [(-0.5, -1), (0.5, 1)], "markersize": 6, "linestyle": "none", "color": "0.3",
+             "mec": "0.3", "mew": 0.8, "clip_on": False}
+    low_ax.plot([1, 1], [0, 1], transform=low_ax.transAxes, **marks)
+    ax.plot([0, 0], [0, 1], transform=ax.transAxes, **marks)
 
 
 # label offsets tried in order, in points from the point: right, left, above, below, then the diagonals, farther
@@ -391,11 +426,15 @@ LABEL_OFFSETS = [(4, -3), (-4, -3), (0, 4), (0, -10)] + [(dx * k, dy * k) for k 
                                                          ((4, 3), (-4, 3), (4, -8), (-4, -8))] + [(10, -3), (-10, -3)]
 
 
+LEADER = {"arrowstyle": "-", "color": "0.6", "linewidth": 0.4, "shrinkA": 0, "shrinkB": 3}  # far labels
+
+
 def place_labels(ax, texts: list[tuple[str, tuple[float, float]]], **kwargs) -> list:
     """Annotate each (text, (x, y)) at the first offset of LABEL_OFFSETS whose box overlaps no label placed
     before it, no point of ``texts`` and stays inside the axes; the first offset when none does. Greedy, in the
     order given. Returns the annotations."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
 
     fig = ax.figure
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
@@ -411,8 +450,10 @@ def place_labels(ax, texts: list[tuple[str, tuple[float, float]]], **kwargs) -> 
         chosen = None
         for dx, dy in LABEL_OFFSETS:
             ha = "left" if dx > 0 else "right" if dx < 0 else "center"
-            ann = ax.annotate(text, xy, xytext=(dx, dy), textcoords="offset points", ha=ha, **kwargs)
-            box = ann.get_window_extent(renderer).expanded(1.05, 1.1)
+            ann = ax.annotate(text, xy, xytext=(dx, dy), textcoords="offset points", ha=ha, **kwargs,
+                              arrowprops=LEADER if abs(dx) + abs(dy) > 10 else None)
+            ann.update_positions(renderer)
+            box = Text.get_window_extent(ann, renderer).expanded(1.05, 1.1)  # the text's box, not its leader
             clear = (frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
                      and not any(box.overlaps(b) for b in taken)
                      and not any(box.x0 - 3 * dots <= px <= box.x1 + 3 * dots
