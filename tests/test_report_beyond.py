@@ -226,7 +226,7 @@ def test_outputs_and_figure(store, tmp_path):
     assert "| resnet50 | linear | dtd | acdc | 90% | 3 |" in md and "## Not paired" in md and "orphan" in md
     fig = beyond_figure(store["result"].cells, "resnet50", "linear")
     legend = [t.get_text() for lg in fig.legends for t in lg.get_texts()]
-    assert legend == ["rigl_erk5x", "acdc"]  # the fixed method order of every figure
+    assert legend == ["RigL ERK 5x", "AC/DC"]  # the fixed method order of every figure, by display name
 
 
 def test_beyond_command(capsys, store, tmp_path):

@@ -185,3 +185,18 @@ def test_upstream_at_chance_goes_to_a_panel_left_of_a_broken_axis():
     assert "Spearman ρ" in fig.get_suptitle() and main.get_xlabel() == "Upstream top-1 (%)"
     assert sorted(t.get_text() for t in low.texts) == ["80", "90"]  # LTH's labels in its own panel
     assert sorted(t.get_text() for t in main.texts) == ["80"] * 4 + ["90"] * 4
+
+
+def test_beyond_figure_draws_each_method_in_its_line_style():
+    from transferbench.report.palette import method_style
+    from transferbench.report.predictions import beyond_figure
+
+    cells = pd.DataFrame([{"arch": "resnet_tiny", "mode": "linear", "solver": "sgd", "task": "digits", "method": m,
+                           "sparsity": s, "churn": 0.1 + s / 10, "delta_ece": 0.01, "entropy_shift": 0.02,
+                           "pie_fraction": 0.05} for m in ("gmp", "rigl", "lth") for s in (0.8, 0.9)])
+    fig = beyond_figure(cells, "resnet_tiny", "linear")
+    lines = {to_rgb(ln.get_color()): ln for ln in fig.axes[0].lines if len(ln.get_xdata()) == 2}
+    for method in ("gmp", "rigl", "lth"):
+        dashed = lines[method_color(method)].get_linestyle() != "-"
+        assert dashed == (method_style(method).linestyle == "-.")  # rigl and lth dash-dotted, as in every figure
+    assert [t.get_text() for lg in fig.legends for t in lg.get_texts()] == ["GMP", "RigL", "LTH"]

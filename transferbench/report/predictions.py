@@ -34,7 +34,7 @@ from ..errors import TransferbenchError
 from ..store import PREDICTIONS_FILE
 from . import prediction_metrics as bm
 from .figstyle import PAGE_WIDTH_IN, FigureNotApplicable, SavedFigure, new_figure, paper_style, save
-from .palette import DENSE, method_colors, method_sort_key, method_style, order_methods
+from .palette import DENSE, display_name, method_colors, method_sort_key, method_style, order_methods
 from .render import fmt_sparsity, markdown_table
 from .select import OURS, Group, filter_source, per_seed_runs, safe_name
 
@@ -69,11 +69,11 @@ EXEMPLAR_COLUMNS = [*CELL_KEYS, "index", "label", "class_name", "dense_modal", "
 SKIPPED_COLUMNS = [*CELL_KEYS, "seeds", "reason"]
 HURT_SHOWN = 3
 EXEMPLARS_SHOWN = 20
-FIGURE_PANELS = (
-    ("churn", "Churn vs dense (%)", 100.0),
-    ("delta_ece", "ECE − dense ECE (pp)", 100.0),
-    ("entropy_shift", "Entropy shift (pp of log C)", 100.0),
-    ("pie_fraction", "PIEs (% of test set)", 100.0),
+FIGURE_PANELS = (  # y-labels on two lines: one line as tall as a panel would run into the title
+    ("churn", "Churn vs dense\n(%)", 100.0),
+    ("delta_ece", "ECE − dense ECE\n(pp)", 100.0),
+    ("entropy_shift", "Entropy shift\n(pp of log C)", 100.0),
+    ("pie_fraction", "PIEs\n(% of test set)", 100.0),
 )
 
 
@@ -344,6 +344,9 @@ def to_markdown(result: Beyond) -> str:
     return text
 
 
+_DASHES = {"-": "", "-.": (4, 1.5, 1, 1.5), "--": (4, 2), ":": (1, 1.5)}  # line styles as seaborn's dash specs
+
+
 def beyond_figure(cells: pd.DataFrame, arch: str, mode: str, solver: str | None = None) -> Figure:
     """Four panels against target sparsity, one line per method (mean over the tasks): churn, ΔECE, entropy
     shift and the PIE fraction."""
@@ -372,7 +375,7 @@ def beyond_figure(cells: pd.DataFrame, arch: str, mode: str, solver: str | None 
                     style="method",
                     style_order=methods,
                     markers={m: method_style(m).marker for m in methods},
-                    dashes=False,
+                    dashes={m: _DASHES[method_style(m).linestyle] for m in methods},  # as in every other figure
                     errorbar=None,
                     ax=ax,
                     legend=ax is axes[0],
@@ -380,6 +383,7 @@ def beyond_figure(cells: pd.DataFrame, arch: str, mode: str, solver: str | None 
             ax.set_xlabel("Target sparsity (%)")
             ax.set_ylabel(label)
         handles, labels = axes[0].get_legend_handles_labels()
+        labels = [display_name(m) for m in labels]
         if axes[0].get_legend() is not None:
             axes[0].get_legend().remove()
         fig.legend(handles, labels, loc="outside lower center", ncols=min(6, len(methods)), frameon=False)
