@@ -124,3 +124,10 @@ def test_page_fits_a_1400px_window(page, tmp_path):
     with Image.open(shot) as png:
         assert png.size == (WIDTH, 1000)
         assert len(np.unique(np.asarray(png.convert("L")))) > 10  # something was drawn, not a blank page
+
+
+def test_labels_reach_the_compact_tables(page):
+    root, _, html = page
+    compact = sorted((root / "leaderboards").glob("leaderboard_resnet50_linear*_compact.tex"))
+    assert compact and all("Our method" in p.read_text() for p in compact)
+    assert "transferbench collect" in unescape(html) and "--label 'mine=Our method'" in unescape(html)

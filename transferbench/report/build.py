@@ -117,7 +117,7 @@ def read_runs(results: Path, *, reference_files: ReferenceFiles | None = None, r
 
 
 def write_collection(results: Path, report_runs: ReportRuns, *, source: str | None = None,
-                     allow_incomplete_mean: bool = False) -> list[Path]:
+                     allow_incomplete_mean: bool = False, labels: Mapping[str, str] | None = None) -> list[Path]:
     """``runs.*`` and ``failed.csv``, ``reference.*`` (when the paper's rows were read from files now) and the
     leaderboards under ``<results>/leaderboards``; returns the files written."""
     results = Path(results)
@@ -129,7 +129,7 @@ def write_collection(results: Path, report_runs: ReportRuns, *, source: str | No
         written.append(write_bytes(results / REFERENCE_FILE, buf.getvalue()))
         written.append(write_bytes(results / "reference.csv", reference.to_csv(index=False).encode()))
     written += write_leaderboards(report_runs.runs, results / "leaderboards", source=source,
-                                  allow_incomplete_mean=allow_incomplete_mean)
+                                  allow_incomplete_mean=allow_incomplete_mean, labels=dict(labels or {}))
     return written
 
 
@@ -207,10 +207,11 @@ def write_report(
     report_runs = read_runs(results, reference_files=reference_files, reference_mode=reference_mode,
                             reference_arch=reference_arch, source=source)
     runs = report_runs.runs
-    collected = write_collection(results, report_runs, source=source, allow_incomplete_mean=allow_incomplete_mean)
+    collected = write_collection(results, report_runs, source=source, allow_incomplete_mean=allow_incomplete_mean,
+                                 labels=labels)
     boards = [p for p in collected if p.suffix == ".md" and p.parent.name == "leaderboards"]
     sections = [
-        Section("Collected runs and leaderboards", commands.line("collect", *incomplete), files=collected,
+        Section("Collected runs and leaderboards", commands.line("collect", *incomplete, *label_flags), files=collected,
                 inline=boards),
         Section("Figures", commands.line("figures", *label_flags),
                 files=write_figures(runs, results / "figures", source=source, labels=labels)),

@@ -26,10 +26,12 @@ def _print_paths(paths: list[Path]) -> None:
 
 def cmd_collect(args: argparse.Namespace) -> int:
     from .build import write_collection
+    from .palette import parse_labels
 
+    labels = parse_labels(args.label)
     report_runs = _read_runs(args)
     written = write_collection(args.results, report_runs, source=args.source,
-                               allow_incomplete_mean=args.allow_incomplete_mean)
+                               allow_incomplete_mean=args.allow_incomplete_mean, labels=labels)
     print(report_runs.summary())
     _print_paths(written)
     return 0
@@ -115,8 +117,9 @@ def _add_reference(p: argparse.ArgumentParser, source: bool = True) -> None:
 
 def _add_labels(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label", action="append", metavar="KEY=TEXT",
-                   help="show method KEY as TEXT in the figures, e.g. --label mine='Our method' (repeatable; "
-                   "default: the display names of transferbench/shipped/checkpoints/display_names.yaml)")
+                   help="show method KEY as TEXT in the figures and compact LaTeX tables, e.g. --label "
+                   "mine='Our method' (repeatable; default: the display names of "
+                   "transferbench/shipped/checkpoints/display_names.yaml)")
 
 
 def add_report_commands(sub: argparse._SubParsersAction) -> None:
@@ -126,6 +129,7 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
     col.add_argument(
         "--workers", type=int, help="processes that parse the records (default: the CPU cores, for large stores)"
     )
+    _add_labels(col)
     col.add_argument("--allow-incomplete-mean", action="store_true",
                      help="average a row over the tasks it has (default: no mean for a row with a missing task)")
     col.set_defaults(func=cmd_collect)

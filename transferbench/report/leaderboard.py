@@ -285,7 +285,7 @@ def group_sources(runs: pd.DataFrame, group, source: str) -> list[str]:
 
 def write_leaderboards(
     runs: pd.DataFrame, out_dir: str | Path, metric: str = "primary", source: str | None = None,
-    allow_incomplete_mean: bool = False,
+    allow_incomplete_mean: bool = False, labels: dict[str, str] | None = None,
 ) -> list[Path]:
     """``leaderboard_<arch>_<mode>[_<solver>][_paper|_ours_vs_paper].{md,csv,tex}`` for every (arch, mode) in
     ``runs``: our runs (no suffix), the paper's (``_paper``) or both side by side (``_ours_vs_paper``)."""
@@ -304,7 +304,8 @@ def write_leaderboards(
             paths.append(write_bytes(out / f"{stem}.md", lb.to_markdown().encode()))
             paths.append(lb.to_csv(out / f"{stem}.csv"))
             paths.append(write_bytes(out / f"{stem}.tex", lb.to_latex().encode()))
-            paths.append(write_bytes(out / f"{stem}_compact.tex", compact_latex(lb).encode()))  # one paper column
+            compact = compact_latex(lb, labels)  # one paper column
+            paths.append(write_bytes(out / f"{stem}_compact.tex", compact.encode()))
     log.info("wrote %d leaderboard file(s) to %s", len(paths), out)
     return paths
 
