@@ -19,6 +19,7 @@ from transferbench.errors import TransferbenchError
 from transferbench.report.figures import (
     _tick_labels,
     accuracy_vs_sparsity_figure,
+    colour_limit,
     place_labels,
     split_range,
     upstream_vs_transfer_figure,
@@ -200,3 +201,11 @@ def test_beyond_figure_draws_each_method_in_its_line_style():
         dashed = lines[method_color(method)].get_linestyle() != "-"
         assert dashed == (method_style(method).linestyle == "-.")  # rigl and lth dash-dotted, as in every figure
     assert [t.get_text() for lg in fig.legends for t in lg.get_texts()] == ["GMP", "RigL", "LTH"]
+
+
+def test_heatmap_colours_are_not_spent_on_a_few_collapsed_cells():
+    # |Δ| 0.5..3 and two collapsed cells (45, 60): −|Δ| sorted −60 −45 −3 −2.5 −2 −1.5 −1 −0.5 has q1 = −13.5,
+    # q3 = −1.375, fence −13.5 − 1.5·12.125 = −31.7: both collapsed cells are beyond it; the others span 2.5 of 59.5
+    assert colour_limit(np.array([1.0, 2.0, -3.0, 2.5, 1.5, -60.0, -45.0, 0.5])) == (3.0, True)
+    assert colour_limit(np.array([1.0, -2.0, 3.0, 0.5, -1.0, 2.0, np.nan])) == (3.0, False)
+    assert colour_limit(np.array([np.nan])) == (1.0, False)

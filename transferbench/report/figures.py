@@ -252,7 +252,7 @@ def delta_heatmap_figure(
     delta = pd.concat(deltas)
     if delta.empty or delta.isna().all().all():
         raise FigureNotApplicable(f"{title}: no sparse row shares a task with dense")
-    vmax = float(np.nanmax(np.abs(delta.to_numpy()))) or 1.0
+    vmax, clipped = colour_limit(delta.to_numpy())
     with paper_style():
         width = min(PAGE_WIDTH_IN, max(COLUMN_WIDTH_IN, 1.9 + 0.42 * delta.shape[1]))
         fig = new_figure(width, max(1.8, 1.0 + 0.2 * len(delta)))
@@ -261,7 +261,7 @@ def delta_heatmap_figure(
             warnings.simplefilter("ignore", PendingDeprecationWarning)
             sns.heatmap(delta, ax=ax, cmap="RdBu", center=0.0, vmin=-vmax, vmax=vmax, annot=True, fmt="+.1f",
                         annot_kws={"fontsize": 7}, linewidths=0.5, linecolor="white",
-                        cbar_kws={"label": "Δ vs dense (pp)", "pad": 0.02})
+                        cbar_kws={"label": "Δ vs dense (pp)", "pad": 0.02, "extend": "both" if clipped else "neither"})
         ax.axvline(len(lb.tasks), color="black", linewidth=1.0)
         ax.grid(False)  # missing cells stay blank
         ax.set_xlabel("")
@@ -273,6 +273,19 @@ def delta_heatmap_figure(
             label.set_rotation_mode("anchor")
         ax.set_title(f"{title}: {_label(metric)} − dense (pp)")
     return fig
+
+
+def colour_limit(values: np.ndarray) -> tuple[float, bool]:
+    """(the heatmap's ± colour limit, whether cells beyond it are clipped): the largest |Δ|, unless a few cells
+    are far beyond the rest (:func:`split_range` on |Δ|, e.g. LTH-T at 95%): then the largest of the others, so
+    that the colours still tell the other rows apart; every cell keeps its number."""
+    size = np.abs(values[np.isfinite(values)])
+    if not size.size:
+        return 1.0, False
+    split = split_range([-x for x in size])  # far-out large |Δ| are the low outliers of −|Δ|
+    if split is None:
+        return float(size.max()) or 1.0, False
+    return max(-split[0][0], 1.0), True
 
 
 def plot_delta_heatmap(
