@@ -149,6 +149,7 @@ def test_local_executor_runs_units_as_subprocesses(tmp_path, capsys):
     for entry in ledger:  # the profile's max_requeues reached each job (local_max_num_timeout)
         pickle = JobPaths(out / "jobs" / "%j", job_id=entry["job_id"]).submitted_pickle
         assert DelayedSubmission.load(pickle)._timeout_countdown == 7
+    assert not (out / "jobs" / "%j").exists()  # submitit's controller makes the pattern's folder; the sweep removes it
 
 
 def _local_entry(out, keys: list[str], pid: int, host: str | None = None, ended: bool = False) -> dict:

@@ -67,7 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = resolve_spec(args.task, args.mode, args.seed, method=args.method, sparsity=parse_sparsity(args.sparsity),
                         arch=args.arch,
                         checkpoint=args.checkpoint, checkpoint_dir=args.checkpoint_dir, data_root=args.data_root,
-                        overrides=_hparam_overrides(args))
+                        overrides=_hparam_overrides(args), train_missing=args.train_missing)
     if not args.force and existing_record(args.results, spec.run_key) is not None:
         print(f"already done: {result_path(args.results, spec.run_key)} (use --force to run it again)")
         return 0
@@ -236,6 +236,9 @@ def _add_run_command(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--sparsity", help="target sparsity: a fraction (0.9) or a percent (90%%)")
     run.add_argument("--arch", help="architecture (default: the registry's, or read from --checkpoint)")
     run.add_argument("--checkpoint", type=Path, help="use this local checkpoint file instead of the registry's")
+    run.add_argument("--train-missing", action="store_true",
+                     help="mini-tasks: train the method's resnet_tiny upstream model now if none is registered "
+                          "(seconds to minutes on a CPU; without this flag a missing one is an error saying so)")
     run.add_argument("--checkpoint-dir", type=Path,
                      help="where registered checkpoints live (default $TRANSFERBENCH_CHECKPOINTS or "
                           "~/.cache/transferbench/checkpoints)")

@@ -58,6 +58,7 @@ def _checkpoints_under(folder: Path) -> Iterator[None]:
 
 def _run(results: Path, sweep_name: str) -> dict[str, list[Path]]:
     from .dispatch import load_profile, load_sweep, plan_sweep, submit_units
+    from .dispatch.profiles import default_profile_name
     from .dispatch.stages import prepare_upstream
     from .upstream.chance import chance_summary
 
@@ -71,8 +72,8 @@ def _run(results: Path, sweep_name: str) -> dict[str, list[Path]]:
     plan = plan_sweep(sweep, results)
     # a rerun retries what failed before, as a fresh demo would (a plain `sweep` needs --retry-failed for that)
     units = plan.units(TO_RUN | {FAILED})
-    submission = submit_units(units, RunContext(results=results, num_workers=0), "debug", load_profile("default"),
-                              sweep.name)
+    submission = submit_units(units, RunContext(results=results, num_workers=0), "debug",
+                              load_profile(default_profile_name(sweep.tasks, sweep.upstream)), sweep.name)
     for unit, error in submission.failed:
         print(f"[demo] failed: {unit}: {error}", flush=True)
     if submission.failed:

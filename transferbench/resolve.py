@@ -16,12 +16,12 @@ from .upstream import ensure_mini_checkpoint
 def resolve_spec(task: str, mode: str = "linear", seed: int = 21, *, method: str | None = None,
                  sparsity: float | None = None, arch: str | None = None, checkpoint: str | Path | None = None,
                  checkpoint_dir: Path | None = None, data_root: Path | None = None,
-                 overrides: dict[str, Any] | None = None) -> RunSpec:
+                 overrides: dict[str, Any] | None = None, train_missing: bool = False) -> RunSpec:
     """The RunSpec of one run, checked cheapest first so that a mistake costs no download or training: the
     hyper-parameters (and the DeepSparse environment they may ask for), then a paper task's data under
     ``data_root``, then the checkpoint: ``checkpoint`` (a file), else the registry's ``method`` at ``sparsity``
     [for ``arch``]. For a mini-task, a method's mini-suite upstream model is trained now when none is registered
-    (seconds to minutes on a CPU; see ``upstream.ensure_mini_checkpoint``)."""
+    and ``train_missing`` asks for it (seconds to minutes on a CPU; see ``upstream.ensure_mini_checkpoint``)."""
     task_spec = get_task(task)
     hparams = resolve_hparams(mode, task_spec.full_lr, overrides)  # the spec's own check, before any other work
     if hparams.engine == "deepsparse":
@@ -35,7 +35,7 @@ def resolve_spec(task: str, mode: str = "linear", seed: int = 21, *, method: str
             load_split(task_spec, "test", None)  # raises: where the data is expected and how to get it
         detect_layout(task_spec, data_root)
     if task_spec.kind == "mini" and checkpoint is None and method is not None:
-        ref = ensure_mini_checkpoint(method, sparsity, arch)
+        ref = ensure_mini_checkpoint(method, sparsity, arch, train_missing=train_missing)
     else:
         ref = resolve_checkpoint(method, sparsity, arch, checkpoint, checkpoint_dir)
     return make_spec(task_spec.name, mode, seed, ref, overrides)

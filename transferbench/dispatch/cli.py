@@ -12,7 +12,7 @@ from ..cli_flags import add_results_flag
 from ..errors import TransferbenchError
 from ..store import FAILED, LOST, STATES
 from ..tracking import add_log_flag, require_trackers
-from .profiles import Profile, load_profile
+from .profiles import Profile, default_profile_name, load_profile
 from .sweep import EXECUTORS, SweepSpec, load_sweep, packaged_sweeps
 
 if TYPE_CHECKING:  # planning, pandas and submitit load when a command runs, not for `sweep --help`
@@ -37,7 +37,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .submit import submit_units
 
     trackers = require_trackers(args.trackers)  # --log of a backend not installed: before any work
-    sweep, profile = load_narrowed(args), load_profile(args.profile)
+    sweep = load_narrowed(args)
+    profile = load_profile(args.profile or default_profile_name(sweep.tasks, sweep.upstream))
     results = args.results.resolve()  # job scripts and the ledger name absolute paths: jobs start elsewhere
     if args.dry_run:
         return _dry_run(sweep, profile, results, args)
@@ -302,7 +303,8 @@ def _add_sweep_command(sub: argparse._SubParsersAction) -> None:
     sweep.add_argument("--executor", choices=EXECUTORS, default="slurm",
                        help="slurm (job arrays through submitit), local (subprocesses here) or debug (in this "
                             "process); default slurm")
-    sweep.add_argument("--profile", default="default", help="cluster profile: slurm/<name>.yaml or a .yaml path")
+    sweep.add_argument("--profile", help="cluster profile: slurm/<name>.yaml or a .yaml path (default: cpu when "
+                                         "every task is a mini-task, else default)")
     sweep.add_argument("--dry-run", action="store_true", help="print counts, jobs, sbatch script; submit nothing")
     sweep.add_argument("--retry-failed", action="store_true", help="resubmit only the runs that failed")
     sweep.add_argument("--only-ready", action="store_true",

@@ -32,13 +32,17 @@ Profiles ship in ``slurm/`` (inside the package as ``transferbench.shipped.slurm
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import shipped
 from ..errors import TransferbenchError
 from .sweep import MODES
+
+if TYPE_CHECKING:
+    from .upstream_spec import UpstreamUnit
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,20 @@ class JobLayout:
 
 def packaged_profiles() -> list[str]:
     return shipped.names("profile")
+
+
+DEFAULT_PROFILE, CPU_PROFILE = "default", "cpu"
+
+
+def default_profile_name(tasks: Iterable[str], upstream: Iterable[UpstreamUnit] = ()) -> str:
+    """The profile a sweep takes when ``--profile`` is not given: ``cpu`` (no GPU, a few cores, short limits) when
+    every task is a mini-task (resnet_tiny on digits/textures: the mini-suite, the demo) and none of its
+    ``upstream:`` entries asks for GPUs or nodes; else ``default``."""
+    from ..tasks import get_task
+
+    kinds = {get_task(task).kind for task in tasks}
+    sized = any(unit.gpus is not None or unit.nodes is not None for unit in upstream)
+    return CPU_PROFILE if kinds == {"mini"} and not sized else DEFAULT_PROFILE
 
 
 def load_profile(name_or_path: str | Path) -> Profile:

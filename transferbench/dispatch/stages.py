@@ -44,7 +44,7 @@ from ..store import (
 )
 from ..upstream import MINI_ARCH, mini_checkpoint_missing, train_upstream
 from ..upstream.from_dense import prune_published
-from ..upstream.mini import MINI_RECIPE, ONE_MODEL_MANY_SPARSITIES
+from ..upstream.mini import MINI_RECIPE, ONE_MODEL_MANY_SPARSITIES, last_training_time
 from ..upstream.state import upstream_progress
 from .sweep import CheckpointEntry, SweepSpec
 from .upstream_spec import UpstreamUnit, make_unit
@@ -225,8 +225,11 @@ def run_upstream_here(units: list[UpstreamUnit], store: Path | None, device: str
     """Make ``units`` one after the other in this process; returns (unit, first error line) of those that failed
     (recorded in the store's failures/ as well). The transfer jobs that need a failed unit cannot start."""
     failed = []
+    if units:
+        echo(f"upstream stage: {len(units)} model(s) to make in this process before the transfer jobs start")
     for i, unit in enumerate(units, 1):
-        echo(f"[upstream {i}/{len(units)}] {'preparing' if unit.source else 'training'} {unit.label} ...")
+        timing = "" if unit.source else f" (here it {last_training_time(unit.method, unit.arch, unit.recipe_name)})"
+        echo(f"[upstream {i}/{len(units)}] {'preparing' if unit.source else 'training'} {unit.label} ...{timing}")
         start = time.perf_counter()
         try:
             execute_upstream(unit, store, job_id="here", device=device, **(train_options or {}))

@@ -185,7 +185,15 @@ def _run_local(units: list[WorkUnit], ctx: RunContext, profile: Profile, sweep: 
             exc = job.exception()
             if exc is not None:
                 result.failed.append((unit.name, error_line(exc)))
+    remove_placeholder_folder(job_folder(ctx.results))
     return result
+
+
+def remove_placeholder_folder(folder: Path) -> None:
+    """Remove the empty folder named literally ``%j`` that submitit's local job controller creates from the
+    folder pattern (each job's files go to ``jobs/<pid>/``); a non-empty one is left alone."""
+    with contextlib.suppress(OSError):
+        Path(folder).rmdir()
 
 
 def local_gpus(device: str) -> list[int]:

@@ -1,13 +1,17 @@
 """The offline mini-suite's upstream models (resnet_tiny, small_cpu recipe): trained on first need by the explicit
-upstream stage of a sweep or the demo, never by planning."""
+upstream stage of a sweep or the demo, or by `run --train-missing`; never by planning, never unasked."""
 
 from __future__ import annotations
 
 import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
-from ..checkpoints import lookup_checkpoint
+from ..checkpoints import list_checkpoints, lookup_checkpoint
 from ..checkpoints.registry import method_for_arch
 from ..checkpoints.resolve import resolve_checkpoint
+from ..errors import TransferbenchError
 from ..pruning.factory import METHODS
 from ..runspec import CheckpointRef
 from ..vocabulary import format_sparsity, normalize_sparsity
@@ -20,6 +24,10 @@ MINI_ARCH, MINI_RECIPE, MINI_DEFAULT_SPARSITY = "resnet_tiny", "small_cpu", 0.9
 ONE_MODEL_MANY_SPARSITIES = SEVERAL_SPARSITIES  # one run of train_upstream makes each of its sparsities
 
 
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def mini_checkpoint_missing(method: str, sparsity: float | None, arch: str | None = None) -> bool:
     """Whether the mini-suite upstream model of ``method`` is not registered yet (and ``upstream`` can train it)."""
     method = method_for_arch(method, arch or MINI_ARCH, trainable=METHODS)  # a sweep's lth_t is lth (vocabulary)
@@ -27,14 +35,57 @@ def mini_checkpoint_missing(method: str, sparsity: float | None, arch: str | Non
     return method in METHODS and lookup_checkpoint(method, sparsity, arch or MINI_ARCH) is None
 
 
-def ensure_mini_checkpoint(method: str, sparsity: float | None, arch: str | None = None) -> CheckpointRef:
-    """For the offline mini-tasks: the registered upstream model of ``method``, trained now (small_cpu recipe,
-    seconds to minutes on a CPU) when there is none yet. An explicit stage: planning never calls this."""
+def ensure_mini_checkpoint(method: str, sparsity: float | None, arch: str | None = None, *,
+                           train_missing: bool = False, echo: Callable[[str], None] = _to_stderr) -> CheckpointRef:
+    """For the offline mini-tasks: the registered upstream model of ``method``. When there is none yet it is
+    trained now (small_cpu recipe, seconds to minutes on a CPU) only if ``train_missing`` (`run --train-missing`),
+    after ``echo`` says what and how long it took last time; else a one-line error saying the same and how to
+    ask for it. An explicit stage: planning never calls this."""
     arch = arch or MINI_ARCH
     method = method_for_arch(method, arch, trainable=METHODS)  # lth_t → lth; rigl stays rigl (vocabulary)
-    sparsity = _mini_sparsity(method, sparsity)
-    train_mini_checkpoints(method, [sparsity], arch)
-    return resolve_checkpoint(method, sparsity, arch, None)
+    chosen = _mini_sparsity(method, sparsity)
+    if mini_checkpoint_missing(method, chosen, arch):
+        what = missing_model_line(method, chosen, arch, defaulted=sparsity is None)
+        if not train_missing:
+            raise TransferbenchError(f"{what}; pass --train-missing to train it now, or train it first with "
+                                     f"`transferbench upstream --method {method} --sparsity {format_sparsity(chosen)} "
+                                     f"--arch {arch}`")
+        echo(f"{what}: training it now (--train-missing)")
+    train_mini_checkpoints(method, [chosen], arch)
+    return resolve_checkpoint(method, chosen, arch, None)
+
+
+def missing_model_line(method: str, sparsity: float, arch: str = MINI_ARCH, defaulted: bool = False) -> str:
+    """What training the missing mini-suite model would be, with how long the last one took here."""
+    which = " (the mini-suite's default; --sparsity chooses)" if defaulted else ""
+    return (f"no {method} upstream model at {format_sparsity(sparsity)}{which} is registered for {arch}; training one "
+            f"with the {MINI_RECIPE} recipe on this machine {last_training_time(method, arch)}")
+
+
+def last_training_time(method: str, arch: str = MINI_ARCH, recipe: str = MINI_RECIPE) -> str:
+    """How long the newest registered model of ``recipe`` on ``arch`` took to train here, preferring ``method``'s
+    (``train_seconds`` of its checkpoint metadata), as words: "took 62 s last time, for gmp 90%"."""
+    timed = []
+    for spec in list_checkpoints():
+        if spec.source != "local" or spec.arch != arch or not spec.path or f"({recipe} recipe," not in spec.notes:
+            continue
+        seconds = _train_seconds(Path(spec.path))
+        if seconds is not None:
+            timed.append((spec.method == method, Path(spec.path).stat().st_mtime, seconds, spec))
+    if not timed:
+        return "has not been timed yet"
+    *_, seconds, spec = max(timed, key=lambda t: t[:2])
+    return f"took {seconds:.0f} s last time, for {spec.method} {format_sparsity(spec.sparsity)}"
+
+
+def _train_seconds(path: Path) -> float | None:
+    import torch
+
+    try:
+        metadata = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("metadata", {})
+        return float(metadata["train_seconds"])
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError, AttributeError):
+        return None
 
 
 def train_mini_checkpoints(method: str, sparsities: list[float], arch: str = MINI_ARCH) -> list[float]:
