@@ -209,3 +209,14 @@ def test_heatmap_colours_are_not_spent_on_a_few_collapsed_cells():
     assert colour_limit(np.array([1.0, 2.0, -3.0, 2.5, 1.5, -60.0, -45.0, 0.5])) == (3.0, True)
     assert colour_limit(np.array([1.0, -2.0, 3.0, 0.5, -1.0, 2.0, np.nan])) == (3.0, False)
     assert colour_limit(np.array([np.nan])) == (1.0, False)
+
+
+def test_every_registered_method_has_a_display_name():
+
+    from transferbench.report.palette import METHOD_ORDER, display_names
+    from transferbench.shipped import load_shipped
+
+    rows, _, _ = load_shipped("checkpoints", "table")
+    registered = {row["method"] for row in rows} | set(METHOD_ORDER)
+    assert registered <= set(display_names()), registered - set(display_names())
+    assert len(set(display_names().values())) == len(display_names())  # no two methods shown alike
