@@ -348,7 +348,7 @@ def captured_specs(monkeypatch):
 
 def _sample_value(hparam) -> str:
     choices = hparam.metadata["choices"]
-    return choices[-1] if choices else str(hparam.default * 2)
+    return choices[-1] if choices else str(hparam.default * 2 or 8)  # a default of 0 (limit): 8
 
 
 @pytest.mark.parametrize("name", [f.name for f in fields(HParams) if f.metadata["flag"]])

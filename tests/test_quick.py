@@ -155,6 +155,7 @@ def test_only_narrows_a_packaged_sweep_in_a_dry_run(tmp_path, monkeypatch, capsy
                  "--results", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert f"to run: {runs} run(s) in {runs // 5} job(s)" in out
+    assert "paper_resnet50_linear.yaml --only task=cifar10,method=acdc) ->" in out  # the plan says it is narrowed
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
 
 

@@ -63,8 +63,10 @@ def narrow_sweep(sweep: SweepSpec, only: dict[str, list[str]] | None = None, lim
     upstream = sweep.upstream  # narrowed to what the remaining checkpoints use, when those were chosen
     if "method" in only or "sparsity" in only:
         upstream = tuple(unit for unit in upstream if set(unit.products) & products)
+    narrowed = [f"--only {','.join(f'{k}={v}' for k, values in only.items() for v in values)}"] if only else []
+    narrowed += [f"--limit {limit}"] if limit is not None else []
     return replace(sweep, checkpoints=checkpoints, tasks=tasks, modes=modes, seeds=seeds, overrides=overrides,
-                   upstream=upstream)
+                   upstream=upstream, source=" ".join([sweep.source, *narrowed]))  # plans say it is narrowed
 
 
 def _kept(values: tuple[str, ...], wanted: list[str] | None, key: str, sweep: SweepSpec) -> tuple[str, ...]:
