@@ -8,11 +8,13 @@ from __future__ import annotations
 import glob
 import importlib.util
 import json
+import logging
 import struct
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import yaml
@@ -177,6 +179,63 @@ def test_wandb_offline_run_holds_every_point_and_the_summary(offline):
         assert {row["_step"]: row[key] for row in run["history"] if key in row} == _curve_of(CURVE, key), key
     assert run["summary"]["best_top1"] == 0.5 and run["summary"]["best_epoch"] == 2
     assert "solver" not in run["summary"]
+
+
+class _Recording:
+    """A tracker that records what it is told (in ``CALLS``), for the failure policy of ``Tracking``."""
+
+    CALLS: ClassVar[list] = []
+
+    def __init__(self, folder: Path) -> None:
+        pass
+
+    def start(self, run_name: str, config: dict) -> None:
+        self.CALLS.append(("start", run_name))
+
+    def log(self, step: int, metrics: dict) -> None:
+        self.CALLS.append(("log", step, dict(metrics)))
+
+    def finish(self, summary: dict, failed: bool = False) -> None:
+        self.CALLS.append(("finish", dict(summary), failed))
+
+
+class _CannotStart(_Recording):
+    def start(self, run_name: str, config: dict) -> None:
+        raise ConnectionError("api.wandb.ai unreachable\nretrying")
+
+
+class _FailsAtStep1(_Recording):
+    def log(self, step: int, metrics: dict) -> None:
+        if step == 1:
+            raise OSError("No space left on device")
+        super().log(step, metrics)
+
+
+def test_a_failing_tracker_is_a_warning_and_the_run_and_the_others_go_on(monkeypatch, tmp_path):
+    monkeypatch.setattr(_Recording, "CALLS", [])
+    monkeypatch.setitem(BACKENDS, "wandb", Backend(_CannotStart, "json", "wandb"))
+    monkeypatch.setitem(BACKENDS, "mlflow", Backend(_FailsAtStep1, "json", "mlflow"))
+    monkeypatch.setitem(BACKENDS, "tensorboard", Backend(_Recording, "json", "tensorboard"))
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # the package's logger, whether or not main() stopped its propagation
+    logger = logging.getLogger("transferbench")
+    logger.addHandler(handler)
+    try:
+        log_curve(["wandb", "mlflow", "tensorboard"], "k", CONFIG, tmp_path, CURVE, SUMMARY)
+    finally:
+        logger.removeHandler(handler)
+    warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert warnings == ["--log wandb could not start: ConnectionError: api.wandb.ai unreachable; the run goes on "
+                        "without it",
+                        "--log mlflow stopped logging: OSError: No space left on device; the run goes on without it"]
+    # mlflow's tracker: started, step 0, then dropped (never finished); tensorboard's: everything
+    expected = [("start", "k"), ("start", "k"), ("log", 0, {"lr": 0.1, "train_loss": 2.0}),
+                ("log", 0, {"lr": 0.1, "train_loss": 2.0})]
+    assert _Recording.CALLS[:4] == expected
+    assert _Recording.CALLS[4:] == [("log", 1, {k: v for k, v in CURVE[1].items() if k != "epoch"}),
+                                    ("log", 2, {k: v for k, v in CURVE[2].items() if k != "epoch"}),
+                                    ("finish", {"top1": 0.5, "best_epoch": 2.0, "best_top1": 0.5}, False)]
 
 
 def test_without_trackers_nothing_is_imported_or_written(tmp_path):

@@ -218,34 +218,31 @@ class Tracking:
 
     Used as a context manager: ``start`` opens a run in every backend, ``log_point`` reports a curve point,
     ``summary`` collects the final metrics, and leaving the block finishes every backend's run (failed when the
-    block raised). A block that never called ``start`` (e.g. a run found done) leaves no trace in any tracker.
+    block raised). A block that never called ``start`` (e.g. a run found done) leaves no trace in any tracker. A
+    backend that fails (no network, no credentials) is a warning and is dropped; the run goes on.
     """
 
     def __init__(self, names: Sequence[str] = ()) -> None:
         self.names = require_trackers(names)
-        self.trackers: list[Tracker] = []
+        self.trackers: list[tuple[str, Tracker]] = []  # those started and still working
         self.summary: dict[str, float] = {}
         self.steps = 0
-
-    @property
-    def started(self) -> bool:
-        return bool(self.trackers)
 
     def start(self, run_name: str, config: Mapping[str, Any], folder: str | Path) -> None:
         for name in self.names:
             tracker = BACKENDS[name].tracker(Path(folder))
-            tracker.start(run_name, config)
-            self.trackers.append(tracker)
-        if self.names:
-            log.info("run %s: logging to %s", run_name, ", ".join(self.names))
+            if self._guarded(name, "could not start", tracker.start, run_name, config):
+                self.trackers.append((name, tracker))
+        if self.trackers:
+            log.info("run %s: logging to %s", run_name, ", ".join(name for name, _ in self.trackers))
 
     def log_point(self, point: Mapping[str, Any]) -> None:
         """A curve point: its ``epoch`` is the step (else the points counted so far), its numbers the metrics."""
         step = int(point["epoch"]) if "epoch" in point else self.steps
         self.steps = step + 1
         metrics = numeric({k: v for k, v in point.items() if k != "epoch"})
-        for tracker in self.trackers:
-            tracker.log(step, metrics)
+        self.trackers = [(name, tracker) for name, tracker in self.trackers
+                         if self._guarded(name, "stopped logging", tracker.log, step, metrics)]
 
     def __enter__(self) -> Tracking:
         return self
@@ -253,14 +250,22 @@ class Tracking:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
         summary = numeric(self.summary)
-        for tracker in self.trackers:
-            try:
-                tracker.finish(summary, failed=error is not None)
-            except Exception as exc:  # a tracker failing to close must not hide the run's own outcome
-                if error is None:
-                    raise
-                log.warning("tracker %s could not finish: %s", type(tracker).__name__, exc)
+        for name, tracker in self.trackers:
+            self._guarded(name, "could not finish", tracker.finish, summary, failed=error is not None)
         self.trackers = []
+
+    @staticmethod
+    def _guarded(name: str, what: str, call: Any, *args: Any, **kwargs: Any) -> bool:
+        """``call`` done; a tracker's failure (no network, no credentials, a full disk) is a warning, never the
+        run's failure: trackers only watch, and a run's record is what counts."""
+        try:
+            call(*args, **kwargs)
+        except Exception as exc:
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            log.warning("--log %s %s: %s: %s; the run goes on without it", name, what, type(exc).__name__,
+                        first_line)
+            return False
+        return True
 
 
 def track(names: Sequence[str], run_name: str, config: Mapping[str, Any], folder: str | Path) -> Tracking:
