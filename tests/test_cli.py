@@ -392,3 +392,14 @@ def test_every_public_name_resolves():
         assert getattr(transferbench, name) is value, name
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         transferbench.nope  # noqa: B018
+
+
+def test_a_listing_piped_into_head_ends_quietly():
+    """`transferbench checkpoints list --json | head -c 1`: the reader leaves early; no BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    pipeline = f"{sys.executable} -m transferbench checkpoints list --json | head -c 1"
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", pipeline], capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    assert done.stdout.strip()
