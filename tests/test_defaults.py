@@ -125,10 +125,12 @@ def test_the_line_says_how_long_the_last_training_took(checkpoint_home):
 def test_train_missing_says_what_it_does_then_trains(checkpoint_home, monkeypatch):
     trained = []
 
-    def fake_training(method, sparsities, arch):
-        trained.append((method, sparsities, arch))
-        _timed_row(checkpoint_home, method, sparsities[0], 5.0)
-        return sparsities
+    def fake_training(method, sparsities, arch):  # as train_mini_checkpoints: only what is missing
+        missing = [s for s in sparsities if mini.mini_checkpoint_missing(method, s, arch)]
+        if missing:
+            trained.append((method, missing, arch))
+            _timed_row(checkpoint_home, method, missing[0], 5.0)
+        return missing
 
     monkeypatch.setattr(mini, "train_mini_checkpoints", fake_training)
     lines = []
@@ -136,6 +138,12 @@ def test_train_missing_says_what_it_does_then_trains(checkpoint_home, monkeypatc
     assert trained == [("acdc", [0.95], "resnet_tiny")] and ref.sparsity == 0.95
     assert lines == ["no acdc upstream model at 95% is registered for resnet_tiny; training one with the small_cpu "
                      "recipe on this machine has not been timed yet: training it now (--train-missing)"]
+    lines.clear()
+    mini.ensure_mini_checkpoint("acdc", 0.95, echo=lines.append)  # registered now: no training, no line
+    assert trained == [("acdc", [0.95], "resnet_tiny")] and lines == []
+    _timed_row(checkpoint_home, "acdc", 0.9, 5.0)
+    assert mini.ensure_mini_checkpoint("acdc", None, echo=lines.append).sparsity == 0.9
+    assert lines == ["--sparsity not given: acdc at the mini-suite's default 90%"]  # a default is said, not silent
 
 
 def test_the_upstream_stage_says_what_it_trains_and_how_long_it_took(checkpoint_home, monkeypatch):

@@ -51,6 +51,8 @@ def ensure_mini_checkpoint(method: str, sparsity: float | None, arch: str | None
                                      f"`transferbench upstream --method {method} --sparsity {format_sparsity(chosen)} "
                                      f"--arch {arch}`")
         echo(f"{what}: training it now (--train-missing)")
+    elif sparsity is None and method != "dense":
+        echo(f"--sparsity not given: {method} at the mini-suite's default {format_sparsity(chosen)}")
     train_mini_checkpoints(method, [chosen], arch)
     return resolve_checkpoint(method, chosen, arch, None)
 
