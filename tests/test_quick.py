@@ -114,9 +114,10 @@ def _run(root: Path, out: Path, *extra: str) -> int:
 
 
 @pytest.mark.parametrize("mode", ["linear", "full"])
-def test_limited_run_records_its_limit_and_its_split_sizes(tiny, tmp_path, mode):
+def test_limited_run_records_its_limit_and_its_split_sizes(tiny, tmp_path, capsys, mode):
     out = tmp_path / "out"
     assert _run(tiny, out, "--mode", mode, "--limit", "15") == 0
+    assert "note: a --limit quick try on 15 train and 15 test images" in capsys.readouterr().out
     (path,) = (out / "runs").glob("*/result.json")
     record = json.loads(path.read_text())
     assert f".{mode}-limit15.s21." in record["run_key"]

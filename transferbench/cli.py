@@ -75,6 +75,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     [record] = run(spec, _run_context(args))
     print(f"{spec.run_key}: top1={record.metrics.top1:.4f} mean_per_class_acc={record.metrics.mean_per_class_acc:.4f}")
     print(f"record: {result_path(args.results, spec.run_key)}")
+    if spec.hparams.limit:  # the numbers of a subset: say so where they are read
+        data = record.config["data"]
+        print(f"note: a --limit quick try on {data['train_size']} train and {data['test_size']} test images, not "
+              "the whole splits; it is never compared with the paper")
     return 0
 
 
