@@ -6,6 +6,7 @@
     <root>/failures/<key>.json          a sweep job's failure: error line, traceback, job id
     <root>/jobs/ledger.jsonl            one line per submitted sweep job (its run keys, id, executor, logs)
     <root>/cache/features/              the linear probes' feature cache
+    <root>/tensorboard/<key>/           `--log tensorboard`'s event files (written by transferbench.tracking)
 """
 
 from __future__ import annotations
