@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,6 +23,7 @@ from .sparsity_rules import (  # noqa: F401  (the rules' names, for the callers 
     SPARSITY_KINDS,
     PrunableSet,
     SparsityRule,
+    Weight,
     iterative_sparsity,
     prunable_set,
     prunable_set_names,
@@ -37,44 +38,34 @@ def _is_head(name: str, head_name: str) -> bool:
     return name == head_name or name.startswith(head_name + ".")
 
 
-class _Weight(NamedTuple):
-    """One Conv2d/Linear weight and what a prunable set asks of it."""
-
-    name: str  # parameter / state-dict key
-    kind: str  # "conv" or "linear"
-    first_conv: bool  # the model's first Conv2d (the stem)
-    head: bool
-    tensor: torch.Tensor
-
-
-def _model_weights(model: nn.Module) -> list[_Weight]:
+def _model_weights(model: nn.Module) -> list[Weight]:
     """Every Conv2d/Linear ``.weight`` in module order; the head is what sits under ``model.head_name``."""
     head_name = getattr(model, "head_name", DEFAULT_HEAD_NAME)
-    weights: list[_Weight] = []
+    weights: list[Weight] = []
     for module_name, module in model.named_modules():
         if not isinstance(module, nn.Conv2d | nn.Linear):
             continue
         kind = "conv" if isinstance(module, nn.Conv2d) else "linear"
         first = kind == "conv" and not any(w.kind == "conv" for w in weights)
         name = f"{module_name}.weight" if module_name else "weight"
-        weights.append(_Weight(name, kind, first, _is_head(module_name, head_name), module.weight))
+        weights.append(Weight(name, kind, first, _is_head(module_name, head_name), module.weight))
     return weights
 
 
-def _state_weights(state: Mapping[str, Any], head_name: str) -> list[_Weight]:
+def _state_weights(state: Mapping[str, Any], head_name: str) -> list[Weight]:
     """The state-dict view of ``_model_weights``: ``*.weight`` tensors with ≥ 2 dims (BN weights are 1-d); 4-d ones
     are convolutions, and the first of them (state dicts keep module order) is the stem."""
-    weights: list[_Weight] = []
+    weights: list[Weight] = []
     for key, value in state.items():
         if not (isinstance(value, torch.Tensor) and (key == "weight" or key.endswith(".weight")) and value.dim() >= 2):
             continue
         kind = "conv" if value.dim() == 4 else "linear"
         first = kind == "conv" and not any(w.kind == "conv" for w in weights)
-        weights.append(_Weight(key, kind, first, _is_head(key, head_name), value))
+        weights.append(Weight(key, kind, first, _is_head(key, head_name), value))
     return weights
 
 
-def _weights(model_or_state: nn.Module | Mapping[str, Any], head_name: str | None) -> list[_Weight]:
+def _weights(model_or_state: nn.Module | Mapping[str, Any], head_name: str | None) -> list[Weight]:
     if isinstance(model_or_state, nn.Module):
         if head_name is not None and head_name != getattr(model_or_state, "head_name", DEFAULT_HEAD_NAME):
             raise ValueError("head_name can only be overridden for a state dict")

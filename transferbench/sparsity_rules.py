@@ -11,17 +11,27 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import shipped
 from .errors import TransferbenchError
 
 if TYPE_CHECKING:
-    from .sparsity import _Weight
+    import torch
 
 RULES_FILE = "sparsity_rules"  # transferbench/shipped/checkpoints/sparsity_rules.yaml
 LAYER_KINDS = ("conv", "linear")
 SPARSITY_KINDS = ("nominal", "rounds", "learned")
+
+
+class Weight(NamedTuple):
+    """One Conv2d/Linear weight and what a prunable set asks of it (:mod:`transferbench.sparsity` lists them)."""
+
+    name: str  # parameter / state-dict key
+    kind: str  # "conv" or "linear"
+    first_conv: bool  # the model's first Conv2d (the stem)
+    head: bool
+    tensor: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -34,7 +44,7 @@ class PrunableSet:
     head: bool  # whether the classifier head is pruned, whatever its layer type (STR's is a 1x1 conv)
     description: str = ""
 
-    def selects(self, weight: _Weight) -> bool:
+    def selects(self, weight: Weight) -> bool:
         return (weight.kind in self.layers and (self.first_conv or not weight.first_conv)
                 and (self.head or not weight.head))
 

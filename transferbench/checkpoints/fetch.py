@@ -11,23 +11,20 @@ file, which the first download (or the first fetch of a file put there by hand) 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import os
 import re
 import shutil
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..atomic import write_json
 from ..digests import sha256_file
 from ..errors import TransferbenchError
 from ..version import __version__
 from ..vocabulary import format_sparsity, method_matches, normalize_sparsity, resolve_method
+from .lockfile import LOCK_FILE, lock_path, record_download, recorded_sha256, verify_recorded
 from .registry import (
     ENV_CHECKPOINTS,
     CheckpointSpec,
@@ -44,7 +41,6 @@ from .registry import (
 if TYPE_CHECKING:
     from http.client import HTTPResponse
 
-LOCK_FILE = "checkpoints.lock.json"
 PART_SUFFIX = ".part"
 MIRROR_KINDS = ("url", "hf")
 ATTEMPTS = 5  # connections per source: the first and up to four resumptions after interruptions
@@ -71,66 +67,6 @@ class _SourceFailed(Exception):
 
 
 # ------------------------------------------------------------------------------------------------ the lock file
-
-
-def lock_path(directory: Path) -> Path:
-    """The lock file of the checkpoints in ``directory``: the sha256 of each file as first downloaded."""
-    return directory / LOCK_FILE
-
-
-def read_lock(directory: Path) -> dict[str, dict]:
-    """File name → {sha256, size, source, rows, recorded}; {} when there is no lock file."""
-    path = lock_path(directory)
-    try:
-        entries = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError):
-        raise TransferbenchError(f"cannot read {path}; fix it, or delete it to record the digests again") from None
-    if not isinstance(entries, dict) or not all(isinstance(e, dict) and "sha256" in e for e in entries.values()):
-        raise TransferbenchError(f"{path} is not a checkpoint lock file; fix it, or delete it to record the digests "
-                                 "again")
-    return entries
-
-
-def _record(folder: Path, filename: str, digest: str, size: int, spec: CheckpointSpec, source: str) -> None:
-    """Add a file's digest to ``folder``'s lock file (atomically, under a lock: parallel fetches keep theirs)."""
-    with open(folder / f".{LOCK_FILE}.flock", "w") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)
-        entries = read_lock(folder)
-        known = entries.get(filename, {})
-        entries[filename] = {"sha256": digest, "size": size, "source": source,
-                             "rows": sorted({*known.get("rows", []), spec.name}),
-                             "recorded": known.get("recorded") or datetime.now(timezone.utc).isoformat(" ", "seconds")}
-        write_json(lock_path(folder), entries)
-
-
-def recorded_sha256(path: Path) -> str | None:
-    """The digest the lock file beside ``path`` recorded for it, or None."""
-    entry = read_lock(path.parent).get(path.name)
-    return None if entry is None else str(entry["sha256"])
-
-
-def verify_recorded(spec: CheckpointSpec, path: Path, digest: str) -> None:
-    """Refuse ``path`` (sha256 ``digest``), the file of the published row ``spec``, when it differs from the row's
-    pinned digest or from the one the lock file beside it recorded when it was first downloaded. One's own files
-    (``checkpoints add``, ``upstream``) are left to their registered digest, which loading checks."""
-    if spec.path:
-        return
-    pinned = normalize_sha256(spec.sha256, spec.name)
-    if pinned and not digest.startswith(pinned):
-        raise TransferbenchError(
-            f"checksum mismatch for {path}: sha256 is {digest[:16]}…, the registry pins {pinned} for {spec.name}; "
-            f"the file is corrupt or a different checkpoint: delete it and run `transferbench checkpoints fetch "
-            f"{spec.name}`"
-        )
-    recorded = recorded_sha256(path)
-    if recorded and digest != recorded:
-        raise TransferbenchError(
-            f"{path} changed since it was first downloaded: sha256 {digest[:16]}…, {lock_path(path.parent)} "
-            f"recorded {recorded[:16]}…; delete it and run `transferbench checkpoints fetch {spec.name}`, or, if you "
-            f"replaced it on purpose, {add_command(spec, str(path))}"
-        )
 
 
 # ------------------------------------------------------------------------------------------------ sources
@@ -249,7 +185,7 @@ def fetch_checkpoint(spec: CheckpointSpec, directory: str | os.PathLike | None =
         verify_recorded(spec, existing, digest)
         if existing == folder / spec.filename and recorded_sha256(existing) is None:  # put there by hand
             with contextlib.suppress(PermissionError):  # a shared read-only folder: checked, just not recorded
-                _record(folder, spec.filename, digest, existing.stat().st_size, spec, "found in place")
+                record_download(folder, spec.filename, digest, existing.stat().st_size, spec, "found in place")
         return Fetched(spec, "present", existing, digest)
     if spec.path:
         raise TransferbenchError(f"{spec.name} was added from {spec.path}, which no longer exists; add it again with "
@@ -276,7 +212,8 @@ def fetch_checkpoint(spec: CheckpointSpec, directory: str | os.PathLike | None =
             part.unlink(missing_ok=True)  # a complete file with the wrong digest: resuming it cannot help
             failures.append(f"{location}: {exc}")
             continue
-        _record(folder, target.name, digest, part.stat().st_size, spec, location)  # then the file: never unpinned
+        # the digest first, then the file: a file in place is never unpinned
+        record_download(folder, target.name, digest, part.stat().st_size, spec, location)
         os.replace(part, target)
         return Fetched(spec, "downloaded", target, digest, location)
     resume = f"; {part.name} is kept: the same command resumes it" if part.exists() else ""

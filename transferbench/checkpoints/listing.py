@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import TransferbenchError
 from ..vocabulary import arch_family, format_sparsity, method_aliases, method_key, method_matches
-from .fetch import recorded_sha256
+from .lockfile import recorded_sha256
 from .registry import CheckpointSpec, checkpoint_file, list_checkpoints, named_checkpoint
 
 # The human table's columns (``--json`` has every field of ``checkpoint_row``).

@@ -23,8 +23,8 @@ from ..errors import TransferbenchError
 from ..models import TransferModel, create_model, list_archs, model_class
 from ..sparsity import SparsityReport, SparsityRule, measure_sparsity, prunable_weights, set_weights
 from ..sparsity import sparsity_rule as method_sparsity_rule
-from .fetch import verify_recorded
 from .formats import decode_checkpoint
+from .lockfile import verify_recorded
 from .registry import CheckpointSpec, format_sparsity, local_path, normalize_sha256, normalize_sparsity
 
 log = logging.getLogger("transferbench")

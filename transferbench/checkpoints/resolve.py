@@ -8,8 +8,8 @@ from ..digests import sha256_file
 from ..errors import TransferbenchError
 from ..runspec import CheckpointRef
 from ..vocabulary import normalize_sparsity
-from .fetch import verify_recorded
 from .load import peek_arch
+from .lockfile import verify_recorded
 from .registry import (
     CheckpointSpec,
     file_identity,

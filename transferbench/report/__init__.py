@@ -22,7 +22,8 @@ _lazy_package(__name__, {
                  "plot_accuracy_vs_sparsity", "plot_delta_heatmap", "plot_linear_vs_full_ranks",
                  "plot_upstream_vs_transfer", "upstream_vs_transfer_figure", "write_figures"),
     ".index": ("write_index",),
-    ".leaderboard": ("DELTA", "MEAN", "Leaderboard", "leaderboard", "write_leaderboards"),
+    ".leaderboard": ("DELTA", "MEAN", "Leaderboard", "leaderboard"),
+    ".leaderboard_files": ("write_leaderboards",),
     ".palette": ("METHOD_ORDER", "MethodStyle", "method_color", "method_colors", "method_style"),
     ".predictions": ("Beyond", "beyond", "write_beyond"),
     ".reference": ("read_reference", "read_references"),
@@ -45,7 +46,8 @@ if _typing.TYPE_CHECKING:
         write_figures,
     )
     from .index import write_index
-    from .leaderboard import DELTA, MEAN, Leaderboard, leaderboard, write_leaderboards
+    from .leaderboard import DELTA, MEAN, Leaderboard, leaderboard
+    from .leaderboard_files import write_leaderboards
     from .palette import METHOD_ORDER, MethodStyle, method_color, method_colors, method_style
     from .predictions import Beyond, beyond, write_beyond
     from .reference import read_reference, read_references

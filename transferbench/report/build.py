@@ -33,7 +33,7 @@ from .compare import compare, write_compare
 from .compare import summary as compare_summary
 from .figures import write_figures
 from .index import Section, run_versions, write_index
-from .leaderboard import write_leaderboards
+from .leaderboard_files import write_leaderboards
 from .prediction_metrics import MIN_COUNT
 from .predictions import Beyond, beyond, write_beyond
 from .reference import read_references
