@@ -23,8 +23,7 @@ from .. import shipped
 from ..atomic import write_bytes
 from ..digests import sha256_file
 from ..errors import TransferbenchError
-from ..models import model_class
-from ..sparsity import SparsityRule, prunable_set_names, sparsity_rule
+from ..sparsity_rules import SparsityRule, prunable_set_names, sparsity_rule  # torch-free: `checkpoints list`
 from ..vocabulary import arch_family, format_sparsity, method_matches, normalize_sparsity, resolve_method
 
 ENV_CHECKPOINTS = "TRANSFERBENCH_CHECKPOINTS"
@@ -356,6 +355,8 @@ def register_local(spec: CheckpointSpec, path: str | os.PathLike) -> CheckpointS
     file = Path(path).expanduser().resolve()
     if not file.is_file():
         raise TransferbenchError(f"cannot register {file}: no such file")
+    from ..models import model_class  # torchvision: only when a file is registered
+
     model_class(spec.arch)  # unknown arch → TransferbenchError listing the known ones
     digest = sha256_file(file)
     expected = normalize_sha256(spec.sha256, spec.name)
