@@ -301,6 +301,15 @@ def test_a_tracker_not_installed_is_one_line_naming_its_extra_before_any_work(co
     assert not (tmp_path / "out").exists() and not (tmp_path / "ckpts").exists()
 
 
+def test_log_with_upstream_from_is_refused_as_it_has_nothing_to_report(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(BACKENDS, "tensorboard", Backend(tracking.TensorBoardTracker, "json", "tensorboard"))
+    assert main(["upstream", "--method", "cram", "--from", str(tmp_path / "dense.pth"), "--out", str(tmp_path / "out"),
+                 "--log", "tensorboard"]) == 2
+    assert capsys.readouterr().err.splitlines() == ["error: --log with --from: one-shot pruning trains no epochs, so "
+                                                    "a tracker would get nothing; drop --log"]
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_a_full_run_reports_its_curve_and_metrics_and_changes_no_number(world, offline, capsys):
     if not INSTALLED:

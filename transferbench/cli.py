@@ -86,6 +86,9 @@ def cmd_upstream(args: argparse.Namespace) -> int:
     from .vocabulary import parse_sparsity
 
     args.trackers = require_trackers(args.trackers)  # --log of a backend not installed: before any work
+    if args.trackers and args.source is not None:
+        raise TransferbenchError("--log with --from: one-shot pruning trains no epochs, so a tracker would get "
+                                 "nothing; drop --log")
     args.sparsity = [parse_sparsity(s) for s in args.sparsity]  # 0.9 or 90%; a bare 90 is refused
     if args.executor == "slurm" or args.gpus is not None or args.nodes is not None or args.profile:
         from .dispatch.upstream_jobs import submit_upstream_command
