@@ -172,6 +172,12 @@ def _panel_limits(main: tuple[float, float], low: tuple[float, float]) -> tuple[
     return (main[0] - pad_main, main[1] + pad_main), (low[0] - pad_low, low[1] + pad_low)
 
 
+def _break_marks(slash: list[tuple[float, float]]) -> dict:
+    """The plot style of a broken axis's diagonal marks, drawn with ``slash`` as the marker path."""
+    return {"marker": slash, "markersize": 6, "linestyle": "none", "color": "0.3", "mec": "0.3", "mew": 0.8,
+            "clip_on": False}
+
+
 def _break_axes(ax, low_ax, main: tuple[float, float], low: tuple[float, float]) -> None:
     """Show ``main`` on ``ax`` and ``low`` on ``low_ax`` below it, with the diagonal marks of a broken axis."""
     ax.set_ylim(*main)
@@ -179,8 +185,7 @@ def _break_axes(ax, low_ax, main: tuple[float, float], low: tuple[float, float])
     ax.spines["bottom"].set_visible(False)
     low_ax.spines["top"].set_visible(False)
     ax.tick_params(axis="x", which="both", bottom=False, labelbottom=False)
-    marks = {"marker": [(-1, -0.5), (1, 0.5)], "markersize": 6, "linestyle": "none", "color": "0.3",
-             "mec": "0.3", "mew": 0.8, "clip_on": False}
+    marks = _break_marks([(-1, -0.5), (1, 0.5)])
     ax.plot([0, 1], [0, 0], transform=ax.transAxes, **marks)
     low_ax.plot([0, 1], [1, 1], transform=low_ax.transAxes, **marks)
 
@@ -428,8 +433,7 @@ def _break_x(low_ax, ax, low: tuple[float, float], main: tuple[float, float]) ->
     low_ax.spines["right"].set_visible(False)
     ax.spines["left"].set_visible(False)
     ax.tick_params(axis="y", which="both", left=False, labelleft=False)
-    marks = {"marker": [(-0.5, -1), (0.5, 1)], "markersize": 6, "linestyle": "none", "color": "0.3",
-             "mec": "0.3", "mew": 0.8, "clip_on": False}
+    marks = _break_marks([(-0.5, -1), (0.5, 1)])
     low_ax.plot([1, 1], [0, 1], transform=low_ax.transAxes, **marks)
     ax.plot([0, 0], [0, 1], transform=ax.transAxes, **marks)
 
