@@ -19,23 +19,27 @@ from transferbench.dispatch import load_sweep, plan_sweep
 from transferbench.report import collect, leaderboard
 from transferbench.runspec import make_spec
 
-# The grids the demo ran before it was a sweep (its DemoPlan and DemoPlan.quick()), and how it built their specs:
-# a sweep that plans other run keys would redo every run of an earlier demo instead of reusing its records.
+# The grids of the demo, written out as the demo built their specs before it was a sweep (its DemoPlan and
+# DemoPlan.quick()): a sweep that planned other run keys would redo every run of an earlier demo instead of reusing
+# its records. The demo's full fine-tuning became 8 epochs (5 at the full LR) in session 6 to fit 10 minutes: its
+# full runs have new keys on purpose, the linear ones kept theirs.
 _METHODS = ("gmp", "woodfisher", "rigl", "lth", "acdc", "cram")
 EARLIER_DEMOS = {
-    "demo": {"methods": _METHODS, "tasks": ("digits", "textures"), "full_epochs": 15, "linear_epochs": None},
-    "demo_quick": {"methods": ("gmp", "acdc", "cram"), "tasks": ("digits",), "full_epochs": 6, "linear_epochs": 20},
+    "demo": {"methods": _METHODS, "tasks": ("digits", "textures"),
+             "full": {"epochs": 8, "lr_decay_after": [4, 6]}, "linear_epochs": None},
+    "demo_quick": {"methods": ("gmp", "acdc", "cram"), "tasks": ("digits",), "full": {"epochs": 6},
+                   "linear_epochs": 20},
 }
 SPARSITIES, SEEDS = (0.8, 0.9), (21, 51)
 
 
-def _earlier_demo_keys(methods, tasks, full_epochs, linear_epochs) -> list[str]:
+def _earlier_demo_keys(methods, tasks, full, linear_epochs) -> list[str]:
     refs = [resolve_checkpoint("dense", 0.0, "resnet_tiny", None)]
     refs += [resolve_checkpoint(m, s, "resnet_tiny", None) for m in methods for s in SPARSITIES]
     linear = {"epochs": linear_epochs} if linear_epochs else {}  # None: the paper's 150
     return [make_spec(task, mode, seed, ref, overrides).run_key
             for ref in refs for task in tasks for seed in SEEDS
-            for mode, overrides in (("linear", linear), ("full", {"epochs": full_epochs}))]
+            for mode, overrides in (("linear", linear), ("full", full))]
 
 
 @pytest.fixture
