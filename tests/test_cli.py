@@ -339,7 +339,8 @@ def captured_specs(monkeypatch):
 
     def fake_run(spec, ctx):
         specs.append(spec)
-        return [SimpleNamespace(metrics=SimpleNamespace(top1=0.0, mean_per_class_acc=0.0))]
+        return [SimpleNamespace(metrics=SimpleNamespace(top1=0.0, mean_per_class_acc=0.0),
+                                config={"data": {"train_size": 8, "test_size": 8}})]  # read by --limit's note
 
     monkeypatch.setattr("transferbench.runner.run", fake_run)
     monkeypatch.setattr("transferbench.finetune.sparse_cpu.deepsparse_python", lambda: "python")
