@@ -332,7 +332,7 @@ def test_a_sweep_submits_its_upstream_jobs_first_and_the_transfer_jobs_after_the
     assert (row["unit"], row["state"], row["detail"], row["runs"]["magnitude"]["state"]) == \
         (UNIT, "queued", "job 12", "queued")
     assert main(["status", str(sweep_file), "--results", str(out)]) == 0
-    assert re.search(rf"upstream stage \(1 unit\(s\)\):\n.*\n.*\n{UNIT}\s+magnitude\s+50\s+0\s+tiny\s+queued\s+job 12",
+    assert re.search(rf"upstream stage \(1 unit\(s\)\):\n.*\n.*\n{UNIT}\s+magnitude\s+50%\s+0\s+tiny\s+queued\s+job 12",
                      capsys.readouterr().out)
     assert main(args) == 0
     assert "nothing to do" in capsys.readouterr().out and len(list(fake_slurm.glob("sbatch_*.sh"))) == 3

@@ -273,7 +273,7 @@ def test_lth_t_rewinds_to_the_published_dense_row_and_never_downloads_it(tmp_pat
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
     with torch.device("meta"):  # the error comes before any weight is read
         resnet50 = create_model("resnet50")
-    with pytest.raises(TransferbenchError, match=r"resnet50-0676ba61\.pth.*download https://download\.pytorch"):
+    with pytest.raises(TransferbenchError, match=r"resnet50-0676ba61\.pth.*checkpoints fetch resnet50_dense.*https://download\.pytorch"):
         _build_lth(resnet50, 0.9, load_recipe("imagenet_resnet50")["methods"]["lth"])
 
     # the same path with a published row of our own: θ_p is that file, checked against the row's digest

@@ -185,6 +185,8 @@ class FFCVBatches:
     else as a host copy; callers may keep them. Labels are copied too.
     """
 
+    table: torch.Tensor | None = None  # ``normalization_table`` when the pipeline hands over uint8 pixels
+
     def __init__(self, path: Path, cfg: TransformConfig, batch_size: int, num_workers: int,
                  drop_last: bool = False, device: torch.device | None = None,
                  pixels_to: torch.device | None = None) -> None:
