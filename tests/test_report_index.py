@@ -15,16 +15,26 @@ from transferbench.cli import main
 REF = PAPER_RESULTS
 
 
+def write_dtd_runs(root, seed: int, own_method: str | None = None) -> None:
+    """Two seeds of dense and AC/DC 80%/90% on dtd (and of ``own_method``, closer to dense), logits drawn from
+    ``seed``."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(C), N // C)
+    for run_seed in (0, 1):
+        dense = rng.normal(size=(N, C)) + 2.5 * np.eye(C)[labels]
+        _write_run(root, f"d{run_seed}", "dtd", "dense", 0.0, run_seed, dense, labels)
+        for s in (0.8, 0.9):
+            _write_run(root, f"a{s}-{run_seed}", "dtd", "acdc", s, run_seed, dense + rng.normal(size=dense.shape),
+                       labels)
+            if own_method:
+                _write_run(root, f"m{s}-{run_seed}", "dtd", own_method, s, run_seed,
+                           dense + 0.5 * rng.normal(size=dense.shape), labels)
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("index")
-    rng = np.random.default_rng(3)
-    labels = np.repeat(np.arange(C), N // C)
-    for seed in (0, 1):
-        dense = rng.normal(size=(N, C)) + 2.5 * np.eye(C)[labels]
-        _write_run(root, f"d{seed}", "dtd", "dense", 0.0, seed, dense, labels)
-        for s in (0.8, 0.9):
-            _write_run(root, f"a{s}-{seed}", "dtd", "acdc", s, seed, dense + rng.normal(size=dense.shape), labels)
+    write_dtd_runs(root, 3)
     return root
 
 

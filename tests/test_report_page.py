@@ -12,7 +12,7 @@ from html import unescape
 import numpy as np
 import pytest
 from fixtures_data import PAPER_RESULTS
-from test_report_beyond import C, N, _write_run
+from test_report_index import write_dtd_runs
 
 from transferbench.cli import main
 
@@ -25,15 +25,7 @@ def page(tmp_path_factory):
     """A store of our own runs (dense, acdc and an own method `mine` on dtd) reported with the paper's linear
     ResNet50 and MobileNet results when they are there; returns (root, index.md text, index.html text)."""
     root = tmp_path_factory.mktemp("page") / "a_results_folder_with_a_rather_long_name_to_wrap"
-    rng = np.random.default_rng(7)
-    labels = np.repeat(np.arange(C), N // C)
-    for seed in (0, 1):
-        dense = rng.normal(size=(N, C)) + 2.5 * np.eye(C)[labels]
-        _write_run(root, f"d{seed}", "dtd", "dense", 0.0, seed, dense, labels)
-        for s in (0.8, 0.9):
-            _write_run(root, f"a{s}-{seed}", "dtd", "acdc", s, seed, dense + rng.normal(size=dense.shape), labels)
-            _write_run(root, f"m{s}-{seed}", "dtd", "mine", s, seed, dense + 0.5 * rng.normal(size=dense.shape),
-                       labels)
+    write_dtd_runs(root, 7, own_method="mine")
     args = ["report", "--results", str(root), "--label", "mine=Our method"]
     if PAPER_RESULTS.is_dir():  # the mobilenet file sorts before resnet50: it must still come after our results
         args += ["--reference", *(str(PAPER_RESULTS / f) for f in ("linear_mobilenet_transfer_results.txt",
