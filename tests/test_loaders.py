@@ -131,6 +131,7 @@ def test_a_full_run_decodes_its_test_split_once_however_many_evaluations(tmp_pat
     result = finetune_full(model, masks, None, None, 3, hp, 0, tmp_path, torch.device("cpu"), loaders=torch_loaders)
     assert len([p for p in result.curve if "top1" in p]) == 3  # three evaluations...
     assert test.reads == len(test)  # ...of images decoded once (the old loaders decoded 3 x 9)
+    assert len(torch_loaders.test()) == 3  # 9 images in batches of 4: the progress bar's total
     assert train.reads == 3 * len(train)
 
 
@@ -157,6 +158,6 @@ def test_runner_training_batches_normalised_as_one_tensor_equal_the_per_image_tr
     for epoch, seed in enumerate((5, 6)):
         got = list(runner.train(epoch, seed))
         old = _old_epoch(Transformed(pictures, build_transform(train_cfg)), 6, seed)
-        assert len(got) == len(old) == 4
+        assert len(got) == len(old) == len(runner.train(epoch, seed)) == 4  # its length sizes the progress bar
         for (x, y), (x_old, y_old) in zip(got, old, strict=True):
             assert x.dtype == torch.float32 and torch.equal(x, x_old) and torch.equal(y, y_old)

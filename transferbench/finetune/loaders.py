@@ -164,11 +164,13 @@ class TorchLoaders:
         self.sampler.epoch_seed = epoch_seed
         if self.normalize is None:
             return self.train_loader
-        return _Reiterable(lambda: normalized_batches(self.train_loader, self.normalize, self.device))
+        return _Reiterable(lambda: normalized_batches(self.train_loader, self.normalize, self.device),
+                           len(self.train_loader))
 
     def test(self) -> Batches:
         if isinstance(self.test_set, DecodedImages):
-            return _Reiterable(lambda: self.test_set.batches(self.eval_batch_size, self.device))
+            return _Reiterable(lambda: self.test_set.batches(self.eval_batch_size, self.device),
+                               math.ceil(len(self.test_set) / self.eval_batch_size))
         return self.test_loader
 
 
@@ -188,13 +190,16 @@ def normalized_batches(loader: Iterable, cfg: TransformConfig, device: torch.dev
 
 
 class _Reiterable:
-    """Each ``iter()`` a fresh pass, like a DataLoader."""
+    """Each ``iter()`` a fresh pass of ``length`` batches, like a DataLoader (its length sizes the progress bar)."""
 
-    def __init__(self, make: Callable[[], Iterator]) -> None:
-        self.make = make
+    def __init__(self, make: Callable[[], Iterator], length: int) -> None:
+        self.make, self.length = make, length
 
     def __iter__(self) -> Iterator:
         return self.make()
+
+    def __len__(self) -> int:
+        return self.length
 
 
 def runner_loaders(train: Dataset, test: Dataset, train_cfg: TransformConfig, test_cfg: TransformConfig,
