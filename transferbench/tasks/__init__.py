@@ -111,15 +111,26 @@ def load_split(
         )
     if len(data) == 0:
         raise TransferbenchError(f"the {split} split of {task.name} under {data.root} holds no images")
+    data.check_labels()
     return data
 
 
 def check_data(task: TaskSpec | str, data_root: str | Path, strict: bool = False,
                verify_md5: bool = False) -> dict:
-    """What `transferbench data check` prints; raises TransferbenchError when the data is unusable."""
+    """What `transferbench data check` prints; raises TransferbenchError when the data is unusable.
+
+    Beyond loading (files present, labels within the classes, CIFAR's arrays shaped as 32x32x3 images), every image
+    file's header is read: an unreadable file or one too large to decode (a decompression bomb) is an error here,
+    not hours into a run.
+    """
+    from .data import ImageListDataset
+
     task = get_task(task) if isinstance(task, str) else task
     train = load_split(task, "train", data_root, verify_md5)
     test = load_split(task, "test", data_root, verify_md5)
+    for split in (train, test):
+        if isinstance(split.dataset, ImageListDataset):
+            split.dataset.check_headers()
     report = {
         "task": task.name,
         "layout": train.layout,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import warnings
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +30,43 @@ class Split:
     layout: str
     root: Path
     paper_split: bool = True  # False when this layout cannot reproduce the paper's split (birds, official)
+    label_source: Path | None = None  # the file the labels were read from, named when a label is out of range
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def check_labels(self) -> None:
+        """Every label is a class index (0..classes-1): a label file from another release or a corrupt one would
+        otherwise pass loading and crash training (or silently drop samples from per-class metrics)."""
+        count = len(self.classes)
+        bad = next(((i, y) for i, y in enumerate(self.labels) if not 0 <= y < count), None)
+        if bad is not None:
+            raise TransferbenchError(
+                f"{self.label_source or self.root}: label {bad[1]} of image {bad[0]} is outside the {count} "
+                f"classes (0..{count - 1}); the labels are corrupt or belong to another release; re-extract the dataset"
+            )
+
+
+# What PIL raises on truncated, corrupt or non-image files, besides its decompression-bomb error.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, zlib.error, struct.error)
+
+
+def open_image(path: Path) -> Image.Image:
+    """``Image.open`` (lazy: the header only) with PIL's decompression-bomb guard made an error at its first level.
+
+    PIL raises DecompressionBombError above twice ``Image.MAX_IMAGE_PIXELS`` but only warns between once and twice;
+    both are refused here, as one line naming the file, like any unreadable image.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise TransferbenchError(
+            f"image {path} is too large to decode ({exc}); remove or replace the file"
+        ) from None
+    except _DECODE_ERRORS as exc:
+        raise TransferbenchError(f"cannot read image {path} ({exc}); re-extract the dataset") from None
 
 
 class ImageListDataset(Dataset):
@@ -43,12 +80,19 @@ class ImageListDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         path, label = self.samples[index]
-        try:
-            with Image.open(path) as img:
+        with open_image(path) as img:
+            try:
                 img.load()
-                return img, label
-        except (OSError, SyntaxError) as exc:  # PIL raises both for truncated or non-image files
-            raise TransferbenchError(f"cannot read image {path} ({exc}); re-extract the dataset") from None
+            except _DECODE_ERRORS as exc:
+                raise TransferbenchError(f"cannot read image {path} ({exc}); re-extract the dataset") from None
+            return img, label
+
+    def check_headers(self) -> None:
+        """Every image opens (its header: no decoding) and has a size PIL accepts and at least 1x1 px."""
+        for path, _ in self.samples:
+            with open_image(path) as img:
+                if min(img.size) < 1:
+                    raise TransferbenchError(f"image {path} is {img.size[0]}x{img.size[1]} px; remove or replace it")
 
 
 class Transformed(Dataset):

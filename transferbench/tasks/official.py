@@ -12,18 +12,22 @@ torchvision. The other datasets have an md5 only for the downloaded archive, whi
 
 Missing or incomplete data raises a one-line TransferbenchError naming the missing path and the expected
 layout (the card's ``layouts.official.description``), never torchvision's generic RuntimeError.
+
+No file is unpickled with ``pickle.load``: CIFAR's batches go through ``cifar.CifarUnpickler``, which admits only
+the globals a genuine batch references (issue #15). torchvision parses the other layouts' metadata (text, JSON,
+MATLAB files: no code in them), and every image-file layout returns an ``ImageListDataset``, so all images are
+decoded by one function (``data.open_image``) whose errors name the file.
 """
 
 from __future__ import annotations
 
 import csv
 import os
-import pickle
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import ConcatDataset, Dataset, Subset
+from torch.utils.data import Dataset
 from torchvision.datasets import (
     CIFAR10,
     CIFAR100,
@@ -40,6 +44,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.datasets.utils import check_integrity
 
 from ..errors import TransferbenchError
+from .cifar import read_cifar
 from .data import ImageListDataset, Split
 
 Reader = Callable[[Path, str, bool], Split]
@@ -95,7 +100,7 @@ def _require_images(reader: str, files: Iterable[str | Path], listed_in: Path) -
 
 
 # What torchvision raises on unreadable or truncated metadata files.
-_READ_ERRORS = (OSError, RuntimeError, ValueError, KeyError, IndexError, EOFError, pickle.UnpicklingError)
+_READ_ERRORS = (OSError, RuntimeError, ValueError, KeyError, IndexError, EOFError)
 
 
 def _open(reader: str, cls: type, root: Path, **kwargs: Any) -> Any:
@@ -110,9 +115,25 @@ def _open(reader: str, cls: type, root: Path, **kwargs: Any) -> Any:
 
 
 def _split(dataset: Dataset, labels: Sequence[int], classes: Sequence[str], base: Path,
-           paper_split: bool = True) -> Split:
+           paper_split: bool = True, label_source: Path | None = None) -> Split:
     return Split(dataset=dataset, labels=[int(y) for y in labels], classes=[str(c) for c in classes],
-                 layout="official", root=base, paper_split=paper_split)
+                 layout="official", root=base, paper_split=paper_split, label_source=label_source)
+
+
+def _images(samples: Iterable[tuple[str | Path, int]]) -> ImageListDataset:
+    """(image file, label) pairs as the dataset every image-file layout returns; labels as plain ints."""
+    return ImageListDataset([(Path(path), int(label)) for path, label in samples])
+
+
+def _check_files(reader: str, table: Iterable[tuple[Path, str]], verify_md5: bool) -> None:
+    """Each file exists and, with ``verify_md5``, has torchvision's md5 (an error that names the offending file)."""
+    for path, md5 in table:
+        _require(reader, path)
+        if verify_md5 and not check_integrity(str(path), md5):
+            raise TransferbenchError(
+                f"{path} does not have torchvision's md5 {md5} (--verify-md5); re-extract the official "
+                "archive, or drop --verify-md5 to check the structure only"
+            )
 
 
 def _lines(path: Path) -> list[str]:
@@ -137,55 +158,34 @@ class _Md5OptIn:
         raise NotImplementedError
 
     def _check_integrity(self) -> bool:
-        for path, md5 in self._md5_table():
-            _require(self.reader, path)
-            if self._verify_md5 and not check_integrity(str(path), md5):
-                raise TransferbenchError(
-                    f"{path} does not have torchvision's md5 {md5} (--verify-md5); re-extract the official "
-                    "archive, or drop --verify-md5 to check the structure only"
-                )
+        _check_files(self.reader, self._md5_table(), self._verify_md5)
         return True
 
 
 # ------------------------------------------------------------------------------------------------ CIFAR
 
 
-class _CifarMd5OptIn(_Md5OptIn):
-    def __init__(self, *args: Any, verify_md5: bool, **kwargs: Any):
-        # _load_meta md5-checks the meta file by itself; md5 None turns that into an existence check
-        # (the md5, when asked for, is checked in _check_integrity from the class attribute).
-        self.meta = {**type(self).meta, "md5": None}  # type: ignore[attr-defined]
-        super().__init__(*args, verify_md5=verify_md5, **kwargs)
-
-    def _md5_table(self) -> list[tuple[Path, str]]:
-        cls: Any = type(self)
-        folder = Path(self.root) / cls.base_folder  # type: ignore[attr-defined]
-        files = [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])]
-        return [(folder / name, md5) for name, md5 in files]
-
-
-class _CIFAR10(_CifarMd5OptIn, CIFAR10):
-    reader = "cifar10"
-
-
-class _CIFAR100(_CifarMd5OptIn, CIFAR100):
-    reader = "cifar100"
-
-
-def _read_cifar(cls: type[_CIFAR10] | type[_CIFAR100], root: Path, split: str, verify_md5: bool) -> Split:
-    ds = _open(cls.reader, cls, root, train=split == "train", verify_md5=verify_md5)
-    # CIFAR-100 targets are the fine labels (torchvision reads `fine_labels`)
-    return _split(ds, ds.targets, ds.classes, root / cls.base_folder)
+def _read_cifar(reader: str, cls: type[CIFAR10], root: Path, split: str, verify_md5: bool) -> Split:
+    """torchvision's file table (names and md5 sums) for the files; ``cifar.read_cifar`` for their content."""
+    folder = root / cls.base_folder
+    meta = folder / cls.meta["filename"]
+    # every file of both splits must be there (an incomplete extraction is reported whichever split is read)
+    _check_files(reader, [*((folder / name, md5) for name, md5 in (*cls.train_list, *cls.test_list)),
+                          (meta, cls.meta["md5"])], verify_md5)
+    batches = [folder / name for name, _ in (cls.train_list if split == "train" else cls.test_list)]
+    # CIFAR-100 targets are the fine labels, as torchvision reads them
+    ds = read_cifar(batches, meta, cls.meta["key"], "labels" if cls is CIFAR10 else "fine_labels")
+    return _split(ds, ds.targets, ds.classes, folder, label_source=batches[0])
 
 
 @register("cifar10")
 def read_cifar10(root: Path, split: str, verify_md5: bool) -> Split:
-    return _read_cifar(_CIFAR10, root, split, verify_md5)
+    return _read_cifar("cifar10", CIFAR10, root, split, verify_md5)
 
 
 @register("cifar100")
 def read_cifar100(root: Path, split: str, verify_md5: bool) -> Split:
-    return _read_cifar(_CIFAR100, root, split, verify_md5)
+    return _read_cifar("cifar100", CIFAR100, root, split, verify_md5)
 
 
 # ----------------------------------------------------------------------------- list-file torchvision sets
@@ -200,8 +200,9 @@ class _Flowers102(_Md5OptIn, Flowers102):
 
 
 def _read_parts(reader: str, cls: type, root: Path, parts: Sequence[str], listed_in: Callable[[str], Path],
-                base: Path, **kwargs: Any) -> Split:
-    """The union of official splits ``parts`` (e.g. train + val), checked to share one class list."""
+                base: Path, label_source: Path | None = None, **kwargs: Any) -> Split:
+    """The union of official splits ``parts`` (e.g. train + val), checked to share one class list; the labels
+    come from ``label_source`` (default: the first part's list file)."""
     datasets = []
     for part in parts:
         _require(reader, listed_in(part))
@@ -213,9 +214,9 @@ def _read_parts(reader: str, cls: type, root: Path, parts: Sequence[str], listed
                 f"re-extract the dataset; the official {reader} layout is {_expected(reader)}"
             )
         datasets.append(ds)
-    labels = [y for ds in datasets for y in ds._labels]
-    dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
-    return _split(dataset, labels, datasets[0].classes, base)
+    dataset = _images((path, y) for ds in datasets for path, y in zip(ds._image_files, ds._labels, strict=True))
+    return _split(dataset, [y for _, y in dataset.samples], datasets[0].classes, base,
+                  label_source=label_source or listed_in(parts[0]))
 
 
 @register("aircraft")
@@ -249,7 +250,7 @@ def read_flowers(root: Path, split: str, verify_md5: bool) -> Split:
     _require("flowers", base / "jpg")
     parts = ["train", "val"] if split == "train" else ["test"]  # train + val (2,040), as Kornblith et al.
     return _read_parts("flowers", _Flowers102, root, parts, lambda p: base / "setid.mat", base,
-                       verify_md5=verify_md5)
+                       label_source=base / "imagelabels.mat", verify_md5=verify_md5)
 
 
 @register("pets")
@@ -260,7 +261,8 @@ def read_pets(root: Path, split: str, verify_md5: bool) -> Split:
     _require("pets", listed_in, base / "images")
     ds = _open("pets", OxfordIIITPet, root, split=part, target_types="category")
     _require_images("pets", ds._images, listed_in)
-    return _split(ds, ds._labels, ds.classes, base)
+    return _split(_images(zip(ds._images, ds._labels, strict=True)), ds._labels, ds.classes, base,
+                  label_source=listed_in)
 
 
 @register("cars")
@@ -272,10 +274,9 @@ def read_cars(root: Path, split: str, verify_md5: bool) -> Split:
     )
     _require("cars", base / "devkit" / "cars_meta.mat", annos, images)
     ds = _open("cars", StanfordCars, root, split=split)
-    # labels come out of the .mat file as numpy integers; make __getitem__ yield plain ints
-    ds._samples = [(path, int(label)) for path, label in ds._samples]
     _require_images("cars", [path for path, _ in ds._samples], annos)
-    return _split(ds, [label for _, label in ds._samples], ds.classes, base)
+    dataset = _images(ds._samples)  # the .mat file's labels are numpy integers; the dataset's are ints
+    return _split(dataset, [label for _, label in dataset.samples], ds.classes, base, label_source=annos)
 
 
 # ---------------------------------------------------------------------------------------------- Caltech
@@ -293,11 +294,10 @@ def _read_caltech(reader: str, cls: type, root: Path, split: str, first_n: int, 
     categories = base / folder
     _require(reader, categories)
     ds = _open(reader, cls, root, **kwargs)
-    names = [ds.categories[y] for y in ds.y]
-    _require_images(reader, (categories / c / filename(c, n) for c, n in zip(names, ds.index, strict=True)),
-                    categories)
+    paths = [categories / ds.categories[y] / filename(ds.categories[y], n) for y, n in zip(ds.y, ds.index, strict=True)]
+    _require_images(reader, paths, categories)
     keep = [i for i, n in enumerate(ds.index) if (n <= first_n) == (split == "train")]
-    return _split(Subset(ds, keep), [ds.y[i] for i in keep], ds.categories, base)
+    return _split(_images((paths[i], ds.y[i]) for i in keep), [ds.y[i] for i in keep], ds.categories, base)
 
 
 @register("caltech101")
