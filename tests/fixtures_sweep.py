@@ -56,7 +56,7 @@ def write_upstream_sweep(root: Path, **entry) -> Path:
     upstream entry of the tiny recipe (``entry`` adds to it)."""
     sweep_file, _ = write_fixture_sweep(root, linear_seeds=(21,), full_seeds=())
     spec = yaml.safe_load(sweep_file.read_text())
-    spec["upstream"] = [{"method": "magnitude", "sparsity": 50, "recipe": str(write_tiny_recipe(root)), **entry}]
-    spec["checkpoints"] = [spec["checkpoints"][0], {"method": "magnitude", "sparsity": 50}]
+    spec["upstream"] = [{"method": "magnitude", "sparsity": "50%", "recipe": str(write_tiny_recipe(root)), **entry}]
+    spec["checkpoints"] = [spec["checkpoints"][0], {"method": "magnitude", "sparsity": "50%"}]
     sweep_file.write_text(yaml.safe_dump(spec, sort_keys=False))
     return sweep_file

@@ -315,16 +315,16 @@ def test_table_rows_are_valid():
     dense = find_checkpoint("dense", 0)
     assert dense.url == "https://download.pytorch.org/models/resnet50-0676ba61.pth"
     assert dense.sha256 == "0676ba61" and dense.filename == "resnet50-0676ba61.pth"
-    assert [find_checkpoint("acdc", s).upstream_top1 for s in (80, 90, 95, 98)] == [76.45, 75.03, 73.14, 68.48]
+    assert [find_checkpoint("acdc", s).upstream_top1 for s in ("80%", "90%", "95%", "98%")] == [76.45, 75.03, 73.14, 68.48]
 
 
 def test_find_checkpoint_by_fraction_or_percent_and_family():
-    assert find_checkpoint("acdc", 0.9) == find_checkpoint("acdc", 90)
+    assert find_checkpoint("acdc", 0.9) == find_checkpoint("acdc", "90%")
     assert find_checkpoint("acdc", 0.9).arch == "resnet50"
-    assert find_checkpoint("str", 90).arch == "resnet50_str"  # STR/RigL rows count as the resnet50 family
+    assert find_checkpoint("str", "90%").arch == "resnet50_str"  # STR/RigL rows count as the resnet50 family
     assert find_checkpoint("rigl_erk5x", 0.95).arch == "resnet50_rigl"
     assert find_checkpoint("str", 0.9, arch="mobilenet").arch == "mobilenet_str"
-    assert find_checkpoint("acdc", 75, arch="mobilenet").name == "mobilenet_acdc_75"
+    assert find_checkpoint("acdc", "75%", arch="mobilenet").name == "mobilenet_acdc_75"
     assert find_checkpoint("cram", 0.8).oneshot
 
 
@@ -368,7 +368,7 @@ def test_an_already_downloaded_torchvision_file_is_found_in_the_torch_hub_cache(
 
 def test_register_local_makes_a_trained_checkpoint_findable(checkpoint_home, tiny_file):
     path, masks = tiny_file
-    spec = CheckpointSpec(name="my_gmp_50", method="gmp", sparsity=50, arch="resnet_tiny")
+    spec = CheckpointSpec(name="my_gmp_50", method="gmp", sparsity="50%", arch="resnet_tiny")
     registered = register_local(spec, path)
     assert registered.sha256 == sha256_file(path) and registered.path == str(path.resolve())
     assert registered.sparsity == 0.5 and registered.source == "local"
@@ -388,7 +388,7 @@ def test_register_local_makes_a_trained_checkpoint_findable(checkpoint_home, tin
     register_local(CheckpointSpec(name="mine", method="my_method", sparsity=0.5, arch="resnet_tiny"), path)
     assert [row["name"] for row in yaml.safe_load((checkpoint_home / "local.yaml").read_text())] == [
         "my_gmp_50", "mine"]
-    assert find_checkpoint("my_method", 50, arch="resnet_tiny").name == "mine"
+    assert find_checkpoint("my_method", "50%", arch="resnet_tiny").name == "mine"
     with pytest.raises(TransferbenchError, match="does not match"):
         register_local(CheckpointSpec(name="x", method="gmp", sparsity=0.5, arch="resnet_tiny",
                                       sha256="deadbeef"), path)
@@ -522,7 +522,7 @@ def test_explicit_format_must_match(tiny_file):
 def test_sparsity_gap_and_allow_flag(tiny_file):
     path, _ = tiny_file  # exactly 50% per layer
     assert load_checkpoint(path, target_sparsity=0.5).sparsity.overall == pytest.approx(0.5, abs=1e-3)
-    assert load_checkpoint(path, target_sparsity=50.3).sparsity.overall < 0.51  # within the 0.5 pp default
+    assert load_checkpoint(path, target_sparsity="50.3%").sparsity.overall < 0.51  # within the 0.5 pp default
     message = one_line_error(load_checkpoint, path, target_sparsity=0.9)
     assert "registered as 90%" in message and "--allow-sparsity-gap" in message and "tiny.pth" in message
     loaded = load_checkpoint(path, target_sparsity=0.9, allow_sparsity_gap=True)

@@ -409,7 +409,7 @@ def test_a_from_entry_prepares_one_shot_candidates_under_the_names_the_stage_exp
                                   filename=dense.name), dense)
     sweep_file = write_upstream_sweep(tmp_path)
     spec = yaml.safe_load(sweep_file.read_text())
-    spec["upstream"] = [{"method": "cram", "from": "cram_tiny", "sparsity": [50, 90], "dataset": "shapes",
+    spec["upstream"] = [{"method": "cram", "from": "cram_tiny", "sparsity": ["50%", "90%"], "dataset": "shapes",
                          "recipe": str(tmp_path / "tiny.yaml")}]
     spec.pop("checkpoints")  # transfer every candidate
     sweep_file.write_text(yaml.safe_dump(spec, sort_keys=False))

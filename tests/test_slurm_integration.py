@@ -175,8 +175,8 @@ def test_an_upstream_entry_trains_on_two_processes_before_the_transfer_job_that_
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(recipe))
     sweep_file, _ = write_fixture_sweep(tmp_path, linear_seeds=(21,), full_seeds=())
     spec = yaml.safe_load(sweep_file.read_text())
-    spec["upstream"] = [{"method": "magnitude", "sparsity": 50, "recipe": str(tmp_path / "tiny.yaml")}]
-    spec["checkpoints"] = [{"method": "magnitude", "sparsity": 50}]
+    spec["upstream"] = [{"method": "magnitude", "sparsity": "50%", "recipe": str(tmp_path / "tiny.yaml")}]
+    spec["checkpoints"] = [{"method": "magnitude", "sparsity": "50%"}]
     sweep_file.write_text(yaml.safe_dump(spec, sort_keys=False))
     profile = yaml.safe_load((SCRIPT.parent / "testcluster.yaml").read_text())
     profile.update(gpus_per_node=0, upstream={"tasks_per_node": 2, "cpus_per_task": 1, "mem_gb": 2})

@@ -154,7 +154,8 @@ def test_planning_marks_existing_records_done_and_packs_only_the_rest(tmp_path):
     ({"modes": ["linear", "full", "linear"]}, "modes lists linear more than once; list each once"),
     ({"solvers": ["sgd", "lbfgs", "sgd"]}, "solvers lists sgd more than once; list each once"),
     ({"checkpoints": [{"method": "acdc"}]}, "each checkpoint needs method and sparsity"),
-    ({"checkpoints": [{"method": "acdc", "sparsity": 150}]}, "sparsity must be in [0, 1)"),
+    ({"checkpoints": [{"method": "acdc", "sparsity": "150%"}]}, "sparsity must be in [0, 1)"),
+    ({"checkpoints": [{"method": "acdc", "sparsity": 90}]}, "sparsity 90 is ambiguous: write 0.9 or 90%"),
     ({"seedz": [1]}, "unknown key(s) seedz"),
     ({"tasks": []}, "'tasks' is missing or empty"),
 ])
@@ -339,7 +340,7 @@ def _register_product(root: Path, name: str, method: str, sparsity: float) -> No
 
 def test_dry_run_lists_the_upstream_stage_then_the_transfer_jobs_that_wait_for_it(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
-    sweep_file = _upstream_sweep(tmp_path, [{"method": "magnitude", "sparsity": [50, 80], "gpus": 4, "nodes": 2},
+    sweep_file = _upstream_sweep(tmp_path, [{"method": "magnitude", "sparsity": ["50%", "80%"], "gpus": 4, "nodes": 2},
                                             {"method": "dense"}])
     out = tmp_path / "out"
     args = ["sweep", str(sweep_file), "--dry-run", "--results", str(out)]
@@ -381,7 +382,8 @@ def test_dry_run_lists_the_upstream_stage_then_the_transfer_jobs_that_wait_for_i
 
 def test_checkpoints_are_bound_to_the_upstream_entry_that_makes_them(tmp_path, monkeypatch):
     monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
-    upstream = [{"method": "magnitude", "sparsity": 50, "seed": [0, 1]}, {"method": "cram", "sparsity": [50, 90]}]
+    upstream = [{"method": "magnitude", "sparsity": "50%", "seed": [0, 1]},
+                {"method": "cram", "sparsity": ["50%", "90%"]}]
     everything = load_sweep(_upstream_sweep(tmp_path, upstream))  # no checkpoints: transfer every product
     assert [(u.name, u.sparsities) for u in everything.upstream] == [
         ("resnet_tiny_magnitude_50_tiny_s0", (0.5,)), ("resnet_tiny_magnitude_50_tiny_s1", (0.5,)),
@@ -389,13 +391,13 @@ def test_checkpoints_are_bound_to_the_upstream_entry_that_makes_them(tmp_path, m
     assert [e.upstream for e in everything.checkpoints] == [
         "resnet_tiny_magnitude_50_tiny_s0", "resnet_tiny_magnitude_50_tiny_s1", "resnet_tiny_cram_50_tiny_s0",
         "resnet_tiny_cram_90_tiny_s0"]
-    switches = load_sweep(_upstream_sweep(tmp_path, [{"method": "acdc", "sparsity": 90, "batch_size": 32,
+    switches = load_sweep(_upstream_sweep(tmp_path, [{"method": "acdc", "sparsity": "90%", "batch_size": 32,
                                                       "precision": "bf16", "channels_last": True}]))
     kwargs = switches.upstream[0].train_kwargs()  # what the job passes to train_upstream
     assert kwargs["batch_size"] == 32 and (kwargs["options"].precision, kwargs["options"].channels_last) == \
         ("bf16", True)
     chosen = load_sweep(_upstream_sweep(tmp_path, upstream, [{"method": "magnitude", "sparsity": 0.5, "seed": 1},
-                                                             {"method": "cram", "sparsity": 90},
+                                                             {"method": "cram", "sparsity": "90%"},
                                                              {"method": "dense", "sparsity": 0}]))
     assert [e.upstream for e in chosen.checkpoints] == ["resnet_tiny_magnitude_50_tiny_s1",
                                                         "resnet_tiny_cram_90_tiny_s0", None]  # dense: the registry's
@@ -406,21 +408,22 @@ def test_checkpoints_are_bound_to_the_upstream_entry_that_makes_them(tmp_path, m
 
 
 @pytest.mark.parametrize(("upstream", "checkpoints", "message"), [
-    ([{"sparsity": 90}], None, "each upstream entry needs a method"),
-    ([{"method": "acdc", "sparsity": 90, "epochs": 3}], None, "upstream 'acdc' has unknown key(s) epochs"),
+    ([{"sparsity": "90%"}], None, "each upstream entry needs a method"),
+    ([{"method": "acdc", "sparsity": "90%", "epochs": 3}], None, "upstream 'acdc' has unknown key(s) epochs"),
     ([{"method": "acdc"}], None, "upstream 'acdc' needs a sparsity"),
-    ([{"method": "acdc", "sparsity": 90, "gpus": 3, "nodes": 2}], None, "gpus 3 do not split evenly over nodes 2"),
-    ([{"method": "acdc", "sparsity": 90, "gpus": 0}], None, "upstream 'acdc' gpus must be a whole number of 1 or more"),
-    ([{"method": "acdc", "sparsity": 90}, {"method": "acdc", "sparsity": [80, 90]}], None,
+    ([{"method": "acdc", "sparsity": "90%", "gpus": 3, "nodes": 2}], None, "gpus 3 do not split evenly over nodes 2"),
+    ([{"method": "acdc", "sparsity": "90%", "gpus": 0}], None,
+     "upstream 'acdc' gpus must be a whole number of 1 or more"),
+    ([{"method": "acdc", "sparsity": "90%"}, {"method": "acdc", "sparsity": ["80%", "90%"]}], None,
      "make resnet_tiny_acdc_90_tiny_s0 more than once"),
-    ([{"method": "snip", "sparsity": 90}], None, "upstream 'snip': "),
-    ([{"method": "acdc", "sparsity": 90, "precision": "fp8"}], None, "upstream 'acdc': --precision 'fp8'"),
-    ([{"method": "acdc", "sparsity": 90, "batch_size": 0}], None, "upstream 'acdc': --batch-size 0"),
-    ([{"method": "acdc", "sparsity": 90, "recipe": "nope"}], None, "upstream 'acdc':"),
-    ([{"method": "acdc", "sparsity": 90, "from": "cram_resnet50"}], None, "one-shot candidates of CrAM models"),
-    ([{"method": "acdc", "sparsity": 90, "seed": [0, 1]}], [{"method": "acdc", "sparsity": 90}],
+    ([{"method": "snip", "sparsity": "90%"}], None, "upstream 'snip': "),
+    ([{"method": "acdc", "sparsity": "90%", "precision": "fp8"}], None, "upstream 'acdc': --precision 'fp8'"),
+    ([{"method": "acdc", "sparsity": "90%", "batch_size": 0}], None, "upstream 'acdc': --batch-size 0"),
+    ([{"method": "acdc", "sparsity": "90%", "recipe": "nope"}], None, "upstream 'acdc':"),
+    ([{"method": "acdc", "sparsity": "90%", "from": "cram_resnet50"}], None, "one-shot candidates of CrAM models"),
+    ([{"method": "acdc", "sparsity": "90%", "seed": [0, 1]}], [{"method": "acdc", "sparsity": "90%"}],
      "is made by 2 upstream entries (resnet_tiny_acdc_90_tiny_s0, resnet_tiny_acdc_90_tiny_s1); add seed: or recipe:"),
-    ([{"method": "acdc", "sparsity": 90}], [{"method": "acdc", "sparsity": 80, "seed": 0}],
+    ([{"method": "acdc", "sparsity": "90%"}], [{"method": "acdc", "sparsity": "80%", "seed": 0}],
      "names a seed or recipe, but no upstream entry of the sweep makes it"),
 ])
 def test_bad_upstream_entries_are_one_line_errors_naming_the_file(upstream, checkpoints, message, tmp_path, capsys):

@@ -161,8 +161,10 @@ def test_a_bare_number_above_one_or_nonsense_is_refused(typed, message):
     assert message in str(refused.value)
 
 
-def test_files_and_the_python_api_keep_reading_a_bare_percent():
-    assert normalize_sparsity(90) == 0.9 and normalize_sparsity("80%") == 0.8 and parse_sparsity(None) is None
+def test_files_and_the_python_api_read_a_sparsity_as_the_flags_do():
+    assert normalize_sparsity(0.9) == 0.9 and normalize_sparsity("80%") == 0.8 and parse_sparsity(None) is None
+    with pytest.raises(TransferbenchError, match=r"sparsity 90 is ambiguous: write 0.9 or 90%"):
+        normalize_sparsity(90)  # a bare percent is refused by the API and sweep files too, not guessed
 
 
 @pytest.mark.parametrize(("fraction", "printed"), [

@@ -74,20 +74,10 @@ def resolve_method(name: str, available: Iterable[str], *, flag: str = "--method
 # --- sparsity -----------------------------------------------------------------------------------------------------
 
 
-def normalize_sparsity(value: float | int | str) -> float:
-    """A sparsity as a fraction in [0, 1), from a fraction (0.9, "0.9"), an explicit percent ("90%") or, as files and
-    the Python API have always allowed, a bare number above 1 read as a percent (90). Command-line flags use the
-    stricter ``parse_sparsity``."""
-    return _fraction(value, bare_percent=True, flag="")
-
-
-def parse_sparsity(value: float | int | str | None, flag: str = "--sparsity") -> float | None:
-    """A sparsity typed by a user: a fraction (0.9) or an explicit percent (``90%``); a bare number above 1 (95) is
-    refused with "write 0.95 or 95%" rather than guessed. None stays None."""
-    return None if value is None else _fraction(value, bare_percent=False, flag=flag)
-
-
-def _fraction(value: float | int | str, *, bare_percent: bool, flag: str) -> float:
+def normalize_sparsity(value: float | int | str, flag: str = "") -> float:
+    """A sparsity as a fraction in [0, 1), from a fraction (0.9, "0.9") or an explicit percent ("90%"): the one
+    reading for flags, sweep files, recipes, the registry and the Python API. A bare number above 1 (90) is refused
+    with "write 0.9 or 90%" rather than guessed (files and the API read it as a percent until 0.1.x)."""
     named = f"{flag} {value}" if flag else f"sparsity {value!r}"
     text = value.strip() if isinstance(value, str) else value
     percent = isinstance(text, str) and text.endswith("%")
@@ -98,13 +88,17 @@ def _fraction(value: float | int | str, *, bare_percent: bool, flag: str) -> flo
     if isinstance(value, bool) or not math.isfinite(number):
         raise TransferbenchError(f"{named}: write a fraction like 0.9 or a percent like 90%")
     if not percent and number > 1:
-        if not bare_percent:
-            raise TransferbenchError(f"{named} is ambiguous: write {_plain(number / 100)} or {_plain(number)}%")
-        percent = True
+        raise TransferbenchError(f"{named} is ambiguous: write {_plain(number / 100)} or {_plain(number)}%")
     fraction = number / 100 if percent else number
     if not 0 <= fraction < 1:
         raise TransferbenchError(f"{named}: sparsity must be in [0, 1) as a fraction or [0%, 100%) as a percent")
     return round(fraction, 6)
+
+
+def parse_sparsity(value: float | int | str | None, flag: str = "--sparsity") -> float | None:
+    """A sparsity typed by a user: a fraction (0.9) or an explicit percent (``90%``); a bare number above 1 (95) is
+    refused with "write 0.95 or 95%" rather than guessed. None stays None."""
+    return None if value is None else normalize_sparsity(value, flag)
 
 
 def _plain(number: float) -> str:

@@ -3,7 +3,7 @@
     name: paper_resnet50_linear
     checkpoints:                      # registry entries (method × sparsity [× arch]) or local files
       - {method: dense, sparsity: 0}
-      - {method: acdc, sparsity: [80, 90, 95]}
+      - {method: acdc, sparsity: [80%, 90%, 95%]}
       - {method: mine, sparsity: 0.9, path: /ckpts/mine90.pth, arch: resnet50}
     tasks: paper                      # paper (the 12), mini (offline), or a list of task names
     modes: [linear]
@@ -13,7 +13,7 @@
     data_root: /data                  # optional defaults for the run context (CLI flags win)
     checkpoint_dir: /ckpts
     upstream:                         # optional: checkpoints trained first, in a stage of their own
-      - {method: acdc, sparsity: [80, 90], recipe: imagenet_resnet50, dataset: imagenet, data_root: /imagenet}
+      - {method: acdc, sparsity: [80%, 90%], recipe: imagenet_resnet50, dataset: imagenet, data_root: /imagenet}
 
 Upstream entries (``upstream_spec``) are submitted before the transfer jobs, which wait for them (SLURM
 ``afterok``); a checkpoint entry with their method, sparsity and arch uses what they register, and without
@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from .. import shipped
 from ..checkpoints.registry import arch_family
 from ..errors import TransferbenchError
+from ..names import check_name
 from ..runspec import resolve_hparams
 from ..tasks import get_task, list_tasks
 from ..vocabulary import format_sparsity, normalize_sparsity
@@ -159,6 +160,9 @@ def _checkpoints(raw: Any, default_arch: str | None, origin: str,
             raise TransferbenchError(f"sweep {origin}: each checkpoint needs method and sparsity, got {item!r}")
         if unknown := sorted(set(item) - _CHECKPOINT_KEYS):
             raise TransferbenchError(f"sweep {origin}: checkpoint {item['method']!r} has unknown key(s) {unknown}")
+        for key, value in (("method", item["method"]), ("arch", item.get("arch") or default_arch)):  # in run keys
+            if value is not None:
+                check_name(str(value), f"sweep {origin}: checkpoint {key}")
         sparsities = _as_list(item["sparsity"])
         if item.get("path") and (len(sparsities) != 1 or "seed" in item or "recipe" in item):
             raise TransferbenchError(f"sweep {origin}: a checkpoint with a path has exactly one sparsity and no "

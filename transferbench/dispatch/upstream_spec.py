@@ -2,7 +2,7 @@
 
     upstream:
       - method: acdc
-        sparsity: [80, 90, 95]         # one job per sparsity (CrAM: one job makes every candidate of one model)
+        sparsity: [80%, 90%, 95%]         # one job per sparsity (CrAM: one job makes every candidate of one model)
         seed: [0, 1]                   # default 0
         recipe: imagenet_resnet50      # default small_cpu; a list trains each; a path names a recipe .yaml
         dataset: imagenet              # default: the recipe's
@@ -13,7 +13,7 @@
         batch_size: 1024               # the global batch, the recipe scaled by its rule (default: the recipe's)
         precision: bf16                # loop switches, as the upstream command's flags: precision, channels_last,
         channels_last: true            # sync_bn, loader, workers
-      - {method: cram, from: cram_resnet50, sparsity: [50, 70, 90], dataset: imagenet, data_root: /imagenet}
+      - {method: cram, from: cram_resnet50, sparsity: [50%, 70%, 90%], dataset: imagenet, data_root: /imagenet}
 
 A unit registers one checkpoint per sparsity, named ``checkpoint_name(recipe, method, sparsity, seed)``. A
 transfer checkpoint of the sweep with the same method, sparsity and arch uses it (the ``seed:`` or ``recipe:``
