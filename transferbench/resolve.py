@@ -8,6 +8,7 @@ from typing import Any
 
 from .checkpoints import resolve_checkpoint
 from .checkpoints.registry import method_for_arch
+from .names import check_name
 from .runspec import RunSpec, make_spec, resolve_hparams
 from .tasks import detect_layout, get_task, load_split
 from .upstream import ensure_mini_checkpoint
@@ -17,11 +18,15 @@ def resolve_spec(task: str, mode: str = "linear", seed: int = 21, *, method: str
                  sparsity: float | None = None, arch: str | None = None, checkpoint: str | Path | None = None,
                  checkpoint_dir: Path | None = None, data_root: Path | None = None,
                  overrides: dict[str, Any] | None = None, train_missing: bool = False) -> RunSpec:
-    """The RunSpec of one run, checked cheapest first so that a mistake costs no download or training: the
+    """The RunSpec of one run, checked cheapest first so that a mistake costs no download or training: ``method``
+    and ``arch`` are names (``names.check_name``: they become part of the run key, a folder name), then the
     hyper-parameters (and the DeepSparse environment they may ask for), then a paper task's data under
     ``data_root``, then the checkpoint: ``checkpoint`` (a file), else the registry's ``method`` at ``sparsity``
     [for ``arch``]. For a mini-task, a method's mini-suite upstream model is trained now when none is registered
     and ``train_missing`` asks for it (seconds to minutes on a CPU; see ``upstream.ensure_mini_checkpoint``)."""
+    for value, flag in ((method, "--method"), (arch, "--arch")):  # parts of the run key: first, before any work
+        if value is not None:
+            check_name(value, flag)
     task_spec = get_task(task)
     hparams = resolve_hparams(mode, task_spec.full_lr, overrides)  # the spec's own check, before any other work
     if hparams.engine == "deepsparse":

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..digests import sha256_file
 from ..errors import TransferbenchError
+from ..names import check_name
 from ..runspec import CheckpointRef
 from ..vocabulary import normalize_sparsity
 from .load import peek_arch
@@ -83,6 +84,8 @@ def _local_file(method: str | None, sparsity: float | None, arch: str | None, pa
         arch = peek_arch(path)
         if arch is None:
             raise TransferbenchError(f"{path} does not name its architecture; pass --arch (e.g. resnet50)")
+        check_name(arch, f"{path} names its architecture as")  # read from the file: part of the run key
+    check_name(method or "custom", "--method")
     return CheckpointRef(method=method or "custom", sparsity=normalize_sparsity(sparsity), arch=arch,
                          identity=file_identity(None, sha256_file(path)), path=str(path))
 
