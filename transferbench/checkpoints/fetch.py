@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from ..digests import sha256_file
 from ..errors import TransferbenchError
+from ..names import check_component, check_name, inside
 from ..version import __version__
 from ..vocabulary import format_sparsity, method_matches, normalize_sparsity, resolve_method
 from .lockfile import LOCK_FILE, lock_path, record_download, recorded_sha256, verify_recorded
@@ -80,11 +81,20 @@ def sources(spec: CheckpointSpec) -> list[tuple[str, str]]:
             raise TransferbenchError(f"{spec.name}: each mirror is one of `url: https://...` or `hf: "
                                      f"owner/repo[@revision]:path/in/repo`, not {mirror!r}; fix the row")
         [(kind, location)] = mirror.items()
-        if kind == "hf" and not re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w./-]+)?:\S+", str(location)):
-            raise TransferbenchError(f"{spec.name}: hf mirror {location!r} is not owner/repo[@revision]:path; fix "
-                                     "the row")
+        if kind == "hf" and not _hf_reference(str(location)):
+            raise TransferbenchError(f"{spec.name}: hf mirror {location!r} is not owner/repo[@revision]:path (a path "
+                                     "inside the repository, without '..'); fix the row")
         found.append((kind, str(location)))
     return found
+
+
+def _hf_reference(location: str) -> bool:
+    """Whether ``location`` is ``owner/repo[@revision]:path`` with a path that stays inside the download's staging
+    folder (huggingface_hub writes the file at ``<staging>/<path>``): relative, no ``..`` part."""
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w./-]+)?:\S+", location):
+        return False
+    path = location.partition(":")[2]
+    return not path.startswith("/") and ".." not in path.replace("\\", "/").split("/")
 
 
 def _download_url(url: str, part: Path) -> None:
@@ -193,12 +203,14 @@ def fetch_checkpoint(spec: CheckpointSpec, directory: str | os.PathLike | None =
     found = sources(spec)
     if not found:
         return Fetched(spec, "not public", message=not_public_line(spec))
+    # the row's file name, never one taken from a URL: a URL ending in `..` or `%2F..` names no file here
+    target = inside(folder, folder / check_component(spec.filename, f"{spec.name}: filename"), "checkpoint directory")
     with contextlib.suppress(OSError):
         folder.mkdir(parents=True, exist_ok=True)
     if not os.access(folder, os.W_OK):
         raise TransferbenchError(f"cannot write to {folder}; choose another folder with --checkpoint-dir or "
                                  f"${ENV_CHECKPOINTS}")
-    target, failures = folder / spec.filename, []
+    failures: list[str] = []
     part = target.with_name(target.name + PART_SUFFIX)
     for kind, location in found:
         try:
@@ -324,6 +336,9 @@ def add_checkpoint(path: str | os.PathLike, method: str, sparsity: float | str, 
     """
     from .load import load_checkpoint
 
+    for value, flag in ((method, "--method"), (arch, "--arch"), (name, "--name")):  # before the file is read
+        if value is not None:
+            check_name(value, flag)
     file = Path(path).expanduser()
     target = normalize_sparsity(sparsity)
     if registered := method_matches(method, {s.method for s in list_checkpoints()}):
@@ -334,6 +349,7 @@ def add_checkpoint(path: str | os.PathLike, method: str, sparsity: float | str, 
     spec = (published if published is not None else
             CheckpointSpec(name=name or f"{method}_{round(target * 100, 2):g}_{arch}", method=method,
                            sparsity=target, arch=arch))
+    check_name(spec.name, "the row's name (--name; default <method>_<percent>_<arch>)")
     load_checkpoint(file, arch=arch, expected_sha256=spec.sha256, target_sparsity=target,
                     allow_sparsity_gap=allow_sparsity_gap, method=method, prunable=spec.prunable)
     return register_local(spec, file)

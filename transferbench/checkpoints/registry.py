@@ -23,6 +23,7 @@ from .. import shipped
 from ..atomic import write_bytes
 from ..digests import sha256_file
 from ..errors import TransferbenchError
+from ..names import check_name
 from ..sparsity_rules import SparsityRule, prunable_set_names, sparsity_rule  # torch-free: `checkpoints list`
 from ..vocabulary import arch_family, format_sparsity, method_matches, normalize_sparsity, resolve_method
 
@@ -126,6 +127,8 @@ class CheckpointSpec:
         values["sparsity"] = normalize_sparsity(values["sparsity"])
         values["sha256"] = normalize_sha256(values.get("sha256"), f"{origin} ({row['name']})")
         values["filename"] = values.get("filename") or f"{row['name']}.pth"
+        for key in ("name", "method", "arch", *(() if values.get("path") else ("filename",))):  # parts of paths
+            check_name(values[key], f"{origin}: entry {row['name']!r}: {key}")
         values["notes"] = values.get("notes") or ""
         if values.get("prunable") is not None and values["prunable"] not in prunable_set_names():
             raise TransferbenchError(f"{origin}: entry {row['name']!r} has prunable {values['prunable']!r}; use one "

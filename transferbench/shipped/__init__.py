@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from ..errors import TransferbenchError
+from ..names import is_name
 
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -77,7 +78,7 @@ def load_shipped(kind: str, name: str, flag: str = "") -> tuple[Any, str, str]:
     """(parsed YAML, origin for messages, name) of the shipped file ``name``; never a file of the working directory."""
     spec = _kind(kind)
     entry = resources.files(spec.package) / f"{name}.yaml"
-    if not entry.is_file():
+    if not is_name(name) or not entry.is_file():  # a name with '/' or '..' would read a file outside the package
         flagged = f" ({flag})" if flag else ""
         see = f" (see {spec.see})" if spec.see else ""
         raise TransferbenchError(f"unknown {spec.noun} '{name}'{flagged}: pass a {spec.noun} .yaml file "

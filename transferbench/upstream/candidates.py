@@ -13,6 +13,7 @@ import yaml
 from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoints import CheckpointSpec, register_local, save_checkpoint
+from ..names import check_name, inside
 from ..pruning.bn import balanced_sample, bn_recalibrate, dataset_labels, indices_digest
 from ..pruning.oneshot import one_shot_prune
 from ..seeding import epoch_seed
@@ -156,7 +157,7 @@ def register_candidate(folder: Path, rec: dict, method: str, sp: float, net: tor
     chance = at_chance(top1, classes, test_size)
     if chance:
         notes = f"{notes}; {chance_note(method, top1, classes, test_size)}"
-    path = folder / f"{name}.pth"
+    path = inside(folder, folder / f"{check_name(name, 'upstream checkpoint name')}.pth", "upstream folder (--out)")
     metadata = {"method": method, "target_sparsity": float(sp), "measured_sparsity": measured,
                 "recipe": rec["name"], "recipe_config": yaml.safe_dump(rec), "upstream_dataset": rec["dataset"],
                 "upstream_top1": top1, "at_chance": chance, "chance_threshold": chance_threshold(classes, test_size),

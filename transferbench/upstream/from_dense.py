@@ -13,7 +13,6 @@ the dense file's row and sha256). The registry's one-shot rows (``oneshot: true`
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from ..checkpoints import checkpoint_dir as default_checkpoint_dir
 from ..checkpoints.registry import file_identity, named_checkpoint, oneshot_source, prepared_candidate
 from ..context import resolve_device
 from ..errors import TransferbenchError
+from ..names import check_name, name_from
 from ..pruning.bn import dataset_labels
 from ..vocabulary import format_sparsity
 from .candidates import (
@@ -43,7 +43,6 @@ ONE_SHOT_METHODS = ("cram", "cram_nm")
 # The recipe whose data and calibration block a dense model is pruned with, by upstream dataset (--dataset).
 DEFAULT_RECIPES = {"imagenet": "imagenet_resnet50", "shapes": "small_cpu"}
 DENSE_TOLERANCE = 0.005  # a "dense" model may have this fraction of exact zeros (the loader's 0.5 pp gap)
-_UNSAFE_NAME = re.compile(r"[^\w.-]+")  # a file stem becomes part of a registry name and a file name
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,8 @@ class DenseSource:
         """The first part of its candidates' names: the row's name, or the file's stem and digest prefix."""
         if self.row:
             return self.row.name
-        return f"{_UNSAFE_NAME.sub('_', self.loaded.path.stem)}_{self.loaded.sha256[:8]}"
+        # part of a registry name and a file name (names.py): made a name, short enough for the rest to follow
+        return f"{name_from(self.loaded.path.stem)[:40]}_{self.loaded.sha256[:8]}"
 
     def metadata(self) -> dict:
         about = {"path": str(self.loaded.path), "sha256": self.loaded.sha256, "format": self.loaded.format}
@@ -113,7 +113,9 @@ def oneshot_name(stem: str, method: str, sparsities: Sequence[float], recipe_nam
     """``<stem>_<method>_<sparsities>_oneshot_<recipe>_s<calibration seed>``, the sparsities as percents joined by
     ``-``: with one sparsity, a candidate's registry name; with several, the name of the group (a sweep unit)."""
     percents = "-".join(format_sparsity(s).rstrip("%") for s in sparsities)
-    return f"{stem}_{method}_{percents}_oneshot_{recipe_name}_s{seed}"
+    return check_name(f"{stem}_{method}_{percents}_oneshot_{recipe_name}_s{seed}",
+                      f"recipe {recipe_name!r}: the candidate name (<dense row>_<method>_<percents>_oneshot_<recipe "
+                      "name>_s<seed>)")
 
 
 def oneshot_names(stem: str, method: str, sparsities: Sequence[float], rec: dict) -> list[str]:

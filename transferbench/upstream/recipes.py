@@ -10,6 +10,7 @@ from typing import Any
 
 from .. import shipped
 from ..errors import TransferbenchError
+from ..names import check_name
 from ..pruning.factory import METHODS, RUN_KEYS, at_sparsity, pruner_name
 from ..vocabulary import format_sparsity, method_matches, normalize_sparsity, resolve_method
 
@@ -217,4 +218,9 @@ def _check_run(rec: dict, method: str) -> None:
 
 
 def checkpoint_name(rec: dict, method: str, sparsity: float, seed: int) -> str:
-    return f"{rec['arch']}_{method}_{format_sparsity(sparsity).rstrip('%')}_{rec['name']}_s{seed}"
+    """``<arch>_<method>_<percent>_<recipe name>_s<seed>``: the registry name of a checkpoint trained here and its
+    file's name under the upstream folder, so a name (``names.check_name``: a recipe's name, arch or method entry
+    with a ``/`` would put the file elsewhere)."""
+    name = f"{rec['arch']}_{method}_{format_sparsity(sparsity).rstrip('%')}_{rec['name']}_s{seed}"
+    return check_name(name, f"recipe {rec['name']!r}: the checkpoint name (<arch>_<method>_<percent>_<recipe "
+                            "name>_s<seed>)")

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..atomic import torch_save, write_json
 from ..errors import TransferbenchError
+from ..names import check_component, inside
 from ..pruning.base import Pruner
 from .distributed import World, gather_objects
 
@@ -44,7 +45,9 @@ def run_identity(**what_changes_the_numbers: Any) -> str:
 
 
 def state_dir(folder: Path, name: str, identity: str) -> Path:
-    return Path(folder) / "work" / f"{name}-{identity[:12]}"
+    """``<folder>/work/<name>-<identity>``: where a training keeps its resume state, inside the upstream folder."""
+    return inside(folder, Path(folder) / "work" / check_component(f"{name}-{identity[:12]}", "upstream run"),
+                  "upstream folder (--out)")
 
 
 @dataclass(frozen=True)

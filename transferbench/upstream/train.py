@@ -131,6 +131,8 @@ def train_upstream(method: str, sparsities: list[float], arch: str | None = None
     method = recipe_method(method, recipe)  # lth_t → lth (vocabulary)
     sparsities = checked_sparsities(method, sparsities)
     rec, knobs = method_recipe(method, recipe, arch, dataset, batch_size=batch_size, sparsity=sparsities[0])
+    for sparsity in sparsities:  # the files' names (names.check_name), before any work
+        checkpoint_name(rec, method, sparsity, seed)
     world, dev = join_world(device)
     with Tracking(trackers if world.is_main else ()) as tracking:  # started only if it trains (not when registered)
         return _train(method, sparsities, rec, knobs, recipe, data_root, seed, device, out_dir, options, force,
