@@ -380,10 +380,12 @@ def test_upstream_training_reports_each_epoch_and_the_checkpoints_top1(offline, 
 
 @needs("tensorboard")
 @pytest.mark.slow
-def test_a_sweep_passes_log_to_its_upstream_unit_and_every_job(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("executor", ["debug", pytest.param("local", marks=pytest.mark.slow)])
+def test_a_sweep_passes_log_to_its_upstream_unit_and_every_job(executor, tmp_path, monkeypatch, capsys):
+    """In process (debug) and through submitit's pickled jobs in their own processes (local, as on SLURM)."""
     monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
     sweep_file, out = write_upstream_sweep(tmp_path), tmp_path / "out"
-    assert main(["sweep", str(sweep_file), "--executor", "debug", "--results", str(out), "--workers", "0",
+    assert main(["sweep", str(sweep_file), "--executor", executor, "--results", str(out), "--workers", "0",
                  "--log", "tensorboard"]) == 0
     [unit] = glob.glob(str(tmp_path / "**" / "tensorboard" / "resnet_tiny_magnitude_50_tiny_s0"), recursive=True)
     assert set(tensorboard_scalars(Path(unit))["train_loss"]) == {0, 1}  # the tiny recipe's 2 epochs
