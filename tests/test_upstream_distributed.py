@@ -37,7 +37,8 @@ def _train(tmp: Path, recipe: Path, processes: int) -> dict[str, list[str]]:
     out = tmp / f"runs{processes}.json"
     launcher = [sys.executable] if processes == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-    env = dict(os.environ, TRANSFERBENCH_CHECKPOINTS=str(tmp / f"ckpts{processes}"), OMP_NUM_THREADS="1")
+    env = dict(os.environ, TRANSFERBENCH_CHECKPOINTS=str(tmp / f"ckpts{processes}"), OMP_NUM_THREADS="1",
+               DDP_DRIVER_LOG="tensorboard")
     done = subprocess.run([*launcher, str(DRIVER), str(recipe), str(out), *RUNS], env=env, capture_output=True,
                           text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -74,6 +75,28 @@ def test_two_processes_with_half_batches_train_the_same_model_as_one(checkpoints
         if method != "dense":
             zeros = sum(int((a[k] == 0).sum()) for k in masks) / sum(a[k].numel() for k in masks)
             assert zeros > 0.4, f"{method} pruned nothing: the comparison would be trivial"
+
+
+def test_only_the_first_process_reports_to_a_tracker(checkpoints):
+    """``--log`` under torchrun: one TensorBoard run per upstream run, written by rank 0 alone, with every epoch."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def logged_steps(checkpoint: str) -> list[int]:
+        [run] = _run_folder(checkpoint).glob("tensorboard/*")  # one run, not one per process
+        [events] = run.glob("events.out.tfevents.*")  # rank 1 wrote no file of its own
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        return [e.step for e in accumulator.Scalars("train_loss")]
+
+    single, double = checkpoints
+    for method in double:
+        steps = logged_steps(double[method][0])
+        assert steps == logged_steps(single[method][0]) and steps == list(range(len(steps))) and steps, method
+
+
+def _run_folder(checkpoint: str) -> Path:
+    """The driver's out_dir of the run that made ``checkpoint`` (the tracker's folder)."""
+    return next(p for p in Path(checkpoint).parents if p.name.startswith("runs"))
 
 
 def test_without_global_batchnorm_the_processes_train_a_different_model(checkpoints):

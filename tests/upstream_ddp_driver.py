@@ -4,7 +4,7 @@
     torchrun --nproc_per_node 2 tests/upstream_ddp_driver.py RECIPE OUT.json METHOD ...     # two processes
 
 Every run is in float64 with BatchNorm over the global batch (unless ``:per-gpu-bn``); rank 0 writes
-{"METHOD": [checkpoint paths]} to OUT.json.
+{"METHOD": [checkpoint paths]} to OUT.json. ``DDP_DRIVER_LOG=tensorboard`` passes ``--log tensorboard``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ def main(recipe: str, out: str, runs: list[str]) -> None:
         method, _, variant = run.partition(":")
         options = LoopOptions(precision="fp64", sync_bn=variant != "per-gpu-bn")
         results = train_upstream(method, SPARSITIES.get(method, [0.8]), recipe=recipe, device="cpu", options=options,
-                                 force=True, out_dir=Path(out).parent / f"{Path(out).stem}-{method}-{variant}")
+                                 force=True, trackers=[t for t in os.environ.get("DDP_DRIVER_LOG", "").split(",") if t],
+                                 out_dir=Path(out).parent / f"{Path(out).stem}-{method}-{variant}")
         paths[run] = [str(r.path) for r in results]
     if int(os.environ.get("RANK", "0")) == 0:
         with open(out, "w") as f:
