@@ -111,7 +111,8 @@ class _Py2Pickler(pickle._Pickler):  # type: ignore[name-defined]
     dispatch[bytes] = save_py2_str
 
 
-def _pickle(path: Path, obj: dict) -> None:
+def write_py2_pickle(path: Path, obj: dict) -> None:
+    """``obj`` pickled as the official CIFAR files are (protocol 2, Python-2 strings)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as f:
         _Py2Pickler(f, protocol=2).dump(obj)
@@ -129,15 +130,15 @@ def _cifar(w: _Writer, root: Path, classes: list[str], tr: int, te: int) -> None
     if len(classes) == 10:
         base = root / "cifar-10-batches-py"
         for b in range(5):  # data_batch_1..5 share the train images
-            _pickle(base / f"data_batch_{b + 1}", _cifar_batch(w, train[b::5], "labels", f"batch {b + 1}"))
-        _pickle(base / "test_batch", _cifar_batch(w, test, "labels", "testing batch 1"))
-        _pickle(base / "batches.meta", {"label_names": classes, "num_cases_per_batch": 10000, "num_vis": 3072})
+            write_py2_pickle(base / f"data_batch_{b + 1}", _cifar_batch(w, train[b::5], "labels", f"batch {b + 1}"))
+        write_py2_pickle(base / "test_batch", _cifar_batch(w, test, "labels", "testing batch 1"))
+        write_py2_pickle(base / "batches.meta", {"label_names": classes, "num_cases_per_batch": 10000, "num_vis": 3072})
     else:
         base = root / "cifar-100-python"
         for split, labels in (("train", train), ("test", test)):
             batch = _cifar_batch(w, labels, "fine_labels", f"{split}ing batch 1 of 1")
-            _pickle(base / split, {**batch, "coarse_labels": [y // 5 for y in labels]})
-        _pickle(base / "meta", {"fine_label_names": classes, "coarse_label_names": _names("super", 20)})
+            write_py2_pickle(base / split, {**batch, "coarse_labels": [y // 5 for y in labels]})
+        write_py2_pickle(base / "meta", {"fine_label_names": classes, "coarse_label_names": _names("super", 20)})
 
 
 # ------------------------------------------------------------------------------------ official layouts
