@@ -185,6 +185,24 @@ def test_a_mini_sweep_dry_run_asks_slurm_for_no_gpu(tmp_path, checkpoint_home, c
     assert not (tmp_path / "out").exists()
 
 
+def test_a_sweep_file_names_its_profile_and_the_flag_wins(tmp_path, checkpoint_home, capsys):
+    import yaml
+
+    from transferbench.shipped import load
+
+    raw, _, _ = load("sweep", "mini")
+    sweep_file = tmp_path / "mine.yaml"
+    sweep_file.write_text(yaml.safe_dump({**raw, "profile": "default"}))
+    dry = ["sweep", str(sweep_file), "--executor", "slurm", "--dry-run", "--results", str(tmp_path / "out")]
+    assert main(dry) == 0
+    assert "#SBATCH --gpus-per-node=1" in capsys.readouterr().out  # the file's profile, not the mini-task default
+    assert main([*dry, "--profile", "cpu"]) == 0
+    assert "gpus" not in capsys.readouterr().out.lower()
+    sweep_file.write_text(yaml.safe_dump({**raw, "profile": ["a100"]}))
+    assert main(dry) == 2
+    assert "profile must be a profile name" in capsys.readouterr().err
+
+
 def test_the_literal_job_folder_of_submitits_local_controller_is_removed(tmp_path):
     import submitit
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..bounds import WORKERS
 from ..cli_flags import add_results_flag
 from ..errors import TransferbenchError
 from ..store import FAILED, LOST, STATES
@@ -33,12 +34,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from .pipeline import sweep_context, units_to_submit, upstream_stage
-    from .plan import plan_sweep
+    from .plan import check_grid_size, plan_sweep
     from .submit import submit_units
 
     trackers = require_trackers(args.trackers)  # --log of a backend not installed: before any work
+    WORKERS.check(args.workers, "--workers")
     sweep = load_narrowed(args)
-    profile = load_profile(args.profile or default_profile_name(sweep.tasks, sweep.upstream))
+    check_grid_size(sweep, args.max_runs)  # before the upstream stage makes anything
+    profile = load_profile(args.profile or sweep.profile or default_profile_name(sweep.tasks, sweep.upstream))
     results = args.results.resolve()  # job scripts and the ledger name absolute paths: jobs start elsewhere
     if args.dry_run:
         return _dry_run(sweep, profile, results, args)
@@ -47,7 +50,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                            train_options={"trackers": trackers} if trackers else None)
     _print_stage(stage)
     plan = plan_sweep(sweep, results, data_root=args.data_root, checkpoint_dir=args.checkpoint_dir,
-                      upstream_submitted=stage.submitted)
+                      upstream_submitted=stage.submitted, max_runs=args.max_runs)
     _print_plan(plan, results, args.retry_failed)
     units = units_to_submit(plan, args.retry_failed, args.only_ready, can_wait=args.executor == "slurm")
     if not units:
@@ -60,7 +63,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                               workers=args.workers)
     _print_submission(submission, spec_words(args), results)
     if args.executor != "slurm":  # the jobs ran here: their states now
-        _print_frame(pd.DataFrame(plan_sweep(sweep, results, data_root=args.data_root,
+        _print_frame(pd.DataFrame(plan_sweep(sweep, results, data_root=args.data_root, max_runs=args.max_runs,
                                              checkpoint_dir=args.checkpoint_dir).counts()).set_index("mode"))
     return 1 if submission.failed or stage.failed else 0
 
@@ -76,7 +79,7 @@ def _dry_run(sweep: SweepSpec, profile: Profile, results: Path, args: argparse.N
     _print_upstream_preview(upstream, todo, args.executor, profile, results)
     # the transfer jobs as they would be submitted: those of the units above wait for them
     plan = plan_sweep(sweep, results, data_root=args.data_root, checkpoint_dir=args.checkpoint_dir,
-                      upstream_submitted={u.name: f"<{u.name}>" for u in todo})
+                      upstream_submitted={u.name: f"<{u.name}>" for u in todo}, max_runs=args.max_runs)
     _print_plan(plan, results, args.retry_failed)
     units = plan.units(wanted_states(args.retry_failed), ready_only=args.only_ready)
     _print_jobs(units, args.executor, args.parallel, profile, results, sweep.name)
@@ -119,7 +122,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     sweep = load_narrowed(args)
     # states come from the results root; the data is checked only where a data root is given (what would block)
     plan = plan_sweep(sweep, args.results, data_root=args.data_root, checkpoint_dir=args.checkpoint_dir,
-                      check_data=args.data_root is not None or sweep.data_root is not None)
+                      max_runs=args.max_runs, check_data=args.data_root is not None or sweep.data_root is not None)
     table = status_table(plan)
     upstream = upstream_table(plan.upstream) if plan.upstream else pd.DataFrame()
     if args.json:
@@ -303,8 +306,8 @@ def _add_sweep_command(sub: argparse._SubParsersAction) -> None:
     sweep.add_argument("--executor", choices=EXECUTORS, default="slurm",
                        help="slurm (job arrays through submitit), local (subprocesses here) or debug (in this "
                             "process); default slurm")
-    sweep.add_argument("--profile", help="cluster profile: slurm/<name>.yaml or a .yaml path (default: cpu when "
-                                         "every task is a mini-task, else default)")
+    sweep.add_argument("--profile", help="cluster profile: slurm/<name>.yaml or a .yaml path (default: the sweep "
+                                         "file's profile:, else cpu when every task is a mini-task, else default)")
     sweep.add_argument("--dry-run", action="store_true", help="print counts, jobs, sbatch script; submit nothing")
     sweep.add_argument("--retry-failed", action="store_true", help="resubmit only the runs that failed")
     sweep.add_argument("--only-ready", action="store_true",
@@ -338,6 +341,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     add_results_flag(parser)
     _add_quick_flags(parser)
     parser.add_argument("--data-root", type=Path, help="folder holding the datasets (default: the sweep's data_root)")
+    parser.add_argument("--max-runs", type=int, metavar="N", help="plan a grid of up to N runs (default 20000: a "
+                        "bigger one is refused before it is expanded; dispatch.plan.MAX_RUNS)")
     parser.add_argument("--checkpoint-dir", type=Path,
                         help="registered checkpoints (default: the sweep's, $TRANSFERBENCH_CHECKPOINTS or "
                              "~/.cache/transferbench/checkpoints)")

@@ -12,6 +12,7 @@
     overrides: {}                     # hyper-parameters for every mode, or per mode: {linear: {...}, full: {...}}
     data_root: /data                  # optional defaults for the run context (CLI flags win)
     checkpoint_dir: /ckpts
+    profile: example_site             # optional: the cluster profile (slurm/<name>.yaml or a path; --profile wins)
     upstream:                         # optional: checkpoints trained first, in a stage of their own
       - {method: acdc, sparsity: [80%, 90%], recipe: imagenet_resnet50, dataset: imagenet, data_root: /imagenet}
 
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import shipped
+from ..bounds import SEED
 from ..checkpoints.registry import arch_family
 from ..errors import TransferbenchError
 from ..names import check_name
@@ -45,7 +47,7 @@ MODES = ("linear", "full")
 SOLVERS = ("sgd", "lbfgs")
 EXECUTORS = ("debug", "local", "slurm")  # where a sweep's jobs run (dispatch.submit)
 _KEYS = {"name", "description", "checkpoints", "tasks", "modes", "seeds", "solvers", "overrides", "data_root",
-         "checkpoint_dir", "arch", "upstream"}
+         "checkpoint_dir", "arch", "upstream", "profile"}
 _CHECKPOINT_KEYS = {"method", "sparsity", "arch", "path", "seed", "recipe"}  # seed, recipe: of an upstream entry
 
 
@@ -80,6 +82,7 @@ class SweepSpec:
     checkpoint_dir: str | None = None
     description: str = ""
     upstream: tuple[UpstreamUnit, ...] = ()
+    profile: str | None = None  # the cluster profile the sweep asks for; `sweep --profile` wins
 
     def grid_size(self, mode: str) -> int:
         """Runs of ``mode`` in the grid (checkpoints × tasks × seeds [× solvers])."""
@@ -135,6 +138,7 @@ def parse_sweep(raw: Any, origin: str) -> SweepSpec:
         checkpoint_dir=raw.get("checkpoint_dir"),
         description=str(raw.get("description") or ""),
         upstream=upstream,
+        profile=_profile(raw.get("profile"), origin),
     )
     for mode in modes:  # fail at load time, not in job 4711 on the cluster
         try:
@@ -201,6 +205,13 @@ def _bind(entry: CheckpointEntry, item: dict, upstream: tuple[UpstreamUnit, ...]
     return CheckpointEntry(entry.method, entry.sparsity, unit.arch, upstream=product)
 
 
+def _profile(raw: Any, origin: str) -> str | None:
+    if raw is not None and (not isinstance(raw, str) or not raw.strip()):
+        raise TransferbenchError(f"sweep {origin}: profile must be a profile name (slurm/<name>.yaml) or a .yaml path, "
+                                 f"not {raw!r}")
+    return raw
+
+
 def _tasks(raw: Any, origin: str) -> tuple[str, ...]:
     if raw in ("paper", "mini", "all"):
         return tuple(t.name for t in list_tasks(None if raw == "all" else raw))
@@ -224,10 +235,7 @@ def _per_mode(raw: Any, modes: tuple[str, ...], origin: str, key: str, parse) ->
 
 
 def _seeds(raw: Any, origin: str) -> tuple[int, ...]:
-    try:
-        seeds = tuple(int(s) for s in _as_list(raw))
-    except (TypeError, ValueError):
-        raise TransferbenchError(f"sweep {origin}: seeds must be integers, got {raw!r}") from None
+    seeds = tuple(SEED.check(s, f"sweep {origin}: seeds") for s in _as_list(raw))  # as `run --seed`
     if not seeds or len(set(seeds)) != len(seeds):
         raise TransferbenchError(f"sweep {origin}: seeds must be a non-empty list without repeats, got {raw!r}")
     return seeds
