@@ -324,3 +324,25 @@ def test_unreadable_image_fails_data_check(world, tmp_path, content, needle):
     with pytest.raises(TransferbenchError, match=needle) as err:
         check_data("cifar10", data)
     assert str(broken) in str(err.value)
+
+
+def test_imagenet_upstream_reads_pil_loaders_pixels_and_refuses_a_bomb(tmp_path):
+    from torchvision.datasets.folder import pil_loader
+
+    from transferbench.upstream.data import upstream_datasets
+
+    for split in ("train", "val"):
+        for c, mode in enumerate(("RGB", "L", "P")):  # grey and palette files become RGB, as pil_loader makes them
+            folder = tmp_path / split / f"n{c:08d}"
+            folder.mkdir(parents=True)
+            pixels = np.random.default_rng(c).integers(0, 256, (12, 12, 3), dtype=np.uint8)
+            Image.fromarray(pixels).convert(mode).save(folder / "0.png")
+    recipe = {"dataset": "imagenet", "image_size": 8}
+    train, _ = upstream_datasets(recipe, tmp_path)
+    folder = train.dataset  # Transformed(ImageFolder)
+    for path, _ in folder.samples:
+        assert np.array_equal(np.asarray(folder.loader(path)), np.asarray(pil_loader(path)))
+    bomb = declared_png(Path(folder.samples[1][0]), *BOMBS["error"])
+    with pytest.raises(TransferbenchError, match="too large to decode") as err:
+        train[1]
+    assert str(bomb) in str(err.value)

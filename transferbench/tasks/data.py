@@ -69,6 +69,22 @@ def open_image(path: Path) -> Image.Image:
         raise TransferbenchError(f"cannot read image {path} ({exc}); re-extract the dataset") from None
 
 
+def read_image(path: Path) -> Image.Image:
+    """The decoded image at ``path`` (file closed), any failure a TransferbenchError naming the file."""
+    with open_image(path) as img:
+        try:
+            img.load()
+        except _DECODE_ERRORS as exc:
+            raise TransferbenchError(f"cannot read image {path} ({exc}); re-extract the dataset") from None
+        return img
+
+
+def read_rgb_image(path: str | Path) -> Image.Image:
+    """``read_image`` as RGB: a ``loader`` for torchvision's ImageFolder in place of its ``pil_loader``
+    (same pixels; a bomb or unreadable file is one line naming it instead of a traceback)."""
+    return read_image(Path(path)).convert("RGB")
+
+
 class ImageListDataset(Dataset):
     """Images listed as (path, label) pairs; the common case for every file-based layout."""
 
@@ -80,12 +96,7 @@ class ImageListDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         path, label = self.samples[index]
-        with open_image(path) as img:
-            try:
-                img.load()
-            except _DECODE_ERRORS as exc:
-                raise TransferbenchError(f"cannot read image {path} ({exc}); re-extract the dataset") from None
-            return img, label
+        return read_image(path), label
 
     def check_headers(self) -> None:
         """Every image opens (its header: no decoding) and has a size PIL accepts and at least 1x1 px."""

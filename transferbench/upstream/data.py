@@ -54,7 +54,9 @@ def upstream_datasets(recipe: dict, data_root: Path | None) -> tuple[Dataset, Da
                 "--dataset imagenet needs --data-root DIR with DIR/train/<wnid>/ and DIR/val/<wnid>/"
             )
         cfg, train_cfg = _eval_transform(recipe), _train_transform(recipe)
-        train, test = ImageFolder(Path(data_root) / "train"), ImageFolder(Path(data_root) / "val")
+        from ..tasks.data import read_rgb_image  # pil_loader's pixels; a bad file is one line naming it
+
+        train, test = (ImageFolder(Path(data_root) / part, loader=read_rgb_image) for part in ("train", "val"))
     else:
         raise TransferbenchError(f"unknown upstream dataset '{recipe['dataset']}' (--dataset); use shapes or imagenet")
     return Transformed(train, build_transform(train_cfg)), Transformed(test, build_transform(cfg))
