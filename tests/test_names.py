@@ -294,3 +294,29 @@ def test_a_hugging_face_mirror_path_that_climbs_is_refused(location):
     ok = CheckpointSpec(name="ok", method="acdc", sparsity=0.5, arch="resnet_tiny",
                         mirrors=[{"hf": "owner/repo@v1:weights/model..v2.pth"}])
     assert sources(ok) == [("hf", "owner/repo@v1:weights/model..v2.pth")]
+
+
+def test_a_sweep_upstream_entry_whose_recipe_name_would_leave_the_upstream_folder(world, capsys):
+    recipe = load_recipe("small_cpu")
+    recipe["name"] = "../escaped"
+    (world.tmp / "evil.yaml").write_text(yaml.safe_dump(recipe))
+    sweep = _sweep_file(world)
+    spec = yaml.safe_load(sweep.read_text())
+    spec["upstream"] = [{"method": "magnitude", "sparsity": "50%", "recipe": str(world.tmp / "evil.yaml")}]
+    sweep.write_text(yaml.safe_dump(spec))
+    before = snapshot(world.tmp)
+    code, lines = run_cli(capsys, "sweep", sweep, "--dry-run", "--results", world.results)
+    assert_refused(code, lines, f"sweep {sweep}", "recipe '../escaped': the checkpoint name")
+    assert snapshot(world.tmp) == before
+
+
+def test_status_still_reads_a_store_holding_a_stray_file_of_another_name(tmp_path):
+    """The strict pattern is for names given; the store's listing only has to be one file name each, so a
+    `.DS_Store` or a folder with a space in it does not stop `status`."""
+    from transferbench.store import run_states
+
+    (tmp_path / "runs" / "notes on x").mkdir(parents=True)
+    (tmp_path / "runs" / ".DS_Store").write_bytes(b"")
+    states = run_states(tmp_path)
+    assert set(states) == {"notes on x", ".DS_Store"}
+    assert {s.state for s in states.values()} <= {"lost", "failed", "missing"}
