@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from .bounds import SEED, Bounds, check_fields
 from .errors import TransferbenchError
 from .store.layout import record_dir, work_dir
 from .store.record import SCHEMA_VERSION
@@ -31,47 +32,70 @@ LOADERS = ("torchvision", "ffcv")
 ENGINES = ("torch", "deepsparse")
 
 
-def _hparam(default: Any, help: str, *, flag: bool = False, choices: tuple[str, ...] | None = None) -> Any:
-    """A hyper-parameter field. Every field can be set with ``--set NAME=VALUE``; ``flag`` also gives it a
-    ``transferbench run --name`` flag (generated from this metadata), with ``help`` and ``choices``."""
-    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices})
+def _hparam(default: Any, help: str, bounds: Bounds, *, flag: bool = False) -> Any:
+    """A hyper-parameter field and its schema: what it admits (``bounds``, checked by ``HParams.__post_init__``
+    whichever way it is set). Every field can be set with ``--set NAME=VALUE``; ``flag`` also gives it a
+    ``transferbench run --name`` flag (generated from this metadata), with ``help`` and the choices of ``bounds``
+    (the empty text of ``interpolation``, "the architecture's", is its default, not a choice to type)."""
+    choices = tuple(c for c in bounds.choices if c) or None
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "bounds": bounds})
+
+
+_COUNT = Bounds(int, low=1)
+_POSITIVE = Bounds(float, low=0, low_open=True)
+_NON_NEGATIVE = Bounds(float, low=0)
 
 
 @dataclass(frozen=True)
 class HParams:
-    epochs: int = _hparam(PAPER_EPOCHS, "override the protocol's 150 epochs", flag=True)
-    batch_size: int = _hparam(64, "override the protocol's batch size of 64", flag=True)
-    lr: float = _hparam(0.01, "override the protocol's learning rate", flag=True)
-    momentum: float = _hparam(0.9, "override the protocol's momentum 0.9", flag=True)
+    epochs: int = _hparam(PAPER_EPOCHS, "override the protocol's 150 epochs", _COUNT, flag=True)
+    batch_size: int = _hparam(64, "override the protocol's batch size of 64", _COUNT, flag=True)
+    lr: float = _hparam(0.01, "override the protocol's learning rate", _POSITIVE, flag=True)
+    momentum: float = _hparam(0.9, "override the protocol's momentum 0.9", _NON_NEGATIVE, flag=True)
     # on every parameter, BN and biases included (pitfall P5)
-    weight_decay: float = _hparam(5e-4, "override the protocol's weight decay 5e-4", flag=True)
+    weight_decay: float = _hparam(5e-4, "override the protocol's weight decay 5e-4", _NON_NEGATIVE, flag=True)
     lr_decay_after: tuple[int, ...] = _hparam(
         PAPER_DECAY_AFTER, "0-based epochs after which the LR is multiplied by lr_gamma (default 50 and 100, kept "
-        "in proportion when only the epochs change)")
-    lr_gamma: float = _hparam(0.1, "the LR's factor at each decay point (default 0.1)")
-    solver: str = _hparam("sgd", "linear head solver (default sgd, the paper's)", flag=True,
-                          choices=SOLVERS)  # lbfgs: Kornblith et al.
+        "in proportion when only the epochs change)", Bounds(tuple, item=Bounds(int, low=0)))
+    lr_gamma: float = _hparam(0.1, "the LR's factor at each decay point (default 0.1)", _POSITIVE)
+    solver: str = _hparam("sgd", "linear head solver (default sgd, the paper's)", Bounds(str, choices=SOLVERS),
+                          flag=True)  # lbfgs: Kornblith et al.
     lbfgs_c_grid: tuple[float, ...] = _hparam(tuple(10.0**k for k in range(-6, 6)),
-                                              "inverse L2 strengths --solver lbfgs chooses from (1e-6 ... 1e5)")
-    lbfgs_holdout: float = _hparam(0.2, "share of train held out to choose C (--solver lbfgs)")
-    lbfgs_max_iter: int = _hparam(1000, "L-BFGS iterations per fit (--solver lbfgs)")
-    image_size: int = _hparam(224, "override the 224 px input (tests and demos only)", flag=True)
-    interpolation: str = _hparam("", "override the architecture's resize interpolation", flag=True,
-                                 choices=INTERPOLATIONS)  # "" = the architecture's (bicubic for RigL, pitfall P9)
-    eval_every: int = _hparam(1, "evaluate on the test split every N epochs (default 1)")
+                                              "inverse L2 strengths --solver lbfgs chooses from (1e-6 ... 1e5)",
+                                              Bounds(tuple, item=_POSITIVE, min_items=1))
+    lbfgs_holdout: float = _hparam(0.2, "share of train held out to choose C (--solver lbfgs)",
+                                   Bounds(float, low=0, high=1, low_open=True, high_open=True))
+    lbfgs_max_iter: int = _hparam(1000, "L-BFGS iterations per fit (--solver lbfgs)", _COUNT)
+    image_size: int = _hparam(224, "override the 224 px input (tests and demos only)", _COUNT, flag=True)
+    # "" = the architecture's (bicubic for RigL, pitfall P9)
+    interpolation: str = _hparam("", "override the architecture's resize interpolation",
+                                 Bounds(str, choices=("", *INTERPOLATIONS)), flag=True)
+    eval_every: int = _hparam(1, "evaluate on the test split every N epochs (default 1)", _COUNT)
     precision: str = _hparam("fp32", "fp32 (the paper's, default: true fp32, TF32 off on GPUs), tf32 (TensorFloat-32 "
                              "convolutions and matmuls, CUDA GPUs from Ampere on), bf16 autocast (faster; not the "
                              "protocol) or fp16 autocast with loss scaling (GPUs without bfloat16: V100, T4)",
-                             flag=True, choices=PRECISIONS)
+                             Bounds(str, choices=PRECISIONS), flag=True)
     # Fast paths that change numbers within float/JPEG tolerance, so they are part of the run (see key_material):
     loader: str = _hparam("torchvision", "image pipeline: torchvision (default) or ffcv (.beton files from "
-                          "`transferbench data convert`; pip install transferbench[ffcv])", flag=True, choices=LOADERS)
+                          "`transferbench data convert`; pip install transferbench[ffcv])",
+                          Bounds(str, choices=LOADERS), flag=True)
     engine: str = _hparam("torch", "linear feature extraction: torch (default) or deepsparse (sparsity-aware CPU "
-                          "runtime in its own environment, see docs/fast_paths.md)", flag=True, choices=ENGINES)
+                          "runtime in its own environment, see docs/fast_paths.md)", Bounds(str, choices=ENGINES),
+                          flag=True)
     # Quick tries (lm-eval's --limit): a subset of both splits, so a limited run is never a full one (see key_material)
     limit: int = _hparam(0, "quick try: the first N images of each split (train and test), taken class by class in "
                          "turn; 0 = the whole splits (default). Part of the run key (-limitN); such runs are left out "
-                         "of the comparison with the paper", flag=True)
+                         "of the comparison with the paper", Bounds(int, low=0), flag=True)
+
+    def __post_init__(self) -> None:
+        """Every field checked against its schema (``_hparam``'s bounds) and coerced (``2.0`` epochs is 2, text
+        numbers are numbers, lists are tuples), then the rules between fields that the bounds cannot state."""
+        check_fields(self, hparam_source)
+        decay = self.lr_decay_after
+        if any(d >= self.epochs for d in decay) or list(decay) != sorted(decay):
+            raise TransferbenchError(
+                f"bad value {list(decay)} for {hparam_source('lr_decay_after')}: decay points are 0-based epochs "
+                f"of the run in increasing order, each below epochs ({self.epochs})")
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}  # flat: asdict's deep copies cost ~80 µs
@@ -86,67 +110,50 @@ class HParams:
 
 
 _LATER_FIELDS = {"loader": "torchvision", "engine": "torch", "limit": 0}
+HPARAM_FIELDS = {f.name: f for f in fields(HParams)}
+
+
+def hparam_source(name: str) -> str:
+    """A hyper-parameter as errors name it: its `run` flag if it has one, and ``--set`` (a sweep file's error adds
+    the file and its ``overrides``)."""
+    flag = f"--{name.replace('_', '-')} or " if HPARAM_FIELDS[name].metadata["flag"] else ""
+    return f"hyper-parameter {name} ({flag}--set {name}=...)"
 
 
 def resolve_hparams(mode: str, task_full_lr: float, overrides: dict[str, Any] | None = None) -> HParams:
-    """Paper defaults for ``mode``, then user overrides.
+    """Paper defaults for ``mode``, then user overrides, each checked against its field's schema (``_hparam``).
 
     When only ``epochs`` is overridden, the decay points keep their relative position (50/150, 100/150), so a
     shortened run still sees the three LR phases.
     """
     overrides = dict(overrides or {})
-    names = {f.name for f in fields(HParams)}
-    unknown = sorted(set(overrides) - names)
+    unknown = sorted(set(overrides) - set(HPARAM_FIELDS))
     if unknown:
         raise TransferbenchError(
-            f"unknown hyper-parameter {', '.join(unknown)} (--set); known: {', '.join(sorted(names))}"
+            f"unknown hyper-parameter {', '.join(unknown)} (--set); known: {', '.join(sorted(HPARAM_FIELDS))}"
         )
-    base = HParams(lr=0.01 if mode == "linear" else task_full_lr)
-    overrides = {key: _coerce(key, value, type(getattr(base, key))) for key, value in overrides.items()}
+    overrides = {key: _coerce(key, value) for key, value in overrides.items()}
     if "epochs" in overrides and "lr_decay_after" not in overrides:
         # keep the paper's three phases in proportion: 51/50/49 of 150 epochs
         e = overrides["epochs"]
         overrides["lr_decay_after"] = tuple(max(0, round((d + 1) * e / PAPER_EPOCHS) - 1) for d in PAPER_DECAY_AFTER)
-    hp = replace(base, **overrides)
-    if hp.solver not in ("sgd", "lbfgs"):
-        raise TransferbenchError(f"--solver must be sgd or lbfgs, not {hp.solver!r}")
+    hp = HParams(**{"lr": 0.01 if mode == "linear" else task_full_lr, **overrides})  # checked in __post_init__
     if hp.solver == "lbfgs" and mode != "linear":
         raise TransferbenchError("--solver lbfgs applies to --mode linear only")
-    if hp.precision not in PRECISIONS:
-        raise TransferbenchError(f"--precision must be one of {', '.join(PRECISIONS)}, not {hp.precision!r}")
-    if hp.loader not in LOADERS:
-        raise TransferbenchError(f"--loader must be one of {', '.join(LOADERS)}, not {hp.loader!r}")
-    if hp.engine not in ENGINES:
-        raise TransferbenchError(f"--engine must be one of {', '.join(ENGINES)}, not {hp.engine!r}")
     if hp.engine != "torch" and mode != "linear":
         raise TransferbenchError(f"--engine {hp.engine} extracts frozen features: it applies to --mode linear only")
     if hp.engine == "deepsparse" and hp.precision != "fp32":
         raise TransferbenchError(f"--engine deepsparse runs in fp32: drop --precision {hp.precision}")
     if hp.engine == "deepsparse" and hp.loader == "ffcv":  # the DeepSparse worker reads a torch DataLoader
         raise TransferbenchError("--engine deepsparse reads images with torchvision: drop --loader ffcv")
-    if hp.interpolation not in ("", "bilinear", "bicubic"):
-        raise TransferbenchError(f"--interpolation must be bilinear or bicubic, not {hp.interpolation!r}")
-    if hp.limit < 0:
-        raise TransferbenchError(f"--limit must be a number of images per split (0: all), not {hp.limit}")
     if hp.limit and hp.loader == "ffcv":  # a .beton holds the whole split; a subset would need its own files
         raise TransferbenchError("--limit reads a subset of each split with torchvision: drop --loader ffcv")
-    if min(hp.epochs, hp.batch_size, hp.image_size, hp.eval_every) < 1 or hp.lr <= 0:
-        raise TransferbenchError("--epochs, --batch-size, --image-size, eval_every and --lr must be positive")
     return hp
 
 
-def _coerce(key: str, value: Any, kind: type) -> Any:
-    """An override as its field's type (YAML reads ``1e-3`` as a string), or a one-line error."""
-    try:
-        if kind is tuple:
-            items = value if isinstance(value, list | tuple) else str(value).strip("[]() ").split(",")
-            return tuple(float(v) if key == "lbfgs_c_grid" else int(v) for v in items if str(v).strip())
-        if kind is bool:
-            return bool(value)
-        return kind(value)
-    except (TypeError, ValueError):
-        raise TransferbenchError(f"bad value {value!r} for hyper-parameter {key} (--set {key}=...): "
-                                 f"expected {kind.__name__}") from None
+def _coerce(key: str, value: Any) -> Any:
+    """An override as its field's schema admits it (YAML reads ``1e-3`` as a string), or a one-line error."""
+    return HPARAM_FIELDS[key].metadata["bounds"].check(value, hparam_source(key))
 
 
 @dataclass(frozen=True)
@@ -167,6 +174,9 @@ class RunSpec:
     seed: int
     checkpoint: CheckpointRef
     hparams: HParams
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seed", SEED.check(self.seed, "--seed"))  # numpy's and scikit-learn's range
 
     def key_material(self) -> dict[str, Any]:
         ck = self.checkpoint

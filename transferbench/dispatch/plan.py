@@ -27,6 +27,7 @@ from ..upstream import MINI_ARCH
 from .stages import UpstreamPlan, plan_upstream
 from .sweep import CheckpointEntry, SweepSpec
 
+MAX_RUNS = 20_000  # a bigger grid is refused unless asked for (--max-runs): 200k runs took 40 s and 1 GB to plan
 UNRESOLVED = "unresolved:"
 UPSTREAM = "upstream:"  # the identity of a checkpoint an upstream unit of the sweep has not registered yet
 
@@ -102,7 +103,7 @@ class Plan:
 
 def plan_sweep(sweep: SweepSpec, out: str | Path, *, data_root: str | Path | None = None,
                checkpoint_dir: str | Path | None = None, check_data: bool = True,
-               upstream_submitted: dict[str, str] | None = None) -> Plan:
+               upstream_submitted: dict[str, str] | None = None, max_runs: int | None = None) -> Plan:
     """Resolve every checkpoint of ``sweep`` (a file on disk, found by registry or path) and every run's state.
 
     Checkpoints that are not on disk are reported in ``Plan.unresolved`` with the reason (and where to get
@@ -111,8 +112,10 @@ def plan_sweep(sweep: SweepSpec, out: str | Path, *, data_root: str | Path | Non
     registry, the disk and the results root and changes nothing (the upstream stage makes what is missing:
     ``dispatch.stages``). ``check_data=False`` leaves out the check of the tasks' data (``status`` needs no
     data: run keys do not depend on it). ``upstream_submitted``: upstream units this command has just
-    submitted (unit name → job id).
+    submitted (unit name → job id). A grid of more than ``max_runs`` runs (default ``MAX_RUNS``) is refused before
+    it is expanded (``check_grid_size``).
     """
+    check_grid_size(sweep, max_runs)
     out = Path(out)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else (Path(sweep.checkpoint_dir).expanduser()
                                                                    if sweep.checkpoint_dir else None)
@@ -141,6 +144,17 @@ def plan_sweep(sweep: SweepSpec, out: str | Path, *, data_root: str | Path | Non
     root = data_root if data_root is not None else sweep.data_root
     missing_data = _check_data(sweep.tasks, root) if check_data else {}
     return Plan(sweep, out, specs, states, unresolved, missing_data, notes, upstream)
+
+
+def check_grid_size(sweep: SweepSpec, max_runs: int | None = None) -> int:
+    """The number of runs in ``sweep``'s grid (the product of its axes, nothing expanded), or a one-line error when
+    it exceeds ``max_runs`` (default ``MAX_RUNS``)."""
+    max_runs = MAX_RUNS if max_runs is None else max_runs
+    total = sum(sweep.grid_size(mode) for mode in sweep.modes)
+    if total > max_runs:
+        raise TransferbenchError(f"sweep {sweep.source}: its grid has {total} runs, more than the cap of {max_runs}; "
+                                 f"narrow it (--only, fewer seeds, tasks or checkpoints) or pass --max-runs {total}")
+    return total
 
 
 def _grid(sweep: SweepSpec, refs: dict[CheckpointEntry, CheckpointRef]) -> list[RunSpec]:

@@ -7,16 +7,26 @@ sample's augmentation is seeded by its index, ``transferbench.seeding``).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from ..errors import TransferbenchError
+from ..bounds import WORKERS, Bounds, check_fields
 
 if TYPE_CHECKING:  # torch-free at import: `upstream --help` reads PRECISIONS and LOADERS
     import torch
 
 PRECISIONS = ("fp32", "bf16", "fp64")
 LOADERS = ("torchvision", "ffcv")
+
+
+def _option(default: Any, bounds: Bounds) -> Any:
+    """A loop option and its schema, checked by ``LoopOptions.__post_init__``."""
+    return field(default=default, metadata={"bounds": bounds})
+
+
+def _option_source(name: str) -> str:
+    """An option as errors name it: its `upstream` flag (a sweep's upstream entry names its key ``name``)."""
+    return f"--{name.replace('_', '-')}"
 
 
 @dataclass(frozen=True)
@@ -28,19 +38,14 @@ class LoopOptions:
     ``loader``: torchvision's decoding in loader workers, or FFCV's over ``data convert --task imagenet``'s files
     (the training batches only; evaluation, BN recalibration and Fisher batches read the image folders)."""
 
-    workers: int | None = None
-    precision: str = "fp32"
-    channels_last: bool = False
-    sync_bn: bool = False
-    loader: str = "torchvision"
+    workers: int | None = _option(None, WORKERS)
+    precision: str = _option("fp32", Bounds(str, choices=PRECISIONS))
+    channels_last: bool = _option(False, Bounds(bool))
+    sync_bn: bool = _option(False, Bounds(bool))
+    loader: str = _option("torchvision", Bounds(str, choices=LOADERS))
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise TransferbenchError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
-        if self.loader not in LOADERS:
-            raise TransferbenchError(f"--loader {self.loader!r}: choose one of {', '.join(LOADERS)}")
-        if self.workers is not None and self.workers < 0:
-            raise TransferbenchError(f"--workers {self.workers}: give 0 (load on the main process) or more")
+        check_fields(self, _option_source)
 
     def numbers(self) -> dict:
         """The switches that change the numbers a run produces (part of its identity)."""

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import shipped
+from ..bounds import Bounds, OutOfBounds
 from ..errors import TransferbenchError
 from ..names import check_name
 from ..pruning.factory import METHODS, RUN_KEYS, at_sparsity, pruner_name
@@ -16,6 +17,17 @@ from ..vocabulary import format_sparsity, method_matches, normalize_sparsity, re
 
 SCHEDULE_KINDS = ("cosine", "step", "multistep")
 SCALING_RULES = ("linear_lr", "same_lr")
+
+# The schema of a resolved run's values (the validator of transferbench.bounds, as for a transfer run's HParams)
+_COUNT = Bounds(int, low=1)
+_POSITIVE = Bounds(float, low=0, low_open=True)
+_NON_NEGATIVE = Bounds(float, low=0)
+RUN_BOUNDS = {"epochs": _COUNT, "batch_size": _COUNT, "label_smoothing": Bounds(float, low=0, high=1, high_open=True)}
+OPTIMIZER_BOUNDS = {"lr": _POSITIVE, "momentum": _NON_NEGATIVE, "weight_decay": _NON_NEGATIVE,
+                    "nesterov": Bounds(bool)}
+SCHEDULE_BOUNDS = {"per": Bounds(str, choices=("epoch", "step")), "warmup_epochs": _NON_NEGATIVE,
+                   "constant_until": Bounds(int, low=0), "every": _COUNT, "last": Bounds(int, low=0),
+                   "gamma": _POSITIVE, "milestones": Bounds(tuple, item=_NON_NEGATIVE)}
 
 
 def load_recipe(recipe: str | Path) -> dict[str, Any]:
@@ -128,9 +140,7 @@ def stretch_recipe(rec: dict, multiplier: float, method: str = "") -> None:
     """RigL's ``--training_steps_multiplier`` (§3.3, ERK 5x): the epochs and every epoch of the LR schedule (its
     warm-up included) × ``multiplier``. Knobs given as fractions of the run (T_end) follow by themselves; ΔT, in
     steps, is not scaled, as in RigL's code."""
-    if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)) or multiplier <= 0:
-        raise TransferbenchError(f"recipe {rec['name']}, method {method}: training_steps_multiplier must be a "
-                                 f"positive number, got {multiplier!r}")
+    multiplier = _POSITIVE.check(multiplier, "training_steps_multiplier", f"recipe {rec['name']}, method {method}: ")
 
     def stretched(epochs: float) -> float:
         value = epochs * multiplier
@@ -158,8 +168,11 @@ def scale_recipe(rec: dict, knobs: dict, batch_size: int, method: str = "") -> N
     run are left as they are.
     """
     flag = f"--batch-size {batch_size}"
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise TransferbenchError(f"{flag}: give the global batch, a whole number of images per step (1 or more)")
+    try:
+        batch_size = _COUNT.coerce(batch_size)
+    except OutOfBounds:
+        raise TransferbenchError(f"{flag}: give the global batch, a whole number of images per step (1 or more)") \
+            from None
     source = int(rec["batch_size"])
     if batch_size == source:
         return
@@ -197,12 +210,13 @@ def _steps_at(steps: int, source: int, batch_size: int, key: str, flag: str, whe
 
 
 def _check_run(rec: dict, method: str) -> None:
-    """One-line errors for a run the loop could not follow: a bad batch, epoch count or LR schedule."""
+    """One-line errors for a run the loop could not follow: a bad batch, epoch count, optimizer or LR schedule,
+    each value checked against its schema (``RUN_BOUNDS``, ``OPTIMIZER_BOUNDS``, ``SCHEDULE_BOUNDS``)."""
     where = f"recipe {rec['name']}, method {method}"
     for key in ("epochs", "batch_size"):
-        value = rec.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise TransferbenchError(f"{where}: {key} must be a whole number of 1 or more, got {value!r}")
+        if key not in rec:
+            raise TransferbenchError(f"{where}: {key} is missing; give {RUN_BOUNDS[key]}")
+    rec.update(_checked({k: rec[k] for k in RUN_BOUNDS if k in rec}, RUN_BOUNDS, f"{where}: ", ""))
     schedule = rec.get("schedule") or {}
     kind = schedule.get("kind", "cosine")
     needs = {"cosine": (), "step": ("constant_until", "every", "gamma"), "multistep": ("milestones",)}
@@ -211,10 +225,25 @@ def _check_run(rec: dict, method: str) -> None:
     missing = [key for key in needs[kind] if key not in schedule]
     if missing:
         raise TransferbenchError(f"{where}: a {kind} schedule needs {', '.join(missing)}")
-    if kind == "step" and not all(isinstance(schedule.get(k, 0), int) for k in ("constant_until", "every", "last")):
-        raise TransferbenchError(f"{where}: a step schedule's constant_until, every and last are whole epochs")
+    if "schedule" in rec:
+        rec["schedule"] = _checked(schedule, SCHEDULE_BOUNDS, f"{where}: ", "schedule ")
     if "lr" not in (rec.get("optimizer") or {}):
         raise TransferbenchError(f"{where}: the optimizer has no lr")
+    rec["optimizer"] = _checked(rec["optimizer"], OPTIMIZER_BOUNDS, f"{where}: ", "optimizer ")
+
+
+def _checked(section: dict, bounds: dict[str, Bounds], where: str, prefix: str) -> dict:
+    """``section`` (a copy) with each key of ``bounds`` it has checked. A value given as text (YAML reads ``5e-4``
+    as a string) or as a whole float where an integer is due is replaced by its value; the rest stay as written,
+    since the recipe is part of an upstream run's identity (``upstream.state.run_identity``)."""
+    out = dict(section)
+    for key, bound in bounds.items():
+        if key in section:
+            value = bound.check(section[key], f"{prefix}{key}", where)
+            given = section[key]
+            if (isinstance(given, str) and bound.kind is not str) or (bound.kind is int and not isinstance(given, int)):
+                out[key] = list(value) if isinstance(value, tuple) else value  # as YAML and JSON write it
+    return out
 
 
 def checkpoint_name(rec: dict, method: str, sparsity: float, seed: int) -> str:
