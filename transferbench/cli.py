@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from .bounds import SEED, WORKERS, Bounds
 from .cli_flags import add_results_flag
 from .dispatch.cli import add_dispatch_commands
 from .errors import TransferbenchError
@@ -34,7 +35,12 @@ def _parse_set(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise TransferbenchError(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        try:
+            overrides[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:  # a tag (!!python/name:...) or broken YAML: refused, never constructed
+            problem = str(getattr(exc, "problem", None) or exc).splitlines()[0]
+            raise TransferbenchError(f"--set {item}: not a plain YAML value ({problem}); give a number, a word or "
+                                     "a list such as [30,60]") from None
     return overrides
 
 
@@ -65,6 +71,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .vocabulary import parse_sparsity
 
     args.trackers = require_trackers(args.trackers)  # --log of a backend not installed: before any work
+    SEED.check(args.seed, "--seed")
+    WORKERS.check(args.num_workers, "--workers")
     spec = resolve_spec(args.task, args.mode, args.seed, method=args.method, sparsity=parse_sparsity(args.sparsity),
                         arch=args.arch,
                         checkpoint=args.checkpoint, checkpoint_dir=args.checkpoint_dir, data_root=args.data_root,
@@ -90,6 +98,7 @@ def cmd_upstream(args: argparse.Namespace) -> int:
         raise TransferbenchError("--log with --from: one-shot pruning trains no epochs, so a tracker would get "
                                  "nothing; drop --log")
     args.sparsity = [parse_sparsity(s) for s in args.sparsity]  # 0.9 or 90%; a bare 90 is refused
+    SEED.check(args.seed, "--seed")
     if args.executor == "slurm" or args.gpus is not None or args.nodes is not None or args.profile:
         from .dispatch.upstream_jobs import submit_upstream_command
 
@@ -276,12 +285,26 @@ def _add_run_command(sub: argparse._SubParsersAction) -> None:
 def _add_hparam_flags(parser: argparse.ArgumentParser) -> None:
     """A flag for each HParams field whose metadata asks for one (its help and choices from there), and
     ``--set`` for every field."""
-    for hparam in _flagged_hparams():
-        parser.add_argument(f"--{hparam.name.replace('_', '-')}", dest=hparam.name, type=type(hparam.default),
-                            choices=hparam.metadata["choices"], help=hparam.metadata["help"])
+    for hparam in _flagged_hparams():  # values checked by the schema (HParams), as --set's, in one line
+        bounds, choices = hparam.metadata["bounds"], hparam.metadata["choices"]
+        parser.add_argument(f"--{hparam.name.replace('_', '-')}", dest=hparam.name, type=_flag_value(bounds),
+                            metavar="{" + ",".join(choices) + "}" if choices else None,
+                            help=hparam.metadata["help"] + ("" if choices else f" ({bounds})"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any hyper-parameter, e.g. --set lr_decay_after=[30,60] (a flag wins over "
                              f"--set); keys: {', '.join(f.name for f in fields(HParams))}")
+
+
+def _flag_value(bounds: Bounds):
+    """A flag's text as its hyper-parameter's kind (``2.0`` epochs is 2), or as given when it is not one, for the
+    schema to refuse in one line (argparse would print its usage too)."""
+    def convert(text: str):
+        try:
+            return bounds.parse(text)
+        except ValueError:
+            return text
+
+    return convert
 
 
 def _add_upstream_command(sub: argparse._SubParsersAction) -> None:
