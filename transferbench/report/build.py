@@ -13,6 +13,11 @@ links them, with the command that reproduces each step.
 
 The paper's results come from ``reference_files`` (its ``raw_results/*.txt``) or, when none are given, from
 ``<results>/reference.parquet``, which :func:`write_collection` saves when they are.
+
+Every step takes the protocol choices of :class:`Protocol`: which epoch's accuracies (``--epoch last|best``),
+whether runs of ours off the paper's protocol stand beside the paper's (``--include-deviating``; by default they
+are left out there, and marked † when included) and whether a seed repeated under one protocol is an error or the
+newest counts (``--latest``).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from .leaderboard_files import write_leaderboards
 from .prediction_metrics import MIN_COUNT
 from .predictions import Beyond, beyond, write_beyond
 from .reference import read_references
-from .select import PAPER, source_of
+from .select import PAPER, check_duplicate_seeds, exclude_deviating, source_of
 
 REFERENCE_FILE = "reference.parquet"  # the paper's rows as imported by `collect --reference`, reused later
 PAPER_NEEDED = ("pass --reference FILE... (the paper's raw_results/*.txt) or run `transferbench collect "
@@ -46,6 +51,20 @@ PAPER_NEEDED = ("pass --reference FILE... (the paper's raw_results/*.txt) or run
 PathText = str | os.PathLike
 # The paper's files: a flat list, or one list per `--reference` flag (the grouping only shapes the commands shown)
 ReferenceFiles = Sequence[PathText | Sequence[PathText]]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a report treats the protocol of our runs (``--epoch``, ``--include-deviating``, ``--latest``)."""
+
+    epoch: str = "last"  # the accuracies of each run's last epoch, or the best over its evaluated epochs
+    include_deviating: bool = False  # keep runs off the paper's protocol beside the paper's (marked †)
+    latest: bool = False  # a seed repeated under one protocol: the newest counts (default: an error)
+
+    def flags(self) -> list[str]:
+        """The command-line flags that reproduce these choices."""
+        return ([f"--epoch {self.epoch}"] if self.epoch != "last" else []) + \
+            (["--include-deviating"] if self.include_deviating else []) + (["--latest"] if self.latest else [])
 
 
 @dataclass(frozen=True)
@@ -99,16 +118,24 @@ def load_reference(results: Path, reference_files: ReferenceFiles | None = None,
 
 def read_runs(results: Path, *, reference_files: ReferenceFiles | None = None, reference_mode: str | None = None,
               reference_arch: str | None = None, source: str | None = None,
-              workers: int | None = None) -> ReportRuns:
+              workers: int | None = None, protocol: Protocol = Protocol()) -> ReportRuns:
     """Our runs under ``results`` (read with ``workers`` processes) and the paper's (:func:`load_reference`).
 
     ``source`` (``ours``, ``paper``, ``both`` or None) is checked against what there is: ``paper`` and ``both``
-    need the paper's results, ``ours`` at least one completed run of ours."""
+    need the paper's results, ``ours`` at least one completed run of ours. ``protocol``: see :class:`Protocol`;
+    ``runs`` leaves out our runs off the paper's protocol where the paper has the same cell, unless
+    ``protocol.include_deviating`` (``collection.runs`` keeps every run)."""
     results = Path(results)
     reference = load_reference(results, reference_files, reference_mode, reference_arch)
     # with the paper's results, a root without runs is fine: the paper's own leaderboards before any run
-    collection = collect(results, workers=workers, missing_ok=reference is not None)
-    runs = collection.runs if reference is None else pd.concat([collection.runs, reference], ignore_index=True)
+    collection = collect(results, workers=workers, missing_ok=reference is not None, epoch=protocol.epoch)
+    ours = check_duplicate_seeds(collection.runs, protocol.latest)
+    if reference is None:
+        runs = ours
+    else:
+        ours = exclude_deviating(ours, protocol.include_deviating, "the tables beside the paper's", beside=reference)
+        runs = pd.concat([ours, reference], ignore_index=True)
+    runs.attrs["epoch"] = protocol.epoch
     if source in ("paper", "both") and reference is None:
         raise TransferbenchError(f"--source {source} needs the paper's results: {PAPER_NEEDED}")
     if source == "ours" and collection.runs.empty:
@@ -134,12 +161,13 @@ def write_collection(results: Path, report_runs: ReportRuns, *, source: str | No
 
 
 def compare_with_paper(runs: pd.DataFrame, out_dir: Path, *, metric: str = "primary",
-                       alpha: float = 0.05) -> tuple[pd.DataFrame, list[Path]]:
+                       alpha: float = 0.05, protocol: Protocol = Protocol()) -> tuple[pd.DataFrame, list[Path]]:
     """Our results against the paper's, per cell (:func:`~transferbench.report.compare.compare`), written to
     ``out_dir``; ``runs`` must hold the paper's rows. Returns (the table, the files written)."""
     if not (source_of(runs) == PAPER).any():
         raise TransferbenchError(f"compare needs the paper's results: {PAPER_NEEDED}")
-    table = compare(runs, metric=metric, alpha=alpha)
+    table = compare(runs, metric=metric, alpha=alpha, include_deviating=protocol.include_deviating,
+                    latest=protocol.latest)
     return table, write_compare(table, out_dir)
 
 
@@ -168,8 +196,9 @@ class StepCommands:
         text = f"transferbench {name} --results {shlex.quote(str(self.results))}"
         return " ".join(p for p in (text, self._reference_flags(with_source=name != "compare"), *extra) if p)
 
-    def predictions(self, min_count: int) -> str:
-        return f"transferbench report beyond --results {shlex.quote(str(self.results))} --min-count {min_count}"
+    def predictions(self, min_count: int, *extra: str) -> str:
+        return " ".join([f"transferbench report beyond --results {shlex.quote(str(self.results))} --min-count "
+                         f"{min_count}", *extra])
 
     def _reference_flags(self, with_source: bool) -> str:
         parts = []
@@ -192,6 +221,7 @@ def write_report(
     min_count: int = MIN_COUNT,
     allow_incomplete_mean: bool = False,
     labels: Mapping[str, str] | None = None,
+    protocol: Protocol = Protocol(),
 ) -> list[Path]:
     """Every table and figure of the results store ``results``, then ``<results>/report/index.md`` and
     ``index.html`` linking them; returns the two index files.
@@ -199,13 +229,14 @@ def write_report(
     ``reference_files`` are the paper's ``raw_results/*.txt`` (their mode and architecture read from the file
     names unless ``reference_mode``/``reference_arch`` say); ``source`` chooses ``ours``, ``paper`` or ``both``
     (default: both when the paper's results are there); ``min_count`` and ``allow_incomplete_mean`` are those of
-    :func:`analyse_predictions` and the leaderboards; ``labels`` renames methods in the figures (``--label``)."""
+    :func:`analyse_predictions` and the leaderboards; ``labels`` renames methods in the figures (``--label``);
+    ``protocol`` as in :class:`Protocol`."""
     results = Path(results)
     commands = StepCommands(results, reference_groups(reference_files), reference_mode, reference_arch, source)
-    incomplete = ["--allow-incomplete-mean"] if allow_incomplete_mean else []
+    incomplete = (["--allow-incomplete-mean"] if allow_incomplete_mean else []) + protocol.flags()
     label_flags = [f"--label {shlex.quote(f'{k}={v}')}" for k, v in (labels or {}).items()]
     report_runs = read_runs(results, reference_files=reference_files, reference_mode=reference_mode,
-                            reference_arch=reference_arch, source=source)
+                            reference_arch=reference_arch, source=source, protocol=protocol)
     runs = report_runs.runs
     collected = write_collection(results, report_runs, source=source, allow_incomplete_mean=allow_incomplete_mean,
                                  labels=labels)
@@ -213,14 +244,18 @@ def write_report(
     sections = [
         Section("Collected runs and leaderboards", commands.line("collect", *incomplete, *label_flags), files=collected,
                 inline=boards),
-        Section("Figures", commands.line("figures", *label_flags),
+        Section("Figures", commands.line("figures", *protocol.flags(), *label_flags),
                 files=write_figures(runs, results / "figures", source=source, labels=labels)),
     ]
     if report_runs.reference is not None:
-        sections.append(_compare_section(runs, results / "compare", commands.line("compare")))
-    result, files = analyse_predictions(runs, results / "beyond", min_count=min_count)
+        sections.append(_compare_section(runs, results / "compare", commands.line("compare", *protocol.flags()),
+                                         protocol))
+    # every run of ours (those off the paper's protocol too: this compares our own runs with each other)
+    ours = check_duplicate_seeds(report_runs.collection.runs, protocol.latest)
+    result, files = analyse_predictions(ours, results / "beyond", min_count=min_count)
     # the formatted tables (in %, as the leaderboards), not the CSV files, which keep every digit
-    sections.append(Section("Beyond accuracy", commands.predictions(min_count), files=files,
+    latest = ["--latest"] if protocol.latest else []
+    sections.append(Section("Beyond accuracy", commands.predictions(min_count, *latest), files=files,
                             inline=[p for p in files if p.suffix == ".md"], text=result.summary()))
     return write_index(
         results / "report",
@@ -231,11 +266,11 @@ def write_report(
     )
 
 
-def _compare_section(runs: pd.DataFrame, out_dir: Path, command: str) -> Section:
+def _compare_section(runs: pd.DataFrame, out_dir: Path, command: str, protocol: Protocol = Protocol()) -> Section:
     """The page's "Ours vs the paper" section; a comparison that cannot be made (e.g. no runs of ours yet) says
     why, and the rest of the report still stands."""
     try:
-        table, files = compare_with_paper(runs, out_dir)
+        table, files = compare_with_paper(runs, out_dir, protocol=protocol)
         return Section("Ours vs the paper", command, files=files, inline=[p for p in files if p.suffix == ".md"],
                        text=compare_summary(table))
     except TransferbenchError as exc:
@@ -244,6 +279,7 @@ def _compare_section(runs: pd.DataFrame, out_dir: Path, command: str) -> Section
 
 __all__ = [
     "REFERENCE_FILE",
+    "Protocol",
     "ReportRuns",
     "StepCommands",
     "analyse_predictions",

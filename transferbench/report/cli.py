@@ -11,12 +11,19 @@ from pathlib import Path
 # pandas, matplotlib and the report modules load when a command runs, not for `--help`
 
 
+def _protocol(args: argparse.Namespace):
+    from .build import Protocol
+
+    return Protocol(epoch=getattr(args, "epoch", "last"), include_deviating=getattr(args, "include_deviating", False),
+                    latest=getattr(args, "latest", False))
+
+
 def _read_runs(args: argparse.Namespace):
     from .build import read_runs
 
     return read_runs(args.results, reference_files=args.reference, reference_mode=args.reference_mode,
                      reference_arch=args.reference_arch, source=getattr(args, "source", None),
-                     workers=getattr(args, "workers", None))
+                     workers=getattr(args, "workers", None), protocol=_protocol(args))
 
 
 def _print_paths(paths: list[Path]) -> None:
@@ -53,7 +60,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import display_frame, summary
 
     table, written = compare_with_paper(_read_runs(args).runs, args.out or args.results / "compare",
-                                        metric=args.metric, alpha=args.alpha)
+                                        metric=args.metric, alpha=args.alpha, protocol=_protocol(args))
     with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200):
         print(display_frame(table).to_string(index=False))
     print(summary(table))
@@ -64,9 +71,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_beyond(args: argparse.Namespace) -> int:
     from .build import analyse_predictions
     from .collect import collect
+    from .select import check_duplicate_seeds
 
-    result, written = analyse_predictions(collect(args.results).runs, args.out or args.results / "beyond",
-                                          min_count=args.min_count)
+    runs = check_duplicate_seeds(collect(args.results).runs, getattr(args, "latest", False))
+    result, written = analyse_predictions(runs, args.out or args.results / "beyond", min_count=args.min_count)
     print(result.summary())
     _print_paths(written)
     return 0
@@ -79,7 +87,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     _print_paths(write_report(args.results, reference_files=args.reference, reference_mode=args.reference_mode,
                               reference_arch=args.reference_arch, source=args.source, min_count=args.min_count,
-                              allow_incomplete_mean=args.allow_incomplete_mean, labels=parse_labels(args.label)))
+                              allow_incomplete_mean=args.allow_incomplete_mean, labels=parse_labels(args.label),
+                              protocol=_protocol(args)))
     return 0
 
 
@@ -115,6 +124,20 @@ def _add_reference(p: argparse.ArgumentParser, source: bool = True) -> None:
         )
 
 
+def _add_protocol(p: argparse.ArgumentParser, *, epoch: bool = True, deviating: bool = True) -> None:
+    if epoch:
+        p.add_argument("--epoch", choices=("last", "best"), default="last",
+                       help="each run's accuracies at its last epoch (default, as the paper's code ends) or the best "
+                       "over its evaluated epochs (needs the per-epoch curve; docs/protocol.md#metrics)")
+    if deviating:
+        p.add_argument("--include-deviating", action="store_true",
+                       help="also set runs off the paper's protocol (shortened, bf16, FFCV, --limit, ...) beside the "
+                       "paper's, marked † (default: left out there)")
+    p.add_argument("--latest", action="store_true",
+                   help="a seed repeated under the same protocol counts once, the newest run (default: an error "
+                   "naming both runs)")
+
+
 def _add_labels(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label", action="append", metavar="KEY=TEXT",
                    help="show method KEY as TEXT in the figures and compact LaTeX tables, e.g. --label "
@@ -132,12 +155,14 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
     _add_labels(col)
     col.add_argument("--allow-incomplete-mean", action="store_true",
                      help="average a row over the tasks it has (default: no mean for a row with a missing task)")
+    _add_protocol(col)
     col.set_defaults(func=cmd_collect)
 
     fig = sub.add_parser("figures", help="draw the figures (PNG and PDF) from the run records")
     _add_results(fig)
     _add_reference(fig)
     _add_labels(fig)
+    _add_protocol(fig)
     fig.set_defaults(func=cmd_figures)
 
     cmp = sub.add_parser("compare", help="our results vs the paper's, per cell, with a seed-noise verdict")
@@ -148,6 +173,7 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
                      help="significance level of each cell's test (Welch's t, or a prediction interval when one "
                           "side has a single seed; default 0.05)")
     cmp.add_argument("--out", type=Path, help="where to write compare.csv/md (default <results>/compare)")
+    _add_protocol(cmp)
     cmp.set_defaults(func=cmd_compare)
 
     rep = sub.add_parser("report", help="every table and figure, and <results>/report/index.md|html linking them")
@@ -163,6 +189,7 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
     rep.add_argument("--allow-incomplete-mean", action="store_true",
                      help="average a leaderboard row over the tasks it has (default: no mean for a row with a "
                      "missing task)")
+    _add_protocol(rep)
     rep.set_defaults(func=cmd_report)
     rep_sub = rep.add_subparsers(dest="report_cmd", metavar="{beyond}")
     bey = rep_sub.add_parser(
@@ -178,4 +205,6 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
         help="classes with fewer test samples are left out of the per-class drop summaries (default 20)",
     )
     bey.add_argument("--out", type=Path, help="output folder (default <results>/beyond)")
+    bey.add_argument("--latest", action="store_true", default=argparse.SUPPRESS,
+                     help="a seed repeated under the same protocol counts once, the newest run (default: an error)")
     bey.set_defaults(func=cmd_beyond)

@@ -9,7 +9,16 @@ Records are read with ``RunRecord.from_json`` (records older than schema 1 inclu
 All accuracies and sparsities in ``runs`` are fractions in [0, 1], ``upstream_top1`` (ImageNet top-1) included.
 Every row has ``source == "ours"``; the paper's results (``reference.py``) ``"paper"``.
 ``limit`` is the images per split of a ``--limit`` quick try (0: the whole splits; the paper's rows are 0): such
-runs never stand for a full one (``select.full_split_first``; ``compare`` leaves them out).
+runs never stand for a full one (``select.full_split_first``). ``protocol`` is ``"paper"`` for a run that followed
+the paper's protocol exactly, else its deviations joined by ``"; "`` (``RunRecord.deviations``; a ``--limit`` run
+deviates by ``limit=N``): the comparisons with the paper leave deviating runs out unless asked
+(``select.exclude_deviating``).
+
+``epoch`` chooses which epoch's accuracies a row holds: ``last`` (default: the run's final model, as the paper's
+code ends; docs/protocol.md#metrics) or ``best`` (the highest value of each metric over the run's evaluated epochs,
+from the record's ``curve``; a record without one is a one-line error). A record whose primary metric is not the
+one its task card names now (caltech256's changed from top-1 to mean per-class accuracy) is re-read with the
+card's metric, which a log line says (``align_primary``).
 
 Large stores are read by several processes (the records are parsed with ``orjson`` when it is installed): about
 100,000 records in a few seconds on 2 cores (``benchmarks/bench_report.py``).
@@ -33,6 +42,8 @@ import pandas as pd
 
 from ..atomic import write_bytes
 from ..errors import TransferbenchError
+from ..protocol import PAPER as PAPER_PROTOCOL
+from ..protocol import protocol_label
 from ..store import (
     DONE,
     FAILED,
@@ -48,6 +59,7 @@ from ..store import (
     RunRecord,
     RunState,
     leftover_run_folder,
+    load_record,
     run_states,
 )
 
@@ -57,8 +69,9 @@ log = logging.getLogger("transferbench")
 RUN_COLUMNS: tuple[str, ...] = (
     "run_key", "task", "method", "arch", "mode", "seed", "target_sparsity", "measured_sparsity",
     "top1", "mean_per_class_acc", "primary_metric", "primary", "solver", "upstream_top1", "total_s",
-    "created_at", "checkpoint", "schema_version", "versions", "path", "source", "limit",
+    "created_at", "checkpoint", "schema_version", "versions", "path", "source", "limit", "protocol",
 )
+EPOCHS = ("last", "best")  # which epoch's accuracies a collected row holds (``collect(epoch=...)``)
 OURS = "ours"
 # How each metric name a record or a paper result file may carry maps onto a column of `runs`.
 METRIC_COLUMNS = {"top1": "top1", "mean_per_class": "mean_per_class_acc", "mean_per_class_acc": "mean_per_class_acc"}
@@ -135,7 +148,7 @@ class Collection:
 
 
 def collect(results_dir: str | Path, workers: int | None = None, *, now: float | None = None,
-            missing_ok: bool = False) -> Collection:
+            missing_ok: bool = False, epoch: str = "last") -> Collection:
     """Read every ``runs/<run_key>/result.json`` under ``results_dir`` (or directly under it, if it has no
     ``runs/`` folder but run folders with records), and ask the store where every other run it knows of stands
     (running, queued, unfinished, failed, lost; see the module docstring).
@@ -143,7 +156,10 @@ def collect(results_dir: str | Path, workers: int | None = None, *, now: float |
     ``workers`` processes parse the records (default: the usable CPU cores, for stores of at least
     ``PARALLEL_MIN_RECORDS`` runs); the result does not depend on it. ``now`` (seconds since the epoch) is the
     time claims' heartbeats are judged against (default: the clock). ``missing_ok``: a root that does not exist
-    or holds no runs yet is an empty collection, not an error (the paper's leaderboard before any run)."""
+    or holds no runs yet is an empty collection, not an error (the paper's leaderboard before any run).
+    ``epoch``: ``last`` or ``best`` (see the module docstring)."""
+    if epoch not in EPOCHS:
+        raise TransferbenchError(f"--epoch must be last or best, not {epoch!r}")
     root = Path(results_dir)
     if missing_ok and not _holds_runs(root):
         return Collection(runs=runs_frame([]), failed=pd.DataFrame(columns=list(FAILED_COLUMNS)), results_dir=root)
@@ -153,12 +169,12 @@ def collect(results_dir: str | Path, workers: int | None = None, *, now: float |
     runs_dir, names = _run_folders(root)
     rows: list[dict[str, Any]] = []
     problems: dict[str, str | None] = {}  # run folder → None for a completed record, else why not
-    for chunk_rows, chunk_problems in _read_all(runs_dir, names, workers):
+    for chunk_rows, chunk_problems in _read_all(runs_dir, names, workers, epoch):
         rows.extend(chunk_rows)
         problems.update(chunk_problems)
     problems.update((row.pop("run_dir"), None) for row in rows)
     failed = _not_done(root, runs_dir, problems, now)
-    collection = Collection(runs=runs_frame(rows), failed=failed, results_dir=root)
+    collection = Collection(runs=align_primary(runs_frame(rows)), failed=failed, results_dir=root)
     (log.warning if collection.n_failed else log.info)("collected %s", collection.summary())
     return collection
 
@@ -219,21 +235,22 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def _read_all(runs_dir: Path, names: list[str], workers: int | None):
+def _read_all(runs_dir: Path, names: list[str], workers: int | None, epoch: str = "last"):
     if workers is None:
         workers = default_workers() if len(names) >= PARALLEL_MIN_RECORDS else 1
     if workers <= 1 or len(names) < 2:
-        return [_read_chunk(str(runs_dir), names)]
+        return [_read_chunk(str(runs_dir), names, epoch)]
     n_chunks = min(len(names), workers * CHUNKS_PER_WORKER)
     size = -(-len(names) // n_chunks)
     chunks = [names[i : i + size] for i in range(0, len(names), size)]
     # fork: the workers need nothing but this module, and forking skips re-importing pandas in each of them
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
-        return list(pool.map(_read_chunk, [str(runs_dir)] * len(chunks), chunks))
+        return list(pool.map(_read_chunk, [str(runs_dir)] * len(chunks), chunks, [epoch] * len(chunks)))
 
 
-def _read_chunk(runs_dir: str, names: list[str]) -> tuple[list[dict[str, Any]], dict[str, str | None]]:
+def _read_chunk(runs_dir: str, names: list[str],
+                epoch: str = "last") -> tuple[list[dict[str, Any]], dict[str, str | None]]:
     """Rows of the completed records among the run folders ``names``, in order, and why each other folder holds
     no completed record ("absent" when it has no record file; a worker's share of ``collect``)."""
     rows: list[dict[str, Any]] = []
@@ -250,7 +267,7 @@ def _read_chunk(runs_dir: str, names: list[str]) -> tuple[list[dict[str, Any]], 
             problems[name] = f"unreadable JSON: {exc.strerror or exc}"
             continue
         try:
-            row = record_row(RunRecord.from_json(_load(data), default_run_key=name))
+            row = record_row(load_record(data, default_run_key=name), epoch)  # the store's one judgement
         except RecordError as exc:
             problems[name] = str(exc)
             continue
@@ -272,21 +289,68 @@ def _versions_text(versions: dict[str, str]) -> str | None:
     return " ".join(f"{k}={versions[k]}" for k in sorted(versions)) if versions else None
 
 
-def record_row(record: RunRecord) -> dict[str, Any]:
-    """One row of ``runs``: the record flattened to the columns a report needs."""
+def record_row(record: RunRecord, epoch: str = "last") -> dict[str, Any]:
+    """One row of ``runs``: the record flattened to the columns a report needs, with the accuracies of its last
+    epoch or (``epoch="best"``) the best of its evaluated epochs (:func:`best_epoch_metrics`)."""
     upstream = record.upstream_fraction
+    metrics = {"top1": record.metrics.top1, "mean_per_class_acc": record.metrics.mean_per_class_acc,
+               "primary": record.metrics.primary}
+    if epoch == "best":
+        metrics = best_epoch_metrics(record)
     return {
         "run_key": record.run_key, "task": record.task, "method": record.method, "arch": record.arch,
         "mode": record.mode, "seed": record.seed, "target_sparsity": record.target_sparsity,
         "measured_sparsity": math.nan if record.sparsity.measured is None else record.sparsity.measured,
-        "top1": record.metrics.top1, "mean_per_class_acc": record.metrics.mean_per_class_acc,
-        "primary_metric": record.metrics.primary_metric, "primary": record.metrics.primary,
+        **metrics, "primary_metric": record.metrics.primary_metric,
         "solver": record.solver, "upstream_top1": math.nan if upstream is None else upstream,
         "total_s": record.total_s, "created_at": record.created_at,
         "checkpoint": record.checkpoint.identity, "schema_version": record.schema_version,
         "versions": _versions_text(record.versions),
         "limit": record_limit(record),
+        "protocol": protocol_label(record.deviations),
     }
+
+
+def best_epoch_metrics(record: RunRecord) -> dict[str, float]:
+    """``top1``, ``mean_per_class_acc`` and ``primary``, each the highest value it reached over the record's
+    evaluated epochs (its ``curve``); a record that kept no per-epoch test accuracy is a one-line error."""
+    column = METRIC_COLUMNS.get(record.metrics.primary_metric or "", "top1")
+    best = {}
+    for name in ("top1", "mean_per_class_acc"):
+        values = [float(p[name]) for p in record.curve
+                  if isinstance(p, dict) and "epoch" in p and isinstance(p.get(name), int | float)
+                  and math.isfinite(p[name])]
+        best[name] = max(values) if values else math.nan
+    if math.isnan(best[column]):
+        raise TransferbenchError(f"--epoch best: run {record.run_key} kept no per-epoch test {column} (its curve has "
+                                 "none; an L-BFGS head or an older record); use --epoch last")
+    return {**best, "primary": best[column]}
+
+
+def align_primary(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with each row's ``primary`` (and ``primary_metric``) the metric its task card names, where the
+    record named another one (a task card whose metric changed: caltech256, docs/protocol.md#metrics) and holds the
+    card's metric too; one log line per task says how many rows were re-read."""
+    from ..tasks import list_tasks
+
+    card_metric = {t.name: t.metric for t in list_tasks(None)}
+    wanted = runs["task"].map(card_metric)
+    recorded = runs["primary_metric"].map(lambda m: METRIC_COLUMNS.get(m, m) if isinstance(m, str) else m)
+    stale = wanted.notna() & (recorded != wanted.map(lambda m: METRIC_COLUMNS.get(m, m)))
+    if not stale.any():
+        return runs
+    runs = runs.copy()
+    for task, rows in runs[stale].groupby("task"):
+        metric = card_metric[task]
+        values = rows[METRIC_COLUMNS.get(metric, metric)]
+        usable = values.index[values.notna()]
+        runs.loc[usable, "primary"] = values[usable]
+        runs.loc[usable, "primary_metric"] = metric
+        log.warning("%s: %d record(s) name %s as their primary metric, but the task card now says %s "
+                    "(docs/protocol.md#metrics): %d re-read with their recorded %s, %d without it left as they are",
+                    task, len(rows), ", ".join(sorted(set(rows["primary_metric"].dropna().astype(str)))) or "none",
+                    metric, len(usable), METRIC_COLUMNS.get(metric, metric), len(rows) - len(usable))
+    return runs
 
 
 def record_limit(record: RunRecord) -> int:
@@ -311,6 +375,7 @@ def runs_frame(rows: list[dict[str, Any]], source: str = OURS) -> pd.DataFrame:
     df["seed"] = df["seed"].astype("Int64")
     df["schema_version"] = df["schema_version"].astype("Int64")
     df["limit"] = pd.to_numeric(df["limit"], errors="coerce").fillna(0).astype("int64")  # the paper's: 0, full
+    df["protocol"] = df["protocol"].astype("object").fillna(PAPER_PROTOCOL)  # the paper's rows are its protocol
     df["created_at"] = pd.to_datetime(df["created_at"], utc=True, errors="coerce", format="ISO8601")
     versions = set(df["schema_version"].dropna().astype(int))
     if any(v > SCHEMA_VERSION for v in versions):

@@ -18,7 +18,12 @@ on the seeds each side has (column ``test``):
 ``outside`` when p < alpha, ``within`` otherwise. With zero spread any non-zero difference is ``outside``. It tests
 seed noise only: a systematic difference (another data split, checkpoint or preprocessing) is by design reported as
 ``outside``. Cells are tested one by one, uncorrected: with m tested cells about alpha·m are flagged by chance,
-which ``summary`` states. Seeds are counted as in the leaderboards (a repeated seed counts once, the newest run).
+which ``summary`` states. A seed of ours repeated under the same protocol is an error naming both runs unless
+``latest`` (the newest counts; ``select.check_duplicate_seeds``).
+
+Only runs that followed the paper's protocol exactly are compared with it (``select.exclude_deviating``: a
+shortened, bf16, FFCV or ``--limit`` run is not the paper's experiment); ``include_deviating`` keeps them, and
+every cell holding one is marked ``†`` and lists the deviations in its ``protocol`` column.
 """
 
 from __future__ import annotations
@@ -34,7 +39,17 @@ from ..atomic import write_bytes
 from ..errors import TransferbenchError
 from .palette import method_sort_key
 from .render import fmt_sparsity, markdown_table
-from .select import OURS, PAPER, filter_source, limited, metric_column, per_seed_runs
+from .select import (
+    OURS,
+    PAPER,
+    check_duplicate_seeds,
+    deviating,
+    deviations_of,
+    exclude_deviating,
+    filter_source,
+    metric_column,
+    per_seed_runs,
+)
 
 log = logging.getLogger("transferbench")
 
@@ -44,9 +59,22 @@ WELCH, PREDICTION = "welch", "prediction"
 ALPHA = 0.05
 
 
-def _cells(runs: pd.DataFrame, col: str) -> pd.DataFrame:
+DEVIATION_MARK = "†"
+
+
+def _cells(runs: pd.DataFrame, col: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(mean, std and n per cell in %, the runs that count: one per seed of a cell)."""
     df = per_seed_runs(runs[runs[col].notna()])
-    return df.groupby(KEYS)[col].agg(mean="mean", std="std", n="count") * [100.0, 100.0, 1.0]
+    return df.groupby(KEYS)[col].agg(mean="mean", std="std", n="count") * [100.0, 100.0, 1.0], df
+
+
+def _cell_protocols(df: pd.DataFrame) -> pd.Series:
+    """Per cell of the runs ``df``: ``paper``, or the deviations of the runs it holds (joined by "; ")."""
+    off = deviating(df)
+    texts = {key: "; ".join(deviations_of(group)) if off[group.index].any() else "paper"
+             for key, group in df.groupby(KEYS)}
+    index = pd.MultiIndex.from_tuples(list(texts), names=KEYS) if texts else None
+    return pd.Series(list(texts.values()), index=index, name="protocol", dtype=object)
 
 
 def welch(m1: float, s1: float, n1: int, m2: float, s2: float, n2: int) -> tuple[float, float, float, float]:
@@ -94,32 +122,35 @@ def noise_test(m1: float, s1: float, n1: int, m2: float, s2: float, n2: int) -> 
 
 
 def compare(
-    runs: pd.DataFrame, reference: pd.DataFrame | None = None, *, metric: str = "primary", alpha: float = ALPHA
+    runs: pd.DataFrame, reference: pd.DataFrame | None = None, *, metric: str = "primary", alpha: float = ALPHA,
+    include_deviating: bool = False, latest: bool = False,
 ) -> pd.DataFrame:
     """One row per cell our runs have: ours and the paper's mean/std/n (in %), ``diff`` (pp), the ``test`` used
-    (welch, prediction or n/a), its ``se``, ``t``, ``df``, ``p`` and ``verdict`` (outside/within/n/a).
-    ``reference`` defaults to the paper's rows of ``runs``."""
+    (welch, prediction or n/a), its ``se``, ``t``, ``df``, ``p``, ``verdict`` (outside/within/n/a) and ``protocol``
+    (``paper`` or the deviations of the cell's runs). ``reference`` defaults to the paper's rows of ``runs``;
+    ``include_deviating`` and ``latest`` as in the module docstring."""
     if not (isinstance(alpha, (int, float)) and 0.0 < alpha < 1.0):
         raise TransferbenchError(f"--alpha {alpha}: the test level must lie strictly between 0 and 1, e.g. 0.05")
     col = metric_column(metric)
     ours = filter_source(runs, OURS)
     paper = filter_source(runs if reference is None else reference, PAPER)
-    quick = limited(ours)  # a subset of each split is not the paper's protocol: never compared with it
-    if quick.any():
-        log.warning("%d --limit run(s) left out of the comparison with the paper (a subset of each split)",
-                    int(quick.sum()))
-        if quick.all():
-            raise TransferbenchError("only --limit runs under --results: they use a subset of each split and are "
-                                     "not compared with the paper; run without --limit first")
-        ours = ours[~quick]
+    ours = check_duplicate_seeds(ours, latest)
+    kept = exclude_deviating(ours, include_deviating)
+    if kept.empty and not ours.empty:
+        raise TransferbenchError(
+            f"all {len(ours)} run(s) of ours deviate from the paper's protocol ({'; '.join(deviations_of(ours)[:4])})"
+            " and are not compared with it; run with the protocol's settings, or pass --include-deviating to "
+            "compare them anyway, marked")
+    ours = kept
     if ours.empty:
         raise TransferbenchError("no completed runs of ours to compare (--results); run experiments first")
     if paper.empty:
         raise TransferbenchError(
             "no paper results to compare with; pass --reference with the paper's raw_results/*.txt files"
         )
-    o, p = _cells(ours, col), _cells(paper, col)
-    table = o.add_prefix("ours_").join(p.add_prefix("paper_"), how="left").reset_index()
+    (o, counted), (p, _) = _cells(ours, col), _cells(paper, col)
+    table = o.add_prefix("ours_").join(p.add_prefix("paper_"), how="left").join(_cell_protocols(counted))
+    table = table.reset_index()
     table["paper_n"] = table["paper_n"].fillna(0)
     table["diff"] = table["ours_mean"] - table["paper_mean"]
     stats = [
@@ -144,6 +175,8 @@ def compare(
     )
     table = table.loc[order].reset_index(drop=True)
     table.attrs.update(alpha=alpha, metric=metric)
+    if "epoch" in runs.attrs:
+        table.attrs["epoch"] = runs.attrs["epoch"]
     return table
 
 
@@ -175,8 +208,9 @@ def display_frame(table: pd.DataFrame) -> pd.DataFrame:
             "method": table["method"],
             "sparsity": [fmt_sparsity(s) for s in table["sparsity"]],
             "ours": [
-                f"{_fmt(m)} ± {_fmt(s)} (n={n})" if n > 1 else f"{_fmt(m)} (n={n})"
-                for m, s, n in zip(table["ours_mean"], table["ours_std"], table["ours_n"], strict=True)
+                (f"{_fmt(m)} ± {_fmt(s)} (n={n})" if n > 1 else f"{_fmt(m)} (n={n})") + _mark(protocol)
+                for m, s, n, protocol in zip(table["ours_mean"], table["ours_std"], table["ours_n"],
+                                             _protocols(table), strict=True)
             ],
             "paper": [
                 ("—" if n == 0 else f"{_fmt(m)} ± {_fmt(s)} (n={n})" if n > 1 else f"{_fmt(m)} (n={n})")
@@ -190,6 +224,23 @@ def display_frame(table: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def _protocols(table: pd.DataFrame) -> pd.Series:
+    return table["protocol"] if "protocol" in table.columns else pd.Series("paper", index=table.index)
+
+
+def _mark(protocol: str) -> str:
+    return "" if protocol == "paper" else f" {DEVIATION_MARK}"
+
+
+def deviation_note(table: pd.DataFrame) -> str:
+    """The footnote for cells marked †, or "" when every cell followed the paper's protocol."""
+    off = sorted({d for text in _protocols(table) if text != "paper" for d in str(text).split("; ")})
+    if not off:
+        return ""
+    return (f"{DEVIATION_MARK} the cell holds runs that deviate from the paper's protocol ({'; '.join(off)}), "
+            "included by --include-deviating: not the paper's experiment.")
+
+
 def to_markdown(table: pd.DataFrame) -> str:
     shown = display_frame(table)
     lines = [markdown_table(list(shown.columns), shown.itertuples(index=False),
@@ -200,8 +251,10 @@ def to_markdown(table: pd.DataFrame) -> str:
         f"{table.attrs.get('alpha', ALPHA):g} by Welch's t-test (both sides ≥ 2 seeds) or a prediction-interval "
         "test with the other side's spread (one side a single seed): outside / within seed noise; n/a: a single "
         "seed on both sides or no paper result."
+        + (f" Accuracies of each run's {table.attrs['epoch']} epoch." if table.attrs.get("epoch") else "")
     )
-    return "\n".join(lines) + f"\n\n_{note}_\n\n{summary(table)}.\n"
+    footnote = deviation_note(table)
+    return "\n".join(lines) + f"\n\n_{note}_\n\n" + (f"{footnote}\n\n" if footnote else "") + f"{summary(table)}.\n"
 
 
 def write_compare(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:

@@ -88,6 +88,14 @@ def _legend_below(fig: Figure, ax, n_entries: int) -> None:
                frameon=False, handlelength=2.2, columnspacing=1.0)
 
 
+def _deviation_legend(lb) -> str:
+    """A second title line when our side of a side-by-side figure holds runs off the paper's protocol
+    (``--include-deviating``), else ""."""
+    if lb.deviating is None or not lb.deviating.to_numpy().any():
+        return ""
+    return f"\nours include runs off the paper's protocol: {'; '.join(lb.deviations)}"
+
+
 def _warn_incomplete(lb, what: str) -> None:
     missing = lb.table.index[lb.table[(MEAN, "mean")].isna()]
     if len(missing):
@@ -136,7 +144,7 @@ def accuracy_vs_sparsity_figure(
             fig.supylabel(ylabel, fontsize=8)
         else:
             ax.set_ylabel(ylabel)
-        ax.set_title(_title(arch, mode, solver, source))
+        ax.set_title(_title(arch, mode, solver, source) + _deviation_legend(lb))
         _legend_below(fig, ax, n_entries)
     return fig
 
@@ -276,7 +284,7 @@ def delta_heatmap_figure(
         for label in ax.get_xticklabels():
             label.set_horizontalalignment("right")
             label.set_rotation_mode("anchor")
-        ax.set_title(f"{title}: {_label(metric)} − dense (pp)")
+        ax.set_title(f"{title}: {_label(metric)} − dense (pp)" + _deviation_legend(lb))
     return fig
 
 

@@ -12,7 +12,9 @@ ties included) is flagged.
 
 Our runs and the paper's (``source``) are never mixed in one cell. ``source="both"`` puts them side by side: rows
 (method, sparsity, source), each source's Δ against its own dense row and its own best entries, over the tasks
-both sources have (so that the two means are over the same tasks).
+both sources have (so that the two means are over the same tasks). There, a cell of ours holding a run that
+deviates from the paper's protocol (present only with ``--include-deviating``; ``select.exclude_deviating``) is
+marked ``†`` and the deviations are listed under the table.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from .select import (
     METRIC_LABELS,
     OURS,
     PAPER,
+    deviating,
+    deviations_of,
     filter_source,
     metric_column,
     select_runs,
@@ -42,6 +46,7 @@ from .select import (
 log = logging.getLogger("transferbench")
 
 MEAN = "mean"
+DEVIATION_MARK = "†"  # a cell of ours holding a run off the paper's protocol (side by side, --include-deviating)
 DELTA = "Δ vs dense"
 STATS = ("mean", "std", "n")
 N_MAX = "n_max"  # the largest per-task seed count behind a mean over tasks ("n" holds the smallest)
@@ -60,6 +65,10 @@ class Leaderboard:
     duplicates: pd.DataFrame = field(default_factory=pd.DataFrame)  # runs left out as repeats of a seed
     source: str | None = None  # None/"ours": our runs; "paper"; "both": index (method, sparsity, source)
     warnings: tuple[str, ...] = ()  # one line each, printed under the rendered tables
+    # side by side: bool, index as table, one column per column of the leaderboard: a cell of ours holding a run
+    # off the paper's protocol (marked †); ``deviations`` lists what those runs changed
+    deviating: pd.DataFrame | None = None
+    deviations: tuple[str, ...] = ()
 
     @property
     def side_by_side(self) -> bool:
@@ -85,8 +94,13 @@ class Leaderboard:
         """(fewest, most) seeds behind a cell: equal for a task, the per-task range for the mean over tasks."""
         return float(self.table.loc[row, (column, "n")]), float(self.table.loc[row, (column, N_MAX)])
 
+    def marked(self, row: tuple, column: str) -> bool:
+        """Whether the cell holds a run of ours that deviates from the paper's protocol (side by side only)."""
+        return self.deviating is not None and bool(self.deviating.loc[row, column])
+
     def to_frame(self) -> pd.DataFrame:
-        """The leaderboard in long form: one row per (method, sparsity, column) with mean, std, n, best."""
+        """The leaderboard in long form: one row per (method, sparsity, column) with mean, std, n, best and
+        ``deviating`` (a cell of ours holding a run off the paper's protocol)."""
         out = []
         for row in self.table.index:
             source = row[2] if self.side_by_side else (self.source or OURS)
@@ -96,6 +110,7 @@ class Leaderboard:
                 out.append({"arch": self.arch, "mode": self.mode, "solver": self.solver, "metric": self.metric,
                             "source": source, "method": row[0], "sparsity": row[1], "column": col, "mean": mean,
                             "std": std, "n": n, "n_max": n_max, "best": bool(self.best.loc[row, col]),
+                            "deviating": self.marked(row, col),
                             "text": cell_text(mean, std, n, delta=col == DELTA, n_max=n_max)})
         return pd.DataFrame(out)
 
@@ -251,9 +266,26 @@ def _side_by_side(
     best = best.reorder_levels([1, 2, 0]).reindex(index)
     duplicates = pd.concat([lb.duplicates for lb in parts.values()])
     warnings = tuple(f"{s}: {w}" for s, lb in parts.items() for w in lb.warnings)
+    counted = selected[OURS].drop(index=parts[OURS].duplicates.index, errors="ignore") if OURS in parts else None
+    marks = _deviating_cells(counted, index, [*tasks, MEAN, DELTA])
     return Leaderboard(arch=arch, mode=mode, metric=metric, tasks=list(tasks), table=table, best=best,
                        allow_incomplete_mean=allow, solver=solver, duplicates=duplicates, source=BOTH,
-                       warnings=warnings)
+                       warnings=warnings, deviating=marks,
+                       deviations=tuple(deviations_of(counted)) if counted is not None else ())
+
+
+def _deviating_cells(ours: pd.DataFrame | None, index: pd.MultiIndex, columns: list[str]) -> pd.DataFrame:
+    """Per cell of a side-by-side leaderboard: whether it holds a run of ours off the paper's protocol (the mean
+    and Δ of a row when any of its tasks does)."""
+    marks = pd.DataFrame(False, index=index, columns=columns)
+    if ours is None or ours.empty:
+        return marks
+    off = ours[deviating(ours)]
+    for (method, sparsity, task), _ in off.groupby(["method", "sparsity", "task"]):
+        row = (method, sparsity, OURS)
+        if row in marks.index and task in marks.columns:
+            marks.loc[row, [task, MEAN, DELTA]] = True
+    return marks
 
 
 def resolve_source(runs: pd.DataFrame, source: str | None) -> str:
@@ -292,7 +324,10 @@ def _rendered_rows(lb: Leaderboard):
         for col in lb.columns:
             mean, std, n = lb.cell(row, col)
             n_max = lb.seed_range(row, col)[1]
-            cells.append((cell_parts(mean, std, n, delta=col == DELTA, n_max=n_max), bool(lb.best.loc[row, col])))
+            parts = cell_parts(mean, std, n, delta=col == DELTA, n_max=n_max)
+            if parts is not None and lb.marked(row, col):
+                parts = (f"{parts[0]}{DEVIATION_MARK}", parts[1])
+            cells.append((parts, bool(lb.best.loc[row, col])))
         yield row[0], row[1], (row[2] if lb.side_by_side else None), cells
 
 
@@ -311,6 +346,14 @@ def _note(lb: Leaderboard) -> str:
             f"{best} in bold; {MISSING} = no completed run.")
 
 
+def deviation_note(lb: Leaderboard) -> str:
+    """The footnote for cells marked †, or "" when none is."""
+    if lb.deviating is None or not lb.deviating.to_numpy().any():
+        return ""
+    return (f"{DEVIATION_MARK} holds runs of ours that deviate from the paper's protocol "
+            f"({'; '.join(lb.deviations)}), included by --include-deviating: not the paper's experiment.")
+
+
 def _markdown(lb: Leaderboard) -> str:
     lead = ["method", "sparsity", *(["source"] if lb.side_by_side else [])]
     rows = []
@@ -325,7 +368,8 @@ def _markdown(lb: Leaderboard) -> str:
         rows.append([method, fmt_sparsity(sparsity), *([source] if source else []), *texts])
     table = markdown_table([*lead, *lb.columns], rows, left=("method", "source"))
     warnings = "".join(f"\n**Warning:** {w}\n" for w in lb.warnings)
-    return table + f"\n\n_{_note(lb)}_\n" + warnings
+    footnote = f"\n{deviation_note(lb)}\n" if deviation_note(lb) else ""
+    return table + f"\n\n_{_note(lb)}_\n" + footnote + warnings
 
 
 def _latex_header(name: str) -> str:
@@ -335,7 +379,8 @@ def _latex_header(name: str) -> str:
 def _latex_cell(parts: tuple[str, str] | None, best: bool) -> str:
     if parts is None:
         return LATEX_MISSING
-    value = parts[0].replace(" ± ", r" $\pm$ ").replace("+", "$+$").replace("-", "$-$")
+    value = parts[0].replace(" ± ", r" $\pm$ ").replace("+", "$+$").replace("-", "$-$").replace(
+        DEVIATION_MARK, r"\textsuperscript{\dag}")
     value = rf"\textbf{{{value}}}" if best else value
     return rf"{value} {{\scriptsize ({parts[1]})}}" if parts[1] else value
 
@@ -361,4 +406,6 @@ def _latex(lb: Leaderboard) -> str:
         lines.append(" & ".join([*first, *(_latex_cell(parts, best) for parts, best in cells)]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     lines += ["% warning: " + latex_escape(w).replace("Δ", r"$\Delta$") for w in lb.warnings]
+    if deviation_note(lb):
+        lines.append("% " + latex_escape(deviation_note(lb)).replace(DEVIATION_MARK, r"\dag"))
     return "\n".join(lines) + "\n"

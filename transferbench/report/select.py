@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from ..errors import TransferbenchError
+from ..protocol import PAPER as PAPER_PROTOCOL
 from ..vocabulary import arch_family
 
 log = logging.getLogger("transferbench")
@@ -135,12 +137,93 @@ def full_split_first(runs: pd.DataFrame, what: str) -> pd.DataFrame:
     return runs
 
 
+def deviating(runs: pd.DataFrame) -> pd.Series:
+    """Rows of runs that did not follow the paper's protocol exactly (``protocol`` other than ``paper``, or a
+    ``--limit`` quick try); tables without those columns have none."""
+    off = limited(runs)
+    if "protocol" in runs.columns:
+        off = off | (runs["protocol"].fillna(PAPER_PROTOCOL) != PAPER_PROTOCOL)
+    return off
+
+
+def deviations_of(runs: pd.DataFrame) -> list[str]:
+    """The distinct deviations of the deviating rows of ``runs``, sorted (for notes under tables and figures)."""
+    off = runs[deviating(runs)]
+    found = {d for text in off.get("protocol", pd.Series(dtype=object)).dropna() if text != PAPER_PROTOCOL
+             for d in str(text).split("; ")}
+    found |= {f"limit={int(n)}" for n in pd.to_numeric(off.get("limit", pd.Series(dtype=float)),
+                                                         errors="coerce").dropna() if n > 0}
+    return sorted(found)
+
+
+def exclude_deviating(runs: pd.DataFrame, include: bool = False, what: str = "the comparison with the paper", *,
+                      beside: pd.DataFrame | None = None) -> pd.DataFrame:
+    """``runs`` without our runs that deviate from the paper's protocol (:func:`deviating`), unless ``include``
+    (``--include-deviating``: they stay, and the tables and figures mark them); one log line says which.
+    ``beside`` (the paper's rows): only runs of a (task, arch family, mode, solver) the paper has are left out, so
+    that our own tables of tasks or solvers the paper lacks (the mini-suite, L-BFGS) keep theirs."""
+    off = deviating(runs) & (source_of(runs) == OURS)
+    if beside is not None and off.any():
+        off &= _cell_groups(runs).isin(set(_cell_groups(beside)))
+    if not off.any():
+        return runs
+    shown = "; ".join(deviations_of(runs[off])[:4])
+    if include:
+        log.warning("%d run(s) of ours that deviate from the paper's protocol (%s) are in %s, marked †",
+                    int(off.sum()), shown, what)
+        return runs
+    log.warning("%d run(s) of ours that deviate from the paper's protocol (%s) are left out of %s; "
+                "--include-deviating shows them, marked", int(off.sum()), shown, what)
+    return runs[~off]
+
+
+def _cell_groups(runs: pd.DataFrame) -> pd.Series:
+    """(task, arch family, mode, solver) of every row, as one text (solver: sgd where unrecorded)."""
+    solver = runs["solver"].fillna("sgd") if "solver" in runs.columns else pd.Series("sgd", index=runs.index)
+    return runs["task"].astype(str) + "|" + families(runs["arch"]).astype(str) + "|" + runs["mode"].astype(str) + \
+        "|" + solver.astype(str)
+
+
+DUPLICATE_KEYS = ["task", "method", "sparsity", "arch", "mode", "solver", "seed", "protocol"]
+
+
+def check_duplicate_seeds(runs: pd.DataFrame, latest: bool = False) -> pd.DataFrame:
+    """``runs`` where no two runs of ours share (task, method, sparsity, arch, mode, solver, seed) under the same
+    protocol. Such a pair is an error naming both run keys, unless ``latest`` (``--latest``): then the newest of each
+    counts, which one log line says. The paper's own repeats were merged when its files were read."""
+    ours = source_of(runs) == OURS
+    if not ours.any():
+        return runs
+    df = runs[ours]
+    keys = df.assign(sparsity=df["target_sparsity"].astype(float).round(6), solver=df["solver"].fillna("sgd"),
+                     protocol=df["protocol"].fillna(PAPER_PROTOCOL) if "protocol" in df.columns else PAPER_PROTOCOL)
+    keys = keys.sort_values(["created_at", "run_key"], na_position="first", kind="stable")
+    older = keys.duplicated(DUPLICATE_KEYS, keep="last")
+    if not older.any():
+        return runs
+    if not latest:
+        first = keys[older].iloc[0]
+        twin = keys[(keys[DUPLICATE_KEYS] == first[DUPLICATE_KEYS]).all(axis=1)]["run_key"]
+        names = " and ".join(str(k) for k in twin)
+        raise TransferbenchError(
+            f"runs {names} repeat seed {first['seed']} of {first['task']}/{first['method']}/{first['arch']}/"
+            f"{first['mode']} under the same protocol ({int(older.sum())} such repeat(s) in all): keep one, or pass "
+            "--latest to count the newest of each")
+    log.warning("--latest: %d older run(s) repeating a seed left out, the newest of each counts: %s%s",
+                int(older.sum()), ", ".join(keys.loc[older, "run_key"].astype(str)[:5]),
+                ", ..." if older.sum() > 5 else "")
+    return runs.drop(index=keys.index[older])
+
+
 def split_duplicates(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Keep one run per (method, sparsity, task, seed), the most recent; return (kept, dropped).
 
     Two completed runs with the same cell and seed differ in some hyper-parameter (another run key); averaging
-    them as if they were seeds would inflate the seed count, so only the newest one counts."""
-    order = df.sort_values(["created_at", "run_key"], na_position="first", kind="stable")
+    them as if they were seeds would inflate the seed count, so only one counts: one that followed the paper's
+    protocol before one that did not (``--include-deviating``), else the newest. Repeats under one protocol are
+    refused earlier (:func:`check_duplicate_seeds`) in the report commands."""
+    order = df.assign(_paper=~deviating(df)).sort_values(["_paper", "created_at", "run_key"],
+                                                          na_position="first", kind="stable").drop(columns="_paper")
     dup = order.duplicated(CELL_KEYS, keep="last")
     dropped, kept = order[dup], order[~dup]
     if len(dropped):

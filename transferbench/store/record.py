@@ -4,6 +4,11 @@ Records store accuracies and sparsities as fractions and the checkpoint's regist
 (as the registry keeps it). ``from_json`` refuses what cannot be a completed run (``RecordError``, whose message is
 the reason a report shows). Records written before ``schema_version`` 1 (accuracies possibly in percent, metrics at
 the top level) are first upgraded to the version-1 layout by ``upgrade_legacy``, the one place that knows them.
+
+Every record says whether its run followed the paper's protocol exactly: ``"protocol": "paper"`` or the list of its
+deviations (``["epochs=8", "precision=bf16"]``), computed by ``transferbench.protocol.protocol_deviations`` from
+the record's task, mode and hyper-parameters when it is written; a record written before the field existed gets
+the same answer on read, from its stored ``config["hparams"]``.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any
 from .layout import PREDICTIONS_FILE
 
 SCHEMA_VERSION = 1
+PAPER_PROTOCOL = "paper"  # a record's ``protocol`` when its run followed the paper's protocol exactly
 COMPLETED = "completed"
 REQUIRED = ("task", "method", "arch", "mode", "seed", "target_sparsity", "primary")
 
@@ -82,6 +88,25 @@ class RunRecord:
     schema_version: int = SCHEMA_VERSION
     predictions: str = PREDICTIONS_FILE
     upstream_top1: float | None = None  # a fraction; only records older than schema 1 carried it here
+    # the deviations from the paper's protocol as the record states them; None: derived from config (``deviations``)
+    stated_protocol: tuple[str, ...] | None = field(default=None, compare=False)  # config decides equality
+    # whether to_json writes ``protocol``: a record read without one is written back as it was (its layout kept)
+    writes_protocol: bool = field(default=True, compare=False)
+
+    @property
+    def deviations(self) -> tuple[str, ...]:
+        """How the run departs from the paper's protocol (``protocol.protocol_deviations``); () when it follows it."""
+        if self.stated_protocol is not None:
+            return self.stated_protocol
+        from ..protocol import protocol_deviations  # here: the protocol module reads runspec, which imports the store
+
+        hparams = self.config.get("hparams")
+        return tuple(protocol_deviations(self.task, self.mode, hparams if isinstance(hparams, dict) else None))
+
+    @property
+    def protocol(self) -> str | list[str]:
+        """``"paper"`` when the run followed the paper's protocol exactly, else the list of its deviations."""
+        return list(self.deviations) or PAPER_PROTOCOL
 
     @property
     def solver(self) -> str | None:
@@ -130,6 +155,8 @@ class RunRecord:
                         **self.metrics.extra},
             "curve": self.curve, "timings": self.timings, "hardware": self.hardware,
         }
+        if self.writes_protocol:
+            data["protocol"] = self.protocol
         if self.upstream_top1 is not None:
             data["upstream_top1"] = self.upstream_top1
         return data
@@ -191,7 +218,18 @@ def _build(data: dict, version: int | None, default_run_key: str) -> RunRecord:
         versions={str(k): str(v) for k, v in _dict(data.get("versions")).items()},
         created_at=_text(data.get("created_at")), schema_version=version if version is not None else 0,
         predictions=_text(data.get("predictions")) or PREDICTIONS_FILE, upstream_top1=_optional(upstream),
+        stated_protocol=_stated_protocol(data.get("protocol")), writes_protocol="protocol" in data,
     )
+
+
+def _stated_protocol(value: Any) -> tuple[str, ...] | None:
+    """A record's ``protocol`` field: () for "paper", the deviations for a list of texts, None when absent or
+    unreadable (then the record's config decides)."""
+    if value == PAPER_PROTOCOL:
+        return ()
+    if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+        return tuple(value)
+    return None
 
 
 def _check_units(data: dict, version: int) -> None:
