@@ -87,7 +87,11 @@ class TensorBoardTracker:
     def start(self, run_name: str, config: Mapping[str, Any]) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(self.folder / run_name))
+        from .names import check_component, inside
+
+        # run keys and checkpoint names are checked where they are made; this keeps the event files in the folder
+        log_dir = inside(self.folder.parent, self.folder / check_component(run_name, "tracker run name"))
+        self.writer = SummaryWriter(log_dir=str(log_dir))
         # a fenced block: TensorBoard's text tab renders markdown
         self.writer.add_text("config", "```\n" + json.dumps(config, indent=1, default=str) + "\n```")
 
