@@ -63,7 +63,7 @@ def open_image(path: Path) -> Image.Image:
             return Image.open(path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise TransferbenchError(
-            f"image {path} is too large to decode ({exc}); remove or replace the file"
+            f"image {path} is too large to decode, a possible decompression bomb ({exc}); remove or replace the file"
         ) from None
     except _DECODE_ERRORS as exc:
         raise TransferbenchError(f"cannot read image {path} ({exc}); re-extract the dataset") from None
