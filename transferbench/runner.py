@@ -2,17 +2,27 @@
 checkpoints resolved in ``checkpoints``, where and how to run is the ``RunContext`` (``context``).
 
 ``run(specs, ctx)`` skips the runs whose record is complete, extracts features once per extraction key for the
-linear probes of one (checkpoint, task) and trains all their heads, and runs each full fine-tuning on its own.
+linear probes of one (checkpoint, task) and trains all their heads, and runs each full fine-tuning on its own. Its
+caller holds the runs' claims (a sweep job); ``run_claimed`` takes the claim itself (``transferbench run``).
+
+Before a record is written the checkpoint is hashed again: a record never claims a digest its file no longer has.
+The predictions are written before the record (whose presence means done); if either write fails, what this run
+wrote of them is removed, so a full disk leaves no predictions file without its record.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import logging
+import os
+import re
 import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,13 +40,27 @@ from .context import (
     precision_policy,
     select_device,
 )
+from .digests import sha256_file
 from .errors import TransferbenchError
 from .finetune.features import cached_features, extract_with, feature_cache_key
 from .finetune.full import finetune_full
 from .finetune.linear import HeadResult, train_lbfgs_head, train_sgd_heads
 from .finetune.loaders import runner_loaders
 from .runspec import HParams, RunSpec, group_by_extraction
-from .store import CheckpointInfo, Metrics, RunRecord, SparsityInfo, existing_record, write_record
+from .store import (
+    PREDICTIONS_FILE,
+    CheckpointInfo,
+    Metrics,
+    RunRecord,
+    SparsityInfo,
+    claim_runs,
+    existing_record,
+    record_dir,
+    result_path,
+    write_record,
+)
+from .store.claims import LockingUnsupported
+from .store.layout import CLAIM_FILE, LOCK_FILE
 from .tasks import Split, TaskSpec, Transformed, get_task, load_split
 from .tasks.limit import limit_split
 from .tracking import log_curve, require_trackers, spec_config, track
@@ -126,6 +150,56 @@ def run(specs: RunSpec | list[RunSpec], ctx: RunContext) -> list[RunRecord]:
     return [records[s.run_key] for s in specs]
 
 
+def run_claimed(spec: RunSpec, ctx: RunContext, note: Callable[[str], None] = log.warning) -> RunRecord:
+    """``run`` one spec holding its claim, as a sweep job holds its runs' (``transferbench run``): `status` shows it
+    running, and a sweep or another identical ``run`` does not run it a second time.
+
+    When another process holds the run, one ``note`` line says so and this one waits for it to end, then uses the
+    record it wrote (with ``ctx.force`` too: that record is newer than the call). If it ended without a record,
+    this process runs it (full fine-tuning resumes from the other's last epoch). A results root whose filesystem
+    cannot lock runs without a claim, after a note.
+    """
+    before = _stamp(result_path(ctx.results, spec.run_key))
+    waited: list[dict] = []
+
+    def on_wait(key: str, holder: dict) -> None:
+        waited.append(holder)
+        who = f"job {holder.get('job_id', '?')} on {holder.get('host', '?')}" if holder else "another process"
+        note(f"note: {key} is being run by {who}; waiting for it to end to use its record (this process runs it "
+             "if that one ends without a record)")
+
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(claim_runs([spec.run_key], ctx.results, f"run-{os.getpid()}", wait=on_wait))
+        except LockingUnsupported as exc:
+            note(f"note: running without a claim: {exc}")
+        if waited and ctx.force and _stamp(result_path(ctx.results, spec.run_key)) != before:
+            ctx = replace(ctx, force=False)  # the holder wrote its record while this call waited: use it
+        try:
+            [record] = run(spec, ctx)
+        finally:
+            _remove_idle_work(spec.work_dir(ctx.results))
+    return record
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """Which file is at ``path`` (inode, size, mtime), None when none: tells whether a write replaced it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _remove_idle_work(work: Path) -> None:
+    """A claimed run leaves its lock file (a finished full run removes its work folder itself): removed when that
+    is all there is (a failed full run keeps its training state, and so its folder). Safe while locked: a process
+    waiting on the removed lock file locks the new one instead."""
+    with contextlib.suppress(OSError):
+        if set(os.listdir(work)) <= {LOCK_FILE, CLAIM_FILE}:
+            shutil.rmtree(work)
+
+
 def _run_linear(specs: list[RunSpec], ctx: RunContext) -> list[RunRecord]:
     """Linear probes of one extraction key: features extracted (or read from the cache) once, every head trained."""
     done = {s.run_key: r for s in specs if not ctx.force and (r := existing_record(ctx.results, s.run_key))}
@@ -139,6 +213,7 @@ def _run_linear(specs: list[RunSpec], ctx: RunContext) -> list[RunRecord]:
                                   image_size=todo[0].hparams.image_size)
         feats = _features(todo[0], prep, tcfg, ctx)
         heads, seconds = _train_heads(todo, prep, feats)
+        _recheck_checkpoint(todo[0], prep, [f.path for f in feats.values() if not f.cached and f.path])
         for spec in todo:
             done[spec.run_key] = _write_linear(spec, prep, tcfg, feats, heads[spec], seconds[spec], len(todo),
                                                time.perf_counter() - t_start, ctx)
@@ -225,7 +300,7 @@ def _write_linear(spec: RunSpec, prep: _Prepared, tcfg: TransformConfig, feats: 
         timings={"checkpoint_load_s": prep.load_seconds, "extraction_s": sum(f.seconds for f in feats.values()),
                  "features_cached": all(f.cached for f in feats.values()), "training_s": training_s,
                  "group_size": group_size, "total_s": elapsed_s})
-    path = write_record(ctx.results, record, head.test_logits, feats["test"].labels.numpy(), prep.test.classes)
+    path = _store(ctx.results, record, head.test_logits, feats["test"].labels.numpy(), prep.test.classes)
     log_curve(ctx.trackers, spec.run_key, spec_config(spec), ctx.results, head.curve,
               {"top1": head.top1, "mean_per_class_acc": head.mean_per_class_acc, **head.extra})
     log.info("run %s: top1=%.4f mean_per_class=%.4f → %s", spec.run_key, head.top1, head.mean_per_class_acc, path)
@@ -253,8 +328,8 @@ def _run_full(spec: RunSpec, ctx: RunContext) -> RunRecord:
                                ctx.extract_batch_size, ctx.num_workers, prep.device)
     ffcv_info = {"ffcv": loaders.describe()} if loaders is not None else {}
     work = spec.work_dir(ctx.results)
-    if ctx.force and work.exists():
-        shutil.rmtree(work)
+    if ctx.force:
+        _clear_work(work)
     try:
         if loaders is None:
             loaders = runner_loaders(train.dataset, test.dataset, train_cfg, test_cfg, spec.hparams.batch_size,
@@ -266,8 +341,9 @@ def _run_full(spec: RunSpec, ctx: RunContext) -> RunRecord:
             tracking.summary.update(top1=result.top1, mean_per_class_acc=result.mean_per_class_acc,
                                     best_epoch=result.best_epoch, best_top1=result.best_top1)
     except TransferbenchError:
-        shutil.rmtree(work, ignore_errors=True)  # a diverged run is not resumable
+        _clear_work(work)  # a diverged run is not resumable
         raise
+    _recheck_checkpoint(spec, prep)
     record = _record(
         spec, prep, ctx,
         metrics=_metrics(task, result.top1, result.mean_per_class_acc,
@@ -280,11 +356,66 @@ def _run_full(spec: RunSpec, ctx: RunContext) -> RunRecord:
         curve=result.curve,
         timings={"checkpoint_load_s": prep.load_seconds, "extraction_s": 0.0, "training_s": result.train_seconds,
                  "resumed_from_epoch": result.resumed_from_epoch, "total_s": time.perf_counter() - t_start})
-    path = write_record(ctx.results, record, result.test_logits, result.test_labels, test.classes)
+    path = _store(ctx.results, record, result.test_logits, result.test_labels, test.classes)
     shutil.rmtree(work, ignore_errors=True)
     log.info("run %s: top1=%.4f mean_per_class=%.4f → %s", spec.run_key, result.top1, result.mean_per_class_acc,
              path)
     return record
+
+
+def _clear_work(work: Path) -> None:
+    """Empty the run's work folder but for its lock and claim: removing a lock file that is held would let another
+    process lock a new one and run the same run beside this one."""
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for entry in os.scandir(work):
+            if entry.name in (LOCK_FILE, CLAIM_FILE):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                Path(entry.path).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        work.rmdir()  # nothing left (a run without a claim): no folder either
+
+
+_IDENTITY_DIGEST = re.compile(r"sha256:([0-9a-f]{64})$")
+
+
+def _recheck_checkpoint(spec: RunSpec, prep: _Prepared, written_features: Iterable[Path] = ()) -> None:
+    """The checkpoint file still has the digest the record will claim (``loaded.sha256``, the one the run key's
+    identity names): else a one-line error and no record. Features this run extracted and cached under that
+    digest are removed with it, since the bytes they came from may not be the ones the digest is of."""
+    loaded = prep.loaded
+    planned = _IDENTITY_DIGEST.search(spec.checkpoint.identity or "")
+    now = sha256_file(loaded.path)
+    if now == loaded.sha256 and (planned is None or planned.group(1) == now):
+        return
+    for path in written_features:
+        Path(path).unlink(missing_ok=True)
+    was = planned.group(1) if planned is not None and planned.group(1) != loaded.sha256 else loaded.sha256
+    raise TransferbenchError(
+        f"checkpoint {loaded.path} changed during the run (sha256 {was[:16]}… when the run began, {now[:16]}… "
+        "now): no record written, since it would claim a digest the file no longer has; leave the file alone "
+        "while runs use it, then run again (a changed file is a new run key)")
+
+
+def _store(root: Path, record: RunRecord, test_logits, test_labels, class_names: list[str]) -> Path:
+    """``write_record``, leaving nothing of this run behind when it fails (a full disk, a read-only root): a
+    predictions file without its record reads as a run's leftover, and one beside an older record (``--force``)
+    would pass for that record's. An older record whose predictions were replaced is removed with them."""
+    folder = record_dir(root, record.run_key)
+    predictions, result = folder / PREDICTIONS_FILE, result_path(root, record.run_key)
+    before, record_before = _stamp(predictions), _stamp(result)
+    try:
+        return write_record(root, record, test_logits, test_labels, class_names)
+    except BaseException:
+        if _stamp(result) == record_before and _stamp(predictions) != before:  # our predictions, not our record
+            predictions.unlink(missing_ok=True)
+            if record_before is not None:
+                result.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # when that left it empty: an empty run folder reads as a run that died
+        raise
 
 
 def _require_loader(spec: RunSpec) -> None:

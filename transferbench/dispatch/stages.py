@@ -36,6 +36,7 @@ from ..store import (
     TO_RUN,
     UNFINISHED,
     RunState,
+    claim_alive,
     claim_path,
     claim_runs,
     error_line,
@@ -199,10 +200,12 @@ def _held_elsewhere(store: Path, name: str, job_id: str) -> str:
     none of a job's processes starts training (and waits for the others) when the unit is taken."""
     path = claim_path(store, name)
     try:
-        holder, heartbeat = json.loads(path.read_text()).get("job_id", "?"), path.stat().st_mtime
+        claim, heartbeat = json.loads(path.read_text()), path.stat().st_mtime
     except (OSError, ValueError):
         return ""
-    return str(holder) if str(holder) != job_id and time.time() - heartbeat < STALE_AFTER_S else ""
+    holder = str(claim.get("job_id", "?")) if isinstance(claim, dict) else "?"
+    alive = claim_alive(store, name, claim if isinstance(claim, dict) else {}, time.time() - heartbeat, STALE_AFTER_S)
+    return holder if holder != job_id and alive else ""  # a killed holder's lock is free: not held
 
 
 def _produce(unit: UpstreamUnit, device: str, train_options: dict[str, Any]) -> list[str]:

@@ -2,14 +2,18 @@
 never ``sacct``). One vocabulary for every command:
 
     done        a completed, valid record (runs/<key>/result.json) — what jobs check before they start
-    running     a fresh claim: a process holds the run's lock and its heartbeat is recent
+    running     a live claim: a process holds the run's lock (on this host the lock itself is tested; a claim
+                made on another host counts while its heartbeat is recent, see ``claims.claim_alive``)
     queued      submitted by a sweep (jobs/ledger.jsonl) and its job may still run it
     unfinished  training state in work/<key>/ that no job claims: a `transferbench run` going on or interrupted
                 (the same command resumes it)
     failed      a failure file (its error line), or a record that is not a completed run (the reason)
-    lost        started and gone without a record: a claim whose heartbeat went stale, a submitted job that ended,
-                a run folder left partial or empty
+    lost        started and gone without a record: a claim whose lock is free or whose heartbeat went stale, a
+                submitted job that ended, a run folder left partial or empty
     missing     no trace: never started
+
+A record is judged by ``load_record`` alone, for every command (``run`` and sweep jobs skip a run whose record
+it accepts, ``status`` and ``collect`` count it done), so no two commands disagree about a run.
 
 A failure is superseded by a later submission of the same run while that job is alive (then the run is queued).
 ``sweep`` submits missing, lost and unfinished runs (full fine-tuning resumes from its training state).
@@ -20,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import json
+import math
 import os
 import shutil
 import socket
@@ -30,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import TransferbenchError
-from .claims import error_line, read_ledger
+from .claims import claim_alive, error_line, lock_held, read_ledger
 from .layout import (
     CLAIM_FILE,
     FAILURES,
@@ -68,28 +73,80 @@ class RunState:
         return f"{self.state}: {self.detail or 'no trace in the results root'}{job}"
 
 
-def read_record(path: str | Path) -> RunRecord | None:
-    """The completed record at ``path``, or None (absent, unreadable, or not a completed run)."""
+try:  # several times faster than json on records with long training curves, and as strict; optional
+    import orjson
+
+    _loads = orjson.loads
+except ImportError:  # pragma: no cover - depends on the environment
+    def _loads(data: bytes | str) -> object:
+        return json.loads(data, parse_constant=_not_json)
+
+
+def _not_json(constant: str) -> float:
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+def load_record(data: bytes, default_run_key: str = "") -> RunRecord:
+    """The completed record in ``data`` (a ``result.json``'s bytes); RecordError (its message the reason) when it
+    is not one. The one judgement of a record for every command: ``run`` and sweep jobs skip the runs it accepts,
+    ``status`` and ``collect`` count them done. Strict JSON (the writer never writes NaN or Infinity, so a record
+    holding them was not written by a run) and values a run can produce (``impossible_value``)."""
     try:
-        return RunRecord.from_json(json.loads(Path(path).read_bytes()))
+        parsed = _loads(data)
+    except ValueError as exc:  # UnicodeDecodeError and orjson.JSONDecodeError are ValueErrors
+        raise RecordError(f"unreadable JSON: {exc}") from None
+    record = RunRecord.from_json(parsed, default_run_key)
+    problem = impossible_value(record)
+    if problem:
+        raise RecordError(f"bad value: {problem}")
+    return record
+
+
+_FRACTIONS = ("top1", "mean_per_class_acc", "primary")
+
+
+def impossible_value(record: RunRecord) -> str | None:
+    """What in ``record`` no run can produce (None when nothing): an accuracy or sparsity outside [0, 1] (checked
+    after a legacy record's percent were turned into fractions), a negative or non-numeric time."""
+    metrics = record.metrics
+    fractions = {**{name: getattr(metrics, name) for name in _FRACTIONS},
+                 "best_top1": metrics.extra.get("best_top1"), "target_sparsity": record.target_sparsity,
+                 "measured_sparsity": record.sparsity.measured}
+    for name, value in fractions.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not (math.isnan(value) or
+                                                                                  0.0 <= value <= 1.0):
+            return f"{name} {value!r} is not a fraction in [0, 1]"
+    for name, value in record.timings.items():
+        if name.endswith("_s") and value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < math.inf):
+            return f"timings.{name} {value!r} is not a duration in seconds"
+    return None
+
+
+def read_record(path: str | Path) -> RunRecord | None:
+    """The completed record at ``path``, or None (absent, unreadable, or not a completed run: ``load_record``)."""
+    try:
+        return load_record(Path(path).read_bytes())
     except (OSError, ValueError):  # RecordError is a ValueError
         return None
 
 
-def _record_problem(path: Path) -> str | None:
-    """None for a completed record, else why it is not one ("absent" when there is no file)."""
+def record_problem(path: str | Path) -> str | None:
+    """None for a completed record (``load_record``), else why the file is not one ("absent" when there is none)."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
         return "absent"
+    except IsADirectoryError:
+        return f"{RESULT_FILE} is a directory, not a record"
     except OSError as exc:
-        return f"unreadable JSON: {exc.strerror or exc}"
+        return f"unreadable {RESULT_FILE}: {exc.strerror or exc}"
     try:
-        RunRecord.from_json(json.loads(data))
+        load_record(data)
     except RecordError as exc:
         return str(exc)
-    except ValueError as exc:
-        return f"unreadable JSON: {exc}"
     return None
 
 
@@ -127,7 +184,9 @@ def live_slurm_jobs() -> SlurmQueue:
 def _ended(entry: dict) -> bool:
     """submitit writes the job's result file (a value or an error) when the job ends for good, not on a requeue."""
     stdout, job_id = entry.get("stdout"), str(entry.get("job_id", ""))
-    return bool(stdout and job_id) and (Path(stdout).parent / f"{job_id}_0_result.pkl").exists()
+    if not (isinstance(stdout, str) and stdout and job_id):
+        return False
+    return (Path(stdout).parent / f"{job_id}_0_result.pkl").exists()
 
 
 def _liveness(entry: dict, queue: SlurmQueue | None) -> tuple[bool, str]:
@@ -205,29 +264,33 @@ def run_states(out: str | Path, keys: Iterable[str] | None = None, *, now: float
         if record_problems is not None and key in record_problems:
             problem = record_problems[key]
         else:
-            problem = _record_problem(result_path(root, key)) if key in evidence.run_dirs else "absent"
+            problem = record_problem(result_path(root, key)) if key in evidence.run_dirs else "absent"
         states[key] = _judge(key, problem, evidence)
     _note_other_hosts(states, evidence, notes)
     return states
 
 
-def _judge(key: str, record_problem: str | None, ev: _Evidence) -> RunState:
+def _judge(key: str, record_problem_: str | None, ev: _Evidence) -> RunState:
     """One run's state from the evidence, strongest first (see the module docstring)."""
-    if record_problem is None:
+    if record_problem_ is None:
         return RunState(DONE, path=str(result_path(ev.root, key)))
     claim = _claim(ev.root, key) if key in ev.work else None
-    if claim is not None and ev.now - claim[1] < ev.stale_after_s:
-        job, host = claim[0].get("job_id", "?"), claim[0].get("host", "?")
-        return RunState(RUNNING, f"claimed by job {job} on {host}, heartbeat {max(ev.now - claim[1], 0):.0f} s ago",
-                        str(claim[0].get("job_id", "")), str(claim_path(ev.root, key)))
-    if record_problem != "absent":
-        return RunState(FAILED, record_problem, path=str(result_path(ev.root, key)))
+    if claim is not None:
+        holder, age = claim[0], max(ev.now - claim[1], 0.0)
+        job, host = holder.get("job_id", "?"), holder.get("host", "?")
+        if claim_alive(ev.root, key, holder, ev.now - claim[1], ev.stale_after_s):
+            return RunState(RUNNING, f"claimed by job {job} on {host}, heartbeat {age:.0f} s ago", str(job),
+                            str(claim_path(ev.root, key)))
+        if not claim_path(ev.root, key).exists():  # released meanwhile: its run may have just written its record
+            return _judge(key, record_problem(result_path(ev.root, key)), ev)
+    if record_problem_ != "absent":
+        return RunState(FAILED, record_problem_, path=str(result_path(ev.root, key)))
     submitted = ev.ledger.get(key)
     alive, unconfirmed = _liveness(submitted, ev.queue) if submitted is not None else (False, "")
     if key in ev.failed:
         failure = _read_json(failure_path(ev.root, key))
         failed_at = _timestamp(failure.get("failed_at", "")) if failure else None
-        submitted_at = _timestamp(submitted["submitted_at"]) if submitted else None
+        submitted_at = _timestamp(submitted.get("submitted_at", "")) if submitted else None
         if not (submitted_at and failed_at and submitted_at > failed_at and alive):
             error = " ".join(str(failure.get("error") or "no error line").split()) if failure else \
                 "unreadable failure file"
@@ -235,21 +298,28 @@ def _judge(key: str, record_problem: str | None, ev: _Evidence) -> RunState:
                             str(failure_path(ev.root, key)))
     if submitted is not None and alive:
         detail = f" (not confirmed: {unconfirmed})" if unconfirmed else ""
-        return RunState(QUEUED, f"job {submitted['job_id']}{detail}", str(submitted["job_id"]))
+        return RunState(QUEUED, f"job {submitted.get('job_id', '?')}{detail}", str(submitted.get("job_id", "")))
     held = _training_state(ev.root, key) if key in ev.work else ""
     if claim is not None:
-        return RunState(LOST, f"job {claim[0].get('job_id', '?')} stopped sending heartbeats "
-                              f"{(ev.now - claim[1]) / 60:.0f} min ago; {held or 'work/ holds no training state'}",
+        return RunState(LOST, f"{_gone(ev.root, key, claim, ev.now)}; {held or 'work/ holds no training state'}",
                         str(claim[0].get("job_id", "")), str(work_dir(ev.root, key)))
     if submitted is not None:
-        return RunState(LOST, f"job {submitted['job_id']} ended without a record{_last_log_line(submitted)}",
-                        str(submitted["job_id"]))
+        return RunState(LOST, f"job {submitted.get('job_id', '?')} ended without a record{_last_log_line(submitted)}",
+                        str(submitted.get("job_id", "")))
     if held:
         return RunState(UNFINISHED, f"no record; {held}; no sweep job claims it (a `transferbench run` still going, "
                                     "or interrupted: the same command resumes it)", path=str(work_dir(ev.root, key)))
     if key in ev.run_dirs:
         return leftover_run_folder(record_dir(ev.root, key))
     return RunState(MISSING)
+
+
+def _gone(root: Path, key: str, claim: tuple[dict, float], now: float) -> str:
+    """Why a claim's process no longer holds its run: its lock is free (this host), or its heartbeat is stale."""
+    job, age_s = claim[0].get("job_id", "?"), max(now - claim[1], 0.0)
+    if claim[0].get("host") == socket.gethostname() and lock_held(root, key) is False:
+        return f"job {job} is gone (killed or crashed): its lock is free; last heartbeat {age_s:.0f} s ago"
+    return f"job {job} stopped sending heartbeats {age_s / 60:.0f} min ago"
 
 
 def _training_state(root: Path, key: str) -> str:
@@ -295,22 +365,24 @@ def _claim(out: Path, key: str) -> tuple[dict, float] | None:
     path = claim_path(out, key)
     try:
         heartbeat = path.stat().st_mtime
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     return (_read_json(path) or {}), heartbeat
 
 
 def _read_json(path: Path) -> dict | None:
+    """The file's JSON object; None when it is absent, unreadable, not JSON or not an object."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None
 
 
 def _last_log_line(entry: dict) -> str:
     for name in ("stderr", "stdout"):
         path = entry.get(name)
-        if not path:
+        if not path or not isinstance(path, str):
             continue
         try:
             lines = [line for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
