@@ -66,7 +66,7 @@ def _run_context(args: argparse.Namespace):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .resolve import resolve_spec
-    from .runner import run
+    from .runner import run_claimed
     from .store import existing_record, result_path
     from .vocabulary import parse_sparsity
 
@@ -80,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.force and existing_record(args.results, spec.run_key) is not None:
         print(f"already done: {result_path(args.results, spec.run_key)} (use --force to run it again)")
         return 0
-    [record] = run(spec, _run_context(args))
+    record = run_claimed(spec, _run_context(args), note=print)  # waits for an identical run elsewhere
     print(f"{spec.run_key}: top1={record.metrics.top1:.4f} mean_per_class_acc={record.metrics.mean_per_class_acc:.4f}")
     print(f"record: {result_path(args.results, spec.run_key)}")
     if spec.hparams.limit:  # the numbers of a subset: say so where they are read
