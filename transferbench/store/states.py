@@ -5,8 +5,8 @@ never ``sacct``). One vocabulary for every command:
     running     a live claim: a process holds the run's lock (on this host the lock itself is tested; a claim
                 made on another host counts while its heartbeat is recent, see ``claims.claim_alive``)
     queued      submitted by a sweep (jobs/ledger.jsonl) and its job may still run it
-    unfinished  training state in work/<key>/ that no job claims: a `transferbench run` going on or interrupted
-                (the same command resumes it)
+    unfinished  training state in work/<key>/ that no process claims: an interrupted run that left no claim (the
+                same command resumes it), or a `transferbench run` going on where the results root cannot be locked
     failed      a failure file (its error line), or a record that is not a completed run (the reason)
     lost        started and gone without a record: a claim whose lock is free or whose heartbeat went stale, a
                 submitted job that ended, a run folder left partial or empty
