@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +18,37 @@ os.umask(_UMASK)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temp file in the same directory and an atomic rename."""
+    """Write ``data`` to ``path`` through a temp file in the same directory and an atomic rename.
+
+    On any failure (a full disk mid-write, an interrupt) the temp file is removed and ``path`` is as it was; an
+    ``OSError`` that names no file is given ``path``, so its one-line message says which write failed.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _naming(exc, path) from None
+    try:
+        with open(fd, "wb") as f:  # owns the descriptor from here: closed however the write ends
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; collaborators on a cluster must read results
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _naming(exc, path) from None
         raise
     return path
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """``exc`` naming ``path`` when it names no file (a write or fsync that hit a full disk names none)."""
+    if exc.filename is None:
+        exc.filename = str(path)
+    return exc
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
@@ -49,3 +67,15 @@ def torch_save(path: str | os.PathLike, obj: Any) -> Path:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return write_bytes(path, buf.getvalue())
+
+
+def set_aside(path: str | os.PathLike, why: str) -> Path:
+    """Rename a corrupt state or cache file to ``<name>.corrupt-<UTC time>`` beside it, so that the run starts
+    over instead of failing on it at every rerun, and keep it for a post-mortem; one note line on stderr says so."""
+    path = Path(path)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    os.replace(path, aside)
+    print(f"note: {path} is unusable ({' '.join(why.split())[:200]}); set aside as {aside.name}, starting over",
+          file=sys.stderr)
+    return aside

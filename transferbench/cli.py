@@ -13,13 +13,14 @@ import os
 import sys
 from dataclasses import fields
 from pathlib import Path
+from typing import NoReturn
 
 import yaml
 
 from .bounds import SEED, WORKERS, Bounds
 from .cli_flags import add_results_flag
-from .dispatch.cli import add_dispatch_commands
-from .errors import TransferbenchError
+from .dispatch.cli import SHOW_WORDS, add_dispatch_commands
+from .errors import TransferbenchError, describe_os_error, require_writable_folder
 from .report.cli import add_report_commands
 from .runspec import HParams
 from .tracking import add_log_flag, require_trackers
@@ -223,7 +224,7 @@ def _print_table(header: tuple, rows: list[tuple]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="transferbench", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="transferbench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"transferbench {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -495,12 +496,21 @@ def cmd_checkpoints_add(args: argparse.Namespace) -> int:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a misused flag reported as every other error is: one ``error:`` line, exit status 2 (the
+    usage block would bury it; ``--help`` prints it). Sub-commands' parsers inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     from .progress import setup_logging
 
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     try:
+        _check_output_folder(args)
         return args.func(args)
     except TransferbenchError as exc:
         # raised in a DataLoader worker, the message carries the worker's traceback: keep the original line
@@ -512,6 +522,25 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `transferbench checkpoints list | head`: the reader left, which is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
         return 0
+    except OSError as exc:  # the file system refused (full, read-only, a path through a file): the user's to fix
+        log.debug("the operating system's error, in full", exc_info=True)  # -v shows where
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
+
+
+# The commands that write into a folder, by the attribute naming it: checked writable before any work starts.
+_WRITTEN_FOLDER = {"run": "results", "sweep": "results", "demo": "results", "upstream": "out"}
+
+
+def _check_output_folder(args: argparse.Namespace) -> None:
+    """A results root that is a file, lies under one, or sits on a read-only or virtual file system is refused
+    before the command trains or extracts anything (the OSError later would cost the work done until then)."""
+    attribute = _WRITTEN_FOLDER.get(args.command)
+    if attribute is None or getattr(args, attribute, None) is None:
+        return
+    if args.command == "sweep" and (args.dry_run or args.spec in SHOW_WORDS):  # they print, write nothing
+        return
+    require_writable_folder(getattr(args, attribute), f"--{attribute}")
 
 
 if __name__ == "__main__":

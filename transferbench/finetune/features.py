@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..atomic import torch_save
+from ..atomic import set_aside, torch_save
 from ..context import autocast
 from ..progress import progress
 from .workers import leave_signals_to_main
@@ -92,15 +92,22 @@ def extract_with(engine: str, model: torch.nn.Module, dataset: Dataset, batch_si
 
 
 def cached_features(cache_dir: Path | None, key: str, compute) -> Features:
-    """Load the features stored under ``key``, or compute and store them (atomically)."""
+    """Load the features stored under ``key``, or compute and store them (atomically).
+
+    A cache entry is disposable: one that cannot be read or holds anything but an [N, D] float32 feature matrix
+    with N int64 labels is set aside (``atomic.set_aside``, one note line) and computed again.
+    """
     path = cache_dir / f"{key}.pt" if cache_dir is not None else None
     if path is not None and path.exists():
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
+            check_feature_blob(blob)
             log.info("features: reusing %s", path)
             return Features(blob["features"], blob["labels"], 0.0, True, path)
-        except Exception as exc:  # a cache entry is disposable: recompute rather than fail
-            log.warning("features: ignoring unreadable cache entry %s (%s)", path, exc)
+        except OSError:  # the disk, not the entry: the one-line error of the CLI
+            raise
+        except Exception as exc:  # whatever a corrupt file raises (zip, unpickling, the checks below)
+            set_aside(path, f"{type(exc).__name__}: {exc}")
     start = time.perf_counter()
     features, labels = compute()
     seconds = time.perf_counter() - start
@@ -108,3 +115,15 @@ def cached_features(cache_dir: Path | None, key: str, compute) -> Features:
         torch_save(path, {"features": features, "labels": labels})
         log.info("features: cached %s (%d x %d, %.1f s)", path, *features.shape, seconds)
     return Features(features, labels, seconds, False, path)
+
+
+def check_feature_blob(blob: object) -> None:
+    """Raise ValueError unless ``blob`` is a feature cache entry: {"features": [N, D] float32, "labels": [N] int64}
+    with N, D > 0."""
+    if not isinstance(blob, dict) or not all(isinstance(blob.get(k), torch.Tensor) for k in ("features", "labels")):
+        raise ValueError("not a feature cache entry (features and labels tensors)")
+    features, labels = blob["features"], blob["labels"]
+    if features.dtype != torch.float32 or features.ndim != 2 or 0 in features.shape:
+        raise ValueError(f"features are {features.dtype} {tuple(features.shape)}, not a float32 [N, D] matrix")
+    if labels.dtype != torch.int64 or labels.shape != (features.shape[0],):
+        raise ValueError(f"labels are {labels.dtype} {tuple(labels.shape)}, not {features.shape[0]} int64 labels")

@@ -10,6 +10,7 @@ data-loading workers.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..atomic import torch_save
+from ..atomic import set_aside, torch_save
 from ..context import autocast
 from ..errors import TransferbenchError
 from ..metrics import accuracy_metrics
@@ -99,7 +100,7 @@ def finetune_full(
     # the host: the fallback for GPUs without bfloat16 pays that sync). Disabled, it passes everything through.
     scaler = torch.amp.GradScaler(device.type, enabled=hp.precision == "fp16")
     state_path = work_dir / STATE_FILE
-    curve, start_epoch, train_seconds = _resume(state_path, model, opt, scaler, device)
+    curve, start_epoch, train_seconds = _resume(state_path, model, opt, scaler, device, hp.epochs)
     report = on_epoch or (lambda point: None)
     for point in curve:  # a resumed run's earlier epochs, so that a tracker sees the whole curve
         report(point)
@@ -144,17 +145,47 @@ def finetune_full(
 
 
 def _resume(state_path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-            device: torch.device) -> tuple[list[dict], int, float]:
-    """Load the state saved after the last finished epoch, if any: (curve, epochs done, training seconds)."""
+            device: torch.device, epochs: int) -> tuple[list[dict], int, float]:
+    """Load the state saved after the last finished epoch, if any: (curve, epochs done, training seconds).
+
+    A state that cannot be read or does not fit this run (truncated, garbage, another model) would fail every
+    rerun: it is set aside (``atomic.set_aside``) with a note and the run starts over from epoch 0, with the model,
+    optimizer and loss scale as they were before the attempt.
+    """
     if not state_path.exists():
         return [], 0, 0.0
-    state = torch.load(state_path, map_location=device, weights_only=True)
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    if state.get("scaler"):  # fp16's loss scale continues where it was (an empty dict when disabled)
-        scaler.load_state_dict(state["scaler"])
+    before = ({k: v.clone() for k, v in model.state_dict().items()}, copy.deepcopy(opt.state_dict()),
+              scaler.state_dict())
+    try:
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        _check_state(state, epochs)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if state.get("scaler"):  # fp16's loss scale continues where it was (an empty dict when disabled)
+            scaler.load_state_dict(state["scaler"])
+    except OSError:  # the disk, not the file: the one-line error of the CLI
+        raise
+    except Exception as exc:  # whatever a corrupt file raises (zip, unpickling, shapes, missing keys)
+        model.load_state_dict(before[0])
+        opt.load_state_dict(before[1])
+        scaler.load_state_dict(before[2])
+        set_aside(state_path, f"{type(exc).__name__}: {exc}")
+        return [], 0, 0.0
     log.info("full: resuming from %s after epoch %d", state_path, state["epoch"])
     return state["curve"], state["epoch"], state["train_seconds"]
+
+
+def _check_state(state: object, epochs: int) -> None:
+    """Raise ValueError unless ``state`` is a resume state this run wrote: a dict whose epoch is a finished epoch
+    of the run and whose curve has one point per finished epoch."""
+    if not isinstance(state, dict) or not {"epoch", "model", "optimizer", "curve", "train_seconds"} <= state.keys():
+        raise ValueError("not a full fine-tuning resume state")
+    epoch, curve = state["epoch"], state["curve"]
+    if not isinstance(epoch, int) or not 0 < epoch <= epochs or not isinstance(curve, list) or len(curve) != epoch:
+        raise ValueError(f"epoch {epoch!r} with {len(curve) if isinstance(curve, list) else '?'} curve points does "
+                         f"not fit a run of {epochs} epochs")
+    if not isinstance(state["train_seconds"], float | int):
+        raise ValueError("train_seconds is not a number")
 
 
 # Steps between reads of the running loss on the host: each read waits for the device to finish its queue, so the

@@ -5,7 +5,8 @@ checkout find the same files. Task cards and cluster profiles live in the reposi
 ``slurm/`` and are mapped into the package by pyproject.toml; the rest live in ``transferbench/shipped/``.
 
 ``load(kind, "mini")`` reads a shipped file; ``load(kind, "my.yaml")`` reads the user's. Either way a missing file,
-an unknown name, a file that is not UTF-8 and invalid YAML are one-line TransferbenchErrors.
+an unknown name, a file that is not UTF-8, invalid YAML and a user's file that is not a mapping are one-line
+TransferbenchErrors.
 Torch-free, so the report can read cards and the checkpoint table without importing the registries.
 """
 
@@ -70,7 +71,13 @@ def load(kind: str, name_or_path: str | Path, flag: str = "") -> tuple[Any, str,
             data = path.read_bytes()
         except OSError as exc:
             raise TransferbenchError(f"cannot read {noun} file {path}{flagged}: {exc.strerror}") from None
-        return _parse(kind, data, str(path)), str(path), path.stem
+        parsed = _parse(kind, data, str(path))
+        if not isinstance(parsed, dict):  # every user file (sweep, profile, recipe) is key: value lines
+            shape = "a list" if isinstance(parsed, list) else "one value"
+            what = "empty" if parsed is None else f"{shape}, not a mapping"
+            raise TransferbenchError(f"{noun} file {path}{flagged} is {what}: write it as `key: value` lines"
+                                     f"{f' (see {_kind(kind).see})' if _kind(kind).see else ''}")
+        return parsed, str(path), path.stem
     return load_shipped(kind, str(name_or_path), flag)
 
 

@@ -14,6 +14,7 @@ resumes, a changed one starts afresh in its own folder.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..atomic import torch_save, write_json
+from ..atomic import set_aside, torch_save, write_json
 from ..errors import TransferbenchError
 from ..names import check_component, inside
 from ..pruning.base import Pruner
@@ -91,11 +92,43 @@ def save_state(folder: Path, world: World, device: torch.device, *, epoch: int, 
 def load_state(folder: Path, world: World, device: torch.device, *, model: nn.Module,
                optimizer: torch.optim.Optimizer, pruner: Pruner,
                generators: dict[str, torch.Generator]) -> Resumed | None:
-    """Restore the state saved in ``folder``, if any; returns where it left off."""
+    """Restore the state saved in ``folder``, if any; returns where it left off.
+
+    A state that cannot be read or applied (truncated, garbage, another model) would fail every rerun: rank 0 sets
+    it aside (``atomic.set_aside``, one note line) and every rank starts over with the model, optimizer, pruner and
+    generators as they were. A state of another version or world size is refused (TransferbenchError).
+    """
     path = Path(folder) / STATE_FILE
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    before = _snapshot(model, optimizer, pruner, generators)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or not isinstance(state.get("epoch"), int):
+            raise ValueError("not an upstream resume state")
+        _check_compatible(state, path, world)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        pruner.load_state_dict(state["pruner"])
+        for name, generator in generators.items():
+            generator.set_state(state["generators"][name])
+        _set_rng_state(state["rng"][world.rank], device)
+        resumed = Resumed(state["epoch"], float(state["train_seconds"]), [float(x) for x in state["losses"]])
+    except (TransferbenchError, OSError) as exc:
+        if isinstance(exc, FileNotFoundError) and not world.is_main:  # rank 0 set it aside meanwhile
+            _restore(before, model, optimizer, pruner, generators)
+            return None
+        raise
+    except Exception as exc:  # whatever a corrupt file raises (zip, unpickling, shapes, missing keys)
+        _restore(before, model, optimizer, pruner, generators)
+        if world.is_main:
+            set_aside(path, f"{type(exc).__name__}: {exc}")
+        return None
+    log.info("upstream: resuming from %s after epoch %d of %d", path, state["epoch"], state["epochs"])
+    return resumed
+
+
+def _check_compatible(state: dict, path: Path, world: World) -> None:
     if state.get("version") != STATE_VERSION:
         raise TransferbenchError(f"{path} was written by another transferbench version; delete it to start afresh")
     if state["world_size"] != world.size:
@@ -103,14 +136,22 @@ def load_state(folder: Path, world: World, device: torch.device, *, model: nn.Mo
             f"{path} is the state of a run on {state['world_size']} processes, this job has {world.size}: resume "
             "it with the same number of GPUs (the per-GPU batch and BatchNorm statistics would differ), or delete "
             "the folder to start afresh")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    pruner.load_state_dict(state["pruner"])
+
+
+def _snapshot(model: nn.Module, optimizer: torch.optim.Optimizer, pruner: Pruner,
+              generators: dict[str, torch.Generator]) -> tuple:
+    """Copies of what ``load_state`` changes, to undo a state that failed halfway through being applied."""
+    return ({k: v.clone() for k, v in model.state_dict().items()}, copy.deepcopy(optimizer.state_dict()),
+            copy.deepcopy(pruner.state_dict()), {name: g.get_state() for name, g in generators.items()})
+
+
+def _restore(before: tuple, model: nn.Module, optimizer: torch.optim.Optimizer, pruner: Pruner,
+             generators: dict[str, torch.Generator]) -> None:
+    model.load_state_dict(before[0])
+    optimizer.load_state_dict(before[1])
+    pruner.load_state_dict(before[2])
     for name, generator in generators.items():
-        generator.set_state(state["generators"][name])
-    _set_rng_state(state["rng"][world.rank], device)
-    log.info("upstream: resuming from %s after epoch %d of %d", path, state["epoch"], state["epochs"])
-    return Resumed(state["epoch"], state["train_seconds"], list(state["losses"]))
+        generator.set_state(before[3][name])
 
 
 def upstream_progress(folder: Path) -> tuple[int, int] | None:

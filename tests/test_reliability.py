@@ -1,0 +1,280 @@
+"""The reliability suite (issue #15): every bad input ends in one ``error:`` line with exit status 2 and writes
+nothing; a full disk leaves no partial file; a corrupt resume state or feature cache is set aside with a note and
+rebuilt; a run, an upstream training and a collect killed with SIGKILL at seeded random times and rerun end with
+the record of an uninterrupted run; concurrent writers and collectors lose nothing.
+
+The catalogue runs through ``cli.main`` in this process (a few cases in a subprocess, to prove the exit status and
+the missing traceback of the real command). Cases whose fix belongs to another area and has not landed yet are
+``xfail(strict=True)`` naming their owner: the mark is dropped when the fix lands (a strict xfail that passes fails).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import struct
+import subprocess
+import sys
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fixtures_data import write_py2_pickle, write_task
+from fixtures_models import write_pruned_checkpoint
+
+from transferbench.cli import main
+
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d transferbench (DEBUG|INFO|WARNING) ")  # progress
+
+
+# ----------------------------------------------------------------------------------------------- shared inputs
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> Path:
+    """Inputs every case may point at (never written by a case: snapshotted with the case's own folder)."""
+    return make_assets(tmp_path_factory.mktemp("assets"))
+
+
+def make_assets(root: Path) -> Path:
+    write_pruned_checkpoint(root / "tiny.pth", sparsity=0.5)
+    (root / "garbage.pth").write_bytes(b"PK\x03\x04 not a checkpoint" * 10)
+    (root / "a_file").write_text("a regular file\n")
+    (root / "latin1.yaml").write_bytes("name: caf\xe9\ntasks: [digits]\n".encode("latin-1"))
+    (root / "list.yaml").write_text("- digits\n- cifar10\n")
+    (root / "empty.yaml").write_text("")
+    sweep = ("name: bad\narch: resnet_tiny\ncheckpoints:\n  - {method: gmp, sparsity: 80%}\ntasks: [digits]\n"
+             "modes: [linear]\nseeds: [21]\n")
+    (root / "nan_sweep.yaml").write_text(sweep + "overrides:\n  linear: {lr: .nan}\n")
+    (root / "escape_sweep.yaml").write_text(sweep.replace("{method: gmp, sparsity: 80%}",
+                                                          "{method: ../../../escaped, sparsity: 80%, path: "
+                                                          f"{root / 'tiny.pth'}}}"))
+    (root / "huge_sweep.yaml").write_text(sweep.replace("seeds: [21]", f"seeds: {list(range(1, 250_001))}"))
+    _write_bad_cifar(root / "cifar_labels")
+    _write_bomb_task(root / "bomb")
+    return root
+
+
+def _write_bad_cifar(data_root: Path) -> None:
+    """CIFAR-10 in its official layout whose test batch has a label 17 (there are 10 classes)."""
+    info = write_task("cifar10", data_root, "official", train_per_class=1, test_per_class=1)
+    path = info["root"] / "cifar-10-batches-py" / "test_batch"
+    with path.open("rb") as f:
+        batch = pickle.load(f, encoding="latin1")  # our own file, written by the fixture just above
+    batch["labels"][3] = 17
+    write_py2_pickle(path, batch)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims ``width`` x ``height`` grey pixels (a decompression bomb's header) with one tiny row."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def _write_bomb_task(data_root: Path) -> None:
+    """cifar10 in the folders layout with one image replaced by a 40000 x 40000 PNG header (1.6 G pixels)."""
+    info = write_task("cifar10", data_root, "folders", train_per_class=1, test_per_class=1, image_size=16)
+    victim = sorted((info["root"] / "train").rglob("*.jpg"))[0]  # the first split read: nothing cached before
+    victim.write_bytes(_png_header_only(40_000, 40_000))
+
+
+# ------------------------------------------------------------------------------------------------ the catalogue
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    argv: Callable[[Path, Path], list[str]]  # (assets, this case's folder) -> the command's arguments
+    owner: str = ""  # the helper whose fix this case waits for (xfail until it lands)
+    subprocess: bool = False  # run as a real process: exit status and stderr of the installed command
+    setup: Callable[[Path], object] | None = None  # prepares this case's folder (e.g. a read-only mount)
+
+
+def _run(*extra: str) -> Callable[[Path, Path], list[str]]:
+    """`run` of the tiny checkpoint on digits into <case>/results, with ``extra`` flags (later flags win)."""
+    def argv(a: Path, t: Path) -> list[str]:
+        return ["run", "--task", "digits", "--checkpoint", str(a / "tiny.pth"), "--sparsity", "0.5", "--method",
+                "magnitude", "--results", str(t / "results"), "--epochs", "1", "--workers", "0",
+                *[x.format(a=a, t=t) for x in extra]]
+    return argv
+
+
+def _cmd(*words: str) -> Callable[[Path, Path], list[str]]:
+    return lambda a, t: [w.format(a=a, t=t) for w in words]
+
+
+def _read_only_results(case_dir: Path) -> None:
+    """<case>/results on a read-only file system (root: a read-only tmpfs) or without write permission."""
+    results = case_dir / "results"
+    results.mkdir()
+    (results / "kept.txt").write_text("already here\n")
+    if os.geteuid() != 0:
+        results.chmod(0o555)
+        return
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(results)], check=True,
+                       capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("a read-only root needs mount (root) or a non-root user (chmod)")
+
+
+CATALOGUE = [
+    # the results root (issue #15 point 3): checked before any work
+    Case("results-under-a-file", _run("--results", "{a}/a_file/results"), subprocess=True),
+    Case("results-is-a-file", _run("--results", "{a}/a_file")),
+    Case("results-under-proc", _run("--results", "/proc/transferbench-results"), subprocess=True),
+    Case("results-under-proc-self", _run("--results", "/proc/self/results")),
+    Case("results-under-sys", _run("--results", "/sys/transferbench-results")),
+    Case("results-read-only", _run(), setup=_read_only_results, subprocess=True),
+    Case("upstream-out-under-a-file", _cmd("upstream", "--method", "gmp", "--out", "{a}/a_file/up")),
+    Case("sweep-results-under-a-file", _cmd("sweep", "mini", "--executor", "debug", "--results", "{a}/a_file/r")),
+    Case("cache-dir-under-a-file", _run("--cache-dir", "{a}/a_file/cache")),  # found when the cache is written
+    # what to run
+    Case("unknown-task", _run("--task", "nope"), subprocess=True),
+    Case("unknown-method", _cmd("run", "--task", "digits", "--method", "nope", "--sparsity", "0.5",
+                                "--results", "{t}/results")),
+    Case("missing-checkpoint", _run("--checkpoint", "{a}/missing.pth")),
+    Case("garbage-checkpoint", _run("--checkpoint", "{a}/garbage.pth")),
+    Case("checkpoint-is-a-folder", _run("--checkpoint", "{a}")),
+    Case("bad-mode", _run("--mode", "fine"), subprocess=True),
+    Case("bad-precision", _run("--precision", "fp8")),
+    Case("unknown-command", _cmd("rerun", "--task", "digits")),
+    Case("sparsity-not-a-number", _run("--sparsity", "ninety")),
+    Case("sparsity-bare-percent", _run("--sparsity", "90")),
+    Case("unknown-tracker", _run("--log", "neptune")),
+    Case("method-escapes-the-root", _run("--method", "../../../../escaped_run")),
+    Case("method-with-a-slash", _run("--method", "mine/evil")),
+    # hyper-parameters (issue #15 points 3 and 4)
+    Case("set-without-equals", _run("--set", "lr")),
+    Case("set-unknown-key", _run("--set", "learning_rate=0.1")),
+    Case("set-yaml-tag", _run("--set", "lr=!!python/name:os.system")),
+    Case("lbfgs-holdout-2", _run("--solver", "lbfgs", "--set", "lbfgs_holdout=2")),
+    Case("lbfgs-c-grid-empty", _run("--solver", "lbfgs", "--set", "lbfgs_c_grid=[]")),
+    Case("seed-huge", _run("--seed", str(2**70))),
+    Case("seed-negative", _run("--seed", "-1")),
+    Case("workers-negative", _run("--workers", "-1")),
+    Case("momentum-negative", _run("--momentum", "-0.9")),
+    Case("weight-decay-negative", _run("--weight-decay=-5e-4")),
+    Case("decay-after-the-run", _run("--set", "lr_decay_after=[5]")),
+    Case("epochs-fractional", _run("--set", "epochs=1.7"), owner="schema"),
+    Case("epochs-zero", _run("--epochs", "0")),
+    Case("lr-nan", _run("--set", "lr=.nan")),
+    Case("lr-infinite", _run("--lr", "inf")),
+    Case("batch-size-zero", _run("--batch-size", "0")),
+    # data (issue #15 point 1)
+    Case("cifar-labels-out-of-range-check", _cmd("data", "check", "--task", "cifar10", "--data-root",
+                                                 "{a}/cifar_labels")),
+    Case("cifar-labels-out-of-range-run", _run("--task", "cifar10", "--data-root", "{a}/cifar_labels",
+                                               "--image-size", "32")),
+    Case("decompression-bomb-check", _cmd("data", "check", "--task", "cifar10", "--data-root", "{a}/bomb")),
+    Case("decompression-bomb-run", _run("--task", "cifar10", "--data-root", "{a}/bomb", "--image-size", "32")),
+    Case("data-root-missing", _cmd("data", "check", "--task", "cifar10", "--data-root", "{a}/no_data")),
+    # files a user writes: sweeps, profiles, recipes (issue #15 points 3 and 4)
+    Case("sweep-not-utf8", _cmd("sweep", "{a}/latin1.yaml", "--dry-run", "--results", "{t}/results"),
+         subprocess=True),
+    Case("sweep-a-list", _cmd("sweep", "{a}/list.yaml", "--dry-run", "--results", "{t}/results")),
+    Case("sweep-empty", _cmd("sweep", "{a}/empty.yaml", "--dry-run", "--results", "{t}/results")),
+    Case("sweep-missing-file", _cmd("sweep", "{a}/missing.yaml", "--dry-run", "--results", "{t}/results")),
+    Case("sweep-unknown-name", _cmd("sweep", "no_such_sweep", "--dry-run", "--results", "{t}/results")),
+    Case("sweep-nan-override", _cmd("sweep", "{a}/nan_sweep.yaml", "--dry-run", "--results", "{t}/results")),
+    Case("sweep-method-escapes-the-root", _cmd("sweep", "{a}/escape_sweep.yaml", "--dry-run", "--results",
+                                               "{t}/results")),
+    Case("sweep-grid-over-the-cap", _cmd("sweep", "{a}/huge_sweep.yaml", "--dry-run", "--results", "{t}/results")),
+    Case("profile-not-utf8", _cmd("sweep", "mini", "--dry-run", "--profile", "{a}/latin1.yaml", "--results",
+                                  "{t}/results")),
+    Case("profile-a-list", _cmd("sweep", "mini", "--dry-run", "--profile", "{a}/list.yaml", "--results",
+                                "{t}/results")),
+    Case("recipe-not-utf8", _cmd("upstream", "--method", "gmp", "--recipe", "{a}/latin1.yaml", "--out", "{t}/up")),
+    Case("recipe-a-list", _cmd("upstream", "--method", "gmp", "--recipe", "{a}/list.yaml", "--out", "{t}/up")),
+    Case("recipe-empty", _cmd("upstream", "--method", "gmp", "--recipe", "{a}/empty.yaml", "--out", "{t}/up")),
+    Case("upstream-unknown-method", _cmd("upstream", "--method", "nope", "--out", "{t}/up")),
+    # reading commands and the registry
+    Case("collect-results-a-file", _cmd("collect", "--results", "{a}/a_file")),
+    Case("status-unknown-sweep", _cmd("status", "no_such_sweep", "--results", "{t}/results")),
+    Case("tasks-show-unknown", _cmd("tasks", "show", "nope")),
+    Case("checkpoints-show-unknown", _cmd("checkpoints", "show", "nope")),
+    Case("checkpoints-add-missing-file", _cmd("checkpoints", "add", "{a}/missing.pth", "--method", "mine",
+                                              "--sparsity", "0.5", "--arch", "resnet_tiny")),
+    Case("checkpoints-add-garbage", _cmd("checkpoints", "add", "{a}/garbage.pth", "--method", "mine",
+                                         "--sparsity", "0.5", "--arch", "resnet_tiny")),
+]
+
+
+def _marks(case: Case) -> list:
+    marks = []
+    if case.owner:
+        marks.append(pytest.mark.xfail(strict=True, reason=f"owner: {case.owner} — not landed yet"))
+    return marks
+
+
+def snapshot(*folders: Path) -> dict[str, tuple]:
+    """Every file under ``folders`` with its size and modification time: equal snapshots, nothing written.
+
+    Folders are left out (a command may make its results root before it fails), and so are empty ``.lock``
+    files: a run's claim is an flock on one, and a lock file cannot be removed safely while another process may
+    be waiting on it.
+    """
+    seen = {}
+    for folder in folders:
+        for path in folder.rglob("*") if folder.is_dir() else []:
+            st = path.lstat()
+            if path.is_dir() or (path.name == ".lock" and st.st_size == 0):
+                continue
+            seen[str(path)] = (st.st_size, st.st_mtime_ns)
+    return seen
+
+
+@pytest.fixture
+def private_env(tmp_path, monkeypatch) -> Path:
+    """The registry, the upstream trainings and every cache of this case under its own folder."""
+    monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "checkpoints"))
+    monkeypatch.setenv("PYTHONHASHSEED", "0")
+    return tmp_path
+
+
+def run_cli(argv: list[str], capsys, in_subprocess: bool = False) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of the command, in this process or as a real ``python -m transferbench``."""
+    if in_subprocess:
+        done = subprocess.run([sys.executable, "-m", "transferbench", *argv], capture_output=True, text=True,
+                              timeout=120)
+        return done.returncode, done.stdout, done.stderr
+    try:
+        code = main(argv)
+    except SystemExit as stop:  # argparse
+        code = stop.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_error_line(code: int, out: str, err: str) -> str:
+    """Exit status 2, no traceback, and stderr's one line besides progress logging is ``error: ...``, the last."""
+    assert "Traceback" not in out + err, err[-3000:]
+    lines = [line for line in err.splitlines() if not LOG_LINE.match(line)]
+    assert code == 2, (code, err[-2000:])
+    assert len(lines) == 1 and lines[0].startswith("error: "), err[-2000:]
+    assert err.rstrip("\n").splitlines()[-1] == lines[0], "the error is the last line"
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=_marks(c)) for c in CATALOGUE])
+def test_the_catalogue_of_bad_inputs_ends_in_one_error_line_and_writes_nothing(case, assets, private_env, capsys):
+    if case.setup is not None:
+        case.setup(private_env)
+    try:
+        before = snapshot(private_env, assets)
+        code, out, err = run_cli(case.argv(assets, private_env), capsys, case.subprocess)
+        assert_one_error_line(code, out, err)
+        assert snapshot(private_env, assets) == before, "the command wrote something"
+    finally:
+        if case.setup is _read_only_results and os.geteuid() == 0:
+            subprocess.run(["umount", str(private_env / "results")], capture_output=True)
+
+
+def test_the_catalogue_has_at_least_40_cases():
+    assert len(CATALOGUE) >= 40 and len({c.name for c in CATALOGUE}) == len(CATALOGUE)
