@@ -235,7 +235,7 @@ def _per_mode(raw: Any, modes: tuple[str, ...], origin: str, key: str, parse) ->
 
 
 def _seeds(raw: Any, origin: str) -> tuple[int, ...]:
-    seeds = tuple(SEED.check(s, f"sweep {origin}: seeds") for s in _as_list(raw))  # as `run --seed`
+    seeds = tuple(SEED.check(s, "seeds", f"sweep {origin}: ") for s in _as_list(raw))  # as `run --seed`
     if not seeds or len(set(seeds)) != len(seeds):
         raise TransferbenchError(f"sweep {origin}: seeds must be a non-empty list without repeats, got {raw!r}")
     return seeds
