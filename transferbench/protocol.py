@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 from .store.record import PAPER_PROTOCOL as PAPER  # the ``protocol`` of a run that followed the paper exactly
@@ -36,10 +37,22 @@ def protocol_deviations(task: str, mode: str, hparams: Mapping[str, Any] | None)
     """The ways a run of ``task`` under ``mode`` with ``hparams`` (``HParams.to_dict()``, or a record's stored
     ``config["hparams"]``) departs from the paper's protocol, as ``name=value`` texts in field order; ``[]`` when it
     follows it exactly. Fields a stored dict lacks were written before they existed, at their default."""
+    try:
+        frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in (hparams or {}).items()))
+        return list(_cached_deviations(task, mode, frozen))  # a store's records share a few settings: ~1 µs each
+    except TypeError:  # an unhashable stored value (a nested dict): no cache
+        return _deviations(task, mode, dict(hparams or {}))
+
+
+@lru_cache(maxsize=4096)
+def _cached_deviations(task: str, mode: str, frozen: tuple) -> tuple[str, ...]:
+    return tuple(_deviations(task, mode, dict(frozen)))
+
+
+def _deviations(task: str, mode: str, values: dict[str, Any]) -> list[str]:
     from .runspec import HParams, resolve_hparams
     from .tasks import list_tasks
 
-    values = dict(hparams or {})
     cards = {t.name: t for t in list_tasks(None)}
     card = cards.get(task)
     deviations = [f"task={task}(mini)"] if card is not None and card.kind != "paper" else []

@@ -47,6 +47,7 @@ from .select import (
     deviations_of,
     exclude_deviating,
     filter_source,
+    limited,
     metric_column,
     per_seed_runs,
 )
@@ -136,6 +137,9 @@ def compare(
     paper = filter_source(runs if reference is None else reference, PAPER)
     ours = check_duplicate_seeds(ours, latest)
     kept = exclude_deviating(ours, include_deviating)
+    if kept.empty and limited(ours).all() and not ours.empty:
+        raise TransferbenchError("only --limit runs under --results: they use a subset of each split and are not "
+                                 "compared with the paper; run without --limit first (or pass --include-deviating)")
     if kept.empty and not ours.empty:
         raise TransferbenchError(
             f"all {len(ours)} run(s) of ours deviate from the paper's protocol ({'; '.join(deviations_of(ours)[:4])})"

@@ -93,7 +93,8 @@ def _deviation_legend(lb) -> str:
     (``--include-deviating``), else ""."""
     if lb.deviating is None or not lb.deviating.to_numpy().any():
         return ""
-    return f"\nours include runs off the paper's protocol: {'; '.join(lb.deviations)}"
+    shown = "; ".join(lb.deviations[:3]) + ("; ..." if len(lb.deviations) > 3 else "")  # a title line, not a list
+    return f"\nours include runs off the paper's protocol: {shown}"
 
 
 def _warn_incomplete(lb, what: str) -> None:

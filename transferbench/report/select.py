@@ -184,6 +184,17 @@ def _cell_groups(runs: pd.DataFrame) -> pd.Series:
         "|" + solver.astype(str)
 
 
+def _protocol_texts(runs: pd.DataFrame) -> pd.Series:
+    """The ``protocol`` of every row (``paper`` where unrecorded), ``limit=N`` added for a --limit run that a table
+    without protocols marks only by its ``limit`` column."""
+    texts = runs["protocol"].astype(object).fillna(PAPER_PROTOCOL) if "protocol" in runs.columns else \
+        pd.Series(PAPER_PROTOCOL, index=runs.index, dtype=object)
+    limits = pd.to_numeric(runs["limit"], errors="coerce").fillna(0).astype(int) if "limit" in runs.columns else \
+        pd.Series(0, index=runs.index)
+    bare = (texts == PAPER_PROTOCOL) & (limits > 0)
+    return texts.where(~bare, "limit=" + limits.astype(str))
+
+
 DUPLICATE_KEYS = ["task", "method", "sparsity", "arch", "mode", "solver", "seed", "protocol"]
 
 
@@ -196,7 +207,7 @@ def check_duplicate_seeds(runs: pd.DataFrame, latest: bool = False) -> pd.DataFr
         return runs
     df = runs[ours]
     keys = df.assign(sparsity=df["target_sparsity"].astype(float).round(6), solver=df["solver"].fillna("sgd"),
-                     protocol=df["protocol"].fillna(PAPER_PROTOCOL) if "protocol" in df.columns else PAPER_PROTOCOL)
+                     protocol=_protocol_texts(df))
     keys = keys.sort_values(["created_at", "run_key"], na_position="first", kind="stable")
     older = keys.duplicated(DUPLICATE_KEYS, keep="last")
     if not older.any():
