@@ -10,6 +10,9 @@ the missing traceback of the real command). Cases whose fix belongs to another a
 
 from __future__ import annotations
 
+import errno
+import io
+import json
 import os
 import pickle
 import re
@@ -21,10 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from fixtures_data import write_py2_pickle, write_task
 from fixtures_models import write_pruned_checkpoint
 
+from transferbench import atomic
 from transferbench.cli import main
 
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d transferbench (DEBUG|INFO|WARNING) ")  # progress
@@ -278,3 +284,251 @@ def test_the_catalogue_of_bad_inputs_ends_in_one_error_line_and_writes_nothing(c
 
 def test_the_catalogue_has_at_least_40_cases():
     assert len(CATALOGUE) >= 40 and len({c.name for c in CATALOGUE}) == len(CATALOGUE)
+
+
+# ----------------------------------------------------------------------------------- a full disk, at every writer
+
+WRITERS = {
+    "write_bytes": lambda path: atomic.write_bytes(path, b"x" * 200_000),
+    "write_json": lambda path: atomic.write_json(path, {"values": list(range(20_000))}),
+    "save_npz": lambda path: atomic.save_npz(path, logits=np.arange(20_000, dtype=np.float32)),
+    "torch_save": lambda path: atomic.torch_save(path, {"weight": torch.arange(20_000.0)}),
+}
+
+
+def _enospc(*_args, **_kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+class _HalfWritten(io.FileIO):
+    """A file that takes half of what it is given and then finds the disk full."""
+
+    def write(self, data) -> int:
+        super().write(bytes(data)[: len(data) // 2])
+        _enospc()
+
+
+@pytest.mark.parametrize("fault", ["mkstemp", "mid-write", "fsync", "replace"])
+@pytest.mark.parametrize("writer", list(WRITERS))
+def test_a_writer_that_hits_a_full_disk_leaves_the_old_file_and_no_temp_file(writer, fault, tmp_path, monkeypatch):
+    target = tmp_path / "out" / "file.bin"
+    target.parent.mkdir()
+    target.write_bytes(b"the previous version")
+    if fault == "mkstemp":
+        monkeypatch.setattr(atomic.tempfile, "mkstemp", _enospc)
+    elif fault == "mid-write":
+        monkeypatch.setattr(atomic, "open", lambda fd, mode: _HalfWritten(fd, "w"), raising=False)
+    else:
+        monkeypatch.setattr(atomic.os, fault, _enospc)
+    with pytest.raises(OSError) as raised:
+        WRITERS[writer](target)
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(target)  # names the file it wrote
+    monkeypatch.undo()
+    assert target.read_bytes() == b"the previous version"
+    assert [p.name for p in target.parent.iterdir()] == ["file.bin"], "a temp file was left behind"
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Path:
+    """A 2 MiB tmpfs (root only; skipped where mounting is not permitted)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def _fill(disk: Path, leave: int) -> Path:
+    """Fill ``disk`` but ``leave`` bytes with one file (removed to make room again)."""
+    filler = disk / "filler"
+    st = os.statvfs(disk)
+    filler.write_bytes(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+    return filler
+
+
+def _leftovers(root: Path) -> list[str]:
+    """Temp files, and predictions without their record (a run that died between the two writes)."""
+    temps = [str(p) for p in root.rglob("*.tmp")]
+    orphans = [str(p) for p in root.glob("runs/*/predictions.npz") if not (p.parent / "result.json").exists()]
+    return temps + orphans
+
+
+@pytest.mark.parametrize("leave_kib", [16, 120])  # the first feature cache entry (200 KB) fails; claims fit
+def test_a_run_on_a_really_full_disk_is_one_line_and_runs_once_there_is_room(leave_kib, small_disk, assets,
+                                                                             private_env, capsys):
+    results = small_disk / "results"
+    filler = _fill(small_disk, leave_kib * 1024)
+    argv = _run("--results", str(results))(assets, private_env)
+    line = assert_one_error_line(*run_cli(argv, capsys))
+    assert "No space left on device" in line and str(results) in line, line
+    assert not _leftovers(results)
+    filler.unlink()
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0, err[-2000:]
+    assert len(list(results.glob("runs/*/result.json"))) == 1
+
+
+# Each file a run writes, in order (feature cache entries: train, then test); full runs also write their state.
+STAGES = [("linear", "pt", 1), ("linear", "pt", 2), ("linear", "predictions.npz", 1),
+          ("linear", "result.json", 1), ("full", "train_state.pt", 1)]
+
+
+@pytest.mark.parametrize(("mode", "suffix", "nth"), STAGES, ids=[f"{m}-{s}-{n}" for m, s, n in STAGES])
+def test_a_full_disk_at_each_write_of_a_run_is_one_line_leaves_nothing_partial_and_the_rerun_completes(
+        mode, suffix, nth, assets, private_env, capsys, monkeypatch):
+    real_fsync, seen = os.fsync, []
+
+    def fsync_until_full(fd: int) -> None:  # the disk fills up at the nth write of that kind of file
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if name.endswith(".tmp") and Path(name).name[1:].split(".tmp")[0].rsplit(".", 1)[0].endswith(suffix):
+            seen.append(name)
+            if len(seen) == nth:
+                _enospc()
+        real_fsync(fd)
+
+    results = private_env / "results"
+    argv = _run("--mode", mode, "--results", str(results))(assets, private_env)
+    monkeypatch.setattr(atomic.os, "fsync", fsync_until_full)
+    line = assert_one_error_line(*run_cli(argv, capsys))
+    monkeypatch.undo()
+    assert "No space left on device" in line and suffix.split(".")[0] in line, line
+    assert not _leftovers(results)
+    assert not list(results.glob("runs/*/result.json"))
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0, err[-2000:]
+    assert len(list(results.glob("runs/*/result.json"))) == 1 and not _leftovers(results)
+
+
+# ------------------------------------------------------------------- corrupt resume states and caches: set aside
+
+
+def _notes(err: str) -> list[str]:
+    return [line for line in err.splitlines() if not LOG_LINE.match(line)]
+
+
+def _only_record(results: Path) -> tuple[dict, np.ndarray]:
+    (path,) = results.glob("runs/*/result.json")
+    return json.loads(path.read_text()), np.load(path.parent / "predictions.npz")["logits"]
+
+
+@pytest.fixture(scope="module")
+def full_reference(assets, tmp_path_factory) -> tuple[list[str], dict, np.ndarray]:
+    """A 3-epoch full fine-tuning run without interruption: (its arguments but --results, record, logits)."""
+    results = tmp_path_factory.mktemp("full_reference") / "results"
+    argv = _run("--mode", "full", "--epochs", "3", "--lr", "0.05")(assets, results.parent)
+    argv = argv[: argv.index("--results")] + argv[argv.index("--results") + 2:]
+    assert main([*argv, "--results", str(results)]) == 0
+    return (argv, *_only_record(results))
+
+
+def _same_result(record: dict, logits: np.ndarray, reference: dict, reference_logits: np.ndarray) -> None:
+    assert record["run_key"] == reference["run_key"]
+    assert record["metrics"] == reference["metrics"] and record["curve"] == reference["curve"]
+    np.testing.assert_array_equal(logits, reference_logits)  # bit for bit
+
+
+def _truncated_torch_file(path: Path) -> None:
+    atomic.torch_save(path, {"model": {"w": torch.arange(50_000.0)}, "epoch": 1})
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+CORRUPT_STATES = {
+    "garbage": lambda path: path.write_bytes(os.urandom(4096)),
+    "truncated": _truncated_torch_file,
+    "empty": lambda path: path.write_bytes(b""),
+    "another-model": lambda path: atomic.torch_save(path, {"epoch": 1, "model": {"w": torch.zeros(3)},
+                                                           "optimizer": {}, "curve": [{}], "train_seconds": 1.0}),
+    "epoch-beyond-the-run": lambda path: atomic.torch_save(path, {"epoch": 9, "model": {}, "optimizer": {},
+                                                                  "curve": [{}] * 9, "train_seconds": 1.0}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("corruption", list(CORRUPT_STATES))
+def test_a_corrupt_train_state_is_set_aside_with_a_note_and_the_run_starts_over(corruption, full_reference,
+                                                                                tmp_path, capsys):
+    argv, reference, reference_logits = full_reference
+    results = tmp_path / "results"
+    state = results / "work" / reference["run_key"] / "train_state.pt"
+    state.parent.mkdir(parents=True)
+    CORRUPT_STATES[corruption](state)
+    code, _, err = run_cli([*argv, "--results", str(results)], capsys)
+    assert code == 0, err[-3000:]
+    (note,) = _notes(err)
+    assert note.startswith(f"note: {state} is unusable") and "set aside as train_state.pt.corrupt-" in note, note
+    assert not state.parent.exists()  # the finished run cleared its work folder, the set-aside state with it
+    _same_result(*_only_record(results), reference, reference_logits)
+
+
+FEATURE_CORRUPTIONS = {
+    "wrong-shape": lambda blob: {"features": blob["features"][:, :5].T.contiguous(), "labels": blob["labels"]},
+    "wrong-dtype": lambda blob: {"features": blob["features"].double(), "labels": blob["labels"]},
+    "labels-short": lambda blob: {"features": blob["features"], "labels": blob["labels"][:-1]},
+    "not-a-dict": lambda blob: [blob["features"]],
+}
+
+
+@pytest.mark.parametrize("corruption", [*FEATURE_CORRUPTIONS, "unreadable"])
+def test_a_corrupt_feature_cache_entry_is_set_aside_with_a_note_and_rebuilt(corruption, assets, tmp_path, capsys):
+    reference_results, results = tmp_path / "reference", tmp_path / "results"
+    assert main(_run("--results", str(reference_results))(assets, tmp_path)) == 0
+    reference, reference_logits = _only_record(reference_results)
+    for entry in (reference_results / "cache" / "features").glob("*.pt"):
+        target = results / "cache" / "features" / entry.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if corruption == "unreadable":
+            target.write_bytes(entry.read_bytes()[:1000])
+        else:
+            atomic.torch_save(target, FEATURE_CORRUPTIONS[corruption](torch.load(entry, weights_only=True)))
+    capsys.readouterr()
+    code, _, err = run_cli(_run("--results", str(results))(assets, tmp_path), capsys)
+    assert code == 0, err[-3000:]
+    notes = _notes(err)
+    assert len(notes) == 2 and all(n.startswith("note: ") and ".pt.corrupt-" in n for n in notes), notes
+    record, logits = _only_record(results)
+    assert record["metrics"] == reference["metrics"]
+    np.testing.assert_array_equal(logits, reference_logits)
+    for entry in (results / "cache" / "features").glob("*.pt"):  # rebuilt, equal to the reference's
+        rebuilt = torch.load(entry, weights_only=True)
+        original = torch.load(reference_results / "cache" / "features" / entry.name, weights_only=True)
+        assert torch.equal(rebuilt["features"], original["features"])
+
+
+def test_a_corrupt_upstream_state_is_set_aside_and_the_training_starts_over(tmp_path, capsys):
+    from transferbench.models import create_model
+    from transferbench.pruning.magnitude import MagnitudePruner
+    from transferbench.upstream.distributed import World
+    from transferbench.upstream.state import STATE_FILE, load_state, save_state
+
+    def fresh():
+        torch.manual_seed(0)
+        model = create_model("resnet_tiny", num_classes=10)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        return model, optimizer, MagnitudePruner(model, 0.5), {"draws": torch.Generator().manual_seed(1)}
+
+    world, cpu = World(), torch.device("cpu")
+    model, optimizer, pruner, generators = fresh()
+    pruner.prune()
+    save_state(tmp_path, world, cpu, epoch=2, epochs=4, model=model, optimizer=optimizer, pruner=pruner,
+               generators=generators, train_seconds=1.5, losses=[2.0, 1.5])
+    good = (tmp_path / STATE_FILE).read_bytes()
+    (tmp_path / STATE_FILE).write_bytes(good[: len(good) // 2])  # killed mid-copy by something else than us
+
+    model, optimizer, pruner, generators = fresh()
+    untouched = {k: v.clone() for k, v in model.state_dict().items()}
+    capsys.readouterr()
+    assert load_state(tmp_path, world, cpu, model=model, optimizer=optimizer, pruner=pruner,
+                      generators=generators) is None
+    (note,) = _notes(capsys.readouterr().err)
+    assert note.startswith("note: ") and f"{STATE_FILE}.corrupt-" in note
+    assert not (tmp_path / STATE_FILE).exists() and len(list(tmp_path.glob(f"{STATE_FILE}.corrupt-*"))) == 1
+    for key, tensor in model.state_dict().items():  # the half-applied state was undone: a fresh start
+        assert torch.equal(tensor, untouched[key]), key
+    assert not optimizer.state_dict()["state"]
+
+    (tmp_path / STATE_FILE).write_bytes(good)  # and an intact state still resumes
+    resumed = load_state(tmp_path, world, cpu, model=model, optimizer=optimizer, pruner=pruner,
+                         generators=generators)
+    assert resumed is not None and resumed.epoch == 2 and resumed.losses == [2.0, 1.5]

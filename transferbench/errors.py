@@ -43,6 +43,18 @@ _FIXES = {
 }
 
 
+# errnos of the disk or the system rather than of a file's content: reading a truncated torch file raises OSError
+# too (EINVAL), and that one means the file is corrupt
+_DISK_ERRNOS = frozenset({errno.EIO, errno.EACCES, errno.EPERM, errno.ENOENT, errno.EISDIR, errno.ENOTDIR,
+                          errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+                          errno.ESTALE, errno.ENXIO})
+
+
+def is_disk_error(exc: BaseException) -> bool:
+    """Whether ``exc``, raised while reading a file, is the disk's or the system's fault, not the content's."""
+    return isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS
+
+
 def describe_os_error(exc: OSError, where: str | None = None) -> str:
     """``<path>: <reason> — <fix>`` for an ``OSError`` (the paths it names, or ``where``; its errno's text; what
     to do)."""
@@ -70,4 +82,4 @@ def require_writable_folder(path: Path, flag: str) -> None:
         raise TransferbenchError(f"{flag} {describe_os_error(exc, where=f'{path}{inside}')}") from None
 
 
-__all__ = ["TransferbenchError", "describe_os_error", "require_writable_folder"]
+__all__ = ["TransferbenchError", "describe_os_error", "is_disk_error", "require_writable_folder"]

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..atomic import set_aside, torch_save
 from ..context import autocast
+from ..errors import is_disk_error
 from ..progress import progress
 from .workers import leave_signals_to_main
 
@@ -104,9 +105,9 @@ def cached_features(cache_dir: Path | None, key: str, compute) -> Features:
             check_feature_blob(blob)
             log.info("features: reusing %s", path)
             return Features(blob["features"], blob["labels"], 0.0, True, path)
-        except OSError:  # the disk, not the entry: the one-line error of the CLI
-            raise
         except Exception as exc:  # whatever a corrupt file raises (zip, unpickling, the checks below)
+            if is_disk_error(exc):  # the disk, not the entry: the one-line error of the CLI
+                raise
             set_aside(path, f"{type(exc).__name__}: {exc}")
     start = time.perf_counter()
     features, labels = compute()

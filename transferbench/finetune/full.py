@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from ..atomic import set_aside, torch_save
 from ..context import autocast
-from ..errors import TransferbenchError
+from ..errors import TransferbenchError, is_disk_error
 from ..metrics import accuracy_metrics
 from ..progress import progress
 from ..runspec import HParams
@@ -163,9 +163,9 @@ def _resume(state_path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer
         opt.load_state_dict(state["optimizer"])
         if state.get("scaler"):  # fp16's loss scale continues where it was (an empty dict when disabled)
             scaler.load_state_dict(state["scaler"])
-    except OSError:  # the disk, not the file: the one-line error of the CLI
-        raise
     except Exception as exc:  # whatever a corrupt file raises (zip, unpickling, shapes, missing keys)
+        if is_disk_error(exc):  # the disk, not the file: the one-line error of the CLI
+            raise
         model.load_state_dict(before[0])
         opt.load_state_dict(before[1])
         scaler.load_state_dict(before[2])

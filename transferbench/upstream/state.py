@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..atomic import set_aside, torch_save, write_json
-from ..errors import TransferbenchError
+from ..errors import TransferbenchError, is_disk_error
 from ..names import check_component, inside
 from ..pruning.base import Pruner
 from .distributed import World, gather_objects
@@ -114,12 +114,14 @@ def load_state(folder: Path, world: World, device: torch.device, *, model: nn.Mo
             generator.set_state(state["generators"][name])
         _set_rng_state(state["rng"][world.rank], device)
         resumed = Resumed(state["epoch"], float(state["train_seconds"]), [float(x) for x in state["losses"]])
-    except (TransferbenchError, OSError) as exc:
+    except TransferbenchError:
+        raise
+    except Exception as exc:  # whatever a corrupt file raises (zip, unpickling, shapes, missing keys)
         if isinstance(exc, FileNotFoundError) and not world.is_main:  # rank 0 set it aside meanwhile
             _restore(before, model, optimizer, pruner, generators)
             return None
-        raise
-    except Exception as exc:  # whatever a corrupt file raises (zip, unpickling, shapes, missing keys)
+        if is_disk_error(exc):  # the disk, not the file: the one-line error of the CLI
+            raise
         _restore(before, model, optimizer, pruner, generators)
         if world.is_main:
             set_aside(path, f"{type(exc).__name__}: {exc}")
