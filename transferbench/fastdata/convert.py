@@ -88,11 +88,14 @@ def imagenet_splits(data_root: str | Path | None) -> dict[str, Split]:
     written as ``imagenet/train_*.beton`` and ``imagenet/val_*.beton`` for ``upstream --loader ffcv``."""
     from torchvision.datasets import ImageFolder
 
+    from ..tasks.data import read_rgb_image
+
     root = Path(data_root).expanduser() if data_root is not None else None
     if root is None or not (root / "train").is_dir() or not (root / "val").is_dir():
         raise TransferbenchError("data convert --task imagenet needs --data-root DIR with DIR/train/<wnid>/ and "
                                  "DIR/val/<wnid>/")
-    folders = {name: ImageFolder(root / name) for name in ("train", "val")}
+    # read_rgb_image: pil_loader's pixels, with PIL's decompression-bomb warning an error as in every other reader
+    folders = {name: ImageFolder(root / name, loader=read_rgb_image) for name in ("train", "val")}
     return {name: Split(folder, list(folder.targets), list(folder.classes), "imagefolder", root / name)
             for name, folder in folders.items()}
 
