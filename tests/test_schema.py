@@ -355,3 +355,10 @@ def test_recipe_text_numbers_are_read_and_written_values_kept(tmp_path):
     assert milestones == [30, 70, 90] and all(type(m) is int for m in milestones)
     assert rigl["schedule"]["warmup_epochs"] == 5 and type(rigl["schedule"]["warmup_epochs"]) is int
     assert math.isclose(rigl["optimizer"]["lr"], 1.6) and rigl["optimizer"]["nesterov"] is True
+
+
+def test_sweep_upstream_seeds_are_bounded_as_upstream_seed(tmp_path):
+    sweep_file = _sweep(tmp_path / "s.yaml", checkpoints=[],
+                        upstream=[{"method": "magnitude", "sparsity": "50%", "seed": -1}])
+    with pytest.raises(TransferbenchError, match=r"s\.yaml: bad value -1 for upstream seeds: out of range"):
+        load_sweep(sweep_file)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..bounds import SEED
 from ..checkpoints import checkpoint_dir
 from ..checkpoints.registry import named_checkpoint
 from ..errors import TransferbenchError
@@ -183,9 +184,7 @@ def _as_list(value: Any) -> list:
 
 
 def _integer(value: Any, origin: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TransferbenchError(f"sweep {origin}: upstream seeds must be integers, got {value!r}")
-    return value
+    return SEED.check(value, "upstream seeds", f"sweep {origin}: ")  # as `upstream --seed`
 
 
 def _positive(value: Any, what: str, origin: str) -> int | None:
