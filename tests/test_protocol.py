@@ -205,6 +205,16 @@ def test_epoch_best_vs_last(tmp_path):
         collect(root, epoch="first")
 
 
+def test_cli_epoch_best_without_a_curve_is_one_line(tmp_path, capsys):
+    root = _write_store(tmp_path / "r", [_record_json("k", curve=CURVE), _record_json("nocurve", seed=51)])
+    assert main(["collect", "--results", str(root), "--epoch", "best"]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "nocurve" in errors[0] and "Traceback" not in err
+    assert not (root / "runs.csv").exists()  # nothing written
+    assert main(["collect", "--results", str(root)]) == 0 and (root / "runs.csv").exists()
+
+
 # ------------------------------------------------------------------------------------------- caltech256 metric
 
 
