@@ -101,6 +101,18 @@ def test_a_killed_holder_is_not_running_and_a_sweep_runs_its_run_again(tmp_path,
     assert {s.state for s in run_states(out, keys).values()} == {DONE}
 
 
+def test_an_upstream_unit_held_by_a_killed_job_is_taken_by_the_next(tmp_path):
+    from transferbench.dispatch.stages import _held_elsewhere
+
+    holder = _hold(tmp_path, "unit")
+    try:
+        assert _held_elsewhere(tmp_path, "unit", job_id="5") == "4242"
+        assert _held_elsewhere(tmp_path, "unit", job_id="4242") == ""  # the holder's own other processes
+    finally:
+        _kill_tree(holder)
+    assert claim_path(tmp_path, "unit").exists() and _held_elsewhere(tmp_path, "unit", job_id="5") == ""
+
+
 def test_another_hosts_claim_is_judged_by_its_heartbeat(tmp_path):
     """flock cannot be tested across hosts (node-local locks on Lustre and some NFS mounts): the clock decides."""
     path = claim_path(tmp_path, "k")
