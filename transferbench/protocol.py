@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
+from .errors import TransferbenchError
 from .store.record import PAPER_PROTOCOL as PAPER  # the ``protocol`` of a run that followed the paper exactly
 
 _NOT_DEVIATIONS = ("eval_every",)
@@ -39,7 +40,7 @@ def protocol_deviations(task: str, mode: str, hparams: Mapping[str, Any] | None)
     follows it exactly. Fields a stored dict lacks were written before they existed, at their default."""
     try:
         frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in (hparams or {}).items()))
-        return list(_cached_deviations(task, mode, frozen))  # a store's records share a few settings: ~1 µs each
+        return list(_cached_deviations(task, mode, frozen))  # a store's records share a few settings: µs each
     except TypeError:  # an unhashable stored value (a nested dict): no cache
         return _deviations(task, mode, dict(hparams or {}))
 
@@ -61,7 +62,7 @@ def _deviations(task: str, mode: str, values: dict[str, Any]) -> list[str]:
     full_lr = card.full_lr if card is not None else math.nan  # an unknown task's full LR cannot be judged
     try:
         paper = resolve_hparams(mode, full_lr, overrides).to_dict()
-    except Exception:  # an impossible stored value: compare with the plain defaults instead
+    except (TransferbenchError, ValueError, TypeError):  # an impossible stored value: the plain defaults instead
         paper = HParams().to_dict()
     if isinstance(paper["lr"], float) and math.isnan(paper["lr"]):
         del paper["lr"]
