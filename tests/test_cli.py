@@ -221,10 +221,10 @@ def test_set_values_are_typed_and_bad_ones_are_one_line_errors(capsys, world, tm
     assert_clean_failure(code, err, tmp_path, "lbfgs_max_iter", "int")
     code, _, err = run_cli(capsys, *_run_args(world, tmp_path, "--set", "eval_every=0"))
     assert_clean_failure(code, err, tmp_path, "eval_every")
-    code, _, _ = run_cli(capsys, *_run_args(world, tmp_path, "--set", "lr=1e-3", "--set", "lr_decay_after=0,1"))
+    code, _, _ = run_cli(capsys, *_run_args(world, tmp_path, "--set", "lr=1e-3", "--set", "lr_decay_after=0,0"))
     assert code == 0
     record = json.loads(next(tmp_path.glob("runs/*/result.json")).read_text())
-    assert record["config"]["hparams"]["lr"] == 0.001 and record["config"]["hparams"]["lr_decay_after"] == [0, 1]
+    assert record["config"]["hparams"]["lr"] == 0.001 and record["config"]["hparams"]["lr_decay_after"] == [0, 0]
 
 
 def test_records_are_readable_by_collaborators(capsys, world, tmp_path):

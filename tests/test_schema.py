@@ -45,8 +45,8 @@ REFUSED = [
     ({"weight_decay": INF}, "not finite"),
     ({"lr_decay_after": [-1]}, "item -1 is out of range"),
     ({"lr_decay_after": [1.5]}, "item 1.5 is not a whole number"),
-    ({"lr_decay_after": [500], "epochs": 10}, "each at most epochs (10)"),  # after the run: never applied
-    ({"lr_decay_after": [9, 11], "epochs": 10}, "each at most epochs (10)"),
+    ({"lr_decay_after": [500], "epochs": 10}, "each below epochs (10)"),  # after the run: never applied
+    ({"lr_decay_after": [9, 10], "epochs": 10}, "each below epochs (10)"),  # 0-based: epoch 10 is not in the run
     ({"lr_decay_after": [60, 30]}, "in increasing order"),
     ({"lr_gamma": 0}, "a finite number > 0"),
     ({"lr_gamma": -0.1}, "a finite number > 0"),
@@ -99,7 +99,7 @@ def test_the_refusals_cover_every_field_and_every_default_fits_its_schema():
     ({"lr_decay_after": "30,60"}, {"lr_decay_after": (30, 60)}),
     ({"lr_decay_after": []}, {"lr_decay_after": ()}),  # a constant LR
     ({"lr_decay_after": [149, 149]}, {"lr_decay_after": (149, 149)}),  # twice at the last epoch: allowed
-    ({"lr_decay_after": [0, 1], "epochs": 1}, {"lr_decay_after": (0, 1)}),  # at most epochs (test_cli's --set)
+    ({"lr_decay_after": [0, 0], "epochs": 1}, {"lr_decay_after": (0, 0)}),  # the last epoch: allowed (test_cli's --set)
     ({"lbfgs_c_grid": "[1, 10]"}, {"lbfgs_c_grid": (1.0, 10.0)}),
     ({"lbfgs_holdout": 0.5, "lbfgs_max_iter": 50.0}, {"lbfgs_holdout": 0.5, "lbfgs_max_iter": 50}),
     ({"interpolation": ""}, {"interpolation": ""}),  # the architecture's
@@ -122,7 +122,7 @@ def test_an_integral_float_is_the_same_run_and_a_fraction_is_no_run():
 def test_the_python_api_gets_the_same_checks():
     with pytest.raises(TransferbenchError, match="hyper-parameter momentum"):
         HParams(momentum=-1)
-    with pytest.raises(TransferbenchError, match="each at most epochs"):
+    with pytest.raises(TransferbenchError, match="each below epochs"):
         HParams(epochs=10)  # the default decay points 50 and 100 fall after a 10-epoch run
     assert HParams(lbfgs_c_grid=[1, 2]).lbfgs_c_grid == (1.0, 2.0)  # hashable, as a frozen spec must be
     hp = resolve_hparams("linear", 0.001)
@@ -175,7 +175,7 @@ def _refused(capsys, args: list[str], results, *needles: str) -> str:
     (["--set", "lbfgs_c_grid=[]"], ["lbfgs_c_grid", "at least 1 item"]),
     (["--set", "momentum=-0.9"], ["momentum", ">= 0"]),
     (["--set", "lr_gamma=0"], ["lr_gamma", "> 0"]),
-    (["--set", "lr_decay_after=[500]", "--epochs", "10"], ["lr_decay_after", "at most epochs (10)"]),
+    (["--set", "lr_decay_after=[500]", "--epochs", "10"], ["lr_decay_after", "below epochs (10)"]),
     (["--set", "lr=!!python/name:os.system"], ["--set lr=!!python/name:os.system", "not a plain YAML value"]),
     (["--epochs", "1.7"], ["--epochs", "not a whole number"]),  # a flag: the schema's line, not argparse's usage
     (["--lr", "inf"], ["--lr", "not finite"]),

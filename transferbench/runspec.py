@@ -92,11 +92,11 @@ class HParams:
         numbers are numbers, lists are tuples), then the rules between fields that the bounds cannot state."""
         check_fields(self, hparam_source)
         decay = self.lr_decay_after
-        # a point at `epochs` (after the last epoch) changes nothing, as one at epochs - 1; beyond is a mistake
-        if any(d > self.epochs for d in decay) or list(decay) != sorted(decay):
+        # epochs 0 .. epochs-1 are the run (a point at the last one is allowed and changes nothing); later is a typo
+        if any(d >= self.epochs for d in decay) or list(decay) != sorted(decay):
             raise TransferbenchError(
                 f"bad value {list(decay)} for {hparam_source('lr_decay_after')}: decay points are 0-based epochs "
-                f"of the run in increasing order, each at most epochs ({self.epochs})")
+                f"of the run in increasing order, each below epochs ({self.epochs})")
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}  # flat: asdict's deep copies cost ~80 µs
