@@ -208,7 +208,8 @@ def check_duplicate_seeds(runs: pd.DataFrame, latest: bool = False) -> pd.DataFr
     df = runs[ours]
     keys = df.assign(sparsity=df["target_sparsity"].astype(float).round(6), solver=df["solver"].fillna("sgd"),
                      protocol=_protocol_texts(df))
-    keys = keys.sort_values(["created_at", "run_key"], na_position="first", kind="stable")
+    keys = keys.sort_values([c for c in ("created_at", "run_key") if c in keys.columns], na_position="first",
+                            kind="stable")
     older = keys.duplicated(DUPLICATE_KEYS, keep="last")
     if not older.any():
         return runs
@@ -218,8 +219,8 @@ def check_duplicate_seeds(runs: pd.DataFrame, latest: bool = False) -> pd.DataFr
         names = " and ".join(str(k) for k in twin)
         raise TransferbenchError(
             f"runs {names} repeat seed {first['seed']} of {first['task']}/{first['method']}/{first['arch']}/"
-            f"{first['mode']} under the same protocol ({int(older.sum())} such repeat(s) in all): keep one, or pass "
-            "--latest to count the newest of each")
+            f"{first['mode']} under the same protocol ({int(older.sum())} such repeat(s) in all): keep one (move the "
+            "other's runs/<run_key> folder out of --results), or pass --latest to count the newest of each")
     log.warning("--latest: %d older run(s) repeating a seed left out, the newest of each counts: %s%s",
                 int(older.sum()), ", ".join(keys.loc[older, "run_key"].astype(str)[:5]),
                 ", ..." if older.sum() > 5 else "")
