@@ -110,8 +110,9 @@ def impossible_value(record: RunRecord) -> str | None:
     after a legacy record's percent were turned into fractions), a negative or non-numeric time."""
     metrics = record.metrics
     fractions = {**{name: getattr(metrics, name) for name in _FRACTIONS},
-                 "best_top1": metrics.extra.get("best_top1"), "target_sparsity": record.target_sparsity,
-                 "measured_sparsity": record.sparsity.measured}
+                 "target_sparsity": record.target_sparsity, "measured_sparsity": record.sparsity.measured,
+                 # a legacy record's extra metrics kept their own unit (upgrade_legacy converts the named ones)
+                 "best_top1": metrics.extra.get("best_top1") if record.schema_version >= 1 else None}
     for name, value in fractions.items():
         if value is None:
             continue
