@@ -247,6 +247,13 @@ def test_sweep_workers_must_not_be_negative(capsys, tmp_path):
              "--workers", ">= 0")
 
 
+@pytest.mark.parametrize("workers", ["-1", "0"])
+def test_data_convert_needs_at_least_one_encoding_process(capsys, tmp_path, workers):
+    out = tmp_path / "betons"
+    _refused(capsys, ["data", "convert", "--task", "digits", "--out", str(out), "--workers", workers], out,
+             "--workers", ">= 1")
+
+
 def test_a_huge_grid_is_refused_before_it_is_expanded(capsys, tmp_path):
     methods = [{"method": m, "sparsity": s} for m in ("acdc", "gmp", "magnitude", "rigl", "woodfisher")
                for s in ("80%", "90%")]  # 10 checkpoints x 2 tasks x 2 modes x 5000 seeds

@@ -184,8 +184,10 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def cmd_data_convert(args: argparse.Namespace) -> int:
+    from .bounds import Bounds
     from .fastdata.convert import convert_task
 
+    Bounds(int, low=1, optional=True).check(args.workers, "--workers")  # encoding processes: at least one
     for sidecar in convert_task(args.task, args.data_root, args.out, args.max_resolution, args.quality,
                                 tuple(args.splits), args.workers, args.write_mode):
         print(json.dumps(sidecar))
