@@ -19,6 +19,7 @@ from transferbench.metrics import mean_per_class_accuracy
 from transferbench.protocol import protocol_deviations
 from transferbench.report.collect import align_primary, collect, runs_frame
 from transferbench.report.compare import compare, to_markdown
+from transferbench.report.latex import compact_latex
 from transferbench.report.leaderboard import leaderboard
 from transferbench.report.prediction_metrics import per_class_accuracy
 from transferbench.report.reference import read_reference
@@ -143,6 +144,7 @@ def test_side_by_side_leaderboard_excludes_then_marks(store):
     assert lb.cell(("acdc", 0.9, "ours"), "cifar10")[2] == 4
     assert lb.marked(("acdc", 0.9, "ours"), "cifar10") and not lb.marked(("acdc", 0.9, "paper"), "cifar10")
     assert "†" in lb.to_markdown() and "precision=bf16" in lb.to_markdown() and r"\dag" in lb.to_latex()
+    assert r"\textsuperscript{\dag}" in compact_latex(lb)
     # a mini-task's runs have no paper cell to stand beside: our own tables keep them
     mini = runs.assign(task="digits", protocol="task=digits(mini)")
     assert len(exclude_deviating(mini, beside=paper)) == len(mini)

@@ -47,6 +47,8 @@ def _cell(lb: Leaderboard, row: tuple, column: str) -> str:
         text = rf"\textbf{{{text}}}"
     if column == mean_column and not math.isnan(std):
         text += rf"{{\tiny$\pm${std:.1f}}}"
+    if lb.marked(row, column):  # a cell of ours holding a run off the paper's protocol (--include-deviating)
+        text += r"\textsuperscript{\dag}"
     return text
 
 
@@ -81,4 +83,8 @@ def compact_latex(lb: Leaderboard, labels: Mapping[str, str] | None = None) -> s
         lines.append(" & ".join([*first, *(_cell(lb, row, c) for c in lb.columns)]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}}"]
     lines += ["% warning: " + latex_escape(w).replace("Δ", r"$\Delta$") for w in lb.warnings]
+    if lb.deviating is not None and lb.deviating.to_numpy().any():
+        off = "; ".join(lb.deviations)
+        lines.append("% " + latex_escape(f"dag: holds runs of ours off the paper's protocol ({off}), included by "
+                                         "--include-deviating"))
     return "\n".join(lines) + "\n"
