@@ -45,8 +45,8 @@ def registered_ref(spec: CheckpointSpec, checkpoint_dir: Path | None = None) -> 
     ``<row name>@sha256:<digest of the file>``."""
     path = local_path(spec, checkpoint_dir)
     # The file's digest is part of the identity: a re-trained or re-downloaded file under the same registry name
-    # is a different run (sha256_file remembers a digest by path, device, inode, size, mtime and ctime, so a file is read once
-    # and re-read when anything about it changed).
+    # is a different run (sha256_file remembers a digest by path, device, inode, size, mtime and ctime: a file is
+    # read once, and again when anything about it changed).
     digest = sha256_file(path)
     verify_recorded(spec, path, digest)  # a published file: its pinned sha256, or the one fetch recorded
     return CheckpointRef(method=spec.method, sparsity=spec.sparsity, arch=spec.arch,
