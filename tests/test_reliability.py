@@ -10,15 +10,18 @@ the missing traceback of the real command). Cases whose fix belongs to another a
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
 import os
 import pickle
+import random
 import re
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,11 +30,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from fixtures_data import write_py2_pickle, write_task
 from fixtures_models import write_pruned_checkpoint
 
 from transferbench import atomic
 from transferbench.cli import main
+from transferbench.dispatch.plan import MAX_RUNS
 
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d transferbench (DEBUG|INFO|WARNING) ")  # progress
 
@@ -58,7 +63,7 @@ def make_assets(root: Path) -> Path:
     (root / "escape_sweep.yaml").write_text(sweep.replace("{method: gmp, sparsity: 80%}",
                                                           "{method: ../../../escaped, sparsity: 80%, path: "
                                                           f"{root / 'tiny.pth'}}}"))
-    (root / "huge_sweep.yaml").write_text(sweep.replace("seeds: [21]", f"seeds: {list(range(1, 250_001))}"))
+    (root / "huge_sweep.yaml").write_text(sweep.replace("seeds: [21]", f"seeds: {list(range(1, MAX_RUNS + 2))}"))
     _write_bad_cifar(root / "cifar_labels")
     _write_bomb_task(root / "bomb")
     return root
@@ -142,7 +147,7 @@ CATALOGUE = [
     Case("sweep-results-under-a-file", _cmd("sweep", "mini", "--executor", "debug", "--results", "{a}/a_file/r")),
     Case("cache-dir-under-a-file", _run("--cache-dir", "{a}/a_file/cache")),  # found when the cache is written
     # what to run
-    Case("unknown-task", _run("--task", "nope"), subprocess=True),
+    Case("unknown-task", _run("--task", "nope")),
     Case("unknown-method", _cmd("run", "--task", "digits", "--method", "nope", "--sparsity", "0.5",
                                 "--results", "{t}/results")),
     Case("missing-checkpoint", _run("--checkpoint", "{a}/missing.pth")),
@@ -182,8 +187,7 @@ CATALOGUE = [
     Case("decompression-bomb-run", _run("--task", "cifar10", "--data-root", "{a}/bomb", "--image-size", "32")),
     Case("data-root-missing", _cmd("data", "check", "--task", "cifar10", "--data-root", "{a}/no_data")),
     # files a user writes: sweeps, profiles, recipes (issue #15 points 3 and 4)
-    Case("sweep-not-utf8", _cmd("sweep", "{a}/latin1.yaml", "--dry-run", "--results", "{t}/results"),
-         subprocess=True),
+    Case("sweep-not-utf8", _cmd("sweep", "{a}/latin1.yaml", "--dry-run", "--results", "{t}/results")),
     Case("sweep-a-list", _cmd("sweep", "{a}/list.yaml", "--dry-run", "--results", "{t}/results")),
     Case("sweep-empty", _cmd("sweep", "{a}/empty.yaml", "--dry-run", "--results", "{t}/results")),
     Case("sweep-missing-file", _cmd("sweep", "{a}/missing.yaml", "--dry-run", "--results", "{t}/results")),
@@ -532,3 +536,220 @@ def test_a_corrupt_upstream_state_is_set_aside_and_the_training_starts_over(tmp_
     resumed = load_state(tmp_path, world, cpu, model=model, optimizer=optimizer, pruner=pruner,
                          generators=generators)
     assert resumed is not None and resumed.epoch == 2 and resumed.losses == [2.0, 1.5]
+
+
+# ---------------------------------------------------------------------------- status over an odd results root
+
+ODD_LEDGER_LINES = [b"not json at all", b"[1, 2]", b"42", b"\xff\xfe\x00 binary", b'{"run_keys": "not-a-list"}',
+                    b'{"run_keys": [1, null]}', b"", b'{"run_keys": ["trunc', b"{}" * 50_000]
+
+
+def test_status_over_odd_ledger_lines_and_bad_records_reports_and_does_not_fail(assets, private_env, capsys):
+    sweep = private_env / "odd.yaml"
+    sweep.write_text(f"name: odd\narch: resnet_tiny\ncheckpoints:\n  - {{method: magnitude, sparsity: 50%, path: "
+                     f"{assets / 'tiny.pth'}}}\ntasks: [digits]\nmodes: [linear]\nseeds: [21, 51, 81]\n")
+    results = private_env / "results"
+    status = ["status", str(sweep), "--results", str(results), "--json"]
+    code, out, err = run_cli(status, capsys)
+    assert code == 0, err
+    keys = [run["run_key"] for run in json.loads(out)["runs"]]
+    assert len(keys) == 3
+    for key, bad in zip(keys, ("a list", "a folder", "not UTF-8"), strict=True):
+        record = results / "runs" / key / "result.json"
+        record.parent.mkdir(parents=True)
+        if bad == "a folder":
+            record.mkdir()
+        else:
+            record.write_bytes(b"[1, 2, 3]\n" if bad == "a list" else b'{"run_key": "\xff\xfe"}')
+    (results / "jobs").mkdir()
+    (results / "jobs" / "ledger.jsonl").write_bytes(b"\n".join(ODD_LEDGER_LINES) + b"\n")
+    for argv in (status, status[:-1]):
+        code, out, err = run_cli(argv, capsys)
+        assert code == 0 and "Traceback" not in out + err, err[-3000:]
+    states = {run["run_key"]: run["state"] for run in json.loads(run_cli(status, capsys)[1])["runs"]}
+    assert sorted(states) == sorted(keys) and "done" not in states.values()  # none of them counts as done
+
+
+# ------------------------------------------------------------------------- kill -9 at seeded random times, rerun
+
+
+def _stamps(root: Path, marker: str) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in root.glob(marker) if p.exists()}
+
+
+def _killed_at(command: list[str], env: dict, delay: float, root: Path, marker: str | None) -> bool:
+    """Start ``command`` and SIGKILL it ``delay`` seconds after it started or, with ``marker`` (a glob under
+    ``root``), after it first wrote such a file (a finished epoch); whether it was still running then."""
+    before = _stamps(root, marker) if marker else {}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while marker and _stamps(root, marker) in ({}, before) and proc.poll() is None:
+        assert time.monotonic() < deadline, "the command never wrote " + marker
+        time.sleep(0.005)
+    try:
+        proc.wait(delay)
+        return False
+    except subprocess.TimeoutExpired:
+        proc.kill()  # SIGKILL
+        proc.wait()
+        return True
+
+
+def _kill_chain(command: list[str], env: dict, seed: int, root: Path, marker: str, kills: int = 3) -> int:
+    """Kill ``command`` ``kills`` times at seeded random points (the first anywhere in its first seconds, the
+    others within the epoch after one it saved), then run it to its end; returns how many kills hit it running."""
+    rng = random.Random(seed)
+    hits = _killed_at(command, env, rng.uniform(0.5, 6.0), root, None)
+    hits += sum(_killed_at(command, env, rng.uniform(0.0, 1.0), root, marker) for _ in range(kills - 1))
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return hits
+
+
+def _cli_command(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "transferbench", *argv]
+
+
+@pytest.mark.slow
+def test_a_full_run_killed_at_random_times_ends_with_the_uninterrupted_record(full_reference, tmp_path):
+    argv, reference, reference_logits = full_reference
+    results = tmp_path / "results"
+    hits = _kill_chain(_cli_command(*argv, "--results", str(results)), dict(os.environ, PYTHONHASHSEED="0"),
+                       seed=15, root=results, marker="work/*/train_state.pt")
+    assert hits >= 2, "the kills came after the run had finished"
+    record, logits = _only_record(results)
+    assert record["timings"]["resumed_from_epoch"] >= 1  # the last kill came after a saved epoch
+    _same_result(record, logits, reference, reference_logits)
+    assert not _leftovers(results) and not list(results.glob("work/*/train_state.pt"))
+
+
+@pytest.fixture(scope="module")
+def kill_recipe(tmp_path_factory) -> Path:
+    from transferbench.upstream import load_recipe
+
+    recipe = load_recipe("small_cpu")
+    recipe.update(name="kill9", train_size=320, test_size=64, batch_size=32, epochs=6)
+    path = tmp_path_factory.mktemp("recipe") / "kill9.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.mark.slow
+def test_an_upstream_training_killed_at_random_times_ends_with_the_uninterrupted_checkpoint(kill_recipe, tmp_path):
+    command = _cli_command("upstream", "--method", "gmp", "--sparsity", "0.75", "--recipe", str(kill_recipe),
+                           "--device", "cpu")
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+
+    def env(folder: Path) -> dict:
+        return dict(os.environ, TRANSFERBENCH_CHECKPOINTS=str(folder), PYTHONHASHSEED="0")
+
+    done = subprocess.run(command, env=env(reference), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    hits = _kill_chain(command, env(killed), seed=16, root=killed, marker="upstream/work/*/progress.json")
+    assert hits >= 2, "the kills came after the training had finished"
+    (ours,), (theirs,) = (sorted((f / "upstream").glob("resnet_tiny_gmp_*.pth")) for f in (killed, reference))
+    a, b = (torch.load(p, weights_only=True) for p in (ours, theirs))
+    assert a["metadata"]["training"]["resumed_from_epoch"] >= 1
+    assert a["metadata"]["training"]["epoch_losses"] == b["metadata"]["training"]["epoch_losses"]
+    assert a["model_state_dict"].keys() == b["model_state_dict"].keys()
+    for key, tensor in a["model_state_dict"].items():
+        assert torch.equal(tensor, b["model_state_dict"][key]), key
+    assert not _leftovers(killed)
+
+
+def _store_of_records(root: Path, count: int) -> list[str]:
+    """``count`` completed records of several tasks, methods, sparsities and seeds; returns their run keys."""
+    from fixtures_records import write_completed
+
+    from transferbench.runspec import CheckpointRef, make_spec
+
+    keys = []
+    for i in range(count):
+        method, sparsity = [("dense", 0.0), ("gmp", 0.8), ("acdc", 0.9), ("magnitude", 0.5)][i % 4]
+        ref = CheckpointRef(method, sparsity, "resnet_tiny", f"sha256:{i % 4:064x}")
+        spec = make_spec(["digits", "cifar10"][(i // 4) % 2], ["linear", "full"][(i // 8) % 2], 21 + i // 16, ref,
+                         {"epochs": 1})
+        write_completed(root, spec, i, np.full((4, 10), i / count, np.float32))
+        keys.append(spec.run_key)
+    return keys
+
+
+def _outputs(root: Path) -> dict[str, bytes]:
+    """What collect wrote: its tables and leaderboards, byte for byte (the parquet file as its CSV), with the
+    root's path in the records' paths as <root>."""
+    import pandas as pd
+
+    files = {str(p.relative_to(root)): p.read_bytes() for p in [*root.glob("*.csv"), *root.glob("leaderboards/*")]}
+    files["runs.parquet"] = pd.read_parquet(root / "runs.parquet").to_csv(index=False).encode()
+    return {name: data.replace(str(root).encode(), b"<root>") for name, data in files.items()}  # records' paths
+
+
+@pytest.mark.slow
+def test_a_collect_killed_at_random_times_ends_with_the_uninterrupted_tables(tmp_path, capsys):
+    import shutil
+
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    _store_of_records(reference, 160)
+    shutil.copytree(reference, killed)
+    assert main(["collect", "--results", str(reference), "--workers", "1"]) == 0
+    capsys.readouterr()
+    command = _cli_command("collect", "--results", str(killed), "--workers", "1")
+    rng = random.Random(17)  # a kill while it reads, then kills within its writes (the tables, the leaderboards)
+    hits = _killed_at(command, os.environ.copy(), rng.uniform(0.5, 3.0), killed, None)
+    hits += sum(_killed_at(command, os.environ.copy(), rng.uniform(0.0, 0.3), killed, marker)
+                for marker in ("runs.parquet", "runs.csv", "leaderboards/*"))
+    assert hits >= 2, "collect finished before the kills"
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _outputs(killed) == _outputs(reference)
+    assert not _leftovers(killed)
+
+
+# ----------------------------------------------------------------------------------- eight writers at one root
+
+
+def _record_writer(root: str, worker: int, count: int, barrier) -> None:
+    from fixtures_records import write_completed
+
+    from transferbench.runspec import CheckpointRef, make_spec
+
+    barrier.wait()
+    for i in range(count):
+        ref = CheckpointRef("gmp", 0.8, "resnet_tiny", f"sha256:{worker:064x}")
+        write_completed(root, make_spec("digits", "linear", 100 + 1000 * worker + i, ref, {"epochs": 1}), worker)
+
+
+def _collector(root: str, rounds: int, barrier) -> None:
+    barrier.wait()
+    for _ in range(rounds):
+        with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:
+            code = main(["collect", "--results", root, "--workers", "1"])
+        if code != 0:
+            raise SystemExit(f"collect failed ({code}): {out.getvalue()[-1000:]} {err.getvalue()[-2000:]}")
+
+
+@pytest.mark.slow
+def test_eight_processes_writing_records_and_collecting_at_once_lose_nothing(tmp_path):
+    """4 writers add records while 4 collectors read the same root; test_concurrency.py covers writers alone."""
+    import multiprocessing as mp
+
+    import pandas as pd
+
+    from transferbench.context import package_versions
+
+    package_versions()  # sklearn/scipy imported once here, not in each forked process
+    _store_of_records(tmp_path, 8)  # collect has something to read from the start
+    ctx = mp.get_context("fork")
+    writers, collectors, per_writer = 4, 4, 30
+    barrier = ctx.Barrier(writers + collectors)
+    procs = [ctx.Process(target=_record_writer, args=(str(tmp_path), w, per_writer, barrier)) for w in range(writers)]
+    procs += [ctx.Process(target=_collector, args=(str(tmp_path), 3, barrier)) for _ in range(collectors)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(120)
+    assert [p.exitcode for p in procs] == [0] * len(procs)
+    assert main(["collect", "--results", str(tmp_path), "--workers", "1"]) == 0
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert len(runs) == 8 + writers * per_writer and runs["run_key"].is_unique
+    assert not _leftovers(tmp_path)
