@@ -286,6 +286,26 @@ def test_the_catalogue_of_bad_inputs_ends_in_one_error_line_and_writes_nothing(c
             subprocess.run(["umount", str(private_env / "results")], capture_output=True)
 
 
+def test_an_os_error_is_one_line_naming_the_path_but_a_bug_keeps_its_traceback(monkeypatch, capsys):
+    import transferbench.cli as cli
+
+    def disk_full(args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/data/results/runs.csv")
+
+    monkeypatch.setattr(cli, "cmd_tasks_list", disk_full)
+    line = assert_one_error_line(*run_cli(["tasks", "list"], capsys))
+    assert line == ("error: /data/results/runs.csv: No space left on device — the disk is full: free some space (or "
+                    "point the command at another disk) and rerun; finished epochs, cached features and records are "
+                    "kept")
+
+    def bug(args):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(cli, "cmd_tasks_list", bug)
+    with pytest.raises(KeyError):  # not an error line: a bug must show where it is
+        main(["tasks", "list"])
+
+
 def test_the_catalogue_has_at_least_40_cases():
     assert len(CATALOGUE) >= 40 and len({c.name for c in CATALOGUE}) == len(CATALOGUE)
 
