@@ -145,7 +145,7 @@ CATALOGUE = [
     Case("results-read-only", _run(), setup=_read_only_results, subprocess=True),
     Case("upstream-out-under-a-file", _cmd("upstream", "--method", "gmp", "--out", "{a}/a_file/up")),
     Case("sweep-results-under-a-file", _cmd("sweep", "mini", "--executor", "debug", "--results", "{a}/a_file/r")),
-    Case("cache-dir-under-a-file", _run("--cache-dir", "{a}/a_file/cache")),  # found when the cache is written
+    Case("cache-dir-under-a-file", _run("--cache-dir", "{a}/a_file/cache")),
     # what to run
     Case("unknown-task", _run("--task", "nope")),
     Case("unknown-method", _cmd("run", "--task", "digits", "--method", "nope", "--sparsity", "0.5",
@@ -286,6 +286,11 @@ def test_the_catalogue_of_bad_inputs_ends_in_one_error_line_and_writes_nothing(c
     finally:
         if case.setup is _read_only_results and os.geteuid() == 0:
             subprocess.run(["umount", str(private_env / "results")], capture_output=True)
+
+
+def test_a_cache_folder_under_a_file_is_refused_before_the_checkpoint_is_read(assets, private_env, capsys):
+    line = assert_one_error_line(*run_cli(_run("--cache-dir", "{a}/a_file/cache")(assets, private_env), capsys))
+    assert line.startswith(f"error: --cache-dir {assets}/a_file/cache (in {assets}/a_file): Not a directory"), line
 
 
 def test_an_os_error_is_one_line_naming_the_path_but_a_bug_keeps_its_traceback(monkeypatch, capsys):

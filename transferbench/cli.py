@@ -530,19 +530,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-# The commands that write into a folder, by the attribute naming it: checked writable before any work starts.
-_WRITTEN_FOLDER = {"run": "results", "sweep": "results", "demo": "results", "upstream": "out"}
+# The commands that write into folders, by the attributes naming them: checked writable before any work starts.
+_WRITTEN_FOLDERS = {"run": ("results", "cache_dir"), "sweep": ("results",), "demo": ("results",),
+                    "upstream": ("out",)}
 
 
 def _check_output_folder(args: argparse.Namespace) -> None:
-    """A results root that is a file, lies under one, or sits on a read-only or virtual file system is refused
-    before the command trains or extracts anything (the OSError later would cost the work done until then)."""
-    attribute = _WRITTEN_FOLDER.get(args.command)
-    if attribute is None or getattr(args, attribute, None) is None:
-        return
+    """A results root (or feature cache) that is a file, lies under one, or sits on a read-only or virtual file
+    system is refused before the command trains or extracts anything (the OSError later would cost the work done
+    until then)."""
     if args.command == "sweep" and (args.dry_run or args.spec in SHOW_WORDS):  # they print, write nothing
         return
-    require_writable_folder(getattr(args, attribute), f"--{attribute}")
+    for attribute in _WRITTEN_FOLDERS.get(args.command, ()):
+        if getattr(args, attribute, None) is not None:
+            require_writable_folder(getattr(args, attribute), f"--{attribute.replace('_', '-')}")
 
 
 if __name__ == "__main__":
