@@ -160,6 +160,7 @@ def run_claimed(spec: RunSpec, ctx: RunContext, note: Callable[[str], None] = lo
     cannot lock runs without a claim, after a note.
     """
     before = _stamp(result_path(ctx.results, spec.run_key))
+    created = _missing_folders(spec.work_dir(ctx.results), stop=Path(ctx.results).parent)
     waited: list[dict] = []
 
     def on_wait(key: str, holder: dict) -> None:
@@ -179,7 +180,29 @@ def run_claimed(spec: RunSpec, ctx: RunContext, note: Callable[[str], None] = lo
             [record] = run(spec, ctx)
         finally:
             _remove_idle_work(spec.work_dir(ctx.results))
+            _remove_if_empty(created)  # a run refused before it wrote anything leaves no results folder behind
     return record
+
+
+def _missing_folders(path: Path, stop: Path) -> list[Path]:
+    """The folders from ``path`` up to (not including) ``stop`` that do not exist yet, deepest first."""
+    missing = []
+    for folder in [Path(path), *Path(path).parents]:
+        if folder == stop or folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove each folder (deepest first) while it is empty; the first one holding anything stops it."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:
