@@ -732,6 +732,27 @@ def test_a_collect_killed_at_random_times_ends_with_the_uninterrupted_tables(tmp
     assert not _leftovers(killed)
 
 
+def test_a_write_removes_the_temp_files_killed_writers_left_and_keeps_live_ones(tmp_path):
+    target = tmp_path / "runs.csv"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead_pid = int(dead.stdout)  # a process that has ended (its pid not yet reused within this test)
+    host = atomic._HOST
+    names = {"dead_here": f".runs.csv.{host}.{dead_pid}.ab12_x.tmp",
+             "alive_here": f".runs.csv.{host}.{os.getpid()}.cd34_y.tmp",
+             "recent_elsewhere": ".runs.csv.node-7.cluster.4242.ef56_z.tmp",
+             "old_elsewhere": ".runs.csv.node-8.cluster.4243.gh78_w.tmp",
+             "other_file": f".failed.csv.{host}.{dead_pid}.ij90_v.tmp"}
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"partial")
+    old = time.time() - atomic.STALE_TEMP_S - 60
+    os.utime(tmp_path / names["old_elsewhere"], (old, old))
+    atomic.write_bytes(target, b"a,b\n")
+    left = {key for key, name in names.items() if (tmp_path / name).exists()}
+    assert left == {"alive_here", "recent_elsewhere", "other_file"}
+    assert target.read_bytes() == b"a,b\n"
+
+
 # ----------------------------------------------------------------------------------- eight writers at one root
 
 

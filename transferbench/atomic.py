@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import sys
 import tempfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,12 @@ import numpy as np
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+# A temp file's name says who writes it (``.<name>.<host>.<pid>.<random>.tmp``), so that a later write of the same
+# file can remove one a killed writer left: at once when that writer was on this host and is gone, after
+# STALE_TEMP_S when it was elsewhere (a shared filesystem on a cluster: its pid says nothing here).
+_HOST = socket.gethostname().replace("/", "_") or "host"
+STALE_TEMP_S = 24 * 3600
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -26,7 +34,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_HOST}.{os.getpid()}.", suffix=".tmp")
     except OSError as exc:
         raise _naming(exc, path) from None
     try:
@@ -41,7 +49,46 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         if isinstance(exc, OSError):
             raise _naming(exc, path) from None
         raise
+    remove_stale_temps(path)
     return path
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove the temp files a killed writer of ``path`` left beside it (a ``kill -9`` or a node lost mid-write
+    runs no cleanup); a temp file of a writer that may still run is kept. Returns what was removed."""
+    path = Path(path)
+    head = f".{path.name}."
+    removed = []
+    try:
+        entries = [e for e in os.scandir(path.parent) if e.name.startswith(head) and e.name.endswith(".tmp")]
+    except OSError:
+        return removed
+    for entry in entries:
+        if _writer_is_gone(entry, entry.name[len(head):-len(".tmp")]):
+            try:
+                os.unlink(entry.path)
+            except OSError:
+                continue
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _writer_is_gone(entry: os.DirEntry, who: str) -> bool:
+    """Whether the writer of a temp file named ``<host>.<pid>.<random>`` (``who``) can no longer finish it."""
+    host, _, rest = who.rpartition(".")[0].rpartition(".")
+    pid = int(rest) if rest.isdigit() else 0
+    if host == _HOST and pid > 0:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # alive, another user's
+            return False
+        return False
+    try:
+        return time.time() - entry.stat().st_mtime > STALE_TEMP_S
+    except OSError:
+        return False
 
 
 def _naming(exc: OSError, path: Path) -> OSError:
