@@ -413,7 +413,8 @@ def test_a_full_disk_at_each_write_of_a_run_is_one_line_leaves_nothing_partial_a
 
     def fsync_until_full(fd: int) -> None:  # the disk fills up at the nth write of that kind of file
         name = os.readlink(f"/proc/self/fd/{fd}")
-        if name.endswith(".tmp") and Path(name).name[1:].split(".tmp")[0].rsplit(".", 1)[0].endswith(suffix):
+        target = Path(name).name.split(f".{atomic._HOST}.")[0]  # .<target>.<host>.<pid>.<random>.tmp
+        if name.endswith(".tmp") and target.endswith(suffix):
             seen.append(name)
             if len(seen) == nth:
                 _enospc()
