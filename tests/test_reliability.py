@@ -598,6 +598,35 @@ def test_status_over_odd_ledger_lines_and_bad_records_reports_and_does_not_fail(
     assert sorted(states) == sorted(keys) and "done" not in states.values()  # none of them counts as done
 
 
+@pytest.mark.parametrize("blocked", ["result.json", "predictions.npz"])
+def test_a_record_path_that_is_a_folder_is_refused_before_any_work(blocked, assets, private_env, capsys,
+                                                                   monkeypatch):
+    import shutil
+
+    import transferbench.runner as runner
+
+    argv = _run()(assets, private_env)
+    assert run_cli(argv, capsys)[0] == 0
+    [record] = (private_env / "results").glob("runs/*/result.json")
+    for name in ("result.json", "predictions.npz"):
+        (record.parent / name).unlink()
+    (record.parent / blocked).mkdir()
+    (record.parent / blocked / "something").write_text("kept")
+    before = snapshot(private_env)
+
+    def no_work(*_args, **_kwargs):
+        raise AssertionError("the run started its work")
+
+    monkeypatch.setattr(runner, "_prepare", no_work)
+    line = assert_one_error_line(*run_cli(argv, capsys))
+    assert line == (f"error: {record.parent / blocked} is not a file (the run writes its {blocked} there); remove "
+                    "it and run again")
+    assert snapshot(private_env) == before
+    shutil.rmtree(record.parent / blocked)
+    monkeypatch.undo()
+    assert run_cli(argv, capsys)[0] == 0 and record.is_file()
+
+
 # ------------------------------------------------------------------------- kill -9 at seeded random times, rerun
 
 

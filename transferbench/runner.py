@@ -140,6 +140,8 @@ def run(specs: RunSpec | list[RunSpec], ctx: RunContext) -> list[RunRecord]:
     select_device(device)
     check_capabilities(device, {s.hparams.precision for s in specs},
                        ctx.compile and any(s.hparams.engine == "torch" for s in specs))
+    for spec in specs:
+        _require_record_paths_free(ctx.results, spec.run_key)
     records: dict[str, RunRecord] = {}
     for group in group_by_extraction(specs):
         if group[0].mode == "linear":
@@ -148,6 +150,16 @@ def run(specs: RunSpec | list[RunSpec], ctx: RunContext) -> list[RunRecord]:
             record = _run_full(group[0], ctx)
             records[record.run_key] = record
     return [records[s.run_key] for s in specs]
+
+
+def _require_record_paths_free(root: Path, key: str) -> None:
+    """A record or predictions path that is a folder (or anything but a file) would fail the run at its very
+    end, after the training: refused before any work."""
+    result = result_path(root, key)
+    for path in (result, result.parent / PREDICTIONS_FILE):
+        if os.path.lexists(path) and not path.is_file():
+            raise TransferbenchError(f"{path} is not a file (the run writes its {path.name} there); remove it and "
+                                     "run again")
 
 
 def run_claimed(spec: RunSpec, ctx: RunContext, note: Callable[[str], None] = log.warning) -> RunRecord:
