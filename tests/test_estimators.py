@@ -1,0 +1,108 @@
+"""Transferability estimators against independent computations: LogME against its evidence formula maximised by a
+grid search, LEEP and NCE on hand-computed cases, H-score on a closed form, kNN against sklearn's classifier."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from transferbench.estimators import h_score, knn_accuracy, leep, logme, logme_evidence, nce
+
+
+def _direct_evidence(f: np.ndarray, y: np.ndarray, alpha: float, beta: float) -> float:
+    """The log evidence per sample from its definition, with dense matrices (no SVD, no fixed point)."""
+    n, d = f.shape
+    a = alpha * np.eye(d) + beta * f.T @ f
+    m = beta * np.linalg.solve(a, f.T @ y)
+    _, logdet = np.linalg.slogdet(a)
+    res2, m2 = float(((f @ m - y) ** 2).sum()), float(m @ m)
+    return (n * math.log(beta) + d * math.log(alpha) - n * math.log(2 * math.pi) - beta * res2 - alpha * m2
+            - logdet) / (2 * n)
+
+
+@pytest.mark.parametrize(("n", "d"), [(40, 5), (12, 20)])  # more samples than features, and fewer
+def test_logme_fixed_point_reaches_the_evidence_maximum_a_grid_search_finds(n, d):
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(n, d))
+    y = (f @ rng.normal(size=d) + 0.5 * rng.normal(size=n) > 0).astype(np.float64)
+    solved = logme_evidence(f, y)
+    assert solved.evidence == pytest.approx(_direct_evidence(f, y, solved.alpha, solved.beta), abs=1e-9)
+    grid = np.logspace(-4, 4, 161)
+    best = max(_direct_evidence(f, y, a, b) for a in grid for b in grid)
+    assert best <= solved.evidence + 1e-6  # no point of the grid beats the fixed point
+    assert best >= solved.evidence - 1e-3  # and the grid's best lies next to it
+
+
+def test_logme_ranks_separable_features_above_noise():
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(4), 30)
+    noise = rng.normal(size=(120, 8))
+    separable = noise + 3 * np.eye(8)[labels]
+    assert logme(separable, labels) > logme(noise, labels)
+    assert h_score(separable, labels) > h_score(noise, labels)
+    assert knn_accuracy(separable, labels).accuracy > knn_accuracy(noise, labels).accuracy
+
+
+# Four images, a source head over two classes, target labels [0, 0, 1, 1]:
+SOURCE = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.5, 0.5]])
+TARGET = np.array([0, 0, 1, 1])
+
+
+def test_leep_on_a_hand_computed_case():
+    # P(y, z) = 1/4 [[0.9 + 0.6, 0.1 + 0.4], [0.2 + 0.5, 0.8 + 0.5]] = [[0.375, 0.125], [0.175, 0.325]]
+    # P(z) = [0.55, 0.45]; P(y=0 | z) = [0.375/0.55, 0.125/0.45], P(y=1 | z) = [0.175/0.55, 0.325/0.45]
+    p0 = [0.375 / 0.55, 0.125 / 0.45]
+    p1 = [0.175 / 0.55, 0.325 / 0.45]
+    eep = [0.9 * p0[0] + 0.1 * p0[1], 0.6 * p0[0] + 0.4 * p0[1], 0.2 * p1[0] + 0.8 * p1[1], 0.5 * p1[0] + 0.5 * p1[1]]
+    assert leep(SOURCE, TARGET) == pytest.approx(np.mean(np.log(eep)), abs=1e-12)
+
+
+def test_nce_on_a_hand_computed_case():
+    # hard source labels z = [0, 0, 1, 0] (a tie goes to the first class): P(y, z) = [[2/4, 0], [1/4, 1/4]],
+    # P(z) = [3/4, 1/4]; -H(Y|Z) = 2/4 log(2/3) + 1/4 log(1/3) + 1/4 log(1)
+    expected = 0.5 * math.log(2 / 3) + 0.25 * math.log(1 / 3)
+    assert nce(SOURCE, TARGET) == pytest.approx(expected, abs=1e-12)
+
+
+def test_leep_and_nce_of_a_source_head_that_already_names_the_target_are_their_maxima():
+    onehot = np.eye(3)[[0, 1, 2, 0, 1, 2]]
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    assert leep(onehot, labels) == pytest.approx(0.0, abs=1e-12)
+    assert nce(onehot, labels) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_leep_refuses_logits():
+    with pytest.raises(ValueError, match="softmax, not logits"):
+        leep(np.array([[2.0, -1.0], [0.5, 0.3]]), np.array([0, 1]))
+
+
+def test_h_score_closed_form():
+    # one feature: class 0 at 0 and 2, class 1 at 4 and 6; the class means 1 and 5 around the mean 3 vary by 4,
+    # the feature by (9 + 1 + 1 + 9) / 4 = 5: H = 4 / 5
+    assert h_score(np.array([[0.0], [2.0], [4.0], [6.0]]), np.array([0, 0, 1, 1])) == pytest.approx(0.8)
+
+
+def test_h_score_with_shrinkage_matches_the_plain_one_on_many_samples_and_stays_finite_on_few():
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(5), 400)
+    f = rng.normal(size=(2000, 4)) + np.eye(5)[labels][:, :4]
+    assert h_score(f, labels, shrinkage=True) == pytest.approx(h_score(f, labels), rel=0.02)
+    few, few_labels = rng.normal(size=(10, 50)), np.repeat(np.arange(2), 5)
+    assert math.isfinite(h_score(few, few_labels, shrinkage=True))
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_knn_accuracy_equals_sklearns_leave_one_out_classifier(metric):
+    from sklearn.model_selection import LeaveOneOut, cross_val_predict
+    from sklearn.neighbors import KNeighborsClassifier
+
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(2), 30)
+    f = rng.normal(size=(60, 6)) + 1.2 * np.eye(6)[labels]
+    ours = knn_accuracy(f, labels, k=5, metric=metric)  # odd k, two classes: no ties
+    theirs = cross_val_predict(KNeighborsClassifier(5, metric=metric), f, labels, cv=LeaveOneOut())
+    assert (ours.k, ours.metric) == (5, metric)
+    assert ours.accuracy == pytest.approx(float((theirs == labels).mean()))
+    assert 0.5 < ours.accuracy < 1.0  # neither trivial nor perfect: the comparison can fail

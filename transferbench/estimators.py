@@ -1,0 +1,160 @@
+"""Transferability estimators: scores that rank checkpoints for a task from their features alone, without training.
+
+Each is a pure function of the training split's penultimate features (``n x d``), its labels (``n`` integers in
+``0..C-1``) and, for LEEP and NCE, the upstream head's outputs on the same images (``n x Z`` probabilities). They are
+computed on the train split, as LogME's authors advise (thuml/LogME#15). Their absolute values mean little; only the
+ranking of checkpoints for one task does (thuml/LogME#11).
+
+- ``logme``: the log marginal evidence of a Bayesian linear model per class (one-hot target), maximised over the
+  prior and noise precisions by fixed-point iterations, per sample, averaged over classes (You et al., ICML 2021).
+- ``leep``: the log expected empirical prediction of the source head through the empirical P(y | z) (Nguyen et al.,
+  ICML 2020).
+- ``nce``: the negative conditional entropy H(Y | Z) of the target labels given the source head's hard labels
+  (Tran et al., ICCV 2019).
+- ``h_score``: tr(cov(f)^-1 cov(E[f | y])) (Bao et al., ICIP 2019); ``shrinkage=True`` uses the Ledoit-Wolf
+  covariance, the regularised variant of Ibrahim et al. (ICLR 2023), which stays finite when d is near n.
+- ``knn_accuracy``: leave-one-out k-nearest-neighbour accuracy on the features (k and metric stated in the result).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+LOGME_MAX_ITERATIONS = 100
+LOGME_TOLERANCE = 1e-3  # relative change of alpha/beta between iterations, as the authors' reference loop
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One class's LogME solution: the evidence per sample and the precisions it was reached at."""
+
+    evidence: float
+    alpha: float
+    beta: float
+    iterations: int
+
+
+def _as_inputs(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    f = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels)
+    if f.ndim != 2 or y.ndim != 1 or len(f) != len(y) or len(y) < 2:
+        raise ValueError(f"features must be n x d and labels n (n >= 2), got {f.shape} and {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
+        raise ValueError("labels must be non-negative integers")
+    if not np.isfinite(f).all():
+        raise ValueError("features hold NaN or inf")
+    return f, y.astype(np.int64)
+
+
+def logme_evidence(features: np.ndarray, target: np.ndarray) -> Evidence:
+    """The maximised log evidence per sample of ``target = features @ w + noise``, ``w ~ N(0, I/alpha)``,
+    ``noise ~ N(0, 1/beta)``: (n/2 log beta + d/2 log alpha - n/2 log 2 pi - beta/2 |Fm - y|^2 - alpha/2 |m|^2
+    - 1/2 log det(alpha I + beta F^T F)) / n, with m the posterior mean."""
+    f = np.asarray(features, dtype=np.float64)
+    y = np.asarray(target, dtype=np.float64)
+    n, d = f.shape
+    u, s, _ = np.linalg.svd(f, full_matrices=False)
+    sigma = s**2  # eigenvalues of F^T F (the rest, up to d, are 0)
+    x = u.T @ y  # the target in the left singular basis
+    outside = max(float(y @ y - x @ x), 0.0)  # the part of y no feature direction reaches
+    alpha, beta, iterations = 1.0, 1.0, 0
+    while iterations < LOGME_MAX_ITERATIONS:
+        iterations += 1
+        shrink = alpha + beta * sigma
+        gamma = float((beta * sigma / shrink).sum())
+        m2 = float(((beta * s * x / shrink) ** 2).sum())
+        res2 = float(((alpha * x / shrink) ** 2).sum()) + outside
+        new_alpha, new_beta = gamma / max(m2, 1e-300), (n - gamma) / max(res2, 1e-300)
+        converged = abs(new_alpha - alpha) / alpha < LOGME_TOLERANCE and abs(new_beta - beta) / beta < LOGME_TOLERANCE
+        alpha, beta = new_alpha, new_beta
+        if converged:
+            break
+    return Evidence(_evidence(n, d, sigma, x, outside, alpha, beta), alpha, beta, iterations)
+
+
+def _evidence(n: int, d: int, sigma: np.ndarray, x: np.ndarray, outside: float, alpha: float, beta: float) -> float:
+    shrink = alpha + beta * sigma
+    m2 = float(((beta * np.sqrt(sigma) * x / shrink) ** 2).sum())
+    res2 = float(((alpha * x / shrink) ** 2).sum()) + outside
+    logdet = float(np.log(shrink).sum()) + (d - len(sigma)) * np.log(alpha)
+    total = (n * np.log(beta) + d * np.log(alpha) - n * np.log(2 * np.pi) - beta * res2 - alpha * m2 - logdet) / 2
+    return total / n
+
+
+def logme(features: np.ndarray, labels: np.ndarray) -> float:
+    """LogME: the mean over classes of the maximised evidence per sample for the class's one-hot target."""
+    f, y = _as_inputs(features, labels)
+    return float(np.mean([logme_evidence(f, (y == c).astype(np.float64)).evidence for c in np.unique(y)]))
+
+
+def _joint(source_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The empirical joint P(y, z) = 1/n sum_i theta(x_i)_z [y_i = y], a (C x Z) table."""
+    probs = np.asarray(source_probs, dtype=np.float64)
+    if probs.ndim != 2 or len(probs) != len(labels):
+        raise ValueError(f"source probabilities must be n x Z, got {probs.shape} for {len(labels)} labels")
+    if (probs < 0).any() or not np.allclose(probs.sum(axis=1), 1.0, atol=1e-4):
+        raise ValueError("source probabilities must be non-negative rows that sum to 1 (a softmax, not logits)")
+    onehot = np.eye(int(labels.max()) + 1)[labels]
+    return onehot.T @ probs / len(labels)
+
+
+def leep(source_probs: np.ndarray, labels: np.ndarray) -> float:
+    """LEEP: 1/n sum_i log sum_z P(y_i | z) theta(x_i)_z, with P(y | z) from the empirical joint."""
+    y = np.asarray(labels).astype(np.int64)
+    probs = np.asarray(source_probs, dtype=np.float64)
+    joint = _joint(probs, y)
+    conditional = joint / np.maximum(joint.sum(axis=0, keepdims=True), 1e-300)  # P(y | z)
+    expected = (probs * conditional[y]).sum(axis=1)  # the EEP of each sample's own label
+    return float(np.log(np.maximum(expected, 1e-300)).mean())
+
+
+def nce(source_probs: np.ndarray, labels: np.ndarray) -> float:
+    """NCE: -H(Y | Z) = sum_{y,z} P(y, z) log P(y | z), with z the source head's top class of each image."""
+    y = np.asarray(labels).astype(np.int64)
+    z = np.asarray(source_probs).argmax(axis=1)
+    joint = np.zeros((int(y.max()) + 1, int(z.max()) + 1))
+    np.add.at(joint, (y, z), 1.0 / len(y))
+    p_z = joint.sum(axis=0, keepdims=True)
+    nonzero = joint > 0
+    return float((joint[nonzero] * np.log((joint / np.maximum(p_z, 1e-300))[nonzero])).sum())
+
+
+def h_score(features: np.ndarray, labels: np.ndarray, shrinkage: bool = False) -> float:
+    """H-score: tr(cov(f)^-1 cov(E[f | y])), the covariances with 1/n; ``shrinkage``: cov(f) by Ledoit-Wolf."""
+    f, y = _as_inputs(features, labels)
+    centred = f - f.mean(axis=0)
+    if shrinkage:
+        from sklearn.covariance import LedoitWolf
+
+        cov = LedoitWolf(assume_centered=True).fit(centred).covariance_
+    else:
+        cov = centred.T @ centred / len(f)
+    classes, inverse = np.unique(y, return_inverse=True)
+    means = np.stack([centred[inverse == i].mean(axis=0) for i in range(len(classes))])
+    class_cov = means[inverse].T @ means[inverse] / len(f)  # cov of E[f | y] over the samples
+    return float(np.trace(np.linalg.pinv(cov, hermitian=True) @ class_cov))
+
+
+@dataclass(frozen=True)
+class KnnAccuracy:
+    accuracy: float
+    k: int
+    metric: str
+
+
+def knn_accuracy(features: np.ndarray, labels: np.ndarray, k: int = 20, metric: str = "cosine") -> KnnAccuracy:
+    """Leave-one-out k-NN accuracy: each sample classified by the majority label of its k nearest other samples
+    (ties to the lowest label), ``metric`` ``cosine`` or ``euclidean``."""
+    from sklearn.neighbors import NearestNeighbors
+
+    f, y = _as_inputs(features, labels)
+    if metric not in ("cosine", "euclidean"):
+        raise ValueError(f"metric must be cosine or euclidean, not {metric!r}")
+    k = min(k, len(y) - 1)
+    neighbours = NearestNeighbors(n_neighbors=k + 1, metric=metric).fit(f).kneighbors(f, return_distance=False)
+    others = np.array([[j for j in row if j != i][:k] for i, row in enumerate(neighbours)])
+    votes = np.zeros((len(y), int(y.max()) + 1))
+    np.add.at(votes, (np.repeat(np.arange(len(y)), k), y[others].ravel()), 1)
+    return KnnAccuracy(float((votes.argmax(axis=1) == y).mean()), k, metric)
