@@ -41,6 +41,8 @@ def test_logme_ranks_separable_features_above_noise():
     noise = rng.normal(size=(120, 8))
     separable = noise + 3 * np.eye(8)[labels]
     assert logme(separable, labels) > logme(noise, labels)
+    per_class = [logme_evidence(separable, (labels == c).astype(float)).evidence for c in range(4)]
+    assert logme(separable, labels) == pytest.approx(np.mean(per_class), abs=1e-9)  # one basis, every class
     assert h_score(separable, labels) > h_score(noise, labels)
     assert knn_accuracy(separable, labels).accuracy > knn_accuracy(noise, labels).accuracy
 
@@ -106,3 +108,13 @@ def test_knn_accuracy_equals_sklearns_leave_one_out_classifier(metric):
     assert (ours.k, ours.metric) == (5, metric)
     assert ours.accuracy == pytest.approx(float((theirs == labels).mean()))
     assert 0.5 < ours.accuracy < 1.0  # neither trivial nor perfect: the comparison can fail
+
+
+@pytest.mark.parametrize(("n", "d"), [(300, 20), (10, 50)])  # a full-rank covariance, and a singular one
+def test_h_score_equals_the_trace_formula_with_a_pseudo_inverse(n, d):
+    rng = np.random.default_rng(5)
+    f, labels = rng.normal(size=(n, d)), np.arange(n) % 4
+    centred = f - f.mean(axis=0)
+    class_means = np.stack([centred[labels == c].mean(axis=0) for c in range(4)])[labels]
+    direct = np.trace(np.linalg.pinv(centred.T @ centred / n) @ (class_means.T @ class_means / n))
+    assert h_score(f, labels) == pytest.approx(direct, rel=1e-9)

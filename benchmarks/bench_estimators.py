@@ -1,0 +1,73 @@
+"""Transferability estimators against the linear probe they stand in for, on ResNet50-sized cached features.
+
+Features like ResNet50's pooled ones (ReLU'd class clusters in 2048-D, 10,000 train images, 100 classes) and an
+ImageNet-sized source head (1000-way softmax). Each estimator is timed once on the train split; the baseline is one
+linear probe (one seed, the paper's SGD protocol, ``finetune.linear.train_sgd_heads``, evaluated every epoch) on the
+same features. Issue #17's target: all estimators together at most 5% of the probe.
+
+    python benchmarks/bench_estimators.py                     # the paper's 150 probe epochs
+    python benchmarks/bench_estimators.py --probe-epochs 15   # a quicker, shortened probe (printed as such)
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from transferbench.estimators import h_score, knn_accuracy, leep, logme, nce
+from transferbench.finetune.linear import train_sgd_heads
+from transferbench.runspec import resolve_hparams
+
+
+def features(n: int, dim: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, dim)).astype(np.float32)
+    labels = np.arange(n) % classes
+    x = np.maximum(centres[labels] + 2.0 * rng.normal(size=(n, dim)).astype(np.float32), 0)
+    return x, labels
+
+
+def source_probs(x: np.ndarray, outputs: int, seed: int) -> np.ndarray:
+    logits = x @ np.random.default_rng(seed).normal(size=(x.shape[1], outputs)).astype(np.float32) / 40
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def timed(fn, *args, **kwargs) -> tuple[float, object]:
+    start = time.perf_counter()
+    value = fn(*args, **kwargs)
+    return time.perf_counter() - start, value
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train", type=int, default=10_000)
+    p.add_argument("--dim", type=int, default=2048)
+    p.add_argument("--classes", type=int, default=100)
+    p.add_argument("--probe-epochs", type=int, default=150)
+    args = p.parse_args()
+    all_x, all_y = features(args.train + args.train // 5, args.dim, args.classes, 0)  # one set of class centres
+    x, y, test_x, test_y = all_x[:args.train], all_y[:args.train], all_x[args.train:], all_y[args.train:]
+    probs = source_probs(x, 1000, 2)
+    print(f"features: {args.train} x {args.dim}, {args.classes} classes; torch threads {torch.get_num_threads()}")
+    rows = [("LogME", *timed(logme, x, y)), ("LEEP", *timed(leep, probs, y)), ("NCE", *timed(nce, probs, y)),
+            ("H-score", *timed(h_score, x, y)), ("H-score (shrinkage)", *timed(h_score, x, y, shrinkage=True))]
+    seconds, knn = timed(knn_accuracy, x, y)
+    rows.append((f"kNN (k={knn.k}, {knn.metric})", seconds, knn.accuracy))
+    hp = resolve_hparams("linear", 0.001, {"epochs": args.probe_epochs})
+    probe_s, [head] = timed(train_sgd_heads, torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(test_x),
+                            torch.from_numpy(test_y), args.classes, [21], hp)
+    label = "paper protocol" if args.probe_epochs == 150 else f"SHORTENED to {args.probe_epochs} epochs"
+    print(f"{'linear probe, 1 seed (' + label + ')':42s} {probe_s:8.2f} s  1.000x  top-1 {head.top1:.4f}")
+    for name, s, value in rows:
+        print(f"{name:42s} {s:8.2f} s  {s / probe_s:.3f}x  score {value:.4f}")
+    total = sum(s for _, s, _ in rows)
+    print(f"{'all estimators':42s} {total:8.2f} s  {total / probe_s:.3f}x  (target <= 0.050x)")
+
+
+if __name__ == "__main__":
+    main()
