@@ -12,7 +12,8 @@ ranking of checkpoints for one task does (thuml/LogME#11).
 - ``nce``: the negative conditional entropy H(Y | Z) of the target labels given the source head's hard labels
   (Tran et al., ICCV 2019).
 - ``h_score``: tr(cov(f)^-1 cov(E[f | y])) (Bao et al., ICIP 2019); ``shrinkage=True`` uses the Ledoit-Wolf
-  covariance, the regularised variant of Ibrahim et al. (ICLR 2023), which stays finite when d is near n.
+  covariance, the regularised variant of Ibrahim et al. ("Newer is not always better", 2022), which stays finite
+  when d is near n.
 - ``knn_accuracy``: leave-one-out k-nearest-neighbour accuracy on the features (k and metric stated in the result).
 """
 
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 LOGME_MAX_ITERATIONS = 100
-LOGME_TOLERANCE = 1e-3  # relative change of alpha/beta between iterations, as the authors' reference loop
+LOGME_TOLERANCE = 1e-3  # relative change of alpha and beta at which the iterations stop (tested: the maximum)
 
 
 @dataclass(frozen=True)
