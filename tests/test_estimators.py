@@ -118,3 +118,43 @@ def test_h_score_equals_the_trace_formula_with_a_pseudo_inverse(n, d):
     class_means = np.stack([centred[labels == c].mean(axis=0) for c in range(4)])[labels]
     direct = np.trace(np.linalg.pinv(centred.T @ centred / n) @ (class_means.T @ class_means / n))
     assert h_score(f, labels) == pytest.approx(direct, rel=1e-9)
+
+
+@pytest.mark.parametrize(("n", "d"), [(200, 30), (12, 40)])
+def test_ledoit_wolf_shrinkage_equals_sklearns(n, d):
+    from sklearn.covariance import LedoitWolf
+
+    from transferbench.estimators import ledoit_wolf_shrinkage
+
+    rng = np.random.default_rng(7)
+    f = rng.normal(size=(n, d)) @ rng.normal(size=(d, d))
+    centred = f - f.mean(axis=0)
+    amount, mu = ledoit_wolf_shrinkage(centred, centred.T @ centred / n)
+    fitted = LedoitWolf().fit(f)
+    assert amount == pytest.approx(fitted.shrinkage_, rel=1e-9)
+    shrunk = (1 - amount) * centred.T @ centred / n + amount * mu * np.eye(d)
+    np.testing.assert_allclose(shrunk, fitted.covariance_, rtol=1e-9, atol=1e-12)
+
+
+def test_h_score_with_shrinkage_equals_the_trace_formula_with_sklearns_ledoit_wolf_covariance():
+    from sklearn.covariance import LedoitWolf
+
+    rng = np.random.default_rng(8)
+    f, labels = rng.normal(size=(40, 60)), np.arange(40) % 3
+    centred = f - f.mean(axis=0)
+    class_means = np.stack([centred[labels == c].mean(axis=0) for c in range(3)])[labels]
+    direct = np.trace(np.linalg.inv(LedoitWolf().fit(f).covariance_) @ (class_means.T @ class_means / 40))
+    assert h_score(f, labels, shrinkage=True) == pytest.approx(direct, rel=1e-8)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_knn_accuracy_breaks_vote_ties_to_the_lowest_label_as_sklearn_does(metric):
+    from sklearn.model_selection import LeaveOneOut, cross_val_predict
+    from sklearn.neighbors import KNeighborsClassifier
+
+    rng = np.random.default_rng(9)
+    labels = np.arange(80) % 4
+    f = rng.normal(size=(80, 5)) + 0.8 * np.eye(5)[labels]
+    ours = knn_accuracy(f, labels, k=4, metric=metric, block=7)  # 4 votes over 4 classes: ties; several blocks
+    theirs = cross_val_predict(KNeighborsClassifier(4, metric=metric), f, labels, cv=LeaveOneOut())
+    assert ours.accuracy == pytest.approx(float((theirs == labels).mean()))

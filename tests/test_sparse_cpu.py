@@ -50,7 +50,7 @@ def test_without_the_deepsparse_environment_the_run_is_a_one_line_error(tmp_path
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--mode", "full"], "applies to --mode linear only"),
+    (["--mode", "full"], "applies to --mode linear and estimate only"),
     (["--precision", "bf16"], "runs in fp32"),
 ])
 def test_engine_flag_combinations(args, message, tmp_path, capsys):

@@ -22,7 +22,7 @@ from .cli_flags import add_results_flag
 from .dispatch.cli import SHOW_WORDS, add_dispatch_commands
 from .errors import TransferbenchError, describe_os_error, require_writable_folder
 from .report.cli import add_report_commands
-from .runspec import HParams
+from .runspec import FEATURE_HPARAMS, MODES, HParams
 from .tracking import add_log_flag, require_trackers
 from .version import __version__
 
@@ -52,7 +52,8 @@ def _flagged_hparams() -> list:
 def _hparam_overrides(args: argparse.Namespace) -> dict:
     """The hyper-parameter overrides of a parsed `run`: ``--set`` pairs, then the flags given (a flag wins)."""
     overrides = _parse_set(args.set)
-    overrides.update({f.name: getattr(args, f.name) for f in _flagged_hparams() if getattr(args, f.name) is not None})
+    overrides.update({f.name: getattr(args, f.name) for f in _flagged_hparams()
+                      if getattr(args, f.name, None) is not None})  # `estimate` has the feature flags only
     return overrides
 
 
@@ -82,7 +83,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"already done: {result_path(args.results, spec.run_key)} (use --force to run it again)")
         return 0
     record = run_claimed(spec, _run_context(args), note=print)  # waits for an identical run elsewhere
-    print(f"{spec.run_key}: top1={record.metrics.top1:.4f} mean_per_class_acc={record.metrics.mean_per_class_acc:.4f}")
+    print(f"{spec.run_key}: top1={record.metrics.top1:.4f} mean_per_class_acc={record.metrics.mean_per_class_acc:.4f}"
+          + (" (k-NN classifier)" if spec.mode == "estimate" else ""))
+    if spec.mode == "estimate":
+        scores = record.metrics.extra.get("estimators", {})
+        print("estimators (train split): " + " ".join(
+            f"{name}={value:.4g}" if value is not None else f"{name}=n/a" for name, value in scores.items()))
     print(f"record: {result_path(args.results, spec.run_key)}")
     if spec.hparams.limit:  # the numbers of a subset: say so where they are read
         data = record.config["data"]
@@ -231,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run_command(sub)
+    _add_estimate_command(sub)
     _add_upstream_command(sub)
 
     demo = sub.add_parser("demo", help="offline end-to-end demo: upstream pruning, transfer, leaderboard, figures")
@@ -249,46 +256,61 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_run_command(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="run one transfer experiment and write its result record")
-    run.add_argument("--task", required=True, help="downstream task (see `transferbench tasks list`)")
-    run.add_argument("--mode", choices=("linear", "full"), default="linear")
-    run.add_argument("--method", help="upstream pruning method (see `transferbench checkpoints list`) or an alias: "
-                                      "lth (lth_t), rigl (rigl_erk1x/rigl_erk5x on resnet50, rigl on resnet_tiny)")
-    run.add_argument("--sparsity", help="target sparsity: a fraction (0.9) or a percent (90%%)")
-    run.add_argument("--arch", help="architecture (default: the registry's, or read from --checkpoint)")
-    run.add_argument("--checkpoint", type=Path, help="use this local checkpoint file instead of the registry's")
-    run.add_argument("--train-missing", action="store_true",
-                     help="mini-tasks: train the method's resnet_tiny upstream model now if none is registered "
-                          "(seconds to minutes on a CPU; without this flag a missing one is an error saying so)")
-    run.add_argument("--checkpoint-dir", type=Path,
-                     help="where registered checkpoints live (default $TRANSFERBENCH_CHECKPOINTS or "
-                          "~/.cache/transferbench/checkpoints)")
-    run.add_argument("--data-root", type=Path, help="folder holding the downstream datasets")
-    run.add_argument("--seed", type=int, default=21, help="seed (the paper used 21 51 81 111 141)")
-    # where and how it runs: these flags are named as RunContext's fields (_run_context)
-    add_results_flag(run)
-    run.add_argument("--cache-dir", type=Path, help="feature cache (default <results>/cache/features)")
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    run.add_argument("--workers", dest="num_workers", type=int, metavar="N",
-                     help="data-loading worker processes (default: this allocation's cores - 1, at most 8)")
-    _add_hparam_flags(run)
-    run.add_argument("--compile", action="store_true",
-                     help="torch.compile the model (extraction 1.4x eager on 2 CPU cores after ~20 s of compiling; "
-                          "see docs/fast_paths.md)")
+    run.add_argument("--mode", choices=MODES, default="linear",
+                     help="linear probe (default), full fine-tuning, or estimate (as `transferbench estimate`)")
+    _add_transfer_flags(run, _flagged_hparams())
     run.add_argument("--cudnn-benchmark", action="store_true",
                      help="let cuDNN autotune convolutions (GPU; faster, but a resumed full fine-tuning is no "
                           "longer bit-identical)")
-    run.add_argument("--force", action="store_true", help="run again even if the record exists")
     add_log_flag(run, "the run")
-    run.add_argument("--verify-md5", action="store_true", help="also check official archives' md5 sums")
-    run.add_argument("--allow-sparsity-gap", action="store_true",
-                     help="accept a checkpoint whose measured sparsity is >0.5 points off its target")
     run.set_defaults(func=cmd_run)
 
 
-def _add_hparam_flags(parser: argparse.ArgumentParser) -> None:
-    """A flag for each HParams field whose metadata asks for one (its help and choices from there), and
-    ``--set`` for every field."""
-    for hparam in _flagged_hparams():  # values checked by the schema (HParams), as --set's, in one line
+def _add_estimate_command(sub: argparse._SubParsersAction) -> None:
+    estimate = sub.add_parser(
+        "estimate", help="score a checkpoint for a task without training: LogME, LEEP, NCE, H-score, kNN (one "
+                         "record of mode estimate, from the linear probe's cached features)")
+    _add_transfer_flags(estimate, [f for f in _flagged_hparams() if f.name in FEATURE_HPARAMS])
+    estimate.set_defaults(func=cmd_run, mode="estimate", trackers=[])
+
+
+def _add_transfer_flags(parser: argparse.ArgumentParser, hparams: list) -> None:
+    """The flags `run` and `estimate` share: what to run, where, and the hyper-parameter flags ``hparams``."""
+    parser.add_argument("--task", required=True, help="downstream task (see `transferbench tasks list`)")
+    parser.add_argument("--method", help="upstream pruning method (see `transferbench checkpoints list`) or an "
+                                         "alias: lth (lth_t), rigl (rigl_erk1x/rigl_erk5x on resnet50, rigl on "
+                                         "resnet_tiny)")
+    parser.add_argument("--sparsity", help="target sparsity: a fraction (0.9) or a percent (90%%)")
+    parser.add_argument("--arch", help="architecture (default: the registry's, or read from --checkpoint)")
+    parser.add_argument("--checkpoint", type=Path, help="use this local checkpoint file instead of the registry's")
+    parser.add_argument("--train-missing", action="store_true",
+                        help="mini-tasks: train the method's resnet_tiny upstream model now if none is registered "
+                             "(seconds to minutes on a CPU; without this flag a missing one is an error saying so)")
+    parser.add_argument("--checkpoint-dir", type=Path,
+                        help="where registered checkpoints live (default $TRANSFERBENCH_CHECKPOINTS or "
+                             "~/.cache/transferbench/checkpoints)")
+    parser.add_argument("--data-root", type=Path, help="folder holding the downstream datasets")
+    parser.add_argument("--seed", type=int, default=21, help="seed (the paper used 21 51 81 111 141)")
+    # where and how it runs: these flags are named as RunContext's fields (_run_context)
+    add_results_flag(parser)
+    parser.add_argument("--cache-dir", type=Path, help="feature cache (default <results>/cache/features)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--workers", dest="num_workers", type=int, metavar="N",
+                        help="data-loading worker processes (default: this allocation's cores - 1, at most 8)")
+    _add_hparam_flags(parser, hparams)
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model (extraction 1.4x eager on 2 CPU cores after ~20 s of "
+                             "compiling; see docs/fast_paths.md)")
+    parser.add_argument("--force", action="store_true", help="run again even if the record exists")
+    parser.add_argument("--verify-md5", action="store_true", help="also check official archives' md5 sums")
+    parser.add_argument("--allow-sparsity-gap", action="store_true",
+                        help="accept a checkpoint whose measured sparsity is >0.5 points off its target")
+
+
+def _add_hparam_flags(parser: argparse.ArgumentParser, hparams: list) -> None:
+    """A flag for each of ``hparams`` (HParams fields whose metadata asks for one; help and choices from there),
+    and ``--set`` for every field."""
+    for hparam in hparams:  # values checked by the schema (HParams), as --set's, in one line
         bounds, choices = hparam.metadata["bounds"], hparam.metadata["choices"]
         parser.add_argument(f"--{hparam.name.replace('_', '-')}", dest=hparam.name, type=_flag_value(bounds),
                             metavar="{" + ",".join(choices) + "}" if choices else None,

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+ESTIMATORS = ("logme", "leep", "nce", "h_score", "h_score_shrinkage", "knn_accuracy")
+KNN_K, KNN_METRIC = 20, "cosine"
 LOGME_MAX_ITERATIONS = 100
 LOGME_TOLERANCE = 1e-3  # relative change of alpha and beta at which the iterations stop (tested: the maximum)
 
@@ -149,22 +151,46 @@ def nce(source_probs: np.ndarray, labels: np.ndarray) -> float:
 def h_score(features: np.ndarray, labels: np.ndarray, shrinkage: bool = False) -> float:
     """H-score: tr(cov(f)^-1 cov(E[f | y])), the covariances with 1/n; ``shrinkage``: cov(f) by Ledoit-Wolf."""
     f, y = _as_inputs(features, labels)
-    centred = f - f.mean(axis=0)
-    if shrinkage:
-        from sklearn.covariance import LedoitWolf
+    return h_scores(f, y)["h_score_shrinkage" if shrinkage else "h_score"]
 
-        cov = LedoitWolf(assume_centered=True).fit(centred).covariance_
-    else:
-        cov = centred.T @ centred / len(f)
+
+def h_scores(features: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Both H-scores from one covariance and one eigendecomposition: ``h_score`` (pinv of the sample covariance)
+    and ``h_score_shrinkage`` (the Ledoit-Wolf covariance, which has the same eigenvectors)."""
+    f, y = _as_inputs(features, labels)
+    n = len(f)
+    centred = f - f.mean(axis=0)
+    cov = centred.T @ centred / n
     classes, inverse = np.unique(y, return_inverse=True)
-    weights = np.bincount(inverse) / len(f)  # P(y)
-    means = np.stack([centred[inverse == i].mean(axis=0) for i in range(len(classes))])
+    weights = np.bincount(inverse) / n  # P(y)
+    sums = np.zeros((len(classes), f.shape[1]))
+    np.add.at(sums, inverse, centred)
+    means = sums / np.bincount(inverse)[:, None]
     # cov(E[f | y]) = sum_y P(y) m_y m_y^T, so tr(cov^+ cov(E[f | y])) = sum_y P(y) |Lambda^+1/2 Q^T m_y|^2 with
     # cov = Q Lambda Q^T: one d x d eigendecomposition, no d x d inverse or product
     eigenvalues, q = np.linalg.eigh(cov)
+    projected = (means @ q) ** 2  # C x d
     keep = eigenvalues > eigenvalues.max(initial=0.0) * 1e-12  # pinv's cut-off: directions with no variance
-    projected = (means @ q[:, keep]) ** 2 / eigenvalues[keep]
-    return float(weights @ projected.sum(axis=1))
+    plain = float(weights @ (projected[:, keep] / eigenvalues[keep]).sum(axis=1))
+    amount, mu = ledoit_wolf_shrinkage(centred, cov)
+    shrunk = (1 - amount) * eigenvalues + amount * mu  # (1 - s) cov + s mu I: same eigenvectors
+    shrunk_keep = shrunk > shrunk.max(initial=0.0) * 1e-12
+    regularised = float(weights @ (projected[:, shrunk_keep] / shrunk[shrunk_keep]).sum(axis=1))
+    return {"h_score": plain, "h_score_shrinkage": regularised}
+
+
+def ledoit_wolf_shrinkage(centred: np.ndarray, cov: np.ndarray) -> tuple[float, float]:
+    """Ledoit and Wolf's (2004) shrinkage amount s and target scale mu (cov -> (1 - s) cov + s mu I) of centred
+    features, as scikit-learn's ``LedoitWolf`` computes them, but from the covariance already at hand: its
+    sum over samples of |x|^4 needs no second d x d product."""
+    n, d = centred.shape
+    mu = float(np.trace(cov)) / d
+    fourth = float((np.einsum("ij,ij->i", centred, centred) ** 2).sum())  # sum of (X^2)^T X^2 over all entries
+    delta_ = float((cov**2).sum())  # |X^T X|_F^2 / n^2
+    beta = (fourth / n - delta_) / (d * n)
+    delta = (delta_ - 2 * mu * float(np.trace(cov)) + d * mu**2) / d
+    beta = min(beta, delta)
+    return (0.0 if beta == 0 else beta / delta), mu
 
 
 @dataclass(frozen=True)
@@ -174,17 +200,52 @@ class KnnAccuracy:
     metric: str
 
 
-def knn_accuracy(features: np.ndarray, labels: np.ndarray, k: int = 20, metric: str = "cosine") -> KnnAccuracy:
+def knn_accuracy(features: np.ndarray, labels: np.ndarray, k: int = KNN_K, metric: str = KNN_METRIC,
+                 block: int = 2048) -> KnnAccuracy:
     """Leave-one-out k-NN accuracy: each sample classified by the majority label of its k nearest other samples
     (ties to the lowest label), ``metric`` ``cosine`` or ``euclidean``."""
-    from sklearn.neighbors import NearestNeighbors
-
     f, y = _as_inputs(features, labels)
+    k = min(k, len(y) - 1)
+    votes = knn_votes(f, f, y, k, metric, leave_out_self=True, block=block)
+    return KnnAccuracy(float((votes.argmax(axis=1) == y).mean()), k, metric)  # argmax: ties to the lowest label
+
+
+def knn_votes(queries: np.ndarray, reference: np.ndarray, reference_labels: np.ndarray, k: int = KNN_K,
+              metric: str = KNN_METRIC, leave_out_self: bool = False, block: int = 2048) -> np.ndarray:
+    """The labels of each query's k nearest reference samples, counted per class (``queries x classes``).
+    ``leave_out_self``: the queries are the reference, and no sample counts as its own neighbour. float32
+    similarities in torch, ``block`` queries at a time (scikit-learn's float64 brute force takes several times
+    as long at 10,000 x 2048)."""
+    import torch
+
     if metric not in ("cosine", "euclidean"):
         raise ValueError(f"metric must be cosine or euclidean, not {metric!r}")
-    k = min(k, len(y) - 1)
-    neighbours = NearestNeighbors(n_neighbors=k + 1, metric=metric).fit(f).kneighbors(f, return_distance=False)
-    others = np.array([[j for j in row if j != i][:k] for i, row in enumerate(neighbours)])
-    votes = np.zeros((len(y), int(y.max()) + 1))
-    np.add.at(votes, (np.repeat(np.arange(len(y)), k), y[others].ravel()), 1)
-    return KnnAccuracy(float((votes.argmax(axis=1) == y).mean()), k, metric)
+    ref = torch.from_numpy(np.asarray(reference, dtype=np.float32))
+    query = torch.from_numpy(np.asarray(queries, dtype=np.float32))
+    if metric == "cosine":
+        ref, query = torch.nn.functional.normalize(ref, dim=1), torch.nn.functional.normalize(query, dim=1)
+    # nearest = largest q . r - |r|^2 / 2 (the euclidean order); for unit rows (cosine) the dot product alone
+    offset = (ref * ref).sum(dim=1) / 2 if metric == "euclidean" else torch.zeros(len(ref))
+    target = torch.from_numpy(np.asarray(reference_labels, dtype=np.int64))
+    votes = torch.zeros(len(query), int(target.max()) + 1)
+    for start in range(0, len(query), block):
+        rows = torch.arange(start, min(start + block, len(query)))
+        closeness = query[rows] @ ref.T - offset
+        if leave_out_self:
+            closeness[torch.arange(len(rows)), rows] = -torch.inf
+        neighbours = closeness.topk(k, dim=1).indices
+        votes[rows] = votes[rows].scatter_add_(1, target[neighbours], torch.ones(len(rows), k))
+    return votes.numpy()
+
+
+def estimate_all(features: np.ndarray, labels: np.ndarray, source_probs: np.ndarray | None = None,
+                 k: int = KNN_K, metric: str = KNN_METRIC) -> dict[str, float | None]:
+    """Every estimator of ``ESTIMATORS`` on one split (the two H-scores share their covariance); LEEP and NCE are
+    None without the source head's probabilities."""
+    f, y = _as_inputs(features, labels)
+    scores: dict[str, float | None] = {"logme": logme(f, y)}
+    scores["leep"] = leep(source_probs, y) if source_probs is not None else None
+    scores["nce"] = nce(source_probs, y) if source_probs is not None else None
+    scores.update(h_scores(f, y))
+    scores["knn_accuracy"] = knn_accuracy(f, y, k, metric).accuracy
+    return scores

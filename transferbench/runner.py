@@ -42,10 +42,12 @@ from .context import (
 )
 from .digests import sha256_file
 from .errors import TransferbenchError
+from .estimators import KNN_K, KNN_METRIC, estimate_all, knn_votes
 from .finetune.features import cached_features, extract_with, feature_cache_key
 from .finetune.full import finetune_full
 from .finetune.linear import HeadResult, train_lbfgs_head, train_sgd_heads
 from .finetune.loaders import runner_loaders
+from .metrics import accuracy_metrics
 from .runspec import HParams, RunSpec, group_by_extraction
 from .store import (
     PREDICTIONS_FILE,
@@ -146,6 +148,9 @@ def run(specs: RunSpec | list[RunSpec], ctx: RunContext) -> list[RunRecord]:
     for group in group_by_extraction(specs):
         if group[0].mode == "linear":
             records.update((r.run_key, r) for r in _run_linear(group, ctx))
+        elif group[0].mode == "estimate":
+            record = _run_estimate(group[0], ctx)
+            records[record.run_key] = record
         else:
             record = _run_full(group[0], ctx)
             records[record.run_key] = record
@@ -340,6 +345,55 @@ def _write_linear(spec: RunSpec, prep: _Prepared, tcfg: TransformConfig, feats: 
               {"top1": head.top1, "mean_per_class_acc": head.mean_per_class_acc, **head.extra})
     log.info("run %s: top1=%.4f mean_per_class=%.4f → %s", spec.run_key, head.top1, head.mean_per_class_acc, path)
     return record
+
+
+def _run_estimate(spec: RunSpec, ctx: RunContext) -> RunRecord:
+    """Every transferability estimator on the train split's features (the linear probe's, from the same cache),
+    and a k-NN classifier of the test split by the train split as the record's accuracy and predictions."""
+    if not ctx.force and (done := existing_record(ctx.results, spec.run_key)) is not None:
+        return done
+    t_start = time.perf_counter()
+    prep = _prepare(spec, ctx)
+    apply_precision(prep.device.type, spec.hparams.precision)
+    tcfg = protocol_transform(prep.task, "linear", train=False, interpolation=prep.interpolation,
+                              image_size=spec.hparams.image_size)
+    feats = _features(spec, prep, tcfg, ctx)
+    t0 = time.perf_counter()
+    train, test = feats["train"], feats["test"]
+    scores = estimate_all(train.features.numpy(), train.labels.numpy(), _source_probs(prep.loaded, train.features))
+    votes = knn_votes(test.features.numpy(), train.features.numpy(), train.labels.numpy())
+    votes = np.pad(votes, ((0, 0), (0, prep.task.num_classes - votes.shape[1])))  # classes absent from train
+    knn = accuracy_metrics(votes, test.labels.numpy(), prep.task.num_classes)
+    seconds = time.perf_counter() - t0
+    _recheck_checkpoint(spec, prep, [f.path for f in feats.values() if not f.cached and f.path])
+    loaded = prep.loaded
+    record = _record(
+        spec, prep, ctx,
+        metrics=_metrics(prep.task, knn["top1"], knn["mean_per_class_acc"],
+                         {"estimators": scores, "estimated_on": "train", "knn_k": KNN_K, "knn_metric": KNN_METRIC}),
+        sparsity=SparsityInfo(backbone_before=loaded.backbone_sparsity.overall,
+                              backbone_after=loaded.backbone_sparsity.overall,
+                              per_layer=loaded.backbone_sparsity.per_layer, **_upstream_sparsity(loaded)),
+        config={"transform_train": tcfg.to_dict(), "transform_test": tcfg.to_dict(),
+                "feature_cache": {n: str(f.path) if f.path else None for n, f in feats.items()}},
+        curve=[],
+        timings={"checkpoint_load_s": prep.load_seconds, "extraction_s": sum(f.seconds for f in feats.values()),
+                 "features_cached": all(f.cached for f in feats.values()), "estimators_s": seconds,
+                 "total_s": time.perf_counter() - t_start})
+    path = _store(ctx.results, record, votes / KNN_K, test.labels.numpy(), prep.test.classes)
+    log.info("estimate %s: %s knn_top1=%.4f → %s", spec.run_key,
+             " ".join(f"{k}={v:.4g}" for k, v in scores.items() if v is not None), knn["top1"], path)
+    return record
+
+
+def _source_probs(loaded: LoadedCheckpoint, features: torch.Tensor) -> np.ndarray:
+    """The upstream head's softmax on the features (LEEP's and NCE's theta(x)): every registry checkpoint keeps
+    its ImageNet head, which neither the extraction nor the estimators change."""
+    model = loaded.model
+    with torch.no_grad():
+        head = model.head_module()
+        logits = model.forward_head(features.to(next(head.parameters()).device, torch.float32))
+    return torch.softmax(logits.double(), dim=1).cpu().numpy()
 
 
 def _run_full(spec: RunSpec, ctx: RunContext) -> RunRecord:

@@ -110,6 +110,8 @@ class HParams:
         return values
 
 
+# what a probe's features (and so an estimate) depend on: the hyper-parameters `transferbench estimate` takes
+FEATURE_HPARAMS = ("image_size", "interpolation", "precision", "loader", "engine", "limit")
 _LATER_FIELDS = {"loader": "torchvision", "engine": "torch", "limit": 0}
 HPARAM_FIELDS = {f.name: f for f in fields(HParams)}
 
@@ -138,11 +140,12 @@ def resolve_hparams(mode: str, task_full_lr: float, overrides: dict[str, Any] | 
         # keep the paper's three phases in proportion: 51/50/49 of 150 epochs
         e = overrides["epochs"]
         overrides["lr_decay_after"] = tuple(max(0, round((d + 1) * e / PAPER_EPOCHS) - 1) for d in PAPER_DECAY_AFTER)
-    hp = HParams(**{"lr": 0.01 if mode == "linear" else task_full_lr, **overrides})  # checked in __post_init__
+    hp = HParams(**{"lr": task_full_lr if mode == "full" else 0.01, **overrides})  # checked in __post_init__
     if hp.solver == "lbfgs" and mode != "linear":
         raise TransferbenchError("--solver lbfgs applies to --mode linear only")
-    if hp.engine != "torch" and mode != "linear":
-        raise TransferbenchError(f"--engine {hp.engine} extracts frozen features: it applies to --mode linear only")
+    if hp.engine != "torch" and mode == "full":
+        raise TransferbenchError(f"--engine {hp.engine} extracts frozen features: it applies to --mode linear and "
+                                 "estimate only")
     if hp.engine == "deepsparse" and hp.precision != "fp32":
         raise TransferbenchError(f"--engine deepsparse runs in fp32: drop --precision {hp.precision}")
     if hp.engine == "deepsparse" and hp.loader == "ffcv":  # the DeepSparse worker reads a torch DataLoader
@@ -215,7 +218,8 @@ class RunSpec:
         return work_dir(results, self.run_key)
 
 
-MODES = ("linear", "full")
+# estimate: the transferability estimators on the linear probe's features (no training; runner._run_estimate)
+MODES = ("linear", "full", "estimate")
 
 
 def make_spec(task: str, mode: str, seed: int, checkpoint: CheckpointRef,
@@ -223,7 +227,7 @@ def make_spec(task: str, mode: str, seed: int, checkpoint: CheckpointRef,
     """The RunSpec of one run: the task's card, the protocol's hyper-parameters for ``mode``, then ``overrides``."""
     task_spec = get_task(task)
     if mode not in MODES:
-        raise TransferbenchError(f"--mode must be linear or full, not {mode!r}")
+        raise TransferbenchError(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
     overrides = dict(overrides or {})
     if task_spec.image_size != 224:  # mini-tasks run at their native resolution unless overridden
         overrides.setdefault("image_size", task_spec.image_size)
@@ -233,9 +237,10 @@ def make_spec(task: str, mode: str, seed: int, checkpoint: CheckpointRef,
 
 def group_by_extraction(specs: list[RunSpec]) -> list[list[RunSpec]]:
     """Linear probes grouped by extraction key (one feature extraction each); every full run alone. The sweep
-    planner packs its jobs with this, so a job is exactly one group."""
+    planner packs its jobs with this, so a job is exactly one group. An estimate reads the probes' cached features
+    but is a group of its own (it trains nothing)."""
     groups: dict[tuple, list[RunSpec]] = {}
     for spec in specs:
-        key = ("linear", spec.extraction_key) if spec.mode == "linear" else ("full", spec.run_key)
+        key = ("linear", spec.extraction_key) if spec.mode == "linear" else (spec.mode, spec.run_key)
         groups.setdefault(key, []).append(spec)
     return list(groups.values())

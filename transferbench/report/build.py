@@ -41,6 +41,7 @@ from .index import Section, run_versions, write_index
 from .leaderboard_files import write_leaderboards
 from .prediction_metrics import MIN_COUNT
 from .predictions import Beyond, beyond, write_beyond
+from .rank import Ranking
 from .reference import read_references
 from .select import PAPER, check_duplicate_seeds, exclude_deviating, source_of
 
@@ -290,3 +291,22 @@ __all__ = [
     "write_collection",
     "write_report",
 ]
+
+
+def rank_with_measured(results: Path, *, reference_files: ReferenceFiles | None = None,
+                       reference_mode: str | None = None, reference_arch: str | None = None, out: Path | None = None,
+                       latest: bool = False, bootstrap: int | None = None) -> tuple[Ranking, list[Path]]:
+    """The estimate records under ``results`` ranked against measured transfer (``report.rank``): our linear and
+    full runs, or the paper's per-seed results when ``reference_files`` are given now. Writes ``<out>`` (default
+    ``<results>/rank``)."""
+    from .rank import BOOTSTRAP, rank_estimators, write_ranking
+
+    report_runs = read_runs(results, reference_files=reference_files, reference_mode=reference_mode,
+                            reference_arch=reference_arch, protocol=Protocol(latest=latest))
+    measured = report_runs.reference if reference_files else None
+    ranking = rank_estimators(report_runs.collection.runs, measured,
+                              bootstrap=BOOTSTRAP if bootstrap is None else bootstrap)
+    if ranking.table.empty:
+        raise TransferbenchError(f"no task has two checkpoints with both an estimate and a measured accuracy under "
+                                 f"{results}: nothing to rank")
+    return ranking, write_ranking(ranking, out or Path(results) / "rank")

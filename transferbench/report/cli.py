@@ -1,4 +1,4 @@
-"""The report commands of `transferbench`: collect, figures, compare, report (and report beyond).
+"""The report commands of `transferbench`: collect, figures, compare, rank, report (and report beyond).
 
 Each command parses its flags, calls the functions of :mod:`transferbench.report.build` (which a user can call
 from Python with the same results) and prints what they wrote."""
@@ -76,6 +76,21 @@ def cmd_beyond(args: argparse.Namespace) -> int:
     runs = check_duplicate_seeds(collect(args.results).runs, getattr(args, "latest", False))
     result, written = analyse_predictions(runs, args.out or args.results / "beyond", min_count=args.min_count)
     print(result.summary())
+    _print_paths(written)
+    return 0
+
+
+def cmd_rank(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .build import rank_with_measured
+
+    ranking, written = rank_with_measured(args.results, reference_files=args.reference,
+                                          reference_mode=args.reference_mode, reference_arch=args.reference_arch,
+                                          out=args.out, latest=args.latest, bootstrap=args.bootstrap)
+    shown = ranking.table[["task", "arch", "mode", "estimator", "n", "kendall_tau", "spearman_rho", "pick", "regret"]]
+    with pd.option_context("display.max_rows", None, "display.width", 200, "display.float_format", "{:.3f}".format):
+        print(shown.to_string(index=False))
     _print_paths(written)
     return 0
 
@@ -175,6 +190,17 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
     cmp.add_argument("--out", type=Path, help="where to write compare.csv/md (default <results>/compare)")
     _add_protocol(cmp)
     cmp.set_defaults(func=cmd_compare)
+
+    rnk = sub.add_parser("rank", help="transferability estimates against measured transfer: Kendall tau, Spearman "
+                         "rho (bootstrap intervals), the top pick's regret, per task and mode")
+    _add_results(rnk)
+    _add_reference(rnk, source=False)
+    rnk.add_argument("--bootstrap", type=int, default=1000,
+                     help="bootstrap resamples of the checkpoints for the intervals (default 1000)")
+    rnk.add_argument("--out", type=Path, help="output folder (default <results>/rank)")
+    rnk.add_argument("--latest", action="store_true",
+                     help="a seed repeated under the same protocol counts once, the newest run (default: an error)")
+    rnk.set_defaults(func=cmd_rank)
 
     rep = sub.add_parser("report", help="every table and figure, and <results>/report/index.md|html linking them")
     _add_results(rep)

@@ -42,6 +42,7 @@ import pandas as pd
 
 from ..atomic import write_bytes
 from ..errors import TransferbenchError
+from ..estimators import ESTIMATORS
 from ..protocol import PAPER as PAPER_PROTOCOL
 from ..protocol import protocol_label
 from ..store import (
@@ -70,6 +71,7 @@ RUN_COLUMNS: tuple[str, ...] = (
     "run_key", "task", "method", "arch", "mode", "seed", "target_sparsity", "measured_sparsity",
     "top1", "mean_per_class_acc", "primary_metric", "primary", "solver", "upstream_top1", "total_s",
     "created_at", "checkpoint", "schema_version", "versions", "path", "source", "limit", "protocol",
+    *ESTIMATORS,  # an estimate record's scores (its top1 is its k-NN classifier's); NaN on other runs
 )
 EPOCHS = ("last", "best")  # which epoch's accuracies a collected row holds (``collect(epoch=...)``)
 OURS = "ours"
@@ -295,8 +297,10 @@ def record_row(record: RunRecord, epoch: str = "last") -> dict[str, Any]:
     upstream = record.upstream_fraction
     metrics = {"top1": record.metrics.top1, "mean_per_class_acc": record.metrics.mean_per_class_acc,
                "primary": record.metrics.primary}
-    if epoch == "best":
+    if epoch == "best" and record.mode != "estimate":  # an estimate trains nothing: it has one set of numbers
         metrics = best_epoch_metrics(record)
+    scores = record.metrics.extra.get("estimators")
+    scores = scores if isinstance(scores, dict) else {}
     return {
         "run_key": record.run_key, "task": record.task, "method": record.method, "arch": record.arch,
         "mode": record.mode, "seed": record.seed, "target_sparsity": record.target_sparsity,
@@ -308,7 +312,12 @@ def record_row(record: RunRecord, epoch: str = "last") -> dict[str, Any]:
         "versions": _versions_text(record.versions),
         "limit": record_limit(record),
         "protocol": protocol_label(record.deviations),
+        **{name: _score(scores.get(name)) for name in ESTIMATORS},
     }
+
+
+def _score(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
 
 
 def best_epoch_metrics(record: RunRecord) -> dict[str, float]:
@@ -370,7 +379,7 @@ def runs_frame(rows: list[dict[str, Any]], source: str = OURS) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
     df["source"] = pd.Series(source, index=df.index, dtype="object")
     for col in ("target_sparsity", "measured_sparsity", "top1", "mean_per_class_acc", "primary", "upstream_top1",
-                "total_s"):
+                "total_s", *ESTIMATORS):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
     df["seed"] = df["seed"].astype("Int64")
     df["schema_version"] = df["schema_version"].astype("Int64")

@@ -85,7 +85,9 @@ def filter_source(runs: pd.DataFrame, source: str | None) -> pd.DataFrame:
 
 
 def report_groups(runs: pd.DataFrame) -> list[Group]:
-    """Every (arch family, mode) in ``runs``, split by solver where one (arch, mode) has runs of several solvers."""
+    """Every (arch family, mode) in ``runs``, split by solver where one (arch, mode) has runs of several solvers.
+    Estimates are not transfer runs: `rank` reports them (``report.rank``), the leaderboards do not."""
+    runs = runs[runs["mode"] != "estimate"]
     groups = []
     for (arch, mode), df in runs.groupby([families(runs["arch"]), runs["mode"]], sort=True):
         solvers = sorted(df["solver"].dropna().unique())
