@@ -58,7 +58,9 @@ def registered_demo_models(tmp_path, monkeypatch):
 def test_the_demo_sweeps_plan_the_runs_of_the_earlier_demo(sweep_name, registered_demo_models, tmp_path):
     plan = plan_sweep(load_sweep(sweep_name), tmp_path / "results")
     assert not plan.unresolved
-    planned = [s.run_key for s in plan.specs]
+    planned = [s.run_key for s in plan.specs if s.mode != "estimate"]  # estimates came later, one per cell
+    estimates = {(s.task, s.checkpoint) for s in plan.specs if s.mode == "estimate"}
+    assert len(estimates) == len(plan.specs) - len(planned) == len({(s.task, s.checkpoint) for s in plan.specs})
     expected = _earlier_demo_keys(**EARLIER_DEMOS[sweep_name])
     assert len(planned) == len(expected) == len(set(expected))
     assert sorted(planned) == sorted(expected)
@@ -82,7 +84,7 @@ def test_quick_demo_builds_upstream_transfers_and_reports(tmp_path):
     assert (tmp_path / "checkpoints" / "local.yaml").exists()
 
     runs = collect(tmp_path).runs
-    assert len(runs) == sweep.grid_size("linear") + sweep.grid_size("full") == 28
+    assert len(runs) == sweep.grid_size("linear") + sweep.grid_size("full") + sweep.grid_size("estimate") == 35
     chance = 1 / 10  # digits
     assert (runs["top1"] > 3 * chance).all(), runs.loc[runs["top1"] <= 3 * chance, ["method", "mode", "top1"]]
 
@@ -96,6 +98,11 @@ def test_quick_demo_builds_upstream_transfers_and_reports(tmp_path):
     assert {p.suffix for p in outputs["figures"]} == {".png", ".pdf"}
     assert all(p.stat().st_size > 5000 for p in outputs["figures"])
     assert any("upstream_vs_transfer" in p.name for p in outputs["figures"])  # upstream top-1 is recorded
+    ranking = pd.read_csv(tmp_path / "rank" / "rank.csv")  # 7 checkpoints ranked per mode by every estimator
+    assert set(ranking["mode"]) == {"linear", "full"} and (ranking["n"] == 7).all()
+    assert set(ranking["estimator"]) == {"logme", "leep", "nce", "h_score", "h_score_shrinkage", "knn_accuracy",
+                                         "linear_probe"}
+    assert any(p.name == "rank_resnet_tiny_full.png" for p in outputs["rank"])
 
     start = time.perf_counter()  # a second demo finds every model and record and only redraws the report
     run_demo(tmp_path, quick=True)

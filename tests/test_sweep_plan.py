@@ -70,7 +70,7 @@ def test_dry_run_prints_counts_jobs_and_the_sbatch_script(tmp_path, monkeypatch,
     assert main(["sweep", "paper_resnet50_linear", "--dry-run", "--results", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert re.search(r"linear\s+1200\s+0\s+0\s+0\s+0\s+0\s+0\s+1200\s+1200\s+1200", out)
-    assert "1200 run(s) in 240 job(s)" in out and "need 240 feature extraction(s)" in out
+    assert "1200 run(s) in 240 job(s)" in out and "need at most 240 feature extraction(s)" in out
     assert "#SBATCH --array=0-239%64" in out and "#SBATCH --gpus-per-node=1" in out
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
 
@@ -144,7 +144,7 @@ def test_planning_marks_existing_records_done_and_packs_only_the_rest(tmp_path):
 
 
 @pytest.mark.parametrize(("edit", "message"), [
-    ({"modes": ["linear", "probe"]}, "modes ['probe'] are not linear or full"),
+    ({"modes": ["linear", "probe"]}, "modes ['probe'] are not linear, full, estimate"),
     ({"tasks": ["cifar10", "imagenet"]}, "unknown task 'imagenet'"),
     ({"seeds": [1, 1]}, "without repeats"),
     ({"seeds": {"linear": [1]}}, "no entry for mode(s) ['full']"),
@@ -199,7 +199,7 @@ def test_invalid_yaml_names_the_file_and_line_for_sweeps_and_profiles(kind, tmp_
 def test_bad_profile_values(tmp_path, capsys):
     bad = tmp_path / "p.yaml"
     bad.write_text("partition: gpu\ntime_min: {linear: 10}\n")
-    with pytest.raises(TransferbenchError, match="time_min needs a value for each of linear, full"):
+    with pytest.raises(TransferbenchError, match="time_min needs a value for each of linear and full"):
         load_profile(bad)
     bad.write_text("partitoin: gpu\n")
     assert main(["sweep", "mini", "--dry-run", "--profile", str(bad)]) == 2

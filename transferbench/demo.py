@@ -9,7 +9,10 @@ The demo is a sweep: the shipped sweep ``demo`` (``demo_quick`` with ``--quick``
 2. transfer (the planner, then the debug executor in this process): linear probes (the paper's 150-epoch SGD
    heads) and full fine-tuning (shortened to a few epochs) on the mini-tasks `digits` (real handwritten digits)
    and `textures`, with two seeds;
-3. report: the tidy table, leaderboards and figures under ``<results>/``.
+   and the transferability estimators of every checkpoint and task (records of mode estimate, from the same
+   cached features);
+3. report: the tidy table, leaderboards and figures under ``<results>/``, and the estimators' rank correlation
+   with the measured accuracies (``<results>/rank``).
 
 Everything goes under ``--results`` (default results/demo), checkpoints included, so a demo never touches the
 user's own checkpoint registry. ``transferbench sweep demo --executor debug`` runs the same grid into another
@@ -84,6 +87,18 @@ def _run(results: Path, sweep_name: str) -> dict[str, list[Path]]:
     return _report(results, start)
 
 
+def _rank(runs, out: Path) -> list[Path]:
+    """The estimators against the measured runs (`transferbench rank`), printed as the demo's last table."""
+    from .report.rank import rank_estimators, write_ranking
+
+    ranking = rank_estimators(runs)
+    shown = ranking.table[["task", "mode", "estimator", "n", "kendall_tau", "spearman_rho", "regret"]]
+    print("[demo] transferability estimators vs measured accuracy (Kendall tau, Spearman rho over checkpoints; "
+          "regret of the top pick in points):")
+    print(shown.to_string(index=False, float_format="{:+.2f}".format), flush=True)
+    return write_ranking(ranking, out)
+
+
 def _report(results: Path, start: float) -> dict[str, list[Path]]:
     from .report.build import read_runs, write_collection
     from .report.figures import write_figures
@@ -91,7 +106,8 @@ def _report(results: Path, start: float) -> dict[str, list[Path]]:
     report_runs = read_runs(results)
     collected = write_collection(results, report_runs)
     outputs = {"leaderboards": [p for p in collected if p.parent == results / "leaderboards"],
-               "figures": write_figures(report_runs.runs, results / "figures")}
+               "figures": write_figures(report_runs.runs, results / "figures"),
+               "rank": _rank(report_runs.collection.runs, results / "rank")}
     print(f"[demo] done in {time.perf_counter() - start:.0f} s: {len(report_runs.collection.runs)} runs, "
           f"{len(outputs['leaderboards'])} leaderboard files, {len(outputs['figures'])} figure files in {results}",
           flush=True)

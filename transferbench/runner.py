@@ -65,6 +65,7 @@ from .store.claims import LockingUnsupported
 from .store.layout import CLAIM_FILE, LOCK_FILE
 from .tasks import Split, TaskSpec, Transformed, get_task, load_split
 from .tasks.limit import limit_split
+from .tasks.subset import subset_info, subset_split
 from .tracking import log_curve, require_trackers, spec_config, track
 from .transforms import TransformConfig, build_transform, protocol_transform
 
@@ -81,7 +82,8 @@ def _load(ref, registered: CheckpointSpec | None, ctx: RunContext) -> LoadedChec
 
 def _data_info(split, other) -> dict:
     return {"layout": split.layout, "root": str(split.root), "train_size": len(split), "test_size": len(other),
-            "num_classes": len(split.classes), "paper_split": split.paper_split}
+            "num_classes": len(split.classes), "paper_split": split.paper_split,
+            **({"train_subset": subset_info(split)} if split.subset else {})}
 
 
 FEATURES_VERSION = 1  # bump when extraction or a built-in task's data generator changes what features hold
@@ -109,6 +111,8 @@ def _prepare(spec: RunSpec, ctx: RunContext) -> _Prepared:
     task = get_task(spec.task)
     train, test = (limit_split(load_split(task, split, ctx.data_root, ctx.verify_md5), spec.hparams.limit)
                    for split in ("train", "test"))  # --limit: a quick try on a subset (tasks.limit)
+    hp = spec.hparams  # --train-size/--train-per-class: the low-data regime's seeded subset (tasks.subset)
+    train = subset_split(train, spec.seed, hp.train_size, hp.train_per_class)
     registered = registered_spec(spec.checkpoint)
     loaded = _load(spec.checkpoint, registered, ctx)
     if loaded.arch != spec.checkpoint.arch:
@@ -289,7 +293,8 @@ def features_key(checkpoint_sha256: str, arch: str, task: str, split_name: str, 
     data = {"layout": split.layout, "root": str(split.root), "size": len(split), "labels": _digest(split.labels),
             "arch": arch, "precision": hp.precision, "version": FEATURES_VERSION,
             "numerics": precision_policy(device_type, hp.precision),
-            **({"engine": hp.engine} if hp.engine != "torch" else {}), **(loader_info or {})}
+            **({"engine": hp.engine} if hp.engine != "torch" else {}), **(loader_info or {}),
+            **({"subset": split.subset} if split.subset else {})}
     return feature_cache_key(checkpoint_sha256, task, split_name, transform, data)
 
 

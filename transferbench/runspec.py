@@ -18,6 +18,7 @@ from .errors import TransferbenchError
 from .store.layout import record_dir, work_dir
 from .store.record import SCHEMA_VERSION
 from .tasks import get_task
+from .tasks.subset import LOW_DATA_PRESETS
 
 # The paper's protocol (transfer_protocol.md §3-4). The LR is multiplied by lr_gamma *after* the listed
 # 0-based epoch indices (50 and 100 → 51/50/49 epochs at LR, LR/10, LR/100; pitfall P4).
@@ -86,6 +87,12 @@ class HParams:
     limit: int = _hparam(0, "quick try: the first N images of each split (train and test), taken class by class in "
                          "turn; 0 = the whole splits (default). Part of the run key (-limitN); such runs are left out "
                          "of the comparison with the paper", Bounds(int, low=0), flag=True)
+    # The low-data regime (tasks.subset): part of the run key (-nN, -kK); the run's seed draws the images
+    train_size: int = _hparam(0, "low-data regime: train on a seeded, class-balanced subset of N images of the "
+                              "training split (the run's seed draws it; the test split stays whole); vtab1k = 1000 "
+                              "(VTAB-1k); 0 = the whole split (default)", Bounds(int, low=0), flag=True)
+    train_per_class: int = _hparam(0, "low-data regime: K seeded images of every class of the training split (0 = "
+                                   "the whole split, default)", Bounds(int, low=0), flag=True)
 
     def __post_init__(self) -> None:
         """Every field checked against its schema (``_hparam``'s bounds) and coerced (``2.0`` epochs is 2, text
@@ -111,8 +118,9 @@ class HParams:
 
 
 # what a probe's features (and so an estimate) depend on: the hyper-parameters `transferbench estimate` takes
-FEATURE_HPARAMS = ("image_size", "interpolation", "precision", "loader", "engine", "limit")
-_LATER_FIELDS = {"loader": "torchvision", "engine": "torch", "limit": 0}
+FEATURE_HPARAMS = ("image_size", "interpolation", "precision", "loader", "engine", "limit", "train_size",
+                   "train_per_class")
+_LATER_FIELDS = {"loader": "torchvision", "engine": "torch", "limit": 0, "train_size": 0, "train_per_class": 0}
 HPARAM_FIELDS = {f.name: f for f in fields(HParams)}
 
 
@@ -135,6 +143,8 @@ def resolve_hparams(mode: str, task_full_lr: float, overrides: dict[str, Any] | 
         raise TransferbenchError(
             f"unknown hyper-parameter {', '.join(unknown)} (--set); known: {', '.join(sorted(HPARAM_FIELDS))}"
         )
+    if isinstance(overrides.get("train_size"), str) and overrides["train_size"] in LOW_DATA_PRESETS:
+        overrides["train_size"] = LOW_DATA_PRESETS[overrides["train_size"]]  # a named preset: vtab1k = 1000
     overrides = {key: _coerce(key, value) for key, value in overrides.items()}
     if "epochs" in overrides and "lr_decay_after" not in overrides:
         # keep the paper's three phases in proportion: 51/50/49 of 150 epochs
@@ -152,6 +162,11 @@ def resolve_hparams(mode: str, task_full_lr: float, overrides: dict[str, Any] | 
         raise TransferbenchError("--engine deepsparse reads images with torchvision: drop --loader ffcv")
     if hp.limit and hp.loader == "ffcv":  # a .beton holds the whole split; a subset would need its own files
         raise TransferbenchError("--limit reads a subset of each split with torchvision: drop --loader ffcv")
+    if (hp.train_size or hp.train_per_class) and hp.loader == "ffcv":
+        raise TransferbenchError("--train-size/--train-per-class read a subset of the training split with "
+                                 "torchvision: drop --loader ffcv")
+    if hp.train_size and hp.train_per_class:
+        raise TransferbenchError("--train-size and --train-per-class choose the training subset two ways: give one")
     return hp
 
 
@@ -199,8 +214,9 @@ class RunSpec:
         """What a linear probe's features depend on: specs with equal keys share one feature extraction (the
         runner's group and the sweep planner's work unit)."""
         hp = self.hparams
+        subset = (hp.train_size, hp.train_per_class, self.seed) if hp.train_size or hp.train_per_class else None
         return (self.task, self.mode, self.checkpoint, hp.image_size, hp.interpolation, hp.precision, hp.loader,
-                hp.engine, hp.limit)
+                hp.engine, hp.limit, subset)  # a low-data subset is the seed's own: its own features
 
     @cached_property  # frozen: computed once (a sweep asks for 100k keys several times)
     def run_key(self) -> str:
@@ -209,7 +225,10 @@ class RunSpec:
         sparsity = f"{round(ck.sparsity * 100, 2):g}"
         solver = "-lbfgs" if self.hparams.solver == "lbfgs" else ""
         limit = f"-limit{self.hparams.limit}" if self.hparams.limit else ""  # a quick try, visible in every listing
-        return f"{self.task}.{ck.method}{sparsity}.{ck.arch}.{self.mode}{solver}{limit}.s{self.seed}.{digest}"
+        size = f"-n{self.hparams.train_size}" if self.hparams.train_size else ""  # the low-data regime, visible too
+        size += f"-k{self.hparams.train_per_class}" if self.hparams.train_per_class else ""
+        return (f"{self.task}.{ck.method}{sparsity}.{ck.arch}.{self.mode}{solver}{limit}{size}.s{self.seed}."
+                f"{digest}")
 
     def record_dir(self, results: str | Path) -> Path:
         return record_dir(results, self.run_key)

@@ -168,10 +168,10 @@ def _print_plan(plan: Plan, results: Path, retry_failed: bool) -> None:
     units, ready = plan.units(states, ready_only=False), plan.units(states)
     print(f"sweep {plan.sweep.name} ({plan.sweep.source}) -> {results}")
     _print_frame(pd.DataFrame(plan.counts()).set_index("mode"))
-    linear = [u for u in units if u.mode == "linear"]
+    frozen = [u for u in units if u.mode in ("linear", "estimate")]  # one extraction per job (Plan.units)
     print(f"\nto {'retry' if retry_failed else 'run'}: {sum(len(u.specs) for u in units)} run(s) in "
-          f"{len(units)} job(s) ({len(ready)} ready now); the {sum(len(u.specs) for u in linear)} linear run(s) "
-          f"need {len(linear)} feature extraction(s)")  # one per linear job (Plan.units)
+          f"{len(units)} job(s) ({len(ready)} ready now); the {sum(len(u.specs) for u in frozen)} linear run(s) "
+          f"and estimate(s) need at most {len(frozen)} feature extraction(s) (fewer where the cache has them)")
     _print_problems(plan)
 
 

@@ -6,7 +6,7 @@
       - {method: acdc, sparsity: [80%, 90%, 95%]}
       - {method: mine, sparsity: 0.9, path: /ckpts/mine90.pth, arch: resnet50}
     tasks: paper                      # paper (the 12), mini (offline), or a list of task names
-    modes: [linear]
+    modes: [linear]                   # linear, full, estimate (the transferability estimators, no training)
     seeds: [21, 51, 81, 111, 141]     # or per mode: {linear: [...], full: [...]}
     solvers: [sgd]                    # linear probes only: sgd (the paper's) and/or lbfgs
     overrides: {}                     # hyper-parameters for every mode, or per mode: {linear: {...}, full: {...}}
@@ -36,14 +36,13 @@ from ..bounds import SEED
 from ..checkpoints.registry import arch_family
 from ..errors import TransferbenchError
 from ..names import check_name
-from ..runspec import resolve_hparams
+from ..runspec import MODES, resolve_hparams
 from ..tasks import get_task, list_tasks
 from ..vocabulary import format_sparsity, normalize_sparsity
 
 if TYPE_CHECKING:  # upstream_spec needs torch; `sweep --help` lists the packaged sweeps without it
     from .upstream_spec import UpstreamUnit
 
-MODES = ("linear", "full")
 SOLVERS = ("sgd", "lbfgs")
 EXECUTORS = ("debug", "local", "slurm")  # where a sweep's jobs run (dispatch.submit)
 _KEYS = {"name", "description", "checkpoints", "tasks", "modes", "seeds", "solvers", "overrides", "data_root",
@@ -118,7 +117,7 @@ def parse_sweep(raw: Any, origin: str) -> SweepSpec:
             raise TransferbenchError(f"sweep {origin}: '{key}' is missing or empty")
     modes = tuple(_as_list(raw["modes"]))
     if bad := [m for m in modes if m not in MODES]:
-        raise TransferbenchError(f"sweep {origin}: modes {bad} are not linear or full")
+        raise TransferbenchError(f"sweep {origin}: modes {bad} are not {', '.join(MODES)}")
     solvers = tuple(_as_list(raw.get("solvers", ["sgd"])))
     if bad := [s for s in solvers if s not in SOLVERS]:
         raise TransferbenchError(f"sweep {origin}: solvers {bad} are not sgd or lbfgs")

@@ -39,6 +39,7 @@ from .compare import summary as compare_summary
 from .figures import write_figures
 from .index import Section, run_versions, write_index
 from .leaderboard_files import write_leaderboards
+from .low_data import write_low_data_tables
 from .prediction_metrics import MIN_COUNT
 from .predictions import Beyond, beyond, write_beyond
 from .rank import Ranking
@@ -158,6 +159,7 @@ def write_collection(results: Path, report_runs: ReportRuns, *, source: str | No
         written.append(write_bytes(results / "reference.csv", reference.to_csv(index=False).encode()))
     written += write_leaderboards(report_runs.runs, results / "leaderboards", source=source,
                                   allow_incomplete_mean=allow_incomplete_mean, labels=dict(labels or {}))
+    written += write_low_data_tables(report_runs.collection.runs, results / "leaderboards")  # every size of ours
     return written
 
 
@@ -258,6 +260,8 @@ def write_report(
     latest = ["--latest"] if protocol.latest else []
     sections.append(Section("Beyond accuracy", commands.predictions(min_count, *latest), files=files,
                             inline=[p for p in files if p.suffix == ".md"], text=result.summary()))
+    if (ours["mode"] == "estimate").any():
+        sections.append(_rank_section(ours, results / "rank", commands.line("rank", *latest)))
     return write_index(
         results / "report",
         commands.line("report", f"--min-count {min_count}", *incomplete, *label_flags),
@@ -278,21 +282,6 @@ def _compare_section(runs: pd.DataFrame, out_dir: Path, command: str, protocol: 
         return Section("Ours vs the paper", command, text=f"not done: {exc}")
 
 
-__all__ = [
-    "REFERENCE_FILE",
-    "Protocol",
-    "ReportRuns",
-    "StepCommands",
-    "analyse_predictions",
-    "compare_with_paper",
-    "load_reference",
-    "read_runs",
-    "reference_groups",
-    "write_collection",
-    "write_report",
-]
-
-
 def rank_with_measured(results: Path, *, reference_files: ReferenceFiles | None = None,
                        reference_mode: str | None = None, reference_arch: str | None = None, out: Path | None = None,
                        latest: bool = False, bootstrap: int | None = None) -> tuple[Ranking, list[Path]]:
@@ -310,3 +299,36 @@ def rank_with_measured(results: Path, *, reference_files: ReferenceFiles | None 
         raise TransferbenchError(f"no task has two checkpoints with both an estimate and a measured accuracy under "
                                  f"{results}: nothing to rank")
     return ranking, write_ranking(ranking, out or Path(results) / "rank")
+
+
+def _rank_section(ours: pd.DataFrame, out_dir: Path, command: str) -> Section:
+    """The page's "Transferability estimators" section (only when there are estimate records); a ranking that
+    cannot be made (no measured runs yet) says why."""
+    from .rank import rank_estimators, write_ranking
+
+    try:
+        ranking = rank_estimators(ours)
+        if ranking.table.empty:
+            raise TransferbenchError("no task has two checkpoints with both an estimate and a measured accuracy")
+        files = write_ranking(ranking, out_dir)
+        return Section("Transferability estimators", command, files=files,
+                       inline=[p for p in files if p.suffix == ".md"])
+    except TransferbenchError as exc:
+        return Section("Transferability estimators", command, text=f"not done: {exc}")
+
+
+__all__ = [
+    "REFERENCE_FILE",
+    "Protocol",
+    "ReportRuns",
+    "StepCommands",
+    "analyse_predictions",
+    "compare_with_paper",
+    "load_reference",
+    "rank_with_measured",
+    "read_runs",
+    "reference_groups",
+    "write_collection",
+    "write_report",
+]
+

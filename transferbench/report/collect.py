@@ -8,7 +8,9 @@ never disagree about a run. Nothing is dropped silently.
 Records are read with ``RunRecord.from_json`` (records older than schema 1 included) and flattened here into rows.
 All accuracies and sparsities in ``runs`` are fractions in [0, 1], ``upstream_top1`` (ImageNet top-1) included.
 Every row has ``source == "ours"``; the paper's results (``reference.py``) ``"paper"``.
-``limit`` is the images per split of a ``--limit`` quick try (0: the whole splits; the paper's rows are 0): such
+``train_size`` is the training images of a low-data run (``--train-size``; 0: the whole training split, as the
+paper's rows); leaderboards keep one size per cell (``select.one_train_size``). ``limit`` is the images per split
+of a ``--limit`` quick try (0: the whole splits; the paper's rows are 0): such
 runs never stand for a full one (``select.full_split_first``). ``protocol`` is ``"paper"`` for a run that followed
 the paper's protocol exactly, else its deviations joined by ``"; "`` (``RunRecord.deviations``; a ``--limit`` run
 deviates by ``limit=N``): the comparisons with the paper leave deviating runs out unless asked
@@ -70,7 +72,7 @@ log = logging.getLogger("transferbench")
 RUN_COLUMNS: tuple[str, ...] = (
     "run_key", "task", "method", "arch", "mode", "seed", "target_sparsity", "measured_sparsity",
     "top1", "mean_per_class_acc", "primary_metric", "primary", "solver", "upstream_top1", "total_s",
-    "created_at", "checkpoint", "schema_version", "versions", "path", "source", "limit", "protocol",
+    "created_at", "checkpoint", "schema_version", "versions", "path", "source", "limit", "protocol", "train_size",
     *ESTIMATORS,  # an estimate record's scores (its top1 is its k-NN classifier's); NaN on other runs
 )
 EPOCHS = ("last", "best")  # which epoch's accuracies a collected row holds (``collect(epoch=...)``)
@@ -312,6 +314,7 @@ def record_row(record: RunRecord, epoch: str = "last") -> dict[str, Any]:
         "versions": _versions_text(record.versions),
         "limit": record_limit(record),
         "protocol": protocol_label(record.deviations),
+        "train_size": record_train_size(record),
         **{name: _score(scores.get(name)) for name in ESTIMATORS},
     }
 
@@ -369,6 +372,15 @@ def record_limit(record: RunRecord) -> int:
     return limit if isinstance(limit, int) and limit > 0 else 0
 
 
+def record_train_size(record: RunRecord) -> int:
+    """Training images of a low-data run (``--train-size``/``--train-per-class``: its subset's size); 0 for a run
+    on the whole training split."""
+    data = record.config.get("data")
+    subset = data.get("train_subset") if isinstance(data, dict) else None
+    size = subset.get("size") if isinstance(subset, dict) else None
+    return size if isinstance(size, int) and size > 0 else 0
+
+
 def parse_record(data: Any, default_run_key: str = "") -> dict[str, Any]:
     """One row of ``runs`` from a parsed ``result.json``; raises RecordError when it is not a completed run."""
     return record_row(RunRecord.from_json(data, default_run_key))
@@ -384,6 +396,7 @@ def runs_frame(rows: list[dict[str, Any]], source: str = OURS) -> pd.DataFrame:
     df["seed"] = df["seed"].astype("Int64")
     df["schema_version"] = df["schema_version"].astype("Int64")
     df["limit"] = pd.to_numeric(df["limit"], errors="coerce").fillna(0).astype("int64")  # the paper's: 0, full
+    df["train_size"] = pd.to_numeric(df["train_size"], errors="coerce").fillna(0).astype("int64")  # 0: whole
     df["protocol"] = df["protocol"].astype("object").fillna(PAPER_PROTOCOL)  # the paper's rows are its protocol
     df["created_at"] = pd.to_datetime(df["created_at"], utc=True, errors="coerce", format="ISO8601")
     versions = set(df["schema_version"].dropna().astype(int))

@@ -549,5 +549,9 @@ def write_figures(
                     stem = f"{base}{SOURCE_SUFFIX[single]}_linear_vs_full_ranks"
                     attempt(stem, plot_linear_vs_full_ranks, runs, g.arch, out / stem, metric=metric,
                             linear_solver=g.solver, source=single)
+    if source != PAPER:  # the paper has no low-data runs
+        from .low_data import write_low_data_figures
+
+        paths.extend(write_low_data_figures(filter_source(runs, OURS), out))
     log.info("wrote %d figure file(s) to %s", len(paths), out)
     return paths

@@ -117,7 +117,7 @@ def select_runs(
                              "pass solver= to choose one")
     if tasks is not None:
         df = df[df["task"].isin(tasks)]
-    df = full_split_first(df, f"{arch}/{mode}")
+    df = one_train_size(full_split_first(df, f"{arch}/{mode}"), f"{arch}/{mode}")
     df = df.assign(sparsity=df["target_sparsity"].astype(float).round(6))
     return df
 
@@ -137,6 +137,20 @@ def full_split_first(runs: pd.DataFrame, what: str) -> pd.DataFrame:
         log.info("%s: %d --limit run(s) left out beside the runs on whole splits", what, int(quick.sum()))
         return runs[~quick]
     return runs
+
+
+def one_train_size(runs: pd.DataFrame, what: str) -> pd.DataFrame:
+    """The runs on the whole training split when ``runs`` has any, else those of the largest low-data size: runs
+    on different training sets never average together (the low-data tables, ``report.low_data``, show every
+    size side by side)."""
+    if "train_size" not in runs.columns or runs.empty:
+        return runs
+    sizes = pd.to_numeric(runs["train_size"], errors="coerce").fillna(0)
+    keep = 0 if (sizes == 0).any() else sizes.max()
+    if (sizes != keep).any():
+        log.info("%s: %d low-data run(s) left out beside the runs on %s", what, int((sizes != keep).sum()),
+                 "the whole training split" if keep == 0 else f"{int(keep)} training images")
+    return runs[sizes == keep]
 
 
 def deviating(runs: pd.DataFrame) -> pd.Series:

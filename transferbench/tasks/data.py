@@ -31,6 +31,7 @@ class Split:
     root: Path
     paper_split: bool = True  # False when this layout cannot reproduce the paper's split (birds, official)
     label_source: Path | None = None  # the file the labels were read from, named when a label is out of range
+    subset: str = ""  # the indices digest of a low-data subset (tasks.subset); "" for the whole split
 
     def __len__(self) -> int:
         return len(self.labels)
