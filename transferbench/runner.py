@@ -340,7 +340,10 @@ def _write_linear(spec: RunSpec, prep: _Prepared, tcfg: TransformConfig, feats: 
                               backbone_after=loaded.backbone_sparsity.overall,  # frozen backbone: unchanged
                               per_layer=loaded.backbone_sparsity.per_layer, **_upstream_sparsity(loaded)),
         config={"transform_train": tcfg.to_dict(), "transform_test": tcfg.to_dict(),
-                "feature_cache": {n: str(f.path) if f.path else None for n, f in feats.items()}},
+                "feature_cache": {n: str(f.path) if f.path else None for n, f in feats.items()},
+                # SGD heads on a CPU train with subnormals flushed to zero (finetune.linear.flushed_denormals)
+                "denormals_flushed": spec.hparams.solver == "sgd" and prep.device.type == "cpu"
+                and torch.set_flush_denormal(False)},
         curve=head.curve,
         timings={"checkpoint_load_s": prep.load_seconds, "extraction_s": sum(f.seconds for f in feats.values()),
                  "features_cached": all(f.cached for f in feats.values()), "training_s": training_s,

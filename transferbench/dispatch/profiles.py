@@ -186,7 +186,7 @@ def parse_profile(raw: Any, origin: str, name: str) -> Profile:
     time_min = values.get("time_min", Profile.__dataclass_fields__["time_min"].default_factory())
     if not isinstance(time_min, dict):
         time_min = dict.fromkeys(MODES, time_min)
-    time_min = {"estimate": time_min.get("linear"), **time_min}  # an estimate extracts as a probe does, or less
+    time_min = {**time_min, "estimate": time_min.get("estimate", time_min.get("linear"))}  # extracts as a probe
     if set(time_min) != set(MODES):
         raise TransferbenchError(f"profile {origin}: time_min needs a value for each of linear and full (estimate: "
                                  "linear's by default)")
