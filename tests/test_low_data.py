@@ -57,16 +57,21 @@ def test_bad_sizes_are_one_line_errors():
     ref = CheckpointRef("dense", 0.0, "resnet_tiny", "x")
     with pytest.raises(TransferbenchError, match="give one"):
         make_spec("digits", "linear", 21, ref, {"train_size": 10, "train_per_class": 2})
+    with pytest.raises(TransferbenchError, match="give --train-size above it"):
+        make_spec("digits", "linear", 21, ref, {"validation_size": 10})
+    with pytest.raises(TransferbenchError, match="applies to linear probes with the sgd solver"):
+        make_spec("digits", "full", 21, ref, {"train_size": "vtab1k"})
 
 
 def test_the_size_is_in_the_run_key_and_vtab1k_is_1000():
     ref = CheckpointRef("dense", 0.0, "resnet_tiny", "x")
     whole = make_spec("digits", "linear", 21, ref)
     vtab = make_spec("digits", "linear", 21, ref, {"train_size": "vtab1k"})
-    assert vtab.hparams.train_size == 1000 and "-n1000." in vtab.run_key and "-n" not in whole.run_key
+    assert (vtab.hparams.train_size, vtab.hparams.validation_size) == (1000, 200)  # 800 to train, 200 to choose
+    assert "-n1000-v200." in vtab.run_key and "-n" not in whole.run_key
     assert make_spec("digits", "linear", 21, ref, {"train_per_class": 5}).run_key.count("-k5.") == 1
     # seeds of a low-data run extract their own features (their images differ); whole-split seeds share
-    assert vtab.extraction_key != make_spec("digits", "linear", 51, ref, {"train_size": 1000}).extraction_key
+    assert vtab.extraction_key != make_spec("digits", "linear", 51, ref, {"train_size": "vtab1k"}).extraction_key
     assert whole.extraction_key == make_spec("digits", "linear", 51, ref).extraction_key
     assert "train_size" not in whole.key_material()["hparams"]  # keys from before the field stay valid
 
@@ -116,6 +121,28 @@ def test_low_data_runs_record_their_subset_and_get_their_own_table(setup):
     assert (out / "figures" / "low_data_resnet_tiny_linear.png").stat().st_size > 0
 
 
+@pytest.mark.slow
+def test_a_validation_split_is_held_out_of_the_subset_and_its_accuracy_recorded(setup):
+    root, data, ckpt = setup
+    out = root / "validation"
+    assert _run(data, ckpt, out, "--train-size", "30", "--validation-size", "10") == 0
+    assert _run(data, ckpt, out, "--train-size", "20") == 0  # the same seed's first 20: the held-out run's train part
+    records = {p.parent.name: json.loads(p.read_text()) for p in (out / "runs").glob("*/result.json")}
+    (held,) = [r for key, r in records.items() if "-n30-v10." in key]
+    (plain,) = [r for key, r in records.items() if "-n20." in key]
+    data_info = held["config"]["data"]
+    assert data_info["train_size"] == 20 and data_info["validation_subset"]["size"] == 10
+    assert data_info["validation_subset"]["per_class_min"] == 1  # 10 images over 10 classes
+    assert data_info["train_subset"]["indices_sha256"] == plain["config"]["data"]["train_subset"]["indices_sha256"]
+    assert 0 <= held["metrics"]["validation_top1"] <= 1 and "validation_mean_per_class_acc" in held["metrics"]
+    assert held["metrics"]["top1"] == pytest.approx(plain["metrics"]["top1"])  # the same 20 images, seed and head
+    assert main(["collect", "--results", str(out)]) == 0
+    runs = pd.read_csv(out / "runs.csv").set_index("run_key")
+    assert runs.loc[held["run_key"], "validation_primary"] == pytest.approx(held["metrics"]["validation_top1"])
+    assert np.isnan(runs.loc[plain["run_key"], "validation_primary"])
+    assert (runs["train_size"] == 20).all()
+
+
 def test_a_subset_larger_than_the_split_is_refused_before_any_work(setup, capsys):
     root, data, ckpt = setup
     out = root / "refused"
@@ -123,3 +150,26 @@ def test_a_subset_larger_than_the_split_is_refused_before_any_work(setup, capsys
     err = capsys.readouterr().err
     assert "--train-size 1000 exceeds the training split's 60 images" in err
     assert not out.exists()
+
+
+def test_a_sweep_carries_the_training_set_size_as_an_axis(tmp_path):
+    import yaml
+    from fixtures_sweep import write_fixture_sweep
+
+    from transferbench.dispatch import load_sweep, plan_sweep
+
+    sweep_file, _ = write_fixture_sweep(tmp_path, full_seeds=())
+    raw = yaml.safe_load(sweep_file.read_text())
+    sweep_file.write_text(yaml.safe_dump({**raw, "train_sizes": [0, 20, "vtab1k"]}))
+    sweep = load_sweep(sweep_file)
+    plan = plan_sweep(sweep, tmp_path / "results")
+    assert sweep.grid_size("linear") == len(plan.specs) == 2 * 1 * 2 * 3  # checkpoints x tasks x seeds x sizes
+    assert Counter((s.hparams.train_size, s.hparams.validation_size) for s in plan.specs) == {
+        (0, 0): 4, (20, 0): 4, (1000, 200): 4}
+    sweep_file.write_text(yaml.safe_dump({**raw, "train_sizes": [20, -3]}))
+    with pytest.raises(TransferbenchError, match="train_sizes holds -3"):
+        load_sweep(sweep_file)
+    sweep_file.write_text(yaml.safe_dump({**raw, "train_sizes": [20],
+                                          "overrides": {"linear": {"train_size": 20}}}))
+    with pytest.raises(TransferbenchError, match="train_size is set twice"):
+        load_sweep(sweep_file)

@@ -83,7 +83,9 @@ def _run(results: Path, sweep_name: str) -> dict[str, list[Path]]:
         raise TransferbenchError(f"{len(submission.failed)} of {len(units)} transfer job(s) of the demo failed (first: "
                                  f"{submission.failed[0][0]}: {submission.failed[0][1]}); the errors are in "
                                  f"{results / 'failures'}; run the demo again to retry them")
-    print(f"[demo] {len(plan.specs)} transfer runs done ({time.perf_counter() - start:.0f} s)", flush=True)
+    estimates = sum(spec.mode == "estimate" for spec in plan.specs)
+    print(f"[demo] {len(plan.specs) - estimates} transfer runs and {estimates} estimates done "
+          f"({time.perf_counter() - start:.0f} s)", flush=True)
     return _report(results, start)
 
 

@@ -65,7 +65,7 @@ from .store.claims import LockingUnsupported
 from .store.layout import CLAIM_FILE, LOCK_FILE
 from .tasks import Split, TaskSpec, Transformed, get_task, load_split
 from .tasks.limit import limit_split
-from .tasks.subset import subset_info, subset_split
+from .tasks.subset import split_off_validation, subset_info, subset_split
 from .tracking import log_curve, require_trackers, spec_config, track
 from .transforms import TransformConfig, build_transform, protocol_transform
 
@@ -80,10 +80,11 @@ def _load(ref, registered: CheckpointSpec | None, ctx: RunContext) -> LoadedChec
     )
 
 
-def _data_info(split, other) -> dict:
+def _data_info(split, other, validation=None) -> dict:
     return {"layout": split.layout, "root": str(split.root), "train_size": len(split), "test_size": len(other),
             "num_classes": len(split.classes), "paper_split": split.paper_split,
-            **({"train_subset": subset_info(split)} if split.subset else {})}
+            **({"train_subset": subset_info(split)} if split.subset else {}),
+            **({"validation_subset": subset_info(validation)} if validation is not None else {})}
 
 
 FEATURES_VERSION = 1  # bump when extraction or a built-in task's data generator changes what features hold
@@ -103,6 +104,11 @@ class _Prepared:
     device: torch.device
     interpolation: str
     load_seconds: float
+    validation: Split | None = None  # --validation-size: held out of the --train-size images
+
+    def splits(self) -> list[tuple[str, Split]]:
+        return [("train", self.train), ("test", self.test)] + ([("validation", self.validation)]
+                                                                if self.validation is not None else [])
 
 
 def _prepare(spec: RunSpec, ctx: RunContext) -> _Prepared:
@@ -112,7 +118,11 @@ def _prepare(spec: RunSpec, ctx: RunContext) -> _Prepared:
     train, test = (limit_split(load_split(task, split, ctx.data_root, ctx.verify_md5), spec.hparams.limit)
                    for split in ("train", "test"))  # --limit: a quick try on a subset (tasks.limit)
     hp = spec.hparams  # --train-size/--train-per-class: the low-data regime's seeded subset (tasks.subset)
-    train = subset_split(train, spec.seed, hp.train_size, hp.train_per_class)
+    validation = None
+    if hp.validation_size:
+        train, validation = split_off_validation(train, spec.seed, hp.train_size, hp.validation_size)
+    else:
+        train = subset_split(train, spec.seed, hp.train_size, hp.train_per_class)
     registered = registered_spec(spec.checkpoint)
     loaded = _load(spec.checkpoint, registered, ctx)
     if loaded.arch != spec.checkpoint.arch:
@@ -123,7 +133,8 @@ def _prepare(spec: RunSpec, ctx: RunContext) -> _Prepared:
     if ctx.compile and spec.hparams.engine == "torch":
         compile_model(loaded.model)
     return _Prepared(task, train, test, loaded, registered, ctx.torch_device(),
-                     spec.hparams.interpolation or loaded.model.interpolation, time.perf_counter() - start)
+                     spec.hparams.interpolation or loaded.model.interpolation, time.perf_counter() - start,
+                     validation)
 
 
 def compile_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -273,7 +284,7 @@ def _features(first: RunSpec, prep: _Prepared, tcfg: TransformConfig, ctx: RunCo
 
         fast = {n: open_split(task, s, n, ctx.data_root, tcfg) for n, s in (("train", prep.train), ("test", prep.test))}
     feats = {}
-    for name, split in (("train", prep.train), ("test", prep.test)):
+    for name, split in prep.splits():
         key = features_key(loaded.sha256, loaded.arch, task.name, name, tcfg.to_dict(), split, first.hparams,
                            prep.device.type, fast[name].key_info() if fast else None)
         dataset = fast[name] if fast else Transformed(split.dataset, build_transform(tcfg))
@@ -310,8 +321,10 @@ def _train_heads(todo: list[RunSpec], prep: _Prepared, feats: dict) -> tuple[dic
             sgd_groups.setdefault(spec.hparams, []).append(spec)
     for hp, group in sgd_groups.items():
         t0 = time.perf_counter()
+        validation = feats.get("validation")
         heads = train_sgd_heads(train.features, train.labels, test.features, test.labels, num_classes,
-                                [s.seed for s in group], hp, prep.device)
+                                [s.seed for s in group], hp, prep.device,
+                                validation=(validation.features, validation.labels) if validation else None)
         for spec, head in zip(group, heads, strict=True):
             results[spec] = head
             seconds[spec] = (time.perf_counter() - t0) / len(group)
@@ -539,7 +552,8 @@ def _record(spec: RunSpec, prep: _Prepared, ctx: RunContext, *, metrics: Metrics
         checkpoint=CheckpointInfo(identity=ck.identity, path=str(loaded.path), sha256=loaded.sha256,
                                   format=loaded.format, arch=loaded.arch,
                                   upstream_top1=prep.registered.upstream_top1 if prep.registered else None),
-        config={"hparams": spec.hparams.to_dict(), "data": _data_info(prep.train, prep.test), "device": device,
+        config={"hparams": spec.hparams.to_dict(), "data": _data_info(prep.train, prep.test, prep.validation),
+                "device": device,
                 "compiled": ctx.compile, "cudnn_benchmark": ctx.cudnn_benchmark,
                 "precision_policy": precision_policy(prep.device.type, spec.hparams.precision),
                 "determinism": determinism_state(), **config,

@@ -93,6 +93,10 @@ class HParams:
                               "(VTAB-1k); 0 = the whole split (default)", Bounds(int, low=0), flag=True)
     train_per_class: int = _hparam(0, "low-data regime: K seeded images of every class of the training split (0 = "
                                    "the whole split, default)", Bounds(int, low=0), flag=True)
+    validation_size: int = _hparam(0, "hold out N of the --train-size images (class-balanced) as a validation split "
+                                   "for choosing hyper-parameters, its accuracy recorded beside the test split's "
+                                   "(vtab1k: 200 of 1000); linear probes with the sgd solver", Bounds(int, low=0),
+                                   flag=True)
 
     def __post_init__(self) -> None:
         """Every field checked against its schema (``_hparam``'s bounds) and coerced (``2.0`` epochs is 2, text
@@ -120,7 +124,8 @@ class HParams:
 # what a probe's features (and so an estimate) depend on: the hyper-parameters `transferbench estimate` takes
 FEATURE_HPARAMS = ("image_size", "interpolation", "precision", "loader", "engine", "limit", "train_size",
                    "train_per_class")
-_LATER_FIELDS = {"loader": "torchvision", "engine": "torch", "limit": 0, "train_size": 0, "train_per_class": 0}
+_LATER_FIELDS = {"loader": "torchvision", "engine": "torch", "limit": 0, "train_size": 0, "train_per_class": 0,
+                 "validation_size": 0}
 HPARAM_FIELDS = {f.name: f for f in fields(HParams)}
 
 
@@ -144,7 +149,8 @@ def resolve_hparams(mode: str, task_full_lr: float, overrides: dict[str, Any] | 
             f"unknown hyper-parameter {', '.join(unknown)} (--set); known: {', '.join(sorted(HPARAM_FIELDS))}"
         )
     if isinstance(overrides.get("train_size"), str) and overrides["train_size"] in LOW_DATA_PRESETS:
-        overrides["train_size"] = LOW_DATA_PRESETS[overrides["train_size"]]  # a named preset: vtab1k = 1000
+        preset = LOW_DATA_PRESETS[overrides.pop("train_size")]  # vtab1k: 1000 images, 200 of them held out
+        overrides = {**preset, **overrides}
     overrides = {key: _coerce(key, value) for key, value in overrides.items()}
     if "epochs" in overrides and "lr_decay_after" not in overrides:
         # keep the paper's three phases in proportion: 51/50/49 of 150 epochs
@@ -167,6 +173,12 @@ def resolve_hparams(mode: str, task_full_lr: float, overrides: dict[str, Any] | 
                                  "torchvision: drop --loader ffcv")
     if hp.train_size and hp.train_per_class:
         raise TransferbenchError("--train-size and --train-per-class choose the training subset two ways: give one")
+    if hp.validation_size and not 0 < hp.validation_size < hp.train_size:
+        raise TransferbenchError(f"--validation-size {hp.validation_size} holds out part of the --train-size images: "
+                                 f"give --train-size above it (now {hp.train_size})")
+    if hp.validation_size and (mode == "full" or hp.solver != "sgd"):
+        raise TransferbenchError("--validation-size applies to linear probes with the sgd solver and to estimates "
+                                 "(--solver lbfgs holds out its own lbfgs_holdout); drop it")
     return hp
 
 
@@ -214,7 +226,8 @@ class RunSpec:
         """What a linear probe's features depend on: specs with equal keys share one feature extraction (the
         runner's group and the sweep planner's work unit)."""
         hp = self.hparams
-        subset = (hp.train_size, hp.train_per_class, self.seed) if hp.train_size or hp.train_per_class else None
+        subset = ((hp.train_size, hp.train_per_class, hp.validation_size, self.seed)
+                  if hp.train_size or hp.train_per_class else None)
         return (self.task, self.mode, self.checkpoint, hp.image_size, hp.interpolation, hp.precision, hp.loader,
                 hp.engine, hp.limit, subset)  # a low-data subset is the seed's own: its own features
 
@@ -227,6 +240,7 @@ class RunSpec:
         limit = f"-limit{self.hparams.limit}" if self.hparams.limit else ""  # a quick try, visible in every listing
         size = f"-n{self.hparams.train_size}" if self.hparams.train_size else ""  # the low-data regime, visible too
         size += f"-k{self.hparams.train_per_class}" if self.hparams.train_per_class else ""
+        size += f"-v{self.hparams.validation_size}" if self.hparams.validation_size else ""
         return (f"{self.task}.{ck.method}{sparsity}.{ck.arch}.{self.mode}{solver}{limit}{size}.s{self.seed}."
                 f"{digest}")
 

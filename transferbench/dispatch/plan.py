@@ -12,6 +12,7 @@ the plan still finds the job submitted under the placeholder (``_adopt_placehold
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -163,8 +164,9 @@ def _grid(sweep: SweepSpec, refs: dict[CheckpointEntry, CheckpointRef]) -> list[
         solvers = sweep.solvers if mode == "linear" else (None,)
         for ref in refs.values():
             for task in sweep.tasks:
-                for solver in solvers:
-                    overrides = {**sweep.overrides[mode], **({"solver": solver} if solver else {})}
+                for solver, size in itertools.product(solvers, sweep.train_sizes):
+                    overrides = {**sweep.overrides[mode], **({"solver": solver} if solver else {}),
+                                 **({"train_size": size} if size else {})}
                     template = make_spec(task, mode, sweep.seeds[mode][0], ref, overrides)
                     specs.extend(replace(template, seed=seed) for seed in sweep.seeds[mode])
     return specs

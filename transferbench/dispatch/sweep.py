@@ -9,6 +9,7 @@
     modes: [linear]                   # linear, full, estimate (the transferability estimators, no training)
     seeds: [21, 51, 81, 111, 141]     # or per mode: {linear: [...], full: [...]}
     solvers: [sgd]                    # linear probes only: sgd (the paper's) and/or lbfgs
+    train_sizes: [0, 100, vtab1k]     # optional low-data axis: training images (0: whole split; vtab1k: 1000/200)
     overrides: {}                     # hyper-parameters for every mode, or per mode: {linear: {...}, full: {...}}
     data_root: /data                  # optional defaults for the run context (CLI flags win)
     checkpoint_dir: /ckpts
@@ -27,6 +28,7 @@ Every key, with an example, is documented in docs/sweeps.md; ``sweep_filter`` na
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +40,7 @@ from ..errors import TransferbenchError
 from ..names import check_name
 from ..runspec import MODES, resolve_hparams
 from ..tasks import get_task, list_tasks
+from ..tasks.subset import LOW_DATA_PRESETS
 from ..vocabulary import format_sparsity, normalize_sparsity
 
 if TYPE_CHECKING:  # upstream_spec needs torch; `sweep --help` lists the packaged sweeps without it
@@ -46,7 +49,7 @@ if TYPE_CHECKING:  # upstream_spec needs torch; `sweep --help` lists the package
 SOLVERS = ("sgd", "lbfgs")
 EXECUTORS = ("debug", "local", "slurm")  # where a sweep's jobs run (dispatch.submit)
 _KEYS = {"name", "description", "checkpoints", "tasks", "modes", "seeds", "solvers", "overrides", "data_root",
-         "checkpoint_dir", "arch", "upstream", "profile"}
+         "checkpoint_dir", "arch", "upstream", "profile", "train_sizes"}
 _CHECKPOINT_KEYS = {"method", "sparsity", "arch", "path", "seed", "recipe"}  # seed, recipe: of an upstream entry
 
 
@@ -82,12 +85,13 @@ class SweepSpec:
     description: str = ""
     upstream: tuple[UpstreamUnit, ...] = ()
     profile: str | None = None  # the cluster profile the sweep asks for; `sweep --profile` wins
+    train_sizes: tuple[int | str, ...] = (0,)  # the low-data axis: training images per run (0: the whole split)
 
     def grid_size(self, mode: str) -> int:
         """Runs of ``mode`` in the grid (checkpoints × tasks × seeds [× solvers])."""
         if mode not in self.modes:
             return 0
-        per = len(self.seeds[mode]) * (len(self.solvers) if mode == "linear" else 1)
+        per = len(self.seeds[mode]) * (len(self.solvers) if mode == "linear" else 1) * len(self.train_sizes)
         return len(self.checkpoints) * len(self.tasks) * per
 
 
@@ -138,14 +142,34 @@ def parse_sweep(raw: Any, origin: str) -> SweepSpec:
         description=str(raw.get("description") or ""),
         upstream=upstream,
         profile=_profile(raw.get("profile"), origin),
+        train_sizes=_train_sizes(raw.get("train_sizes"), origin),
     )
+    if spec.train_sizes != (0,) and any("train_size" in o for o in spec.overrides.values()):
+        raise TransferbenchError(f"sweep {origin}: train_size is set twice (train_sizes and overrides): keep "
+                                 "train_sizes")
     for mode in modes:  # fail at load time, not in job 4711 on the cluster
         try:
-            for solver in solvers if mode == "linear" else (None,):
-                resolve_hparams(mode, 0.01, {**spec.overrides[mode], **({"solver": solver} if solver else {})})
+            for solver, size in itertools.product(solvers if mode == "linear" else (None,), spec.train_sizes):
+                resolve_hparams(mode, 0.01, {**spec.overrides[mode], **({"solver": solver} if solver else {}),
+                                             **({"train_size": size} if size else {})})
         except TransferbenchError as exc:
             raise TransferbenchError(f"sweep {origin}: overrides for {mode}: {exc}") from None
     return spec
+
+
+def _train_sizes(raw: Any, origin: str) -> tuple[int | str, ...]:
+    """The low-data axis: whole numbers (0: the whole training split) or preset names (vtab1k), each once."""
+    if raw in (None, [], ()):
+        return (0,)
+    sizes = tuple(_as_list(raw))
+    for size in sizes:
+        if not (isinstance(size, str) and size in LOW_DATA_PRESETS) and not (
+                isinstance(size, int) and not isinstance(size, bool) and size >= 0):
+            raise TransferbenchError(f"sweep {origin}: train_sizes holds {size!r}: each is a whole number of training "
+                                     f"images (0: the whole split) or {', '.join(LOW_DATA_PRESETS)}")
+    if len(set(sizes)) != len(sizes):
+        raise TransferbenchError(f"sweep {origin}: train_sizes lists a size more than once; list each once")
+    return sizes
 
 
 def _as_list(value: Any) -> list:

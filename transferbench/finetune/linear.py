@@ -85,7 +85,11 @@ def train_sgd_heads(
     seeds: list[int],
     hp: HParams,
     device: torch.device | str = "cpu",
+    validation: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> list[HeadResult]:
+    """One SGD head per seed on the same features, trained together (the paper's protocol); ``validation``
+    (features, labels) held out of the training images: the final heads' accuracy on it is in each result's
+    ``extra`` (``validation_top1``, ``validation_mean_per_class_acc``)."""
     device = torch.device(device)
     train_x, train_y = train_x.to(device).float(), train_y.to(device)
     test_x, test_y = test_x.to(device).float(), test_y.to(device)
@@ -125,7 +129,13 @@ def train_sgd_heads(
                          " ".join(f"{m['top1']:.4f}" for m in test_metrics))
 
         logits, final = _batched_metrics(weight, bias, test_x, test_y, num_classes)
-    return [_head_result(seed, logits[i], final[i], curves[i]) for i, seed in enumerate(seeds)]
+    results = [_head_result(seed, logits[i], final[i], curves[i]) for i, seed in enumerate(seeds)]
+    if validation is not None:
+        _, held_out = _batched_metrics(weight, bias, validation[0].to(device).float(), validation[1].to(device),
+                                       num_classes)
+        for result, metrics in zip(results, held_out, strict=True):
+            result.extra.update({f"validation_{name}": value for name, value in metrics.items()})
+    return results
 
 
 @contextlib.contextmanager

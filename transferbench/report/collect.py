@@ -73,6 +73,7 @@ RUN_COLUMNS: tuple[str, ...] = (
     "run_key", "task", "method", "arch", "mode", "seed", "target_sparsity", "measured_sparsity",
     "top1", "mean_per_class_acc", "primary_metric", "primary", "solver", "upstream_top1", "total_s",
     "created_at", "checkpoint", "schema_version", "versions", "path", "source", "limit", "protocol", "train_size",
+    "validation_primary",  # --validation-size: the primary metric on the held-out images (hyper-parameter choice)
     *ESTIMATORS,  # an estimate record's scores (its top1 is its k-NN classifier's); NaN on other runs
 )
 EPOCHS = ("last", "best")  # which epoch's accuracies a collected row holds (``collect(epoch=...)``)
@@ -315,6 +316,8 @@ def record_row(record: RunRecord, epoch: str = "last") -> dict[str, Any]:
         "limit": record_limit(record),
         "protocol": protocol_label(record.deviations),
         "train_size": record_train_size(record),
+        "validation_primary": _score(record.metrics.extra.get(
+            f"validation_{METRIC_COLUMNS.get(record.metrics.primary_metric or '', 'top1')}")),
         **{name: _score(scores.get(name)) for name in ESTIMATORS},
     }
 
@@ -391,7 +394,7 @@ def runs_frame(rows: list[dict[str, Any]], source: str = OURS) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
     df["source"] = pd.Series(source, index=df.index, dtype="object")
     for col in ("target_sparsity", "measured_sparsity", "top1", "mean_per_class_acc", "primary", "upstream_top1",
-                "total_s", *ESTIMATORS):
+                "total_s", "validation_primary", *ESTIMATORS):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
     df["seed"] = df["seed"].astype("Int64")
     df["schema_version"] = df["schema_version"].astype("Int64")

@@ -29,8 +29,9 @@ from ..errors import TransferbenchError
 if TYPE_CHECKING:  # torch loads with the split, not with this module
     from .data import Split
 
-# Named settings of (train_size, train_per_class): VTAB-1k's 1000 training images per task
-LOW_DATA_PRESETS = {"vtab1k": 1000}
+# Named low-data settings (``--train-size NAME``): VTAB-1k's 1000 training images per task, 800 to train on and 200
+# held out to choose hyper-parameters (then ``--train-size 1000`` trains on all of them)
+LOW_DATA_PRESETS = {"vtab1k": {"train_size": 1000, "validation_size": 200}}
 
 
 def subset_order(labels: Sequence[int], seed: int) -> list[int]:
@@ -84,6 +85,26 @@ def subset_split(split: Split, seed: int, size: int = 0, per_class: int = 0) -> 
 
     return replace(split, dataset=Subset(split.dataset, indices), labels=[split.labels[i] for i in indices],
                    paper_split=False, subset=subset_digest(indices))
+
+
+def split_off_validation(split: Split, seed: int, size: int, validation: int) -> tuple[Split, Split]:
+    """The ``size`` images of ``--train-size`` split in two: the first ``size - validation`` of the seeded order
+    to train on (the very subset ``--train-size size - validation`` draws with this seed) and the last
+    ``validation`` held out, both class-balanced as far as the classes allow."""
+    if not 0 < validation < size:
+        raise TransferbenchError(f"--validation-size {validation} must be above 0 and below --train-size {size}")
+    if size > len(split):
+        raise TransferbenchError(f"--train-size {size} exceeds the training split's {len(split)} images: choose "
+                                 "at most that, or 0 for the whole split")
+    order = subset_order(split.labels, seed)[:size]
+    from torch.utils.data import Subset
+
+    def cut(indices: list[int]) -> Split:
+        indices = sorted(indices)
+        return replace(split, dataset=Subset(split.dataset, indices), labels=[split.labels[i] for i in indices],
+                       paper_split=False, subset=subset_digest(indices))
+
+    return cut(order[:size - validation]), cut(order[size - validation:])
 
 
 def subset_info(split: Split) -> dict:
