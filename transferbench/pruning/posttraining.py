@@ -21,8 +21,8 @@ per layer. ``sequential=False`` takes every layer's statistics from one pass thr
 Convolutions are pruned as the matrix ``[out, kh * kw * in]`` over their unfolded input patches (columns ordered
 kernel position first, input channel last, so that N:M groups run along input channels as ``masks.nm_mask``'s do).
 Under N:M, a layer whose input width is not a multiple of M (a stem convolution over 3 channels: 27) stays dense,
-as no N:M kernel can run it. Grouped convolutions (depthwise) have no such matrix: they are pruned by magnitude within the layer, at the same
-sparsity or pattern, and ``PrunedLayer.method`` says so.
+as no N:M kernel can run it. Grouped convolutions (depthwise) have no such matrix: they are pruned by magnitude
+within the layer, at the same sparsity or pattern, and ``PrunedLayer.method`` says so.
 """
 
 from __future__ import annotations
