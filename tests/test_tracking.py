@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import ClassVar
 
@@ -96,6 +97,19 @@ def wandb_runs(wandb_dir: Path) -> list[dict]:
     return runs
 
 
+def finished_wandb_runs(wandb_dir: Path, count: int, timeout_s: float = 60.0) -> list[dict]:
+    """``wandb_runs`` once ``count`` runs have their run and exit records: W&B's service process writes the .wandb
+    files after ``finish()`` returns, so a file read at once may not hold them yet (seen once in a full suite)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        runs = wandb_runs(wandb_dir)
+        if len(runs) == count and all("name" in run and "exit_code" in run for run in runs):
+            return runs
+        if time.monotonic() > deadline:
+            return runs  # the assertions after say what is missing
+        time.sleep(0.2)
+
+
 def _leveldb_records(data: bytes, block: int = 32768) -> list[bytes]:
     assert data[:4] == b":W&B"
     records, pending, pos = [], b"", 7
@@ -170,7 +184,7 @@ def test_wandb_offline_run_holds_every_point_and_the_summary(offline):
     with pytest.raises(RuntimeError), track(["wandb"], "broken", CONFIG, offline) as tracked:
         tracked.log_point(CURVE[0])
         raise RuntimeError("diverged")
-    runs = {run["name"]: run for run in wandb_runs(offline / "wandb_dir")}
+    runs = {run["name"]: run for run in finished_wandb_runs(offline / "wandb_dir", count=2)}
     assert set(runs) == {"k", "broken"}
     run = runs["k"]
     assert run["project"] == "transferbench" and run["exit_code"] == 0 and runs["broken"]["exit_code"] == 1
@@ -335,7 +349,7 @@ def test_a_full_run_reports_its_curve_and_metrics_and_changes_no_number(world, o
         assert run["metrics"]["train_loss"] == _curve_of(curve, "train_loss")
         assert run["metrics"]["best_top1"] == {2: record["metrics"]["best_top1"]}
     if "wandb" in INSTALLED:
-        [run] = wandb_runs(offline / "wandb_dir")
+        [run] = finished_wandb_runs(offline / "wandb_dir", count=1)
         assert run["name"] == key and run["exit_code"] == 0
         assert {row["_step"]: row["top1"] for row in run["history"] if "top1" in row} == _curve_of(curve, "top1")
         assert run["summary"]["top1"] == top1
