@@ -357,6 +357,7 @@ def test_a_flag_and_set_give_the_same_run(capsys, world, tmp_path, captured_spec
     hparam = next(f for f in fields(HParams) if f.name == name)
     value = _sample_value(hparam)
     base = ["run", "--checkpoint", world["ckpt"], "--sparsity", "0.5", "--task", "digits", "--results", tmp_path]
+    base += ["--train-size", "20"] if name == "validation_size" else []  # held out of a --train-size subset
     for extra in ([], [f"--{name.replace('_', '-')}", value], ["--set", f"{name}={value}"]):
         assert run_cli(capsys, *base, *extra)[0] == 0
     default, by_flag, by_set = captured_specs

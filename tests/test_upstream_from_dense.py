@@ -306,3 +306,50 @@ def test_rows_say_what_they_are_pruned_from():
         CheckpointSpec.from_row({**row, "pruned_from": "x@sha256:abc"}, "local.yaml", "local")
     for identity in ("x@sha256:" + "a" * 64, "sha256:" + "b" * 64):
         assert CheckpointSpec.from_row({**row, "pruned_from": identity}, "local.yaml", "local").pruned_from == identity
+
+
+@pytest.mark.parametrize(("method", "flags", "registered"), [
+    ("sparsegpt", ["--sparsity", "0.5", "0.7"], [("sparsegpt", 0.5), ("sparsegpt", 0.7)]),
+    ("wanda", ["--pattern", "2:4"], [("wanda_nm", 0.5)]),
+])
+def test_prune_makes_registered_post_training_candidates_of_any_dense_file(method, flags, registered, home, imagenet,
+                                                                          recipe, tmp_path, capsys):
+    from transferbench.pruning.oneshot import scope_parameters
+
+    dense_path = tmp_path / "plain_dense.pth"
+    dense = write_cram_file(dense_path)  # a dense file by path: no registry row, any method may prune it
+    assert main(["prune", "--method", method, *flags, "--from", str(dense_path), "--recipe", str(recipe),
+                 "--calibration", "imagenet", "--data-root", str(imagenet), "--samples", "8"]) == 0
+    out = capsys.readouterr().out
+    assert f"transferbench run --method {registered[0][0]}" in out
+    inside = set(scope_parameters(dense, "uniform"))  # every conv and linear but the stem and the head
+    for name, sparsity in registered:
+        spec = resolve_checkpoint(name, sparsity, "resnet_tiny", None)
+        loaded = load_checkpoint_of(spec)  # the registry gate: the method's prunable set at its sparsity
+        got = weights(loaded.model)
+        for key, weight in got.items():
+            zeros = float((weight == 0).float().mean())
+            if key in inside:
+                assert zeros == pytest.approx(sparsity, abs=0.02), key
+            else:
+                assert zeros == 0, key  # the stem and the head stay dense
+        if name.endswith("_nm"):  # 2 of every 4 consecutive inputs kept, per output row
+            w = got["layer1.0.conv1.weight"] if "layer1.0.conv1.weight" in got else next(
+                v for k, v in got.items() if k in inside)
+            rows = w.permute(0, 2, 3, 1).reshape(-1, 4)
+            assert ((rows != 0).sum(dim=1) <= 2).all()
+        meta = torch.load(loaded.path, weights_only=True)["metadata"]
+        assert meta["oneshot_pruning"].startswith(method) and meta["calibration"]["size"] == 8
+        assert meta["source"]["sha256"] == sha256_file(dense_path)
+    assert main(["prune", "--method", method, "--from", str(dense_path), "--recipe", str(recipe),
+                 "--data-root", str(imagenet)]) == 2
+    assert "give --sparsity" in capsys.readouterr().err
+
+
+def load_checkpoint_of(ref):
+    from transferbench.checkpoints import load_checkpoint
+    from transferbench.checkpoints.resolve import registered_spec
+
+    spec = registered_spec(ref)
+    return load_checkpoint(ref.path, arch=ref.arch, expected_sha256=spec.sha256 if spec else None,
+                           target_sparsity=ref.sparsity, method=ref.method, prunable=spec.prunable if spec else None)

@@ -131,8 +131,8 @@ def _print_upstream_results(args: argparse.Namespace, results: list) -> None:
                    f"{r.top1:.4f}", r.path)
                   for r in results])
     print("registered: run them with `transferbench run --method "
-          f"{results[0].spec.method} --sparsity {format_sparsity(args.sparsity[0])} --arch {results[0].spec.arch} "
-          "--task ...`")
+          f"{results[0].spec.method} --sparsity {format_sparsity(results[0].spec.sparsity)} "
+          f"--arch {results[0].spec.arch} --task ...`")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -239,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_command(sub)
     _add_estimate_command(sub)
     _add_upstream_command(sub)
+    _add_prune_command(sub)
 
     demo = sub.add_parser("demo", help="offline end-to-end demo: upstream pruning, transfer, leaderboard, figures")
     add_results_flag(demo, Path("results/demo"), help="results root, checkpoints included (default {default}/)")
@@ -364,6 +365,50 @@ def _add_upstream_source_flags(up: argparse.ArgumentParser) -> None:
                          "never downloaded) or a checkpoint file; with --method cram (global magnitude, one candidate "
                          "per --sparsity) or cram_nm (2:4), BN recalibrated on a class-balanced sample of the "
                          "training set (the recipe's calibration block)")
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from .upstream.from_dense import prune_published
+    from .vocabulary import parse_sparsity
+
+    if args.pattern not in (None, "2:4"):
+        raise TransferbenchError(f"--pattern {args.pattern}: the pruners make 2:4 patterns (or none: unstructured)")
+    if args.samples is not None and args.samples < 1:
+        raise TransferbenchError(f"--samples {args.samples}: the calibration sample needs at least one image")
+    method = f"{args.method}_nm" if args.pattern else args.method
+    sparsities = [parse_sparsity(s) for s in args.sparsity] if args.sparsity else []
+    if args.pattern and sparsities not in ([], [0.5]):
+        raise TransferbenchError("--pattern 2:4 keeps half the weights: drop --sparsity (or pass 0.5)")
+    if not args.pattern and not sparsities:
+        raise TransferbenchError("give --sparsity (one or more) or --pattern 2:4")
+    results = prune_published(args.source, method, sparsities or [0.5], dataset=args.calibration,
+                              recipe=args.recipe, data_root=args.data_root, arch=args.arch, device=args.device,
+                              out_dir=args.out, samples=args.samples)
+    _print_upstream_results(args, results)
+    return 0
+
+
+def _add_prune_command(sub: argparse._SubParsersAction) -> None:
+    prune = sub.add_parser("prune", help="one-shot post-training pruning of a dense model from calibration data "
+                                         "(Wanda, SparseGPT; unstructured or 2:4), registered as checkpoints")
+    prune.add_argument("--method", required=True, choices=("wanda", "sparsegpt"))
+    prune.add_argument("--sparsity", nargs="+", help="target sparsities (fractions or percents), one checkpoint each")
+    prune.add_argument("--pattern", help="2:4 semi-structured instead of --sparsity (the method becomes <method>_nm)")
+    prune.add_argument("--from", dest="source", required=True,
+                       help="the dense model: a checkpoint file (any format `run --checkpoint` reads) or a dense "
+                            "registry row whose file is in the checkpoint directory")
+    prune.add_argument("--arch", help="architecture of --from (default: read from the file)")
+    prune.add_argument("--calibration", default=None, choices=("shapes", "imagenet"),
+                       help="the upstream data the calibration sample comes from (default imagenet; shapes: the "
+                            "offline procedural set of the mini-suite)")
+    prune.add_argument("--data-root", type=Path, help="ImageNet folder with train/ and val/ (--calibration imagenet)")
+    prune.add_argument("--samples", type=int, help="calibration images, class-balanced and seeded (default: the "
+                                                   "recipe's calibration size, 1000)")
+    prune.add_argument("--recipe", help="the recipe whose data, transforms and calibration block are used (default: "
+                                        "imagenet_resnet50, or small_cpu for --calibration shapes)")
+    prune.add_argument("--device", default="auto")
+    prune.add_argument("--out", type=Path, help="where to write the checkpoints (default <checkpoint dir>/upstream)")
+    prune.set_defaults(func=cmd_prune)
 
 
 def _prune_from_dense(args: argparse.Namespace) -> int:

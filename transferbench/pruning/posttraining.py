@@ -154,9 +154,11 @@ def sparsegpt(weight: torch.Tensor, stats: LayerStats, sparsity: float | None = 
     w = weight.detach().double().clone()
     cols = w.shape[1]
     h = stats.gram.clone()
-    dead = h.diagonal() == 0  # an input that is always 0: its weights cannot matter, and H must stay invertible
+    # An input that is always 0 on the calibration data (a padded border tap of a small image) gets H_jj = 1 so that
+    # H stays invertible. SparseGPT's code also zeroes its weights; here they stay (unless the mask prunes them):
+    # the downstream images may well reach them, and every zero weight is then one the mask says
+    dead = h.diagonal() == 0
     h[dead, dead] = 1
-    w[:, dead] = 0
     h.diagonal().add_(dampening * h.diagonal().mean())
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     kept = torch.ones_like(w, dtype=torch.bool)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader, Dataset
 from ..checkpoints import CheckpointSpec, register_local, save_checkpoint
 from ..names import check_name, inside
 from ..pruning.bn import balanced_sample, bn_recalibrate, dataset_labels, indices_digest
-from ..pruning.oneshot import one_shot_prune
+from ..pruning.oneshot import one_shot_prune, scope_parameters
+from ..pruning.posttraining import prune_one_shot
 from ..seeding import epoch_seed
 from ..sparsity import measure_sparsity
 from ..version import __version__
@@ -57,6 +58,9 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, device: torch.device, bat
 CALIBRATION_DEFAULTS = {"size": 1000, "seed": 42, "batches": 100, "batch_size": 128}
 # The one-shot pruning each method's candidates get (§6.3): global magnitude at the sparsity, or a fixed N:M pattern.
 ONE_SHOT_PATTERN = {"cram_nm": "2:4"}
+# One-shot post-training pruners from calibration data (pruning.posttraining): method -> (pruner, N:M pattern)
+POSTTRAINING = {"wanda": ("wanda", None), "wanda_nm": ("wanda", (2, 4)), "sparsegpt": ("sparsegpt", None),
+                "sparsegpt_nm": ("sparsegpt", (2, 4))}
 
 
 def calibration_settings(rec: dict) -> dict:
@@ -109,6 +113,15 @@ class Calibration:
             out += [[(i, seed) for i in order[k:k + self.batch_size]] for k in range(0, len(order), self.batch_size)]
         return out[:self.batches]
 
+    def image_batches(self, device: torch.device) -> list[torch.Tensor]:
+        """One pass over the sample in batches of ``batch_size`` (the first pass of ``batches_of_samples``, with
+        its seeded augmentation): the calibration inputs of Wanda and SparseGPT."""
+        per_pass = math.ceil(len(self.indices) / self.batch_size)
+        first = self.batches_of_samples() if self.batches >= per_pass else \
+            replace(self, batches=per_pass).batches_of_samples()
+        loader = DataLoader(SeededSamples(self.dataset), batch_sampler=first[:per_pass], num_workers=0)
+        return [x.to(device) for x, _ in loader]
+
     def recalibrate(self, model: torch.nn.Module, device: torch.device, workers: int = 0) -> None:
         """Recalibrate ``model``'s BN in place; ``workers`` loader processes never change the result (each image's
         augmentation is seeded by its index and pass)."""
@@ -122,7 +135,18 @@ def one_shot_candidate(model: torch.nn.Module, method: str, sparsity: float, cal
     """A copy of the dense ``model`` pruned one-shot to ``sparsity`` (2:4 for cram_nm) with its BN recalibrated;
     returns (the copy, its masks). ``model`` itself is left as it was."""
     pruned = copy.deepcopy(model)
-    masks = one_shot_prune(pruned, ONE_SHOT_PATTERN.get(method, sparsity))
+    if method in POSTTRAINING:
+        pruner, nm = POSTTRAINING[method]
+        modules = dict(pruned.named_modules())
+        layers = {name[:-len(".weight")]: modules[name[:-len(".weight")]]
+                  for name in scope_parameters(pruned, "uniform")}  # the stem and the head stay dense
+        masks, report = prune_one_shot(pruned, pruner, calibration.image_batches(device),
+                                       sparsity=None if nm else sparsity, nm=nm, layers=layers)
+        for layer in report:
+            log.debug("%s %s: %s, density %.3f, reconstruction error %.4g", method, layer.name, layer.method,
+                      layer.density, layer.error)
+    else:
+        masks = one_shot_prune(pruned, ONE_SHOT_PATTERN.get(method, sparsity))
     calibration.recalibrate(pruned, device, workers)
     return pruned, masks
 
@@ -130,6 +154,10 @@ def one_shot_candidate(model: torch.nn.Module, method: str, sparsity: float, cal
 def oneshot_metadata(method: str, calibration: Calibration) -> dict:
     """What a one-shot candidate's checkpoint records about how it was made."""
     pruning = ONE_SHOT_PATTERN.get(method, "global magnitude")
+    if method in POSTTRAINING:
+        pruner, nm = POSTTRAINING[method]
+        pattern = f"{nm[0]}:{nm[1]}" if nm else "unstructured, every layer at the sparsity"
+        pruning = f"{pruner} ({pattern}; stem and head dense; layers calibrated in forward order on the sample)"
     return {"oneshot": True, "oneshot_pruning": pruning, "calibration": calibration.metadata()}
 
 

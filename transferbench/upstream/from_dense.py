@@ -27,6 +27,7 @@ from ..names import check_name, name_from
 from ..pruning.bn import dataset_labels
 from ..vocabulary import format_sparsity
 from .candidates import (
+    POSTTRAINING,
     Calibration,
     UpstreamResult,
     calibration_seed,
@@ -39,7 +40,8 @@ from .recipes import checked_sparsities, load_recipe
 
 log = logging.getLogger("transferbench")
 
-ONE_SHOT_METHODS = ("cram", "cram_nm")
+CRAM_METHODS = ("cram", "cram_nm")  # CrAM's candidates: global magnitude (or 2:4) of a dense CrAM model
+ONE_SHOT_METHODS = (*CRAM_METHODS, *POSTTRAINING)  # and Wanda / SparseGPT of any dense model
 # The recipe whose data and calibration block a dense model is pruned with, by upstream dataset (--dataset).
 DEFAULT_RECIPES = {"imagenet": "imagenet_resnet50", "shapes": "small_cpu"}
 DENSE_TOLERANCE = 0.005  # a "dense" model may have this fraction of exact zeros (the loader's 0.5 pp gap)
@@ -100,9 +102,9 @@ def _dense_row(name: str, method: str, arch: str | None) -> CheckpointSpec:
     if row.sparsity != 0.0:
         raise TransferbenchError(f"--from {name}: {name} is {format_sparsity(row.sparsity)} sparse; --from takes "
                                  "a dense model")
-    if row.method != method:
+    if row.method != method and method in CRAM_METHODS:
         raise TransferbenchError(f"--from {name} is a dense {row.method} model, and its candidates would be labelled "
-                                 f"{method}; pass --method {row.method}" if row.method in ONE_SHOT_METHODS else
+                                 f"{method}; pass --method {row.method}" if row.method in CRAM_METHODS else
                                  f"--from {name} is a {row.method} model, not CrAM; --from prunes CrAM models")
     if arch and arch != row.arch:
         raise TransferbenchError(f"--from {name} is a {row.arch} (registry row); drop --arch {arch}")
@@ -128,23 +130,29 @@ def oneshot_names(stem: str, method: str, sparsities: Sequence[float], rec: dict
 def prune_published(source: str | Path, method: str, sparsities: Sequence[float], *, dataset: str | None = None,
                     recipe: str | Path | None = None, data_root: Path | None = None, arch: str | None = None,
                     device: str = "auto", out_dir: Path | None = None,
-                    checkpoint_dir: str | Path | None = None) -> list[UpstreamResult]:
+                    checkpoint_dir: str | Path | None = None, samples: int | None = None) -> list[UpstreamResult]:
     """Prune the dense ``source`` (a registry row's name or a file) one-shot to each of ``sparsities`` (``method``
-    cram: global magnitude; cram_nm: 2:4, sparsity 0.5), recalibrate BN, evaluate, write and register one
-    candidate each, under ``out_dir`` (default ``<checkpoint dir>/upstream``). The dense model is loaded once.
+    cram: global magnitude; cram_nm: 2:4, sparsity 0.5; wanda, sparsegpt and their 2:4 ``_nm``: layer-wise from the
+    calibration sample, stem and head dense), recalibrate BN, evaluate, write and register one candidate each,
+    under ``out_dir`` (default ``<checkpoint dir>/upstream``). The dense model is loaded once. ``samples``: the
+    calibration sample's size instead of the recipe's.
 
     ``recipe`` (default: imagenet_resnet50 for ``dataset`` imagenet, the default, small_cpu for shapes) gives the
     data (image size, transforms) and the calibration sample; its arch is the source's.
     """
     if method not in ONE_SHOT_METHODS:
-        raise TransferbenchError(f"--from prunes a dense CrAM model one-shot: use --method cram (global magnitude) "
-                                 f"or cram_nm (2:4), not {method}")
+        raise TransferbenchError(f"--from prunes a dense model one-shot: use --method cram (global magnitude) or "
+                                 f"cram_nm (2:4) for a CrAM model, or {', '.join(POSTTRAINING)} (transferbench "
+                                 f"prune) for any dense model, not {method}")
     sparsities = checked_sparsities(method, list(sparsities))
     if 0.0 in sparsities:
         raise TransferbenchError("--sparsity 0 would leave the model dense; pass the sparsities to prune to")
     dense = load_dense_source(source, method, arch, checkpoint_dir)
     rec = load_recipe(recipe or _default_recipe(dataset))  # its data and calibration; the method's knobs train
     rec.update(arch=dense.loaded.arch, dataset=dataset or rec["dataset"])
+    if samples is not None:  # --samples: the calibration sample's size, in the candidates' names and metadata
+        rec["calibration"] = {**(rec.get("calibration") or {}), "size": int(samples)}
+        rec["name"] = f"{rec['name']}_n{int(samples)}"
     train_set, test_set = upstream_datasets(rec, data_root)
     _check_classes(dense.loaded, dataset_labels(train_set), data_root)
     dev = resolve_device(device)

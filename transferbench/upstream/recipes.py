@@ -63,7 +63,7 @@ def lr_at(schedule: dict, epoch: float, base_lr: float, total_epochs: int) -> fl
 
 # Methods one run of which yields several sparsities: CrAM (one-shot candidates of one model) and LTH-T (IMP passes
 # every sparsity of the 20% grid on its way to the largest one; each ticket is θ_p ⊙ m of its round).
-SEVERAL_SPARSITIES = ("cram", "lth")
+SEVERAL_SPARSITIES = ("cram", "lth", "wanda", "sparsegpt")  # one model (or one dense file) makes each
 
 
 def checked_sparsities(method: str, sparsities: list[float]) -> list[float]:
@@ -76,8 +76,8 @@ def checked_sparsities(method: str, sparsities: list[float]) -> list[float]:
         raise TransferbenchError(f"bad --sparsity {sparsities}: {exc}") from None
     if method == "dense" and sparsities != [0.0]:
         raise TransferbenchError("--method dense trains a dense model: drop --sparsity (or pass 0)")
-    if method == "cram_nm" and sparsities != [0.5]:
-        raise TransferbenchError("cram_nm produces 2:4 models: pass --sparsity 0.5")
+    if method.endswith("_nm") and sparsities != [0.5]:
+        raise TransferbenchError(f"{method} produces 2:4 models: pass --sparsity 0.5")
     if method not in SEVERAL_SPARSITIES and len(sparsities) != 1:
         raise TransferbenchError(f"--sparsity takes one value for {method} (only {' and '.join(SEVERAL_SPARSITIES)} "
                                  "make several from one run)")
