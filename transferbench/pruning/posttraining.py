@@ -56,15 +56,18 @@ class PrunedLayer:
 
 @dataclass
 class LayerStats:
-    """One layer's calibration statistics: the Gram matrix of its input columns and their number."""
+    """One layer's calibration statistics: the Gram matrix of its input columns (SparseGPT), or only its diagonal,
+    the squared norms (all Wanda needs: d numbers instead of d^2), and the number of tokens."""
 
-    gram: torch.Tensor  # [d, d] float64, sum over calibration tokens of x x^T
+    gram: torch.Tensor | None  # [d, d] float64, sum over calibration tokens of x x^T
     tokens: int = 0
+    squares: torch.Tensor | None = None  # [d] float64, sum over calibration tokens of x_j^2
 
     @property
     def feature_norms(self) -> torch.Tensor:
         """``||X_j||_2`` of every input feature (Wanda's activation norm)."""
-        return self.gram.diagonal().clamp_min(0).sqrt()
+        squares = self.squares if self.squares is not None else self.gram.diagonal()
+        return squares.clamp_min(0).sqrt()
 
 
 def layer_inputs(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -100,18 +103,25 @@ def _matrix_layout(layer: nn.Module) -> bool:
 
 @torch.no_grad()
 def collect_stats(model: nn.Module, layers: Mapping[str, nn.Module], batches: Iterable[torch.Tensor],
-                  forward: Callable[[nn.Module, torch.Tensor], object] | None = None) -> dict[str, LayerStats]:
+                  forward: Callable[[nn.Module, torch.Tensor], object] | None = None,
+                  gram: bool = True) -> dict[str, LayerStats]:
     """One pass of ``batches`` through ``model`` (``forward(model, batch)``, default ``model(batch)``) gathering
-    each of ``layers``' input Gram matrix (float64)."""
+    each of ``layers``' input Gram matrix (``gram``; else only its diagonal), each batch's product in float32
+    (as SparseGPT's code) summed in float64."""
     stats = {name: None for name in layers}
     handles = []
 
     def hook(name: str, layer: nn.Module):
         def gather(_module, args):
-            x = layer_inputs(layer, args[0]).double()
+            x = layer_inputs(layer, args[0]).float()
             if stats[name] is None:
-                stats[name] = LayerStats(torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device))
-            stats[name].gram.addmm_(x.T, x)
+                d, kw = x.shape[1], {"dtype": torch.float64, "device": x.device}
+                stats[name] = LayerStats(torch.zeros(d, d, **kw) if gram else None, 0,
+                                         None if gram else torch.zeros(d, **kw))
+            if gram:
+                stats[name].gram += (x.T @ x).double()
+            else:
+                stats[name].squares += (x * x).sum(dim=0).double()
             stats[name].tokens += x.shape[0]
         return gather
 
@@ -197,7 +207,8 @@ def _block_mask(scores: torch.Tensor, sparsity: float, scope: str) -> torch.Tens
 
 
 def reconstruction_error(before: torch.Tensor, after: torch.Tensor, stats: LayerStats) -> float:
-    """``|(W - W') X^T|_F^2 = tr(D H D^T)`` with ``D = W - W'``, from the Gram matrix alone."""
+    """``|(W - W') X^T|_F^2 = tr(D H D^T)`` with ``D = W - W'``, from the Gram matrix alone (NaN in a layer's report
+    when only Wanda's norms were gathered)."""
     delta = (before.double() - after.double())
     return float(((delta @ stats.gram) * delta).sum())
 
@@ -254,9 +265,10 @@ def prune_one_shot(model: nn.Module, method: str, batches: list[torch.Tensor], *
         while pending:
             # sequential: one layer at a time, its inputs from the layers pruned before it; else all at once
             step = dict([next(iter(pending.items()))]) if sequential else pending
-            stats = collect_stats(model, step, batches, forward) if method != "magnitude" else {}
+            stats = collect_stats(model, step, batches, forward, gram=method == "sparsegpt") \
+                if method != "magnitude" else {}
             for name, layer in step.items():
-                before = weight_matrix(layer).clone() if name in stats else None
+                before = weight_matrix(layer).clone() if name in stats and stats[name].gram is not None else None
                 mask, used = prune_layer(layer, method, stats.get(name), sparsity, nm, mask_scope)
                 error = reconstruction_error(before, weight_matrix(layer), stats[name]) if before is not None \
                     else float("nan")
