@@ -137,6 +137,12 @@ def _prepare(spec: RunSpec, ctx: RunContext) -> _Prepared:
                      validation)
 
 
+def _preprocessing(prep: _Prepared) -> dict:
+    """The model's own preprocessing (a timm model's pretrained config: normalisation, crop fraction), if any."""
+    preprocessing = getattr(prep.loaded.model, "preprocessing", None)
+    return preprocessing() if callable(preprocessing) else {}
+
+
 def compile_model(model: torch.nn.Module) -> torch.nn.Module:
     """``torch.compile`` the model's ``forward`` and ``forward_features`` in place (state_dict keys unchanged, so
     full fine-tuning still saves and resumes plain weights). Off by default: the protocol's reference numbers are
@@ -265,7 +271,7 @@ def _run_linear(specs: list[RunSpec], ctx: RunContext) -> list[RunRecord]:
         prep = _prepare(todo[0], ctx)
         apply_precision(prep.device.type, todo[0].hparams.precision)
         tcfg = protocol_transform(prep.task, "linear", train=False, interpolation=prep.interpolation,
-                                  image_size=todo[0].hparams.image_size)
+                                  image_size=todo[0].hparams.image_size, **_preprocessing(prep))
         feats = _features(todo[0], prep, tcfg, ctx)
         heads, seconds = _train_heads(todo, prep, feats)
         _recheck_checkpoint(todo[0], prep, [f.path for f in feats.values() if not f.cached and f.path])
@@ -377,7 +383,7 @@ def _run_estimate(spec: RunSpec, ctx: RunContext) -> RunRecord:
     prep = _prepare(spec, ctx)
     apply_precision(prep.device.type, spec.hparams.precision)
     tcfg = protocol_transform(prep.task, "linear", train=False, interpolation=prep.interpolation,
-                              image_size=spec.hparams.image_size)
+                              image_size=spec.hparams.image_size, **_preprocessing(prep))
     feats = _features(spec, prep, tcfg, ctx)
     t0 = time.perf_counter()
     train, test = feats["train"], feats["test"]
@@ -429,7 +435,8 @@ def _run_full(spec: RunSpec, ctx: RunContext) -> RunRecord:
     torch.manual_seed(spec.seed)
     prep.loaded.model.reset_head(task.num_classes)  # the upstream head is never reused (pitfall P8)
     train_cfg, test_cfg = (protocol_transform(task, "full", train=t, interpolation=prep.interpolation,
-                                              image_size=spec.hparams.image_size) for t in (True, False))
+                                              image_size=spec.hparams.image_size, **_preprocessing(prep))
+                           for t in (True, False))
     loaders = None
     if spec.hparams.loader == "ffcv":  # checked against the data before the work dir is touched
         from .fastdata.ffcv_loader import ffcv_loaders

@@ -131,6 +131,26 @@ def _rules() -> tuple[dict[str, PrunableSet], SparsityRule, dict[str, SparsityRu
     return sets, default, {str(m): _parse_rule(f"method {m!r}", row, sets, origin) for m, row in methods.items()}
 
 
+@cache
+def _architecture_sets() -> dict[str, str]:
+    """``architectures:``: arch name prefix -> the prunable set of methods that name none of their own."""
+    data, origin, _ = shipped.load_shipped("checkpoints", RULES_FILE)
+    table = data.get("architectures") or {}
+    sets = _rules()[0]
+    if not isinstance(table, dict) or any(v not in sets for v in table.values()):
+        raise TransferbenchError(f"{origin}: architectures must map an arch name prefix to a set ({', '.join(sets)})")
+    return {str(k): str(v) for k, v in table.items()}
+
+
+def architecture_set(arch: str | None) -> str | None:
+    """The prunable set the architecture family of ``arch`` prunes by default (vision transformers: the linear
+    layers of their blocks), None for the rest (the methods' sets)."""
+    if not arch:
+        return None
+    matches = [prefix for prefix in _architecture_sets() if arch.startswith(prefix)]
+    return _architecture_sets()[max(matches, key=len)] if matches else None
+
+
 def prunable_set_names() -> list[str]:
     """The prunable sets a checkpoint row may name (``prunable:``)."""
     return list(_rules()[0])
@@ -145,11 +165,14 @@ def prunable_set(name: str) -> PrunableSet:
     return sets[name]
 
 
-def sparsity_rule(method: str | None, prunable: str | None = None) -> SparsityRule:
+def sparsity_rule(method: str | None, prunable: str | None = None, arch: str | None = None) -> SparsityRule:
     """The sparsity rule of ``method`` (the default rule for methods the table does not list, or None), on the
-    prunable set ``prunable`` when a checkpoint row names one."""
+    prunable set ``prunable`` when a checkpoint row names one, else the architecture family's (``arch``: a vision
+    transformer's blocks) for a method without a set of its own."""
     _, default, methods = _rules()
     rule = methods.get(method, default) if method is not None else default
+    if prunable is None and rule is default:
+        prunable = architecture_set(arch)
     if prunable is None or prunable == rule.prunable:
         return rule
     prunable_set(prunable)  # an unknown name is an error, not a silent default

@@ -33,19 +33,23 @@ def protocol_transform(
     train: bool,
     interpolation: str = "bilinear",
     image_size: int = 224,
+    model_normalization: Normalization | None = None,
+    crop_pct: float | None = None,
 ) -> TransformConfig:
     """The paper's transform for (mode, split).
 
-    Linear probes use ImageNet statistics and the test transform for both splits; full fine-tuning uses the
-    task's own statistics and augments the train split. ``image_size`` other than 224 is for tests/demos only;
-    the resize size keeps the protocol's 256/224 ratio.
+    Linear probes use ImageNet statistics (or ``model_normalization``: a timm model's own, e.g. 0.5/0.5 for
+    AugReg ViTs) and the test transform for both splits; full fine-tuning uses the task's own statistics and
+    augments the train split. ``image_size`` other than 224 is for tests/demos only; the resize size keeps the
+    protocol's 256/224 ratio, or the model's ``crop_pct`` (timm's pretrained config: 0.9 for ViT, 0.875 for
+    ConvNeXt) when it has one.
     """
     if mode not in ("linear", "full"):
         raise ValueError(f"mode must be 'linear' or 'full', not {mode!r}")
-    norm: Normalization = IMAGENET_NORMALIZATION if mode == "linear" else task.normalization
+    norm: Normalization = (model_normalization or IMAGENET_NORMALIZATION) if mode == "linear" else task.normalization
     return TransformConfig(
         image_size=image_size,
-        resize_size=round(image_size * 256 / 224),
+        resize_size=round(image_size / crop_pct) if crop_pct else round(image_size * 256 / 224),
         interpolation=interpolation,
         mean=tuple(norm.mean),
         std=tuple(norm.std),

@@ -56,6 +56,8 @@ class LoadedCheckpoint:
 
 
 def _read(path: Path) -> Any:
+    if path.suffix == ".safetensors":  # tensors only, safe by construction
+        return _read_safetensors(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -75,6 +77,18 @@ def _read(path: Path) -> Any:
         raise TransferbenchError(
             f"{path} is not a readable PyTorch checkpoint (truncated or corrupt: {reason}); download it again"
         ) from None
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise TransferbenchError(f"{path} is a .safetensors file: pip install safetensors (timm brings it)") from None
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise TransferbenchError(f"{path} is not a readable .safetensors file ({reason}); download it again") from None
 
 
 def _verify_sha256(path: Path, digest: str, expected: str | None) -> None:
@@ -133,12 +147,14 @@ def _resolve_arch(path: Path, arch: str | None, state: dict[str, torch.Tensor], 
         )
     chosen = arch or config_arch
     if chosen:
-        if chosen not in list_archs():
+        try:
+            model_class(chosen)  # this project's, or any timm architecture's name
+        except TransferbenchError:
             origin = "its model_config names" if chosen == config_arch else "requested"
             raise TransferbenchError(
                 f"{path}: {origin} arch '{chosen}', which transferbench does not know; known: "
-                f"{', '.join(list_archs())}"
-            )
+                f"{', '.join(list_archs())}, or any timm model name (pip install timm)"
+            ) from None
         return chosen
     candidates = infer_arch(state)
     if len(candidates) == 1:
@@ -243,7 +259,7 @@ def load_checkpoint(
              for name, weight in backbone.items()}
     sparsity = measure_sparsity(model, include_head=True)
     backbone_sparsity = sparsity.select(backbone)
-    rule = method_sparsity_rule(method, prunable)
+    rule = method_sparsity_rule(method, prunable, chosen)
     method_sparsity = sparsity.select(set_weights(model, rule.prunable))
 
     if target_sparsity is not None:

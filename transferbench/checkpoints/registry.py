@@ -92,7 +92,7 @@ class CheckpointSpec:
     @property
     def sparsity_rule(self) -> SparsityRule:
         """Which weights the method prunes and what its registered sparsity means there (the loader's gate)."""
-        return sparsity_rule(self.method, self.prunable)
+        return sparsity_rule(self.method, self.prunable, self.arch)
 
     @property
     def upstream_data(self) -> str:

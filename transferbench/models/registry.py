@@ -37,13 +37,21 @@ def list_archs() -> list[str]:
 
 
 def model_class(arch: str) -> type[TransferModel]:
-    """The registered class for ``arch`` (its class attributes describe the model without building it)."""
-    try:
+    """The registered class for ``arch`` (its class attributes describe the model without building it); an
+    architecture of timm's when this project has none of that name (``timm_family``)."""
+    if arch in _REGISTRY:
         return _REGISTRY[arch]
-    except KeyError:
-        raise TransferbenchError(
-            f"unknown architecture '{arch}' (--arch); known: {', '.join(list_archs())}"
-        ) from None
+    from .timm_family import timm_available, timm_class
+
+    if timm_available():
+        try:
+            return timm_class(arch)
+        except TransferbenchError:
+            pass
+    raise TransferbenchError(
+        f"unknown architecture '{arch}' (--arch); known: {', '.join(list_archs())}, or any timm model name"
+        + ("" if timm_available() else " with timm installed (pip install timm)")
+    )
 
 
 def create_model(arch: str, num_classes: int = 1000) -> TransferModel:
