@@ -27,7 +27,7 @@ import torch
 
 from ..errors import TransferbenchError
 
-FORMATS = ("plain", "rigl", "torch_prune", "ist", "str")
+FORMATS = ("plain", "rigl", "torch_prune", "ist", "str", "efficientnet_pytorch")
 
 # Containers that training scripts nest the state dict in, most specific first.
 _NESTING_KEYS = ("model_state_dict", "state_dict", "model")
@@ -122,6 +122,8 @@ def detect_format(keys: list[str], is_ist_container: bool) -> str:
         return "torch_prune"
     if any(k.startswith("initial_conv.") for k in keys):
         return "rigl"
+    if any(k.startswith("_conv_stem.") for k in keys):  # lukemelas/EfficientNet-PyTorch naming (_blocks.N....)
+        return "efficientnet_pytorch"
     return "plain"
 
 

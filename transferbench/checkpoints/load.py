@@ -167,6 +167,26 @@ def _resolve_arch(path: Path, arch: str | None, state: dict[str, torch.Tensor], 
     )
 
 
+def by_position(path: Path, state: dict[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]:
+    """``state`` renamed to ``arch``'s keys in order: EfficientNet-PyTorch and timm register the same layers in the
+    same order (stem, blocks by stage, head), so the n-th tensor of one is the n-th of the other; every pair's
+    shape is checked (the head's class count aside), and a mismatch is a one-line error."""
+    target = list(_signature(arch).items())
+    source = [(k, v) for k, v in state.items()]
+    if len(source) != len(target):
+        raise TransferbenchError(f"{path} has {len(source)} tensors but {arch} has {len(target)}: it is not an {arch} "
+                                 "in EfficientNet-PyTorch's naming; pass the --arch it is")
+    head = model_class(arch).head_name
+    renamed = {}
+    for (key, value), (name, shape) in zip(source, target, strict=True):
+        same = tuple(value.shape)[1:] == shape[1:] if _is_head_key(name, head) else tuple(value.shape) == shape
+        if not same:
+            raise TransferbenchError(f"{path}: {key} {tuple(value.shape)} does not fit {arch}'s {name} {shape}; pass "
+                                     "the --arch this file is")
+        renamed[name] = value
+    return renamed
+
+
 def _check_fits(path: Path, arch: str, state: dict[str, torch.Tensor]) -> None:
     problem = _mismatch(state, arch)
     if problem is None:
@@ -248,6 +268,12 @@ def load_checkpoint(
     _verify_sha256(path, digest, expected_sha256)
 
     decoded = decode_checkpoint(_read(path), origin=str(path), fmt=fmt)
+    if decoded.format == "efficientnet_pytorch":
+        if not arch:
+            raise TransferbenchError(f"{path} is in EfficientNet-PyTorch's naming (_conv_stem, _blocks.N): pass the "
+                                     "timm architecture it maps onto, e.g. --arch tf_efficientnet_lite0 (TF weights: "
+                                     "'same' padding) or efficientnet_lite0")
+        decoded.state = by_position(path, decoded.state, arch)
     chosen = _resolve_arch(path, arch, decoded.state, decoded.config_arch)
     _check_fits(path, chosen, decoded.state)
     model = _build(chosen, decoded.state)
