@@ -169,3 +169,25 @@ def test_rank_without_estimates_is_one_line_and_exit_2(tmp_path, capsys):
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "no estimate records" in errors[0]
     assert not (tmp_path / "rank").exists()
+
+
+def test_rank_against_the_papers_per_seed_results(tmp_path, capsys):
+    # the paper's linear results (raw_results format) stand in for measured accuracies: AC/DC 90 > Dense > STR 90
+    reference = tmp_path / "linear_transfer_results.txt"
+    reference.write_text("dset,model,sparsity,seed,val_acc\n" + "".join(
+        f"cifar10,{model},{sparsity},seed_{seed},{acc + 0.001 * i}\n"
+        for model, sparsity, acc in (("Dense", 0.0, 0.90), ("AC/DC", 0.9, 0.92), ("STR", 0.9, 0.85))
+        for i, seed in enumerate((21, 51))))
+    scores = {"dense": 0.2, "acdc": 0.3, "str": 0.1}  # the paper's order
+    for method, score in scores.items():
+        ref = CheckpointRef(method, 0.0 if method == "dense" else 0.9, "resnet50", f"{method}-id")
+        spec = make_spec("cifar10", "estimate", 21, ref)
+        record = RunRecord(run_key=spec.run_key, task="cifar10", method=method, arch="resnet50", mode="estimate",
+                           seed=21, target_sparsity=ref.sparsity,
+                           metrics=Metrics(0.5, 0.5, "top1", 0.5, {"estimators": {"h_score": score}}))
+        write_record(tmp_path, record, np.zeros((2, 10), np.float32), np.arange(2))
+    assert main(["rank", "--results", str(tmp_path), "--reference", str(reference), "--bootstrap", "20"]) == 0
+    table = pd.read_csv(tmp_path / "rank" / "rank.csv")
+    (row,) = table.to_dict("records")
+    assert (row["mode"], row["estimator"], row["n"], row["kendall_tau"]) == ("linear", "h_score", 3, 1.0)
+    assert row["pick"] == "acdc@90%" and row["regret"] == 0
