@@ -66,6 +66,10 @@ REFUSED = [
     ({"engine": "onnx"}, "one of torch, deepsparse"),
     ({"limit": -1}, "an integer >= 0"),
     ({"limit": 0.5}, "not a whole number"),
+    ({"train_size": -5}, "an integer >= 0"),
+    ({"train_size": "vtab2k"}, "or a preset: vtab1k"),
+    ({"train_per_class": 2.5}, "not a whole number"),
+    ({"validation_size": -1}, "an integer >= 0"),
 ]
 
 

@@ -311,7 +311,7 @@ def features_key(checkpoint_sha256: str, arch: str, task: str, split_name: str, 
             "arch": arch, "precision": hp.precision, "version": FEATURES_VERSION,
             "numerics": precision_policy(device_type, hp.precision),
             **({"engine": hp.engine} if hp.engine != "torch" else {}), **(loader_info or {}),
-            **({"subset": split.subset} if split.subset else {})}
+            **({"subset": split.subset} if getattr(split, "subset", "") else {})}
     return feature_cache_key(checkpoint_sha256, task, split_name, transform, data)
 
 

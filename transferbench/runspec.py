@@ -148,9 +148,13 @@ def resolve_hparams(mode: str, task_full_lr: float, overrides: dict[str, Any] | 
         raise TransferbenchError(
             f"unknown hyper-parameter {', '.join(unknown)} (--set); known: {', '.join(sorted(HPARAM_FIELDS))}"
         )
-    if isinstance(overrides.get("train_size"), str) and overrides["train_size"] in LOW_DATA_PRESETS:
+    size = overrides.get("train_size")
+    if isinstance(size, str) and size in LOW_DATA_PRESETS:
         preset = LOW_DATA_PRESETS[overrides.pop("train_size")]  # vtab1k: 1000 images, 200 of them held out
         overrides = {**preset, **overrides}
+    elif isinstance(size, str) and not size.strip().isdigit():
+        raise TransferbenchError(f"bad value {size!r} for {hparam_source('train_size')}: a whole number of "
+                                 f"training images, or a preset: {', '.join(LOW_DATA_PRESETS)}")
     overrides = {key: _coerce(key, value) for key, value in overrides.items()}
     if "epochs" in overrides and "lr_decay_after" not in overrides:
         # keep the paper's three phases in proportion: 51/50/49 of 150 epochs
