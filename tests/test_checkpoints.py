@@ -393,8 +393,10 @@ def test_register_local_makes_a_trained_checkpoint_findable(checkpoint_home, tin
     with pytest.raises(TransferbenchError, match="does not match"):
         register_local(CheckpointSpec(name="x", method="gmp", sparsity=0.5, arch="resnet_tiny",
                                       sha256="deadbeef"), path)
-    with pytest.raises(TransferbenchError, match="unknown architecture"):
-        register_local(CheckpointSpec(name="x", method="gmp", sparsity=0.5, arch="vgg16"), path)
+    with pytest.raises(TransferbenchError, match="unknown architecture"):  # neither this project's nor timm's
+        register_local(CheckpointSpec(name="x", method="gmp", sparsity=0.5, arch="resnet_huge"), path)
+    with pytest.raises(TransferbenchError, match="does not fit arch 'vgg16'"):  # timm's, but not this file's
+        load_checkpoint(path, arch="vgg16")
 
 
 def test_a_checkpoint_is_identified_by_its_row_name_and_its_file_digest(checkpoint_home, tmp_path):

@@ -179,7 +179,8 @@ def test_sparsity_rules_by_method():
     assert sparsity_rule("acdc", "conv_except_first").prunable == "conv_except_first"  # a row's own set
     with pytest.raises(TransferbenchError, match="unknown prunable set"):
         sparsity_rule("acdc", "convs")
-    assert set(prunable_set_names()) == {"all_conv_fc", "conv_except_first", "conv_fc_except_first_and_head"}
+    assert set(prunable_set_names()) == {"all_conv_fc", "conv_except_first", "conv_fc_except_first_and_head",
+                                         "transformer_blocks"}
     for method in ("wanda", "wanda_nm", "sparsegpt", "sparsegpt_nm"):  # one-shot post-training: layer-wise
         assert sparsity_rule(method) == SparsityRule("conv_fc_except_first_and_head", "nominal"), method
     assert prunable_set("conv_except_first").description

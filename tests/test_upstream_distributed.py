@@ -1,5 +1,5 @@
 """Data-parallel upstream training (gloo on CPU): 2 processes × batch B/2 train the same model as 1 process ×
-batch B, for every method, after 80 steps: weights equal within float64-then-float32 rounding and
+batch B, for every method, after 40 steps: weights equal within float64-then-float32 rounding and
 masks exactly equal. The control: without BatchNorm over the global batch the two differ."""
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ RUNS = [*METHODS, "dense:per-gpu-bn"]
 
 def _tiny_recipe(path: Path) -> Path:
     recipe = load_recipe("small_cpu")
-    # 128 images in global batches of 16: 8 steps an epoch, 10 epochs = 80 steps (AC/DC needs 10 for its phases;
+    # 64 images in global batches of 16: 4 steps an epoch, 10 epochs = 40 steps (AC/DC needs 10 for its phases;
     # LTH: rounds of one epoch).
     # Two gloo processes on two cores take about 4x one process's time (an all-reduce per BatchNorm layer a step)
-    recipe.update(name="ddp", train_size=128, test_size=64, batch_size=16, epochs=10, image_size=16)
+    recipe.update(name="ddp", train_size=64, test_size=64, batch_size=16, epochs=10, image_size=16)
     recipe["methods"]["woodfisher"].update(num_grads=4, grad_batch_size=8, block_size=64)
     recipe["methods"]["rigl"]["update_every"] = 10
     path.write_text(yaml.safe_dump(recipe))

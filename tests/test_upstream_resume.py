@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory) -> Path:
     rec = load_recipe("small_cpu")
-    rec.update(name="resume", train_size=384, test_size=64, batch_size=32, epochs=10)  # AC/DC needs 10 epochs
+    rec.update(name="resume", train_size=192, test_size=64, batch_size=32, epochs=10)  # AC/DC needs 10 epochs
     rec["methods"]["woodfisher"].update(num_grads=4, grad_batch_size=8, block_size=64)
     rec["methods"]["rigl"]["update_every"] = 4
     rec["methods"]["lth"]["rate"] = 0.5  # 0.8 → 2 rounds of one epoch from the dense model: LTH rewinds mid-run
