@@ -43,3 +43,16 @@ def write_pruned_checkpoint(path: Path, arch: str = "resnet_tiny", sparsity: flo
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(blob, path)
     return {n: m for n, m in masks.items() if not n.startswith("fc.")}
+
+
+def cifar10_world(root: Path, train_per_class: int = 12, test_per_class: int = 6) -> tuple[Path, Path, Path]:
+    """A learnable cifar10 folder layout at 16 px and a resnet_tiny file pruned to 50% under ``root``; returns
+    (root, data root, checkpoint)."""
+    from fixtures_data import learnable_image, write_task
+
+    data = root / "data"
+    write_task("cifar10", data, "folders", train_per_class=train_per_class, test_per_class=test_per_class,
+               image_size=16, image_fn=learnable_image)
+    checkpoint = root / "tiny_50.pth"
+    write_pruned_checkpoint(checkpoint, sparsity=0.5)
+    return root, data, checkpoint

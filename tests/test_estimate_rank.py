@@ -10,8 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from fixtures_data import learnable_image, write_task
-from fixtures_models import write_pruned_checkpoint
+from fixtures_models import cifar10_world
 
 from transferbench.cli import main
 from transferbench.estimators import ESTIMATORS, logme
@@ -22,13 +21,7 @@ from transferbench.store import Metrics, RunRecord, write_record
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("estimate")
-    data = root / "data"
-    write_task("cifar10", data, "folders", train_per_class=12, test_per_class=6, image_size=16,
-               image_fn=learnable_image)
-    ckpt = root / "tiny_50.pth"
-    write_pruned_checkpoint(ckpt, sparsity=0.5)
-    return root, data, ckpt
+    return cifar10_world(tmp_path_factory.mktemp("estimate"))
 
 
 def _args(command, data, ckpt, out, *extra):

@@ -9,8 +9,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import pytest
-from fixtures_data import learnable_image, write_task
-from fixtures_models import write_pruned_checkpoint
+from fixtures_models import cifar10_world
 
 from transferbench.cli import main
 from transferbench.errors import TransferbenchError
@@ -78,13 +77,7 @@ def test_the_size_is_in_the_run_key_and_vtab1k_is_1000():
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lowdata")
-    data = root / "data"
-    write_task("cifar10", data, "folders", train_per_class=6, test_per_class=3, image_size=16,
-               image_fn=learnable_image)
-    ckpt = root / "tiny_50.pth"
-    write_pruned_checkpoint(ckpt, sparsity=0.5)
-    return root, data, ckpt
+    return cifar10_world(tmp_path_factory.mktemp("lowdata"), train_per_class=6, test_per_class=3)
 
 
 def _run(data, ckpt, out, *extra):
