@@ -162,6 +162,8 @@ def test_rank_without_estimates_is_one_line_and_exit_2(tmp_path, capsys):
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "no estimate records" in errors[0]
     assert not (tmp_path / "rank").exists()
+    assert main(["rank", "--results", str(tmp_path), "--bootstrap", "-5"]) == 2
+    assert "--bootstrap" in capsys.readouterr().err and not (tmp_path / "rank").exists()
 
 
 def test_rank_against_the_papers_per_seed_results(tmp_path, capsys):

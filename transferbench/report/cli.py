@@ -83,8 +83,10 @@ def cmd_beyond(args: argparse.Namespace) -> int:
 def cmd_rank(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from ..bounds import Bounds
     from .build import rank_with_measured
 
+    Bounds(int, low=0).check(args.bootstrap, "--bootstrap")  # before any record is read
     ranking, written = rank_with_measured(args.results, reference_files=args.reference,
                                           reference_mode=args.reference_mode, reference_arch=args.reference_arch,
                                           out=args.out, latest=args.latest, bootstrap=args.bootstrap)
