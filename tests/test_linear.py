@@ -44,9 +44,11 @@ def test_shortened_runs_keep_three_lr_phases_and_full_lr_comes_from_the_task():
 
 
 def _reference_sgd_head(x, y, xt, seed, hp):
-    """One seed, trained the plain way: nn.Linear + torch.optim.SGD over shuffled minibatches."""
+    """One seed, trained the plain way: nn.Linear + torch.optim.SGD over shuffled minibatches (cross-entropy, or
+    BCEWithLogitsLoss's mean over every output when ``y`` holds rows of 0/1 attributes)."""
     torch.manual_seed(seed)
-    head = nn.Linear(x.shape[1], int(y.max()) + 1)
+    multilabel = y.ndim == 2
+    head = nn.Linear(x.shape[1], y.shape[1] if multilabel else int(y.max()) + 1)
     opt = torch.optim.SGD(head.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
     g = torch.Generator().manual_seed(seed)
     for epoch in range(hp.epochs):
@@ -55,7 +57,8 @@ def _reference_sgd_head(x, y, xt, seed, hp):
         order = torch.randperm(len(x), generator=g)
         for start in range(0, len(x), hp.batch_size):
             idx = order[start:start + hp.batch_size]
-            loss = F.cross_entropy(head(x[idx]), y[idx])
+            loss = (F.binary_cross_entropy_with_logits(head(x[idx]), y[idx].float()) if multilabel
+                    else F.cross_entropy(head(x[idx]), y[idx]))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -76,6 +79,34 @@ def test_batched_sgd_heads_equal_independent_per_seed_training():
         assert len(head.curve) == 6 and head.curve[-1]["lr"] == pytest.approx(0.05 * 0.01)
     # different seeds → different heads
     assert not np.allclose(heads[0].test_logits, heads[1].test_logits)
+
+
+def _attributes(n, seed):
+    """Three 0/1 attributes per sample, each a half-space of 16-D Gaussian features (one rare: ~15% positives)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 16, generator=g)
+    directions = torch.randn(16, 3, generator=torch.Generator().manual_seed(99))
+    y = (x @ directions > torch.tensor([0.0, 0.5, 4.0])).long()
+    return x, y
+
+
+def test_multilabel_heads_equal_plain_bce_training_and_keep_validation_logits():
+    x, y = _attributes(160, 0)
+    xt, yt = _attributes(60, 1)
+    xv, yv = _attributes(30, 2)
+    hp = resolve_hparams("linear", 0.001, {"epochs": 4, "batch_size": 16, "lr": 0.5})
+    heads = train_sgd_heads(x, y, xt, yt, 3, [21, 51], hp, validation=(xv, yv))
+    for seed, head in zip([21, 51], heads, strict=True):
+        ref = _reference_sgd_head(x, y, xt, seed, hp)
+        np.testing.assert_allclose(head.test_logits, ref.numpy(), rtol=1e-4, atol=1e-5)
+        predicted = ref.numpy() > 0
+        assert head.top1 == pytest.approx(float((predicted == yt.numpy()).mean()))
+        assert head.mean_per_class_acc == pytest.approx(
+            np.mean([balanced_accuracy_score(yt[:, j], predicted[:, j]) for j in range(3)]))
+        assert head.validation_logits.shape == (30, 3)
+        assert head.extra["validation_top1"] == pytest.approx(float(((head.validation_logits > 0) == yv.numpy())
+                                                                    .mean()))
+    assert heads[0].top1 > 0.8
 
 
 def test_sgd_heads_learn_separable_data():

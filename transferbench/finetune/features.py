@@ -24,7 +24,7 @@ log = logging.getLogger("transferbench")
 @dataclass
 class Features:
     features: torch.Tensor  # [N, D] float32, on CPU
-    labels: torch.Tensor  # [N] int64
+    labels: torch.Tensor  # [N] int64 ([N, K] of 0/1 for a multi-label task)
     seconds: float  # time spent extracting (0.0 when read from the cache)
     cached: bool
     path: Path | None
@@ -119,12 +119,13 @@ def cached_features(cache_dir: Path | None, key: str, compute) -> Features:
 
 
 def check_feature_blob(blob: object) -> None:
-    """Raise ValueError unless ``blob`` is a feature cache entry: {"features": [N, D] float32, "labels": [N] int64}
-    with N, D > 0."""
+    """Raise ValueError unless ``blob`` is a feature cache entry: {"features": [N, D] float32, "labels": [N] int64
+    (a multi-label task's: [N, K] of 0/1)} with N, D > 0."""
     if not isinstance(blob, dict) or not all(isinstance(blob.get(k), torch.Tensor) for k in ("features", "labels")):
         raise ValueError("not a feature cache entry (features and labels tensors)")
     features, labels = blob["features"], blob["labels"]
     if features.dtype != torch.float32 or features.ndim != 2 or 0 in features.shape:
         raise ValueError(f"features are {features.dtype} {tuple(features.shape)}, not a float32 [N, D] matrix")
-    if labels.dtype != torch.int64 or labels.shape != (features.shape[0],):
-        raise ValueError(f"labels are {labels.dtype} {tuple(labels.shape)}, not {features.shape[0]} int64 labels")
+    if labels.dtype != torch.int64 or labels.ndim not in (1, 2) or labels.shape[0] != features.shape[0]:
+        raise ValueError(f"labels are {labels.dtype} {tuple(labels.shape)}, not {features.shape[0]} int64 labels "
+                         "(or rows of 0/1 attributes)")

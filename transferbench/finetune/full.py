@@ -211,7 +211,7 @@ def _train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, keeper: Fix
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         targets = targets.to(device, non_blocking=True)
         with autocast(device, precision):
-            loss = F.cross_entropy(model(images).float(), targets)
+            loss = training_loss(model(images).float(), targets)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)  # skipped (and the scale lowered) when fp16 gradients overflowed
@@ -224,6 +224,14 @@ def _train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, keeper: Fix
         if steps % FINITE_CHECK_EVERY == 0:
             _check_finite(loss_sum, first_bad, epoch, lr)
     return _check_finite(loss_sum, first_bad, epoch, lr) / max(steps, 1)
+
+
+def training_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against class indices [B]; for a multi-label task (0/1 targets [B, K], one sigmoid output per
+    attribute, as the CelebA bias study trains) the mean binary cross-entropy over every output of the batch."""
+    if targets.ndim == 2:
+        return F.binary_cross_entropy_with_logits(logits, targets.float())
+    return F.cross_entropy(logits, targets)
 
 
 def _check_finite(loss_sum: torch.Tensor, first_bad: torch.Tensor, epoch: int, lr: float) -> float:

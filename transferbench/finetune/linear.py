@@ -37,6 +37,7 @@ class HeadResult:
     mean_per_class_acc: float
     curve: list[dict] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    validation_logits: np.ndarray | None = None  # [N_validation, C] of the final head, when a validation split exists
 
 
 class _StackedSGD:
@@ -89,7 +90,8 @@ def train_sgd_heads(
 ) -> list[HeadResult]:
     """One SGD head per seed on the same features, trained together (the paper's protocol); ``validation``
     (features, labels) held out of the training images: the final heads' accuracy on it is in each result's
-    ``extra`` (``validation_top1``, ``validation_mean_per_class_acc``)."""
+    ``extra`` (``validation_top1``, ``validation_mean_per_class_acc``) and its logits in ``validation_logits``.
+    Multi-label tasks (``train_y`` [N, K] of 0/1) train K sigmoid outputs with binary cross-entropy."""
     device = torch.device(device)
     train_x, train_y = train_x.to(device).float(), train_y.to(device)
     test_x, test_y = test_x.to(device).float(), test_y.to(device)
@@ -131,9 +133,10 @@ def train_sgd_heads(
         logits, final = _batched_metrics(weight, bias, test_x, test_y, num_classes)
     results = [_head_result(seed, logits[i], final[i], curves[i]) for i, seed in enumerate(seeds)]
     if validation is not None:
-        _, held_out = _batched_metrics(weight, bias, validation[0].to(device).float(), validation[1].to(device),
-                                       num_classes)
-        for result, metrics in zip(results, held_out, strict=True):
+        held_out_logits, held_out = _batched_metrics(weight, bias, validation[0].to(device).float(),
+                                                     validation[1].to(device), num_classes)
+        for result, lg, metrics in zip(results, held_out_logits, held_out, strict=True):
+            result.validation_logits = lg.cpu().numpy()
             result.extra.update({f"validation_{name}": value for name, value in metrics.items()})
     return results
 
@@ -163,18 +166,31 @@ def _sgd_epoch(weight: torch.Tensor, bias: torch.Tensor, sgd: _StackedSGD, train
     for start in range(0, n, batch_size):
         idx = order[:, start:start + batch_size]  # [S, B]
         xb = train_x.index_select(0, idx.flatten()).view(s, -1, dim)  # [S, B, D]
-        yb = train_y[idx].unsqueeze(2)  # [S, B, 1]
-        # Closed-form gradient of the mean cross-entropy of a linear softmax head (no autograd on the
-        # hot path): d loss / d logits = (softmax - onehot) / B.
-        log_probs = torch.baddbmm(bias.unsqueeze(1), xb, weight.transpose(1, 2)).log_softmax(dim=2)
-        loss_sum -= log_probs.gather(2, yb).squeeze(2).mean(dim=1)
-        grad_logits = log_probs.exp_()
-        grad_logits.scatter_add_(2, yb, torch.full_like(yb, -1, dtype=grad_logits.dtype))
-        grad_logits /= xb.shape[1]
+        logits = torch.baddbmm(bias.unsqueeze(1), xb, weight.transpose(1, 2))  # [S, B, C]
+        loss, grad_logits = _loss_and_grad(logits, train_y[idx])
+        loss_sum += loss
         grad_weight = torch.bmm(grad_logits.transpose(1, 2).contiguous(), xb)  # [S, C, D]
         sgd.step([grad_weight, grad_logits.sum(dim=1)], lr)
         steps += 1
     return loss_sum / steps
+
+
+def _loss_and_grad(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean loss per head [S] and its gradient with respect to ``logits`` [S, B, C], in closed form (no
+    autograd on the hot path). Class indices [S, B]: softmax cross-entropy, d loss / d logits = (softmax - onehot)
+    / B. Multi-label 0/1 targets [S, B, C]: the mean binary cross-entropy over all B x C outputs (BCEWithLogitsLoss),
+    d loss / d logits = (sigmoid - y) / (B C)."""
+    if targets.ndim == 3:
+        targets = targets.to(logits.dtype)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(dim=(1, 2))
+        return loss, (torch.sigmoid(logits) - targets) / (logits.shape[1] * logits.shape[2])
+    yb = targets.unsqueeze(2)  # [S, B, 1]
+    log_probs = logits.log_softmax(dim=2)
+    loss = -log_probs.gather(2, yb).squeeze(2).mean(dim=1)
+    grad_logits = log_probs.exp_()
+    grad_logits.scatter_add_(2, yb, torch.full_like(yb, -1, dtype=grad_logits.dtype))
+    grad_logits /= logits.shape[1]
+    return loss, grad_logits
 
 
 def _head_result(seed: int, logits: torch.Tensor, final: dict[str, float], curve: list[dict]) -> HeadResult:
