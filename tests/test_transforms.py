@@ -58,3 +58,25 @@ def test_bicubic_and_bilinear_give_different_pixels():
     a = build_transform(protocol_transform(task, "linear", False, "bilinear"))(img)
     b = build_transform(protocol_transform(task, "linear", False, "bicubic"))(img)
     assert not torch.allclose(a, b)
+
+
+def test_the_celeba_crop_is_resize_then_random_crop_and_flip_and_leaves_paper_keys_alone():
+    """A card's ``transforms: celeba`` (the bias study's train transform): Resize 256, RandomCrop 224, flip, drawn
+    like torchvision's own Compose; the paper's configs keep their exact dict (feature-cache keys, records)."""
+    from dataclasses import replace
+
+    from torchvision import transforms as T
+
+    paper = protocol_transform(get_task("flowers"), "full", train=True)
+    assert "crop" not in paper.to_dict()
+    study = replace(paper, crop="resize_random")
+    assert study.to_dict()["crop"] == "resize_random"
+    image = Image.fromarray(torch.randint(0, 256, (300, 280, 3), dtype=torch.uint8,
+                                          generator=torch.Generator().manual_seed(0)).numpy())
+    reference = T.Compose([T.Resize(256), T.RandomCrop(224), T.RandomHorizontalFlip(), T.ToTensor(),
+                           T.Normalize(study.mean, study.std)])
+    for seed in range(4):
+        torch.manual_seed(seed)
+        ours = build_transform(study)(image)
+        torch.manual_seed(seed)
+        assert torch.equal(ours, reference(image))

@@ -22,9 +22,16 @@ class TransformConfig:
     mean: tuple[float, float, float] = IMAGENET_NORMALIZATION.mean
     std: tuple[float, float, float] = IMAGENET_NORMALIZATION.std
     augment: bool = False  # RandomResizedCrop + flip (full fine-tuning train split only)
+    # how an augmented split is cropped: "random_resized" (the paper's RandomResizedCrop) or "resize_random" (Resize
+    # to resize_size, then RandomCrop: the CelebA bias study's, bias_analysis.md §1.1)
+    crop: str = "random_resized"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields; ``crop`` only when it is not the paper's, so that every earlier cache key and record stays."""
+        data = asdict(self)
+        if data["crop"] == "random_resized":
+            del data["crop"]
+        return data
 
 
 def protocol_transform(
@@ -40,25 +47,35 @@ def protocol_transform(
 
     Linear probes use ImageNet statistics (or ``model_normalization``: a timm model's own, e.g. 0.5/0.5 for
     AugReg ViTs) and the test transform for both splits; full fine-tuning uses the task's own statistics and
-    augments the train split. ``image_size`` other than 224 is for tests/demos only; the resize size keeps the
+    augments the train split (RandomResizedCrop and flip; Resize, RandomCrop and flip for a card with
+    ``transforms: celeba``). ``image_size`` other than 224 is for tests/demos only; the resize size keeps the
     protocol's 256/224 ratio, or the model's ``crop_pct`` (timm's pretrained config: 0.9 for ViT, 0.875 for
     ConvNeXt) when it has one.
     """
     if mode not in ("linear", "full"):
         raise ValueError(f"mode must be 'linear' or 'full', not {mode!r}")
     norm: Normalization = (model_normalization or IMAGENET_NORMALIZATION) if mode == "linear" else task.normalization
+    augment = mode == "full" and train
     return TransformConfig(
         image_size=image_size,
         resize_size=round(image_size / crop_pct) if crop_pct else round(image_size * 256 / 224),
         interpolation=interpolation,
         mean=tuple(norm.mean),
         std=tuple(norm.std),
-        augment=(mode == "full" and train),
+        augment=augment,
+        crop=AUGMENT_CROPS[task.extra.get("transforms", "paper")] if augment else "random_resized",
     )
+
+
+# a task card's ``transforms:`` → how its augmented training images are cropped (TransformConfig.crop)
+AUGMENT_CROPS = {"paper": "random_resized", "celeba": "resize_random"}
 
 
 def _spatial(cfg: TransformConfig) -> list:
     interp = _INTERPOLATIONS[cfg.interpolation]
+    if cfg.augment and cfg.crop == "resize_random":
+        return [T.Resize(cfg.resize_size, interpolation=interp), T.RandomCrop(cfg.image_size),
+                T.RandomHorizontalFlip()]
     if cfg.augment:
         return [T.RandomResizedCrop(cfg.image_size, interpolation=interp), T.RandomHorizontalFlip()]
     return [T.Resize(cfg.resize_size, interpolation=interp), T.CenterCrop(cfg.image_size)]
