@@ -18,12 +18,21 @@ Each follows ``shared/reference/bias_analysis.md`` §2-3, which cites the study'
   the threshold 0, whatever thresholds the other metrics use (§2.2);
 - ``group_rates``/``equalized_odds_gap``: per-group TPR and FPR and max(|dTPR|, |dFPR|) (§2.3, not in the code);
 - ``fitted_thresholds``: each attribute's K-th largest validation logit, K its validation positives; predictions
-  are ``z > t`` (strict), so K - 1 validation samples are predicted positive when there are no ties (§3.1).
+  are ``z > t`` (strict), so K - 1 validation samples are predicted positive when there are no ties (§3.1);
+- ``train_cooccurrence_rates``/``train_positive_rate``: pos_frac, neg_frac and pi^tr from the train split's
+  co-occurrence counts C = Y^T Y, which the predictions file saves instead of the train labels (§2.1);
+- ``pruning_identified_exemplars``: the modal thresholded prediction over sparse seeds differs from the modal one
+  over dense seeds, per sample and attribute (§2.4);
+- ``flag_statistics``: the dense-only flag |p - 0.5| < 0.4 against the samples whose prediction pruning flips:
+  flag rate, AUROC of the dense uncertainty 1 - 2|p - 0.5|, flips covered (§2.5, §3.2);
+- ``attribute_table``: every metric above per attribute of one run (``RunOutputs``), at thresholds 0 or fitted.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -58,9 +67,20 @@ def predicted_positive_rate(z: np.ndarray, thresholds: np.ndarray | float = 0.0)
     return predictions(z, thresholds).mean(axis=0)
 
 
+def uncertain_samples(z: np.ndarray) -> np.ndarray:
+    """Per sample and attribute: |p - 0.5| < 0.4, the study's "low confidence" band (metric 4; §2.4, §3.2)."""
+    return np.abs(sigmoid(z) - 0.5) < UNCERTAIN_BAND
+
+
 def uncertainty(z: np.ndarray) -> np.ndarray:
     """U_j: the fraction of samples whose probability is within 0.4 of 0.5."""
-    return (np.abs(sigmoid(z) - 0.5) < UNCERTAIN_BAND).mean(axis=0)
+    return uncertain_samples(z).mean(axis=0)
+
+
+def uncertainty_score(z: np.ndarray) -> np.ndarray:
+    """1 - 2 |p - 0.5| per sample and attribute: 1 at p = 0.5, 0 at p in {0, 1} (a threshold-free form of the
+    band of :func:`uncertain_samples`, which is ``score > 0.2``; §2.4)."""
+    return 1.0 - 2.0 * np.abs(sigmoid(z) - 0.5)
 
 
 def interdependence(z: np.ndarray, thresholds: np.ndarray | float = 0.0) -> np.ndarray:
@@ -165,3 +185,145 @@ def fitted_thresholds(z_validation: np.ndarray, y_validation: np.ndarray) -> np.
         if k:
             out[j] = np.partition(z[:, j], -k)[-k]
     return out
+
+
+def train_cooccurrence_rates(train_cooccurrence: np.ndarray, train_count: int,
+                             identity: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pos_frac, neg_frac) of every attribute against the identity attribute of column ``identity``, from the
+    train split's co-occurrence counts C = Y^T Y (A x A) and its size N (§2.1):
+    P(y_j = 1 | g = 1) = C[j, g] / C[g, g] and P(y_j = 1 | g = 0) = (C[j, j] - C[j, g]) / (N - C[g, g]).
+    The same numbers as :func:`cooccurrence` on the train labels themselves, which the predictions file does not
+    hold (NaN for a group without train images)."""
+    counts = np.asarray(train_cooccurrence, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pos_frac = counts[:, identity] / counts[identity, identity]
+        neg_frac = (np.diag(counts) - counts[:, identity]) / (train_count - counts[identity, identity])
+    return pos_frac, neg_frac
+
+
+def train_positive_rate(train_cooccurrence: np.ndarray, train_count: int) -> np.ndarray:
+    """pi_j^tr = C[j, j] / N: each attribute's positive rate on the train split (metric 7, §2.5)."""
+    return np.diag(np.asarray(train_cooccurrence, dtype=np.float64)) / train_count
+
+
+def modal_prediction(seed_predictions: np.ndarray) -> np.ndarray:
+    """The majority prediction over the seeds (axis 0 of a [seeds, N, A] boolean array); a tie (half the seeds)
+    is 0, the smaller label, as ``report.prediction_metrics.modal_prediction`` breaks ties."""
+    seed_predictions = np.asarray(seed_predictions, dtype=bool)
+    return 2 * seed_predictions.sum(axis=0) > seed_predictions.shape[0]
+
+
+def pruning_identified_exemplars(sparse_predictions: np.ndarray, dense_predictions: np.ndarray) -> np.ndarray:
+    """PIEs per sample and attribute (§2.4, Hooker et al. 2019): the modal thresholded prediction over the sparse
+    seeds ([seeds, N, A]) differs from the modal one over the dense seeds."""
+    return modal_prediction(sparse_predictions) != modal_prediction(dense_predictions)
+
+
+def auroc(score: np.ndarray, event: np.ndarray) -> float:
+    """The area under the ROC curve of ``score`` for predicting ``event`` (Mann-Whitney U / (n1 n0), tied scores
+    ranked by their mean rank); NaN when every sample, or none, has the event."""
+    from scipy.stats import rankdata
+
+    score, event = np.asarray(score, dtype=np.float64).ravel(), np.asarray(event, dtype=bool).ravel()
+    positives = int(event.sum())
+    negatives = event.size - positives
+    if positives == 0 or negatives == 0:
+        return math.nan
+    ranks = rankdata(score)
+    return float((ranks[event].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def flag_statistics(dense_z: np.ndarray, sparse_z: np.ndarray, dense_thresholds: np.ndarray | float = 0.0,
+                    sparse_thresholds: np.ndarray | float = 0.0, pooled: bool = False) -> dict[str, np.ndarray]:
+    """How well the dense model alone points at the samples that pruning changes (§2.5, §3.2), per attribute, or
+    over every (sample, attribute) pair when ``pooled``:
+
+    - ``flag_rate``: the fraction flagged, flag = dense |p - 0.5| < 0.4;
+    - ``flip_rate``: the fraction whose sparse prediction differs from the dense one (each at its thresholds);
+    - ``flip_auroc``: AUROC of the dense uncertainty 1 - 2 |p - 0.5| for predicting a flip;
+    - ``flips_covered``: |flagged and flipped| / |flipped| (NaN without flips)."""
+    flag, score = uncertain_samples(dense_z), uncertainty_score(dense_z)
+    flip = predictions(sparse_z, sparse_thresholds) != predictions(dense_z, dense_thresholds)
+    flag, score, flip = (np.atleast_2d(a.T).T for a in (flag, score, flip))
+    if pooled:
+        flag, score, flip = (a.reshape(-1, 1) for a in (flag, score, flip))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        covered = (flag & flip).sum(axis=0) / flip.sum(axis=0)
+    return {"flag_rate": flag.mean(axis=0), "flip_rate": flip.mean(axis=0),
+            "flip_auroc": np.array([auroc(score[:, j], flip[:, j]) for j in range(flip.shape[1])]),
+            "flips_covered": covered}
+
+
+@dataclass(frozen=True)
+class RunOutputs:
+    """One run's saved outputs on a CelebA-like task (its ``predictions.npz``): K output columns, each one of the
+    A annotated attributes (K = A for the joint 40-attribute model, K = 1 for a single-label one)."""
+
+    logits: np.ndarray  # [N, K] test logits
+    labels: np.ndarray  # [N, K] 0/1 test labels of the outputs
+    classes: tuple[str, ...]  # [K] the attribute each output predicts
+    attributes: np.ndarray  # [N, A] 0/1 test ground truth of every annotated attribute (the identity groups)
+    attribute_names: tuple[str, ...]  # [A]
+    train_cooccurrence: np.ndarray  # [A, A] Y^T Y of the train split's attribute matrix
+    train_count: int  # train images
+    validation_logits: np.ndarray | None = None  # [Nv, K] on the official validation split: to fit thresholds
+    validation_labels: np.ndarray | None = None  # [Nv, K]
+    backdoored: np.ndarray | None = None  # [N] bool, backdoor variants only (§2.2)
+    ids: np.ndarray | None = None  # [N] test image ids, to check that runs saw one test list
+
+    def output_attributes(self) -> np.ndarray:
+        """The index in ``attribute_names`` of each output column's attribute (ValueError naming one that is
+        missing)."""
+        missing = [c for c in self.classes if c not in self.attribute_names]
+        if missing:
+            raise ValueError(f"outputs {', '.join(missing)} are not among attribute_names")
+        return np.array([self.attribute_names.index(c) for c in self.classes], dtype=np.int64)
+
+
+def ba_column(identity: str) -> str:
+    """The attribute table's column of the bias amplification towards ``identity``."""
+    return f"ba_{identity}"
+
+
+def eo_gap_column(identity: str) -> str:
+    """The attribute table's column of the equalized-odds gap between the groups of ``identity``."""
+    return f"eo_gap_{identity}"
+
+
+def attribute_table(run: RunOutputs, identities: Sequence[str],
+                    thresholds: np.ndarray | float = 0.0) -> dict[str, np.ndarray]:
+    """Every §2 metric per output attribute of one run at ``thresholds`` (0: p > 0.5; or
+    :func:`fitted_thresholds` of the run's validation outputs, §3.1), as columns of K values: accuracy, auc,
+    predicted/test/train positive rates, uncertainty, interdependence (NaN for a single output: nothing to
+    regress on), ece, rare_value_underprediction, then per identity attribute the bias amplification (with its
+    skip rules) and the equalized-odds gap, and ``backdoor_ba`` for a backdoor run (at threshold 0 whatever
+    ``thresholds`` are, as the study's code). AUC, uncertainty and ECE do not depend on the thresholds."""
+    z, y = np.asarray(run.logits, dtype=np.float64), np.asarray(run.labels, dtype=bool)
+    width = z.shape[1]
+    t = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (width,))
+    train_rate = train_positive_rate(run.train_cooccurrence, run.train_count)[run.output_attributes()]
+    table = {
+        "attribute": np.array(run.classes, dtype=object), "threshold": t, "accuracy": accuracy(z, y, t),
+        "auc": auc(z, y), "predicted_positive_rate": predicted_positive_rate(z, t),
+        "test_positive_rate": y.mean(axis=0), "train_positive_rate": train_rate, "uncertainty": uncertainty(z),
+        "interdependence": interdependence(z, t) if width > 1 else np.full(width, math.nan), "ece": ece(z, y),
+        "rare_value_underprediction": rare_value_underprediction(z, y, train_rate, t),
+    }
+    for identity in identities:
+        table |= _identity_columns(run, identity, t)
+    if run.backdoored is not None:
+        table["backdoor_ba"] = np.array([backdoor_bias_amplification(z[:, j], y[:, j], run.backdoored)
+                                         for j in range(width)])
+    return table
+
+
+def _identity_columns(run: RunOutputs, identity: str, thresholds: np.ndarray) -> dict[str, np.ndarray]:
+    """BA towards ``identity`` (the identity's own output skipped) and the equalized-odds gap, per output."""
+    group_index = run.attribute_names.index(identity)
+    g = np.asarray(run.attributes[:, group_index], dtype=bool)
+    columns = run.output_attributes()
+    pos_frac, neg_frac = train_cooccurrence_rates(run.train_cooccurrence, run.train_count, group_index)
+    own = next((j for j, a in enumerate(columns) if a == group_index), None)
+    return {ba_column(identity): bias_amplification(run.logits, run.labels, g, pos_frac[columns], neg_frac[columns],
+                                                    thresholds, skip=own),
+            eo_gap_column(identity): equalized_odds_gap(run.logits, run.labels, g, thresholds)}
