@@ -1,4 +1,4 @@
-"""The report commands of `transferbench`: collect, figures, compare, rank, report (and report beyond).
+"""The report commands of `transferbench`: collect, figures, compare, rank, report (and report beyond, report bias).
 
 Each command parses its flags, calls the functions of :mod:`transferbench.report.build` (which a user can call
 from Python with the same results) and prints what they wrote."""
@@ -77,6 +77,15 @@ def cmd_beyond(args: argparse.Namespace) -> int:
     result, written = analyse_predictions(runs, args.out or args.results / "beyond", min_count=args.min_count)
     print(result.summary())
     _print_paths(written)
+    return 0
+
+
+def cmd_bias(args: argparse.Namespace) -> int:
+    from .bias import bias_report
+
+    report = bias_report(args.results, args.out, identities=args.identity, latest=getattr(args, "latest", False))
+    print(report.summary)
+    _print_paths(report.paths)
     return 0
 
 
@@ -219,7 +228,7 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
                      "missing task)")
     _add_protocol(rep)
     rep.set_defaults(func=cmd_report)
-    rep_sub = rep.add_subparsers(dest="report_cmd", metavar="{beyond}")
+    rep_sub = rep.add_subparsers(dest="report_cmd", metavar="{beyond,bias}")
     bey = rep_sub.add_parser(
         "beyond",
         help="churn, calibration, entropy, per-class drops and pruning-identified "
@@ -236,3 +245,13 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
     bey.add_argument("--latest", action="store_true", default=argparse.SUPPRESS,
                      help="a seed repeated under the same protocol counts once, the newest run (default: an error)")
     bey.set_defaults(func=cmd_beyond)
+    bia = rep_sub.add_parser("bias", help="the CelebA bias study: bias amplification, uncertainty, calibration per "
+                             "attribute before and after fitted thresholds, dense-only criteria, sample flags, PIEs")
+    _add_results(bia, default=argparse.SUPPRESS)
+    bia.add_argument("--out", type=Path, help="output folder (default <results>/bias)")
+    bia.add_argument("--identity", action="append", metavar="ATTRIBUTE",
+                     help="an identity attribute to measure bias towards, e.g. --identity Male (repeatable; default: "
+                     "the task card's identity_attributes)")
+    bia.add_argument("--latest", action="store_true", default=argparse.SUPPRESS,
+                     help="a seed repeated under the same protocol counts once, the newest run (default: an error)")
+    bia.set_defaults(func=cmd_bias)
