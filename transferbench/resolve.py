@@ -9,7 +9,7 @@ from typing import Any
 from .checkpoints import resolve_checkpoint
 from .checkpoints.registry import method_for_arch
 from .names import check_name
-from .runspec import RunSpec, make_spec, resolve_hparams
+from .runspec import RunSpec, check_task_hparams, make_spec, resolve_hparams
 from .tasks import detect_layout, get_task, load_split
 from .upstream import ensure_mini_checkpoint
 
@@ -29,13 +29,14 @@ def resolve_spec(task: str, mode: str = "linear", seed: int = 21, *, method: str
             check_name(value, flag)
     task_spec = get_task(task)
     hparams = resolve_hparams(mode, task_spec.full_lr, overrides)  # the spec's own check, before any other work
+    check_task_hparams(task_spec, mode, hparams)
     if hparams.engine == "deepsparse":
         from .finetune.sparse_cpu import deepsparse_python
 
         deepsparse_python()  # raises when its environment is missing
     if method is not None and checkpoint is None:  # a misspelt or ambiguous name costs no data check either
         method = _method_name(method, arch, task_spec.kind == "mini")
-    if task_spec.kind == "paper":
+    if task_spec.kind != "mini":  # a paper task or a study's (CelebA): its data must be there
         if data_root is None:
             load_split(task_spec, "test", None)  # raises: where the data is expected and how to get it
         detect_layout(task_spec, data_root)

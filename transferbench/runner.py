@@ -44,9 +44,9 @@ from .digests import sha256_file
 from .errors import TransferbenchError
 from .estimators import KNN_K, KNN_METRIC, estimate_all, knn_votes
 from .finetune.features import cached_features, extract_with, feature_cache_key
-from .finetune.full import finetune_full
+from .finetune.full import evaluate, finetune_full
 from .finetune.linear import HeadResult, train_lbfgs_head, train_sgd_heads
-from .finetune.loaders import runner_loaders
+from .finetune.loaders import decode_images, runner_loaders
 from .metrics import accuracy_metrics
 from .runspec import HParams, RunSpec, group_by_extraction
 from .store import (
@@ -84,7 +84,9 @@ def _data_info(split, other, validation=None) -> dict:
     return {"layout": split.layout, "root": str(split.root), "train_size": len(split), "test_size": len(other),
             "num_classes": len(split.classes), "paper_split": split.paper_split,
             **({"train_subset": subset_info(split)} if split.subset else {}),
-            **({"validation_subset": subset_info(validation)} if validation is not None else {})}
+            **({"validation_size": len(validation)} if validation is not None else {}),
+            **({"validation_subset": subset_info(validation)} if validation is not None and validation.subset
+               else {})}
 
 
 FEATURES_VERSION = 1  # bump when extraction or a built-in task's data generator changes what features hold
@@ -119,7 +121,9 @@ def _prepare(spec: RunSpec, ctx: RunContext) -> _Prepared:
                    for split in ("train", "test"))  # --limit: a quick try on a subset (tasks.limit)
     hp = spec.hparams  # --train-size/--train-per-class: the low-data regime's seeded subset (tasks.subset)
     validation = None
-    if hp.validation_size:
+    if task.extra.get("validation_split"):  # the task's official validation split (CelebA): thresholds fit on it
+        validation = limit_split(load_split(task, "validation", ctx.data_root, ctx.verify_md5), hp.limit)
+    elif hp.validation_size:
         train, validation = split_off_validation(train, spec.seed, hp.train_size, hp.validation_size)
     else:
         train = subset_split(train, spec.seed, hp.train_size, hp.train_per_class)
@@ -367,7 +371,8 @@ def _write_linear(spec: RunSpec, prep: _Prepared, tcfg: TransformConfig, feats: 
         timings={"checkpoint_load_s": prep.load_seconds, "extraction_s": sum(f.seconds for f in feats.values()),
                  "features_cached": all(f.cached for f in feats.values()), "training_s": training_s,
                  "group_size": group_size, "total_s": elapsed_s})
-    path = _store(ctx.results, record, head.test_logits, feats["test"].labels.numpy(), prep.test.classes)
+    path = _store(ctx.results, record, head.test_logits, feats["test"].labels.numpy(), prep.test.classes,
+                  study_arrays(prep, head.validation_logits))
     log_curve(ctx.trackers, spec.run_key, spec_config(spec), ctx.results, head.curve,
               {"top1": head.top1, "mean_per_class_acc": head.mean_per_class_acc, **head.extra})
     log.info("run %s: top1=%.4f mean_per_class=%.4f → %s", spec.run_key, head.top1, head.mean_per_class_acc, path)
@@ -460,6 +465,7 @@ def _run_full(spec: RunSpec, ctx: RunContext) -> RunRecord:
     except TransferbenchError:
         _clear_work(work)  # a diverged run is not resumable
         raise
+    validation_logits = _validation_logits(prep, test_cfg, spec, ctx, work) if prep.validation else None
     _recheck_checkpoint(spec, prep)
     record = _record(
         spec, prep, ctx,
@@ -473,11 +479,45 @@ def _run_full(spec: RunSpec, ctx: RunContext) -> RunRecord:
         curve=result.curve,
         timings={"checkpoint_load_s": prep.load_seconds, "extraction_s": 0.0, "training_s": result.train_seconds,
                  "resumed_from_epoch": result.resumed_from_epoch, "total_s": time.perf_counter() - t_start})
-    path = _store(ctx.results, record, result.test_logits, result.test_labels, test.classes)
+    path = _store(ctx.results, record, result.test_logits, result.test_labels, test.classes,
+                  study_arrays(prep, validation_logits))
     shutil.rmtree(work, ignore_errors=True)
     log.info("run %s: top1=%.4f mean_per_class=%.4f → %s", spec.run_key, result.top1, result.mean_per_class_acc,
              path)
     return record
+
+
+def _validation_logits(prep: _Prepared, test_cfg: TransformConfig, spec: RunSpec, ctx: RunContext,
+                       work: Path) -> np.ndarray:
+    """The fine-tuned model's logits on the task's validation split (CelebA's: the bias study fits its decision
+    thresholds on them), through the test transform."""
+    decoded = decode_images(prep.validation.dataset, test_cfg, ctx.extract_batch_size, ctx.num_workers,
+                            work / "validation")
+    logits, _ = evaluate(prep.loaded.model, decoded.batches(ctx.extract_batch_size, prep.device), prep.device,
+                         spec.hparams.precision)
+    return logits
+
+
+def study_arrays(prep: _Prepared, validation_logits: np.ndarray | None) -> dict[str, np.ndarray]:
+    """What a study's analysis needs beside a run's test predictions (``report.bias``), for a task whose images
+    carry attributes (CelebA's 40): every test image's attributes and id, the train split's attribute
+    co-occurrence counts (Y^T Y: the training correlations that bias amplification is measured against), the
+    validation logits and labels (decision thresholds are fitted on them), the backdoor flags. Empty otherwise."""
+    test, train, validation = prep.test, prep.train, prep.validation
+    if getattr(test, "attributes", None) is None:
+        return {}
+    y = np.asarray(train.attributes, dtype=np.int64)
+    arrays = {"attributes": np.asarray(test.attributes, dtype=np.int8),
+              "attribute_names": np.asarray(test.attribute_names, dtype=str),
+              "train_cooccurrence": y.T @ y, "train_count": np.int64(len(y))}
+    if validation_logits is not None:
+        arrays.update(validation_logits=np.asarray(validation_logits, dtype=np.float32),
+                      validation_labels=np.asarray(validation.labels, dtype=np.int64))
+    if test.backdoored is not None:
+        arrays["backdoored"] = np.asarray(test.backdoored, dtype=bool)
+    if test.ids is not None:
+        arrays["ids"] = np.asarray(test.ids, dtype=str)
+    return arrays
 
 
 def _clear_work(work: Path) -> None:
@@ -516,7 +556,8 @@ def _recheck_checkpoint(spec: RunSpec, prep: _Prepared, written_features: Iterab
         "while runs use it, then run again (a changed file is a new run key)")
 
 
-def _store(root: Path, record: RunRecord, test_logits, test_labels, class_names: list[str]) -> Path:
+def _store(root: Path, record: RunRecord, test_logits, test_labels, class_names: list[str],
+           arrays: dict[str, np.ndarray] | None = None) -> Path:
     """``write_record``, leaving nothing of this run behind when it fails (a full disk, a read-only root): a
     predictions file without its record reads as a run's leftover, and one beside an older record (``--force``)
     would pass for that record's. An older record whose predictions were replaced is removed with them."""
@@ -524,7 +565,7 @@ def _store(root: Path, record: RunRecord, test_logits, test_labels, class_names:
     predictions, result = folder / PREDICTIONS_FILE, result_path(root, record.run_key)
     before, record_before = _stamp(predictions), _stamp(result)
     try:
-        return write_record(root, record, test_logits, test_labels, class_names)
+        return write_record(root, record, test_logits, test_labels, class_names, arrays)
     except BaseException:
         if _stamp(result) == record_before and _stamp(predictions) != before:  # our predictions, not our record
             predictions.unlink(missing_ok=True)

@@ -17,7 +17,7 @@ from .bounds import SEED, Bounds, check_fields
 from .errors import TransferbenchError
 from .store.layout import record_dir, work_dir
 from .store.record import SCHEMA_VERSION
-from .tasks import get_task
+from .tasks import TaskSpec, get_task
 from .tasks.subset import LOW_DATA_PRESETS
 
 # The paper's protocol (transfer_protocol.md §3-4). The LR is multiplied by lr_gamma *after* the listed
@@ -269,7 +269,25 @@ def make_spec(task: str, mode: str, seed: int, checkpoint: CheckpointRef,
     if task_spec.image_size != 224:  # mini-tasks run at their native resolution unless overridden
         overrides.setdefault("image_size", task_spec.image_size)
     hp = resolve_hparams(mode, task_spec.full_lr, overrides)
+    check_task_hparams(task_spec, mode, hp)
     return RunSpec(task=task_spec.name, mode=mode, seed=seed, checkpoint=checkpoint, hparams=hp)
+
+
+def check_task_hparams(task: TaskSpec, mode: str, hp: HParams) -> None:
+    """What a multi-label task (CelebA's attributes: one sigmoid output each) cannot run, as one line: the
+    estimators, the L-BFGS solver and the class-balanced subsets are defined for one label per image, the task
+    has its official validation split (no ``--validation-size``), and its validation split and image attributes
+    are read through torchvision (no FFCV or DeepSparse)."""
+    if task.extra.get("targets") != "multilabel":
+        return
+    refused = [(mode == "estimate", "--mode estimate"), (hp.solver != "sgd", f"--solver {hp.solver}"),
+               (bool(hp.train_size or hp.train_per_class), "--train-size/--train-per-class"),
+               (bool(hp.validation_size), "--validation-size (the task has its official validation split)"),
+               (hp.loader != "torchvision", f"--loader {hp.loader}"), (hp.engine != "torch", f"--engine {hp.engine}")]
+    for bad, flag in refused:
+        if bad:
+            raise TransferbenchError(f"{flag} is not available for the multi-label task {task.name} (one sigmoid "
+                                     "output per attribute): drop it")
 
 
 def group_by_extraction(specs: list[RunSpec]) -> list[list[RunSpec]]:

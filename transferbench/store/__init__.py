@@ -60,12 +60,13 @@ from .states import (
 
 
 def write_record(root: str | Path, record: RunRecord, test_logits: np.ndarray, test_labels: np.ndarray,
-                 class_names: list[str] | None = None) -> Path:
-    """Write the run's predictions (with each logit's class name, when known), then its record, atomically and
-    last: a record's presence means the run is complete. Returns the record's path."""
+                 class_names: list[str] | None = None, arrays: dict[str, np.ndarray] | None = None) -> Path:
+    """Write the run's predictions (with each logit's class name, when known, and a study's ``arrays``: see
+    ``runner.study_arrays``), then its record, atomically and last: a record's presence means the run is
+    complete. Returns the record's path."""
     names = {"classes": np.asarray(class_names, dtype=str)} if class_names else {}
     save_npz(record_dir(root, record.run_key) / PREDICTIONS_FILE, logits=test_logits.astype(np.float32),
-             labels=test_labels.astype(np.int64), **names)
+             labels=test_labels.astype(np.int64), **names, **(arrays or {}))
     return write_json(result_path(root, record.run_key), record.to_json())
 
 

@@ -38,12 +38,28 @@ def limited_indices(labels: Sequence[int], limit: int) -> list[int]:
 
 
 def limit_split(split: Split, limit: int) -> Split:
-    """``split`` cut to ``limited_indices(split.labels, limit)``: unchanged when that is every image; otherwise a
-    Split over a ``torch.utils.data.Subset`` that is no longer the paper's split (``paper_split`` False)."""
-    indices = limited_indices(split.labels, limit)
+    """``split`` cut to ``limited_indices(split.labels, limit)`` (a multi-label split, whose images have no one
+    class: its first ``limit`` images): unchanged when that is every image; otherwise a Split over a
+    ``torch.utils.data.Subset`` that is no longer the paper's split (``paper_split`` False)."""
+    multilabel = getattr(split, "targets", "single") == "multilabel"
+    indices = list(range(min(limit, len(split)) if limit > 0 else len(split))) if multilabel \
+        else limited_indices(split.labels, limit)
     if len(indices) == len(split):
         return split
+    return take(split, indices, paper_split=False)
+
+
+def take(split: Split, indices: list[int], **changes) -> Split:
+    """The Split of ``split``'s images at ``indices`` (in that order), every per-image field cut alike: the labels,
+    and a study's attributes, image ids and backdoor flags when it has them."""
+    import numpy as np
     from torch.utils.data import Subset
 
-    return replace(split, dataset=Subset(split.dataset, indices), labels=[split.labels[i] for i in indices],
-                   paper_split=False)
+    per_image = {}
+    for name in ("attributes", "backdoored", "ids"):
+        value = getattr(split, name, None)
+        if value is not None:
+            per_image[name] = [value[i] for i in indices] if isinstance(value, list) else value[np.asarray(indices)]
+    labels = split.labels[np.asarray(indices, dtype=np.int64)] if isinstance(split.labels, np.ndarray) \
+        else [split.labels[i] for i in indices]
+    return replace(split, dataset=Subset(split.dataset, indices), labels=labels, **per_image, **changes)
