@@ -14,8 +14,8 @@ from transferbench.errors import TransferbenchError
 from transferbench.models import TransferModel, create_model, list_archs, model_class, register_model
 from transferbench.models import registry as model_registry
 
-ALL_ARCHS = ["mobilenet", "mobilenet_str", "resnet50", "resnet50_rigl", "resnet50_str", "resnet_tiny"]
-FEATURE_DIMS = {"mobilenet": 1024, "mobilenet_str": 1024, "resnet50": 2048, "resnet50_rigl": 2048,
+ALL_ARCHS = ["mobilenet", "mobilenet_str", "resnet18", "resnet50", "resnet50_rigl", "resnet50_str", "resnet_tiny"]
+FEATURE_DIMS = {"mobilenet": 1024, "mobilenet_str": 1024, "resnet18": 512, "resnet50": 2048, "resnet50_rigl": 2048,
                 "resnet50_str": 2048, "resnet_tiny": 32}
 STR_ARCHS = ["resnet50_str", "mobilenet_str"]
 
