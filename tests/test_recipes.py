@@ -24,15 +24,19 @@ from transferbench.pruning.magnitude import MagnitudePruner
 from transferbench.pruning.rigl import RigLPruner
 from transferbench.pruning.woodfisher import WoodFisherPruner
 from transferbench.upstream.candidates import register_candidate
+from transferbench.upstream.optimizers import make_optimizer
 from transferbench.upstream.recipes import load_recipe, lr_at, method_recipe, scale_recipe
 
 IMAGENET_TRAIN = 1_281_167
+# training images of the sets whose recipes give no train_size: ImageNet, CelebA's official train partition, and
+# the faces mini-task's train split
+TRAIN_IMAGES = {"imagenet": IMAGENET_TRAIN, "celeba": 162_770, "faces": 2000}
 PRUNERS = {"dense": Pruner, "magnitude": MagnitudePruner, "gmp": GMPPruner, "woodfisher": WoodFisherPruner,
            "rigl": RigLPruner, "lth": LTHPruner, "acdc": ACDCPruner, "cram": Pruner, "cram_nm": Pruner}
 
 
 def _steps_per_epoch(rec: dict) -> int:
-    train = IMAGENET_TRAIN if rec["dataset"] == "imagenet" else rec["train_size"]
+    train = rec["train_size"] if "train_size" in rec else TRAIN_IMAGES[rec["dataset"]]
     return train // rec["batch_size"]  # the loader drops the last partial batch
 
 
@@ -42,8 +46,7 @@ def _build(method: str, recipe: str, sparsity: float, **kwargs):
     model = create_model("resnet_tiny", num_classes=16)
     knobs = dict(knobs)
     knobs.pop("init", None)  # train.py's: start from the recipe's dense model
-    base = torch.optim.SGD(model.parameters(), lr=rec["optimizer"]["lr"], momentum=rec["optimizer"]["momentum"],
-                           weight_decay=rec["optimizer"]["weight_decay"])
+    base = make_optimizer(model.parameters(), rec["optimizer"])
     ctx = {"recipe": rec, "loader": range(_steps_per_epoch(rec)), "device": torch.device("cpu"), "seed": 0,
            "train_set": None, "base_lr": rec["optimizer"]["lr"], "dense_model": None,
            "fisher_batches": lambda num_grads, batch_size: (lambda *shard: iter(()))}

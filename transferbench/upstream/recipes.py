@@ -14,8 +14,9 @@ from ..errors import TransferbenchError
 from ..names import check_name
 from ..pruning.factory import METHODS, RUN_KEYS, at_sparsity, pruner_name
 from ..vocabulary import format_sparsity, method_matches, normalize_sparsity, resolve_method
+from .optimizers import OPTIMIZER_KINDS, OPTIMIZER_SETTINGS, optimizer_kind
 
-SCHEDULE_KINDS = ("cosine", "step", "multistep")
+SCHEDULE_KINDS = ("cosine", "step", "multistep", "constant")
 SCALING_RULES = ("linear_lr", "same_lr")
 
 # The schema of a resolved run's values (the validator of transferbench.bounds, as for a transfer run's HParams)
@@ -23,8 +24,8 @@ _COUNT = Bounds(int, low=1)
 _POSITIVE = Bounds(float, low=0, low_open=True)
 _NON_NEGATIVE = Bounds(float, low=0)
 RUN_BOUNDS = {"epochs": _COUNT, "batch_size": _COUNT, "label_smoothing": Bounds(float, low=0, high=1, high_open=True)}
-OPTIMIZER_BOUNDS = {"lr": _POSITIVE, "momentum": _NON_NEGATIVE, "weight_decay": _NON_NEGATIVE,
-                    "nesterov": Bounds(bool)}
+OPTIMIZER_BOUNDS = {"kind": Bounds(str, choices=OPTIMIZER_KINDS), "lr": _POSITIVE, "momentum": _NON_NEGATIVE,
+                    "weight_decay": _NON_NEGATIVE, "nesterov": Bounds(bool)}
 SCHEDULE_BOUNDS = {"per": Bounds(str, choices=("epoch", "step")), "warmup_epochs": _NON_NEGATIVE,
                    "constant_until": Bounds(int, low=0), "every": _COUNT, "last": Bounds(int, low=0),
                    "gamma": _POSITIVE, "milestones": Bounds(tuple, item=_NON_NEGATIVE)}
@@ -45,8 +46,12 @@ def lr_at(schedule: dict, epoch: float, base_lr: float, total_epochs: int) -> fl
       ``constant_until``, ``+every``, … up to ``last``.
     - ``multistep``: RigL's TF schedule (§3.3): ``base·epoch/W`` over the warm-up, continuous in the fractional
       epoch (0 at the first step), then ``base·gamma^k`` after the k-th of ``milestones``.
+    - ``constant``: ``base`` throughout (the CelebA study's post-training GMP: Adam with a MultiStepLR whose only
+      milestone, 100, falls after its 80 epochs).
     """
     kind = schedule.get("kind", "cosine")
+    if kind == "constant":
+        return base_lr
     if kind == "step":
         points = range(schedule["constant_until"], schedule.get("last", 10**9) + 1, schedule["every"])
         return base_lr * schedule["gamma"] ** sum(epoch >= k + 1 for k in points)
@@ -126,7 +131,7 @@ def method_recipe(method: str, recipe: str | Path, arch: str | None = None, data
     for key in RUN_KEYS:
         if key in entry:
             value = entry.pop(key)
-            rec[key] = {**(rec.get(key) or {}), **value} if key in ("optimizer", "scaling") else value
+            rec[key] = {**(rec.get(key) or {}), **value} if _merged(key, rec.get(key), value) else value
     multiplier = entry.pop("training_steps_multiplier", 1)
     if multiplier != 1:
         stretch_recipe(rec, multiplier, method)
@@ -134,6 +139,15 @@ def method_recipe(method: str, recipe: str | Path, arch: str | None = None, data
     if batch_size is not None:
         scale_recipe(rec, entry, batch_size, method)
     return rec, entry
+
+
+def _merged(key: str, top_level: dict | None, entry_value: Any) -> bool:
+    """Whether an entry's ``key`` section is merged over the recipe's: the scaling rule always, the optimizer when
+    it is of the same kind (an Adam entry in an SGD recipe replaces it: SGD's momentum means nothing to Adam)."""
+    if key == "scaling":
+        return True
+    return key == "optimizer" and isinstance(entry_value, dict) and \
+        optimizer_kind(entry_value) == optimizer_kind(top_level)
 
 
 def stretch_recipe(rec: dict, multiplier: float, method: str = "") -> None:
@@ -219,7 +233,8 @@ def _check_run(rec: dict, method: str) -> None:
     rec.update(_checked({k: rec[k] for k in RUN_BOUNDS if k in rec}, RUN_BOUNDS, f"{where}: ", ""))
     schedule = rec.get("schedule") or {}
     kind = schedule.get("kind", "cosine")
-    needs = {"cosine": (), "step": ("constant_until", "every", "gamma"), "multistep": ("milestones",)}
+    needs = {"cosine": (), "step": ("constant_until", "every", "gamma"), "multistep": ("milestones",),
+             "constant": ()}
     if kind not in SCHEDULE_KINDS:
         raise TransferbenchError(f"{where}: unknown schedule kind {kind!r}; choose one of: {', '.join(SCHEDULE_KINDS)}")
     missing = [key for key in needs[kind] if key not in schedule]
@@ -230,6 +245,11 @@ def _check_run(rec: dict, method: str) -> None:
     if "lr" not in (rec.get("optimizer") or {}):
         raise TransferbenchError(f"{where}: the optimizer has no lr")
     rec["optimizer"] = _checked(rec["optimizer"], OPTIMIZER_BOUNDS, f"{where}: ", "optimizer ")
+    kind = optimizer_kind(rec["optimizer"])
+    foreign = sorted(set(rec["optimizer"]) - {"kind", "lr", *OPTIMIZER_SETTINGS[kind]})
+    if foreign:
+        raise TransferbenchError(f"{where}: the {kind} optimizer has no {', '.join(foreign)}; it takes lr and "
+                                 f"{', '.join(OPTIMIZER_SETTINGS[kind])}")
 
 
 def _checked(section: dict, bounds: dict[str, Bounds], where: str, prefix: str) -> dict:
