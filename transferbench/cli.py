@@ -337,15 +337,20 @@ def _add_upstream_command(sub: argparse._SubParsersAction) -> None:
     up = sub.add_parser("upstream", help="train/prune an upstream model and register its checkpoint(s)")
     up.add_argument("--method", required=True,
                     help="an entry of the recipe: dense, magnitude, gmp, woodfisher, rigl, lth, acdc, cram, cram_nm; "
-                         "imagenet_resnet50 adds gmp_str, rigl_erk1x and rigl_erk5x (the registry's names)")
+                         "imagenet_resnet50 adds gmp_str, rigl_erk1x and rigl_erk5x (the registry's names); the "
+                         "celeba_* recipes have dense, gmp, gmp_pt (post-training GMP) and acdc")
     up.add_argument("--sparsity", nargs="+", default=[0.9],
                     help="target sparsity: a fraction (0.9) or a percent (90%%); several for cram and lth (one "
                          "candidate each)")
     up.add_argument("--arch", help="architecture (default: the recipe's)")
-    up.add_argument("--dataset", help="upstream data: shapes (procedural, offline) or imagenet (default: recipe's)")
-    up.add_argument("--recipe", help="small_cpu, imagenet_resnet50, or a recipe .yaml file (default: small_cpu; "
-                                     "with --from, imagenet_resnet50 for --dataset imagenet)")
-    up.add_argument("--data-root", type=Path, help="ImageNet folder with train/ and val/ (for --dataset imagenet)")
+    up.add_argument("--dataset", help="upstream data: shapes (procedural, offline), imagenet, or a multi-label task: "
+                                      "celeba (needs --data-root), faces (offline), celeba-<attribute> (default: "
+                                      "recipe's)")
+    up.add_argument("--recipe", help="small_cpu, imagenet_resnet50, celeba_resnet18, celeba_mobilenet, celeba_cpu, or "
+                                     "a recipe .yaml file (default: small_cpu; with --from, imagenet_resnet50 for "
+                                     "--dataset imagenet)")
+    up.add_argument("--data-root", type=Path, help="ImageNet folder with train/ and val/ (--dataset imagenet), or the "
+                                                   "folder holding CelebA's official layout (--dataset celeba)")
     up.add_argument("--seed", type=int, default=0)
     up.add_argument("--device", default="auto")
     up.add_argument("--out", type=Path, help="where to write the checkpoints (default <checkpoint dir>/upstream)")

@@ -44,12 +44,16 @@ def head_classes(net: torch.nn.Module) -> int:
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 256,
              workers: int = 0) -> float:
-    """Top-1 on ``dataset`` (read by ``workers`` loader processes, pinned on a GPU)."""
+    """Top-1 on ``dataset`` (read by ``workers`` loader processes, pinned on a GPU); for multi-label targets (0/1
+    rows [K]) the mean attribute accuracy, a logit above 0 predicting 1 (over N·K decisions, which is the mean of
+    the K attributes' accuracies, each attribute having every image)."""
     model.eval()
     correct = total = 0
     for x, y in eval_loader(dataset, batch_size, workers, device):
-        correct += int((model(x.to(device, non_blocking=True)).argmax(1).cpu() == y).sum())
-        total += len(y)
+        logits = model(x.to(device, non_blocking=True)).cpu()
+        hits = (logits > 0) == (y > 0.5) if y.ndim == 2 else logits.argmax(1) == y
+        correct += int(hits.sum())
+        total += hits.numel()
     return correct / max(total, 1)
 
 
@@ -174,14 +178,16 @@ def one_shot_candidates(model: torch.nn.Module, method: str, sparsities: list[fl
 def register_candidate(folder: Path, rec: dict, method: str, sp: float, net: torch.nn.Module, masks: dict,
                        test_set: Dataset, dev: torch.device, seed: int, seconds: float,
                        about: dict | None = None, *, name: str | None = None, notes: str | None = None,
-                       pruned_from: str | None = None, workers: int = 0) -> UpstreamResult:
+                       pruned_from: str | None = None, workers: int = 0, multilabel: bool = False) -> UpstreamResult:
     """Evaluate one trained (or one-shot) model, write it in the project's format and register it (as ``name``,
-    default the recipe's checkpoint name; ``pruned_from``: the dense file a one-shot candidate was pruned from)."""
+    default the recipe's checkpoint name; ``pruned_from``: the dense file a one-shot candidate was pruned from).
+    ``multilabel``: its head has one sigmoid output per attribute; its upstream_top1 is the mean attribute
+    accuracy, whose chance level is that of one binary decision."""
     top1 = evaluate(net, test_set, dev, workers=workers)
     measured = measure_sparsity(net, include_head=True).overall
     name = name or checkpoint_name(rec, method, sp, seed)
     notes = notes or f"trained by transferbench upstream ({rec['name']} recipe, {rec['dataset']}, seed {seed})"
-    classes, test_size = head_classes(net), len(test_set)
+    classes, test_size = (2 if multilabel else head_classes(net)), len(test_set)
     chance = at_chance(top1, classes, test_size)
     if chance:
         notes = f"{notes}; {chance_note(method, top1, classes, test_size)}"
@@ -190,7 +196,8 @@ def register_candidate(folder: Path, rec: dict, method: str, sp: float, net: tor
                 "recipe": rec["name"], "recipe_config": yaml.safe_dump(rec), "upstream_dataset": rec["dataset"],
                 "upstream_top1": top1, "at_chance": chance, "chance_threshold": chance_threshold(classes, test_size),
                 "upstream_test_size": test_size, "seed": seed, "train_seconds": seconds,
-                "transferbench_version": __version__, **(about or {})}
+                "transferbench_version": __version__,
+                **({"upstream_metric": "mean attribute accuracy"} if multilabel else {}), **(about or {})}
     digest = save_checkpoint(path, net, masks, arch=rec["arch"], dataset=rec["dataset"], metadata=metadata)
     spec = register_local(CheckpointSpec(
         name=name, method=method, sparsity=float(sp), arch=rec["arch"], format="ist", filename=path.name,

@@ -1,4 +1,5 @@
-"""The upstream datasets (procedural shapes offline, ImageNet as an ImageFolder) and how the loop reads them.
+"""The upstream datasets (procedural shapes offline, ImageNet as an ImageFolder, a multi-label task such as CelebA:
+``upstream.attributes``) and how the loop reads them.
 
 Every loader reads with worker processes, pinned memory on GPUs and persistent workers for the training batches
 (``LoopOptions.workers``). The training order is a function of (seed, epoch) alone and every sample's augmentation
@@ -9,6 +10,7 @@ global batch (``ShardedBatches``) and wherever it was resumed.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -39,27 +41,74 @@ def _train_transform(recipe: dict) -> TransformConfig:
     return TransformConfig(**{**_eval_transform(recipe).to_dict(), "augment": True})
 
 
-def upstream_datasets(recipe: dict, data_root: Path | None) -> tuple[Dataset, Dataset]:
+@dataclass(frozen=True)
+class UpstreamData:
+    """The sets an upstream run reads. ``outputs``: the head's width (classes, or attributes for a multi-label
+    task); ``validation``: the official validation split where the data has one (the checkpoint is chosen on it,
+    ``upstream.selection``), else None (the last epoch's model is the checkpoint); ``multilabel``: targets are 0/1
+    rows [K] (binary cross-entropy, mean attribute accuracy) rather than class indices."""
+
+    train: Dataset
+    test: Dataset
+    outputs: int
+    validation: Dataset | None = None
+    multilabel: bool = False
+
+
+SHAPES_CLASSES, IMAGENET_CLASSES = 16, 1000
+
+
+def _shapes(recipe: dict, data_root: Path | None) -> UpstreamData:
     size = int(recipe["image_size"])
-    if recipe["dataset"] == "shapes":
-        train = ArrayDataset(*synthetic.make_shapes(int(recipe["train_size"]), size=size, seed=0))
-        test = ArrayDataset(*synthetic.make_shapes(int(recipe["test_size"]), size=size, seed=1))
-        cfg = TransformConfig(image_size=size, resize_size=size, mean=(0.2, 0.2, 0.2), std=(0.3, 0.3, 0.3))
-        train_cfg = cfg
-    elif recipe["dataset"] == "imagenet":
-        from torchvision.datasets import ImageFolder
+    train = ArrayDataset(*synthetic.make_shapes(int(recipe["train_size"]), size=size, seed=0))
+    test = ArrayDataset(*synthetic.make_shapes(int(recipe["test_size"]), size=size, seed=1))
+    cfg = TransformConfig(image_size=size, resize_size=size, mean=(0.2, 0.2, 0.2), std=(0.3, 0.3, 0.3))
+    return UpstreamData(Transformed(train, build_transform(cfg)), Transformed(test, build_transform(cfg)),
+                        SHAPES_CLASSES)
 
-        if data_root is None or not (Path(data_root) / "train").is_dir():
-            raise TransferbenchError(
-                "--dataset imagenet needs --data-root DIR with DIR/train/<wnid>/ and DIR/val/<wnid>/"
-            )
-        cfg, train_cfg = _eval_transform(recipe), _train_transform(recipe)
-        from ..tasks.data import read_rgb_image  # pil_loader's pixels; a bad file is one line naming it
 
-        train, test = (ImageFolder(Path(data_root) / part, loader=read_rgb_image) for part in ("train", "val"))
-    else:
-        raise TransferbenchError(f"unknown upstream dataset '{recipe['dataset']}' (--dataset); use shapes or imagenet")
-    return Transformed(train, build_transform(train_cfg)), Transformed(test, build_transform(cfg))
+def _imagenet(recipe: dict, data_root: Path | None) -> UpstreamData:
+    from torchvision.datasets import ImageFolder
+
+    if data_root is None or not (Path(data_root) / "train").is_dir():
+        raise TransferbenchError(
+            "--dataset imagenet needs --data-root DIR with DIR/train/<wnid>/ and DIR/val/<wnid>/"
+        )
+    from ..tasks.data import read_rgb_image  # pil_loader's pixels; a bad file is one line naming it
+
+    train, test = (ImageFolder(Path(data_root) / part, loader=read_rgb_image) for part in ("train", "val"))
+    return UpstreamData(Transformed(train, build_transform(_train_transform(recipe))),
+                        Transformed(test, build_transform(_eval_transform(recipe))), IMAGENET_CLASSES)
+
+
+# the upstream sets by --dataset name; a multi-label task (celeba, faces, celeba-<attribute>) is read by
+# upstream.attributes
+DATASET_READERS = {"shapes": _shapes, "imagenet": _imagenet}
+
+
+def check_upstream_dataset(name: str) -> None:
+    """A one-line error for a --dataset the upstream loop cannot read (before any work)."""
+    from .attributes import is_attribute_task
+
+    if name not in DATASET_READERS and not is_attribute_task(name):
+        raise TransferbenchError(f"unknown upstream dataset '{name}' (--dataset); use shapes, imagenet or a "
+                                 "multi-label task: celeba (--data-root), faces, celeba-<attribute>")
+
+
+def upstream_data(recipe: dict, data_root: Path | None) -> UpstreamData:
+    """Every set of the recipe's ``dataset`` (``check_upstream_dataset`` names the ones there are)."""
+    check_upstream_dataset(recipe["dataset"])
+    if recipe["dataset"] in DATASET_READERS:
+        return DATASET_READERS[recipe["dataset"]](recipe, data_root)
+    from .attributes import attribute_data
+
+    return attribute_data(recipe, data_root)
+
+
+def upstream_datasets(recipe: dict, data_root: Path | None) -> tuple[Dataset, Dataset]:
+    """(train, test) of ``upstream_data``: the sets BN calibration and one-shot candidates read."""
+    data = upstream_data(recipe, data_root)
+    return data.train, data.test
 
 
 def rank_order(num_samples: int, global_batch: int, world: World, seed: int, epoch: int) -> list[int]:

@@ -56,6 +56,7 @@ class Resumed:
     epoch: int  # epochs finished before this process started
     train_seconds: float
     losses: list[float]  # mean training loss of every finished epoch
+    selection: dict[str, Any] | None = None  # the kept epoch of a run that chooses on validation data (selection)
 
 
 def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
@@ -73,8 +74,9 @@ def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None
 
 def save_state(folder: Path, world: World, device: torch.device, *, epoch: int, epochs: int, model: nn.Module,
                optimizer: torch.optim.Optimizer, pruner: Pruner, generators: dict[str, torch.Generator],
-               train_seconds: float, losses: list[float]) -> None:
-    """Write the state after ``epoch`` epochs (rank 0 writes; every rank contributes its RNG state)."""
+               train_seconds: float, losses: list[float], selection: dict[str, Any] | None = None) -> None:
+    """Write the state after ``epoch`` epochs (rank 0 writes; every rank contributes its RNG state); ``selection``:
+    the kept epoch's state of a run that chooses its checkpoint on validation data (``upstream.selection``)."""
     rngs = gather_objects(world, _rng_state(device))
     if world.is_main:
         torch_save(Path(folder) / STATE_FILE, {
@@ -84,6 +86,7 @@ def save_state(folder: Path, world: World, device: torch.device, *, epoch: int, 
             "pruner": pruner.state_dict(),
             "generators": {name: g.get_state() for name, g in generators.items()},
             "rng": rngs, "train_seconds": train_seconds, "losses": losses,
+            **({"selection": selection} if selection is not None else {}),
         })
         write_json(Path(folder) / PROGRESS_FILE, {"epoch": epoch, "epochs": epochs, "world_size": world.size})
     world.barrier()  # no rank starts the next epoch before the state that covers it is on disk
@@ -113,7 +116,8 @@ def load_state(folder: Path, world: World, device: torch.device, *, model: nn.Mo
         for name, generator in generators.items():
             generator.set_state(state["generators"][name])
         _set_rng_state(state["rng"][world.rank], device)
-        resumed = Resumed(state["epoch"], float(state["train_seconds"]), [float(x) for x in state["losses"]])
+        resumed = Resumed(state["epoch"], float(state["train_seconds"]), [float(x) for x in state["losses"]],
+                          state.get("selection"))
     except TransferbenchError:
         raise
     except Exception as exc:  # whatever a corrupt file raises (zip, unpickling, shapes, missing keys)

@@ -3,9 +3,12 @@
 One loop serves every method and recipe: pruners are hooks (pruning/base.py), CrAM is an optimizer wrapper.
 The loop runs as one process or as one process per GPU under ``torch.distributed`` (``distributed``; launched by
 torchrun or a SLURM multi-task job), saves its state after every epoch and resumes from it (``state``), and reads
-images with loader workers (``data``). The result is written in the project's checkpoint format
-(checkpoints/save.py) and registered in the user's local registry, so ``transferbench run --method M --sparsity S``
-finds it. Running the same command again skips a run already registered with the same identity.
+images with loader workers (``data``). Multi-label data (CelebA, faces: ``attributes``) trains with binary
+cross-entropy, and where the data has a validation split the registered model is the epoch that ``selection``
+keeps (the study's best-validation checkpoint at the highest sparsity), not the last one. The result is written in
+the project's checkpoint format (checkpoints/save.py) and registered in the user's local registry, so
+``transferbench run --method M --sparsity S`` finds it. Running the same command again skips a run already
+registered with the same identity.
 """
 
 from __future__ import annotations
@@ -26,14 +29,16 @@ from torch.nn.parallel import DistributedDataParallel
 from ..checkpoints import checkpoint_dir, local_path
 from ..checkpoints.registry import named_checkpoint
 from ..errors import TransferbenchError
+from ..finetune.full import training_loss
 from ..models import create_model
 from ..progress import progress
 from ..pruning.base import Pruner, training_step
 from ..pruning.factory import build, pruner_name
 from ..pruning.lth import rounds_for_sparsity
 from ..tracking import Tracking, require_trackers
-from .candidates import UpstreamResult, one_shot_candidates, register_candidate
-from .data import DATA_ORDER, FisherBatches, TrainBatches, train_batches, upstream_datasets
+from .attributes import has_validation_split
+from .candidates import UpstreamResult, evaluate, one_shot_candidates, register_candidate
+from .data import DATA_ORDER, FisherBatches, TrainBatches, check_upstream_dataset, train_batches, upstream_data
 from .distributed import (
     World,
     broadcast_object,
@@ -42,14 +47,28 @@ from .distributed import (
     join_world,
     revert_sync_batchnorm,
 )
+from .optimizers import make_optimizer
 from .options import LoopOptions
 from .recipes import checked_sparsities, checkpoint_name, lr_at, method_recipe, recipe_method
+from .selection import SELECTION_RULE, BestCheckpoint
 from .state import discard_state, load_state, run_identity, save_state, state_dir
 
 log = logging.getLogger("transferbench")
 
 # Steps between two host reads of the loss (its finite check): a read every step would stall a GPU once a step.
 CHECK_EVERY = 64
+# Pruners that compute a loss of their own (WoodFisher's Fisher gradients: cross-entropy) or draw a class-balanced
+# calibration sample (CrAM's candidates): not defined for multi-label targets.
+CLASS_INDEX_PRUNERS = ("woodfisher", "cram", "cram_nm")
+
+
+def upstream_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy (with the recipe's label smoothing) against class indices [B]; for multi-label 0/1 targets
+    [B, K] the mean binary cross-entropy with logits over every output (the study's ``BCEWithLogitsLoss``), which
+    is the fine-tuning loss of multi-label tasks too (``finetune.full.training_loss``)."""
+    if targets.ndim == 2:
+        return training_loss(logits, targets)
+    return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
 
 
 class Forward(nn.Module):
@@ -92,8 +111,7 @@ def train_loop(forward: nn.Module, optimizer: torch.optim.Optimizer, pruner: Pru
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss = training_step(forward, optimizer, pruner, x, y.to(forward.device, non_blocking=True), step,
-                                 loss_fn=lambda logits, target: F.cross_entropy(logits, target,
-                                                                                label_smoothing=smoothing))
+                                 loss_fn=lambda logits, target: upstream_loss(logits, target, smoothing))
             loss_sum += loss.detach().double()
             if (i + 1) % CHECK_EVERY == 0 or i + 1 == steps_per_epoch:
                 if not torch.isfinite(loss_sum):
@@ -131,6 +149,7 @@ def train_upstream(method: str, sparsities: list[float], arch: str | None = None
     method = recipe_method(method, recipe)  # lth_t → lth (vocabulary)
     sparsities = checked_sparsities(method, sparsities)
     rec, knobs = method_recipe(method, recipe, arch, dataset, batch_size=batch_size, sparsity=sparsities[0])
+    check_upstream_dataset(rec["dataset"])
     for sparsity in sparsities:  # the files' names (names.check_name), before any work
         checkpoint_name(rec, method, sparsity, seed)
     world, dev = join_world(device)
@@ -143,8 +162,11 @@ def _train(method: str, sparsities: list[float], rec: dict, knobs: dict, recipe:
            data_root: Path | None, seed: int, device: str, out_dir: Path | None, options: LoopOptions, force: bool,
            world: World, dev: torch.device, tracking: Tracking) -> list[UpstreamResult]:
     folder = Path(out_dir or checkpoint_dir() / "upstream")
+    # a run that chooses its checkpoint on validation data says so in its identity (only then: every other run
+    # keeps the identity it had, so its registered checkpoint is still found)
+    chooses = {"selection": SELECTION_RULE} if has_validation_split(rec["dataset"]) else {}
     identity = run_identity(method=method, sparsities=sparsities, recipe=rec, knobs=knobs, seed=seed,
-                            numbers=options.numbers(), world_size=world.size, data_order=DATA_ORDER)
+                            numbers=options.numbers(), world_size=world.size, data_order=DATA_ORDER, **chooses)
     done = None if force else already_registered(rec, method, sparsities, seed, identity)
     if done is not None:
         log.info("upstream %s: already registered with this configuration (%s); --force trains it again",
@@ -161,16 +183,27 @@ def _train(method: str, sparsities: list[float], rec: dict, knobs: dict, recipe:
     resumed = load_state(work, world, dev, model=model, optimizer=optimizer, pruner=pruner,
                          generators=run["generators"])
     earlier_seconds, losses = (resumed.train_seconds, resumed.losses) if resumed else (0.0, [])
+    best = BestCheckpoint() if run["validation_set"] is not None else None
+    if best is not None and resumed is not None and resumed.selection is not None:
+        best.load_state_dict(resumed.selection)
+    evaluated = Forward(model, dev, options)  # the validation pass: inputs in the model's dtype and format
 
     def end_of_epoch(epoch: int, loss: float) -> None:
         losses.append(loss)
-        tracking.log_point({"epoch": epoch, "train_loss": loss, "sparsity": float(pruner.sparsity),
-                            "lr": optimizer.param_groups[0]["lr"]})
+        point = {"epoch": epoch, "train_loss": loss, "sparsity": float(pruner.sparsity),
+                 "lr": optimizer.param_groups[0]["lr"]}
+        if best is not None and world.is_main:  # rank 0 registers the checkpoint, so it alone chooses it
+            point["validation_score"] = evaluate(evaluated, run["validation_set"], dev, workers=run["workers"])
+            if best.offer(epoch, pruner.sparsity, point["validation_score"], model, pruner.masks):
+                log.info("upstream %s epoch %d: kept (validation %.4f at sparsity %.4f)", method, epoch + 1,
+                         point["validation_score"], pruner.sparsity)
+        tracking.log_point(point)
         if world.distributed:
             check_same_on_every_rank(world, "masks", pruner.masks)
         save_state(work, world, dev, epoch=epoch + 1, epochs=epochs, model=model, optimizer=optimizer,
                    pruner=pruner, generators=run["generators"],
-                   train_seconds=earlier_seconds + time.perf_counter() - start, losses=losses)
+                   train_seconds=earlier_seconds + time.perf_counter() - start, losses=losses,
+                   selection=best.state_dict() if best is not None and world.is_main else None)
 
     tracking.start(checkpoint_name(rec, method, sparsities[0], seed),
                    {"method": method, "sparsities": sparsities, "recipe": rec["name"], "arch": rec["arch"],
@@ -191,7 +224,7 @@ def _train(method: str, sparsities: list[float], rec: dict, knobs: dict, recipe:
     if world.is_main:
         one_shot = pruner_name(method, knobs) in ("cram", "cram_nm")  # CrAM: one-shot candidates of the model
         results = _register(method, sparsities, rec, model, pruner, run, dev, seed, seconds, folder, training,
-                            one_shot)
+                            one_shot, best)
         tracking.summary.update(_tracked_summary(results))
     results = broadcast_object(world, results)
     discard_state(work, world)
@@ -210,11 +243,14 @@ def _build_run(method: str, sparsities: list[float], rec: dict, knobs: dict, rec
                dev: torch.device) -> dict[str, Any]:
     """Data, model (on its device, in its dtype and memory format), optimizer and the method's pruner."""
     torch.manual_seed(seed)
-    train_set, test_set = upstream_datasets(rec, data_root)
+    data = upstream_data(rec, data_root)
+    if data.multilabel:
+        _check_multilabel_run(method, rec, knobs)
+    train_set, test_set = data.train, data.test
     workers = options.loader_workers(dev, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     loader = train_batches(rec, train_set, data_root, world, seed, workers, dev, options.loader)
     fisher = FisherBatches(train_set, seed, workers, dev)
-    model = create_model(rec["arch"], num_classes=16 if rec["dataset"] == "shapes" else 1000)
+    model = create_model(rec["arch"], num_classes=data.outputs)
     if options.sync_bn and world.distributed:
         model = convert_sync_batchnorm(model, dev)
     model = model.to(dev, dtype=torch.float64 if options.precision == "fp64" else torch.float32)
@@ -222,8 +258,7 @@ def _build_run(method: str, sparsities: list[float], rec: dict, knobs: dict, rec
         model = model.to(memory_format=torch.channels_last)
     knobs = dict(knobs)
     opt_cfg = {**rec["optimizer"], **knobs.pop("optimizer", {})}
-    base = torch.optim.SGD(model.parameters(), lr=opt_cfg["lr"], momentum=opt_cfg["momentum"],
-                           weight_decay=opt_cfg["weight_decay"])
+    base = make_optimizer(model.parameters(), opt_cfg)
     context = {"recipe": rec, "loader": loader, "device": dev, "seed": seed, "train_set": train_set,
                "base_lr": opt_cfg["lr"], "fisher_batches": fisher.source,
                "dense_model": (lambda: dense_upstream(rec, recipe, data_root, seed, device))}
@@ -249,14 +284,31 @@ def _build_run(method: str, sparsities: list[float], rec: dict, knobs: dict, rec
         net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     return {"model": model, "net": net, "optimizer": optimizer, "pruner": pruner, "loader": loader,
             "epochs": epochs, "base_lr": opt_cfg["lr"], "context": context, "generators": generators,
-            "train_set": train_set, "test_set": test_set, "workers": workers}
+            "train_set": train_set, "test_set": test_set, "validation_set": data.validation,
+            "multilabel": data.multilabel, "workers": workers}
+
+
+def _check_multilabel_run(method: str, rec: dict, knobs: dict) -> None:
+    """One-line errors for what a multi-label run cannot do: a pruner defined for class indices only, label
+    smoothing (a property of a softmax over classes)."""
+    where = f"recipe {rec['name']}, method {method}"
+    if pruner_name(method, knobs) in CLASS_INDEX_PRUNERS:
+        raise TransferbenchError(f"{where}: {pruner_name(method, knobs)} needs class labels, but --dataset "
+                                 f"{rec['dataset']} has one 0/1 target per attribute; use dense, magnitude, gmp, "
+                                 "rigl, lth or acdc")
+    if float(rec.get("label_smoothing") or 0.0) > 0:
+        raise TransferbenchError(f"{where}: label_smoothing smooths a softmax over classes; --dataset "
+                                 f"{rec['dataset']} trains one sigmoid per attribute: set label_smoothing: 0")
 
 
 def _register(method: str, sparsities: list[float], rec: dict, model: nn.Module, pruner: Pruner, run: dict,
               dev: torch.device, seed: int, seconds: float, folder: Path, training: dict,
-              one_shot: bool) -> list[UpstreamResult]:
-    """Rank 0: the checkpoint(s) of the trained model (CrAM: one-shot candidates), evaluated, written, registered."""
+              one_shot: bool, best: BestCheckpoint | None = None) -> list[UpstreamResult]:
+    """Rank 0: the checkpoint(s) of the trained model (CrAM: one-shot candidates), evaluated, written, registered.
+    ``best``: the epoch chosen on validation data, registered instead of the last one."""
     candidates = [(sparsities[0], model, pruner.masks, {})]
+    if best is not None and best.epoch is not None and not one_shot and len(sparsities) == 1:
+        candidates = [(sparsities[0], model, best.restore(model), {"selection": best.metadata()})]
     if one_shot:
         candidates = one_shot_candidates(model, method, sparsities, rec, run["train_set"], dev, run["workers"])
     elif len(sparsities) > 1:  # LTH-T: the ticket of every requested sparsity's round, θ_p ⊙ m_r
@@ -266,7 +318,7 @@ def _register(method: str, sparsities: list[float], rec: dict, model: nn.Module,
             ticket = copy.deepcopy(model)
             candidates.append((sp, ticket, pruner.ticket(rounds, ticket), {"lth_rounds": rounds}))
     return [register_candidate(folder, rec, method, sp, net, masks, run["test_set"], dev, seed, seconds,
-                               {"training": training, **about}, workers=run["workers"])
+                               {"training": training, **about}, workers=run["workers"], multilabel=run["multilabel"])
             for sp, net, masks, about in candidates]
 
 
