@@ -5,6 +5,7 @@ checked against independent computations from the saved arrays (numpy, sklearn, 
 from __future__ import annotations
 
 import math
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -220,3 +221,23 @@ def test_no_bias_runs_is_one_line_and_writes_nothing(tmp_path, capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if not line[:4].isdigit()]
     assert code == 2 and len(err) == 1 and err[0].startswith("error: no runs of the bias study's tasks")
     assert "--results" in err[0] and not out.exists() and not (root / "bias").exists()
+    _write_run(root, "broken", "celeba", "dense", 0.0, 0, logits=np.zeros((4, 2)), labels=np.zeros(4))
+    code = main(["report", "bias", "--results", str(root), "--out", str(out), "--identity", "Male"])
+    err = [line for line in capsys.readouterr().err.splitlines() if not line[:4].isdigit()]
+    assert code == 2 and len(err) == 1 and "can be used; the first: unusable predictions" in err[0]
+    assert "broken" in err[0] and not out.exists()
+
+
+def test_the_report_page_links_the_bias_study_once_it_is_written(store, tmp_path, capsys):
+    from transferbench.report.build import write_report
+
+    root = tmp_path / "results"
+    shutil.copytree(store["root"], root)
+    write_report(root)
+    assert "Bias study" not in (root / "report" / "index.md").read_text()
+    assert main(["report", "bias", "--results", str(root), "--identity", "Male"]) == 0
+    assert str(root / "bias" / "bias.md") in capsys.readouterr().out  # the default --out: <results>/bias
+    markdown, page = (path.read_text() for path in write_report(root))
+    assert "## Bias study (CelebA)" in markdown and "transferbench report bias --results" in markdown
+    assert "(../bias/bias.md)" in markdown and "(../bias/ba_celeba_resnet50_linear.png)" in markdown
+    assert "BA Male (pp), t=0 → fitted" in page  # the HTML page shows its tables inline

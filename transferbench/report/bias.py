@@ -61,6 +61,9 @@ PREDICTORS = ("uncertainty", "interdependence", "ece", "auc", "rare_value_underp
 FLAG_METRICS = ("flag_rate", "flip_rate", "flip_auroc", "flips_covered")
 REQUIRED_KEYS = ("logits", "labels", "classes", "attributes", "attribute_names", "train_cooccurrence", "train_count")
 SKIPPED_COLUMNS = [*RUN_KEYS, "reason"]
+PIE_COLUMNS = [*CELL_KEYS, "thresholds", "sparse_seeds", "dense_seeds", "pies", "pie_fraction", "samples_with_pie",
+               "samples"]
+PIE_ATTRIBUTE_COLUMNS = [*CELL_KEYS, "thresholds", "sparse_seeds", "dense_seeds", "attribute", "pies"]
 BIAS_TASKS = "celeba, celeba-<attr>, celeba-<attr>-grayscale|yellow_square, faces"
 
 
@@ -90,7 +93,7 @@ def identity_attributes(task: str) -> tuple[str, ...]:
         if listed:
             return tuple(str(a) for a in listed)
     raise TransferbenchError(f"task {task}: its task card names no identity_attributes, which the bias study needs; "
-                             "add e.g. `identity_attributes: [Male, Young]` to the card, or pass identities")
+                             "add e.g. `identity_attributes: [Male, Young]` to the card, or pass --identity ATTRIBUTE")
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,8 @@ def load_outputs(path: Path) -> bm.RunOutputs | str:
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in REQUIRED_KEYS if k not in npz.files]
             if missing:
-                return f"unusable predictions: {path} lacks {', '.join(missing)} (the bias study's keys)"
+                return (f"unusable predictions: {path} lacks {', '.join(missing)}, which the bias study needs; rerun "
+                        "the run with a runner that saves them")
             arrays = {k: npz[k] for k in npz.files}
     except FileNotFoundError:
         return f"no predictions: {path} does not exist"
@@ -213,14 +217,15 @@ def _load_group(group: pd.DataFrame, identities: Sequence[str], skipped: list[di
     """The usable runs of one (task, arch, mode, solver): readable, with the identity attributes, and on the test
     list of the group's first dense run (else its first run); the others go to ``skipped``."""
     loaded, reference = [], None
-    ordered = group.sort_values(["method", "sparsity", "seed"], key=lambda c: c.map(
-        lambda m: method_sort_key(m)[:2] if isinstance(m, str) else m), kind="stable")
-    for row in ordered.itertuples():
-        outputs = load_outputs(Path(row.path).parent / PREDICTIONS_FILE)
+    dense_first = pd.concat([group[group["method"] == DENSE], group[group["method"] != DENSE]])
+    for row in dense_first.itertuples():
+        path = Path(row.path).parent / PREDICTIONS_FILE
+        outputs = load_outputs(path)
         reason = outputs if isinstance(outputs, str) else None
         if reason is None and not set(identities) <= set(outputs.attribute_names):
             absent = sorted(set(identities) - set(outputs.attribute_names))
-            reason = f"no identity attribute: {', '.join(absent)} not among the attribute_names of {row.path}"
+            reason = (f"no identity attribute: {', '.join(absent)} not among the attribute_names of {path}; pass "
+                      "--identity with attributes it has, or fix the task card's identity_attributes")
         if reason is None and reference is not None and not _same_list(_test_list(outputs), reference[1]):
             reason = f"test list differs: the test samples differ from run {reference[0]}'s"
         if reason is not None:
@@ -377,15 +382,15 @@ def bias_study(runs: pd.DataFrame, identities: Sequence[str] | None = None, *, w
         pies, pie_attributes = pies + totals, pie_attributes + per_attribute
     skipped_frame = pd.DataFrame(skipped, columns=SKIPPED_COLUMNS)
     if not tables:
-        raise TransferbenchError(f"none of the {len(selected)} run(s) of the bias study's tasks {where} has usable "
-                                 f"predictions: {skipped_frame['reason'].iloc[0]}; rerun them with the current "
-                                 "runner, which saves the bias study's predictions.npz")
+        raise TransferbenchError(f"none of the {len(selected)} run(s) of the bias study's tasks {where} can be "
+                                 f"used; the first: {skipped_frame['reason'].iloc[0]}")
     attributes = pd.concat(tables, ignore_index=True)
     attributes = attributes[[*RUN_KEYS, "thresholds", *[c for c in attributes.columns
                                                         if c not in (*RUN_KEYS, "thresholds")]]]
     run_means = _run_means(attributes)
     study = BiasStudy(attributes, run_means, _summary(run_means), criteria(attributes, chosen),
-                      _flag_summary(flags), pd.DataFrame(pies), pd.DataFrame(pie_attributes), skipped_frame, chosen)
+                      _flag_summary(flags), pd.DataFrame(pies, columns=PIE_COLUMNS),
+                      pd.DataFrame(pie_attributes, columns=PIE_ATTRIBUTE_COLUMNS), skipped_frame, chosen)
     (log.warning if len(skipped_frame) else log.info)("bias study: %s", study.describe())
     return study
 
@@ -458,15 +463,18 @@ def _summary_markdown(study: BiasStudy) -> str:
     """Per cell: seeds, accuracy, U, R², ECE (t = 0), and each identity's mean BA at t = 0 → fitted thresholds."""
     identities = list(dict.fromkeys(i for ids in study.identities.values() for i in ids))
     fitted = {_cell(r): r for r in _ordered(study.summary, "fitted")}
+    backdoor = "backdoor_ba_mean" in study.summary and study.summary["backdoor_ba_mean"].notna().any()
     rows = []
     for r in _ordered(study.summary, "zero"):
         after = fitted.get(_cell(r), {})
-        ba = [f"{_num(r.get(f'ba_{i}_mean'), sign=True)} → {_num(after.get(f'ba_{i}_mean'), sign=True)}"
-              for i in identities]
+        ba = [f"{_num(r.get(f'{bm.ba_column(i)}_mean'), sign=True)} → "
+              f"{_num(after.get(f'{bm.ba_column(i)}_mean'), sign=True)}" for i in identities]
         rows.append([*_cell_head(r), r["n"], _num(r["accuracy_mean"]), _num(r["uncertainty_mean"]),
-                     _num(r["interdependence_mean"], 1, digits=3), _num(r["ece_mean"]), *ba])
+                     _num(r["interdependence_mean"], 1, digits=3), _num(r["ece_mean"]), *ba,
+                     *([_num(r["backdoor_ba_mean"], sign=True)] if backdoor else [])])
     return markdown_table([*CELL_HEAD, "seeds", "accuracy (%)", "U (%)", "R²", "ECE (%)",
-                           *[f"BA {i} (pp), t=0 → fitted" for i in identities]], rows, left=LEFT)
+                           *[f"BA {i} (pp), t=0 → fitted" for i in identities],
+                           *(["backdoor BA (pp), t=0"] if backdoor else [])], rows, left=LEFT)
 
 
 def _criteria_markdown(study: BiasStudy) -> str:

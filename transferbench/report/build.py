@@ -33,6 +33,7 @@ import pandas as pd
 
 from ..atomic import write_bytes
 from ..errors import TransferbenchError
+from .bias import OUT_DIR as BIAS_DIR
 from .collect import Collection, collect
 from .compare import compare, write_compare
 from .compare import summary as compare_summary
@@ -262,6 +263,9 @@ def write_report(
                             inline=[p for p in files if p.suffix == ".md"], text=result.summary()))
     if (ours["mode"] == "estimate").any():
         sections.append(_rank_section(ours, results / "rank", commands.line("rank", *latest)))
+    if (results / BIAS_DIR / "bias.md").is_file():
+        sections.append(_bias_section(results / BIAS_DIR, f"transferbench report bias --results "
+                                      f"{shlex.quote(str(results))}"))
     return write_index(
         results / "report",
         commands.line("report", f"--min-count {min_count}", *incomplete, *label_flags),
@@ -315,6 +319,13 @@ def _rank_section(ours: pd.DataFrame, out_dir: Path, command: str) -> Section:
                        inline=[p for p in files if p.suffix == ".md"])
     except TransferbenchError as exc:
         return Section("Transferability estimators", command, text=f"not done: {exc}")
+
+
+def _bias_section(out_dir: Path, command: str) -> Section:
+    """The page's "Bias study" section: links what ``report bias`` wrote to ``out_dir`` (not recomputed here: the
+    study reads every CelebA-style run's predictions, and ``report bias`` is its own step)."""
+    files = sorted(p for p in out_dir.iterdir() if p.is_file())
+    return Section("Bias study (CelebA)", command, files=files, inline=[out_dir / "bias.md"])
 
 
 __all__ = [

@@ -26,8 +26,8 @@ LOCK_FILE = ".lock"
 LEDGER = Path(JOBS) / "ledger.jsonl"
 # Folders of a results root that are not run folders: the store's own and the report's outputs (a root without
 # runs/ whose run folders sit directly in it is read by `collect`, and must not mistake these for runs)
-STORE_FOLDERS = frozenset({WORK, FAILURES, JOBS, CACHE, "leaderboards", "figures", "compare", "beyond", "report",
-                           "upstream"})  # upstream: a sweep's upstream stage (dispatch.stages.upstream_store)
+STORE_FOLDERS = frozenset({WORK, FAILURES, JOBS, CACHE, "leaderboards", "figures", "compare", "beyond", "bias",
+                           "report", "upstream"})  # upstream: a sweep's upstream stage (dispatch.stages.upstream_store)
 
 
 def _run_path(root: str | Path, folder: str, key: str, suffix: str = "") -> Path:
