@@ -147,19 +147,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_tasks_list(args: argparse.Namespace) -> int:
     from .tasks import list_tasks
+    from .tasks.variants import has_variants, variant_names
 
     if args.json:
         print(json.dumps([{"name": t.name, "kind": t.kind, "title": t.title, "num_classes": t.num_classes,
                            "train_size": t.train_size, "test_size": t.test_size, "metric": t.metric,
-                           "full_lr": t.full_lr} for t in [*list_tasks(), *list_tasks("mini")]], indent=1))
+                           "full_lr": t.full_lr, **({"variants": variant_names(t)} if has_variants(t) else {})}
+                          for t in [*list_tasks(), *list_tasks("mini"), *list_tasks("bias")]], indent=1))
         return 0
+    header = ("task", "classes", "train", "test", "metric", "full_lr", "dataset")
     rows = [(t.name, t.num_classes, t.train_size or "?", t.test_size, t.metric, t.full_lr, t.title)
             for t in list_tasks()]
-    _print_table(("task", "classes", "train", "test", "metric", "full_lr", "dataset"), rows)
+    _print_table(header, rows)
     print("\noffline mini-tasks (no data root needed):")
-    _print_table(("task", "classes", "train", "test", "metric", "full_lr", "dataset"),
-                 [(t.name, t.num_classes, t.train_size, t.test_size, t.metric, t.full_lr, t.title)
-                  for t in list_tasks("mini")])
+    _print_table(header, [(t.name, t.num_classes, t.train_size, t.test_size, t.metric, t.full_lr, t.title)
+                          for t in list_tasks("mini")])
+    print("\nbias-study tasks (multi-label: one output per attribute; classes = outputs):")
+    _print_table(header, [(t.name, t.num_classes, t.train_size, t.test_size, t.metric, t.full_lr, t.title)
+                          for t in list_tasks("bias")])
+    variants = [variant_names(t) for t in [*list_tasks("mini"), *list_tasks("bias")] if has_variants(t)]
+    print("\nvariants of the multi-label tasks (one output; `transferbench tasks show NAME`):\n  "
+          + "\n  ".join(variants))
     return 0
 
 
@@ -167,16 +175,19 @@ def cmd_tasks_show(args: argparse.Namespace) -> int:
     from .tasks import get_task
 
     task = get_task(args.task)
+    layouts = {"builtin": task.builtin} if task.builtin is not None else {
+        **({"folders": f"{task.folders.train}/<class>/*, {task.folders.test}/<class>/*"} if task.folders else {}),
+        **({"official": task.official.description} if task.official else {})}
     print(yaml.safe_dump({
         "name": task.name, "title": task.title, "num_classes": task.num_classes,
         "split": task.split_rule, "train_size": task.train_size, "test_size": task.test_size,
         "metric": task.metric, "full_lr": task.full_lr,
         "normalization": {"mean": list(task.normalization.mean), "std": list(task.normalization.std)},
-        "looked_for_in": ([f"<data-root>/{d}" for d in task.dirnames] + ["<data-root>"]) if task.folders else
+        "looked_for_in": ([f"<data-root>/{d}" for d in task.dirnames] + ["<data-root>"]) if task.builtin is None else
                          "built in (no data root needed)",
-        "layouts": ({"folders": f"{task.folders.train}/<class>/*, {task.folders.test}/<class>/*",
-                     "official": task.official.description} if task.folders and task.official else
-                    {"builtin": task.builtin}),
+        "layouts": layouts,
+        **{key: task.extra[key] for key in ("targets", "attribute", "backdoor", "identity_attributes")
+           if key in task.extra},
         "notes": task.notes,
     }, sort_keys=False, width=110), end="")
     return 0

@@ -52,11 +52,13 @@ def _cached_deviations(task: str, mode: str, frozen: tuple) -> tuple[str, ...]:
 
 def _deviations(task: str, mode: str, values: dict[str, Any]) -> list[str]:
     from .runspec import HParams, resolve_hparams
-    from .tasks import list_tasks
+    from .tasks import get_task
 
-    cards = {t.name: t for t in list_tasks(None)}
-    card = cards.get(task)
-    deviations = [f"task={task}(mini)"] if card is not None and card.kind != "paper" else []
+    try:
+        card = get_task(task)  # a card or a variant of one (celeba-blond_hair)
+    except TransferbenchError:
+        card = None  # a record of a task no card describes any more
+    deviations = [f"task={task}({card.kind})"] if card is not None and card.kind != "paper" else []
     # the decay points the protocol gives these epochs: a shortened run deviates by its epochs alone
     overrides = {"epochs": values["epochs"]} if _is_int(values.get("epochs")) else {}
     full_lr = card.full_lr if card is not None else math.nan  # an unknown task's full LR cannot be judged

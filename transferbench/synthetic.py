@@ -112,3 +112,96 @@ def make_digits(size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     factor = size // 8
     images = np.kron(images, np.ones((1, factor, factor), dtype=np.uint8))
     return np.repeat(images[..., None], 3, axis=3), digits.target.astype(np.int64)
+
+
+# ------------------------------------------------------------------------------------------------ faces
+#
+# A CelebA-like mini-task for the bias study offline: cartoon faces with 8 binary attributes, each drawn into the
+# image. Male and Young are the identity attributes; four targets depend on Male by construction (the training
+# correlations that bias amplification measures), two are rare (base rate about 10%), and the cues range from
+# obvious (hair colour, glasses) to a pixel or two (a big nose, a moustache, the wrinkles of age), so a small CNN
+# learns them imperfectly and its outputs are uncertain on some images.
+
+# name: (P(attribute = 1 | Male = 0), P(attribute = 1 | Male = 1)); the order is the attribute columns' order
+FACE_ATTRIBUTES: dict[str, tuple[float, float]] = {
+    "Male": (0.0, 1.0),  # drawn first, P(Male = 1) = FACE_MALE_RATE
+    "Young": (0.65, 0.65),
+    "Smiling": (0.5, 0.5),
+    "Blond_Hair": (0.3, 0.05),  # obvious (hair colour), more often female
+    "Big_Nose": (0.15, 0.5),  # subtle (one pixel wider and longer), more often male
+    "Eyeglasses": (0.06, 0.14),  # rare (about 10%), obvious
+    "Mustache": (0.01, 0.22),  # rare (about 11%), subtle, almost only male
+    "Heavy_Makeup": (0.7, 0.03),  # red lips and dark eyes, almost only female
+}
+FACE_MALE_RATE = 0.5
+FACE_IDENTITY_ATTRIBUTES = ("Male", "Young")
+
+
+def face_attributes(n: int, rng: np.random.Generator) -> np.ndarray:
+    """[n, 8] int8 0/1 drawn from ``FACE_ATTRIBUTES``: Male first, every other attribute given Male."""
+    male = rng.random(n) < FACE_MALE_RATE
+    columns = [male]
+    for female_rate, male_rate in list(FACE_ATTRIBUTES.values())[1:]:
+        columns.append(rng.random(n) < np.where(male, male_rate, female_rate))
+    return np.stack(columns, axis=1).astype(np.int8)
+
+
+def _draw_face(attrs: dict[str, bool], size: int, rng: np.random.Generator) -> np.ndarray:
+    """One face, float32 [size, size, 3] in [0, 1]; coordinates are those of a 32 px image scaled to ``size``."""
+    s = size / 32
+    yy, xx = _grid(size)
+    cy, cx = 16 * s + rng.uniform(-1.5, 1.5) * s, 16 * s + rng.uniform(-1.5, 1.5) * s
+    ry, rx = rng.uniform(9.5, 11) * s, rng.uniform(7.5, 8.5) * s + (0.8 * s if attrs["Male"] else 0)
+    img = np.broadcast_to(rng.uniform(0.05, 0.6, size=3).astype(np.float32), (size, size, 3)).copy()
+
+    hair = (np.array([0.85, 0.72, 0.3]) + rng.uniform(-0.08, 0.08, 3) if attrs["Blond_Hair"]
+            else rng.uniform(0.08, 0.3) * np.array([1.0, 0.8, 0.6]))
+    if not attrs["Young"]:  # greying hair
+        hair = 0.55 * hair + 0.45 * np.array([0.7, 0.7, 0.7])
+    dy, dx = (yy - cy) / ry, (xx - cx) / rx
+    head = (dy * ry / (ry + 2.5 * s)) ** 2 + (dx * rx / (rx + 2 * s)) ** 2 <= 1
+    # short hair covers the top of the head; long hair also falls beside the face to the chin
+    img[head & ((yy < cy - 0.3 * ry) if attrs["Male"] else (yy < cy + ry))] = hair
+
+    skin = rng.uniform(0.55, 0.95) * np.array([1.0, 0.82, 0.68]) + rng.uniform(-0.04, 0.04, 3)
+    face = dy**2 + dx**2 <= 1
+    img[face & (yy >= cy - 0.55 * ry)] = skin
+    if not attrs["Young"]:  # two faint wrinkles on the forehead
+        for offset in (-0.45, -0.3):
+            img[face & (np.abs(yy - (cy + offset * ry)) < 0.5 * s) & (np.abs(xx - cx) < 0.45 * rx)] = skin * 0.8
+
+    eye_y, eye_dx = cy - 0.2 * ry, 0.4 * rx
+    eye_colour = np.array([0.02, 0.02, 0.08]) if attrs["Heavy_Makeup"] else np.array([0.15, 0.1, 0.1])
+    for side in (-1, 1):
+        distance = np.hypot(yy - eye_y, xx - (cx + side * eye_dx))
+        img[distance <= (1.4 if attrs["Heavy_Makeup"] else 1.0) * s] = eye_colour
+        if attrs["Eyeglasses"]:
+            img[(distance > 2.2 * s) & (distance <= 3.0 * s)] = (0.05, 0.05, 0.05)
+    if attrs["Eyeglasses"]:  # the bridge
+        img[(np.abs(yy - eye_y) < 0.5 * s) & (np.abs(xx - cx) < eye_dx - 2.2 * s)] = (0.05, 0.05, 0.05)
+
+    nose_half_width, nose_length = ((1.0, 3.5) if attrs["Big_Nose"] else (0.5, 2.5))
+    nose = (np.abs(xx - cx) <= nose_half_width * s) & (yy >= cy) & (yy <= cy + nose_length * s)
+    img[nose] = skin * 0.72
+
+    mouth_y = cy + 0.5 * ry
+    if attrs["Mustache"]:
+        img[(np.abs(yy - (mouth_y - 1.5 * s)) < 0.6 * s) & (np.abs(xx - cx) < 2.5 * s)] = hair * 0.5
+    curve = ((xx - cx) / s) ** 2 / 6 if attrs["Smiling"] else 0.0  # the corners go up when smiling
+    lips = np.array([0.85, 0.08, 0.2]) if attrs["Heavy_Makeup"] else np.array([0.6, 0.3, 0.3])
+    img[(np.abs(yy + curve - mouth_y) < 0.7 * s) & (np.abs(xx - cx) < 3.0 * s)] = lips
+
+    img = img * rng.uniform(0.85, 1.15) + rng.normal(0, 0.05, size=img.shape)
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+def make_faces(n: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` cartoon faces [n, size, size, 3] uint8 and their attributes [n, 8] int8 0/1 (``FACE_ATTRIBUTES``'s
+    columns), deterministic from ``seed``."""
+    rng = np.random.default_rng(seed)
+    attributes = face_attributes(n, rng)
+    names = list(FACE_ATTRIBUTES)
+    images = np.empty((n, size, size, 3), dtype=np.uint8)
+    for i, row in enumerate(attributes):
+        images[i] = (_draw_face(dict(zip(names, row.astype(bool), strict=True)), size, rng) * 255).astype(np.uint8)
+    return images, attributes

@@ -9,7 +9,9 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from .. import synthetic
-from .data import Split
+from .data import MultiLabelTargets, Split
+
+FACES_SPLITS = {"train": (2000, 31), "validation": (500, 32), "test": (1000, 33)}  # images, generator seed
 
 
 class ArrayDataset(Dataset):
@@ -37,10 +39,22 @@ def _arrays(name: str, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
         images, labels = synthetic.make_textures(1600 if split == "train" else 800,
                                                  seed=11 if split == "train" else 12)
         return images, labels, list(synthetic.TEXTURES)
+    if name == "faces":
+        count, seed = FACES_SPLITS[split]
+        images, attributes = synthetic.make_faces(count, seed=seed)
+        return images, attributes, list(synthetic.FACE_ATTRIBUTES)
     raise KeyError(f"no built-in task data named {name!r}")
 
 
 def load_builtin(name: str, split: str) -> Split:
     images, labels, classes = _arrays(name, split)
-    return Split(dataset=ArrayDataset(images, labels), labels=labels.tolist(), classes=classes,
-                 layout="builtin", root=Path(f"<builtin:{name}>"))
+    root = Path(f"<builtin:{name}>")
+    if labels.ndim == 1:
+        return Split(dataset=ArrayDataset(images, labels), labels=labels.tolist(), classes=classes,
+                     layout="builtin", root=root)
+    # a multi-label mini-task (faces): every attribute an output; a variant narrows it (tasks.variants)
+    targets = labels.astype(np.int64)
+    return Split(dataset=MultiLabelTargets(ArrayDataset(images, np.arange(len(images))), targets),
+                 labels=targets, classes=classes, layout="builtin", root=root, targets="multilabel",
+                 attributes=labels.astype(np.int8), attribute_names=list(classes),
+                 ids=[f"{name}-{split}-{i:05d}" for i in range(len(images))])

@@ -67,7 +67,7 @@ def _expected(reader: str) -> str:
     """The card's description of the official layout, so error messages and cards never disagree."""
     from . import list_tasks  # the package imports this module, so look the cards up at call time
 
-    return next((t.official.description for t in list_tasks() if t.official.reader == reader), "")
+    return next((t.official.description for t in list_tasks(None) if t.official and t.official.reader == reader), "")
 
 
 def _require(reader: str, *paths: Path) -> None:
@@ -378,3 +378,7 @@ def read_birdsnap(root: Path, split: str, verify_md5: bool) -> Split:
             if name.lower().endswith(IMG_EXTENSIONS) and (f"{folder}/{name}" in test) == (split == "test"):
                 samples.append((images / folder / name, label))
     return _split(ImageListDataset(samples), [y for _, y in samples], dirs, base, paper_split=False)
+
+
+# CelebA's reader lives in its own module (a multi-label task with a validation split); importing it registers it
+from . import celeba as _celeba  # noqa: E402,F401

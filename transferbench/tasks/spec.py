@@ -48,10 +48,13 @@ class TaskSpec:
     split_rule: str  # human-readable statement of the paper's split
     paper_label: str  # the name used in the paper's raw results ("" for mini-tasks)
     notes: str = ""
-    kind: str = "paper"  # "paper": one of the 12 tasks; "mini": built-in offline mini-task
+    # "paper": one of the 12 tasks; "mini": built-in offline mini-task; "bias": the bias study's task (CelebA)
+    kind: str = "paper"
     builtin: str | None = None  # generator of a mini-task's data (transferbench/tasks/builtin.py)
     image_size: int = 224  # the protocol's input size; mini-tasks run at their native 32 px
     download: str = ""  # where the official data comes from (printed when the data is missing)
+    # every other card key: a multi-label task's targets, attribute_names, validation_split, backdoors...; a variant's
+    # attribute and backdoor (tasks.variants)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -74,7 +77,8 @@ class TaskSpec:
             full_lr=float(card["full_lr"]),
             dirnames=tuple(card.get("dirnames", ())),
             official=OfficialLayout(**layouts["official"]) if "official" in layouts else None,
-            folders=FoldersLayout(**layouts.get("folders", {})) if "builtin" not in card else None,
+            # a layout only where the card names one: CelebA has no pre-split class folders (its labels are rows)
+            folders=FoldersLayout(**(layouts["folders"] or {})) if "folders" in layouts else None,
             split_rule=card["split_rule"],
             paper_label=card.get("paper_label", ""),
             notes=card.get("notes", ""),
