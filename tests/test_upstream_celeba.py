@@ -229,6 +229,42 @@ def test_post_training_gmp_starts_from_the_registered_dense_model(faces_recipe):
     assert load_checkpoint(dense.path).sparsity.overall < 0.005
 
 
+class Killed(BaseException):
+    """Stands for a kill -9 right after an epoch's state was written (no handler of the loop catches it)."""
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_to_the_same_kept_epoch(faces_recipe, tmp_path, monkeypatch):
+    from transferbench.upstream import train as train_module
+
+    command = ["upstream", "--method", "gmp", "--sparsity", "0.8", "--recipe", str(faces_recipe), "--device", "cpu"]
+    monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "reference"))
+    assert main(command) == 0
+    reference = find_checkpoint("gmp", 0.8, "resnet_tiny").path
+
+    monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "killed"))
+    save_state = train_module.save_state
+
+    def killed_after_epoch_6(*args, **kwargs):
+        save_state(*args, **kwargs)
+        if kwargs["epoch"] == 6:  # the GMP ramp is under way: the kept epoch so far is in the state
+            raise Killed
+
+    monkeypatch.setattr(train_module, "save_state", killed_after_epoch_6)
+    with pytest.raises(Killed):
+        main(command)
+    monkeypatch.setattr(train_module, "save_state", save_state)
+    assert main(command) == 0
+    resumed = find_checkpoint("gmp", 0.8, "resnet_tiny").path
+
+    theirs, ours = (torch.load(path, map_location="cpu", weights_only=True) for path in (reference, resumed))
+    assert ours["metadata"]["training"]["resumed_from_epoch"] == 6
+    assert ours["metadata"]["selection"] == theirs["metadata"]["selection"]
+    assert ours["metadata"]["training"]["epoch_losses"] == theirs["metadata"]["training"]["epoch_losses"]
+    ours, theirs = (load_checkpoint(path).model.state_dict() for path in (resumed, reference))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[key], theirs[key]) for key in theirs)
+
+
 def test_a_bad_dataset_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
     assert main(["upstream", "--method", "gmp", "--recipe", "celeba_cpu", "--dataset", "cifar10"]) == 2
