@@ -5,6 +5,7 @@
     runs = collect("results").runs
     print(leaderboard(runs, "resnet50", "linear").to_markdown())
     write_report(Path("results"))  # every table and figure, and results/report/index.html linking them
+    bias_report(Path("results"))  # the CelebA bias study: results/bias/
 """
 
 import typing as _typing
@@ -14,6 +15,7 @@ from ..lazy import lazy_package as _lazy_package
 # each public name's submodule, imported on first use: the report commands' --help needs neither pandas nor
 # matplotlib
 _lazy_package(__name__, {
+    ".bias": ("BiasReport", "BiasStudy", "bias_report", "bias_study"),
     ".build": ("write_report",),
     ".collect": ("Collection", "collect", "parse_record"),
     ".compare": ("compare", "write_compare"),
@@ -30,6 +32,7 @@ _lazy_package(__name__, {
 })
 
 if _typing.TYPE_CHECKING:
+    from .bias import BiasReport, BiasStudy, bias_report, bias_study
     from .build import write_report
     from .collect import Collection, collect, parse_record
     from .compare import compare, write_compare
@@ -57,6 +60,8 @@ __all__ = [
     "MEAN",
     "METHOD_ORDER",
     "Beyond",
+    "BiasReport",
+    "BiasStudy",
     "Collection",
     "FigureNotApplicable",
     "Leaderboard",
@@ -64,6 +69,8 @@ __all__ = [
     "SavedFigure",
     "accuracy_vs_sparsity_figure",
     "beyond",
+    "bias_report",
+    "bias_study",
     "collect",
     "compare",
     "delta_heatmap_figure",
