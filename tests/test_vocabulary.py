@@ -243,11 +243,12 @@ def test_list_shows_the_digest_recorded_on_first_download_and_another_directory(
     assert row["sha256"] is None and row["sha256_recorded"] == digest and row["on_disk"] is True
 
 
-def test_tasks_list_json_has_the_twelve_tasks_and_the_mini_tasks(capsys):
+def test_tasks_list_json_has_the_twelve_tasks_the_mini_tasks_and_the_bias_studys(capsys):
     code, out, _ = run_cli(capsys, "tasks", "list", "--json")
     tasks = {t["name"]: t for t in json.loads(out)}
     assert code == 0 and sum(t["kind"] == "paper" for t in tasks.values()) == 12
-    assert {n for n, t in tasks.items() if t["kind"] == "mini"} == {"digits", "textures"}
+    assert {n for n, t in tasks.items() if t["kind"] == "mini"} == {"digits", "textures", "faces"}
+    assert {n for n, t in tasks.items() if t["kind"] == "bias"} == {"celeba"}
     assert tasks["aircraft"]["num_classes"] == 100 and tasks["aircraft"]["metric"] == "mean_per_class"
 
 
