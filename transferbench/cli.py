@@ -140,7 +140,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if not args.verbose:  # per-epoch lines of ~100 runs would drown the demo's own progress
         logging.getLogger("transferbench").setLevel(logging.WARNING)
-    run_demo(args.results, quick=args.quick)
+    run_demo(args.results, quick=args.quick, study=args.study)
     print(f"see {args.results / 'leaderboards'} and {args.results / 'figures'}")
     return 0
 
@@ -254,8 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="offline end-to-end demo: upstream pruning, transfer, leaderboard, figures")
     add_results_flag(demo, Path("results/demo"), help="results root, checkpoints included (default {default}/)")
-    demo.add_argument("--quick", action="store_true", help="the sweep demo_quick instead of demo (3 methods, "
-                      "1 task, short training)")
+    demo.add_argument("--quick", action="store_true", help="the study's quick sweep: demo_quick instead of demo "
+                      "(4 methods, 1 task, short training), demo_bias_quick instead of demo_bias")
+    demo.add_argument("--study", choices=("transfer", "bias"), default="transfer",
+                      help="transfer (default): sparse models on the mini-tasks, leaderboards, figures, estimators; "
+                      "bias: the CelebA bias study on the procedural faces set (multi-label fine-tuning, then "
+                      "`report bias`)")
     demo.set_defaults(func=cmd_demo)
 
     add_dispatch_commands(sub)

@@ -14,6 +14,10 @@ The demo is a sweep: the shipped sweep ``demo`` (``demo_quick`` with ``--quick``
 3. report: the tidy table, leaderboards and figures under ``<results>/``, and the estimators' rank correlation
    with the measured accuracies (``<results>/rank``).
 
+``--study bias`` runs the sweep ``demo_bias`` (``demo_bias_quick``) instead: sparse mini-suite models fine-tuned on
+the procedural multi-label `faces` set (attributes correlated with Male and Young by construction), linear and
+full, three seeds; its report is the bias study's (``<results>/bias``, `transferbench report bias`).
+
 Everything goes under ``--results`` (default results/demo), checkpoints included, so a demo never touches the
 user's own checkpoint registry. ``transferbench sweep demo --executor debug`` runs the same grid into another
 results root, using the user's registry.
@@ -34,15 +38,22 @@ from .store import FAILED, TO_RUN
 
 DEMO_SWEEP = "demo"
 QUICK_SWEEP = "demo_quick"  # fewer methods, one task, short training: the same code paths, for tests
+# each study's sweep, and its quick variant
+STUDIES = {"transfer": (DEMO_SWEEP, QUICK_SWEEP), "bias": ("demo_bias", "demo_bias_quick")}
 
 
-def run_demo(results: str | os.PathLike = Path("results/demo"), quick: bool = False) -> dict[str, list[Path]]:
-    """Run the demo sweep (``demo_quick`` when ``quick``) into ``results``, its upstream models under
-    ``<results>/checkpoints``; returns the leaderboard and figure files written. A second call finds every model
-    and record and only redraws the report; runs that failed before are tried again."""
-    results = Path(results)
+def run_demo(results: str | os.PathLike = Path("results/demo"), quick: bool = False,
+             study: str = "transfer") -> dict[str, list[Path]]:
+    """Run a study's demo sweep (``transfer``: ``demo``, ``demo_quick`` when ``quick``; ``bias``: ``demo_bias``,
+    the CelebA bias study on the procedural faces set, then ``report bias``) into ``results``, its upstream models
+    under ``<results>/checkpoints``; returns the leaderboard and figure files written. A second call finds every
+    model and record and only redraws the report; runs that failed before are tried again."""
+    if study not in STUDIES:
+        raise TransferbenchError(f"unknown demo study {study!r} (--study); choose one of: {', '.join(STUDIES)}")
+    results, start = Path(results), time.perf_counter()
     with _checkpoints_under(results / "checkpoints"):
-        return _run(results, QUICK_SWEEP if quick else DEMO_SWEEP)
+        _run(results, STUDIES[study][quick], start)
+        return _bias_report(results, start) if study == "bias" else _report(results, start)
 
 
 @contextmanager
@@ -59,14 +70,13 @@ def _checkpoints_under(folder: Path) -> Iterator[None]:
             os.environ[ENV_CHECKPOINTS] = previous
 
 
-def _run(results: Path, sweep_name: str) -> dict[str, list[Path]]:
+def _run(results: Path, sweep_name: str, start: float) -> None:
     from .dispatch import load_profile, load_sweep, plan_sweep, submit_units
     from .dispatch.profiles import default_profile_name
     from .dispatch.stages import prepare_upstream
     from .upstream.chance import chance_summary
 
     configure_determinism()
-    start = time.perf_counter()
     sweep = load_sweep(sweep_name)
     prepare_upstream(sweep, echo=lambda line: print(f"[demo] {line}", flush=True))
     print(f"[demo] upstream models ready ({time.perf_counter() - start:.0f} s)", flush=True)
@@ -86,7 +96,6 @@ def _run(results: Path, sweep_name: str) -> dict[str, list[Path]]:
     estimates = sum(spec.mode == "estimate" for spec in plan.specs)
     print(f"[demo] {len(plan.specs) - estimates} transfer runs and {estimates} estimates done "
           f"({time.perf_counter() - start:.0f} s)", flush=True)
-    return _report(results, start)
 
 
 def _rank(runs, out: Path) -> list[Path]:
@@ -99,6 +108,21 @@ def _rank(runs, out: Path) -> list[Path]:
           "regret of the top pick in points):")
     print(shown.to_string(index=False, float_format="{:+.2f}".format), flush=True)
     return write_ranking(ranking, out)
+
+
+def _bias_report(results: Path, start: float) -> dict[str, list[Path]]:
+    """The tidy table and leaderboards, then the bias study's report (`transferbench report bias`) of the faces
+    runs, whose summary table is printed."""
+    from .report.bias import bias_report
+    from .report.build import read_runs, write_collection
+
+    collected = write_collection(results, read_runs(results))
+    report = bias_report(results)
+    print(f"[demo] bias study ({report.summary}):")
+    print((report.out_dir / "bias.md").read_text().split("\n\n")[1], flush=True)
+    print(f"[demo] done in {time.perf_counter() - start:.0f} s: tables and figures in {report.out_dir}", flush=True)
+    return {"leaderboards": [p for p in collected if p.parent == results / "leaderboards"],
+            "bias_tables": report.tables, "bias_figures": report.figures}
 
 
 def _report(results: Path, start: float) -> dict[str, list[Path]]:

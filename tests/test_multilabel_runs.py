@@ -1,0 +1,80 @@
+"""Multi-label runs end to end (the bias study's setup: one sigmoid output per attribute) on the offline `faces`
+task: what the records and predictions hold, checked against the task's own splits, and what is refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from fixtures_models import write_pruned_checkpoint
+
+from transferbench.cli import main
+from transferbench.finetune.full import training_loss
+from transferbench.metrics import multilabel_metrics
+from transferbench.tasks import load_split
+from transferbench.tasks.limit import limit_split
+
+LIMIT = 160
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    root = tmp_path_factory.mktemp("multilabel")
+    checkpoint = root / "tiny_50.pth"
+    write_pruned_checkpoint(checkpoint, sparsity=0.5)
+    out = root / "results"
+    for mode, epochs in (("linear", 5), ("full", 2)):
+        assert main(_args(checkpoint, out, "--mode", mode, "--set", f"epochs={epochs}")) == 0
+    return checkpoint, out
+
+
+def _args(checkpoint: Path, out: Path, *extra: str) -> list[str]:
+    return ["run", "--checkpoint", str(checkpoint), "--sparsity", "0.5", "--method", "magnitude", "--task", "faces",
+            "--results", str(out), "--workers", "0", "--limit", str(LIMIT), *extra]
+
+
+def _run(out: Path, mode: str) -> tuple[dict, dict]:
+    (folder,) = [p for p in (out / "runs").iterdir() if f".{mode}-" in p.name]
+    with np.load(folder / "predictions.npz") as npz:
+        return json.loads((folder / "result.json").read_text()), {k: npz[k] for k in npz.files}
+
+
+@pytest.mark.parametrize("mode", ["linear", "full"])
+def test_a_multilabel_run_records_its_attribute_accuracy_and_what_the_bias_report_needs(results, mode):
+    _, out = results
+    record, arrays = _run(out, mode)
+    train, test, validation = (limit_split(load_split("faces", s, None), LIMIT)
+                               for s in ("train", "test", "validation"))
+    assert arrays["logits"].shape == arrays["labels"].shape == (LIMIT, len(test.classes))
+    np.testing.assert_array_equal(arrays["labels"], test.labels)
+    expected = multilabel_metrics(arrays["logits"], arrays["labels"])
+    assert record["metrics"]["top1"] == pytest.approx(((arrays["logits"] > 0) == test.labels).mean())
+    assert record["metrics"]["mean_per_class_acc"] == pytest.approx(expected["mean_per_class_acc"])
+    np.testing.assert_array_equal(arrays["attributes"], test.attributes)
+    assert list(arrays["attribute_names"]) == list(test.attribute_names) and list(arrays["ids"]) == list(test.ids)
+    y = np.asarray(train.attributes, dtype=np.int64)
+    np.testing.assert_array_equal(arrays["train_cooccurrence"], y.T @ y)
+    assert int(arrays["train_count"]) == LIMIT
+    assert arrays["validation_logits"].shape == (LIMIT, len(test.classes))
+    np.testing.assert_array_equal(arrays["validation_labels"], validation.labels)
+    assert record["config"]["data"]["validation_size"] == LIMIT
+
+
+def test_full_fine_tuning_of_a_multilabel_task_minimises_the_mean_binary_cross_entropy():
+    logits, targets = torch.randn(6, 4), torch.randint(0, 2, (6, 4))
+    assert training_loss(logits, targets) == pytest.approx(float(torch.nn.BCEWithLogitsLoss()(logits, targets.float())))
+    classes = torch.randint(0, 4, (6,))
+    assert training_loss(logits, classes) == pytest.approx(float(F.cross_entropy(logits, classes)))
+
+
+@pytest.mark.parametrize("flags", [("--mode", "estimate"), ("--solver", "lbfgs"), ("--train-size", "100")])
+def test_what_a_multilabel_task_cannot_run_is_one_line_and_writes_nothing(results, tmp_path, capsys, flags):
+    checkpoint, _ = results
+    assert main(_args(checkpoint, tmp_path / "out", *flags)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "multi-label task faces" in err[0] and flags[0] in err[0]
+    assert not (tmp_path / "out").exists()
