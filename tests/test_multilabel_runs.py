@@ -37,8 +37,9 @@ def _args(checkpoint: Path, out: Path, *extra: str) -> list[str]:
             "--results", str(out), "--workers", "0", "--limit", str(LIMIT), *extra]
 
 
-def _run(out: Path, mode: str) -> tuple[dict, dict]:
-    (folder,) = [p for p in (out / "runs").iterdir() if f".{mode}-" in p.name]
+def _run(out: Path, mode: str, method: str = "") -> tuple[dict, dict]:
+    (folder,) = [p for p in (out / "runs").iterdir()
+                 if (f".{mode}-" in p.name or f".{mode}." in p.name) and p.name.startswith(f"faces.{method}")]
     with np.load(folder / "predictions.npz") as npz:
         return json.loads((folder / "result.json").read_text()), {k: npz[k] for k in npz.files}
 
@@ -78,3 +79,40 @@ def test_what_a_multilabel_task_cannot_run_is_one_line_and_writes_nothing(result
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "multi-label task faces" in err[0] and flags[0] in err[0]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_model_trained_on_faces_is_evaluated_with_its_own_head_into_a_record_the_bias_report_reads(tmp_path,
+                                                                                                   monkeypatch):
+    """`run --mode evaluate`: the bias study's models from scratch get records and predictions without training;
+    its accuracy is the one the upstream run measured on the same test split with the same transform."""
+    import yaml
+
+    from transferbench.checkpoints.registry import find_checkpoint
+    from transferbench.report.bias import bias_report
+    from transferbench.upstream import load_recipe
+
+    monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
+    recipe = load_recipe("celeba_cpu")
+    recipe.update(name="tinyfaces", train_size=256, batch_size=32, epochs=3)
+    recipe["methods"]["gmp"]["prune_epochs"] = [1, 1, 2]
+    (tmp_path / "tinyfaces.yaml").write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "results"
+    for method, sparsity in (("dense", "0"), ("gmp", "0.8")):
+        assert main(["upstream", "--method", method, "--sparsity", sparsity, "--recipe",
+                     str(tmp_path / "tinyfaces.yaml")]) == 0
+        assert main(["run", "--task", "faces", "--method", method, "--sparsity", sparsity, "--mode", "evaluate",
+                     "--results", str(out), "--workers", "0"]) == 0
+    spec = find_checkpoint("gmp", 0.8, "resnet_tiny")
+    upstream_top1 = torch.load(spec.path, map_location="cpu", weights_only=True)["metadata"]["upstream_top1"]
+    record, arrays = _run(out, "evaluate", "gmp")
+    assert record["mode"] == "evaluate" and record["curve"] == []
+    assert record["metrics"]["top1"] == pytest.approx(upstream_top1, abs=1e-6)
+    assert arrays["logits"].shape == (1000, 8) and arrays["validation_logits"].shape == (500, 8)
+    report = bias_report(out)
+    assert "2 run(s)" in report.summary and (out / "bias" / "summary.csv").exists()
+
+    # a model of another task's head is refused in one line
+    assert main(["run", "--task", "digits", "--method", "gmp", "--sparsity", "0.8", "--mode", "evaluate",
+                 "--results", str(tmp_path / "other"), "--workers", "0"]) == 2
+    assert not (tmp_path / "other").exists()

@@ -273,7 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_run_command(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="run one transfer experiment and write its result record")
     run.add_argument("--mode", choices=MODES, default="linear",
-                     help="linear probe (default), full fine-tuning, or estimate (as `transferbench estimate`)")
+                     help="linear probe (default), full fine-tuning, estimate (as `transferbench estimate`), or "
+                          "evaluate (the checkpoint's own head on the task, no training: a model trained on the task "
+                          "itself, e.g. the bias study's CelebA models from `upstream --dataset celeba`)")
     _add_transfer_flags(run, _flagged_hparams())
     run.add_argument("--cudnn-benchmark", action="store_true",
                      help="let cuDNN autotune convolutions (GPU; faster, but a resumed full fine-tuning is no "

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -175,6 +176,9 @@ def run(specs: RunSpec | list[RunSpec], ctx: RunContext) -> list[RunRecord]:
             records.update((r.run_key, r) for r in _run_linear(group, ctx))
         elif group[0].mode == "estimate":
             record = _run_estimate(group[0], ctx)
+            records[record.run_key] = record
+        elif group[0].mode == "evaluate":
+            record = _run_evaluate(group[0], ctx)
             records[record.run_key] = record
         else:
             record = _run_full(group[0], ctx)
@@ -415,6 +419,46 @@ def _run_estimate(spec: RunSpec, ctx: RunContext) -> RunRecord:
     path = _store(ctx.results, record, votes / KNN_K, test.labels.numpy(), prep.test.classes)
     log.info("estimate %s: %s knn_top1=%.4f → %s", spec.run_key,
              " ".join(f"{k}={v:.4g}" for k, v in scores.items() if v is not None), knn["top1"], path)
+    return record
+
+
+def _run_evaluate(spec: RunSpec, ctx: RunContext) -> RunRecord:
+    """The checkpoint's own head on the task's test split (and validation split, when the task has one), through the
+    full-mode test transform, nothing trained: the record and predictions of a model trained on the task itself
+    (the bias study's CelebA models from scratch), which the analyses read as any run's."""
+    if not ctx.force and (done := existing_record(ctx.results, spec.run_key)) is not None:
+        return done
+    t_start = time.perf_counter()
+    prep = _prepare(spec, ctx)
+    apply_precision(prep.device.type, spec.hparams.precision)
+    outputs = prep.loaded.model.num_classes
+    if outputs != prep.task.num_classes:
+        raise TransferbenchError(
+            f"checkpoint {prep.loaded.path} has a head of {outputs} outputs but {prep.task.name} has "
+            f"{prep.task.num_classes}: --mode evaluate is for a model trained on the task itself (use linear or full "
+            "to transfer it)")
+    cfg = protocol_transform(prep.task, "full", train=False, interpolation=prep.interpolation,
+                             image_size=spec.hparams.image_size, **_preprocessing(prep))
+    logits, labels = {}, {}
+    with tempfile.TemporaryDirectory(prefix="evaluate-") as scratch:  # decoded splits too large for memory
+        for name, split in [("test", prep.test)] + ([("validation", prep.validation)] if prep.validation else []):
+            decoded = decode_images(split.dataset, cfg, ctx.extract_batch_size, ctx.num_workers, Path(scratch) / name)
+            logits[name], labels[name] = evaluate(prep.loaded.model.to(prep.device), decoded.batches(
+                ctx.extract_batch_size, prep.device), prep.device, spec.hparams.precision)
+    metrics = accuracy_metrics(logits["test"], labels["test"], prep.task.num_classes)
+    _recheck_checkpoint(spec, prep)
+    loaded = prep.loaded
+    record = _record(
+        spec, prep, ctx, metrics=_metrics(prep.task, metrics["top1"], metrics["mean_per_class_acc"], {}),
+        sparsity=SparsityInfo(backbone_before=loaded.backbone_sparsity.overall,
+                              backbone_after=loaded.backbone_sparsity.overall,
+                              per_layer=loaded.backbone_sparsity.per_layer, **_upstream_sparsity(loaded)),
+        config={"transform_test": cfg.to_dict()}, curve=[],
+        timings={"checkpoint_load_s": prep.load_seconds, "total_s": time.perf_counter() - t_start})
+    path = _store(ctx.results, record, logits["test"], labels["test"], prep.test.classes,
+                  study_arrays(prep, logits.get("validation")))
+    log.info("evaluate %s: top1=%.4f mean_per_class=%.4f → %s", spec.run_key, metrics["top1"],
+             metrics["mean_per_class_acc"], path)
     return record
 
 

@@ -163,9 +163,13 @@ def resolve_hparams(mode: str, task_full_lr: float, overrides: dict[str, Any] | 
     hp = HParams(**{"lr": task_full_lr if mode == "full" else 0.01, **overrides})  # checked in __post_init__
     if hp.solver == "lbfgs" and mode != "linear":
         raise TransferbenchError("--solver lbfgs applies to --mode linear only")
-    if hp.engine != "torch" and mode == "full":
+    if hp.engine != "torch" and mode in ("full", "evaluate"):
         raise TransferbenchError(f"--engine {hp.engine} extracts frozen features: it applies to --mode linear and "
                                  "estimate only")
+    if mode == "evaluate" and (hp.loader != "torchvision" or hp.train_size or hp.train_per_class
+                               or hp.validation_size):
+        raise TransferbenchError("--mode evaluate trains nothing: drop --loader, --train-size, --train-per-class and "
+                                 "--validation-size")
     if hp.engine == "deepsparse" and hp.precision != "fp32":
         raise TransferbenchError(f"--engine deepsparse runs in fp32: drop --precision {hp.precision}")
     if hp.engine == "deepsparse" and hp.loader == "ffcv":  # the DeepSparse worker reads a torch DataLoader
@@ -255,8 +259,10 @@ class RunSpec:
         return work_dir(results, self.run_key)
 
 
-# estimate: the transferability estimators on the linear probe's features (no training; runner._run_estimate)
-MODES = ("linear", "full", "estimate")
+# estimate: the transferability estimators on the linear probe's features (no training; runner._run_estimate);
+# evaluate: the checkpoint's own head on the task's test (and validation) split, no training, for a model trained on
+# the task itself (the bias study's CelebA models from scratch; runner._run_evaluate)
+MODES = ("linear", "full", "estimate", "evaluate")
 
 
 def make_spec(task: str, mode: str, seed: int, checkpoint: CheckpointRef,

@@ -6,7 +6,7 @@
     gpus_per_node: 1
     cpus_per_task: 8               # data-loading workers = cpus_per_task - 1
     mem_gb: 64
-    time_min: {linear: 120, full: 1440}   # wall-clock limit per mode (or one number for all; estimate: linear's)
+    time_min: {linear: 120, full: 1440}   # wall-clock limit per mode (or one number; estimate, evaluate: linear's)
     array_parallelism: 64          # jobs of one sweep command running at once (split into each array's %N)
     max_array_size: 1000           # the cluster's MaxArraySize; bigger grids become several arrays
     max_requeues: 10               # how often a job may be requeued after a time-out
@@ -54,7 +54,8 @@ class Profile:
     gpus_per_node: int = 1
     cpus_per_task: int = 8
     mem_gb: float = 64
-    time_min: dict[str, int] = field(default_factory=lambda: {"linear": 120, "full": 1440, "estimate": 120})
+    time_min: dict[str, int] = field(default_factory=lambda: {"linear": 120, "full": 1440, "estimate": 120,
+                                                              "evaluate": 120})
     array_parallelism: int = 64
     max_array_size: int = 1000
     max_requeues: int = 10
@@ -186,10 +187,11 @@ def parse_profile(raw: Any, origin: str, name: str) -> Profile:
     time_min = values.get("time_min", Profile.__dataclass_fields__["time_min"].default_factory())
     if not isinstance(time_min, dict):
         time_min = dict.fromkeys(MODES, time_min)
-    time_min = {**time_min, "estimate": time_min.get("estimate", time_min.get("linear"))}  # extracts as a probe
+    time_min = {**time_min, "estimate": time_min.get("estimate", time_min.get("linear")),  # extracts as a probe
+                "evaluate": time_min.get("evaluate", time_min.get("linear"))}  # one pass, as a probe's extraction
     if set(time_min) != set(MODES):
-        raise TransferbenchError(f"profile {origin}: time_min needs a value for each of linear and full (estimate: "
-                                 "linear's by default)")
+        raise TransferbenchError(f"profile {origin}: time_min needs a value for each of linear and full (estimate and "
+                                 "evaluate: linear's by default)")
     values["time_min"] = {m: _whole_number(v, f"time_min {m}", origin) for m, v in time_min.items()}
     for key in ("gpus_per_node", "cpus_per_task", "array_parallelism", "max_array_size", "max_requeues",
                 "signal_delay_s"):
