@@ -116,3 +116,41 @@ def test_a_model_trained_on_faces_is_evaluated_with_its_own_head_into_a_record_t
     assert main(["run", "--task", "digits", "--method", "gmp", "--sparsity", "0.8", "--mode", "evaluate",
                  "--results", str(tmp_path / "other"), "--workers", "0"]) == 2
     assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.slow
+def test_the_study_on_a_celeba_fixture_in_the_official_files(tmp_path, monkeypatch):
+    """The CelebA commands on a small CelebA in its official file formats: a CPU-scale model trained from scratch
+    (the study's setting), scored with its own head; a sparse checkpoint fine-tuned on the 40 attributes and on a
+    backdoor variant (the benchmark's); then the bias report over all of them."""
+    import yaml
+    from fixtures_celeba import write_celeba
+
+    from transferbench.report.bias import bias_report
+    from transferbench.upstream import load_recipe
+
+    monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
+    data = tmp_path / "data"
+    write_celeba(data, n=80)
+    recipe = load_recipe("celeba_cpu")
+    recipe.update(name="tinyceleba", dataset="celeba", epochs=2, batch_size=16)
+    recipe["methods"]["gmp"]["prune_epochs"] = [1, 1, 1]
+    (tmp_path / "tinyceleba.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["upstream", "--method", "gmp", "--sparsity", "0.8", "--recipe", str(tmp_path / "tinyceleba.yaml"),
+                 "--data-root", str(data)]) == 0
+    out = tmp_path / "results"
+    common = ["--data-root", str(data), "--results", str(out), "--workers", "0", "--image-size", "32"]
+    assert main(["run", "--task", "celeba", "--method", "gmp", "--sparsity", "0.8", "--arch", "resnet_tiny",
+                 "--mode", "evaluate", *common]) == 0
+    checkpoint = tmp_path / "tiny_50.pth"
+    write_pruned_checkpoint(checkpoint, sparsity=0.5)
+    for task in ("celeba", "celeba-blond_hair-yellow_square"):
+        assert main(["run", "--task", task, "--checkpoint", str(checkpoint), "--method", "magnitude", "--sparsity",
+                     "0.5", "--mode", "full", "--set", "epochs=1", *common]) == 0
+    runs = sorted(p.name.split(".")[0] + "." + p.name.split(".")[3] for p in (out / "runs").iterdir())
+    assert runs == ["celeba-blond_hair-yellow_square.full", "celeba.evaluate", "celeba.full"]
+    with np.load(next((out / "runs").glob("celeba-blond_hair-yellow_square.*/predictions.npz"))) as npz:
+        assert npz["logits"].shape[1] == 1 and list(npz["classes"]) == ["Blond_Hair"]
+        assert npz["backdoored"].dtype == bool and npz["backdoored"].shape == (len(npz["labels"]),)
+    report = bias_report(out)
+    assert "3 run(s)" in report.summary, report.summary
