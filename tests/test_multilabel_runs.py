@@ -55,6 +55,7 @@ def test_a_multilabel_run_records_its_attribute_accuracy_and_what_the_bias_repor
     expected = multilabel_metrics(arrays["logits"], arrays["labels"])
     assert record["metrics"]["top1"] == pytest.approx(((arrays["logits"] > 0) == test.labels).mean())
     assert record["metrics"]["mean_per_class_acc"] == pytest.approx(expected["mean_per_class_acc"])
+    assert record["metrics"]["targets"] == "multilabel"
     np.testing.assert_array_equal(arrays["attributes"], test.attributes)
     assert list(arrays["attribute_names"]) == list(test.attribute_names) and list(arrays["ids"]) == list(test.ids)
     y = np.asarray(train.attributes, dtype=np.int64)
