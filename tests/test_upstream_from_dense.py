@@ -353,3 +353,32 @@ def load_checkpoint_of(ref):
     spec = registered_spec(ref)
     return load_checkpoint(ref.path, arch=ref.arch, expected_sha256=spec.sha256 if spec else None,
                            target_sparsity=ref.sparsity, method=ref.method, prunable=spec.prunable if spec else None)
+
+
+def test_prune_calibrates_on_a_downstream_task_when_asked(home, imagenet, recipe, tmp_path, capsys):
+    """`prune --calibration digits`: the sample is a class-balanced draw of that task's training images (its
+    labels, not ImageNet's), the candidate is named after it and has no upstream top-1; the same pruning calibrated
+    on ImageNet's images keeps other weights."""
+    from transferbench.pruning.bn import balanced_sample, indices_digest
+    from transferbench.tasks import load_split
+
+    dense_path = tmp_path / "plain_dense.pth"
+    write_cram_file(dense_path)
+    masks = {}
+    for source in ("digits", "imagenet"):
+        assert main(["prune", "--method", "wanda", "--sparsity", "0.5", "--from", str(dense_path), "--recipe",
+                     str(recipe), "--calibration", source, "--data-root", str(imagenet), "--samples", "20"]) == 0
+        (path,) = [p for p in (home / "upstream").glob("*.pth") if ("_digits_" in p.name) == (source == "digits")]
+        blob = torch.load(path, weights_only=True)
+        masks[source] = {k: v for k, v in blob["model_state_dict"].items() if k.endswith("_weight_mask")}
+        meta = blob["metadata"]
+        if source == "digits":
+            labels = np.asarray(load_split("digits", "train", None).labels)
+            expected = balanced_sample(labels, 20, meta["calibration"]["seed"])
+            assert meta["calibration"]["task"] == "digits" and meta["upstream_top1"] is None
+            assert meta["calibration"]["indices_sha256"] == indices_digest(expected)
+            assert sorted(np.bincount(labels[expected], minlength=10)) == [2] * 10  # 2 images of each digit
+    assert any(not torch.equal(masks["digits"][k], masks["imagenet"][k]) for k in masks["digits"])
+    assert main(["prune", "--method", "wanda", "--sparsity", "0.5", "--from", str(dense_path), "--recipe",
+                 str(recipe), "--calibration", "faces", "--samples", "4"]) == 2
+    assert "multi-label" in capsys.readouterr().err

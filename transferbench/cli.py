@@ -128,7 +128,7 @@ def _print_upstream_results(args: argparse.Namespace, results: list) -> None:
 
     _print_table(("method", "sparsity", "measured", "upstream_top1", "checkpoint"),
                  [(r.spec.method, format_sparsity(r.spec.sparsity), format_sparsity(r.sparsity),
-                   f"{r.top1:.4f}", r.path)
+                   "n/a" if r.top1 is None else f"{r.top1:.4f}", r.path)  # n/a: calibrated on a downstream task
                   for r in results])
     print("registered: run them with `transferbench run --method "
           f"{results[0].spec.method} --sparsity {format_sparsity(results[0].spec.sparsity)} "
@@ -389,7 +389,11 @@ def _add_upstream_source_flags(up: argparse.ArgumentParser) -> None:
                          "training set (the recipe's calibration block)")
 
 
+UPSTREAM_CALIBRATION = ("shapes", "imagenet")  # prune --calibration: upstream data; any other name is a task
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
+    from .tasks import get_task
     from .upstream.from_dense import prune_published
     from .vocabulary import parse_sparsity
 
@@ -403,9 +407,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise TransferbenchError("--pattern 2:4 keeps half the weights: drop --sparsity (or pass 0.5)")
     if not args.pattern and not sparsities:
         raise TransferbenchError("give --sparsity (one or more) or --pattern 2:4")
-    results = prune_published(args.source, method, sparsities or [0.5], dataset=args.calibration,
-                              recipe=args.recipe, data_root=args.data_root, arch=args.arch, device=args.device,
-                              out_dir=args.out, samples=args.samples)
+    upstream_data = args.calibration in (None, *UPSTREAM_CALIBRATION)
+    if not upstream_data:
+        get_task(args.calibration)  # an unknown name: one line listing the tasks
+    results = prune_published(args.source, method, sparsities or [0.5],
+                              dataset=args.calibration if upstream_data else None, recipe=args.recipe,
+                              data_root=args.data_root, arch=args.arch, device=args.device, out_dir=args.out,
+                              samples=args.samples, calibration_task=None if upstream_data else args.calibration)
     _print_upstream_results(args, results)
     return 0
 
@@ -420,10 +428,13 @@ def _add_prune_command(sub: argparse._SubParsersAction) -> None:
                        help="the dense model: a checkpoint file (any format `run --checkpoint` reads) or a dense "
                             "registry row whose file is in the checkpoint directory")
     prune.add_argument("--arch", help="architecture of --from (default: read from the file)")
-    prune.add_argument("--calibration", default=None, choices=("shapes", "imagenet"),
-                       help="the upstream data the calibration sample comes from (default imagenet; shapes: the "
-                            "offline procedural set of the mini-suite)")
-    prune.add_argument("--data-root", type=Path, help="ImageNet folder with train/ and val/ (--calibration imagenet)")
+    prune.add_argument("--calibration", default=None, metavar="imagenet|shapes|TASK",
+                       help="where the calibration sample comes from: the upstream data (imagenet, the default; "
+                            "shapes: the offline procedural set of the mini-suite) or a downstream task's training "
+                            "split (e.g. cifar10: candidates pruned for that task, named after it, not scored on "
+                            "upstream data)")
+    prune.add_argument("--data-root", type=Path, help="ImageNet folder with train/ and val/ (--calibration imagenet), "
+                                                      "or the tasks' data root (--calibration TASK)")
     prune.add_argument("--samples", type=int, help="calibration images, class-balanced and seeded (default: the "
                                                    "recipe's calibration size, 1000)")
     prune.add_argument("--recipe", help="the recipe whose data, transforms and calibration block are used (default: "

@@ -32,7 +32,7 @@ log = logging.getLogger("transferbench")
 class UpstreamResult:
     path: Path
     spec: CheckpointSpec
-    top1: float
+    top1: float | None  # None: a one-shot candidate calibrated on a downstream task, not scored on upstream data
     sparsity: float
 
 
@@ -183,27 +183,31 @@ def register_candidate(folder: Path, rec: dict, method: str, sp: float, net: tor
     default the recipe's checkpoint name; ``pruned_from``: the dense file a one-shot candidate was pruned from).
     ``multilabel``: its head has one sigmoid output per attribute; its upstream_top1 is the mean attribute
     accuracy, whose chance level is that of one binary decision."""
-    top1 = evaluate(net, test_set, dev, workers=workers)
+    # no test set: a candidate calibrated on a downstream task's images has no upstream data to be scored on here
+    top1 = evaluate(net, test_set, dev, workers=workers) if test_set is not None else None
     measured = measure_sparsity(net, include_head=True).overall
     name = name or checkpoint_name(rec, method, sp, seed)
     notes = notes or f"trained by transferbench upstream ({rec['name']} recipe, {rec['dataset']}, seed {seed})"
-    classes, test_size = (2 if multilabel else head_classes(net)), len(test_set)
-    chance = at_chance(top1, classes, test_size)
+    classes, test_size = (2 if multilabel else head_classes(net)), len(test_set) if test_set is not None else 0
+    chance = top1 is not None and at_chance(top1, classes, test_size)
     if chance:
         notes = f"{notes}; {chance_note(method, top1, classes, test_size)}"
     path = inside(folder, folder / f"{check_name(name, 'upstream checkpoint name')}.pth", "upstream folder (--out)")
     metadata = {"method": method, "target_sparsity": float(sp), "measured_sparsity": measured,
                 "recipe": rec["name"], "recipe_config": yaml.safe_dump(rec), "upstream_dataset": rec["dataset"],
-                "upstream_top1": top1, "at_chance": chance, "chance_threshold": chance_threshold(classes, test_size),
+                "upstream_top1": top1, "at_chance": chance,
+                "chance_threshold": chance_threshold(classes, test_size) if test_size else None,
                 "upstream_test_size": test_size, "seed": seed, "train_seconds": seconds,
                 "transferbench_version": __version__,
                 **({"upstream_metric": "mean attribute accuracy"} if multilabel else {}), **(about or {})}
     digest = save_checkpoint(path, net, masks, arch=rec["arch"], dataset=rec["dataset"], metadata=metadata)
     spec = register_local(CheckpointSpec(
         name=name, method=method, sparsity=float(sp), arch=rec["arch"], format="ist", filename=path.name,
-        sha256=digest, upstream_top1=round(100 * top1, 2), pruned_from=pruned_from, at_chance=chance,
+        sha256=digest, upstream_top1=round(100 * top1, 2) if top1 is not None else None, pruned_from=pruned_from,
+        at_chance=chance,
         notes=notes), path)
-    log.info("upstream %s %s: top1=%.4f sparsity=%.4f → %s", method, format_sparsity(sp), top1, measured, path)
+    log.info("upstream %s %s: top1=%s sparsity=%.4f → %s", method, format_sparsity(sp),
+             "n/a" if top1 is None else f"{top1:.4f}", measured, path)
     if chance:
         log.warning("upstream %s %s: %s", method, format_sparsity(sp), chance_note(method, top1, classes, test_size))
     return UpstreamResult(path, spec, top1, measured)

@@ -37,7 +37,7 @@ def _eval_transform(recipe: dict) -> TransformConfig:
     return TransformConfig(image_size=size, mean=IMAGENET_NORMALIZATION.mean, std=IMAGENET_NORMALIZATION.std)
 
 
-def _train_transform(recipe: dict) -> TransformConfig:
+def train_transform(recipe: dict) -> TransformConfig:
     return TransformConfig(**{**_eval_transform(recipe).to_dict(), "augment": True})
 
 
@@ -77,7 +77,7 @@ def _imagenet(recipe: dict, data_root: Path | None) -> UpstreamData:
     from ..tasks.data import read_rgb_image  # pil_loader's pixels; a bad file is one line naming it
 
     train, test = (ImageFolder(Path(data_root) / part, loader=read_rgb_image) for part in ("train", "val"))
-    return UpstreamData(Transformed(train, build_transform(_train_transform(recipe))),
+    return UpstreamData(Transformed(train, build_transform(train_transform(recipe))),
                         Transformed(test, build_transform(_eval_transform(recipe))), IMAGENET_CLASSES)
 
 
@@ -222,7 +222,7 @@ def train_batches(rec: dict, train_set: Dataset, data_root: Path | None, world: 
                                  "(use --loader torchvision)")
     from ..fastdata.convert import imagenet_splits
 
-    return FFCVTrainBatches(data_root, imagenet_splits(data_root)["train"], _train_transform(rec),
+    return FFCVTrainBatches(data_root, imagenet_splits(data_root)["train"], train_transform(rec),
                             int(rec["batch_size"]), world, seed, workers, device)
 
 

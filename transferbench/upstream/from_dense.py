@@ -18,6 +18,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+from torch.utils.data import Dataset
+
 from ..checkpoints import CheckpointSpec, LoadedCheckpoint, list_checkpoints, load_checkpoint, load_registered
 from ..checkpoints import checkpoint_dir as default_checkpoint_dir
 from ..checkpoints.registry import file_identity, named_checkpoint, oneshot_source, prepared_candidate
@@ -25,6 +28,7 @@ from ..context import resolve_device
 from ..errors import TransferbenchError
 from ..names import check_name, name_from
 from ..pruning.bn import dataset_labels
+from ..transforms import build_transform
 from ..vocabulary import format_sparsity
 from .candidates import (
     POSTTRAINING,
@@ -35,7 +39,7 @@ from .candidates import (
     oneshot_metadata,
     register_candidate,
 )
-from .data import upstream_datasets
+from .data import train_transform, upstream_datasets
 from .recipes import checked_sparsities, load_recipe
 
 log = logging.getLogger("transferbench")
@@ -130,7 +134,8 @@ def oneshot_names(stem: str, method: str, sparsities: Sequence[float], rec: dict
 def prune_published(source: str | Path, method: str, sparsities: Sequence[float], *, dataset: str | None = None,
                     recipe: str | Path | None = None, data_root: Path | None = None, arch: str | None = None,
                     device: str = "auto", out_dir: Path | None = None,
-                    checkpoint_dir: str | Path | None = None, samples: int | None = None) -> list[UpstreamResult]:
+                    checkpoint_dir: str | Path | None = None, samples: int | None = None,
+                    calibration_task: str | None = None) -> list[UpstreamResult]:
     """Prune the dense ``source`` (a registry row's name or a file) one-shot to each of ``sparsities`` (``method``
     cram: global magnitude; cram_nm: 2:4, sparsity 0.5; wanda, sparsegpt and their 2:4 ``_nm``: layer-wise from the
     calibration sample, stem and head dense), recalibrate BN, evaluate, write and register one candidate each,
@@ -138,7 +143,10 @@ def prune_published(source: str | Path, method: str, sparsities: Sequence[float]
     calibration sample's size instead of the recipe's.
 
     ``recipe`` (default: imagenet_resnet50 for ``dataset`` imagenet, the default, small_cpu for shapes) gives the
-    data (image size, transforms) and the calibration sample; its arch is the source's.
+    data (image size, transforms) and the calibration sample; its arch is the source's. ``calibration_task``: the
+    sample comes from that downstream task's training split (under ``data_root``) instead, through the recipe's
+    transforms; the candidates are then not scored on upstream data (no upstream top-1) and their names say the
+    task.
     """
     if method not in ONE_SHOT_METHODS:
         raise TransferbenchError(f"--from prunes a dense model one-shot: use --method cram (global magnitude) or "
@@ -153,12 +161,18 @@ def prune_published(source: str | Path, method: str, sparsities: Sequence[float]
     if samples is not None:  # --samples: the calibration sample's size, in the candidates' names and metadata
         rec["calibration"] = {**(rec.get("calibration") or {}), "size": int(samples)}
         rec["name"] = f"{rec['name']}_n{int(samples)}"
-    train_set, test_set = upstream_datasets(rec, data_root)
-    _check_classes(dense.loaded, dataset_labels(train_set), data_root)
+    if calibration_task is not None:
+        train_set, test_set = task_calibration_set(calibration_task, data_root, rec), None
+        rec["name"] = f"{rec['name']}_{calibration_task}"  # in the candidates' names: another sample, other models
+    else:
+        train_set, test_set = upstream_datasets(rec, data_root)
+        _check_classes(dense.loaded, dataset_labels(train_set), data_root)
     dev = resolve_device(device)
     model = dense.loaded.model.to(dev)
     calibration = Calibration.from_recipe(rec, train_set)
     about = {**oneshot_metadata(method, calibration), "source": dense.metadata()}
+    if calibration_task is not None:
+        about["calibration"]["task"] = calibration_task
     folder = out_dir or default_checkpoint_dir() / "upstream"
     log.info("one-shot %s candidates of %s at %s; BN calibration on %d images (seed %d)", method, dense.identity,
              ", ".join(format_sparsity(s) for s in sparsities), len(calibration.indices), calibration.seed)
@@ -170,10 +184,24 @@ def prune_published(source: str | Path, method: str, sparsities: Sequence[float]
             folder, rec, method, sparsity, net, masks, test_set, dev, calibration.seed, time.perf_counter() - start,
             about, name=name, pruned_from=dense.identity,
             notes=f"{dense.identity} pruned one-shot ({about['oneshot_pruning']}) and BN-recalibrated on "
-                  f"{len(calibration.indices)} class-balanced {rec['dataset']} training images by transferbench "
-                  f"upstream --from ({rec['name']} recipe)"))
+                  f"{len(calibration.indices)} class-balanced {calibration_task or rec['dataset']} training images "
+                  f"by transferbench ({rec['name']} recipe)"))
         del net, masks  # one candidate in memory at a time
     return results
+
+
+def task_calibration_set(task: str, data_root: Path | None, rec: dict) -> Dataset:
+    """The downstream ``task``'s training split under the recipe's training transform (as the upstream data's own
+    calibration sample is drawn), its labels at hand for the class-balanced sample (``pruning.bn.dataset_labels``)."""
+    from ..tasks import Transformed, get_task, load_split
+
+    split = load_split(get_task(task), "train", data_root)
+    if split.targets != "single":
+        raise TransferbenchError(f"--calibration {task}: a class-balanced sample needs one label per image; "
+                                 f"{task} is multi-label: calibrate on a single-label task or on the upstream data")
+    dataset = Transformed(split.dataset, build_transform(train_transform(rec)))
+    dataset.labels = np.asarray(split.labels)  # read by dataset_labels before the wrapped dataset
+    return dataset
 
 
 def _default_recipe(dataset: str | None) -> str:
