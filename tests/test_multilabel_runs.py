@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from fixtures_models import write_pruned_checkpoint
 
 from transferbench.cli import main
+from transferbench.errors import TransferbenchError
 from transferbench.finetune.full import training_loss
 from transferbench.metrics import multilabel_metrics
 from transferbench.tasks import load_split
@@ -104,7 +105,9 @@ def test_a_model_trained_on_faces_is_evaluated_with_its_own_head_into_a_record_t
                      str(tmp_path / "tinyfaces.yaml")]) == 0
         assert main(["run", "--task", "faces", "--method", method, "--sparsity", sparsity, "--mode", "evaluate",
                      "--results", str(out), "--workers", "0"]) == 0
-    spec = find_checkpoint("gmp", 0.8, "resnet_tiny")
+    spec = find_checkpoint("gmp", 0.8, "resnet_tiny", trained_for="faces")
+    with pytest.raises(TransferbenchError, match="no 'gmp' checkpoint at 80%"):  # never in place of a mini-suite model
+        find_checkpoint("gmp", 0.8, "resnet_tiny")
     upstream_top1 = torch.load(spec.path, map_location="cpu", weights_only=True)["metadata"]["upstream_top1"]
     record, arrays = _run(out, "evaluate", "gmp")
     assert record["mode"] == "evaluate" and record["curve"] == []

@@ -202,7 +202,7 @@ def faces_recipe(tmp_path, monkeypatch):
 @pytest.mark.parametrize("method", ["gmp", "acdc"])
 def test_upstream_on_faces_reaches_the_target_and_registers_the_chosen_epoch(faces_recipe, method):
     assert main(["upstream", "--method", method, "--sparsity", "0.8", "--recipe", str(faces_recipe)]) == 0
-    spec = find_checkpoint(method, 0.8, "resnet_tiny")
+    spec = find_checkpoint(method, 0.8, "resnet_tiny", trained_for="faces")
     loaded = load_checkpoint(spec.path, expected_sha256=spec.sha256, target_sparsity=0.8, method=method)
     assert loaded.sparsity.overall == pytest.approx(0.8, abs=1e-4)
     assert loaded.num_classes == 8  # one output per faces attribute
@@ -221,8 +221,8 @@ def test_upstream_on_faces_reaches_the_target_and_registers_the_chosen_epoch(fac
 @pytest.mark.slow
 def test_post_training_gmp_starts_from_the_registered_dense_model(faces_recipe):
     assert main(["upstream", "--method", "gmp_pt", "--sparsity", "0.8", "--recipe", str(faces_recipe)]) == 0
-    dense = find_checkpoint("dense", 0.0, "resnet_tiny")  # trained first, as the entry's init: dense asks
-    spec = find_checkpoint("gmp_pt", 0.8, "resnet_tiny")
+    dense = find_checkpoint("dense", 0.0, "resnet_tiny", trained_for="faces")  # trained first (init: dense)
+    spec = find_checkpoint("gmp_pt", 0.8, "resnet_tiny", trained_for="faces")
     assert load_checkpoint(spec.path, target_sparsity=0.8, method="gmp_pt").num_classes == 8
     recipe_config = yaml.safe_load(torch.load(spec.path, weights_only=True)["metadata"]["recipe_config"])
     assert recipe_config["optimizer"]["kind"] == "adam" and recipe_config["epochs"] == 8
@@ -240,7 +240,7 @@ def test_an_interrupted_run_resumes_to_the_same_kept_epoch(faces_recipe, tmp_pat
     command = ["upstream", "--method", "gmp", "--sparsity", "0.8", "--recipe", str(faces_recipe), "--device", "cpu"]
     monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "reference"))
     assert main(command) == 0
-    reference = find_checkpoint("gmp", 0.8, "resnet_tiny").path
+    reference = find_checkpoint("gmp", 0.8, "resnet_tiny", trained_for="faces").path
 
     monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "killed"))
     save_state = train_module.save_state
@@ -255,7 +255,7 @@ def test_an_interrupted_run_resumes_to_the_same_kept_epoch(faces_recipe, tmp_pat
         main(command)
     monkeypatch.setattr(train_module, "save_state", save_state)
     assert main(command) == 0
-    resumed = find_checkpoint("gmp", 0.8, "resnet_tiny").path
+    resumed = find_checkpoint("gmp", 0.8, "resnet_tiny", trained_for="faces").path
 
     theirs, ours = (torch.load(path, map_location="cpu", weights_only=True) for path in (reference, resumed))
     assert ours["metadata"]["training"]["resumed_from_epoch"] == 6

@@ -40,7 +40,12 @@ def resolve_spec(task: str, mode: str = "linear", seed: int = 21, *, method: str
         if data_root is None:
             load_split(task_spec, "test", None)  # raises: where the data is expected and how to get it
         detect_layout(task_spec, data_root)
-    if task_spec.kind == "mini" and checkpoint is None and method is not None:
+    if mode == "evaluate":  # a model trained on this very task (the bias study's, from scratch): its own head
+        from .upstream import MINI_ARCH
+
+        ref = resolve_checkpoint(method, sparsity, arch or (MINI_ARCH if task_spec.kind == "mini" else None),
+                                 checkpoint, checkpoint_dir, trained_for=task_spec.name)
+    elif task_spec.kind == "mini" and checkpoint is None and method is not None:
         ref = ensure_mini_checkpoint(method, sparsity, arch, train_missing=train_missing)
     else:
         ref = resolve_checkpoint(method, sparsity, arch, checkpoint, checkpoint_dir)

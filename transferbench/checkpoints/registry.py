@@ -80,6 +80,9 @@ class CheckpointSpec:
     mirrors: list | None = None  # other sources of the file: [{url: URL} | {hf: owner/repo:path}] (fetch.py)
     obtain: str | None = None  # a row no source can download: how to get or produce its file (one line)
     at_chance: bool | None = None  # a model trained here scored chance upstream (upstream/chance.py); None: not known
+    # a model trained here on a multi-label study task (celeba, faces): its head predicts that task's attributes, and
+    # it is found only for that task (`run --mode evaluate`), never in place of an ImageNet (or mini-suite) model
+    trained_for: str | None = None
 
     @property
     def family(self) -> str:
@@ -215,9 +218,8 @@ def lookup_checkpoint(method: str, sparsity: float | int | str, arch: str | None
     if not method_matches(method, here):
         return None
     method = resolve_method(method, here, where=f" for {arch}")
-    return next((s for s in rows
-                 if s.method == method and _arch_matches(s, arch) and abs(s.sparsity - target) < _SPARSITY_TOLERANCE),
-                None)
+    return next((s for s in rows if s.method == method and _arch_matches(s, arch) and s.trained_for is None
+                 and abs(s.sparsity - target) < _SPARSITY_TOLERANCE), None)
 
 
 def method_for_arch(method: str, arch: str | None = None, trainable: Iterable[str] = ()) -> str:
@@ -238,23 +240,28 @@ def method_for_arch(method: str, arch: str | None = None, trainable: Iterable[st
     return resolve_method(method, here | {s.method for s in rows})  # raises: unknown, with the known ones
 
 
-def find_checkpoint(method: str, sparsity: float | int | str, arch: str | None = None) -> CheckpointSpec:
+def find_checkpoint(method: str, sparsity: float | int | str, arch: str | None = None,
+                    trained_for: str | None = None) -> CheckpointSpec:
     """The checkpoint of ``method`` (a registered name or an alias, ``method_for_arch``) at ``sparsity`` (0.9 or
-    90) for ``arch`` (default: the resnet50 family).
+    90) for ``arch`` (default: the resnet50 family): an upstream (ImageNet-like) model, or with ``trained_for`` a
+    model trained here on that multi-label task (``CheckpointSpec.trained_for``).
 
     User-registered checkpoints (``local.yaml``) take precedence, the most recently registered first.
     """
     target = normalize_sparsity(sparsity)
     arch = arch or DEFAULT_FAMILY
     method = method_for_arch(method, arch)
-    for_arch = [s for s in [*reversed(_local()), *_table()] if s.method == method and _arch_matches(s, arch)]
+    for_arch = [s for s in [*reversed(_local()), *_table()]
+                if s.method == method and _arch_matches(s, arch) and s.trained_for == trained_for]
     for spec in for_arch:
         if abs(spec.sparsity - target) < _SPARSITY_TOLERANCE:
             return spec
     available = sorted({s.sparsity for s in for_arch})
     raise TransferbenchError(
-        f"no '{method}' checkpoint at {format_sparsity(target)} sparsity for '{arch}'; available: "
-        f"{', '.join(format_sparsity(s) for s in available)} (--sparsity)"
+        f"no '{method}' checkpoint at {format_sparsity(target)} sparsity for '{arch}'"
+        + (f" trained for {trained_for}" if trained_for else "")
+        + f"; available: {', '.join(format_sparsity(s) for s in available) or 'none'} (--sparsity)"
+        + (f"; train one with `transferbench upstream --dataset {trained_for} ...`" if trained_for else "")
     )
 
 

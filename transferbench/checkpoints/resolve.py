@@ -23,7 +23,8 @@ from .registry import (
 
 
 def resolve_checkpoint(method: str | None, sparsity: float | None, arch: str | None,
-                       checkpoint: str | Path | None, checkpoint_dir: Path | None = None) -> CheckpointRef:
+                       checkpoint: str | Path | None, checkpoint_dir: Path | None = None,
+                       trained_for: str | None = None) -> CheckpointRef:
     """A registry entry (method + sparsity [+ arch]) or a local file (--checkpoint PATH).
 
     A one-shot row (a published dense CrAM file, pruned per sparsity) resolves to the candidate `transferbench
@@ -34,7 +35,7 @@ def resolve_checkpoint(method: str | None, sparsity: float | None, arch: str | N
         return _local_file(method, sparsity, arch, Path(checkpoint).expanduser())
     if method is None or sparsity is None:
         raise TransferbenchError("name an upstream checkpoint with --method and --sparsity, or --checkpoint PATH")
-    spec = find_checkpoint(method, sparsity, arch)
+    spec = find_checkpoint(method, sparsity, arch, trained_for)  # trained_for: a study's model (find_checkpoint)
     if spec.oneshot:  # a published dense file to prune: the candidate `upstream --from` made of it, if any
         spec = _prepared(spec)
     return registered_ref(spec, checkpoint_dir)

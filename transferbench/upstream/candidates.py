@@ -204,7 +204,7 @@ def register_candidate(folder: Path, rec: dict, method: str, sp: float, net: tor
     spec = register_local(CheckpointSpec(
         name=name, method=method, sparsity=float(sp), arch=rec["arch"], format="ist", filename=path.name,
         sha256=digest, upstream_top1=round(100 * top1, 2) if top1 is not None else None, pruned_from=pruned_from,
-        at_chance=chance,
+        at_chance=chance, trained_for=rec["dataset"] if multilabel else None,
         notes=notes), path)
     log.info("upstream %s %s: top1=%s sparsity=%.4f → %s", method, format_sparsity(sp),
              "n/a" if top1 is None else f"{top1:.4f}", measured, path)
