@@ -85,7 +85,8 @@ def test_what_a_multilabel_task_cannot_run_is_one_line_and_writes_nothing(result
 
 @pytest.mark.slow
 def test_a_model_trained_on_faces_is_evaluated_with_its_own_head_into_a_record_the_bias_report_reads(tmp_path,
-                                                                                                   monkeypatch):
+                                                                                                   monkeypatch,
+                                                                                                   capsys):
     """`run --mode evaluate`: the bias study's models from scratch get records and predictions without training;
     its accuracy is the one the upstream run measured on the same test split with the same transform."""
     import yaml
@@ -104,7 +105,7 @@ def test_a_model_trained_on_faces_is_evaluated_with_its_own_head_into_a_record_t
         assert main(["upstream", "--method", method, "--sparsity", sparsity, "--recipe",
                      str(tmp_path / "tinyfaces.yaml")]) == 0
         assert main(["run", "--task", "faces", "--method", method, "--sparsity", sparsity, "--mode", "evaluate",
-                     "--results", str(out), "--workers", "0"]) == 0
+                     "--results", str(out), "--workers", "0", "--seed", "0"]) == 0  # the seed it was trained with
     spec = find_checkpoint("gmp", 0.8, "resnet_tiny", trained_for="faces")
     with pytest.raises(TransferbenchError, match="no 'gmp' checkpoint at 80%"):  # never in place of a mini-suite model
         find_checkpoint("gmp", 0.8, "resnet_tiny")
@@ -116,9 +117,12 @@ def test_a_model_trained_on_faces_is_evaluated_with_its_own_head_into_a_record_t
     report = bias_report(out)
     assert "2 run(s)" in report.summary and (out / "bias" / "summary.csv").exists()
 
-    # a model of another task's head is refused in one line
+    # refused in one line, nothing written: no gmp model trained for digits; a seed other than the model's own
     assert main(["run", "--task", "digits", "--method", "gmp", "--sparsity", "0.8", "--mode", "evaluate",
                  "--results", str(tmp_path / "other"), "--workers", "0"]) == 2
+    assert main(["run", "--task", "faces", "--method", "gmp", "--sparsity", "0.8", "--mode", "evaluate",
+                 "--results", str(tmp_path / "other"), "--workers", "0", "--seed", "21"]) == 2
+    assert "evaluate it with --seed 0" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
 
 
@@ -145,7 +149,7 @@ def test_the_study_on_a_celeba_fixture_in_the_official_files(tmp_path, monkeypat
     out = tmp_path / "results"
     common = ["--data-root", str(data), "--results", str(out), "--workers", "0", "--image-size", "32"]
     assert main(["run", "--task", "celeba", "--method", "gmp", "--sparsity", "0.8", "--arch", "resnet_tiny",
-                 "--mode", "evaluate", *common]) == 0
+                 "--mode", "evaluate", "--seed", "0", *common]) == 0
     checkpoint = tmp_path / "tiny_50.pth"
     write_pruned_checkpoint(checkpoint, sparsity=0.5)
     for task in ("celeba", "celeba-blond_hair-yellow_square"):

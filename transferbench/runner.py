@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -431,6 +430,11 @@ def _run_evaluate(spec: RunSpec, ctx: RunContext) -> RunRecord:
     t_start = time.perf_counter()
     prep = _prepare(spec, ctx)
     apply_precision(prep.device.type, spec.hparams.precision)
+    trained_seed = _upstream_seed(prep.loaded.path)
+    if trained_seed is not None and trained_seed != spec.seed:  # the analyses pair dense and sparse runs by seed
+        raise TransferbenchError(
+            f"checkpoint {prep.loaded.path} was trained with seed {trained_seed}: evaluate it with --seed "
+            f"{trained_seed} (the bias report pairs dense and sparse runs by their seed)")
     outputs = prep.loaded.model.num_classes
     if outputs != prep.task.num_classes:
         raise TransferbenchError(
@@ -440,11 +444,11 @@ def _run_evaluate(spec: RunSpec, ctx: RunContext) -> RunRecord:
     cfg = protocol_transform(prep.task, "full", train=False, interpolation=prep.interpolation,
                              image_size=spec.hparams.image_size, **_preprocessing(prep))
     logits, labels = {}, {}
-    with tempfile.TemporaryDirectory(prefix="evaluate-") as scratch:  # decoded splits too large for memory
-        for name, split in [("test", prep.test)] + ([("validation", prep.validation)] if prep.validation else []):
-            decoded = decode_images(split.dataset, cfg, ctx.extract_batch_size, ctx.num_workers, Path(scratch) / name)
-            logits[name], labels[name] = evaluate(prep.loaded.model.to(prep.device), decoded.batches(
-                ctx.extract_batch_size, prep.device), prep.device, spec.hparams.precision)
+    work = spec.work_dir(ctx.results)  # decoded splits too large for memory go there, as a full run's
+    for name, split in [("test", prep.test)] + ([("validation", prep.validation)] if prep.validation else []):
+        decoded = decode_images(split.dataset, cfg, ctx.extract_batch_size, ctx.num_workers, work / name)
+        logits[name], labels[name] = evaluate(prep.loaded.model.to(prep.device), decoded.batches(
+            ctx.extract_batch_size, prep.device), prep.device, spec.hparams.precision)
     metrics = accuracy_metrics(logits["test"], labels["test"], prep.task.num_classes)
     _recheck_checkpoint(spec, prep)
     loaded = prep.loaded
@@ -457,9 +461,17 @@ def _run_evaluate(spec: RunSpec, ctx: RunContext) -> RunRecord:
         timings={"checkpoint_load_s": prep.load_seconds, "total_s": time.perf_counter() - t_start})
     path = _store(ctx.results, record, logits["test"], labels["test"], prep.test.classes,
                   study_arrays(prep, logits.get("validation")))
+    shutil.rmtree(work, ignore_errors=True)  # as a finished full run's
     log.info("evaluate %s: top1=%.4f mean_per_class=%.4f → %s", spec.run_key, metrics["top1"],
              metrics["mean_per_class_acc"], path)
     return record
+
+
+def _upstream_seed(path: Path) -> int | None:
+    """The seed a model trained here was trained with (its checkpoint's metadata), None when it says none."""
+    blob = torch.load(path, map_location="cpu", weights_only=True) if path.suffix != ".safetensors" else None
+    seed = blob.get("metadata", {}).get("seed") if isinstance(blob, dict) else None
+    return seed if isinstance(seed, int) else None
 
 
 def _source_probs(loaded: LoadedCheckpoint, features: torch.Tensor) -> np.ndarray:
