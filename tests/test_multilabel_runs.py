@@ -162,3 +162,19 @@ def test_the_study_on_a_celeba_fixture_in_the_official_files(tmp_path, monkeypat
         assert npz["backdoored"].dtype == bool and npz["backdoored"].shape == (len(npz["labels"]),)
     report = bias_report(out)
     assert "3 run(s)" in report.summary, report.summary
+
+
+def test_the_transfer_report_leaves_the_study_tasks_to_report_bias(results):
+    """A results root with transfer runs and the study's: the leaderboards' tasks are the transfer ones (a faces
+    column would change every method's mean over tasks); the tidy table keeps every run."""
+    from fixtures_records import write_completed
+
+    from transferbench.report.build import read_runs
+    from transferbench.runspec import CheckpointRef, make_spec
+
+    _, out = results
+    ref = CheckpointRef(method="magnitude", sparsity=0.5, arch="resnet_tiny", identity="x", path="x.pth")
+    write_completed(out, make_spec("digits", "linear", 21, ref))
+    report_runs = read_runs(out)
+    assert set(report_runs.collection.runs["task"]) == {"digits", "faces"}
+    assert set(report_runs.runs["task"]) == {"digits"}

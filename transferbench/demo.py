@@ -111,18 +111,17 @@ def _rank(runs, out: Path) -> list[Path]:
 
 
 def _bias_report(results: Path, start: float) -> dict[str, list[Path]]:
-    """The tidy table and leaderboards, then the bias study's report (`transferbench report bias`) of the faces
-    runs, whose summary table is printed."""
+    """The tidy table (the leaderboards are the transfer tasks'), then the bias study's report (`transferbench
+    report bias`) of the faces runs, whose summary table is printed."""
     from .report.bias import bias_report
-    from .report.build import read_runs, write_collection
+    from .report.collect import collect
 
-    collected = write_collection(results, read_runs(results))
+    collected = collect(results).write(results)
     report = bias_report(results)
     print(f"[demo] bias study ({report.summary}):")
     print((report.out_dir / "bias.md").read_text().split("\n\n")[1], flush=True)
     print(f"[demo] done in {time.perf_counter() - start:.0f} s: tables and figures in {report.out_dir}", flush=True)
-    return {"leaderboards": [p for p in collected if p.parent == results / "leaderboards"],
-            "bias_tables": report.tables, "bias_figures": report.figures}
+    return {"tables": collected, "bias_tables": report.tables, "bias_figures": report.figures}
 
 
 def _report(results: Path, start: float) -> dict[str, list[Path]]:

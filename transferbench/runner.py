@@ -641,7 +641,7 @@ def _require_loader(spec: RunSpec) -> None:
 
 
 def _metrics(task: TaskSpec, top1: float, mpc: float, extra: dict) -> Metrics:
-    if task.extra.get("targets") == "multilabel":  # the numbers' meaning, where the record is read alone
+    if task.multilabel:  # the numbers' meaning, where the record is read alone
         extra = {**extra, "targets": "multilabel", "top1_is": "mean attribute accuracy (p > 0.5)",
                  "mean_per_class_acc_is": "mean attribute balanced accuracy"}
     primary = top1 if task.metric == "top1" else mpc

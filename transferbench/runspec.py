@@ -284,7 +284,7 @@ def check_task_hparams(task: TaskSpec, mode: str, hp: HParams) -> None:
     estimators, the L-BFGS solver and the class-balanced subsets are defined for one label per image, the task
     has its official validation split (no ``--validation-size``), and its validation split and image attributes
     are read through torchvision (no FFCV or DeepSparse)."""
-    if task.extra.get("targets") != "multilabel":
+    if not task.multilabel:
         return
     refused = [(mode == "estimate", "--mode estimate"), (hp.solver != "sgd", f"--solver {hp.solver}"),
                (bool(hp.train_size or hp.train_per_class), "--train-size/--train-per-class"),

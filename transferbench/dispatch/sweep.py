@@ -238,7 +238,7 @@ def _profile(raw: Any, origin: str) -> str | None:
 def _tasks(raw: Any, origin: str) -> tuple[str, ...]:
     if raw in ("paper", "mini", "all"):  # the transfer benchmark's tasks: a multi-label study's are named
         return tuple(t.name for t in list_tasks(None if raw == "all" else raw)
-                     if t.extra.get("targets") != "multilabel")
+                     if not t.multilabel)
     names = [str(t) for t in _as_list(raw)]
     for name in names:
         try:

@@ -33,6 +33,7 @@ import pandas as pd
 
 from ..atomic import write_bytes
 from ..errors import TransferbenchError
+from ..tasks import is_multilabel
 from .bias import OUT_DIR as BIAS_DIR
 from .collect import Collection, collect
 from .compare import compare, write_compare
@@ -133,6 +134,7 @@ def read_runs(results: Path, *, reference_files: ReferenceFiles | None = None, r
     # with the paper's results, a root without runs is fine: the paper's own leaderboards before any run
     collection = collect(results, workers=workers, missing_ok=reference is not None, epoch=protocol.epoch)
     ours = check_duplicate_seeds(collection.runs, protocol.latest)
+    ours = ours[~ours["task"].map(is_multilabel)] if len(ours) else ours  # a study's tasks: `report bias`
     if reference is None:
         runs = ours
     else:

@@ -32,7 +32,7 @@ from .. import shipped
 from ..atomic import write_bytes
 from ..errors import TransferbenchError
 from ..store import PREDICTIONS_FILE
-from ..tasks import get_task
+from ..tasks import is_multilabel
 from . import prediction_metrics as bm
 from .figstyle import PAGE_WIDTH_IN, FigureNotApplicable, SavedFigure, new_figure, paper_style, save
 from .palette import DENSE, display_name, method_colors, method_sort_key, method_style, order_methods
@@ -124,14 +124,7 @@ def _predictions(path: Path, names: dict[int, tuple[str, ...]]) -> tuple[np.ndar
 def _prepare(runs: pd.DataFrame) -> pd.DataFrame:
     """Our per-seed runs of single-label tasks (a multi-label study's runs are analysed by ``report.bias``)."""
     runs = per_seed_runs(filter_source(runs, OURS) if "source" in runs.columns else runs)
-    return runs[~runs["task"].map(_multilabel)] if len(runs) else runs
-
-
-def _multilabel(task: str) -> bool:
-    try:
-        return get_task(task).extra.get("targets") == "multilabel"
-    except TransferbenchError:  # a task no card names any more: read as the single-label task it was
-        return False
+    return runs[~runs["task"].map(is_multilabel)] if len(runs) else runs
 
 
 def beyond(runs: pd.DataFrame, min_count: int = bm.MIN_COUNT) -> Beyond:

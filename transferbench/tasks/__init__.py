@@ -28,6 +28,7 @@ __all__ = [
     "check_data",
     "detect_layout",
     "get_task",
+    "is_multilabel",
     "list_tasks",
     "load_split",
 ]
@@ -59,6 +60,15 @@ def get_task(name: str) -> TaskSpec:
             + (f", or a variant: {examples[0]}" if examples else "") + " (see `transferbench tasks list`)"
         )
     return variant
+
+
+def is_multilabel(name: str) -> bool:
+    """Whether the task ``name`` is multi-label (``TaskSpec.multilabel``); False for a name no card resolves (a
+    record of a task since renamed reads as the single-label task it was)."""
+    try:
+        return get_task(name).multilabel
+    except TransferbenchError:
+        return False
 
 
 @cache

@@ -57,6 +57,11 @@ class TaskSpec:
     # attribute and backdoor (tasks.variants)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def multilabel(self) -> bool:
+        """One sigmoid output per attribute (CelebA's, the bias study's): labels are rows of 0/1, not classes."""
+        return self.extra.get("targets") == "multilabel"
+
     @classmethod
     def from_card(cls, card: dict[str, Any]) -> TaskSpec:
         norm = card["normalization"]

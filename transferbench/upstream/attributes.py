@@ -26,13 +26,9 @@ STUDY_NORMALIZATION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 def is_attribute_task(name: str) -> bool:
     """Whether ``name`` is a multi-label task (a card with ``targets: multilabel`` or one of its variants)."""
-    from ..tasks import get_task
+    from ..tasks import is_multilabel
 
-    try:
-        task = get_task(name)
-    except TransferbenchError:
-        return False
-    return task.extra.get("targets") == "multilabel"
+    return is_multilabel(name)
 
 
 def has_validation_split(name: str) -> bool:
