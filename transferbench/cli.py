@@ -141,7 +141,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not args.verbose:  # per-epoch lines of ~100 runs would drown the demo's own progress
         logging.getLogger("transferbench").setLevel(logging.WARNING)
     run_demo(args.results, quick=args.quick, study=args.study)
-    print(f"see {args.results / 'leaderboards'} and {args.results / 'figures'}")
+    print(f"see {args.results / 'bias'}" if args.study == "bias"
+          else f"see {args.results / 'leaderboards'} and {args.results / 'figures'}")
     return 0
 
 

@@ -15,7 +15,7 @@ The demo is a sweep: the shipped sweep ``demo`` (``demo_quick`` with ``--quick``
    with the measured accuracies (``<results>/rank``).
 
 ``--study bias`` runs the sweep ``demo_bias`` (``demo_bias_quick``) instead: sparse mini-suite models fine-tuned on
-the procedural multi-label `faces` set (attributes correlated with Male and Young by construction), linear and
+the procedural multi-label `faces` set (four attributes correlated with Male by construction), linear and
 full, three seeds; its report is the bias study's (``<results>/bias``, `transferbench report bias`).
 
 Everything goes under ``--results`` (default results/demo), checkpoints included, so a demo never touches the
