@@ -67,6 +67,16 @@ def test_a_multilabel_run_records_its_attribute_accuracy_and_what_the_bias_repor
     assert record["config"]["data"]["validation_size"] == LIMIT
 
 
+def test_a_backdoor_variants_cue_settings_are_in_its_run_key_and_no_other_tasks_key_changes():
+    from transferbench.runspec import CheckpointRef, make_spec
+
+    ref = CheckpointRef(method="m", sparsity=0.5, arch="resnet_tiny", identity="x", path="x.pth")
+    material = make_spec("faces-smiling-grayscale", "full", 21, ref).key_material()
+    assert material["backdoors"]["train_fractions"]["Smiling"] == [0.05, 0.95]
+    assert "backdoors" not in make_spec("faces-smiling", "full", 21, ref).key_material()
+    assert "backdoors" not in make_spec("digits", "full", 21, ref).key_material()
+
+
 def test_full_fine_tuning_of_a_multilabel_task_minimises_the_mean_binary_cross_entropy():
     logits, targets = torch.randn(6, 4), torch.randint(0, 2, (6, 4))
     assert training_loss(logits, targets) == pytest.approx(float(torch.nn.BCEWithLogitsLoss()(logits, targets.float())))
@@ -157,9 +167,12 @@ def test_the_study_on_a_celeba_fixture_in_the_official_files(tmp_path, monkeypat
                      "0.5", "--mode", "full", "--set", "epochs=1", *common]) == 0
     runs = sorted(p.name.split(".")[0] + "." + p.name.split(".")[3] for p in (out / "runs").iterdir())
     assert runs == ["celeba-blond_hair-yellow_square.full", "celeba.evaluate", "celeba.full"]
-    with np.load(next((out / "runs").glob("celeba-blond_hair-yellow_square.*/predictions.npz"))) as npz:
+    (backdoor_run,) = (out / "runs").glob("celeba-blond_hair-yellow_square.*")
+    with np.load(backdoor_run / "predictions.npz") as npz:
         assert npz["logits"].shape[1] == 1 and list(npz["classes"]) == ["Blond_Hair"]
         assert npz["backdoored"].dtype == bool and npz["backdoored"].shape == (len(npz["labels"]),)
+        data = json.loads((backdoor_run / "result.json").read_text())["config"]["data"]
+        assert data["backdoored_test"] == int(npz["backdoored"].sum())  # the record says how many carry the cue
     report = bias_report(out)
     assert "3 run(s)" in report.summary, report.summary
 

@@ -85,6 +85,8 @@ def _data_info(split, other, validation=None) -> dict:
             "num_classes": len(split.classes), "paper_split": split.paper_split,
             **({"train_subset": subset_info(split)} if split.subset else {}),
             **({"validation_size": len(validation)} if validation is not None else {}),
+            **({"backdoored": int(np.sum(split.backdoored)), "backdoored_test": int(np.sum(other.backdoored))}
+               if split.backdoored is not None else {}),
             **({"validation_subset": subset_info(validation)} if validation is not None and validation.subset
                else {})}
 
@@ -318,7 +320,10 @@ def features_key(checkpoint_sha256: str, arch: str, task: str, split_name: str, 
             "arch": arch, "precision": hp.precision, "version": FEATURES_VERSION,
             "numerics": precision_policy(device_type, hp.precision),
             **({"engine": hp.engine} if hp.engine != "torch" else {}), **(loader_info or {}),
-            **({"subset": split.subset} if getattr(split, "subset", "") else {})}
+            **({"subset": split.subset} if getattr(split, "subset", "") else {}),
+            # a backdoor variant: which images carry the cue (the card's fractions and seed)
+            **({"backdoored": _digest(np.flatnonzero(split.backdoored).tolist())}
+               if getattr(split, "backdoored", None) is not None else {})}
     return feature_cache_key(checkpoint_sha256, task, split_name, transform, data)
 
 

@@ -227,7 +227,17 @@ class RunSpec:
             "checkpoint": {"identity": ck.identity, "method": ck.method, "sparsity": ck.sparsity,
                            "arch": ck.arch},
             "hparams": self.hparams.key_dict(),
+            **self._backdoor_material(),
         }
+
+    def _backdoor_material(self) -> dict[str, Any]:
+        """A backdoor variant's cue settings (the card's fractions, seed and square size: which images carry which
+        cue); other tasks add nothing, so their keys stay as they were."""
+        try:
+            task = get_task(self.task)
+        except TransferbenchError:  # a task no card names (any more): nothing to add
+            return {}
+        return {"backdoors": task.extra.get("backdoors")} if task.extra.get("backdoor") else {}
 
     @property
     def extraction_key(self) -> tuple:
