@@ -413,14 +413,14 @@ def _imagenet_recipe(path: Path) -> Path:
 
 def test_imagenet_converts_and_the_ffcv_batches_follow_the_rank_order(need_ffcv, imagenet_folder, ffcv_dir):
     from transferbench.fastdata.convert import imagenet_splits
-    from transferbench.upstream.data import FFCVTrainBatches, _train_transform, rank_order
+    from transferbench.upstream.data import FFCVTrainBatches, rank_order, train_transform
     from transferbench.upstream.distributed import World
 
     assert main(["data", "convert", "--task", "imagenet", "--data-root", str(imagenet_folder)]) == 0
     assert sorted(p.name for p in (ffcv_dir / "imagenet").glob("*.beton")) == ["train_r512_q90.beton",
                                                                              "val_r512_q90.beton"]
     train = imagenet_splits(imagenet_folder)["train"]
-    cfg = _train_transform({"image_size": 32})
+    cfg = train_transform({"image_size": 32})
     for rank in (0, 1):  # each rank of two reads its half of every global batch of 8, in step order
         world = World(rank=rank, size=2)
         batches = FFCVTrainBatches(imagenet_folder, train, cfg, 8, world, seed=3, workers=1, device=torch.device("cpu"))
