@@ -435,7 +435,7 @@ def _run_evaluate(spec: RunSpec, ctx: RunContext) -> RunRecord:
     t_start = time.perf_counter()
     prep = _prepare(spec, ctx)
     apply_precision(prep.device.type, spec.hparams.precision)
-    trained_seed = _upstream_seed(prep.loaded.path)
+    trained_seed = prep.loaded.trained_seed
     if trained_seed is not None and trained_seed != spec.seed:  # the analyses pair dense and sparse runs by seed
         raise TransferbenchError(
             f"checkpoint {prep.loaded.path} was trained with seed {trained_seed}: evaluate it with --seed "
@@ -470,13 +470,6 @@ def _run_evaluate(spec: RunSpec, ctx: RunContext) -> RunRecord:
     log.info("evaluate %s: top1=%.4f mean_per_class=%.4f → %s", spec.run_key, metrics["top1"],
              metrics["mean_per_class_acc"], path)
     return record
-
-
-def _upstream_seed(path: Path) -> int | None:
-    """The seed a model trained here was trained with (its checkpoint's metadata), None when it says none."""
-    blob = torch.load(path, map_location="cpu", weights_only=True) if path.suffix != ".safetensors" else None
-    seed = blob.get("metadata", {}).get("seed") if isinstance(blob, dict) else None
-    return seed if isinstance(seed, int) else None
 
 
 def _source_probs(loaded: LoadedCheckpoint, features: torch.Tensor) -> np.ndarray:

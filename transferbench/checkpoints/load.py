@@ -49,10 +49,18 @@ class LoadedCheckpoint:
     config: dict[str, Any] | None = field(default=None)  # the IST model_config, when the file has one
     prunable: str = "all_conv_fc"  # the prunable set of the checkpoint's method (sparsity_rules.yaml)
     method_sparsity: SparsityReport | None = None  # over that set: what the registered sparsity is compared with
+    trained_seed: int | None = None  # a model trained here: the seed its metadata names (None: none named)
 
     @property
     def num_classes(self) -> int:
         return self.model.num_classes
+
+
+def _trained_seed(blob: Any) -> int | None:
+    """The seed in the metadata `transferbench upstream` writes into its checkpoints, if the file has one."""
+    metadata = blob.get("metadata") if isinstance(blob, dict) else None
+    seed = metadata.get("seed") if isinstance(metadata, dict) else None
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 
 def _read(path: Path) -> Any:
@@ -267,7 +275,8 @@ def load_checkpoint(
     digest = sha256_file(path)
     _verify_sha256(path, digest, expected_sha256)
 
-    decoded = decode_checkpoint(_read(path), origin=str(path), fmt=fmt)
+    blob = _read(path)
+    decoded = decode_checkpoint(blob, origin=str(path), fmt=fmt)
     if decoded.format == "efficientnet_pytorch":
         if not arch:
             raise TransferbenchError(f"{path} is in EfficientNet-PyTorch's naming (_conv_stem, _blocks.N): pass the "
@@ -308,6 +317,7 @@ def load_checkpoint(
         backbone_sparsity=backbone_sparsity,
         config=decoded.config,
         prunable=rule.prunable,
+        trained_seed=_trained_seed(blob),
         method_sparsity=method_sparsity,
     )
 
