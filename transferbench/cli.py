@@ -390,19 +390,14 @@ def _add_upstream_source_flags(up: argparse.ArgumentParser) -> None:
                          "training set (the recipe's calibration block)")
 
 
-UPSTREAM_CALIBRATION = ("shapes", "imagenet")  # prune --calibration: upstream data; any other name is a task
-
-
 def cmd_prune(args: argparse.Namespace) -> int:
     from .tasks import get_task
-    from .upstream.from_dense import prune_published
+    from .upstream.from_dense import UPSTREAM_CALIBRATION, prune_published, pruned_method
     from .vocabulary import parse_sparsity
 
-    if args.pattern not in (None, "2:4"):
-        raise TransferbenchError(f"--pattern {args.pattern}: the pruners make 2:4 patterns (or none: unstructured)")
+    method = pruned_method(args.method, args.pattern)
     if args.samples is not None and args.samples < 1:
         raise TransferbenchError(f"--samples {args.samples}: the calibration sample needs at least one image")
-    method = f"{args.method}_nm" if args.pattern else args.method
     sparsities = [parse_sparsity(s) for s in args.sparsity] if args.sparsity else []
     if args.pattern and sparsities not in ([], [0.5]):
         raise TransferbenchError("--pattern 2:4 keeps half the weights: drop --sparsity (or pass 0.5)")
@@ -422,6 +417,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def _add_prune_command(sub: argparse._SubParsersAction) -> None:
     prune = sub.add_parser("prune", help="one-shot post-training pruning of a dense model from calibration data "
                                          "(Wanda, SparseGPT; unstructured or 2:4), registered as checkpoints")
+    # from_dense.PRUNERS, written here too: the CLI parses without importing torch
     prune.add_argument("--method", required=True, choices=("wanda", "sparsegpt"))
     prune.add_argument("--sparsity", nargs="+", help="target sparsities (fractions or percents), one checkpoint each")
     prune.add_argument("--pattern", help="2:4 semi-structured instead of --sparsity (the method becomes <method>_nm)")

@@ -168,11 +168,11 @@ def prunable_set(name: str) -> PrunableSet:
 def sparsity_rule(method: str | None, prunable: str | None = None, arch: str | None = None) -> SparsityRule:
     """The sparsity rule of ``method`` (the default rule for methods the table does not list, or None), on the
     prunable set ``prunable`` when a checkpoint row names one, else the architecture family's (``arch``: a vision
-    transformer's blocks) for a method without a set of its own."""
+    transformer's blocks, whatever the method), else the method's."""
     _, default, methods = _rules()
     rule = methods.get(method, default) if method is not None else default
-    if prunable is None and rule is default:
-        prunable = architecture_set(arch)
+    if prunable is None:  # a CNN method's set (LTH's convolutions, the pruners' "all but stem and head") would
+        prunable = architecture_set(arch)  # miss or misname a transformer's weights: its family's set wins
     if prunable is None or prunable == rule.prunable:
         return rule
     prunable_set(prunable)  # an unknown name is an error, not a silent default

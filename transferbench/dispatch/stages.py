@@ -216,10 +216,15 @@ def _produce(unit: UpstreamUnit, device: str, train_options: dict[str, Any]) -> 
 
 
 def prepare_oneshot(unit: UpstreamUnit, device: str) -> list[str]:
-    """One-shot candidates of the dense model ``unit.source`` (CrAM, ``from:``), registered as ``unit.products``."""
+    """One-shot candidates of the dense model ``unit.source`` (CrAM's ``from:``, a ``prune:`` entry's pruner),
+    registered as ``unit.products``."""
     results = prune_published(unit.source, unit.method, list(unit.sparsities), dataset=unit.dataset,
-                              recipe=unit.recipe, data_root=unit.train_kwargs()["data_root"], device=device,
-                              out_dir=unit.train_kwargs()["out_dir"])
+                              recipe=unit.recipe, data_root=unit.train_kwargs()["data_root"], arch=unit.arch,
+                              device=device, out_dir=unit.train_kwargs()["out_dir"], samples=unit.samples,
+                              calibration_task=unit.calibration_task)
+    if names := sorted({r.spec.name for r in results} - set(unit.products)):  # planner and maker disagree
+        raise TransferbenchError(f"upstream {unit.name}: registered {', '.join(names)}, not the names the sweep "
+                                 f"planned ({', '.join(unit.products)}); this is a bug, please report it")
     return [str(r.path) for r in results]
 
 

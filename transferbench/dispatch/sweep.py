@@ -16,10 +16,13 @@
     profile: example_site             # optional: the cluster profile (slurm/<name>.yaml or a path; --profile wins)
     upstream:                         # optional: checkpoints trained first, in a stage of their own
       - {method: acdc, sparsity: [80%, 90%], recipe: imagenet_resnet50, dataset: imagenet, data_root: /imagenet}
+    prune:                            # optional: one-shot post-training candidates, made in the same stage
+      - {method: [wanda, sparsegpt], sparsity: [50%, 70%], from: /ckpts/deit_s.safetensors,
+         arch: deit_small_patch16_224, calibration: imagenet, data_root: /imagenet, samples: 512}
 
-Upstream entries (``upstream_spec``) are submitted before the transfer jobs, which wait for them (SLURM
-``afterok``); a checkpoint entry with their method, sparsity and arch uses what they register, and without
-``checkpoints:`` the sweep transfers every checkpoint they make.
+Upstream and prune entries (``upstream_spec``, ``prune_spec``) are submitted before the transfer jobs, which wait
+for them (SLURM ``afterok``); a checkpoint entry with their method, sparsity and arch uses what they register, and
+without ``checkpoints:`` the sweep transfers every checkpoint they make.
 
 The paper's sweeps ship with the package (`transferbench sweep paper_resnet50_linear`); any other name is a path.
 Every key, with an example, is documented in docs/sweeps.md; ``sweep_filter`` narrows a grid (``--only``,
@@ -49,7 +52,7 @@ if TYPE_CHECKING:  # upstream_spec needs torch; `sweep --help` lists the package
 SOLVERS = ("sgd", "lbfgs")
 EXECUTORS = ("debug", "local", "slurm")  # where a sweep's jobs run (dispatch.submit)
 _KEYS = {"name", "description", "checkpoints", "tasks", "modes", "seeds", "solvers", "overrides", "data_root",
-         "checkpoint_dir", "arch", "upstream", "profile", "train_sizes"}
+         "checkpoint_dir", "arch", "upstream", "prune", "profile", "train_sizes"}
 _CHECKPOINT_KEYS = {"method", "sparsity", "arch", "path", "seed", "recipe"}  # seed, recipe: of an upstream entry
 
 
@@ -113,9 +116,12 @@ def parse_sweep(raw: Any, origin: str) -> SweepSpec:
         raise TransferbenchError(
             f"sweep {origin}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_KEYS))}"
         )
-    from .upstream_spec import parse_upstream
+    from .prune_spec import parse_prune
+    from .upstream_spec import parse_upstream, unique_products
 
     upstream = parse_upstream(raw["upstream"], origin) if raw.get("upstream") not in (None, []) else ()
+    upstream = unique_products(upstream + (parse_prune(raw["prune"], origin) if raw.get("prune") not in (None, [])
+                                           else ()), origin)
     for key in ("checkpoints", "tasks", "modes", "seeds") if not upstream else ("tasks", "modes", "seeds"):
         if raw.get(key) in (None, [], {}):
             raise TransferbenchError(f"sweep {origin}: '{key}' is missing or empty")

@@ -64,6 +64,9 @@ class UpstreamUnit:
     out_dir: str | None = None  # where the checkpoints (and the training's resume state) go; None: the default
     batch_size: int | None = None  # the global batch (None: the recipe's)
     loop: tuple[tuple[str, Any], ...] = ()  # LoopOptions switches, as (name, value) pairs
+    stem: str | None = None  # the first part of the one-shot candidates' names (the source row, or file and digest)
+    samples: int | None = None  # the calibration sample's size (None: the recipe's)
+    calibration_task: str | None = None  # the sample drawn from this downstream task (None: the upstream data)
 
     @property
     def name(self) -> str:
@@ -71,15 +74,16 @@ class UpstreamUnit:
         if len(self.products) == 1:
             return self.products[0]
         if self.source:  # as its candidates are named
-            return oneshot_name(self.source, self.method, self.sparsities, self.recipe_name, self.seed)
+            return oneshot_name(self.stem or self.source, self.method, self.sparsities, self.recipe_name, self.seed)
         sparsities = "-".join(format_sparsity(s).rstrip("%") for s in self.sparsities)
         return f"{self.arch}_{self.method}_{sparsities}_{self.recipe_name}_s{self.seed}"
 
     @property
     def label(self) -> str:
-        how = f"one-shot from {self.source}" if self.source else f"{self.recipe_name} recipe"
+        how = f"one-shot from {self.stem or self.source}" if self.source else f"{self.recipe_name} recipe"
+        data = f"calibrated on {self.calibration_task}" if self.calibration_task else self.dataset
         return (f"{self.method} {', '.join(format_sparsity(s) for s in self.sparsities)} {self.arch} ({how}, "
-                f"{self.dataset}, seed {self.seed})")
+                f"{data}, seed {self.seed})")
 
     def train_kwargs(self) -> dict[str, Any]:
         """Keywords of ``transferbench.upstream.train_upstream`` for this unit (device and speed switches aside)."""
@@ -172,11 +176,16 @@ def parse_upstream(raw: Any, origin: str) -> tuple[UpstreamUnit, ...]:
                             batch_size=item.get("batch_size"), loop={k: item[k] for k in LOOP_KEYS if k in item}))
                     except TransferbenchError as exc:
                         raise TransferbenchError(f"sweep {origin}: upstream {method!r}: {exc}") from None
+    return unique_products(tuple(units), origin)
+
+
+def unique_products(units: tuple[UpstreamUnit, ...], origin: str) -> tuple[UpstreamUnit, ...]:
+    """``units`` unchanged when no checkpoint is made twice (by upstream or prune entries); one line otherwise."""
     products = [p for u in units for p in u.products]
     if twice := sorted({p for p in products if products.count(p) > 1}):
-        raise TransferbenchError(f"sweep {origin}: upstream entries make {', '.join(twice)} more than once; list "
-                                 "each method, sparsity, seed and recipe once")
-    return tuple(units)
+        raise TransferbenchError(f"sweep {origin}: upstream or prune entries make {', '.join(twice)} more than once; "
+                                 "list each method, sparsity, seed and recipe once")
+    return units
 
 
 def _as_list(value: Any) -> list:

@@ -15,10 +15,11 @@ from torch.utils.data import DataLoader, Dataset
 from ..checkpoints import CheckpointSpec, register_local, save_checkpoint
 from ..names import check_name, inside
 from ..pruning.bn import balanced_sample, bn_recalibrate, dataset_labels, indices_digest
-from ..pruning.oneshot import one_shot_prune, scope_parameters
+from ..pruning.oneshot import one_shot_prune
 from ..pruning.posttraining import prune_one_shot
 from ..seeding import epoch_seed
-from ..sparsity import measure_sparsity
+from ..sparsity import measure_sparsity, set_weights
+from ..sparsity_rules import sparsity_rule
 from ..version import __version__
 from ..vocabulary import format_sparsity
 from .chance import at_chance, chance_note, chance_threshold
@@ -135,15 +136,17 @@ class Calibration:
 
 
 def one_shot_candidate(model: torch.nn.Module, method: str, sparsity: float, calibration: Calibration,
-                       device: torch.device, workers: int = 0) -> tuple[torch.nn.Module, dict]:
-    """A copy of the dense ``model`` pruned one-shot to ``sparsity`` (2:4 for cram_nm) with its BN recalibrated;
-    returns (the copy, its masks). ``model`` itself is left as it was."""
+                       device: torch.device, workers: int = 0, arch: str | None = None) -> tuple[torch.nn.Module, dict]:
+    """A copy of the dense ``model`` (an ``arch``) pruned one-shot to ``sparsity`` (2:4 for cram_nm) with its BN
+    recalibrated; returns (the copy, its masks). ``model`` itself is left as it was. The post-training pruners prune
+    the method's prunable set for the architecture (the rule table: a CNN's convs and linears but the stem and the
+    head, a vision transformer's blocks), as the registry gate and the sparsity reports read it."""
     pruned = copy.deepcopy(model)
     if method in POSTTRAINING:
         pruner, nm = POSTTRAINING[method]
         modules = dict(pruned.named_modules())
         layers = {name[:-len(".weight")]: modules[name[:-len(".weight")]]
-                  for name in scope_parameters(pruned, "uniform")}  # the stem and the head stay dense
+                  for name in set_weights(pruned, sparsity_rule(method, arch=arch).prunable)}
         masks, report = prune_one_shot(pruned, pruner, calibration.image_batches(device),
                                        sparsity=None if nm else sparsity, nm=nm, layers=layers)
         for layer in report:

@@ -49,6 +49,9 @@ ONE_SHOT_METHODS = (*CRAM_METHODS, *POSTTRAINING)  # and Wanda / SparseGPT of an
 # The recipe whose data and calibration block a dense model is pruned with, by upstream dataset (--dataset).
 DEFAULT_RECIPES = {"imagenet": "imagenet_resnet50", "shapes": "small_cpu"}
 DENSE_TOLERANCE = 0.005  # a "dense" model may have this fraction of exact zeros (the loader's 0.5 pp gap)
+PRUNERS = ("wanda", "sparsegpt")  # `transferbench prune --method`; with a 2:4 pattern, <method>_nm
+PATTERNS = ("2:4",)
+UPSTREAM_CALIBRATION = ("shapes", "imagenet")  # --calibration: upstream data; any other name is a task
 
 
 @dataclass(frozen=True)
@@ -66,14 +69,26 @@ class DenseSource:
     @property
     def stem(self) -> str:
         """The first part of its candidates' names: the row's name, or the file's stem and digest prefix."""
-        if self.row:
-            return self.row.name
-        # part of a registry name and a file name (names.py): made a name, short enough for the rest to follow
-        return f"{name_from(self.loaded.path.stem)[:40]}_{self.loaded.sha256[:8]}"
+        return self.row.name if self.row else file_stem(self.loaded.path, self.loaded.sha256)
 
     def metadata(self) -> dict:
         about = {"path": str(self.loaded.path), "sha256": self.loaded.sha256, "format": self.loaded.format}
         return {"row": self.row.name, **about} if self.row else about
+
+
+def file_stem(path: Path, sha256: str) -> str:
+    """The first part of the names of the candidates made of the file ``path`` (its content's ``sha256``): part of
+    a registry name and a file name (names.py), short enough for the rest to follow."""
+    return f"{name_from(Path(path).stem)[:40]}_{sha256[:8]}"
+
+
+def pruned_method(pruner: str, pattern: str | None) -> str:
+    """The registry method of ``pruner``'s candidates: ``wanda``, or ``wanda_nm`` for the 2:4 pattern."""
+    if pruner not in PRUNERS:
+        raise TransferbenchError(f"method {pruner!r}: the post-training pruners are {', '.join(PRUNERS)}")
+    if pattern not in (None, *PATTERNS):
+        raise TransferbenchError(f"pattern {pattern}: the pruners make 2:4 patterns (or none: unstructured)")
+    return f"{pruner}_nm" if pattern else pruner
 
 
 def load_dense_source(source: str | Path, method: str, arch: str | None = None,
@@ -156,14 +171,10 @@ def prune_published(source: str | Path, method: str, sparsities: Sequence[float]
     if 0.0 in sparsities:
         raise TransferbenchError("--sparsity 0 would leave the model dense; pass the sparsities to prune to")
     dense = load_dense_source(source, method, arch, checkpoint_dir)
-    rec = load_recipe(recipe or _default_recipe(dataset))  # its data and calibration; the method's knobs train
-    rec.update(arch=dense.loaded.arch, dataset=dataset or rec["dataset"])
-    if samples is not None:  # --samples: the calibration sample's size, in the candidates' names and metadata
-        rec["calibration"] = {**(rec.get("calibration") or {}), "size": int(samples)}
-        rec["name"] = f"{rec['name']}_n{int(samples)}"
+    rec = calibration_recipe(recipe, dataset, samples, calibration_task)
+    rec["arch"] = dense.loaded.arch
     if calibration_task is not None:
         train_set, test_set = task_calibration_set(calibration_task, data_root, rec), None
-        rec["name"] = f"{rec['name']}_{calibration_task}"  # in the candidates' names: another sample, other models
     else:
         train_set, test_set = upstream_datasets(rec, data_root)
         _check_classes(dense.loaded, dataset_labels(train_set), data_root)
@@ -179,7 +190,7 @@ def prune_published(source: str | Path, method: str, sparsities: Sequence[float]
     results = []
     for sparsity, name in zip(sparsities, oneshot_names(dense.stem, method, sparsities, rec), strict=True):
         start = time.perf_counter()
-        net, masks = one_shot_candidate(model, method, sparsity, calibration, dev)
+        net, masks = one_shot_candidate(model, method, sparsity, calibration, dev, arch=dense.loaded.arch)
         results.append(register_candidate(
             folder, rec, method, sparsity, net, masks, test_set, dev, calibration.seed, time.perf_counter() - start,
             about, name=name, pruned_from=dense.identity,
@@ -188,6 +199,22 @@ def prune_published(source: str | Path, method: str, sparsities: Sequence[float]
                   f"by transferbench ({rec['name']} recipe)"))
         del net, masks  # one candidate in memory at a time
     return results
+
+
+def calibration_recipe(recipe: str | Path | None, dataset: str | None, samples: int | None = None,
+                       calibration_task: str | None = None) -> dict:
+    """The recipe one-shot candidates are made with: its data, transforms and calibration block (``recipe``, default
+    the one of ``dataset``), the sample's size ``samples`` instead of the recipe's, the sample drawn from the
+    downstream ``calibration_task`` instead of the upstream data. Both are in its name, so in the candidates'
+    names: another sample makes other models. Reads the recipe only (a sweep's planner names products with it)."""
+    rec = load_recipe(recipe or _default_recipe(dataset))  # its data and calibration; the method's knobs train
+    rec["dataset"] = dataset or rec["dataset"]
+    if samples is not None:
+        rec["calibration"] = {**(rec.get("calibration") or {}), "size": int(samples)}
+        rec["name"] = f"{rec['name']}_n{int(samples)}"
+    if calibration_task is not None:
+        rec["name"] = f"{rec['name']}_{calibration_task}"
+    return rec
 
 
 def task_calibration_set(task: str, data_root: Path | None, rec: dict) -> Dataset:
