@@ -142,6 +142,9 @@ def test_a_sweep_prunes_then_transfers_and_reports_per_architecture(tmp_path, ho
     assert sorted((r["arch"], r["method"]) for r in records) == [
         ("resnet_tiny", "sparsegpt"), ("resnet_tiny", "wanda"), ("vit_tiny_patch16_224", "wanda_nm")]
     vit_record = next(r for r in records if r["arch"] == "vit_tiny_patch16_224")
+    (vit_candidate,) = (home / "upstream").glob("vit_t_*.pth")  # calibrated on images normalised as ViT's config says
+    recipe_used = yaml.safe_load(torch.load(vit_candidate, weights_only=True)["metadata"]["recipe_config"])
+    assert recipe_used["normalization"] == {"mean": [0.5] * 3, "std": [0.5] * 3}
     assert vit_record["sparsity"]["prunable_set"] == "transformer_blocks"
     assert vit_record["sparsity"]["upstream_measured_prunable"] == pytest.approx(0.5, abs=1e-3)
     assert main(["report", "--results", str(out)]) == 0

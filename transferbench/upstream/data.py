@@ -33,8 +33,12 @@ DATA_ORDER = "v2: per-epoch permutation seeded by (seed, epoch), global batches 
 
 
 def _eval_transform(recipe: dict) -> TransformConfig:
+    """The recipe's evaluation transform: ImageNet's normalisation unless the recipe names the model's own
+    (``normalization: {mean, std}``, set for a timm model's pretrained config when it is pruned one-shot)."""
     size = int(recipe["image_size"])
-    return TransformConfig(image_size=size, mean=IMAGENET_NORMALIZATION.mean, std=IMAGENET_NORMALIZATION.std)
+    norm = recipe.get("normalization") or {}
+    return TransformConfig(image_size=size, mean=tuple(norm.get("mean", IMAGENET_NORMALIZATION.mean)),
+                           std=tuple(norm.get("std", IMAGENET_NORMALIZATION.std)))
 
 
 def train_transform(recipe: dict) -> TransformConfig:

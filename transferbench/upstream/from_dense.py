@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
 from ..checkpoints import CheckpointSpec, LoadedCheckpoint, list_checkpoints, load_checkpoint, load_registered
@@ -172,7 +173,7 @@ def prune_published(source: str | Path, method: str, sparsities: Sequence[float]
         raise TransferbenchError("--sparsity 0 would leave the model dense; pass the sparsities to prune to")
     dense = load_dense_source(source, method, arch, checkpoint_dir)
     rec = calibration_recipe(recipe, dataset, samples, calibration_task)
-    rec["arch"] = dense.loaded.arch
+    rec.update(arch=dense.loaded.arch, **model_normalization(dense.loaded.model))
     if calibration_task is not None:
         train_set, test_set = task_calibration_set(calibration_task, data_root, rec), None
     else:
@@ -199,6 +200,17 @@ def prune_published(source: str | Path, method: str, sparsities: Sequence[float]
                   f"by transferbench ({rec['name']} recipe)"))
         del net, masks  # one candidate in memory at a time
     return results
+
+
+def model_normalization(model: torch.nn.Module) -> dict:
+    """``{"normalization": {mean, std}}`` of a model that brings its own preprocessing (a timm model's pretrained
+    config: a ViT's 0.5s), for the recipe its calibration images go through; empty for the project's models, which
+    take ImageNet's. Without it a ViT would be calibrated (and its BN, an EfficientNet's, recalibrated) on
+    differently normalised images than it sees in transfer."""
+    preprocessing = getattr(model, "preprocessing", None)
+    norm = preprocessing().get("model_normalization") if callable(preprocessing) else None
+    return {"normalization": {"mean": [float(v) for v in norm.mean], "std": [float(v) for v in norm.std]}} \
+        if norm is not None else {}
 
 
 def calibration_recipe(recipe: str | Path | None, dataset: str | None, samples: int | None = None,
