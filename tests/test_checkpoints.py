@@ -636,3 +636,19 @@ def test_str_checkpoints_pass_at_their_learned_sparsity_and_a_wrong_file_still_f
         passing = [s.sparsity for s in rows
                    if abs(learned - s.sparsity_rule.expected(s.sparsity)) <= s.sparsity_rule.allowed_gap(0.005)]
         assert passing == [min(STR_LEARNED, key=lambda nominal: abs(nominal - learned))], learned
+
+
+@pytest.mark.parametrize("ist_format", [True, False])
+def test_a_file_without_sparsity_takes_what_it_measures_over_its_methods_set(tmp_path, ist_format):
+    """`run --checkpoint F` without --sparsity: the target is the file's zero fraction over the weights its method
+    prunes (all conv and linear weights by default, LTH's convolutions but the stem), to a whole percent."""
+    from fixtures_models import write_pruned_checkpoint
+
+    path = tmp_path / "pruned.pth"
+    masks = write_pruned_checkpoint(path, sparsity=0.37, ist_format=ist_format)  # global magnitude, head included
+    ref = resolve_checkpoint(None, None, "resnet_tiny", path)
+    assert (ref.method, ref.sparsity) == ("custom", 0.37)
+    convs = [m for name, m in masks.items() if m.dim() == 4][1:]  # LTH's set: every conv but the first
+    lth = 1 - sum(int(m.sum()) for m in convs) / sum(m.numel() for m in convs)
+    assert resolve_checkpoint("lth", None, "resnet_tiny", path).sparsity == round(lth, 2) != 0.37
+    assert resolve_checkpoint(None, "90%", "resnet_tiny", path).sparsity == 0.9  # a given target stays the target

@@ -299,7 +299,8 @@ def _add_transfer_flags(parser: argparse.ArgumentParser, hparams: list) -> None:
     parser.add_argument("--method", help="upstream pruning method (see `transferbench checkpoints list`) or an "
                                          "alias: lth (lth_t), rigl (rigl_erk1x/rigl_erk5x on resnet50, rigl on "
                                          "resnet_tiny)")
-    parser.add_argument("--sparsity", help="target sparsity: a fraction (0.9) or a percent (90%%)")
+    parser.add_argument("--sparsity", help="target sparsity: a fraction (0.9) or a percent (90%%), checked against "
+                                           "the measured one; with --checkpoint, default: what the file measures")
     parser.add_argument("--arch", help="architecture (default: the registry's, or read from --checkpoint)")
     parser.add_argument("--checkpoint", type=Path, help="use this local checkpoint file instead of the registry's")
     parser.add_argument("--train-missing", action="store_true",

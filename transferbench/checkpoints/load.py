@@ -337,6 +337,19 @@ def peek_arch(path: str | os.PathLike) -> str | None:
     return candidates[0] if len(candidates) == 1 else None
 
 
+def peek_sparsity(path: str | os.PathLike, arch: str, method: str | None = None) -> float:
+    """The zero fraction of a checkpoint file over the weights ``method`` prunes on ``arch`` (its prunable set, as
+    the registry's gate measures it), rounded to a whole percent: the target of a file given without one.
+
+    Reads the file (weights_only) without building a model."""
+    path = Path(path).expanduser()
+    state = decode_checkpoint(_read(path), origin=str(path)).state
+    weights = set_weights(state, method_sparsity_rule(method, arch=arch).prunable, model_class(arch).head_name)
+    total = sum(w.numel() for w in weights.values())
+    zeros = sum(int((w == 0).sum()) for w in weights.values())
+    return round(zeros / total, 2) if total else 0.0
+
+
 def load_registered(
     spec: CheckpointSpec,
     directory: str | os.PathLike | None = None,

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from ..digests import sha256_file
 from ..errors import TransferbenchError
 from ..names import check_name
 from ..runspec import CheckpointRef
-from ..vocabulary import normalize_sparsity
-from .load import peek_arch
+from ..vocabulary import format_sparsity, normalize_sparsity
+from .load import peek_arch, peek_sparsity
 from .lockfile import verify_recorded
 from .registry import (
     CheckpointSpec,
@@ -20,6 +21,8 @@ from .registry import (
     oneshot_source,
     prepared_candidate,
 )
+
+log = logging.getLogger("transferbench")
 
 
 def resolve_checkpoint(method: str | None, sparsity: float | None, arch: str | None,
@@ -77,17 +80,16 @@ def _prepared(spec: CheckpointSpec) -> CheckpointSpec:
 def _local_file(method: str | None, sparsity: float | None, arch: str | None, path: Path) -> CheckpointRef:
     if not path.is_file():
         raise TransferbenchError(f"checkpoint file {path} does not exist (--checkpoint)")
-    if sparsity is None:
-        raise TransferbenchError(
-            f"--checkpoint {path} needs --sparsity (its registered/target sparsity, e.g. 0.9), which is "
-            "checked against the measured sparsity"
-        )
     if arch is None:
         arch = peek_arch(path)
         if arch is None:
             raise TransferbenchError(f"{path} does not name its architecture; pass --arch (e.g. resnet50)")
         check_name(arch, f"{path} names its architecture as")  # read from the file: part of the run key
     check_name(method or "custom", "--method")
+    if sparsity is None:  # nothing to check the file against: what it measures is its target (and in its run key)
+        sparsity = peek_sparsity(path, arch, method)
+        log.info("--checkpoint %s: no --sparsity given; it measures %s over the weights %s prunes on %s, its "
+                 "target from here on", path, format_sparsity(sparsity), method or "a method", arch)
     return CheckpointRef(method=method or "custom", sparsity=normalize_sparsity(sparsity), arch=arch,
                          identity=file_identity(None, sha256_file(path)), path=str(path))
 
