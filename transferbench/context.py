@@ -10,6 +10,7 @@ import logging
 import os
 import platform
 import socket
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,9 +145,12 @@ def apply_precision(device_type: str, precision: str) -> dict[str, Any]:
     return policy
 
 
-def check_capabilities(device: torch.device, precisions: set[str], compile: bool) -> None:
+def check_capabilities(device: torch.device, precisions: set[str], compile: bool,
+                       engines: Collection[str] = ()) -> None:
     """One-line errors, before any work, for what this machine cannot run as asked (``device`` is resolved, so an
-    index that does not exist was refused already)."""
+    index that does not exist was refused already; ``engines``: the runs' feature-extraction engines)."""
+    if "semi-structured" in engines:
+        check_semi_structured(device)
     if "tf32" in precisions and device.type != "cuda":
         raise TransferbenchError(f"--precision tf32 is TensorFloat-32 on CUDA GPUs; on {device} use --precision fp32")
     if "fp16" in precisions and device.type != "cuda":
@@ -164,6 +168,19 @@ def check_capabilities(device: torch.device, precisions: set[str], compile: bool
     if compile and not triton_available():
         raise TransferbenchError(f"--compile on {device} needs Triton, which is not installed: pip install triton, "
                                  "or drop --compile")
+
+
+def check_semi_structured(device: torch.device) -> None:
+    """``--engine semi-structured``'s 2:4 sparse kernels (cuSPARSELt, CUTLASS) need an NVIDIA GPU of compute capability
+    8.0 or more (Ampere, Ada, Hopper, ...)."""
+    where = str(device)
+    if device.type == "cuda":
+        if torch.version.hip is None and torch.cuda.get_device_capability(device) >= (8, 0):
+            return
+        major, minor = torch.cuda.get_device_capability(device)
+        where = f"{device} ({torch.cuda.get_device_name(device)}, compute capability {major}.{minor})"
+    raise TransferbenchError(f"--engine semi-structured needs an NVIDIA GPU of compute capability 8.0+ (Ampere or "
+                             f"newer) for 2:4 sparse kernels; on {where} use --engine torch")
 
 
 def triton_available() -> bool:

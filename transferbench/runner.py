@@ -168,7 +168,8 @@ def run(specs: RunSpec | list[RunSpec], ctx: RunContext) -> list[RunRecord]:
     device = ctx.torch_device()  # a device index that does not exist: a one-line error before any work
     select_device(device)
     check_capabilities(device, {s.hparams.precision for s in specs},
-                       ctx.compile and any(s.hparams.engine == "torch" for s in specs))
+                       ctx.compile and any(s.hparams.engine == "torch" for s in specs),
+                       {s.hparams.engine for s in specs})
     for spec in specs:
         _require_record_paths_free(ctx.results, spec.run_key)
     records: dict[str, RunRecord] = {}
@@ -646,6 +647,16 @@ def _metrics(task: TaskSpec, top1: float, mpc: float, extra: dict) -> Metrics:
     return Metrics(top1=top1, mean_per_class_acc=mpc, primary_metric=task.metric, primary=primary, extra=extra)
 
 
+def _engine_info(spec: RunSpec, prep: _Prepared) -> dict:
+    """``--engine semi-structured``: which Linear layers ran 2:4 sparse (and why the others did not), in which dtype
+    (the same answer whether the features were extracted now or read from the cache)."""
+    if spec.hparams.engine != "semi-structured":
+        return {}
+    from .finetune.semi_structured import plan_semi_structured
+
+    return {"semi_structured": plan_semi_structured(prep.loaded.model, spec.hparams.precision).to_dict()}
+
+
 def _record(spec: RunSpec, prep: _Prepared, ctx: RunContext, *, metrics: Metrics, sparsity: SparsityInfo,
             config: dict, curve: list, timings: dict) -> RunRecord:
     """The run's record: what the spec says, what the run measured, and where and how it ran."""
@@ -661,7 +672,7 @@ def _record(spec: RunSpec, prep: _Prepared, ctx: RunContext, *, metrics: Metrics
                 "device": device,
                 "compiled": ctx.compile, "cudnn_benchmark": ctx.cudnn_benchmark,
                 "precision_policy": precision_policy(prep.device.type, spec.hparams.precision),
-                "determinism": determinism_state(), **config,
+                "determinism": determinism_state(), **_engine_info(spec, prep), **config,
                 **({"trackers": list(ctx.trackers)} if ctx.trackers else {})},
         curve=curve, timings=timings, hardware=hardware(device), versions=package_versions(),
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -30,7 +30,7 @@ SOLVERS = ("sgd", "lbfgs")
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 INTERPOLATIONS = ("bilinear", "bicubic")
 LOADERS = ("torchvision", "ffcv")
-ENGINES = ("torch", "deepsparse")
+ENGINES = ("torch", "deepsparse", "semi-structured")
 
 
 def _hparam(default: Any, help: str, bounds: Bounds, *, flag: bool = False) -> Any:
@@ -80,9 +80,10 @@ class HParams:
     loader: str = _hparam("torchvision", "image pipeline: torchvision (default) or ffcv (.beton files from "
                           "`transferbench data convert`; pip install transferbench[ffcv])",
                           Bounds(str, choices=LOADERS), flag=True)
-    engine: str = _hparam("torch", "linear feature extraction: torch (default) or deepsparse (sparsity-aware CPU "
-                          "runtime in its own environment, see docs/fast_paths.md)", Bounds(str, choices=ENGINES),
-                          flag=True)
+    engine: str = _hparam("torch", "linear feature extraction: torch (default), deepsparse (sparsity-aware CPU "
+                          "runtime in its own environment) or semi-structured (2:4 sparse Linear layers on NVIDIA "
+                          "GPUs of compute capability 8.0+, fp16/bf16); see docs/fast_paths.md",
+                          Bounds(str, choices=ENGINES), flag=True)
     # Quick tries (lm-eval's --limit): a subset of both splits, so a limited run is never a full one (see key_material)
     limit: int = _hparam(0, "quick try: the first N images of each split (train and test), taken class by class in "
                          "turn; 0 = the whole splits (default). Part of the run key (-limitN); such runs are left out "
@@ -172,6 +173,9 @@ def resolve_hparams(mode: str, task_full_lr: float, overrides: dict[str, Any] | 
                                  "--validation-size")
     if hp.engine == "deepsparse" and hp.precision != "fp32":
         raise TransferbenchError(f"--engine deepsparse runs in fp32: drop --precision {hp.precision}")
+    if hp.engine == "semi-structured" and hp.precision not in ("bf16", "fp16"):  # 2:4 kernels: half precision only
+        raise TransferbenchError(f"--engine semi-structured runs in fp16 or bf16: pass --precision bf16 (not "
+                                 f"{hp.precision})")
     if hp.engine == "deepsparse" and hp.loader == "ffcv":  # the DeepSparse worker reads a torch DataLoader
         raise TransferbenchError("--engine deepsparse reads images with torchvision: drop --loader ffcv")
     if hp.limit and hp.loader == "ffcv":  # a .beton holds the whole split; a subset would need its own files

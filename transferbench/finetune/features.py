@@ -50,7 +50,10 @@ def extract(model: torch.nn.Module, dataset: Dataset, batch_size: int, device: t
 
 
 def _extract_batches(model: torch.nn.Module, dataset: Dataset, batch_size: int, device: torch.device,
-                     num_workers: int, desc: str, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+                     num_workers: int, desc: str, precision: str,
+                     input_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward passes of ``extract``: under ``precision``'s autocast, or, given ``input_dtype`` (a model cast
+    to a half precision itself: ``semi_structured``), with the batches cast to it and no autocast."""
     if getattr(dataset, "prebatched", False):  # a fast loader's split (fastdata.ffcv_loader) batches itself
         loader = dataset.batches(batch_size, num_workers, device)  # type: ignore[attr-defined]
     else:
@@ -60,7 +63,9 @@ def _extract_batches(model: torch.nn.Module, dataset: Dataset, batch_size: int, 
     feats, labels = [], []
     for images, targets in progress(loader, desc=desc, unit="batch"):
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with autocast(device, precision):
+        if input_dtype is not None:
+            images = images.to(input_dtype)
+        with autocast(device, precision if input_dtype is None else "fp32"):
             feats.append(to_host_async(model.forward_features(images).float()))
         labels.append(targets)
     host_copies_done(device)
@@ -84,11 +89,16 @@ def host_copies_done(device: torch.device) -> None:
 
 def extract_with(engine: str, model: torch.nn.Module, dataset: Dataset, batch_size: int, device: torch.device,
                  num_workers: int, desc: str, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
-    """``extract`` with PyTorch (``engine="torch"``) or with DeepSparse on the CPU (``"deepsparse"``)."""
+    """``extract`` with PyTorch (``engine="torch"``), with DeepSparse on the CPU (``"deepsparse"``) or with 2:4
+    sparse kernels on an Ampere+ GPU in fp16/bf16 (``"semi-structured"``: ``semi_structured``)."""
     if engine == "deepsparse":
         from .sparse_cpu import extract_deepsparse
 
         return extract_deepsparse(model, dataset, batch_size, num_workers, desc)
+    if engine == "semi-structured":
+        from .semi_structured import extract_semi_structured
+
+        return extract_semi_structured(model, dataset, batch_size, device, num_workers, desc, precision)
     return extract(model, dataset, batch_size, device, num_workers, desc, precision)
 
 
