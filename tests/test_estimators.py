@@ -158,3 +158,102 @@ def test_knn_accuracy_breaks_vote_ties_to_the_lowest_label_as_sklearn_does(metri
     ours = knn_accuracy(f, labels, k=4, metric=metric, block=7)  # 4 votes over 4 classes: ties; several blocks
     theirs = cross_val_predict(KNeighborsClassifier(4, metric=metric), f, labels, cv=LeaveOneOut())
     assert ours.accuracy == pytest.approx(float((theirs == labels).mean()))
+
+
+def test_logme_from_the_gram_matrix_equals_logme_from_the_thin_svd():
+    # more samples than features: LogME's basis comes from the d x d Gram matrix by a tridiagonal reduction whose
+    # eigenvectors are applied to the class sums only; the thin SVD of the features is the independent reference
+    from transferbench.estimators import _maximise
+
+    rng = np.random.default_rng(10)
+    labels = np.arange(400) % 5
+    f = np.maximum(rng.normal(size=(400, 60)) + 2 * rng.normal(size=(5, 60))[labels], 0) + 3.0  # ReLU'd, offset
+    u, s, _ = np.linalg.svd(f, full_matrices=False)
+    onehot = np.eye(5)[labels]
+    x = u.T @ onehot
+    direct = np.mean([_maximise(f.shape, s, x[:, c], float(onehot[:, c].sum())).evidence for c in range(5)])
+    assert logme(f, labels) == pytest.approx(direct, abs=1e-9)
+
+
+def test_eigh_applied_equals_the_eigendecomposition_applied():
+    from transferbench.estimators import _eigh_applied
+
+    rng = np.random.default_rng(11)
+    a = rng.normal(size=(300, 50))
+    a = a.T @ a
+    b = rng.normal(size=(50, 3))
+    eigenvalues, rotated = _eigh_applied(a, b)
+    reference_values, vectors = np.linalg.eigh(a)
+    np.testing.assert_allclose(eigenvalues, reference_values, rtol=1e-12)
+    # eigenvectors are defined up to their sign: compare |V^T b| column by column, and its squares sum to |b|^2
+    np.testing.assert_allclose(np.abs(rotated), np.abs(vectors.T @ b), rtol=1e-9, atol=1e-12)
+
+
+def _pinv_h_score(f: np.ndarray, labels: np.ndarray) -> float:
+    n = len(f)
+    centred = f - f.mean(axis=0)
+    class_means = np.stack([centred[labels == c].mean(axis=0) for c in np.unique(labels)])[np.unique(
+        labels, return_inverse=True)[1]]
+    return float(np.trace(np.linalg.pinv(centred.T @ centred / n) @ (class_means.T @ class_means / n)))
+
+
+@pytest.mark.parametrize("case", ["full rank, offset", "duplicated feature", "constant feature"])
+def test_h_score_by_cholesky_or_its_fallback_equals_the_pinv_trace_formula(case):
+    from transferbench.estimators import _cholesky_trace
+
+    rng = np.random.default_rng(12)
+    labels = np.arange(500) % 6
+    f = rng.normal(size=(500, 25)) + 0.7 * rng.normal(size=(6, 25))[labels] + 40.0  # a mean far from 0
+    if case == "duplicated feature":
+        f[:, 3] = f[:, 7]  # n > d, yet the covariance is singular: Cholesky must give way to pinv's definition
+    elif case == "constant feature":
+        f[:, 0] = 5.0
+    centred = f - f.mean(axis=0)
+    means = np.stack([centred[labels == c].mean(axis=0) for c in range(6)])
+    cholesky = _cholesky_trace(centred.T @ centred / 500, means, np.full(6, 1 / 6))
+    assert (cholesky is not None) == (case == "full rank, offset")  # which path each case takes
+    assert h_score(f, labels) == pytest.approx(_pinv_h_score(f, labels), rel=1e-9)
+
+
+def test_h_score_with_shrinkage_on_many_samples_equals_the_trace_formula_with_sklearns_covariance():
+    from sklearn.covariance import LedoitWolf
+
+    rng = np.random.default_rng(13)
+    labels = np.arange(300) % 4
+    f = rng.normal(size=(300, 20)) @ rng.normal(size=(20, 20)) + rng.normal(size=(4, 20))[labels]
+    centred = f - f.mean(axis=0)
+    class_means = np.stack([centred[labels == c].mean(axis=0) for c in range(4)])[labels]
+    direct = np.trace(np.linalg.inv(LedoitWolf().fit(f).covariance_) @ (class_means.T @ class_means / 300))
+    assert h_score(f, labels, shrinkage=True) == pytest.approx(direct, rel=1e-8)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("block", [3, 16, 64, 1000])  # fewer rows than k in a block, several blocks, one block
+def test_leave_one_out_neighbours_equal_a_full_sort_of_all_pairs(metric, block):
+    from transferbench.estimators import leave_one_out_neighbours
+
+    rng = np.random.default_rng(14)
+    f = rng.normal(size=(150, 8)) + 2.0
+    if metric == "cosine":
+        unit = f / np.linalg.norm(f, axis=1, keepdims=True)
+        distance = -(unit @ unit.T)
+    else:
+        distance = ((f[:, None, :] - f[None, :, :]) ** 2).sum(axis=2)
+    np.fill_diagonal(distance, np.inf)
+    expected = np.argsort(distance, axis=1, kind="stable")[:, :7]
+    found = leave_one_out_neighbours(f, 7, metric, block)
+    np.testing.assert_array_equal(found, expected)  # continuous features: no ties, and nearest first
+
+
+def test_estimate_all_equals_each_estimator_on_its_own():
+    from transferbench.estimators import estimate_all, h_scores
+
+    rng = np.random.default_rng(15)
+    labels = np.arange(240) % 3
+    f = rng.normal(size=(240, 10)) + np.eye(10)[labels]
+    probs = rng.dirichlet(np.ones(4), size=240)
+    scores = estimate_all(f, labels, probs, k=5)
+    assert scores["logme"] == logme(f, labels)
+    assert scores["leep"] == leep(probs, labels) and scores["nce"] == nce(probs, labels)
+    assert {k: scores[k] for k in ("h_score", "h_score_shrinkage")} == h_scores(f, labels)
+    assert scores["knn_accuracy"] == knn_accuracy(f, labels, k=5).accuracy
