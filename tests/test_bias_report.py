@@ -75,6 +75,9 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def report(store, tmp_path_factory):
     out = tmp_path_factory.mktemp("bias-out") / "bias"
+    out.mkdir()  # a former write's figure of a group that is gone, and a file of the user's
+    for name in ("ba_celeba-gone_resnet50_full.png", "criteria_celeba-gone_resnet50_full.pdf", "my_notes.png"):
+        (out / name).write_bytes(b"old")
     code = main(["report", "bias", "--results", str(store["root"]), "--out", str(out), "--identity", "Male",
                  "--identity", "Young"])
     assert code == 0
@@ -93,6 +96,7 @@ def test_files_and_figures_are_written(report):
     for figure in ("ba", "uncertainty", "countermeasure", "criteria"):
         for fmt in ("png", "pdf"):
             assert (out / f"{figure}_celeba_resnet50_linear.{fmt}").stat().st_size > 5000
+    assert not list(out.glob("*_celeba-gone_*")) and (out / "my_notes.png").read_bytes() == b"old"
     md = (out / "bias.md").read_text()
     assert "## Bias per cell" in md and "| celeba | resnet50 | linear | gmp | 95% | 2 |" in md
     assert list(report["skipped"]["run_key"]) == ["broken"]

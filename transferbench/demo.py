@@ -113,7 +113,7 @@ def _rank(runs, out: Path) -> list[Path]:
 def _bias_report(results: Path, start: float) -> dict[str, list[Path]]:
     """The tidy table (the leaderboards are the transfer tasks'), then the bias study's report (`transferbench
     report bias`) of the faces runs, whose summary table is printed."""
-    from .report.bias import bias_report
+    from .report.bias_report import bias_report
     from .report.collect import collect
 
     collected = collect(results).write(results)

@@ -95,10 +95,13 @@ def extract_with(engine: str, model: torch.nn.Module, dataset: Dataset, batch_si
         from .sparse_cpu import extract_deepsparse
 
         return extract_deepsparse(model, dataset, batch_size, num_workers, desc)
-    if engine == "semi-structured":
-        from .semi_structured import extract_semi_structured
+    if engine == "semi-structured":  # the model's inference copy, cast to the half precision: no autocast
+        from .semi_structured import HALF_DTYPES, semi_structured_model
 
-        return extract_semi_structured(model, dataset, batch_size, device, num_workers, desc, precision)
+        sparse, _ = semi_structured_model(model, precision, device)
+        with torch.inference_mode():
+            return _extract_batches(sparse, dataset, batch_size, device, num_workers, desc, precision,
+                                    input_dtype=HALF_DTYPES[precision])
     return extract(model, dataset, batch_size, device, num_workers, desc, precision)
 
 

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from ..errors import TransferbenchError
 
@@ -164,16 +163,3 @@ def semi_structured_model(model: nn.Module, precision: str, device: torch.device
              len(report.converted) + len(report.skipped), precision, kernel_backend() if converter is None else
              "a given converter")
     return sparse, report
-
-
-def extract_semi_structured(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device,
-                            num_workers: int, desc: str, precision: str,
-                            converter: Converter | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``features.extract`` through ``semi_structured_model``'s copy: the model itself is cast (no autocast), the
-    batches are cast to its dtype, and the features come back as float32 on the host."""
-    from .features import _extract_batches
-
-    sparse, _ = semi_structured_model(model, precision, device, converter)
-    with torch.inference_mode():
-        return _extract_batches(sparse, dataset, batch_size, device, num_workers, desc, precision,
-                                input_dtype=HALF_DTYPES[precision])

@@ -15,7 +15,8 @@ from ..lazy import lazy_package as _lazy_package
 # each public name's submodule, imported on first use: the report commands' --help needs neither pandas nor
 # matplotlib
 _lazy_package(__name__, {
-    ".bias": ("BiasReport", "BiasStudy", "bias_report", "bias_study"),
+    ".bias": ("BiasStudy", "bias_study"),
+    ".bias_report": ("BiasReport", "bias_report"),
     ".build": ("write_report",),
     ".collect": ("Collection", "collect", "parse_record"),
     ".compare": ("compare", "write_compare"),
@@ -32,7 +33,8 @@ _lazy_package(__name__, {
 })
 
 if _typing.TYPE_CHECKING:
-    from .bias import BiasReport, BiasStudy, bias_report, bias_study
+    from .bias import BiasStudy, bias_study
+    from .bias_report import BiasReport, bias_report
     from .build import write_report
     from .collect import Collection, collect, parse_record
     from .compare import compare, write_compare

@@ -41,13 +41,11 @@ import numpy as np
 import pandas as pd
 
 from .. import bias as bm
-from ..atomic import write_bytes
-from ..errors import TransferbenchError, require_writable_folder
+from ..errors import TransferbenchError
 from ..store import PREDICTIONS_FILE
-from .collect import collect
 from .palette import DENSE, method_sort_key
 from .render import MISSING, fmt_sparsity, markdown_table
-from .select import OURS, check_duplicate_seeds, filter_source, per_seed_runs
+from .select import OURS, filter_source, per_seed_runs
 
 log = logging.getLogger("transferbench")
 
@@ -120,20 +118,6 @@ class BiasStudy:
             text += f"; {len(self.skipped)} run(s) skipped (" + "; ".join(
                 f"{k}: {v}" for k, v in sorted(reasons.items())) + ")"
         return text
-
-
-@dataclass(frozen=True)
-class BiasReport:
-    """What :func:`bias_report` wrote: the tables (CSV and Markdown) and the figures (PNG and PDF)."""
-
-    out_dir: Path
-    tables: list[Path]
-    figures: list[Path]
-    summary: str
-
-    @property
-    def paths(self) -> list[Path]:
-        return [*self.tables, *self.figures]
 
 
 def load_outputs(path: Path) -> bm.RunOutputs | str:
@@ -395,37 +379,6 @@ def bias_study(runs: pd.DataFrame, identities: Sequence[str] | None = None, *, w
     return study
 
 
-def bias_report(results: str | Path, out_dir: str | Path | None = None, *, identities: Sequence[str] | None = None,
-                latest: bool = False) -> BiasReport:
-    """``transferbench report bias``: the study of the CelebA-style runs under ``results``, written to ``out_dir``
-    (default ``<results>/bias``): the tables as CSV, ``bias.md`` and the figures. ``latest``: a seed repeated under
-    one protocol counts once, the newest run (default: an error). Nothing is written when there is nothing to
-    study."""
-    results = Path(results)
-    out = Path(out_dir) if out_dir is not None else results / OUT_DIR
-    require_writable_folder(out, "--out")
-    runs = collect(results).runs
-    if len(runs):  # a repeated seed of another task's runs is the transfer report's concern, not this one's
-        runs = runs[runs["task"].map({t: is_bias_task(t) for t in runs["task"].unique()}).astype(bool)]
-    study = bias_study(check_duplicate_seeds(runs, latest), identities, where=f"under {results} (--results)")
-    return write_bias(study, out)
-
-
-def write_bias(study: BiasStudy, out_dir: str | Path) -> BiasReport:
-    """Every table of ``study`` as CSV, ``bias.md`` and the figures, under ``out_dir``."""
-    from .bias_figures import write_bias_figures
-
-    out = Path(out_dir)
-    frames = {"attributes": study.attributes, "runs": study.runs, "summary": study.summary,
-              "criteria": study.criteria, "flags": study.flags, "pies": study.pies,
-              "pie_attributes": study.pie_attributes, "skipped": study.skipped}
-    tables = [write_bytes(out / f"{name}.csv", frame.to_csv(index=False).encode()) for name, frame in frames.items()]
-    tables.append(write_bytes(out / "bias.md", to_markdown(study).encode()))
-    figures = write_bias_figures(study, out)
-    log.info("wrote %d bias-study file(s) to %s", len(tables) + len(figures), out)
-    return BiasReport(out, tables, figures, study.describe())
-
-
 # ------------------------------------------------------------------------------------------------ Markdown
 
 
@@ -541,5 +494,5 @@ def to_markdown(study: BiasStudy) -> str:
     return "\n".join(parts) + "\n"
 
 
-__all__ = ["BiasReport", "BiasStudy", "bias_report", "bias_study", "criteria", "identity_attributes",
-           "is_bias_task", "load_outputs", "select_bias_runs", "spearman", "to_markdown", "write_bias"]
+__all__ = ["BiasStudy", "bias_study", "criteria", "identity_attributes", "is_bias_task", "load_outputs",
+           "select_bias_runs", "spearman", "to_markdown"]

@@ -159,18 +159,32 @@ def criteria_figure(study: BiasStudy, group: Group) -> Figure:
     return fig
 
 
+FIGURES = ("ba", "uncertainty", "countermeasure", "criteria")  # each figure's file stem: <name>_<group>
+
+
 def write_bias_figures(study: BiasStudy, out_dir: Path) -> list[Path]:
     """Every figure of every (task, arch, mode, solver) group, as PNG and PDF; a figure without data is skipped
-    with a log line."""
+    with a log line. Figures of a former write that this one did not draw (a group whose runs are gone) are
+    removed, so that the folder shows the study as it is now."""
+    paths = _draw(study, out_dir)
+    written = set(paths)
+    for stale in sorted(p for name in FIGURES for suffix in ("png", "pdf") for p in out_dir.glob(f"{name}_*.{suffix}")
+                        if p not in written):
+        stale.unlink()
+        log.info("removed %s: no longer in the study", stale)
+    return paths
+
+
+def _draw(study: BiasStudy, out_dir: Path) -> list[Path]:
     paths: list[Path] = []
     for group in study.runs[GROUP_KEYS].drop_duplicates().itertuples(index=False):
         group = tuple(group)
         stem = safe_name("_".join([*group[:3], *([group[3]] if group[3] != "sgd" else [])]))
         ba_panels = [(ba_column(i), f"BA towards {i} (pp)", 100.0) for i in study.identities[group[0]]]
-        builds = [("ba", metric_vs_sparsity_figure, (study, group, ba_panels)),
-                  ("uncertainty", metric_vs_sparsity_figure, (study, group, UNCERTAINTY_PANELS)),
-                  ("countermeasure", countermeasure_figure, (study, group)),
-                  ("criteria", criteria_figure, (study, group))]
+        builds = [(FIGURES[0], metric_vs_sparsity_figure, (study, group, ba_panels)),
+                  (FIGURES[1], metric_vs_sparsity_figure, (study, group, UNCERTAINTY_PANELS)),
+                  (FIGURES[2], countermeasure_figure, (study, group)),
+                  (FIGURES[3], criteria_figure, (study, group))]
         for name, build, args in builds:
             try:
                 paths.extend(save(build(*args), out_dir / f"{name}_{stem}"))

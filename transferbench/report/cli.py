@@ -81,7 +81,7 @@ def cmd_beyond(args: argparse.Namespace) -> int:
 
 
 def cmd_bias(args: argparse.Namespace) -> int:
-    from .bias import bias_report
+    from .bias_report import bias_report
 
     report = bias_report(args.results, args.out, identities=args.identity, latest=getattr(args, "latest", False))
     print(report.summary)

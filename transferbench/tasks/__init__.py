@@ -62,6 +62,15 @@ def get_task(name: str) -> TaskSpec:
     return variant
 
 
+def official_readers() -> dict:
+    """Every official-layout reader by name (``official.register``): the paper's tasks' (``tasks.official``) and
+    CelebA's, which lives in its own module (a multi-label task with a validation split)."""
+    from . import celeba  # noqa: F401  (importing it registers its reader)
+    from .official import READERS
+
+    return READERS
+
+
 def is_multilabel(name: str) -> bool:
     """Whether the task ``name`` is multi-label (``TaskSpec.multilabel``); False for a name no card resolves (a
     record of a task since renamed reads as the single-label task it was)."""
@@ -124,7 +133,6 @@ def load_split(
         )
     from .builtin import load_builtin
     from .folders import list_classes, read_folders
-    from .official import READERS
 
     if task.builtin is not None:
         data = load_builtin(task.builtin, split)
@@ -142,7 +150,7 @@ def load_split(
             folder = task.folders.train if split == "train" else task.folders.test
             data = read_folders(base / folder, classes=train_classes)
         else:
-            data = READERS[task.official.reader](base, split, verify_md5)
+            data = official_readers()[task.official.reader](base, split, verify_md5)
     data = narrow_split(data, task, split)
     if task.builtin is not None:
         return data

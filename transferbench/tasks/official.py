@@ -378,7 +378,3 @@ def read_birdsnap(root: Path, split: str, verify_md5: bool) -> Split:
             if name.lower().endswith(IMG_EXTENSIONS) and (f"{folder}/{name}" in test) == (split == "test"):
                 samples.append((images / folder / name, label))
     return _split(ImageListDataset(samples), [y for _, y in samples], dirs, base, paper_split=False)
-
-
-# CelebA's reader lives in its own module (a multi-label task with a validation split); importing it registers it
-from . import celeba as _celeba  # noqa: E402,F401
