@@ -102,7 +102,7 @@ def test_a_model_trained_on_faces_is_evaluated_with_its_own_head_into_a_record_t
     import yaml
 
     from transferbench.checkpoints.registry import find_checkpoint
-    from transferbench.report.bias import bias_report
+    from transferbench.report.bias_report import bias_report
     from transferbench.upstream import load_recipe
 
     monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
@@ -144,7 +144,7 @@ def test_the_study_on_a_celeba_fixture_in_the_official_files(tmp_path, monkeypat
     import yaml
     from fixtures_celeba import write_celeba
 
-    from transferbench.report.bias import bias_report
+    from transferbench.report.bias_report import bias_report
     from transferbench.upstream import load_recipe
 
     monkeypatch.setenv("TRANSFERBENCH_CHECKPOINTS", str(tmp_path / "ckpts"))
