@@ -120,3 +120,17 @@ def test_run_takes_a_timm_arch_and_records_its_preprocessing(tmp_path, capsys):
     assert vit["sparsity"]["upstream_measured_prunable"] == pytest.approx(0.5, abs=1e-3)
     assert convnext["config"]["transform_train"]["augment"] is True and convnext["mode"] == "full"
     assert convnext["config"]["transform_test"]["resize_size"] == round(32 / 0.875)
+
+
+def test_a_timm_model_runs_at_its_own_resolution_unless_told_otherwise():
+    """timm's pretrained config gives the input size: a *_384 ViT transfers at 384 px, a 224 one and this project's
+    archs at the protocol's 224, a mini-task at its native size, and --image-size wins over all."""
+    from transferbench.runspec import CheckpointRef, make_spec
+
+    def size(arch: str, task: str = "cifar10", **overrides) -> int:
+        ref = CheckpointRef(method="dense", sparsity=0.0, arch=arch, identity="sha256:" + "0" * 64, path="x.pth")
+        return make_spec(task, "linear", 21, ref, overrides).hparams.image_size
+
+    assert model_class("vit_tiny_patch16_384").input_size == 384
+    assert size("vit_tiny_patch16_384") == 384 and size("vit_tiny_patch16_224") == 224 and size("resnet50") == 224
+    assert size("vit_tiny_patch16_384", "digits") == 32 and size("vit_tiny_patch16_384", image_size=96) == 96

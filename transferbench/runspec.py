@@ -67,7 +67,8 @@ class HParams:
     lbfgs_holdout: float = _hparam(0.2, "share of train held out to choose C (--solver lbfgs)",
                                    Bounds(float, low=0, high=1, low_open=True, high_open=True))
     lbfgs_max_iter: int = _hparam(1000, "L-BFGS iterations per fit (--solver lbfgs)", _COUNT)
-    image_size: int = _hparam(224, "override the 224 px input (tests and demos only)", _COUNT, flag=True)
+    image_size: int = _hparam(224, "input resolution (default: the protocol's 224 px; a timm model trained at "
+                              "another its own, e.g. 384; a mini-task its native size)", _COUNT, flag=True)
     # "" = the architecture's (bicubic for RigL, pitfall P9)
     interpolation: str = _hparam("", "override the architecture's resize interpolation",
                                  Bounds(str, choices=("", *INTERPOLATIONS)), flag=True)
@@ -288,6 +289,11 @@ def make_spec(task: str, mode: str, seed: int, checkpoint: CheckpointRef,
     overrides = dict(overrides or {})
     if task_spec.image_size != 224:  # mini-tasks run at their native resolution unless overridden
         overrides.setdefault("image_size", task_spec.image_size)
+    elif "image_size" not in overrides and checkpoint.arch:  # a timm model trained at another resolution: its own
+        from .models import model_class  # (torch; this module stays importable without it)
+
+        if (native := model_class(checkpoint.arch).input_size) != 224:
+            overrides["image_size"] = native
     hp = resolve_hparams(mode, task_spec.full_lr, overrides)
     check_task_hparams(task_spec, mode, hp)
     return RunSpec(task=task_spec.name, mode=mode, seed=seed, checkpoint=checkpoint, hparams=hp)

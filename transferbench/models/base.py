@@ -32,6 +32,9 @@ class TransferModel(nn.Module):
     head_name: str = "fc"
     # Resize/crop interpolation the upstream model was trained with (RigL: TF bicubic, pitfall P9).
     interpolation: str = "bilinear"
+    # The resolution the upstream weights expect (a timm model's pretrained config: 384 for *_384 models); the
+    # protocol's 224 for this project's architectures.
+    input_size: int = 224
     # True for the STR architectures, whose classifier is a bias-free 1×1 conv over the [N, D, 1, 1] pool.
     conv_head: bool = False
 

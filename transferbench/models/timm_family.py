@@ -111,6 +111,7 @@ def timm_class(name: str) -> type[TimmModel]:
                                                                         or net.num_features),
         "interpolation": config["interpolation"] if config["interpolation"] in ("bilinear", "bicubic") else "bicubic",
         "crop_pct": float(config.get("crop_pct", 0.875)), "mean": tuple(config["mean"]), "std": tuple(config["std"]),
+        "input_size": int(config["input_size"][-1]),
     }
     cls = type(f"Timm_{name.replace('.', '_')}", (TimmModel,), attributes)
     cls.arch = name
