@@ -335,7 +335,7 @@ def test_unreadable_image_fails_data_check(world, tmp_path, content, needle):
 def test_imagenet_upstream_reads_pil_loaders_pixels_and_refuses_a_bomb(tmp_path):
     from torchvision.datasets.folder import pil_loader
 
-    from transferbench.upstream.data import upstream_datasets
+    from transferbench.upstream.datasets import upstream_datasets
 
     for split in ("train", "val"):
         for c, mode in enumerate(("RGB", "L", "P")):  # grey and palette files become RGB, as pil_loader makes them

@@ -16,7 +16,7 @@ from ..lazy import lazy_package as _lazy_package
 # each public name's submodule, imported on first use: `upstream --help` reads LOADERS and PRECISIONS without torch
 _lazy_package(__name__, {
     ".candidates": ("UpstreamResult", "evaluate"),
-    ".data": ("upstream_datasets",),
+    ".datasets": ("upstream_datasets",),
     ".from_dense": ("oneshot_rows_missing", "prepare_oneshot_rows", "prune_published"),
     ".mini": ("MINI_ARCH", "MINI_DEFAULT_SPARSITY", "MINI_RECIPE", "ensure_mini_checkpoint", "mini_checkpoint_missing",
               "train_mini_checkpoints"),
@@ -27,7 +27,7 @@ _lazy_package(__name__, {
 
 if _typing.TYPE_CHECKING:
     from .candidates import UpstreamResult, evaluate
-    from .data import upstream_datasets
+    from .datasets import upstream_datasets
     from .from_dense import oneshot_rows_missing, prepare_oneshot_rows, prune_published
     from .mini import (
         MINI_ARCH,

@@ -62,7 +62,8 @@ class UpstreamData:
 SHAPES_CLASSES, IMAGENET_CLASSES = 16, 1000
 
 
-def _shapes(recipe: dict, data_root: Path | None) -> UpstreamData:
+def shapes_data(recipe: dict, data_root: Path | None) -> UpstreamData:
+    """The offline procedural shapes (the mini-suite's upstream set), at the recipe's size and counts."""
     size = int(recipe["image_size"])
     train = ArrayDataset(*synthetic.make_shapes(int(recipe["train_size"]), size=size, seed=0))
     test = ArrayDataset(*synthetic.make_shapes(int(recipe["test_size"]), size=size, seed=1))
@@ -71,7 +72,8 @@ def _shapes(recipe: dict, data_root: Path | None) -> UpstreamData:
                         SHAPES_CLASSES)
 
 
-def _imagenet(recipe: dict, data_root: Path | None) -> UpstreamData:
+def imagenet_data(recipe: dict, data_root: Path | None) -> UpstreamData:
+    """ImageNet in its folder layout under ``data_root`` (train/ and val/, the val folder as the test set)."""
     from torchvision.datasets import ImageFolder
 
     if data_root is None or not (Path(data_root) / "train").is_dir():
@@ -83,36 +85,6 @@ def _imagenet(recipe: dict, data_root: Path | None) -> UpstreamData:
     train, test = (ImageFolder(Path(data_root) / part, loader=read_rgb_image) for part in ("train", "val"))
     return UpstreamData(Transformed(train, build_transform(train_transform(recipe))),
                         Transformed(test, build_transform(_eval_transform(recipe))), IMAGENET_CLASSES)
-
-
-# the upstream sets by --dataset name; a multi-label task (celeba, faces, celeba-<attribute>) is read by
-# upstream.attributes
-DATASET_READERS = {"shapes": _shapes, "imagenet": _imagenet}
-
-
-def check_upstream_dataset(name: str) -> None:
-    """A one-line error for a --dataset the upstream loop cannot read (before any work)."""
-    from .attributes import is_attribute_task
-
-    if name not in DATASET_READERS and not is_attribute_task(name):
-        raise TransferbenchError(f"unknown upstream dataset '{name}' (--dataset); use shapes, imagenet or a "
-                                 "multi-label task: celeba (--data-root), faces, celeba-<attribute>")
-
-
-def upstream_data(recipe: dict, data_root: Path | None) -> UpstreamData:
-    """Every set of the recipe's ``dataset`` (``check_upstream_dataset`` names the ones there are)."""
-    check_upstream_dataset(recipe["dataset"])
-    if recipe["dataset"] in DATASET_READERS:
-        return DATASET_READERS[recipe["dataset"]](recipe, data_root)
-    from .attributes import attribute_data
-
-    return attribute_data(recipe, data_root)
-
-
-def upstream_datasets(recipe: dict, data_root: Path | None) -> tuple[Dataset, Dataset]:
-    """(train, test) of ``upstream_data``: the sets BN calibration and one-shot candidates read."""
-    data = upstream_data(recipe, data_root)
-    return data.train, data.test
 
 
 def rank_order(num_samples: int, global_batch: int, world: World, seed: int, epoch: int) -> list[int]:

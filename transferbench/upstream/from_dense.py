@@ -40,7 +40,8 @@ from .candidates import (
     oneshot_metadata,
     register_candidate,
 )
-from .data import train_transform, upstream_datasets
+from .data import train_transform
+from .datasets import upstream_datasets
 from .recipes import checked_sparsities, load_recipe
 
 log = logging.getLogger("transferbench")

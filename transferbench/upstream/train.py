@@ -38,7 +38,8 @@ from ..pruning.lth import rounds_for_sparsity
 from ..tracking import Tracking, require_trackers
 from .attributes import has_validation_split
 from .candidates import UpstreamResult, evaluate, one_shot_candidates, register_candidate
-from .data import DATA_ORDER, FisherBatches, TrainBatches, check_upstream_dataset, train_batches, upstream_data
+from .data import DATA_ORDER, FisherBatches, TrainBatches, train_batches
+from .datasets import check_upstream_dataset, upstream_data
 from .distributed import (
     World,
     broadcast_object,
