@@ -354,6 +354,43 @@ def check_sparse_24(setup: Setup) -> Outcome:
     return outcome
 
 
+def check_engine_24(setup: Setup) -> Outcome:
+    """``--engine semi-structured`` end to end: a ViT-S/16 whose blocks are 2:4 (nm_mask), its features through the
+    engine against the dense bf16 model's on the same images, and both timed."""
+    from transferbench.context import check_semi_structured
+    from transferbench.errors import TransferbenchError
+    from transferbench.finetune.features import extract_with
+    from transferbench.models import create_model
+    from transferbench.pruning.masks import nm_mask
+    from transferbench.sparsity import set_weights
+
+    try:
+        check_semi_structured(setup.device)
+    except TransferbenchError as exc:
+        return Outcome("SKIP", note=str(exc).partition(";")[0])
+    torch.manual_seed(6)
+    model = create_model("vit_small_patch16_224", num_classes=1000).eval()
+    with torch.no_grad():
+        for weight in set_weights(model, "transformer_blocks").values():
+            weight.mul_(nm_mask(weight, 2, 4))
+    images = torch.utils.data.TensorDataset(torch.randn(8 * setup.batch_size, 3, 224, 224),
+                                            torch.zeros(8 * setup.batch_size, dtype=torch.long))
+
+    def features(engine: str) -> tuple[torch.Tensor, float]:
+        extract_with(engine, model, torch.utils.data.Subset(images, range(setup.batch_size)), setup.batch_size,
+                     setup.device, 0, "warm-up", precision="bf16")
+        start = time.perf_counter()
+        out, _ = extract_with(engine, model, images, setup.batch_size, setup.device, 0, engine, precision="bf16")
+        return out, time.perf_counter() - start
+
+    dense, dense_s = features("torch")
+    sparse, sparse_s = features("semi-structured")
+    err = ((sparse - dense).norm() / dense.norm()).item()
+    assert err < 5e-2, f"relative error {err:.3g} against the dense bf16 features"
+    return Outcome("PASS", len(images) / sparse_s, note=f"ViT-S/16 2:4 blocks, bf16: {dense_s / sparse_s:.2f}x the "
+                   f"dense extraction ({len(images)} images incl. the copy), rel. error {err:.1e}")
+
+
 def check_resume(setup: Setup) -> Outcome:
     """An uninterrupted fine-tuning subprocess against one SIGKILLed after its first epoch's state and resumed."""
     runs = {name: setup.work / f"resume-{name}" for name in ("straight", "killed")}
@@ -468,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         ("ffcv", lambda: check_ffcv(setup)),
         ("resume-after-kill", lambda: check_resume(setup)),
         ("sparse-2:4", lambda: check_sparse_24(setup)),
+        ("engine-2:4", lambda: check_engine_24(setup)),
     ]
     failed = 0
     start = time.perf_counter()

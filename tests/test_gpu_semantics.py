@@ -382,7 +382,7 @@ def test_gpu_check_dry_run_passes_every_check_on_cpu(tmp_path):
     expected = ["extract-fp32", "extract-bf16", "full-masked", "linear-heads", "compile", "resume-after-kill"]
     for check in expected + (["ffcv"] if ffcv_available() else []):
         assert ["PASS", check] in results, proc.stdout
-    assert ["SKIP", "sparse-2:4"] in results  # needs a GPU of compute capability >= 8.0
+    assert ["SKIP", "sparse-2:4"] in results and ["SKIP", "engine-2:4"] in results  # a GPU of capability >= 8.0
 
 
 def test_gpu_check_busy_fraction_counts_overlapping_kernels_once(monkeypatch):
