@@ -153,3 +153,23 @@ def test_a_sweep_prunes_then_transfers_and_reports_per_architecture(tmp_path, ho
         board = pd.read_csv(out / "leaderboards" / f"leaderboard_{arch}_linear.csv")
         assert set(board["method"]) == methods and set(board["arch"]) == {arch}
         assert f"{arch}_linear_accuracy_vs_sparsity.png" in figures, (arch, figures)
+
+
+def test_a_dry_run_plans_one_single_process_job_per_prune_unit_before_the_transfers_that_wait(tmp_path, home, capsys):
+    sweep_file, data = write_fixture_sweep(tmp_path, linear_seeds=(21,), full_seeds=())
+    resnet, _ = dense_files(tmp_path)
+    spec = yaml.safe_load(sweep_file.read_text())
+    spec["prune"] = [{"method": ["wanda", "sparsegpt"], "sparsity": "50%", "from": str(resnet), "arch": "resnet_tiny",
+                      "calibration": "cifar10", "data_root": str(data), "samples": 8}]
+    spec.pop("checkpoints")
+    sweep_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+    out = tmp_path / "out"
+    assert main(["sweep", str(sweep_file), "--dry-run", "--results", str(out)]) == 0
+    printed = capsys.readouterr().out
+    [wanda, sparsegpt] = parse_sweep(spec, "s.yaml").upstream
+    assert "upstream stage: 2 unit(s) (2 missing); 2 to submit first" in printed
+    for unit in (wanda, sparsegpt):
+        assert f"{unit.name} ({unit.label}): one SLURM job, 1 node(s) x 1 process(es)" in printed
+    assert f"#SBATCH --dependency='afterok:<{wanda.name}>'\n" in printed  # the first transfer array waits for it
+    assert "linear: 2 job(s) as 2 array(s) of 1, 1" in printed  # one array per unit it waits for
+    assert not out.exists() and not home.exists()  # a dry run writes nothing
