@@ -5,6 +5,7 @@ the report's leaderboards and figures per architecture."""
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -137,11 +138,12 @@ def test_a_sweep_prunes_then_transfers_and_reports_per_architecture(tmp_path, ho
     status = json.loads(capsys.readouterr().out)
     assert [u["state"] for u in status["upstream"]] == [DONE] * 3
     assert sorted((r["method"], r["state"]) for r in status["runs"]) == [
-        ("sparsegpt", DONE), ("wanda", DONE), ("wanda_nm", DONE)]
+        ("dense", DONE), ("dense", DONE), ("sparsegpt", DONE), ("wanda", DONE), ("wanda_nm", DONE)]
     records = [json.loads(p.read_text()) for p in (out / "runs").glob("*/result.json")]
-    assert sorted((r["arch"], r["method"]) for r in records) == [
-        ("resnet_tiny", "sparsegpt"), ("resnet_tiny", "wanda"), ("vit_tiny_patch16_224", "wanda_nm")]
-    vit_record = next(r for r in records if r["arch"] == "vit_tiny_patch16_224")
+    assert sorted((r["arch"], r["method"]) for r in records) == [  # each dense source beside its candidates
+        ("resnet_tiny", "dense"), ("resnet_tiny", "sparsegpt"), ("resnet_tiny", "wanda"),
+        ("vit_tiny_patch16_224", "dense"), ("vit_tiny_patch16_224", "wanda_nm")]
+    vit_record = next(r for r in records if r["method"] == "wanda_nm")
     (vit_candidate,) = (home / "upstream").glob("vit_t_*.pth")  # calibrated on images normalised as ViT's config says
     recipe_used = yaml.safe_load(torch.load(vit_candidate, weights_only=True)["metadata"]["recipe_config"])
     assert recipe_used["normalization"] == {"mean": [0.5] * 3, "std": [0.5] * 3}
@@ -149,9 +151,12 @@ def test_a_sweep_prunes_then_transfers_and_reports_per_architecture(tmp_path, ho
     assert vit_record["sparsity"]["upstream_measured_prunable"] == pytest.approx(0.5, abs=1e-3)
     assert main(["report", "--results", str(out)]) == 0
     figures = {p.name for p in (out / "figures").glob("*.png")}
-    for arch, methods in (("resnet_tiny", {"wanda", "sparsegpt"}), ("vit_tiny_patch16_224", {"wanda_nm"})):
+    for arch, methods in (("resnet_tiny", {"dense", "wanda", "sparsegpt"}),
+                          ("vit_tiny_patch16_224", {"dense", "wanda_nm"})):
         board = pd.read_csv(out / "leaderboards" / f"leaderboard_{arch}_linear.csv")
         assert set(board["method"]) == methods and set(board["arch"]) == {arch}
+        deltas = board[(board["column"] == "Δ vs dense") & (board["method"] != "dense")]
+        assert deltas["mean"].notna().all()  # the dense row is there to compare with
         assert f"{arch}_linear_accuracy_vs_sparsity.png" in figures, (arch, figures)
 
 
@@ -170,6 +175,6 @@ def test_a_dry_run_plans_one_single_process_job_per_prune_unit_before_the_transf
     assert "upstream stage: 2 unit(s) (2 missing); 2 to submit first" in printed
     for unit in (wanda, sparsegpt):
         assert f"{unit.name} ({unit.label}): one SLURM job, 1 node(s) x 1 process(es)" in printed
-    assert f"#SBATCH --dependency='afterok:<{wanda.name}>'\n" in printed  # the first transfer array waits for it
-    assert "linear: 2 job(s) as 2 array(s) of 1, 1" in printed  # one array per unit it waits for
+    assert re.search(r"linear\s+3\s+0\s+0\s+0\s+0\s+0\s+0\s+3\s+0\s+0\s+2\n", printed)  # 2 wait, dense doesn't
+    assert "linear: 3 job(s) as 3 array(s) of 1, 1, 1" in printed  # the dense source's, one per unit waited for
     assert not out.exists() and not home.exists()  # a dry run writes nothing

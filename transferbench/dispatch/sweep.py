@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import shipped
 from ..bounds import SEED
-from ..checkpoints.registry import arch_family
+from ..checkpoints.registry import arch_family, named_checkpoint
 from ..errors import TransferbenchError
 from ..names import check_name
 from ..runspec import MODES, resolve_hparams
@@ -185,8 +185,8 @@ def _as_list(value: Any) -> list:
 def _checkpoints(raw: Any, default_arch: str | None, origin: str,
                  upstream: tuple[UpstreamUnit, ...]) -> tuple[CheckpointEntry, ...]:
     if raw in (None, []):  # a sweep of upstream entries only: transfer everything they make
-        return tuple(CheckpointEntry(u.method, s, u.arch, upstream=p)
-                     for u in upstream for s, p in zip(u.sparsities, u.products, strict=True))
+        return (*_dense_sources(upstream), *(CheckpointEntry(u.method, s, u.arch, upstream=p) for u in upstream
+                                            for s, p in zip(u.sparsities, u.products, strict=True)))
     entries: list[CheckpointEntry] = []
     for item in _as_list(raw):
         if not isinstance(item, dict) or "method" not in item or "sparsity" not in item:
@@ -211,6 +211,22 @@ def _checkpoints(raw: Any, default_arch: str | None, origin: str,
     if len(set(entries)) != len(entries):
         raise TransferbenchError(f"sweep {origin}: a checkpoint is listed twice")
     return tuple(entries)
+
+
+def _dense_sources(upstream: tuple[UpstreamUnit, ...]) -> list[CheckpointEntry]:
+    """The dense model of each prune entry (a unit with a ``stem``), once each: transferred beside its candidates,
+    so that every architecture's leaderboard has its dense row (and Δ vs dense). A file is method ``dense``; a
+    registry row is found by its own method."""
+    entries: list[CheckpointEntry] = []
+    for unit in upstream:
+        if unit.stem is None or unit.source is None:
+            continue
+        row = None if Path(unit.source).is_file() else named_checkpoint(unit.source)
+        entry = CheckpointEntry(row.method, 0.0, row.arch) if row else CheckpointEntry("dense", 0.0, unit.arch,
+                                                                                     unit.source)
+        if entry not in entries:
+            entries.append(entry)
+    return entries
 
 
 def _bind(entry: CheckpointEntry, item: dict, upstream: tuple[UpstreamUnit, ...], origin: str) -> CheckpointEntry:
