@@ -652,12 +652,15 @@ def _killed_at(command: list[str], env: dict, delay: float, root: Path, marker: 
         return True
 
 
-def _kill_chain(command: list[str], env: dict, seed: int, root: Path, marker: str, kills: int = 3) -> int:
-    """Kill ``command`` ``kills`` times at seeded random points (the first anywhere in its first seconds, the
-    others within the epoch after one it saved), then run it to its end; returns how many kills hit it running."""
+def _kill_chain(command: list[str], env: dict, seed: int, root: Path, marker: str, run_s: float, epoch_s: float,
+                start_marker: str | None = None, kills: int = 3) -> int:
+    """Kill ``command`` ``kills`` times at seeded random points scaled to the uninterrupted run (``run_s`` from its
+    start, or from when it wrote ``start_marker``; ``epoch_s`` an epoch), so that they land while it runs on a fast
+    machine as on a slow one: the first anywhere in its first 80% (before or after a saved epoch), the others within
+    the epoch after one it saved. Then run it to its end; returns how many kills hit it running."""
     rng = random.Random(seed)
-    hits = _killed_at(command, env, rng.uniform(0.5, 6.0), root, None)
-    hits += sum(_killed_at(command, env, rng.uniform(0.0, 1.0), root, marker) for _ in range(kills - 1))
+    hits = _killed_at(command, env, rng.uniform(0.05, 0.8) * run_s, root, start_marker)
+    hits += sum(_killed_at(command, env, rng.uniform(0.0, 0.8) * epoch_s, root, marker) for _ in range(kills - 1))
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return hits
@@ -671,8 +674,10 @@ def _cli_command(*argv: str) -> list[str]:
 def test_a_full_run_killed_at_random_times_ends_with_the_uninterrupted_record(full_reference, tmp_path):
     argv, reference, reference_logits = full_reference
     results = tmp_path / "results"
+    timings = reference["timings"]  # the uninterrupted run's, from its claim on: scales the kill times
     hits = _kill_chain(_cli_command(*argv, "--results", str(results)), dict(os.environ, PYTHONHASHSEED="0"),
-                       seed=15, root=results, marker="work/*/train_state.pt")
+                       seed=15, root=results, marker="work/*/train_state.pt", run_s=timings["total_s"],
+                       epoch_s=timings["training_s"] / len(reference["curve"]), start_marker="work/*/claim.json")
     assert hits >= 2, "the kills came after the run had finished"
     record, logits = _only_record(results)
     assert record["timings"]["resumed_from_epoch"] >= 1  # the last kill came after a saved epoch
@@ -700,9 +705,15 @@ def test_an_upstream_training_killed_at_random_times_ends_with_the_uninterrupted
     def env(folder: Path) -> dict:
         return dict(os.environ, TRANSFERBENCH_CHECKPOINTS=str(folder), PYTHONHASHSEED="0")
 
+    start = time.monotonic()
     done = subprocess.run(command, env=env(reference), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    hits = _kill_chain(command, env(killed), seed=16, root=killed, marker="upstream/work/*/progress.json")
+    wall = time.monotonic() - start  # the uninterrupted process's, and its training's per epoch: the kill times
+    [theirs] = (reference / "upstream").glob("resnet_tiny_gmp_*.pth")
+    epoch_s = torch.load(theirs, weights_only=True)["metadata"]["train_seconds"] / yaml.safe_load(
+        kill_recipe.read_text())["epochs"]
+    hits = _kill_chain(command, env(killed), seed=16, root=killed, marker="upstream/work/*/progress.json",
+                       run_s=wall, epoch_s=epoch_s)
     assert hits >= 2, "the kills came after the training had finished"
     (ours,), (theirs,) = (sorted((f / "upstream").glob("resnet_tiny_gmp_*.pth")) for f in (killed, reference))
     a, b = (torch.load(p, weights_only=True) for p in (ours, theirs))
