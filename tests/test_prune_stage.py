@@ -73,6 +73,9 @@ def test_prune_entries_name_their_products_as_prune_names_its_candidates(tmp_pat
         ("wanda", "resnet_tiny", "digits", 8), ("sparsegpt", "resnet_tiny", "digits", 8),
         ("wanda_nm", "vit_tiny_patch16_224", None, None)]
     assert units[0].source == str(resnet.resolve()) and units[0].single_process
+    [magnitude] = parse_prune([{"method": "magnitude", "pattern": "2:4", "from": str(resnet), "arch": "resnet_tiny"}],
+                              "s.yaml")  # not "magnitude": the registry's gradual magnitude pruning has that name
+    assert magnitude.method == "oneshot_magnitude_nm" and "_oneshot_magnitude_nm_50_oneshot_" in magnitude.name
     # what `transferbench prune` registers for the same flags is what the planner named
     assert main(["prune", "--method", "wanda", "--sparsity", "0.5", "--from", str(resnet), "--arch", "resnet_tiny",
                  "--calibration", "digits", "--samples", "8", "--recipe", str(recipe)]) == 0
@@ -82,7 +85,7 @@ def test_prune_entries_name_their_products_as_prune_names_its_candidates(tmp_pat
 @pytest.mark.parametrize(("entry", "expected"), [
     ({"method": "wanda", "sparsity": 0.5, "from": "FILE"}, "a file needs arch:"),
     ({"method": "wanda", "sparsity": 0.5, "from": "no_such_model"}, "no such file, and not the name of a registered"),
-    ({"method": "magnitude", "sparsity": 0.5, "from": "FILE", "arch": "resnet_tiny"}, "post-training pruners are"),
+    ({"method": "gmp", "sparsity": 0.5, "from": "FILE", "arch": "resnet_tiny"}, "post-training pruners are"),
     ({"method": "wanda", "pattern": "1:4", "from": "FILE", "arch": "resnet_tiny"}, "pattern 1:4"),
     ({"method": "wanda", "pattern": "2:4", "sparsity": 0.7, "from": "FILE", "arch": "resnet_tiny"},
      "keeps half the weights"),

@@ -3,6 +3,8 @@ class-balanced sample, registered, and found by `run` through the registry's one
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -311,6 +313,7 @@ def test_rows_say_what_they_are_pruned_from():
 @pytest.mark.parametrize(("method", "flags", "registered"), [
     ("sparsegpt", ["--sparsity", "0.5", "0.7"], [("sparsegpt", 0.5), ("sparsegpt", 0.7)]),
     ("wanda", ["--pattern", "2:4"], [("wanda_nm", 0.5)]),
+    ("magnitude", ["--sparsity", "0.6"], [("oneshot_magnitude", 0.6)]),
 ])
 def test_prune_makes_registered_post_training_candidates_of_any_dense_file(method, flags, registered, home, imagenet,
                                                                           recipe, tmp_path, capsys):
@@ -333,6 +336,13 @@ def test_prune_makes_registered_post_training_candidates_of_any_dense_file(metho
                 assert zeros == pytest.approx(sparsity, abs=0.02), key
             else:
                 assert zeros == 0, key  # the stem and the head stay dense
+        if name == "oneshot_magnitude":  # each layer keeps its largest |w|, computed here from the dense weights
+            for key in inside:
+                dense_w = weights(dense)[key].abs().flatten()
+                kept = torch.zeros_like(dense_w, dtype=torch.bool)
+                zeros = math.floor(sparsity * dense_w.numel() + 1e-9)  # at least the sparsity's share of zeros
+                kept[dense_w.argsort(descending=True)[:dense_w.numel() - zeros]] = True
+                assert torch.equal(got[key].flatten() != 0, kept), key
         if name.endswith("_nm"):  # 2 of every 4 consecutive inputs kept, per output row
             w = got["layer1.0.conv1.weight"] if "layer1.0.conv1.weight" in got else next(
                 v for k, v in got.items() if k in inside)

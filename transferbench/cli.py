@@ -419,7 +419,8 @@ def _add_prune_command(sub: argparse._SubParsersAction) -> None:
     prune = sub.add_parser("prune", help="one-shot post-training pruning of a dense model from calibration data "
                                          "(Wanda, SparseGPT; unstructured or 2:4), registered as checkpoints")
     # from_dense.PRUNERS, written here too: the CLI parses without importing torch
-    prune.add_argument("--method", required=True, choices=("wanda", "sparsegpt"))
+    prune.add_argument("--method", required=True, choices=("magnitude", "wanda", "sparsegpt"),
+                       help="magnitude (|W| per layer; candidates named oneshot_magnitude), wanda or sparsegpt")
     prune.add_argument("--sparsity", nargs="+", help="target sparsities (fractions or percents), one checkpoint each")
     prune.add_argument("--pattern", help="2:4 semi-structured instead of --sparsity (the method becomes <method>_nm)")
     prune.add_argument("--from", dest="source", required=True,

@@ -64,7 +64,9 @@ CALIBRATION_DEFAULTS = {"size": 1000, "seed": 42, "batches": 100, "batch_size": 
 # The one-shot pruning each method's candidates get (§6.3): global magnitude at the sparsity, or a fixed N:M pattern.
 ONE_SHOT_PATTERN = {"cram_nm": "2:4"}
 # One-shot post-training pruners from calibration data (pruning.posttraining): method -> (pruner, N:M pattern)
-POSTTRAINING = {"wanda": ("wanda", None), "wanda_nm": ("wanda", (2, 4)), "sparsegpt": ("sparsegpt", None),
+# (one-shot magnitude is named oneshot_magnitude: "magnitude" is the gradual magnitude pruning of the registry)
+POSTTRAINING = {"oneshot_magnitude": ("magnitude", None), "oneshot_magnitude_nm": ("magnitude", (2, 4)),
+                "wanda": ("wanda", None), "wanda_nm": ("wanda", (2, 4)), "sparsegpt": ("sparsegpt", None),
                 "sparsegpt_nm": ("sparsegpt", (2, 4))}
 
 
@@ -164,7 +166,9 @@ def oneshot_metadata(method: str, calibration: Calibration) -> dict:
     if method in POSTTRAINING:
         pruner, nm = POSTTRAINING[method]
         pattern = f"{nm[0]}:{nm[1]}" if nm else "unstructured, every layer at the sparsity"
-        pruning = f"{pruner} ({pattern}; stem and head dense; layers calibrated in forward order on the sample)"
+        how = "|W| alone, the sample only recalibrates BN" if pruner == "magnitude" else \
+            "layers calibrated in forward order on the sample"
+        pruning = f"{pruner} ({pattern}; stem and head dense; {how})"
     return {"oneshot": True, "oneshot_pruning": pruning, "calibration": calibration.metadata()}
 
 

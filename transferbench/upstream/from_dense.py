@@ -51,7 +51,7 @@ ONE_SHOT_METHODS = (*CRAM_METHODS, *POSTTRAINING)  # and Wanda / SparseGPT of an
 # The recipe whose data and calibration block a dense model is pruned with, by upstream dataset (--dataset).
 DEFAULT_RECIPES = {"imagenet": "imagenet_resnet50", "shapes": "small_cpu"}
 DENSE_TOLERANCE = 0.005  # a "dense" model may have this fraction of exact zeros (the loader's 0.5 pp gap)
-PRUNERS = ("wanda", "sparsegpt")  # `transferbench prune --method`; with a 2:4 pattern, <method>_nm
+PRUNERS = ("magnitude", "wanda", "sparsegpt")  # `transferbench prune --method` (pruned_method names their candidates)
 PATTERNS = ("2:4",)
 UPSTREAM_CALIBRATION = ("shapes", "imagenet")  # --calibration: upstream data; any other name is a task
 
@@ -85,12 +85,14 @@ def file_stem(path: Path, sha256: str) -> str:
 
 
 def pruned_method(pruner: str, pattern: str | None) -> str:
-    """The registry method of ``pruner``'s candidates: ``wanda``, or ``wanda_nm`` for the 2:4 pattern."""
+    """The registry method of ``pruner``'s candidates: ``wanda``, or ``wanda_nm`` for the 2:4 pattern;
+    ``oneshot_magnitude`` (``_nm``) for magnitude, whose plain name is the registry's gradual magnitude pruning."""
     if pruner not in PRUNERS:
         raise TransferbenchError(f"method {pruner!r}: the post-training pruners are {', '.join(PRUNERS)}")
     if pattern not in (None, *PATTERNS):
         raise TransferbenchError(f"pattern {pattern}: the pruners make 2:4 patterns (or none: unstructured)")
-    return f"{pruner}_nm" if pattern else pruner
+    method = "oneshot_magnitude" if pruner == "magnitude" else pruner
+    return f"{method}_nm" if pattern else method
 
 
 def load_dense_source(source: str | Path, method: str, arch: str | None = None,
